@@ -1,0 +1,75 @@
+/* The engine: opens the store, the plugins and the Lua host, starts
+ * instances, and runs them on a libuv loop (the scheduler and executor).
+ *
+ * One thread runs everything. Runnable instances are claimed from the
+ * database in batches, each instance in memory runs one step at a time, and
+ * every transition is written to a transaction committed once per loop
+ * turn; an instance moves on to its next step only after the commit that
+ * recorded the previous one. */
+#ifndef SY_ENGINE_H
+#define SY_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "luahost.h"
+#include "store.h"
+#include "switchyard/plugin.h"
+
+typedef struct sy_setting {
+  const char *key;
+  const char *value;
+} sy_setting;
+
+typedef struct sy_engine_opts {
+  const char *db_path;
+  const char *workflows_dir;
+  const char *plugin_dir; /* NULL: none */
+  int concurrency;        /* instances in memory at once */
+  sy_sync_mode sync;
+  size_t lua_memory;
+  int64_t step_instructions;
+  uint64_t seed;
+  const sy_setting *settings;
+  int nsettings;
+  /* Linked-in plugins (tests), besides those of plugin_dir. */
+  const sy_plugin_def *const *static_plugins;
+  int nstatic_plugins;
+  int read_only; /* listing commands: no migration, no plugin init */
+} sy_engine_opts;
+
+/* Fills opts with the defaults. */
+void sy_engine_opts_init(sy_engine_opts *o);
+
+int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
+                   size_t errlen);
+void sy_engine_close(sy_engine *e);
+
+sy_store *sy_engine_store(sy_engine *e);
+sy_plugins *sy_engine_plugins(sy_engine *e);
+const char *sy_engine_errmsg(sy_engine *e);
+
+/* Resolves a workflow name (workflows_dir/NAME.lua) or a path ending in
+ * .lua, loads and validates it, and keeps its source in the store. The
+ * engine owns the result. */
+int sy_engine_load_workflow(sy_engine *e, const char *name_or_path,
+                            const sy_workflow **out, sy_diag *diag);
+/* Adds an instance (inside the caller's transaction, if one is open). */
+int sy_engine_start(sy_engine *e, const sy_workflow *wf,
+                    const char *vars_json, int64_t *id);
+
+/* Runs until stopped (SIGINT/SIGTERM, sy_engine_stop) or, with until_idle,
+ * until no instance is ready, running or waiting. */
+int sy_engine_run(sy_engine *e, int until_idle);
+void sy_engine_stop(sy_engine *e);
+
+/* An incident's instance continues at its step with a fresh retry budget. */
+int sy_engine_retry(sy_engine *e, int64_t id);
+int sy_engine_cancel(sy_engine *e, int64_t id);
+
+typedef struct sy_run_stats {
+  int64_t steps, completed, incidents, retries;
+} sy_run_stats;
+void sy_engine_stats(sy_engine *e, sy_run_stats *s);
+
+#endif

@@ -1,0 +1,174 @@
+/* switchyard/plugin.h: the whole contract between the engine and a plugin.
+ *
+ * A plugin is a shared module exporting one symbol, `sy_plugin_entry`, that
+ * returns a static sy_plugin_def. Through it the plugin registers node types
+ * (steps a workflow declares with `sy.<name>{...}`), functions steps can call
+ * on their ctx (`ctx.<name>(...)`), CLI subcommands, and a hook on instance
+ * events. The engine calls back only on its loop thread. Everything the
+ * plugin may ask of the engine goes through the sy_api function table it is
+ * handed, so a plugin links against nothing of the engine.
+ *
+ * Versioning: SY_PLUGIN_ABI changes whenever a struct below changes layout or
+ * meaning. The engine refuses a plugin built for another version. */
+#ifndef SWITCHYARD_PLUGIN_H
+#define SWITCHYARD_PLUGIN_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define SY_PLUGIN_ABI 1
+
+typedef struct sy_engine sy_engine; /* the running engine (opaque) */
+typedef struct sy_call sy_call;     /* one node execution or ctx call */
+typedef struct sy_opts sy_opts;     /* a node's options, at load time */
+
+/* A scalar read from the instance's vars or a node's options. Strings point
+ * into engine memory valid until the callback that read them returns. */
+typedef enum {
+  SY_VAL_NIL,
+  SY_VAL_BOOLEAN,
+  SY_VAL_NUMBER,
+  SY_VAL_STRING,
+  SY_VAL_TABLE,
+  SY_VAL_FUNCTION,
+  SY_VAL_OTHER
+} sy_val_type;
+
+typedef struct sy_value {
+  sy_val_type type;
+  int boolean;
+  double number;
+  const char *str;
+  size_t len;
+} sy_value;
+
+/* Events an instance goes through, reported to on_event inside the same
+ * store transaction that records them, so a plugin's counters can never
+ * disagree with the instance rows. */
+typedef enum {
+  SY_EVENT_COMPLETED = 1,
+  SY_EVENT_INCIDENT = 2,          /* an incident was raised */
+  SY_EVENT_INCIDENT_RESOLVED = 3, /* retried by a user: it runs again */
+  SY_EVENT_CANCELLED = 4
+} sy_event_type;
+
+typedef struct sy_event {
+  sy_event_type type;
+  int64_t instance_id;
+  const char *workflow;
+  const char *step;
+  int64_t time_ms;
+} sy_event;
+
+/* Services of the engine. Functions taking a sy_call are valid only until
+ * the call completes (sy_api.done / done_json / fail). */
+typedef struct sy_api {
+  int abi;
+  /* The engine's SQLite connection. Writes made during execute, a ctx call
+   * or on_event share the transaction that records the instance change. */
+  sqlite3 *(*db)(sy_engine *e);
+  uv_loop_t *(*loop)(sy_engine *e);
+  int64_t (*now_ms)(sy_engine *e);
+  /* A setting given with `--set key=value` (or by the test harness); NULL
+   * when unset. Plugins use it for things like forcing a version in tests. */
+  const char *(*setting)(sy_engine *e, const char *key);
+  void (*log)(sy_engine *e, const char *fmt, ...);
+
+  /* About the instance a call runs for. */
+  sy_engine *(*engine)(sy_call *c);
+  int64_t (*instance_id)(sy_call *c);
+  const char *(*workflow)(sy_call *c);
+  const char *(*step)(sy_call *c);
+  int (*attempt)(sy_call *c);
+  /* Per-node data returned by sy_node_type.compile (NULL for ctx calls). */
+  void *(*node_data)(sy_call *c);
+  /* A seedable generator owned by the engine: deterministic under a seed. */
+  uint64_t (*random)(sy_call *c);
+
+  /* Instance variables (JSON-compatible). var_get reads a top-level var;
+   * var_set_json sets one from JSON text (NULL json deletes it). */
+  int (*var_get)(sy_call *c, const char *key, sy_value *out);
+  int (*var_set_json)(sy_call *c, const char *key, const char *json);
+  /* Ask a function option of the node (e.g. an `eligible` predicate) with
+   * the step's ctx; *out is its truthiness. Returns 0, or -1 with the error
+   * message available through call_error. */
+  int (*call_predicate)(sy_call *c, const char *option, int *out);
+  const char *(*call_error)(sy_call *c);
+
+  /* Completion, exactly once per call, now or later (parked). A node
+   * completes with the name of the next step (NULL ends the instance); a
+   * ctx call completes with JSON text that becomes its Lua return value. */
+  void (*done)(sy_call *c, const char *next_step);
+  void (*done_json)(sy_call *c, const char *json);
+  void (*fail)(sy_call *c, const char *message);
+
+  /* Node options at load time (in compile). */
+  int (*opt_get)(sy_opts *o, const char *key, sy_value *out);
+} sy_api;
+
+/* A node type: `sy.<name>{ ... }` in a workflow. */
+typedef struct sy_node_type {
+  const char *name;
+  /* Load time: check the options and build this node's private data, which
+   * the engine keeps with the loaded definition and hands back to execute.
+   * Return 0, or non-zero with a message in err (the engine adds file:line).
+   * Option keys the node does not know are errors: list them in `options`,
+   * a NULL-terminated array, and the engine rejects any other. */
+  int (*compile)(void *plugin, sy_opts *opts, void **node_data, char *err,
+                 size_t errlen);
+  void (*free_node)(void *plugin, void *node_data);
+  const char *const *options;
+  /* Options whose values name steps of the workflow (NULL-terminated): the
+   * engine checks that they exist and counts them when it looks for
+   * unreachable steps. */
+  const char *const *step_options;
+  /* Run for one instance; complete with api->done or api->fail, before
+   * returning or later. Must never block the loop. */
+  void (*execute)(void *plugin, sy_call *c);
+  /* Optional: the call was abandoned (step timeout, engine shutdown); the
+   * plugin should stop its work and still complete the call. */
+  void (*cancel)(void *plugin, sy_call *c);
+} sy_node_type;
+
+/* A function steps call as `ctx.<name>(args)`. The single argument is
+ * passed as JSON text ("null" when absent). The Lua coroutine is parked
+ * until the call completes. */
+typedef struct sy_ctx_fn {
+  const char *name;
+  void (*call)(void *plugin, sy_call *c, const char *args_json);
+  void (*cancel)(void *plugin, sy_call *c);
+} sy_ctx_fn;
+
+/* A CLI subcommand: `switchyard <name> ...`. argv[0] is the name. Returns
+ * the process exit code (0 ok, 1 runtime failure, 2 bad input). */
+typedef struct sy_command {
+  const char *name;
+  const char *summary;
+  int (*run)(void *plugin, int argc, char **argv);
+} sy_command;
+
+typedef struct sy_plugin_def {
+  int abi; /* SY_PLUGIN_ABI */
+  const char *name;
+  const char *version;
+  /* Called once when the engine opens its database: create or migrate the
+   * plugin's own tables (the engine wraps it in a transaction), allocate
+   * *plugin. Return 0, or non-zero with a message in err. */
+  int (*init)(const sy_api *api, sy_engine *e, void **plugin, char *err,
+              size_t errlen);
+  void (*fini)(void *plugin);
+  const sy_node_type *nodes; /* terminated by an entry with name NULL */
+  const sy_ctx_fn *ctx_fns;  /* idem; may be NULL */
+  const sy_command *commands; /* idem; may be NULL */
+  /* Optional; returns 0, or non-zero when its writes failed (the engine
+   * then rolls the whole transaction back and stops). */
+  int (*on_event)(void *plugin, const sy_event *ev);
+} sy_plugin_def;
+
+/* The one symbol a plugin exports. */
+typedef const sy_plugin_def *(*sy_plugin_entry_fn)(void);
+#define SY_PLUGIN_ENTRY "sy_plugin_entry"
+
+#endif

@@ -1,0 +1,140 @@
+/* The Lua host: one sandboxed Lua 5.4 state per engine that loads workflow
+ * definitions and runs their steps as coroutines.
+ *
+ * It is the only part of the engine that speaks Lua. The scheduler sees
+ * definitions (sy_workflow, sy_step) and tasks (sy_task: an instance's vars
+ * and ctx, and the coroutine of its current step) through this header. */
+#ifndef SY_LUAHOST_H
+#define SY_LUAHOST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "plugins.h"
+
+typedef struct sy_lua sy_lua;
+typedef struct sy_task sy_task;
+
+typedef struct sy_lua_limits {
+  size_t memory_bytes;      /* cap of the whole state while steps run */
+  int64_t instructions;     /* per step run (and per definition load) */
+} sy_lua_limits;
+
+typedef enum { SY_STEP_TASK, SY_STEP_NODE } sy_step_kind;
+
+typedef struct sy_step {
+  char *name;
+  sy_step_kind kind;
+  int line;
+  int run_ref;  /* task: the function */
+  char *next;   /* fixed next step, or NULL */
+  int next_ref; /* or a function of ctx returning it (LUA_NOREF if none) */
+  int retries;
+  double backoff_initial, backoff_factor, backoff_max; /* seconds */
+  double timeout;                                       /* seconds, 0: none */
+  /* node steps */
+  const sy_node_entry *node;
+  void *node_data;
+  int opts_ref;
+} sy_step;
+
+typedef struct sy_workflow {
+  char *name;
+  char *hash; /* hex SHA-256 of the source */
+  char *path;
+  char *source;
+  size_t source_len;
+  sy_step *steps; /* sorted by name */
+  int nsteps;
+  const sy_step *start;
+  int env_ref;
+} sy_workflow;
+
+/* Diagnostics of a load: errors stop it, warnings do not. */
+typedef struct sy_diag {
+  char error[1024];
+  char warnings[2048];
+} sy_diag;
+
+/* What a step run asked for when it stopped. */
+typedef enum {
+  SY_TASK_DONE,  /* finished: next (NULL = end of instance), vars_json */
+  SY_TASK_ERROR, /* raised: error */
+  SY_TASK_SLEEP, /* ctx.sleep: sleep_ms, sleep_seq */
+  SY_TASK_CALL   /* parked on a plugin call (ctx.<fn>) */
+} sy_task_status;
+
+typedef struct sy_task_result {
+  sy_task_status status;
+  const char *next;  /* points into the definition */
+  char *vars_json;   /* malloc'd on DONE */
+  char error[1024];
+  int64_t sleep_ms;
+  int sleep_seq;
+} sy_task_result;
+
+/* How ctx.<plugin fn>(...) reaches the engine: it starts the plugin call
+ * and returns it, or NULL with a message in err. */
+typedef sy_call *(*sy_ctx_call_fn)(void *ud, sy_task *t,
+                                   const sy_ctx_fn_entry *fn,
+                                   const char *args_json, char *err,
+                                   size_t errlen);
+
+int sy_lua_new(sy_lua **out, const sy_lua_limits *limits, sy_plugins *plugins,
+               sy_ctx_call_fn ctx_call, void *ud);
+void sy_lua_free(sy_lua *h);
+
+/* Loads and validates a definition from source (chunkname is its path, used
+ * in messages as file:line). */
+int sy_workflow_load(sy_lua *h, const char *path, const char *source,
+                     size_t len, sy_workflow **out, sy_diag *diag);
+void sy_workflow_free(sy_lua *h, sy_workflow *wf);
+const sy_step *sy_workflow_step(const sy_workflow *wf, const char *name);
+/* Reads a workflow file and loads it. */
+int sy_workflow_load_file(sy_lua *h, const char *path, sy_workflow **out,
+                          sy_diag *diag);
+
+/* Checks that text is a JSON object usable as an instance's vars. */
+int sy_vars_check(const char *json, char *err, size_t errlen);
+
+/* A task holds an instance's vars and ctx while it is in memory. */
+int sy_task_new(sy_lua *h, sy_task **out, const sy_workflow *wf,
+                int64_t instance_id, const char *vars_json, char *err,
+                size_t errlen);
+void sy_task_free(sy_task *t);
+void *sy_task_owner(sy_task *t);
+void sy_task_set_owner(sy_task *t, void *owner);
+
+/* Makes step the task's current step (ctx.step, ctx.attempt, a fresh
+ * instruction budget); sy_task_start does it for task steps. */
+void sy_task_set_step(sy_task *t, const sy_step *step, int attempt);
+/* Starts a task step run (a new coroutine). */
+void sy_task_start(sy_task *t, const sy_step *step, int attempt,
+                   sy_task_result *r);
+/* Resumes after a sleep or a completed plugin call. */
+void sy_task_resume(sy_task *t, sy_task_result *r);
+/* The parked plugin call finished: json result, or an error message. */
+void sy_task_call_done(sy_task *t, const char *json, const char *error);
+/* Drops the running coroutine (timeout, shutdown); vars keep their state
+ * as of the last completed step. */
+void sy_task_abort(sy_task *t);
+/* For node steps: ends the step going to next (validates and serializes
+ * vars as a task step does). */
+void sy_task_finish_node(sy_task *t, const sy_step *step, const char *next,
+                         sy_task_result *r);
+/* Restores vars to the given JSON (after a failed attempt). */
+int sy_task_reset_vars(sy_task *t, const char *vars_json);
+
+/* JSON helpers for other Lua hosts of the binary (the test runner). They
+ * take a lua_State as void * so this header stays free of lua.h. */
+int sy_lua_encode(void *L, int idx, char **out, char *err, size_t errlen);
+int sy_lua_push_json(void *L, const char *text, char *err, size_t errlen);
+
+/* Services for plugin calls (sy_api). */
+int sy_task_var_get(sy_task *t, const char *key, sy_value *out);
+int sy_task_var_set_json(sy_task *t, const char *key, const char *json);
+int sy_task_predicate(sy_task *t, const sy_step *step, const char *option,
+                      int *out, char *err, size_t errlen);
+int sy_opts_get(sy_opts *o, const char *key, sy_value *out);
+
+#endif

@@ -1,0 +1,274 @@
+/* The plugin registry (see plugins.h): loads shared modules with uv_dlopen,
+ * checks their ABI version, and indexes what they register. */
+#include "plugins.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "store.h"
+
+/* Entries are few (a handful of plugins), so flat arrays searched linearly
+ * are both the simplest and the fastest structure here. */
+struct sy_plugins {
+  sy_loaded_plugin **plugins;
+  int nplugins;
+  sy_node_entry *nodes;
+  int nnodes;
+  sy_ctx_fn_entry *fns;
+  int nfns;
+  sy_command_entry *cmds;
+  int ncmds;
+};
+
+int sy_plugins_new(sy_plugins **out) {
+  sy_plugins *p = calloc(1, sizeof *p);
+  if (!p) {
+    return SY_ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+void sy_plugins_free(sy_plugins *p) {
+  if (!p) {
+    return;
+  }
+  for (int i = p->nplugins - 1; i >= 0; i--) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    if (lp->initialized && lp->def->fini) {
+      lp->def->fini(lp->state);
+    }
+    if (lp->has_lib) {
+      uv_dlclose(&lp->lib);
+    }
+    free(lp->path);
+    free(lp);
+  }
+  free(p->plugins);
+  free(p->nodes);
+  free(p->fns);
+  free(p->cmds);
+  free(p);
+}
+
+static int grow(void **arr, int n, size_t size) {
+  void *a = realloc(*arr, (size_t)(n + 1) * size);
+  if (!a) {
+    return SY_ENOMEM;
+  }
+  *arr = a;
+  return 0;
+}
+
+int sy_plugins_add(sy_plugins *p, const sy_plugin_def *def, const char *origin,
+                   char *err, size_t errlen) {
+  sy_loaded_plugin *lp;
+  if (!def || def->abi != SY_PLUGIN_ABI) {
+    snprintf(err, errlen,
+             "plugin %s was built for plugin ABI %d, this engine has ABI %d",
+             origin, def ? def->abi : -1, SY_PLUGIN_ABI);
+    return SY_EPLUGIN;
+  }
+  if (!def->name || !def->init) {
+    snprintf(err, errlen, "plugin %s: definition lacks a name or init",
+             origin);
+    return SY_EPLUGIN;
+  }
+  for (int i = 0; i < p->nplugins; i++) {
+    if (strcmp(p->plugins[i]->def->name, def->name) == 0) {
+      snprintf(err, errlen, "plugin %s: a plugin named '%s' is loaded already",
+               origin, def->name);
+      return SY_EPLUGIN;
+    }
+  }
+  for (const sy_node_type *n = def->nodes; n && n->name; n++) {
+    if (sy_plugins_node(p, n->name) || strcmp(n->name, "task") == 0 ||
+        strcmp(n->name, "workflow") == 0) {
+      snprintf(err, errlen, "plugin %s: node type '%s' is defined twice",
+               origin, n->name);
+      return SY_EPLUGIN;
+    }
+  }
+  if (!(lp = calloc(1, sizeof *lp)) ||
+      grow((void **)&p->plugins, p->nplugins, sizeof *p->plugins)) {
+    free(lp);
+    snprintf(err, errlen, "out of memory");
+    return SY_ENOMEM;
+  }
+  lp->def = def;
+  p->plugins[p->nplugins++] = lp;
+  for (const sy_node_type *n = def->nodes; n && n->name; n++) {
+    if (grow((void **)&p->nodes, p->nnodes, sizeof *p->nodes)) {
+      return SY_ENOMEM;
+    }
+    p->nodes[p->nnodes++] = (sy_node_entry){n, lp};
+  }
+  for (const sy_ctx_fn *f = def->ctx_fns; f && f->name; f++) {
+    if (grow((void **)&p->fns, p->nfns, sizeof *p->fns)) {
+      return SY_ENOMEM;
+    }
+    p->fns[p->nfns++] = (sy_ctx_fn_entry){f, lp};
+  }
+  for (const sy_command *c = def->commands; c && c->name; c++) {
+    if (grow((void **)&p->cmds, p->ncmds, sizeof *p->cmds)) {
+      return SY_ENOMEM;
+    }
+    p->cmds[p->ncmds++] = (sy_command_entry){c, lp};
+  }
+  return 0;
+}
+
+int sy_plugins_load_file(sy_plugins *p, const char *path, char *err,
+                         size_t errlen) {
+  uv_lib_t lib;
+  sy_plugin_entry_fn entry;
+  int rc;
+  if (uv_dlopen(path, &lib)) {
+    snprintf(err, errlen, "cannot load plugin %s: %s", path,
+             uv_dlerror(&lib));
+    uv_dlclose(&lib);
+    return SY_EPLUGIN;
+  }
+  if (uv_dlsym(&lib, SY_PLUGIN_ENTRY, (void **)&entry)) {
+    snprintf(err, errlen, "plugin %s does not export %s", path,
+             SY_PLUGIN_ENTRY);
+    uv_dlclose(&lib);
+    return SY_EPLUGIN;
+  }
+  rc = sy_plugins_add(p, entry(), path, err, errlen);
+  if (rc) {
+    uv_dlclose(&lib);
+    return rc;
+  }
+  p->plugins[p->nplugins - 1]->lib = lib;
+  p->plugins[p->nplugins - 1]->has_lib = 1;
+  p->plugins[p->nplugins - 1]->path = strdup(path);
+  return 0;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int sy_plugins_load_dir(sy_plugins *p, const char *dir, char *err,
+                        size_t errlen) {
+  DIR *d = opendir(dir);
+  struct dirent *ent;
+  char **names = NULL;
+  int n = 0, rc = 0;
+  if (!d) {
+    return 0;
+  }
+  while ((ent = readdir(d))) {
+    size_t len = strlen(ent->d_name);
+    if (len > 3 && strcmp(ent->d_name + len - 3, ".so") == 0) {
+      if (grow((void **)&names, n, sizeof *names) ||
+          !(names[n] = strdup(ent->d_name))) {
+        rc = SY_ENOMEM;
+        break;
+      }
+      n++;
+    }
+  }
+  closedir(d);
+  /* A fixed order, so the same directory always loads the same way. */
+  if (names) {
+    qsort(names, (size_t)n, sizeof *names, by_name);
+  }
+  for (int i = 0; i < n; i++) {
+    char path[4096];
+    if (!rc) {
+      snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+      rc = sy_plugins_load_file(p, path, err, errlen);
+    }
+    free(names[i]);
+  }
+  free(names);
+  return rc;
+}
+
+int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
+                    sy_store *st, char *err, size_t errlen) {
+  int rc;
+  if (p->nplugins == 0) {
+    return 0;
+  }
+  if ((rc = sy_store_begin(st))) {
+    snprintf(err, errlen, "%s", sy_store_errmsg(st));
+    return rc;
+  }
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    char msg[512] = "";
+    if (lp->initialized) {
+      continue;
+    }
+    if (lp->def->init(api, e, &lp->state, msg, sizeof msg)) {
+      snprintf(err, errlen, "plugin %s: %s", lp->def->name, msg);
+      sy_store_rollback(st);
+      return SY_EPLUGIN;
+    }
+    lp->initialized = 1;
+  }
+  if ((rc = sy_store_commit(st))) {
+    snprintf(err, errlen, "%s", sy_store_errmsg(st));
+  }
+  return rc;
+}
+
+const sy_node_entry *sy_plugins_node(const sy_plugins *p, const char *name) {
+  for (int i = 0; i < p->nnodes; i++) {
+    if (strcmp(p->nodes[i].type->name, name) == 0) {
+      return &p->nodes[i];
+    }
+  }
+  return NULL;
+}
+
+int sy_plugins_ctx_fn_count(const sy_plugins *p) {
+  return p->nfns;
+}
+
+const sy_ctx_fn_entry *sy_plugins_ctx_fn(const sy_plugins *p, int i) {
+  return &p->fns[i];
+}
+
+const sy_command_entry *sy_plugins_command(const sy_plugins *p,
+                                           const char *name) {
+  for (int i = 0; i < p->ncmds; i++) {
+    if (strcmp(p->cmds[i].cmd->name, name) == 0) {
+      return &p->cmds[i];
+    }
+  }
+  return NULL;
+}
+
+int sy_plugins_command_count(const sy_plugins *p) {
+  return p->ncmds;
+}
+
+const sy_command_entry *sy_plugins_command_at(const sy_plugins *p, int i) {
+  return &p->cmds[i];
+}
+
+void sy_plugins_node_names(const sy_plugins *p, char *buf, size_t len) {
+  size_t used = (size_t)snprintf(buf, len, "task");
+  for (int i = 0; i < p->nnodes && used < len; i++) {
+    used += (size_t)snprintf(buf + used, len - used, ", %s",
+                             p->nodes[i].type->name);
+  }
+}
+
+int sy_plugins_event(sy_plugins *p, const sy_event *ev) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    if (lp->initialized && lp->def->on_event &&
+        lp->def->on_event(lp->state, ev)) {
+      return SY_EPLUGIN;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,61 @@
+/* The registry of loaded plugins: shared modules found in a directory (or
+ * definitions linked in statically, for tests), their node types, ctx
+ * functions, CLI commands and event hooks. */
+#ifndef SY_PLUGINS_H
+#define SY_PLUGINS_H
+
+#include "switchyard/plugin.h"
+
+typedef struct sy_plugins sy_plugins;
+typedef struct sy_store sy_store;
+
+typedef struct sy_loaded_plugin {
+  const sy_plugin_def *def;
+  void *state; /* what def->init returned */
+  int initialized;
+  int has_lib;
+  uv_lib_t lib;
+  char *path;
+} sy_loaded_plugin;
+
+typedef struct sy_node_entry {
+  const sy_node_type *type;
+  sy_loaded_plugin *plugin;
+} sy_node_entry;
+
+typedef struct sy_ctx_fn_entry {
+  const sy_ctx_fn *fn;
+  sy_loaded_plugin *plugin;
+} sy_ctx_fn_entry;
+
+typedef struct sy_command_entry {
+  const sy_command *cmd;
+  sy_loaded_plugin *plugin;
+} sy_command_entry;
+
+int sy_plugins_new(sy_plugins **out);
+void sy_plugins_free(sy_plugins *p);
+/* Loads every *.so in dir; a missing dir is not an error. */
+int sy_plugins_load_dir(sy_plugins *p, const char *dir, char *err,
+                        size_t errlen);
+int sy_plugins_load_file(sy_plugins *p, const char *path, char *err,
+                         size_t errlen);
+int sy_plugins_add(sy_plugins *p, const sy_plugin_def *def, const char *origin,
+                   char *err, size_t errlen);
+/* Runs each plugin's init inside one transaction of the store. */
+int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
+                    sy_store *st, char *err, size_t errlen);
+
+const sy_node_entry *sy_plugins_node(const sy_plugins *p, const char *name);
+int sy_plugins_ctx_fn_count(const sy_plugins *p);
+const sy_ctx_fn_entry *sy_plugins_ctx_fn(const sy_plugins *p, int i);
+const sy_command_entry *sy_plugins_command(const sy_plugins *p,
+                                           const char *name);
+int sy_plugins_command_count(const sy_plugins *p);
+const sy_command_entry *sy_plugins_command_at(const sy_plugins *p, int i);
+/* Names of all node types, comma-separated, for error messages. */
+void sy_plugins_node_names(const sy_plugins *p, char *buf, size_t len);
+/* Reports an event to every plugin; non-zero if one failed. */
+int sy_plugins_event(sy_plugins *p, const sy_event *ev);
+
+#endif

@@ -1,0 +1,704 @@
+/* The durable store (see store.h): schema, migrations and every statement,
+ * prepared once into a cache indexed by an enum so the SQL text lives in one
+ * place and the hot path never re-parses it. */
+#include "store.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "error.h"
+
+/* Each migration moves the schema from version i to i+1; user_version
+ * records where a database is. Never edit a released migration: add one. */
+static const char *const migrations[] = {
+    /* 1: instances, their history, incidents, pinned definitions. */
+    "CREATE TABLE definitions("
+    "  hash TEXT PRIMARY KEY,"
+    "  workflow TEXT NOT NULL,"
+    "  path TEXT,"
+    "  source TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL);"
+    "CREATE TABLE instances("
+    "  id INTEGER PRIMARY KEY,"
+    "  workflow TEXT NOT NULL,"
+    "  def_hash TEXT NOT NULL REFERENCES definitions(hash),"
+    "  state TEXT NOT NULL,"
+    "  step TEXT,"
+    "  attempt INTEGER NOT NULL DEFAULT 1,"
+    "  vars TEXT NOT NULL,"
+    "  wake_at INTEGER,"
+    "  wait_seq INTEGER,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  ended_at INTEGER);"
+    "CREATE INDEX instances_runnable ON instances(state, wake_at);"
+    "CREATE TABLE step_runs("
+    "  id INTEGER PRIMARY KEY,"
+    "  instance_id INTEGER NOT NULL,"
+    "  step TEXT NOT NULL,"
+    "  attempt INTEGER NOT NULL,"
+    "  started_at INTEGER NOT NULL,"
+    "  ended_at INTEGER NOT NULL,"
+    "  outcome TEXT NOT NULL,"
+    "  error TEXT);"
+    "CREATE INDEX step_runs_instance ON step_runs(instance_id);"
+    "CREATE TABLE incidents("
+    "  id INTEGER PRIMARY KEY,"
+    "  instance_id INTEGER NOT NULL,"
+    "  step TEXT NOT NULL,"
+    "  error TEXT NOT NULL,"
+    "  raised_at INTEGER NOT NULL,"
+    "  resolved_at INTEGER,"
+    "  resolution TEXT);"
+    "CREATE INDEX incidents_instance ON incidents(instance_id);",
+};
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+#define INSTANCE_COLS                                                   \
+  "id, workflow, def_hash, state, step, attempt, vars, wake_at, "       \
+  "wait_seq, created_at, updated_at, ended_at"
+
+enum {
+  Q_BEGIN,
+  Q_COMMIT,
+  Q_ROLLBACK,
+  Q_PUT_DEF,
+  Q_GET_DEF,
+  Q_INSERT_INSTANCE,
+  Q_CLAIM_READY,
+  Q_CLAIM_DUE,
+  Q_NEXT_WAKE,
+  Q_COUNT_ACTIVE,
+  Q_RECOVER,
+  Q_UPDATE_INSTANCE,
+  Q_INSERT_STEP_RUN,
+  Q_INSERT_INCIDENT,
+  Q_GET_INSTANCE,
+  Q_LIST_INSTANCES,
+  Q_LIST_STEP_RUNS,
+  Q_LIST_INCIDENTS,
+  Q_RESOLVE_INCIDENTS,
+  Q__COUNT
+};
+
+static const char *const sql_text[Q__COUNT] = {
+    [Q_BEGIN] = "BEGIN IMMEDIATE",
+    [Q_COMMIT] = "COMMIT",
+    [Q_ROLLBACK] = "ROLLBACK",
+    [Q_PUT_DEF] =
+        "INSERT OR IGNORE INTO definitions(hash, workflow, path, source, "
+        "created_at) VALUES(?1, ?2, ?3, ?4, ?5)",
+    [Q_GET_DEF] = "SELECT source, path FROM definitions WHERE hash = ?1",
+    [Q_INSERT_INSTANCE] =
+        "INSERT INTO instances(workflow, def_hash, state, step, attempt, "
+        "vars, created_at, updated_at) "
+        "VALUES(?1, ?2, 'ready', ?3, 1, ?4, ?5, ?5)",
+    /* RETURNING makes every change during the first step, so the caller
+     * may write while it reads the claimed rows. The scans follow the
+     * instances_runnable index: due rows by wake_at, ready rows by id. */
+    [Q_CLAIM_DUE] = "UPDATE instances SET state = 'running', updated_at = ?1 "
+                    "WHERE id IN (SELECT id FROM instances "
+                    "WHERE state = 'waiting' AND wake_at <= ?1 LIMIT ?2) "
+                    "RETURNING " INSTANCE_COLS,
+    [Q_CLAIM_READY] = "UPDATE instances SET state = 'running', updated_at = ?1 "
+                      "WHERE id IN (SELECT id FROM instances "
+                      "WHERE state = 'ready' LIMIT ?2) "
+                      "RETURNING " INSTANCE_COLS,
+    [Q_NEXT_WAKE] =
+        "SELECT min(wake_at) FROM instances WHERE state = 'waiting'",
+    [Q_COUNT_ACTIVE] =
+        "SELECT count(*) FROM instances "
+        "WHERE state IN ('ready', 'running', 'waiting')",
+    [Q_RECOVER] =
+        "UPDATE instances SET state = CASE WHEN wake_at > ?1 THEN 'waiting' "
+        "ELSE 'ready' END, updated_at = ?1 WHERE state = 'running'",
+    [Q_UPDATE_INSTANCE] =
+        "UPDATE instances SET state = ?2, step = ?3, attempt = ?4, "
+        "vars = coalesce(?5, vars), wake_at = ?6, wait_seq = ?7, "
+        "updated_at = ?8, ended_at = ?9 WHERE id = ?1",
+    [Q_INSERT_STEP_RUN] =
+        "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
+        "ended_at, outcome, error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [Q_INSERT_INCIDENT] =
+        "INSERT INTO incidents(instance_id, step, error, raised_at) "
+        "VALUES(?1, ?2, ?3, ?4)",
+    [Q_GET_INSTANCE] = "SELECT " INSTANCE_COLS " FROM instances WHERE id = ?1",
+    [Q_LIST_INSTANCES] = "SELECT " INSTANCE_COLS
+                         " FROM instances WHERE (?1 IS NULL OR state = ?1) "
+                         "AND (?2 IS NULL OR workflow = ?2) ORDER BY id",
+    [Q_LIST_STEP_RUNS] =
+        "SELECT id, instance_id, step, attempt, started_at, ended_at, "
+        "outcome, error FROM step_runs WHERE instance_id = ?1 ORDER BY id",
+    [Q_LIST_INCIDENTS] =
+        "SELECT n.id, n.instance_id, i.workflow, n.step, n.error, "
+        "n.raised_at, n.resolved_at, n.resolution "
+        "FROM incidents n JOIN instances i ON i.id = n.instance_id "
+        "WHERE (?1 = 0 OR n.resolved_at IS NULL) "
+        "AND (?2 = 0 OR n.instance_id = ?2) ORDER BY n.id",
+    [Q_RESOLVE_INCIDENTS] =
+        "UPDATE incidents SET resolved_at = ?2, resolution = ?3 "
+        "WHERE instance_id = ?1 AND resolved_at IS NULL",
+};
+
+struct sy_store {
+  sqlite3 *db;
+  sqlite3_stmt *stmt[Q__COUNT];
+  int in_tx;
+  char errmsg[512];
+};
+
+int64_t sy_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int sy_store_set_error(sy_store *st, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(st->errmsg, sizeof st->errmsg, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+/* Turns an SQLite failure into an SY_E code, keeping SQLite's message. */
+static int db_error(sy_store *st, const char *what) {
+  int rc = sqlite3_errcode(st->db);
+  sy_store_set_error(st, 0, "%s: %s", what, sqlite3_errmsg(st->db));
+  return (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? SY_EBUSY : SY_ESTORE;
+}
+
+const char *sy_store_errmsg(sy_store *st) {
+  return st->errmsg;
+}
+
+sqlite3 *sy_store_db(sy_store *st) {
+  return st->db;
+}
+
+/* Statements are prepared on first use so a read-only listing command never
+ * pays for (or fails on) statements it does not run. */
+static sqlite3_stmt *stmt(sy_store *st, int q) {
+  if (!st->stmt[q]) {
+    if (sqlite3_prepare_v3(st->db, sql_text[q], -1, SQLITE_PREPARE_PERSISTENT,
+                           &st->stmt[q], NULL) != SQLITE_OK) {
+      db_error(st, "prepare");
+      return NULL;
+    }
+  }
+  return st->stmt[q];
+}
+
+/* Runs a statement that returns no rows; bindings already made. */
+static int exec_stmt(sy_store *st, sqlite3_stmt *s, const char *what) {
+  int rc = sqlite3_step(s);
+  int rrc = sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  if (rc != SQLITE_DONE || rrc != SQLITE_OK) {
+    return db_error(st, what);
+  }
+  return 0;
+}
+
+static void bind_text(sqlite3_stmt *s, int i, const char *v) {
+  if (v) {
+    sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+  } else {
+    sqlite3_bind_null(s, i);
+  }
+}
+
+static void bind_opt_int(sqlite3_stmt *s, int i, int64_t v) {
+  if (v) {
+    sqlite3_bind_int64(s, i, v);
+  } else {
+    sqlite3_bind_null(s, i);
+  }
+}
+
+static int exec_sql(sy_store *st, const char *sql) {
+  char *msg = NULL;
+  if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+    int busy = sqlite3_errcode(st->db) == SQLITE_BUSY;
+    sy_store_set_error(st, 0, "%s", msg ? msg : sqlite3_errmsg(st->db));
+    sqlite3_free(msg);
+    return busy ? SY_EBUSY : SY_ESTORE;
+  }
+  return 0;
+}
+
+static int migrate(sy_store *st) {
+  sqlite3_stmt *s;
+  int version = 0;
+  int rc = exec_sql(st, "BEGIN IMMEDIATE");
+  if (rc) {
+    return rc;
+  }
+  if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) ==
+      SQLITE_OK) {
+    if (sqlite3_step(s) == SQLITE_ROW) {
+      version = sqlite3_column_int(s, 0);
+    }
+    sqlite3_finalize(s);
+  }
+  if (version > SCHEMA_VERSION) {
+    exec_sql(st, "ROLLBACK");
+    return sy_store_set_error(st, SY_ESTORE,
+                              "database schema version %d is newer than this "
+                              "switchyard (%d): upgrade switchyard",
+                              version, SCHEMA_VERSION);
+  }
+  for (; version < SCHEMA_VERSION; version++) {
+    char pragma[64];
+    rc = exec_sql(st, migrations[version]);
+    if (rc) {
+      exec_sql(st, "ROLLBACK");
+      return rc;
+    }
+    snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", version + 1);
+    if ((rc = exec_sql(st, pragma))) {
+      exec_sql(st, "ROLLBACK");
+      return rc;
+    }
+  }
+  return exec_sql(st, "COMMIT");
+}
+
+int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
+                  char *err, size_t errlen) {
+  sy_store *st = calloc(1, sizeof *st);
+  int flags = opts->read_only ? SQLITE_OPEN_READONLY
+                              : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+  int rc;
+  if (!st) {
+    snprintf(err, errlen, "out of memory");
+    return SY_ENOMEM;
+  }
+  if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "cannot open database %s: %s", path,
+             st->db ? sqlite3_errmsg(st->db) : "out of memory");
+    sy_store_close(st);
+    return SY_ESTORE;
+  }
+  sqlite3_extended_result_codes(st->db, 0);
+  sqlite3_busy_timeout(st->db, opts->busy_timeout_ms > 0
+                                   ? opts->busy_timeout_ms
+                                   : 5000);
+  rc = exec_sql(st, "PRAGMA foreign_keys = OFF");
+  if (!rc && !opts->read_only) {
+    rc = exec_sql(st, "PRAGMA journal_mode = WAL");
+  }
+  if (!rc) {
+    rc = exec_sql(st, opts->sync == SY_SYNC_NORMAL ? "PRAGMA synchronous = NORMAL"
+                                                   : "PRAGMA synchronous = FULL");
+  }
+  if (!rc && !opts->read_only) {
+    rc = migrate(st);
+  }
+  if (rc) {
+    snprintf(err, errlen, "database %s: %s", path, st->errmsg);
+    sy_store_close(st);
+    return rc;
+  }
+  *out = st;
+  return 0;
+}
+
+void sy_store_close(sy_store *st) {
+  if (!st) {
+    return;
+  }
+  if (st->in_tx) {
+    sy_store_rollback(st);
+  }
+  for (int i = 0; i < Q__COUNT; i++) {
+    sqlite3_finalize(st->stmt[i]);
+  }
+  sqlite3_close(st->db);
+  free(st);
+}
+
+int sy_store_begin(sy_store *st) {
+  sqlite3_stmt *s;
+  int rc;
+  if (st->in_tx) {
+    return 0;
+  }
+  if (!(s = stmt(st, Q_BEGIN))) {
+    return SY_ESTORE;
+  }
+  if ((rc = exec_stmt(st, s, "begin"))) {
+    return rc;
+  }
+  st->in_tx = 1;
+  return 0;
+}
+
+int sy_store_commit(sy_store *st) {
+  sqlite3_stmt *s;
+  int rc;
+  if (!st->in_tx) {
+    return 0;
+  }
+  if (!(s = stmt(st, Q_COMMIT))) {
+    return SY_ESTORE;
+  }
+  rc = exec_stmt(st, s, "commit");
+  /* A failed COMMIT may leave the transaction open (SQLITE_BUSY): roll it
+   * back so the caller's in-memory view and the database agree again. */
+  if (rc && !sqlite3_get_autocommit(st->db)) {
+    sy_store_rollback(st);
+  }
+  st->in_tx = 0;
+  return rc;
+}
+
+void sy_store_rollback(sy_store *st) {
+  sqlite3_stmt *s = stmt(st, Q_ROLLBACK);
+  if (s && !sqlite3_get_autocommit(st->db)) {
+    sqlite3_step(s);
+    sqlite3_reset(s);
+  }
+  st->in_tx = 0;
+}
+
+int sy_store_in_tx(sy_store *st) {
+  return st->in_tx;
+}
+
+int sy_store_put_definition(sy_store *st, const char *hash,
+                            const char *workflow, const char *path,
+                            const char *source, size_t len) {
+  sqlite3_stmt *s = stmt(st, Q_PUT_DEF);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, hash, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, workflow, -1, SQLITE_STATIC);
+  bind_text(s, 3, path);
+  sqlite3_bind_text(s, 4, source, (int)len, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 5, sy_now_ms());
+  return exec_stmt(st, s, "store definition");
+}
+
+static char *dup_column(sqlite3_stmt *s, int col, size_t *len) {
+  const unsigned char *t = sqlite3_column_text(s, col);
+  size_t n = (size_t)sqlite3_column_bytes(s, col);
+  char *copy;
+  if (!t) {
+    return NULL;
+  }
+  copy = malloc(n + 1);
+  if (copy) {
+    memcpy(copy, t, n);
+    copy[n] = '\0';
+    if (len) {
+      *len = n;
+    }
+  }
+  return copy;
+}
+
+int sy_store_get_definition(sy_store *st, const char *hash, char **source,
+                            size_t *len, char **path) {
+  sqlite3_stmt *s = stmt(st, Q_GET_DEF);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, hash, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    *source = dup_column(s, 0, len);
+    *path = dup_column(s, 1, NULL);
+    rc = *source ? 0 : SY_ENOMEM;
+  } else if (rc == SQLITE_DONE) {
+    rc = sy_store_set_error(st, SY_ENOTFOUND, "no definition %s", hash);
+  } else {
+    rc = db_error(st, "read definition");
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc;
+}
+
+int sy_store_insert_instance(sy_store *st, const char *workflow,
+                             const char *def_hash, const char *step,
+                             const char *vars, int64_t now, int64_t *id) {
+  sqlite3_stmt *s = stmt(st, Q_INSERT_INSTANCE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, workflow, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, def_hash, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, step, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 4, vars, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 5, now);
+  if ((rc = exec_stmt(st, s, "insert instance"))) {
+    return rc;
+  }
+  if (id) {
+    *id = sqlite3_last_insert_rowid(st->db);
+  }
+  return 0;
+}
+
+static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
+  r->id = sqlite3_column_int64(s, 0);
+  r->workflow = (const char *)sqlite3_column_text(s, 1);
+  r->def_hash = (const char *)sqlite3_column_text(s, 2);
+  r->state = (const char *)sqlite3_column_text(s, 3);
+  r->step = (const char *)sqlite3_column_text(s, 4);
+  r->attempt = sqlite3_column_int(s, 5);
+  r->vars = (const char *)sqlite3_column_text(s, 6);
+  r->wake_at = sqlite3_column_int64(s, 7);
+  r->wait_seq = sqlite3_column_int(s, 8);
+  r->created_at = sqlite3_column_int64(s, 9);
+  r->updated_at = sqlite3_column_int64(s, 10);
+  r->ended_at = sqlite3_column_int64(s, 11);
+}
+
+/* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
+static int each_instance(sy_store *st, sqlite3_stmt *s, sy_instance_cb cb,
+                         void *ud, int *count) {
+  int rc, n = 0;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sy_instance_row r;
+    read_instance(s, &r);
+    n++;
+    if (cb(ud, &r)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    rc = db_error(st, "read instances");
+  } else {
+    rc = 0;
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  if (count) {
+    *count = n;
+  }
+  return rc;
+}
+
+int sy_store_claim(sy_store *st, int64_t now, int limit, sy_instance_cb cb,
+                   void *ud) {
+  sqlite3_stmt *s;
+  int rc, got = 0;
+  if ((rc = sy_store_begin(st))) {
+    return rc;
+  }
+  /* Due retries and interrupted sleeps first: they have waited already. */
+  if (!(s = stmt(st, Q_CLAIM_DUE))) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, now);
+  sqlite3_bind_int(s, 2, limit);
+  if ((rc = each_instance(st, s, cb, ud, &got)) || got >= limit) {
+    return rc;
+  }
+  if (!(s = stmt(st, Q_CLAIM_READY))) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, now);
+  sqlite3_bind_int(s, 2, limit - got);
+  return each_instance(st, s, cb, ud, NULL);
+}
+
+static int single_int(sy_store *st, int q, int64_t *out, const char *what) {
+  sqlite3_stmt *s = stmt(st, q);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    *out = sqlite3_column_int64(s, 0);
+    rc = 0;
+  } else {
+    rc = db_error(st, what);
+  }
+  sqlite3_reset(s);
+  return rc;
+}
+
+int sy_store_next_wake(sy_store *st, int64_t *wake_at) {
+  return single_int(st, Q_NEXT_WAKE, wake_at, "next wake-up");
+}
+
+int sy_store_count_active(sy_store *st, int64_t *n) {
+  return single_int(st, Q_COUNT_ACTIVE, n, "count active instances");
+}
+
+int sy_store_recover(sy_store *st, int64_t now, int64_t *n) {
+  sqlite3_stmt *s = stmt(st, Q_RECOVER);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, now);
+  if ((rc = exec_stmt(st, s, "recover instances"))) {
+    return rc;
+  }
+  *n = sqlite3_changes(st->db);
+  return 0;
+}
+
+int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
+  sqlite3_stmt *s = stmt(st, Q_UPDATE_INSTANCE);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, u->id);
+  sqlite3_bind_text(s, 2, u->state, -1, SQLITE_STATIC);
+  bind_text(s, 3, u->step);
+  sqlite3_bind_int(s, 4, u->attempt);
+  bind_text(s, 5, u->vars);
+  bind_opt_int(s, 6, u->wake_at);
+  bind_opt_int(s, 7, u->wait_seq);
+  sqlite3_bind_int64(s, 8, u->now);
+  bind_opt_int(s, 9, u->ended ? u->now : 0);
+  return exec_stmt(st, s, "update instance");
+}
+
+int sy_store_insert_step_run(sy_store *st, int64_t instance_id,
+                             const char *step, int attempt, int64_t started,
+                             int64_t ended, const char *outcome,
+                             const char *error) {
+  sqlite3_stmt *s = stmt(st, Q_INSERT_STEP_RUN);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, step, -1, SQLITE_STATIC);
+  sqlite3_bind_int(s, 3, attempt);
+  sqlite3_bind_int64(s, 4, started);
+  sqlite3_bind_int64(s, 5, ended);
+  sqlite3_bind_text(s, 6, outcome, -1, SQLITE_STATIC);
+  bind_text(s, 7, error);
+  return exec_stmt(st, s, "record step run");
+}
+
+int sy_store_insert_incident(sy_store *st, int64_t instance_id,
+                             const char *step, const char *error,
+                             int64_t now) {
+  sqlite3_stmt *s = stmt(st, Q_INSERT_INCIDENT);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, step, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, error, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 4, now);
+  return exec_stmt(st, s, "raise incident");
+}
+
+int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb,
+                          void *ud, int *found) {
+  sqlite3_stmt *s = stmt(st, Q_GET_INSTANCE);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, id);
+  return each_instance(st, s, cb, ud, found);
+}
+
+int sy_store_list_instances(sy_store *st, const char *state,
+                            const char *workflow, sy_instance_cb cb,
+                            void *ud) {
+  sqlite3_stmt *s = stmt(st, Q_LIST_INSTANCES);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  bind_text(s, 1, state);
+  bind_text(s, 2, workflow);
+  return each_instance(st, s, cb, ud, NULL);
+}
+
+int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
+                            sy_step_run_cb cb, void *ud) {
+  sqlite3_stmt *s = stmt(st, Q_LIST_STEP_RUNS);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sy_step_run_row r = {
+        .id = sqlite3_column_int64(s, 0),
+        .instance_id = sqlite3_column_int64(s, 1),
+        .step = (const char *)sqlite3_column_text(s, 2),
+        .attempt = sqlite3_column_int(s, 3),
+        .started_at = sqlite3_column_int64(s, 4),
+        .ended_at = sqlite3_column_int64(s, 5),
+        .outcome = (const char *)sqlite3_column_text(s, 6),
+        .error = (const char *)sqlite3_column_text(s, 7),
+    };
+    if (cb(ud, &r)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : db_error(st, "read step runs");
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc;
+}
+
+int sy_store_list_incidents(sy_store *st, int open_only, int64_t instance_id,
+                            sy_incident_cb cb, void *ud) {
+  sqlite3_stmt *s = stmt(st, Q_LIST_INCIDENTS);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int(s, 1, open_only);
+  sqlite3_bind_int64(s, 2, instance_id);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sy_incident_row r = {
+        .id = sqlite3_column_int64(s, 0),
+        .instance_id = sqlite3_column_int64(s, 1),
+        .workflow = (const char *)sqlite3_column_text(s, 2),
+        .step = (const char *)sqlite3_column_text(s, 3),
+        .error = (const char *)sqlite3_column_text(s, 4),
+        .raised_at = sqlite3_column_int64(s, 5),
+        .resolved_at = sqlite3_column_int64(s, 6),
+        .resolution = (const char *)sqlite3_column_text(s, 7),
+    };
+    if (cb(ud, &r)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : db_error(st, "read incidents");
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc;
+}
+
+int sy_store_resolve_incidents(sy_store *st, int64_t instance_id,
+                               const char *resolution, int64_t now,
+                               int64_t *n) {
+  sqlite3_stmt *s = stmt(st, Q_RESOLVE_INCIDENTS);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_int64(s, 2, now);
+  sqlite3_bind_text(s, 3, resolution, -1, SQLITE_STATIC);
+  if ((rc = exec_stmt(st, s, "resolve incidents"))) {
+    return rc;
+  }
+  if (n) {
+    *n = sqlite3_changes(st->db);
+  }
+  return 0;
+}

@@ -1,0 +1,156 @@
+/* The durable store: one SQLite connection per engine, its schema and
+ * migrations, and every SQL statement the engine runs (prepared once).
+ *
+ * Writes go into a batch transaction the scheduler opens lazily and commits
+ * once per loop turn (group commit); the CLI's one-off changes use
+ * sy_store_begin/commit directly. Errors return SY_E* codes and leave the
+ * SQLite message in sy_store_errmsg(). */
+#ifndef SY_STORE_H
+#define SY_STORE_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sy_store sy_store;
+
+typedef enum { SY_SYNC_FULL, SY_SYNC_NORMAL } sy_sync_mode;
+
+typedef struct sy_store_opts {
+  sy_sync_mode sync;
+  int busy_timeout_ms;
+  int read_only; /* open without creating or migrating (listing commands) */
+} sy_store_opts;
+
+/* Instance states as stored. `running` means an engine holds it in memory;
+ * `waiting` means due again at wake_at (a retry backoff, or a sleep that was
+ * interrupted by a restart). */
+#define SY_STATE_READY "ready"
+#define SY_STATE_RUNNING "running"
+#define SY_STATE_WAITING "waiting"
+#define SY_STATE_INCIDENT "incident"
+#define SY_STATE_COMPLETED "completed"
+#define SY_STATE_CANCELLED "cancelled"
+
+typedef struct sy_instance_row {
+  int64_t id;
+  const char *workflow;
+  const char *def_hash;
+  const char *state;
+  const char *step; /* NULL once ended */
+  int attempt;
+  const char *vars;
+  int64_t wake_at;  /* 0 when none */
+  int wait_seq;     /* 0 when none */
+  int64_t created_at, updated_at, ended_at;
+} sy_instance_row;
+
+typedef struct sy_step_run_row {
+  int64_t id;
+  int64_t instance_id;
+  const char *step;
+  int attempt;
+  int64_t started_at, ended_at;
+  const char *outcome; /* ok, error, timeout */
+  const char *error;   /* NULL when ok */
+} sy_step_run_row;
+
+typedef struct sy_incident_row {
+  int64_t id;
+  int64_t instance_id;
+  const char *workflow;
+  const char *step;
+  const char *error;
+  int64_t raised_at;
+  int64_t resolved_at; /* 0 while open */
+  const char *resolution;
+} sy_incident_row;
+
+/* Row callbacks: strings are valid during the call only. Return non-zero to
+ * stop early. */
+typedef int (*sy_instance_cb)(void *ud, const sy_instance_row *row);
+typedef int (*sy_step_run_cb)(void *ud, const sy_step_run_row *row);
+typedef int (*sy_incident_cb)(void *ud, const sy_incident_row *row);
+
+int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
+                  char *err, size_t errlen);
+void sy_store_close(sy_store *st);
+sqlite3 *sy_store_db(sy_store *st);
+const char *sy_store_errmsg(sy_store *st);
+/* Records a message for the caller, as SQLite does for its own errors. */
+int sy_store_set_error(sy_store *st, int code, const char *fmt, ...);
+
+/* Transactions. begin is a no-op inside an open one (so batched writers can
+ * call it freely); commit and rollback close it. */
+int sy_store_begin(sy_store *st);
+int sy_store_commit(sy_store *st);
+void sy_store_rollback(sy_store *st);
+int sy_store_in_tx(sy_store *st);
+
+int64_t sy_now_ms(void);
+
+/* Definitions are kept by content hash so instances run on the definition
+ * they started with. */
+int sy_store_put_definition(sy_store *st, const char *hash,
+                            const char *workflow, const char *path,
+                            const char *source, size_t len);
+/* *source is malloc'd (caller frees). */
+int sy_store_get_definition(sy_store *st, const char *hash, char **source,
+                            size_t *len, char **path);
+
+int sy_store_insert_instance(sy_store *st, const char *workflow,
+                             const char *def_hash, const char *step,
+                             const char *vars, int64_t now, int64_t *id);
+
+/* Claims up to `limit` runnable instances (ready, or waiting and due) by
+ * marking them running, calling cb for each, in id order. */
+int sy_store_claim(sy_store *st, int64_t now, int limit, sy_instance_cb cb,
+                   void *ud);
+/* Earliest wake_at among waiting instances, 0 when none. */
+int sy_store_next_wake(sy_store *st, int64_t *wake_at);
+/* Instances neither ended nor in an incident (ready, running, waiting). */
+int sy_store_count_active(sy_store *st, int64_t *n);
+/* Start-up recovery: instances left `running` by a dead engine become ready
+ * again (or waiting, when they were sleeping and are not yet due). */
+int sy_store_recover(sy_store *st, int64_t now, int64_t *n);
+
+/* The single write of an instance transition. step NULL ends it. */
+typedef struct sy_instance_update {
+  int64_t id;
+  const char *state;
+  const char *step;
+  int attempt;
+  const char *vars; /* NULL keeps the stored vars */
+  int64_t wake_at;  /* 0 for none */
+  int wait_seq;     /* 0 for none */
+  int64_t now;
+  int ended;
+} sy_instance_update;
+int sy_store_update_instance(sy_store *st, const sy_instance_update *u);
+
+int sy_store_insert_step_run(sy_store *st, int64_t instance_id,
+                             const char *step, int attempt, int64_t started,
+                             int64_t ended, const char *outcome,
+                             const char *error);
+int sy_store_insert_incident(sy_store *st, int64_t instance_id,
+                             const char *step, const char *error,
+                             int64_t now);
+
+/* One instance; *found is 0 when there is no such id. */
+int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb,
+                          void *ud, int *found);
+/* state and workflow may be NULL (no filter). */
+int sy_store_list_instances(sy_store *st, const char *state,
+                            const char *workflow, sy_instance_cb cb,
+                            void *ud);
+int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
+                            sy_step_run_cb cb, void *ud);
+/* open_only: only unresolved incidents; instance_id 0: all instances. */
+int sy_store_list_incidents(sy_store *st, int open_only, int64_t instance_id,
+                            sy_incident_cb cb, void *ud);
+/* Resolves the open incidents of an instance; *n tells how many. */
+int sy_store_resolve_incidents(sy_store *st, int64_t instance_id,
+                               const char *resolution, int64_t now,
+                               int64_t *n);
+
+#endif

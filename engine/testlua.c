@@ -1,0 +1,423 @@
+/* The test runner host (see testlua.h) and its Lua module
+ * `switchyard.testing`:
+ *
+ *   local T = require "switchyard.testing"
+ *   local e = T.engine{ db = path, workflows = dir, concurrency = n,
+ *                       settings = { key = value }, seed = n,
+ *                       lua_memory = bytes, step_instructions = n }
+ *   e:load(name_or_path)          -> name | nil, error    (validates)
+ *   e:start(workflow, vars)       -> id | nil, error
+ *   e:run()                       -> { steps=, completed=, incidents=, ... }
+ *   e:instance(id)                -> { id=, state=, step=, attempt=, vars= }
+ *   e:history(id)                 -> { { step=, attempt=, outcome=, error= } }
+ *   e:incidents([all])            -> { { instance=, step=, error= } }
+ *   e:retry(id), e:cancel(id)     -> true | nil, error
+ *   e:sql(query)                  -> rows as tables (read-only checks)
+ *   e:close()
+ *   T.check(path)                 -> true, warnings | nil, error
+ */
+#include "testlua.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+#define ENGINE_MT "sy.TestEngine"
+
+typedef struct test_engine {
+  sy_engine *e;
+  sy_engine_opts o;
+  sy_setting settings[32];
+  char *strings[40]; /* copies the options point to */
+  int nstrings;
+} test_engine;
+
+static const sy_engine_opts *base_opts;
+
+static test_engine *check_engine(lua_State *L) {
+  test_engine *t = luaL_checkudata(L, 1, ENGINE_MT);
+  luaL_argcheck(L, t->e != NULL, 1, "engine is closed");
+  return t;
+}
+
+static const char *keep(test_engine *t, const char *s) {
+  if (t->nstrings == (int)(sizeof t->strings / sizeof *t->strings)) {
+    return s;
+  }
+  return t->strings[t->nstrings++] = strdup(s);
+}
+
+/* __gc and __close: safe to call twice. */
+static int engine_gc(lua_State *L) {
+  test_engine *t = luaL_checkudata(L, 1, ENGINE_MT);
+  sy_engine_close(t->e);
+  t->e = NULL;
+  for (int i = 0; i < t->nstrings; i++) {
+    free(t->strings[i]);
+  }
+  t->nstrings = 0;
+  return 0;
+}
+
+/* Lua: T.engine{...} -> engine */
+static int t_engine(lua_State *L) {
+  test_engine *t;
+  char err[1024];
+  luaL_checktype(L, 1, LUA_TTABLE);
+  /* Created closed, so an error below leaves a consistent object. */
+  t = lua_newuserdatauv(L, sizeof *t, 0);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, ENGINE_MT);
+  t->o = *base_opts;
+  t->o.settings = t->settings;
+  t->o.nsettings = 0;
+  lua_getfield(L, 1, "db");
+  t->o.db_path = keep(t, luaL_checkstring(L, -1));
+  lua_getfield(L, 1, "workflows");
+  if (lua_isstring(L, -1)) {
+    t->o.workflows_dir = keep(t, lua_tostring(L, -1));
+  }
+  lua_getfield(L, 1, "concurrency");
+  t->o.concurrency = (int)luaL_optinteger(L, -1, t->o.concurrency);
+  lua_getfield(L, 1, "seed");
+  t->o.seed = (uint64_t)luaL_optinteger(L, -1, (lua_Integer)t->o.seed);
+  lua_getfield(L, 1, "lua_memory");
+  t->o.lua_memory = (size_t)luaL_optinteger(L, -1, (lua_Integer)t->o.lua_memory);
+  lua_getfield(L, 1, "step_instructions");
+  t->o.step_instructions = luaL_optinteger(L, -1, t->o.step_instructions);
+  lua_getfield(L, 1, "sync");
+  if (lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "normal") == 0) {
+    t->o.sync = SY_SYNC_NORMAL;
+  }
+  lua_getfield(L, 1, "settings");
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2) && t->o.nsettings < 32) {
+      const char *k = keep(t, luaL_checkstring(L, -2));
+      const char *v = keep(t, luaL_checkstring(L, -1));
+      t->settings[t->o.nsettings++] = (sy_setting){k, v};
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, 2);
+  if (sy_engine_open(&t->e, &t->o, err, sizeof err)) {
+    t->e = NULL;
+    return luaL_error(L, "%s", err);
+  }
+  return 1;
+}
+
+/* Lua: e:load(name) -> name, warnings | nil, error */
+static int t_load(lua_State *L) {
+  test_engine *t = check_engine(L);
+  const sy_workflow *wf;
+  sy_diag diag;
+  if (sy_engine_load_workflow(t->e, luaL_checkstring(L, 2), &wf, &diag)) {
+    luaL_pushfail(L);
+    lua_pushstring(L, diag.error);
+    return 2;
+  }
+  lua_pushstring(L, wf->name);
+  lua_pushstring(L, diag.warnings);
+  return 2;
+}
+
+/* Lua: e:start(workflow, vars) -> id | nil, error */
+static int t_start(lua_State *L) {
+  test_engine *t = check_engine(L);
+  const sy_workflow *wf;
+  sy_diag diag;
+  char *json = NULL, err[512];
+  int64_t id;
+  int rc;
+  if (sy_engine_load_workflow(t->e, luaL_checkstring(L, 2), &wf, &diag)) {
+    luaL_pushfail(L);
+    lua_pushstring(L, diag.error);
+    return 2;
+  }
+  if (lua_isnoneornil(L, 3)) {
+    lua_newtable(L);
+    lua_replace(L, 3);
+  }
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  if (sy_lua_encode(L, 3, &json, err, sizeof err)) {
+    return luaL_error(L, "vars: %s", err);
+  }
+  rc = sy_engine_start(t->e, wf, json, &id);
+  free(json);
+  if (rc) {
+    luaL_pushfail(L);
+    lua_pushstring(L, sy_engine_errmsg(t->e));
+    return 2;
+  }
+  lua_pushinteger(L, id);
+  return 1;
+}
+
+/* Lua: e:run() -> stats; raises if the engine stopped on an error. */
+static int t_run(lua_State *L) {
+  test_engine *t = check_engine(L);
+  sy_run_stats s;
+  if (sy_engine_run(t->e, 1)) {
+    return luaL_error(L, "engine stopped: %s", sy_engine_errmsg(t->e));
+  }
+  sy_engine_stats(t->e, &s);
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, s.steps);
+  lua_setfield(L, -2, "steps");
+  lua_pushinteger(L, s.completed);
+  lua_setfield(L, -2, "completed");
+  lua_pushinteger(L, s.incidents);
+  lua_setfield(L, -2, "incidents");
+  lua_pushinteger(L, s.retries);
+  lua_setfield(L, -2, "retries");
+  return 1;
+}
+
+static int push_instance(void *ud, const sy_instance_row *r) {
+  lua_State *L = ud;
+  char err[256];
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, r->id);
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, r->workflow);
+  lua_setfield(L, -2, "workflow");
+  lua_pushstring(L, r->state);
+  lua_setfield(L, -2, "state");
+  lua_pushstring(L, r->step);
+  lua_setfield(L, -2, "step");
+  lua_pushinteger(L, r->attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_pushinteger(L, r->wake_at);
+  lua_setfield(L, -2, "wake_at");
+  if (sy_lua_push_json(L, r->vars, err, sizeof err) == 0) {
+    lua_setfield(L, -2, "vars");
+  }
+  return 1;
+}
+
+/* Lua: e:instance(id) -> table | nil */
+static int t_instance(lua_State *L) {
+  test_engine *t = check_engine(L);
+  int found = 0;
+  if (sy_store_get_instance(sy_engine_store(t->e), luaL_checkinteger(L, 2),
+                            push_instance, L, &found)) {
+    return luaL_error(L, "%s", sy_store_errmsg(sy_engine_store(t->e)));
+  }
+  if (!found) {
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+static int push_run(void *ud, const sy_step_run_row *r) {
+  lua_State *L = ud;
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, r->step);
+  lua_setfield(L, -2, "step");
+  lua_pushinteger(L, r->attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_pushstring(L, r->outcome);
+  lua_setfield(L, -2, "outcome");
+  lua_pushstring(L, r->error);
+  lua_setfield(L, -2, "error");
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  return 0;
+}
+
+/* Lua: e:history(id) -> list of step runs */
+static int t_history(lua_State *L) {
+  test_engine *t = check_engine(L);
+  lua_newtable(L);
+  if (sy_store_list_step_runs(sy_engine_store(t->e), luaL_checkinteger(L, 2),
+                              push_run, L)) {
+    return luaL_error(L, "%s", sy_store_errmsg(sy_engine_store(t->e)));
+  }
+  return 1;
+}
+
+static int push_incident(void *ud, const sy_incident_row *r) {
+  lua_State *L = ud;
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, r->instance_id);
+  lua_setfield(L, -2, "instance");
+  lua_pushstring(L, r->step);
+  lua_setfield(L, -2, "step");
+  lua_pushstring(L, r->error);
+  lua_setfield(L, -2, "error");
+  lua_pushstring(L, r->resolution);
+  lua_setfield(L, -2, "resolution");
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  return 0;
+}
+
+/* Lua: e:incidents([all]) -> list */
+static int t_incidents(lua_State *L) {
+  test_engine *t = check_engine(L);
+  lua_newtable(L);
+  if (sy_store_list_incidents(sy_engine_store(t->e), !lua_toboolean(L, 2), 0,
+                              push_incident, L)) {
+    return luaL_error(L, "%s", sy_store_errmsg(sy_engine_store(t->e)));
+  }
+  return 1;
+}
+
+static int change(lua_State *L, int cancel) {
+  test_engine *t = check_engine(L);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  if (cancel ? sy_engine_cancel(t->e, id) : sy_engine_retry(t->e, id)) {
+    luaL_pushfail(L);
+    lua_pushstring(L, sy_engine_errmsg(t->e));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Lua: e:retry(id) -> true | nil, error */
+static int t_retry(lua_State *L) {
+  return change(L, 0);
+}
+
+/* Lua: e:cancel(id) -> true | nil, error */
+static int t_cancel(lua_State *L) {
+  return change(L, 1);
+}
+
+/* Lua: e:sql(query, ...) -> rows (each a table by column name) */
+static int t_sql(lua_State *L) {
+  test_engine *t = check_engine(L);
+  sqlite3 *db = sy_store_db(sy_engine_store(t->e));
+  sqlite3_stmt *s;
+  int rc, n = 0;
+  if (sqlite3_prepare_v2(db, luaL_checkstring(L, 2), -1, &s, NULL)) {
+    return luaL_error(L, "sql: %s", sqlite3_errmsg(db));
+  }
+  for (int i = 3; i <= lua_gettop(L); i++) {
+    if (lua_isinteger(L, i)) {
+      sqlite3_bind_int64(s, i - 2, lua_tointeger(L, i));
+    } else {
+      sqlite3_bind_text(s, i - 2, luaL_checkstring(L, i), -1,
+                        SQLITE_TRANSIENT);
+    }
+  }
+  lua_newtable(L);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    lua_newtable(L);
+    for (int c = 0; c < sqlite3_column_count(s); c++) {
+      switch (sqlite3_column_type(s, c)) {
+        case SQLITE_INTEGER:
+          lua_pushinteger(L, sqlite3_column_int64(s, c));
+          break;
+        case SQLITE_FLOAT:
+          lua_pushnumber(L, sqlite3_column_double(s, c));
+          break;
+        case SQLITE_NULL:
+          lua_pushnil(L);
+          break;
+        default:
+          lua_pushstring(L, (const char *)sqlite3_column_text(s, c));
+      }
+      lua_setfield(L, -2, sqlite3_column_name(s, c));
+    }
+    lua_rawseti(L, -2, ++n);
+  }
+  sqlite3_finalize(s);
+  if (rc != SQLITE_DONE) {
+    return luaL_error(L, "sql: %s", sqlite3_errmsg(db));
+  }
+  return 1;
+}
+
+/* Lua: T.check(path) -> true, warnings | nil, error (on a throwaway db) */
+static int t_check(lua_State *L) {
+  sy_engine_opts o = *base_opts;
+  sy_engine *e;
+  const sy_workflow *wf;
+  sy_diag diag;
+  char err[1024];
+  o.db_path = ":memory:";
+  o.workflows_dir = luaL_optstring(L, 2, o.workflows_dir);
+  if (sy_engine_open(&e, &o, err, sizeof err)) {
+    return luaL_error(L, "%s", err);
+  }
+  if (sy_engine_load_workflow(e, luaL_checkstring(L, 1), &wf, &diag)) {
+    sy_engine_close(e);
+    luaL_pushfail(L);
+    lua_pushstring(L, diag.error);
+    return 2;
+  }
+  sy_engine_close(e);
+  lua_pushboolean(L, 1);
+  lua_pushstring(L, diag.warnings);
+  return 2;
+}
+
+static int open_testing(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"load", t_load},         {"start", t_start},   {"run", t_run},
+      {"instance", t_instance}, {"history", t_history},
+      {"incidents", t_incidents}, {"retry", t_retry}, {"cancel", t_cancel},
+      {"sql", t_sql},           {"close", engine_gc}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+      {"__gc", engine_gc}, {"__close", engine_gc}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"engine", t_engine}, {"check", t_check}, {NULL, NULL}};
+  luaL_newmetatable(L, ENGINE_MT);
+  luaL_setfuncs(L, meta, 0);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  return 1;
+}
+
+static int traceback(lua_State *L) {
+  luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  return 1;
+}
+
+int sy_testlua_main(int argc, char **argv, const sy_engine_opts *base) {
+  lua_State *L;
+  int rc;
+  if (argc < 2) {
+    fprintf(stderr, "switchyard: lua: which script?\n");
+    return 2;
+  }
+  base_opts = base;
+  if (!(L = luaL_newstate())) {
+    return 1;
+  }
+  luaL_openlibs(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open_testing);
+  lua_setfield(L, -2, "switchyard.testing");
+  lua_pop(L, 1);
+  lua_createtable(L, argc - 2, 1);
+  for (int i = 1; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - 1);
+  }
+  lua_setglobal(L, "arg");
+  lua_pushcfunction(L, traceback);
+  if (luaL_loadfile(L, argv[1]) != LUA_OK) {
+    fprintf(stderr, "switchyard: %s\n", lua_tostring(L, -1));
+    lua_close(L);
+    return 2;
+  }
+  for (int i = 2; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+  }
+  rc = lua_pcall(L, argc - 2, 0, 1);
+  if (rc != LUA_OK) {
+    fprintf(stderr, "switchyard: %s\n", lua_tostring(L, -1));
+  }
+  lua_close(L);
+  return rc == LUA_OK ? 0 : 1;
+}

@@ -1,0 +1,74 @@
+/* route.h: the pure routing core of the choose_version plugin - the sticky
+ * bucket hash and the parsing and printing of rates - kept free of SQLite,
+ * Lua and libuv so it can be unit-tested and benchmarked on its own.
+ *
+ * Rates are integers in parts per million (0..CV_RATE_MAX_PPM) everywhere;
+ * percentages exist only at the edges, as text a user types or reads. */
+#ifndef CV_ROUTE_H
+#define CV_ROUTE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* 100% in ppm. A subject is routed to V2 when cv_bucket(...) < rate, and
+ * buckets are at most CV_RATE_MAX_PPM - 1, so this rate routes everyone. */
+#define CV_RATE_MAX_PPM 1000000u
+
+/* Enough for cv_rate_format of any uint32_t ("429496.7295%" and the NUL). */
+#define CV_RATE_FORMAT_MAX 16
+
+/* MurmurHash3_x86_32 (Austin Appleby, public domain). Blocks are read byte
+ * by byte as little-endian, so the result is the same on every platform and
+ * key needs no particular alignment. key may be NULL when len is 0. Like the
+ * reference, only len modulo 2^32 enters the finalisation. */
+uint32_t cv_murmur3_32(const void *key, size_t len, uint32_t seed);
+
+/* Streaming MurmurHash3_x86_32: init, any number of updates, final. The
+ * result equals cv_murmur3_32 over the concatenation of all updates, however
+ * the input was split. The fields are private; the struct is public only so
+ * it can live on the stack. */
+typedef struct cv_murmur3 {
+  uint32_t h;      /* the hash state after every complete 4-byte block */
+  uint32_t carry;  /* bytes of an incomplete block, packed little-endian */
+  uint32_t ncarry; /* how many bytes carry holds, 0..3 */
+  uint32_t total;  /* bytes fed so far, modulo 2^32 as in the reference */
+} cv_murmur3;
+
+void cv_murmur3_init(cv_murmur3 *s, uint32_t seed);
+/* data may be NULL when len is 0. */
+void cv_murmur3_update(cv_murmur3 *s, const void *data, size_t len);
+/* Does not modify s: more input may follow and final be asked again. */
+uint32_t cv_murmur3_final(const cv_murmur3 *s);
+
+/* The sticky bucket of a subject, in ppm (0..CV_RATE_MAX_PPM - 1):
+ * h = murmur3_x86_32(group ":" key, seed 0);
+ * bucket = (h % 100) * 10000 + (h / 100) % 10000.
+ * The leading term makes `bucket < P * 10000` at a whole percentage P exactly
+ * Unleash's `normalizedValue(key, group) <= P` (that is, h % 100 + 1 <= P), so
+ * cohorts match a rollout already run with Unleash; the second term splits
+ * each percent into 10000 steps so rates between whole percentages still only
+ * ever add subjects as they rise. Never allocates. group or key may be NULL
+ * when its length is 0; neither needs to be NUL-terminated. */
+uint32_t cv_bucket(const char *group, size_t group_len, const char *key,
+                   size_t key_len);
+
+/* Parses a rate as typed on a command line: a non-negative decimal number
+ * followed immediately by a unit, either `%` (at most 4 significant decimals,
+ * since 0.0001% is 1 ppm; further decimals are accepted only if they are all
+ * zero) or `ppm` (any case, whole numbers only). Examples: `5%`, `0.25%`,
+ * `100%`, `0%`, `2500ppm`, `1000000ppm`.
+ * Rejected: a bare number (is `0.05` a fraction or a percentage?), signs,
+ * whitespace anywhere, exponents, hex, `inf`/`nan`, a decimal comma, a lone
+ * `.`, values above 100% or 1000000ppm, trailing characters.
+ * Returns 0 and sets *ppm, or returns -1 with a one-line message in err (when
+ * err is not NULL and errlen > 0) and leaves *ppm untouched. */
+int cv_rate_parse(const char *text, uint32_t *ppm, char *err, size_t errlen);
+
+/* Formats ppm as the shortest exact percentage: 50000 -> "5%", 2500 ->
+ * "0.25%", 1 -> "0.0001%", 1000000 -> "100%". Any uint32_t is printed, even
+ * above 100%, so a corrupt value shows as what it is. The output is truncated
+ * (and still NUL-terminated when len > 0) if buf is shorter than
+ * CV_RATE_FORMAT_MAX. cv_rate_parse reads back every string it writes. */
+void cv_rate_format(uint32_t ppm, char *buf, size_t len);
+
+#endif

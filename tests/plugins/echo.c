@@ -1,0 +1,214 @@
+/* A test plugin that exercises the whole plugin ABI: a node type that
+ * completes now or later (on a libuv timer), a ctx function, a CLI command,
+ * its own table written in the engine's transaction, and an event hook. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <switchyard/plugin.h>
+
+typedef struct echo {
+  const sy_api *api;
+  sy_engine *e;
+} echo;
+
+typedef struct echo_node {
+  char *then;
+  int delay_ms;
+  int fail;
+} echo_node;
+
+typedef struct pending {
+  uv_timer_t timer;
+  echo *p;
+  sy_call *call;
+  char *result; /* next step (node) or JSON (ctx fn) */
+  int is_fn;
+  int cancelled;
+} pending;
+
+static const char *const node_options[] = {"then", "delay_ms", "fail", "when",
+                                           NULL};
+static const char *const node_step_options[] = {"then", NULL};
+
+static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
+                     size_t errlen) {
+  echo *p = calloc(1, sizeof *p);
+  char *msg = NULL;
+  if (!p) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  p->api = api;
+  p->e = e;
+  if (sqlite3_exec(api->db(e),
+                   "CREATE TABLE IF NOT EXISTS echo_events("
+                   "instance_id INTEGER, type INTEGER, step TEXT)",
+                   NULL, NULL, &msg) != SQLITE_OK) {
+    snprintf(err, errlen, "%s", msg);
+    sqlite3_free(msg);
+    free(p);
+    return -1;
+  }
+  *state = p;
+  return 0;
+}
+
+static void echo_fini(void *state) {
+  free(state);
+}
+
+static int compile(void *plugin, sy_opts *o, void **data, char *err,
+                   size_t errlen) {
+  echo *p = plugin;
+  sy_value v;
+  echo_node *n = calloc(1, sizeof *n);
+  p->api->opt_get(o, "then", &v);
+  if (v.type != SY_VAL_STRING) {
+    snprintf(err, errlen, "then must name a step");
+    free(n);
+    return -1;
+  }
+  n->then = strdup(v.str);
+  p->api->opt_get(o, "delay_ms", &v);
+  n->delay_ms = v.type == SY_VAL_NUMBER ? (int)v.number : -1;
+  p->api->opt_get(o, "fail", &v);
+  n->fail = v.type == SY_VAL_BOOLEAN && v.boolean;
+  *data = n;
+  return 0;
+}
+
+static void free_node(void *plugin, void *data) {
+  echo_node *n = data;
+  (void)plugin;
+  free(n->then);
+  free(n);
+}
+
+static void pending_closed(uv_handle_t *h) {
+  pending *pd = h->data;
+  free(pd->result);
+  free(pd);
+}
+
+static void pending_fire(uv_timer_t *t) {
+  pending *pd = t->data;
+  const sy_api *api = pd->p->api;
+  if (pd->cancelled) {
+    api->fail(pd->call, "cancelled");
+  } else if (pd->is_fn) {
+    api->done_json(pd->call, pd->result);
+  } else {
+    api->done(pd->call, pd->result);
+  }
+  uv_close((uv_handle_t *)t, pending_closed);
+}
+
+static void later(echo *p, sy_call *c, const char *result, int is_fn,
+                  int delay_ms) {
+  pending *pd = calloc(1, sizeof *pd);
+  pd->p = p;
+  pd->call = c;
+  pd->result = strdup(result);
+  pd->is_fn = is_fn;
+  uv_timer_init(p->api->loop(p->e), &pd->timer);
+  pd->timer.data = pd;
+  uv_timer_start(&pd->timer, pending_fire, (uint64_t)delay_ms, 0);
+}
+
+static void execute(void *plugin, sy_call *c) {
+  echo *p = plugin;
+  echo_node *n = p->api->node_data(c);
+  sy_value v;
+  char json[128];
+  int ok = 1;
+  if (n->fail) {
+    p->api->fail(c, "echo node told to fail");
+    return;
+  }
+  p->api->var_get(c, "when", &v);
+  if (v.type != SY_VAL_NIL &&
+      p->api->call_predicate(c, "when", &ok) != 0) {
+    p->api->fail(c, p->api->call_error(c));
+    return;
+  }
+  snprintf(json, sizeof json, "{\"instance\":%lld,\"ok\":%s}",
+           (long long)p->api->instance_id(c), ok ? "true" : "false");
+  p->api->var_set_json(c, "echoed", json);
+  if (n->delay_ms >= 0) {
+    later(p, c, n->then, 0, n->delay_ms);
+  } else {
+    p->api->done(c, n->then);
+  }
+}
+
+static void cancel(void *plugin, sy_call *c) {
+  (void)plugin;
+  (void)c; /* the timer completes the call anyway */
+}
+
+/* ctx.echo(arg): returns arg; with arg.delay_ms, after that long. */
+static void fn_echo(void *plugin, sy_call *c, const char *args) {
+  echo *p = plugin;
+  const char *d = strstr(args, "\"delay_ms\":");
+  if (strstr(args, "\"fail\":true")) {
+    p->api->fail(c, "echo told to fail");
+  } else if (d) {
+    later(p, c, args, 1, atoi(d + 11));
+  } else {
+    p->api->done_json(c, args);
+  }
+}
+
+static int on_event(void *plugin, const sy_event *ev) {
+  echo *p = plugin;
+  sqlite3_stmt *s;
+  int rc;
+  if (sqlite3_prepare_v2(p->api->db(p->e),
+                         "INSERT INTO echo_events VALUES(?1, ?2, ?3)", -1, &s,
+                         NULL) != SQLITE_OK) {
+    return -1;
+  }
+  sqlite3_bind_int64(s, 1, ev->instance_id);
+  sqlite3_bind_int(s, 2, ev->type);
+  sqlite3_bind_text(s, 3, ev->step, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  sqlite3_finalize(s);
+  return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static int cmd_echo(void *plugin, int argc, char **argv) {
+  (void)plugin;
+  for (int i = 1; i < argc; i++) {
+    printf("%s%s", i > 1 ? " " : "", argv[i]);
+  }
+  printf("\n");
+  return argc > 1 && strcmp(argv[1], "--bad") == 0 ? 2 : 0;
+}
+
+static const sy_node_type nodes[] = {
+    {.name = "echo_node",
+     .compile = compile,
+     .free_node = free_node,
+     .options = node_options,
+     .step_options = node_step_options,
+     .execute = execute,
+     .cancel = cancel},
+    {0}};
+static const sy_ctx_fn fns[] = {{.name = "echo", .call = fn_echo}, {0}};
+static const sy_command cmds[] = {
+    {.name = "echo-cmd", .summary = "print the arguments", .run = cmd_echo},
+    {0}};
+static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
+                                  .name = "echo",
+                                  .version = "1",
+                                  .init = echo_init,
+                                  .fini = echo_fini,
+                                  .nodes = nodes,
+                                  .ctx_fns = fns,
+                                  .commands = cmds,
+                                  .on_event = on_event};
+
+const sy_plugin_def *sy_plugin_entry(void);
+const sy_plugin_def *sy_plugin_entry(void) {
+  return &def;
+}
