@@ -559,7 +559,7 @@ static void fmt_time(int64_t ms, char *buf, size_t len) {
 static json_t *instance_json(const sy_instance_row *r) {
   json_error_t je;
   json_t *vars = json_loads(r->vars, 0, &je);
-  return json_pack("{s:I, s:s, s:s, s:s?, s:i, s:o, s:I, s:I, s:I?, s:s}",
+  return json_pack("{s:I, s:s, s:s, s:s?, s:i, s:o, s:I, s:I, s:o?, s:s}",
                    "id", (json_int_t)r->id, "workflow", r->workflow, "state",
                    r->state, "step", r->step, "attempt", r->attempt, "vars",
                    vars ? vars : json_null(), "created_at",

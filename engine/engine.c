@@ -733,6 +733,9 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
     free(r->vars_json);
     return;
   }
+  /* A change is pending: the loop must not block in poll before the check
+   * phase commits it. */
+  uv_idle_start(&e->idle, idle_cb);
   if ((rc = sy_store_begin(st))) {
     free(r->vars_json);
     fatal(e, rc);
@@ -1014,8 +1017,7 @@ static void idle_cb(uv_idle_t *h) {
   sy_engine *e = h->data;
   int n = 0;
   if (e->stopping) {
-    uv_idle_stop(&e->idle);
-    return; /* the check handle winds down */
+    return; /* the check handle winds down, right after this turn's poll */
   }
   claim(e);
   while (e->runq_head && n < BATCH && !e->fatal) {
@@ -1026,9 +1028,6 @@ static void idle_cb(uv_idle_t *h) {
     }
     execute(in);
     n++;
-  }
-  if (!e->runq_head) {
-    uv_idle_stop(&e->idle);
   }
 }
 
@@ -1075,7 +1074,11 @@ static void check_cb(uv_check_t *h) {
   e->commitq_tail = NULL;
   if (e->runq_head || (e->maybe_work && e->in_memory < e->o.concurrency)) {
     uv_idle_start(&e->idle, idle_cb);
-  } else if (e->in_memory == 0) {
+    return;
+  }
+  /* Nothing to do until a timer or I/O: let poll block. */
+  uv_idle_stop(&e->idle);
+  if (e->in_memory == 0) {
     settle(e);
   }
 }
