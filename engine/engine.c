@@ -134,6 +134,10 @@ sy_store *sy_engine_store(sy_engine *e) {
   return e->store;
 }
 
+uv_loop_t *sy_engine_loop(sy_engine *e) {
+  return &e->loop;
+}
+
 sy_plugins *sy_engine_plugins(sy_engine *e) {
   return e->plugins;
 }
@@ -272,6 +276,7 @@ static sy_call *call_new(sy_engine *e, sy_inst *in) {
  * abandoned (timeout, shutdown), in which case only the call is freed. */
 static void call_complete(sy_call *c) {
   sy_inst *in = c->inst;
+  sy_engine *e = c->e;
   SY_ASSERT(!c->completed);
   c->completed = 1;
   if (!in) {
@@ -286,7 +291,7 @@ static void call_complete(sy_call *c) {
     sy_task_call_done(in->task, c->next, c->error);
     call_free(c);
     in->ph = PH_RESUME;
-    run_queue_push(c->e, in);
+    run_queue_push(e, in);
   } else {
     sy_task_result r;
     if (c->error) {

@@ -46,6 +46,7 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
 void sy_engine_close(sy_engine *e);
 
 sy_store *sy_engine_store(sy_engine *e);
+uv_loop_t *sy_engine_loop(sy_engine *e);
 sy_plugins *sy_engine_plugins(sy_engine *e);
 const char *sy_engine_errmsg(sy_engine *e);
 

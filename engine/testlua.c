@@ -2,7 +2,8 @@
  * `switchyard.testing`:
  *
  *   local T = require "switchyard.testing"
- *   local e = T.engine{ db = path, workflows = dir, concurrency = n,
+ *   local e = T.engine{ db = path, workflows = dir, plugins = dir,
+ *                       concurrency = n,
  *                       settings = { key = value }, seed = n,
  *                       lua_memory = bytes, step_instructions = n }
  *   e:load(name_or_path)          -> name | nil, error    (validates)
@@ -82,6 +83,10 @@ static int t_engine(lua_State *L) {
   if (lua_isstring(L, -1)) {
     t->o.workflows_dir = keep(t, lua_tostring(L, -1));
   }
+  lua_getfield(L, 1, "plugins");
+  if (lua_isstring(L, -1)) {
+    t->o.plugin_dir = keep(t, lua_tostring(L, -1));
+  }
   lua_getfield(L, 1, "concurrency");
   t->o.concurrency = (int)luaL_optinteger(L, -1, t->o.concurrency);
   lua_getfield(L, 1, "seed");
@@ -160,11 +165,33 @@ static int t_start(lua_State *L) {
   return 1;
 }
 
-/* Lua: e:run() -> stats; raises if the engine stopped on an error. */
+static void stop_timer_closed(uv_handle_t *h) {
+  free(h);
+}
+
+static void stop_timer_cb(uv_timer_t *timer) {
+  sy_engine_stop(timer->data);
+  uv_close((uv_handle_t *)timer, stop_timer_closed);
+}
+
+/* Lua: e:run([{for_ms = n}]) -> stats; raises if the engine stopped on an
+ * error. Without for_ms it runs until idle; with it, it stops gracefully
+ * after that long (as SIGTERM would). */
 static int t_run(lua_State *L) {
   test_engine *t = check_engine(L);
   sy_run_stats s;
-  if (sy_engine_run(t->e, 1)) {
+  lua_Integer for_ms = 0;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "for_ms");
+    for_ms = luaL_optinteger(L, -1, 0);
+  }
+  if (for_ms > 0) {
+    uv_timer_t *timer = malloc(sizeof *timer);
+    uv_timer_init(sy_engine_loop(t->e), timer);
+    timer->data = t->e;
+    uv_timer_start(timer, stop_timer_cb, (uint64_t)for_ms, 0);
+  }
+  if (sy_engine_run(t->e, for_ms == 0)) {
     return luaL_error(L, "engine stopped: %s", sy_engine_errmsg(t->e));
   }
   sy_engine_stats(t->e, &s);
@@ -260,8 +287,9 @@ static int push_incident(void *ud, const sy_incident_row *r) {
 /* Lua: e:incidents([all]) -> list */
 static int t_incidents(lua_State *L) {
   test_engine *t = check_engine(L);
+  int open_only = !lua_toboolean(L, 2);
   lua_newtable(L);
-  if (sy_store_list_incidents(sy_engine_store(t->e), !lua_toboolean(L, 2), 0,
+  if (sy_store_list_incidents(sy_engine_store(t->e), open_only, 0,
                               push_incident, L)) {
     return luaL_error(L, "%s", sy_store_errmsg(sy_engine_store(t->e)));
   }

@@ -15,6 +15,7 @@ typedef struct echo_node {
   char *then;
   int delay_ms;
   int fail;
+  int has_when;
 } echo_node;
 
 typedef struct pending {
@@ -73,6 +74,8 @@ static int compile(void *plugin, sy_opts *o, void **data, char *err,
   n->delay_ms = v.type == SY_VAL_NUMBER ? (int)v.number : -1;
   p->api->opt_get(o, "fail", &v);
   n->fail = v.type == SY_VAL_BOOLEAN && v.boolean;
+  p->api->opt_get(o, "when", &v);
+  n->has_when = v.type == SY_VAL_FUNCTION;
   *data = n;
   return 0;
 }
@@ -118,16 +121,13 @@ static void later(echo *p, sy_call *c, const char *result, int is_fn,
 static void execute(void *plugin, sy_call *c) {
   echo *p = plugin;
   echo_node *n = p->api->node_data(c);
-  sy_value v;
   char json[128];
   int ok = 1;
   if (n->fail) {
     p->api->fail(c, "echo node told to fail");
     return;
   }
-  p->api->var_get(c, "when", &v);
-  if (v.type != SY_VAL_NIL &&
-      p->api->call_predicate(c, "when", &ok) != 0) {
+  if (n->has_when && p->api->call_predicate(c, "when", &ok) != 0) {
     p->api->fail(c, p->api->call_error(c));
     return;
   }
@@ -150,7 +150,7 @@ static void cancel(void *plugin, sy_call *c) {
 static void fn_echo(void *plugin, sy_call *c, const char *args) {
   echo *p = plugin;
   const char *d = strstr(args, "\"delay_ms\":");
-  if (strstr(args, "\"fail\":true")) {
+  if (strstr(args, "\"fail\":true") || p->api->setting(p->e, "echo.fail")) {
     p->api->fail(c, "echo told to fail");
   } else if (d) {
     later(p, c, args, 1, atoi(d + 11));

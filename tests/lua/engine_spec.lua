@@ -1,0 +1,243 @@
+-- The engine as a step sees it: the ctx API, transitions, retries and
+-- backoff, incidents (retry, cancel), timeouts, durable sleeps, plugins.
+local T = require "switchyard.testing"
+
+local FIX = "tests/fixtures/engine/"
+local PLUGINS = os.getenv("SY_TEST_PLUGINS")
+
+local function new_engine(opts)
+  opts = opts or {}
+  local db = os.tmpname()
+  opts.db = db
+  local e = T.engine(opts)
+  return e, db
+end
+
+local function cleanup(e, db)
+  e:close()
+  for _, suffix in ipairs { "", "-wal", "-shm" } do os.remove(db .. suffix) end
+end
+
+local function outcomes(history)
+  local out = {}
+  for _, r in ipairs(history) do
+    out[#out + 1] = r.step .. "#" .. r.attempt .. ":" .. r.outcome
+  end
+  return table.concat(out, " ")
+end
+
+describe("ctx", function()
+  it("keeps vars across steps and gives the step its fields", function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "ctx.lua", { user_id = "u7" }))
+    e:run()
+    local i = e:instance(id)
+    assert.are.equal("completed", i.state)
+    assert.are.same({ "ctx", "first", 1, id }, i.vars.seen)
+    assert.are.equal(1, i.vars.n)
+    assert.are.same({ 1, 2, 3 }, i.vars.list)
+    assert.are.same({ a = { b = true } }, i.vars.nested)
+    assert.are.equal("u7", i.vars.user_id)
+    assert.are.equal("a", i.vars.took)
+    cleanup(e, db)
+  end)
+
+  it("follows a next function", function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "ctx.lua", { route = "b" }))
+    e:run()
+    assert.are.equal("b", e:instance(id).vars.took)
+    assert.are.equal("first#1:ok branch_b#1:ok", outcomes(e:history(id)))
+    cleanup(e, db)
+  end)
+
+  it("turns a next function naming no step into an incident", function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "badnext.lua", {}))
+    e:run()
+    assert.are.equal("incident", e:instance(id).state)
+    assert.matches("next returned 'nowhere'", e:incidents()[1].error, 1, true)
+    cleanup(e, db)
+  end)
+end)
+
+describe("retries", function()
+  it("retries with backoff and then succeeds", function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "flaky.lua", { fail_times = 2 }))
+    local stats = e:run()
+    local i = e:instance(id)
+    assert.are.equal("completed", i.state)
+    assert.are.equal(3, i.vars.succeeded_on)
+    assert.are.equal("work#1:error work#2:error work#3:ok after#1:ok",
+                     outcomes(e:history(id)))
+    assert.matches("boom on attempt 1", e:history(id)[1].error, 1, true)
+    assert.are.equal(2, stats.retries)
+    cleanup(e, db)
+  end)
+
+  it("raises an incident when retries run out, discarding the failed attempt's vars",
+     function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "flaky.lua", { fail_times = 99 }))
+    local stats = e:run()
+    local i = e:instance(id)
+    assert.are.equal("incident", i.state)
+    assert.are.equal("work", i.step)
+    assert.is_nil(i.vars.touched)
+    assert.are.equal(1, stats.incidents)
+    local inc = e:incidents()
+    assert.are.equal(1, #inc)
+    assert.are.equal(id, inc[1].instance)
+    assert.are.equal("work", inc[1].step)
+    assert.matches("boom on attempt 3", inc[1].error, 1, true)
+    cleanup(e, db)
+  end)
+
+  it("retry resolves the incident and runs the step again with a fresh budget",
+     function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "flaky.lua", { fail_times = 5 }))
+    e:run()
+    assert.are.equal("incident", e:instance(id).state)
+    assert.is_true(e:retry(id))
+    local i = e:instance(id)
+    assert.are.equal("ready", i.state)
+    assert.are.equal(1, i.attempt)
+    assert.are.equal(0, #e:incidents())
+    e:run()
+    -- attempts 1..3 fail twice over: a fresh budget of three attempts
+    assert.are.equal(
+      "work#1:error work#2:error work#3:error work#1:error work#2:error work#3:error",
+      outcomes(e:history(id)))
+    local all = e:incidents(true)
+    assert.are.equal(2, #all)
+    assert.are.equal("retried", all[1].resolution)
+    assert.is_nil(all[2].resolution)
+    cleanup(e, db)
+  end)
+
+  it("cancel ends an incident's instance; retry refuses what is not an incident",
+     function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "flaky.lua", { fail_times = 99 }))
+    local ok_id = assert(e:start(FIX .. "flaky.lua", {}))
+    e:run()
+    local ok, err = e:retry(ok_id)
+    assert.is_nil(ok)
+    assert.matches("only instances in an incident can be retried", err, 1, true)
+    assert.is_true(e:cancel(id))
+    assert.are.equal("cancelled", e:instance(id).state)
+    assert.are.equal("cancelled", e:incidents(true)[1].resolution)
+    ok, err = e:cancel(id)
+    assert.is_nil(ok)
+    assert.matches("is cancelled", err, 1, true)
+    ok, err = e:retry(424242)
+    assert.is_nil(ok)
+    assert.matches("no instance 424242", err, 1, true)
+    cleanup(e, db)
+  end)
+end)
+
+describe("timeouts and sleeps", function()
+  it("a step that outlives its timeout is stopped and recorded as a timeout",
+     function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "slow.lua", {}))
+    e:run()
+    assert.are.equal("incident", e:instance(id).state)
+    local h = e:history(id)
+    assert.are.equal("timeout", h[1].outcome)
+    assert.matches("timed out after 0.05s", h[1].error, 1, true)
+    cleanup(e, db)
+  end)
+
+  it("a sleep interrupted by a stop keeps its due time and is not slept twice",
+     function()
+    local e, db = new_engine()
+    local id = assert(e:start(FIX .. "napper.lua", {}))
+    e:run { for_ms = 300 }
+    local i = e:instance(id)
+    -- stopped mid-sleep: waiting for the recorded due time, step not done
+    assert.are.equal("waiting", i.state)
+    assert.are.equal("nap", i.step)
+    assert.is_nil(i.vars.woke)
+    local due = i.wake_at
+    assert.is_true(due > 0)
+    e:run()
+    i = e:instance(id)
+    assert.are.equal("completed", i.state)
+    assert.is_true(i.vars.woke)
+    -- the step re-ran from its start once (at-least-once) after the due time
+    local rows = e:sql("SELECT started_at FROM step_runs WHERE instance_id = ?1 "
+                       .. "AND step = 'nap'", id)
+    assert.are.equal(1, #rows)
+    assert.is_true(rows[1].started_at >= due)
+    cleanup(e, db)
+  end)
+end)
+
+describe("plugins", function()
+  it("runs a plugin node (async, with a predicate) and ctx functions", function()
+    local e, db = new_engine { plugins = PLUGINS }
+    local id = assert(e:start(FIX .. "plugin.lua", { user = "ok" }))
+    local id2 = assert(e:start(FIX .. "plugin.lua", { user = "no" }))
+    e:run()
+    local i = e:instance(id)
+    assert.are.equal("completed", i.state)
+    assert.are.same({ instance = id, ok = true }, i.vars.echoed)
+    assert.are.same({ x = 1 }, i.vars.sync)
+    assert.are.same({ x = 2, delay_ms = 5 }, i.vars.async)
+    assert.matches("echo told to fail", i.vars.caught, 1, true)
+    assert.is_false(e:instance(id2).vars.echoed.ok)
+    assert.are.equal("node#1:ok call#1:ok", outcomes(e:history(id)))
+    cleanup(e, db)
+  end)
+
+  it("a failing node becomes an incident, and events land in the plugin's table",
+     function()
+    local e, db = new_engine { plugins = PLUGINS }
+    local bad = assert(e:start(FIX .. "pluginfail.lua", {}))
+    local good = assert(e:start(FIX .. "plugin.lua", { user = "ok" }))
+    e:run()
+    assert.are.equal("incident", e:instance(bad).state)
+    assert.matches("echo node told to fail", e:incidents()[1].error, 1, true)
+    assert.is_true(e:cancel(bad))
+    local rows = e:sql("SELECT instance_id, type FROM echo_events ORDER BY rowid")
+    local got = {}
+    for _, r in ipairs(rows) do got[#got + 1] = r.instance_id .. ":" .. r.type end
+    -- 1 completed, 2 incident, 3 incident resolved, 4 cancelled
+    table.sort(got)
+    assert.are.same({ bad .. ":2", bad .. ":3", bad .. ":4", good .. ":1" }, got)
+    cleanup(e, db)
+  end)
+
+  it("a failing ctx call raises in the step; settings reach the plugin", function()
+    local e, db = new_engine { plugins = PLUGINS, settings = { ["echo.fail"] = "1" } }
+    local id = assert(e:start(FIX .. "callfail.lua", {}))
+    e:run()
+    assert.are.equal("incident", e:instance(id).state)
+    e:close()
+    -- a second engine without the setting: the retried instance completes
+    e = T.engine { db = db, plugins = PLUGINS }
+    assert.is_true(e:retry(id))
+    e:run()
+    local i = e:instance(id)
+    assert.are.equal("completed", i.state)
+    assert.are.same({ y = 1 }, i.vars.r)
+    cleanup(e, db)
+  end)
+end)
+
+describe("scale", function()
+  it("runs many instances at once under a concurrency bound", function()
+    local e, db = new_engine { concurrency = 25 }
+    for n = 1, 500 do assert(e:start("hello", { user_id = "u" .. n })) end
+    local stats = e:run()
+    assert.are.equal(500, stats.completed)
+    assert.are.equal(1500, stats.steps)
+    local rows = e:sql("SELECT count(*) AS n FROM instances WHERE state = 'completed'")
+    assert.are.equal(500, rows[1].n)
+    cleanup(e, db)
+  end)
+end)

@@ -1,0 +1,15 @@
+local T = require "switchyard.testing"
+describe("smoke", function()
+  it("runs hello", function()
+    local db = os.tmpname()
+    local e = T.engine{ db = db }
+    local id = assert(e:start("hello", { user_id = "u1" }))
+    local st = e:run()
+    assert.are.equal(1, st.completed)
+    local i = e:instance(id)
+    assert.are.equal("completed", i.state)
+    assert.are.equal("hi u1", i.vars.greeting)
+    e:close()
+    os.remove(db)
+  end)
+end)
