@@ -1,0 +1,135 @@
+/* The store: migrations, claims, recovery, transactions. */
+#include <unistd.h>
+
+#include "check.h"
+#include "error.h"
+#include "store.h"
+
+static char path[512];
+
+static sy_store *open_store(void) {
+  sy_store *st = NULL;
+  char err[512];
+  sy_store_opts o = {.sync = SY_SYNC_NORMAL};
+  CHECK(sy_store_open(&st, path, &o, err, sizeof err) == 0);
+  return st;
+}
+
+static int64_t scalar(sy_store *st, const char *sql) {
+  sqlite3_stmt *s;
+  int64_t v = -1;
+  CHECK(sqlite3_prepare_v2(sy_store_db(st), sql, -1, &s, NULL) == SQLITE_OK);
+  if (sqlite3_step(s) == SQLITE_ROW) {
+    v = sqlite3_column_int64(s, 0);
+  }
+  sqlite3_finalize(s);
+  return v;
+}
+
+static int count_cb(void *ud, const sy_instance_row *r) {
+  int *n = ud;
+  CHECK(strcmp(r->state, "ready") == 0 || strcmp(r->state, "waiting") == 0 ||
+        strcmp(r->state, "running") == 0);
+  (*n)++;
+  return 0;
+}
+
+static void test_migrations(void) {
+  sy_store *st = open_store();
+  char err[512];
+  sy_store_opts o = {.sync = SY_SYNC_FULL};
+  CHECK(scalar(st, "PRAGMA user_version") == 1);
+  CHECK(scalar(st, "SELECT count(*) FROM sqlite_master WHERE name = "
+                   "'instances'") == 1);
+  sy_store_close(st);
+  /* Opening again migrates nothing and fails nothing. */
+  st = open_store();
+  CHECK(scalar(st, "PRAGMA user_version") == 1);
+  CHECK(sqlite3_exec(sy_store_db(st), "PRAGMA user_version = 99", NULL, NULL,
+                     NULL) == SQLITE_OK);
+  sy_store_close(st);
+  /* A database from a newer switchyard is refused, not downgraded. */
+  CHECK(sy_store_open(&st, path, &o, err, sizeof err) == SY_ESTORE);
+  CHECK_CONTAINS(err, "newer than this switchyard");
+  unlink(path);
+}
+
+static void test_claims(void) {
+  sy_store *st = open_store();
+  int64_t id, n, wake;
+  int got = 0;
+  CHECK(sy_store_put_definition(st, "h", "wf", NULL, "src", 3) == 0);
+  for (int i = 0; i < 5; i++) {
+    CHECK(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1000, &id) == 0);
+  }
+  /* One waiting and due, one waiting in the future. */
+  CHECK(sy_store_update_instance(
+            st, &(sy_instance_update){.id = 4, .state = "waiting", .step = "a",
+                                      .attempt = 2, .wake_at = 500,
+                                      .now = 1000}) == 0);
+  CHECK(sy_store_update_instance(
+            st, &(sy_instance_update){.id = 5, .state = "waiting", .step = "a",
+                                      .attempt = 2, .wake_at = 99999,
+                                      .now = 1000}) == 0);
+  CHECK(sy_store_count_active(st, &n) == 0 && n == 5);
+  CHECK(sy_store_claim(st, 1000, 2, count_cb, &got) == 0);
+  CHECK(got == 2);
+  /* The due one goes first. */
+  CHECK(scalar(st, "SELECT state = 'running' FROM instances WHERE id = 4") ==
+        1);
+  CHECK(sy_store_commit(st) == 0);
+  got = 0;
+  CHECK(sy_store_claim(st, 1000, 10, count_cb, &got) == 0);
+  CHECK(got == 2); /* ids 2 and 3; 5 is not due */
+  CHECK(sy_store_commit(st) == 0);
+  CHECK(scalar(st, "SELECT count(*) FROM instances WHERE state = 'running'") ==
+        4);
+  CHECK(sy_store_next_wake(st, &wake) == 0 && wake == 99999);
+  /* Recovery: running rows become ready again. */
+  CHECK(sy_store_begin(st) == 0);
+  CHECK(sy_store_recover(st, 2000, &n) == 0 && n == 4);
+  CHECK(sy_store_commit(st) == 0);
+  CHECK(scalar(st, "SELECT count(*) FROM instances WHERE state = 'ready'") ==
+        4);
+  sy_store_close(st);
+  unlink(path);
+}
+
+static void test_rollback(void) {
+  sy_store *st = open_store();
+  int64_t id;
+  CHECK(sy_store_put_definition(st, "h", "wf", NULL, "src", 3) == 0);
+  CHECK(sy_store_begin(st) == 0);
+  CHECK(sy_store_begin(st) == 0); /* nested begin is a no-op */
+  CHECK(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1, &id) == 0);
+  sy_store_rollback(st);
+  CHECK(!sy_store_in_tx(st));
+  CHECK(scalar(st, "SELECT count(*) FROM instances") == 0);
+  /* An error carries SQLite's message. */
+  CHECK(sy_store_get_definition(st, "nope", &(char *){NULL}, &(size_t){0},
+                                &(char *){NULL}) == SY_ENOTFOUND);
+  CHECK_CONTAINS(sy_store_errmsg(st), "no definition nope");
+  sy_store_close(st);
+  unlink(path);
+}
+
+static void test_read_only_missing(void) {
+  sy_store *st = NULL;
+  char err[512];
+  sy_store_opts o = {.read_only = 1};
+  CHECK(sy_store_open(&st, SY_TEST_TMP "/does/not/exist.db", &o, err,
+                      sizeof err) == SY_ESTORE);
+  CHECK_CONTAINS(err, "cannot open database");
+  CHECK(st == NULL);
+}
+
+int main(void) {
+  snprintf(path, sizeof path, "%s/test-store-%d.db", SY_TEST_TMP,
+           (int)getpid());
+  test_migrations();
+  test_claims();
+  test_rollback();
+  test_read_only_missing();
+  puts("test-store: all checks passed");
+  return 0;
+}
