@@ -162,6 +162,17 @@ static uint64_t next_random(sy_engine *e) {
 static sqlite3 *api_db(sy_engine *e) {
   return sy_store_db(e->store);
 }
+static int64_t api_tx_begin(sy_engine *e) {
+  int rc = sy_store_begin(e->store);
+  if (rc) {
+    return rc;
+  }
+  /* The turn's check phase commits it; make sure that turn comes. */
+  if (e->handles_init) {
+    uv_idle_start(&e->idle, idle_cb);
+  }
+  return sy_store_tx_seq(e->store);
+}
 static uv_loop_t *api_loop(sy_engine *e) {
   return &e->loop;
 }
@@ -326,6 +337,7 @@ static void init_api(sy_api *a) {
   *a = (sy_api){
       .abi = SY_PLUGIN_ABI,
       .db = api_db,
+      .tx_begin = api_tx_begin,
       .loop = api_loop,
       .now_ms = api_now_ms,
       .setting = api_setting,

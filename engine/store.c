@@ -147,6 +147,7 @@ struct sy_store {
   sqlite3 *db;
   sqlite3_stmt *stmt[Q__COUNT];
   int in_tx;
+  int64_t tx_seq;
   char errmsg[512];
 };
 
@@ -334,7 +335,12 @@ int sy_store_begin(sy_store *st) {
     return rc;
   }
   st->in_tx = 1;
+  st->tx_seq++;
   return 0;
+}
+
+int64_t sy_store_tx_seq(sy_store *st) {
+  return st->in_tx ? st->tx_seq : 0;
 }
 
 int sy_store_commit(sy_store *st) {

@@ -86,6 +86,8 @@ int sy_store_begin(sy_store *st);
 int sy_store_commit(sy_store *st);
 void sy_store_rollback(sy_store *st);
 int sy_store_in_tx(sy_store *st);
+/* Sequence number of the open transaction (0 when none). */
+int64_t sy_store_tx_seq(sy_store *st);
 
 int64_t sy_now_ms(void);
 

@@ -69,6 +69,11 @@ typedef struct sy_api {
   /* The engine's SQLite connection. Writes made during execute, a ctx call
    * or on_event share the transaction that records the instance change. */
   sqlite3 *(*db)(sy_engine *e);
+  /* Opens the loop turn's transaction if it is not open yet, and returns
+   * its sequence number (> 0; a new one per transaction), or a negative
+   * error. While it is open no other connection can write, so a plugin may
+   * trust what it read earlier in the same transaction. */
+  int64_t (*tx_begin)(sy_engine *e);
   uv_loop_t *(*loop)(sy_engine *e);
   int64_t (*now_ms)(sy_engine *e);
   /* A setting given with `--set key=value` (or by the test harness); NULL

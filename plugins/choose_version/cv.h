@@ -1,0 +1,109 @@
+/* choose_version's internal header: the router (flag cache, prepared
+ * statements, decisions, counters) shared by the node, the ctx function,
+ * the event hook and the `rollout` command. */
+#ifndef CV_H
+#define CV_H
+
+#include <switchyard/plugin.h>
+
+#include "route.h"
+
+typedef enum { CV_V1 = 1, CV_V2 = 2 } cv_version;
+
+typedef enum {
+  CV_STRATEGY_STICKY,
+  CV_STRATEGY_RANDOM,
+  CV_STRATEGY_EVERY_NTH
+} cv_strategy;
+
+typedef enum {
+  CV_OVERRIDE_NONE,
+  CV_OVERRIDE_ALLOW,  /* force V2 */
+  CV_OVERRIDE_OPT_OUT /* force V1 */
+} cv_override;
+
+/* A flag as cached from cv_flags. */
+typedef struct cv_flag {
+  char *name;
+  int exists;
+  int retired;
+  int killed;
+  uint32_t rate_ppm;
+  char *group;
+  int64_t ramp_id; /* audit row that started the current ramp step */
+  int64_t overrides;
+  int64_t checked_tx; /* transaction in which the row was last validated */
+  struct cv_flag *next;
+} cv_flag;
+
+enum {
+  CVQ_DATA_VERSION,
+  CVQ_FLAG,
+  CVQ_OVERRIDE,
+  CVQ_GET_DECISION,
+  CVQ_PUT_DECISION,
+  CVQ_COUNT_ROUTED,
+  CVQ_NTH,
+  CVQ_DECISIONS_OF,
+  CVQ_EV_COMPLETED,
+  CVQ_EV_INCIDENT_DECISION,
+  CVQ_EV_INCIDENT,
+  CVQ_EV_RESOLVED,
+  CVQ_EV_CANCELLED,
+  CVQ__COUNT
+};
+
+typedef struct cv_router {
+  const sy_api *api;
+  sy_engine *e;
+  sqlite3 *db;
+  sqlite3_stmt *stmt[CVQ__COUNT];
+  cv_flag *flags;
+  int64_t checked_tx;  /* transaction in which data_version was read */
+  int64_t data_version;
+  char errmsg[512];
+} cv_router;
+
+/* The inputs of one decision, and what it decided. */
+typedef struct cv_request {
+  const char *flag;
+  const char *key; /* subject, NULL when the strategy needs none */
+  size_t key_len;
+  cv_strategy strategy;
+  int eligible; /* result of the node's predicate (1 when there is none) */
+  uint64_t random; /* from the engine's seedable generator */
+  int missing_key; /* the key var is absent and the node says "v1" */
+} cv_request;
+
+typedef struct cv_decision {
+  cv_version version;
+  const char *reason;
+  uint32_t bucket; /* sticky only; UINT32_MAX when not computed */
+  uint32_t rate_ppm;
+  int64_t ramp_id;
+  int reused; /* recorded earlier for this instance */
+} cv_decision;
+
+int cv_schema(sqlite3 *db, char *err, size_t errlen);
+int cv_router_init(cv_router *r, const sy_api *api, sy_engine *e);
+void cv_router_free(cv_router *r);
+
+/* Decides for one instance (reusing a recorded decision) and records it,
+ * inside the engine's transaction. forced is "v1", "v2" or NULL. Returns 0
+ * or -1 with r->errmsg. */
+int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
+              const char *step, const cv_request *req, const char *forced,
+              cv_decision *out);
+/* The pure precedence rule of DESIGN.md for a flag row and inputs. */
+void cv_precedence(const cv_flag *f, cv_override ov, const cv_request *req,
+                   uint64_t random, int64_t nth, cv_decision *out);
+int cv_on_event(cv_router *r, const sy_event *ev);
+
+/* The `rollout` and `report` commands. */
+int cv_cmd_rollout(void *plugin, int argc, char **argv);
+int cv_cmd_report(void *plugin, int argc, char **argv);
+
+/* Registry access for static linking (tests, benchmarks). */
+const sy_plugin_def *cv_plugin_def(void);
+
+#endif

@@ -1,0 +1,318 @@
+/* The choose_version plugin: the `sy.choose_version{}` node, the
+ * `ctx.version()` function, the event hook that keeps per-version counters,
+ * and the `rollout` and `report` commands. See cv.h and router.c. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cv.h"
+
+typedef struct cv_node {
+  char *flag;
+  char *key; /* var naming the subject; NULL for per-instance strategies */
+  char *v1, *v2;
+  cv_strategy strategy;
+  int has_eligible;
+  int missing_key_v1; /* on_missing_key = "v1" */
+} cv_node;
+
+static const char *const node_options[] = {
+    "flag", "key", "v1", "v2", "strategy", "eligible", "on_missing_key", NULL};
+static const char *const node_step_options[] = {"v1", "v2", NULL};
+
+static int cv_init(const sy_api *api, sy_engine *e, void **state, char *err,
+                   size_t errlen) {
+  cv_router *r = calloc(1, sizeof *r);
+  if (!r) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  if (cv_schema(api->db(e), err, errlen)) {
+    free(r);
+    return -1;
+  }
+  cv_router_init(r, api, e);
+  *state = r;
+  return 0;
+}
+
+static void cv_fini(void *state) {
+  cv_router_free(state);
+  free(state);
+}
+
+static int opt_string(cv_router *r, sy_opts *o, const char *key, int required,
+                      char **out, char *err, size_t errlen) {
+  sy_value v;
+  r->api->opt_get(o, key, &v);
+  *out = NULL;
+  if (v.type == SY_VAL_NIL && !required) {
+    return 0;
+  }
+  if (v.type != SY_VAL_STRING || v.len == 0) {
+    snprintf(err, errlen, "choose_version: %s must be a non-empty string%s",
+             key, v.type == SY_VAL_NIL ? " (it is missing)" : "");
+    return -1;
+  }
+  *out = strdup(v.str);
+  return 0;
+}
+
+static void free_node(void *plugin, void *data) {
+  cv_node *n = data;
+  (void)plugin;
+  if (!n) {
+    return;
+  }
+  free(n->flag);
+  free(n->key);
+  free(n->v1);
+  free(n->v2);
+  free(n);
+}
+
+static int parse_strategy(const char *s, cv_strategy *out) {
+  if (!s || strcmp(s, "sticky") == 0) {
+    *out = CV_STRATEGY_STICKY;
+  } else if (strcmp(s, "random") == 0) {
+    *out = CV_STRATEGY_RANDOM;
+  } else if (strcmp(s, "every_nth") == 0) {
+    *out = CV_STRATEGY_EVERY_NTH;
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
+static int compile(void *plugin, sy_opts *o, void **data, char *err,
+                   size_t errlen) {
+  cv_router *r = plugin;
+  cv_node *n = calloc(1, sizeof *n);
+  char *strategy = NULL, *missing = NULL;
+  sy_value v;
+  if (!n) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  if (opt_string(r, o, "flag", 1, &n->flag, err, errlen) ||
+      opt_string(r, o, "v1", 1, &n->v1, err, errlen) ||
+      opt_string(r, o, "v2", 1, &n->v2, err, errlen) ||
+      opt_string(r, o, "key", 0, &n->key, err, errlen) ||
+      opt_string(r, o, "strategy", 0, &strategy, err, errlen) ||
+      opt_string(r, o, "on_missing_key", 0, &missing, err, errlen)) {
+    goto fail;
+  }
+  if (parse_strategy(strategy, &n->strategy)) {
+    snprintf(err, errlen,
+             "choose_version: strategy must be \"sticky\", \"random\" or "
+             "\"every_nth\", got \"%s\"",
+             strategy);
+    goto fail;
+  }
+  if (n->strategy == CV_STRATEGY_STICKY && !n->key) {
+    snprintf(err, errlen,
+             "choose_version: the sticky strategy needs key (the var that "
+             "names the subject)");
+    goto fail;
+  }
+  if (missing && strcmp(missing, "v1") && strcmp(missing, "incident")) {
+    snprintf(err, errlen,
+             "choose_version: on_missing_key must be \"incident\" or \"v1\"");
+    goto fail;
+  }
+  n->missing_key_v1 = missing && strcmp(missing, "v1") == 0;
+  if (strcmp(n->v1, n->v2) == 0) {
+    snprintf(err, errlen, "choose_version: v1 and v2 name the same step");
+    goto fail;
+  }
+  r->api->opt_get(o, "eligible", &v);
+  if (v.type != SY_VAL_NIL && v.type != SY_VAL_FUNCTION) {
+    snprintf(err, errlen, "choose_version: eligible must be a function");
+    goto fail;
+  }
+  n->has_eligible = v.type == SY_VAL_FUNCTION;
+  free(strategy);
+  free(missing);
+  *data = n;
+  return 0;
+fail:
+  free(strategy);
+  free(missing);
+  free_node(plugin, n);
+  return -1;
+}
+
+/* The forced version for a flag, from settings (tests run every workflow
+ * both ways): choose_version.force.<flag>, then choose_version.force. */
+static const char *forced(cv_router *r, const char *flag) {
+  char key[300];
+  const char *v;
+  snprintf(key, sizeof key, "choose_version.force.%s", flag);
+  v = r->api->setting(r->e, key);
+  if (!v) {
+    v = r->api->setting(r->e, "choose_version.force");
+  }
+  if (v && strcmp(v, "v1") && strcmp(v, "v2")) {
+    r->api->log(r->e, "ignoring %s=%s: expected v1 or v2", key, v);
+    return NULL;
+  }
+  return v;
+}
+
+/* Reads the subject from a var: a string, or a number in its usual form. */
+static int subject_of(cv_router *r, sy_call *c, const char *var, char *buf,
+                      size_t cap, const char **key, size_t *len) {
+  sy_value v;
+  r->api->var_get(c, var, &v);
+  if (v.type == SY_VAL_STRING) {
+    *key = v.str;
+    *len = v.len;
+    return 0;
+  }
+  if (v.type == SY_VAL_NUMBER) {
+    if (v.number == (double)(long long)v.number) {
+      snprintf(buf, cap, "%lld", (long long)v.number);
+    } else {
+      snprintf(buf, cap, "%.17g", v.number);
+    }
+    *key = buf;
+    *len = strlen(buf);
+    return 0;
+  }
+  return v.type == SY_VAL_NIL ? -1 : -2;
+}
+
+static void execute(void *plugin, sy_call *c) {
+  cv_router *r = plugin;
+  const sy_api *api = r->api;
+  cv_node *n = api->node_data(c);
+  cv_request req = {.flag = n->flag, .strategy = n->strategy, .eligible = 1};
+  cv_decision d;
+  char num[64], msg[600];
+  const char *force = forced(r, n->flag);
+  if (n->key) {
+    int rc = subject_of(r, c, n->key, num, sizeof num, &req.key, &req.key_len);
+    if (rc && !n->missing_key_v1) {
+      snprintf(msg, sizeof msg,
+               "choose_version %s: var '%s' %s (a string or a number names "
+               "the subject; set on_missing_key = \"v1\" to route such "
+               "instances to v1)",
+               n->flag, n->key,
+               rc == -1 ? "is missing" : "is not a string or a number");
+      api->fail(c, msg);
+      return;
+    }
+    if (rc) {
+      req.key = NULL;
+      req.missing_key = 1; /* a deliberate, recorded V1 */
+    }
+  }
+  if (req.strategy == CV_STRATEGY_RANDOM) {
+    req.random = api->random(c);
+  }
+  if (n->has_eligible && !req.missing_key && !force) {
+    int ok = 0;
+    if (api->call_predicate(c, "eligible", &ok)) {
+      snprintf(msg, sizeof msg, "choose_version %s: eligible: %s", n->flag,
+               api->call_error(c));
+      api->fail(c, msg);
+      return;
+    }
+    req.eligible = ok;
+  }
+  if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
+                force, &d)) {
+    api->fail(c, r->errmsg);
+    return;
+  }
+  api->done(c, d.version == CV_V2 ? n->v2 : n->v1);
+}
+
+/* Lua: ctx.version("flag") -> "v1" | "v2", sticky per instance;
+ *      ctx.version{ flag = "f", key = "user_id" } -> sticky per subject. */
+static void fn_version(void *plugin, sy_call *c, const char *args) {
+  cv_router *r = plugin;
+  const sy_api *api = r->api;
+  json_error_t je;
+  json_t *j = json_loads(args, JSON_DECODE_ANY, &je);
+  cv_request req = {.strategy = CV_STRATEGY_STICKY, .eligible = 1};
+  cv_decision d;
+  char idbuf[32], num[64], msg[512];
+  const char *keyvar = NULL;
+  if (json_is_string(j)) {
+    req.flag = json_string_value(j);
+  } else if (json_is_object(j)) {
+    req.flag = json_string_value(json_object_get(j, "flag"));
+    keyvar = json_string_value(json_object_get(j, "key"));
+  }
+  if (!req.flag || !*req.flag) {
+    api->fail(c, "ctx.version: expected a flag name, or {flag = ..., key = "
+                 "...}");
+    json_decref(j);
+    return;
+  }
+  if (keyvar) {
+    int rc = subject_of(r, c, keyvar, num, sizeof num, &req.key, &req.key_len);
+    if (rc) {
+      snprintf(msg, sizeof msg, "ctx.version %s: var '%s' %s", req.flag,
+               keyvar,
+               rc == -1 ? "is missing" : "is not a string or a number");
+      api->fail(c, msg);
+      json_decref(j);
+      return;
+    }
+  } else {
+    snprintf(idbuf, sizeof idbuf, "%lld", (long long)api->instance_id(c));
+    req.key = idbuf;
+    req.key_len = strlen(idbuf);
+  }
+  if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
+                forced(r, req.flag), &d)) {
+    api->fail(c, r->errmsg);
+  } else {
+    api->done_json(c, d.version == CV_V2 ? "\"v2\"" : "\"v1\"");
+  }
+  json_decref(j);
+}
+
+static int on_event(void *plugin, const sy_event *ev) {
+  cv_router *r = plugin;
+  if (cv_on_event(r, ev)) {
+    r->api->log(r->e, "%s", r->errmsg);
+    return -1;
+  }
+  return 0;
+}
+
+static const sy_node_type nodes[] = {
+    {.name = "choose_version",
+     .compile = compile,
+     .free_node = free_node,
+     .options = node_options,
+     .step_options = node_step_options,
+     .execute = execute},
+    {0}};
+
+static const sy_ctx_fn ctx_fns[] = {{.name = "version", .call = fn_version},
+                                    {0}};
+
+static const sy_command commands[] = {
+    {.name = "rollout",
+     .summary = "set, inspect and audit canary rollouts (see rollout --help)",
+     .run = cv_cmd_rollout},
+    {0}};
+
+static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
+                                  .name = "choose_version",
+                                  .version = "1.0",
+                                  .init = cv_init,
+                                  .fini = cv_fini,
+                                  .nodes = nodes,
+                                  .ctx_fns = ctx_fns,
+                                  .commands = commands,
+                                  .on_event = on_event};
+
+const sy_plugin_def *cv_plugin_def(void) {
+  return &def;
+}

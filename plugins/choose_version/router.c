@@ -1,0 +1,560 @@
+/* The router: choose_version's tables, its flag cache, the precedence rule,
+ * decisions and per-version counters. Everything here runs on the engine's
+ * connection inside the engine's transaction, so a decision, the counters it
+ * moves and the instance's move into its branch commit together. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cv.h"
+
+/* Migrations of the plugin's own tables, tracked in cv_meta. */
+static const char *const migrations[] = {
+    "CREATE TABLE cv_flags("
+    "  name TEXT PRIMARY KEY,"
+    "  rate_ppm INTEGER NOT NULL DEFAULT 0,"
+    "  killed INTEGER NOT NULL DEFAULT 0,"
+    "  hash_group TEXT,"
+    "  description TEXT,"
+    "  owner TEXT,"
+    "  nth_counter INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  retired_at INTEGER);"
+    "CREATE TABLE cv_overrides("
+    "  flag TEXT NOT NULL,"
+    "  subject TEXT NOT NULL,"
+    "  kind TEXT NOT NULL CHECK(kind IN ('allow', 'opt-out')),"
+    "  actor TEXT, reason TEXT, created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY(flag, subject));"
+    /* Every change of a flag; rate and kill-switch changes start ramp
+     * steps. old/new values are text as a user would type them. */
+    "CREATE TABLE cv_audit("
+    "  id INTEGER PRIMARY KEY,"
+    "  flag TEXT NOT NULL,"
+    "  what TEXT NOT NULL,"
+    "  subject TEXT,"
+    "  old_value TEXT, new_value TEXT,"
+    "  rate_ppm INTEGER, killed INTEGER,"
+    "  reason TEXT, actor TEXT, at INTEGER NOT NULL);"
+    "CREATE INDEX cv_audit_flag ON cv_audit(flag, id);"
+    "CREATE TABLE cv_decisions("
+    "  instance_id INTEGER NOT NULL,"
+    "  flag TEXT NOT NULL,"
+    "  workflow TEXT NOT NULL,"
+    "  step TEXT NOT NULL,"
+    "  subject TEXT,"
+    "  version TEXT NOT NULL CHECK(version IN ('v1', 'v2')),"
+    "  reason TEXT NOT NULL,"
+    "  bucket INTEGER,"
+    "  rate_ppm INTEGER NOT NULL,"
+    "  ramp_id INTEGER,"
+    "  decided_at INTEGER NOT NULL,"
+    "  incidents INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY(instance_id, flag));"
+    "CREATE INDEX cv_decisions_flag ON cv_decisions(flag, decided_at);"
+    "CREATE TABLE cv_counters("
+    "  workflow TEXT NOT NULL, flag TEXT NOT NULL, version TEXT NOT NULL,"
+    "  routed INTEGER NOT NULL DEFAULT 0,"
+    "  in_flight INTEGER NOT NULL DEFAULT 0,"
+    "  completed INTEGER NOT NULL DEFAULT 0,"
+    "  cancelled INTEGER NOT NULL DEFAULT 0,"
+    "  with_incidents INTEGER NOT NULL DEFAULT 0,"
+    "  incidents INTEGER NOT NULL DEFAULT 0,"
+    "  open_incidents INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY(workflow, flag, version));",
+};
+#define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
+
+static const char *const sql_text[CVQ__COUNT] = {
+    [CVQ_DATA_VERSION] = "PRAGMA data_version",
+    [CVQ_FLAG] =
+        "SELECT rate_ppm, killed, coalesce(hash_group, name), "
+        "retired_at IS NOT NULL, "
+        "(SELECT count(*) FROM cv_overrides WHERE flag = ?1), "
+        "(SELECT max(id) FROM cv_audit WHERE flag = ?1 "
+        " AND what IN ('rate', 'kill', 'unkill')) "
+        "FROM cv_flags WHERE name = ?1",
+    [CVQ_OVERRIDE] =
+        "SELECT kind FROM cv_overrides WHERE flag = ?1 AND subject = ?2",
+    [CVQ_GET_DECISION] =
+        "SELECT version, reason, bucket, rate_ppm, ramp_id FROM cv_decisions "
+        "WHERE instance_id = ?1 AND flag = ?2",
+    [CVQ_PUT_DECISION] =
+        "INSERT INTO cv_decisions(instance_id, flag, workflow, step, subject, "
+        "version, reason, bucket, rate_ppm, ramp_id, decided_at) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    [CVQ_COUNT_ROUTED] =
+        "INSERT INTO cv_counters(workflow, flag, version, routed, in_flight) "
+        "VALUES(?1, ?2, ?3, 1, 1) ON CONFLICT DO UPDATE SET "
+        "routed = routed + 1, in_flight = in_flight + 1",
+    [CVQ_NTH] =
+        "UPDATE cv_flags SET nth_counter = nth_counter + 1 WHERE name = ?1 "
+        "RETURNING nth_counter - 1",
+    [CVQ_DECISIONS_OF] =
+        "SELECT flag, workflow, version, incidents FROM cv_decisions "
+        "WHERE instance_id = ?1",
+    [CVQ_EV_COMPLETED] =
+        "UPDATE cv_counters SET completed = completed + 1, "
+        "in_flight = in_flight - 1 "
+        "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
+    [CVQ_EV_INCIDENT_DECISION] =
+        "UPDATE cv_decisions SET incidents = incidents + 1 "
+        "WHERE instance_id = ?1 AND flag = ?2",
+    [CVQ_EV_INCIDENT] =
+        "UPDATE cv_counters SET incidents = incidents + 1, "
+        "open_incidents = open_incidents + 1, "
+        "with_incidents = with_incidents + ?4 "
+        "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
+    [CVQ_EV_RESOLVED] =
+        "UPDATE cv_counters SET open_incidents = open_incidents - 1 "
+        "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
+    [CVQ_EV_CANCELLED] =
+        "UPDATE cv_counters SET cancelled = cancelled + 1, "
+        "in_flight = in_flight - 1 "
+        "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
+};
+
+static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen) {
+  char *msg = NULL;
+  if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+    snprintf(err, errlen, "%s", msg ? msg : sqlite3_errmsg(db));
+    sqlite3_free(msg);
+    return -1;
+  }
+  return 0;
+}
+
+int cv_schema(sqlite3 *db, char *err, size_t errlen) {
+  sqlite3_stmt *s;
+  int version = 0;
+  if (exec(db,
+           "CREATE TABLE IF NOT EXISTS cv_meta(key TEXT PRIMARY KEY, "
+           "value INTEGER)",
+           err, errlen)) {
+    return -1;
+  }
+  if (sqlite3_prepare_v2(db,
+                         "SELECT value FROM cv_meta WHERE key = "
+                         "'schema_version'",
+                         -1, &s, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+    return -1;
+  }
+  if (sqlite3_step(s) == SQLITE_ROW) {
+    version = sqlite3_column_int(s, 0);
+  }
+  sqlite3_finalize(s);
+  if (version > CV_SCHEMA_VERSION) {
+    snprintf(err, errlen,
+             "choose_version tables are at version %d, newer than this "
+             "plugin (%d)",
+             version, CV_SCHEMA_VERSION);
+    return -1;
+  }
+  for (; version < CV_SCHEMA_VERSION; version++) {
+    char sql[128];
+    if (exec(db, migrations[version], err, errlen)) {
+      return -1;
+    }
+    snprintf(sql, sizeof sql,
+             "INSERT OR REPLACE INTO cv_meta VALUES('schema_version', %d)",
+             version + 1);
+    if (exec(db, sql, err, errlen)) {
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int cv_router_init(cv_router *r, const sy_api *api, sy_engine *e) {
+  memset(r, 0, sizeof *r);
+  r->api = api;
+  r->e = e;
+  r->db = api->db(e);
+  return 0;
+}
+
+void cv_router_free(cv_router *r) {
+  while (r->flags) {
+    cv_flag *f = r->flags;
+    r->flags = f->next;
+    free(f->name);
+    free(f->group);
+    free(f);
+  }
+  for (int i = 0; i < CVQ__COUNT; i++) {
+    sqlite3_finalize(r->stmt[i]);
+  }
+}
+
+static sqlite3_stmt *stmt(cv_router *r, int q) {
+  if (!r->stmt[q] &&
+      sqlite3_prepare_v3(r->db, sql_text[q], -1, SQLITE_PREPARE_PERSISTENT,
+                         &r->stmt[q], NULL) != SQLITE_OK) {
+    snprintf(r->errmsg, sizeof r->errmsg, "choose_version: %s",
+             sqlite3_errmsg(r->db));
+    return NULL;
+  }
+  return r->stmt[q];
+}
+
+static int fail_db(cv_router *r, sqlite3_stmt *s) {
+  snprintf(r->errmsg, sizeof r->errmsg, "choose_version: %s",
+           sqlite3_errmsg(r->db));
+  if (s) {
+    sqlite3_reset(s);
+  }
+  return -1;
+}
+
+/* Another connection changed the database since we last looked? Asked at
+ * most once per engine transaction: while it is open nobody else writes. */
+static int db_changed(cv_router *r, int64_t tx, int *changed) {
+  sqlite3_stmt *s;
+  int64_t v;
+  *changed = 0;
+  if (tx == r->checked_tx) {
+    return 0;
+  }
+  if (!(s = stmt(r, CVQ_DATA_VERSION))) {
+    return -1;
+  }
+  if (sqlite3_step(s) != SQLITE_ROW) {
+    return fail_db(r, s);
+  }
+  v = sqlite3_column_int64(s, 0);
+  sqlite3_reset(s);
+  *changed = v != r->data_version;
+  r->data_version = v;
+  r->checked_tx = tx;
+  return 0;
+}
+
+static int load_flag(cv_router *r, cv_flag *f) {
+  sqlite3_stmt *s = stmt(r, CVQ_FLAG);
+  int rc;
+  if (!s) {
+    return -1;
+  }
+  sqlite3_bind_text(s, 1, f->name, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  free(f->group);
+  f->group = NULL;
+  if (rc == SQLITE_ROW) {
+    f->exists = 1;
+    f->rate_ppm = (uint32_t)sqlite3_column_int64(s, 0);
+    f->killed = sqlite3_column_int(s, 1);
+    f->group = strdup((const char *)sqlite3_column_text(s, 2));
+    f->retired = sqlite3_column_int(s, 3);
+    f->overrides = sqlite3_column_int64(s, 4);
+    f->ramp_id = sqlite3_column_int64(s, 5);
+  } else if (rc == SQLITE_DONE) {
+    f->exists = f->killed = f->retired = 0;
+    f->rate_ppm = 0;
+    f->overrides = f->ramp_id = 0;
+  } else {
+    return fail_db(r, s);
+  }
+  sqlite3_reset(s);
+  return 0;
+}
+
+/* The cached row of a flag, re-read when the database changed. */
+static cv_flag *get_flag(cv_router *r, const char *name, int64_t tx) {
+  cv_flag *f;
+  int changed;
+  if (db_changed(r, tx, &changed)) {
+    return NULL;
+  }
+  for (f = r->flags; f; f = f->next) {
+    if (changed) {
+      f->checked_tx = 0;
+    }
+  }
+  for (f = r->flags; f && strcmp(f->name, name) != 0; f = f->next) {
+  }
+  if (!f) {
+    if (!(f = calloc(1, sizeof *f)) || !(f->name = strdup(name))) {
+      free(f);
+      snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+      return NULL;
+    }
+    f->next = r->flags;
+    r->flags = f;
+  }
+  if (f->checked_tx == 0) {
+    if (load_flag(r, f)) {
+      return NULL;
+    }
+  }
+  f->checked_tx = tx;
+  return f;
+}
+
+void cv_precedence(const cv_flag *f, cv_override ov, const cv_request *req,
+                   uint64_t random, int64_t nth, cv_decision *out) {
+  out->bucket = UINT32_MAX;
+  out->rate_ppm = f->exists ? f->rate_ppm : 0;
+  out->ramp_id = f->ramp_id;
+  out->reused = 0;
+  out->version = CV_V1;
+  if (!f->exists) {
+    out->reason = "no_flag"; /* new code ships dark */
+  } else if (f->retired) {
+    out->reason = "retired";
+  } else if (f->killed) {
+    out->reason = "kill_switch";
+  } else if (req->missing_key) {
+    out->reason = "missing_key";
+  } else if (ov == CV_OVERRIDE_OPT_OUT) {
+    out->reason = "opt_out";
+  } else if (!req->eligible) {
+    out->reason = "not_eligible";
+  } else if (ov == CV_OVERRIDE_ALLOW) {
+    out->version = CV_V2;
+    out->reason = "allow";
+  } else if (req->strategy == CV_STRATEGY_STICKY) {
+    out->bucket = cv_bucket(f->group, strlen(f->group), req->key, req->key_len);
+    out->version = out->bucket < f->rate_ppm ? CV_V2 : CV_V1;
+    out->reason = "rollout";
+  } else if (req->strategy == CV_STRATEGY_RANDOM) {
+    out->version = random % CV_RATE_MAX_PPM < f->rate_ppm ? CV_V2 : CV_V1;
+    out->reason = "random";
+  } else {
+    /* The n-th instance goes to V2 when floor(n * rate) steps up: exactly
+     * rate of every million, spread evenly (25% = every 4th). */
+    int64_t a = nth * (int64_t)f->rate_ppm / CV_RATE_MAX_PPM;
+    int64_t b = (nth + 1) * (int64_t)f->rate_ppm / CV_RATE_MAX_PPM;
+    out->version = b > a ? CV_V2 : CV_V1;
+    out->reason = "every_nth";
+  }
+}
+
+static int get_override(cv_router *r, const cv_flag *f, const cv_request *req,
+                        cv_override *ov) {
+  sqlite3_stmt *s;
+  int rc;
+  *ov = CV_OVERRIDE_NONE;
+  /* Most flags have no overrides: skip the lookup then. */
+  if (!f->overrides || !req->key) {
+    return 0;
+  }
+  if (!(s = stmt(r, CVQ_OVERRIDE))) {
+    return -1;
+  }
+  sqlite3_bind_text(s, 1, f->name, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, req->key, (int)req->key_len, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    *ov = strcmp((const char *)sqlite3_column_text(s, 0), "allow") == 0
+              ? CV_OVERRIDE_ALLOW
+              : CV_OVERRIDE_OPT_OUT;
+  } else if (rc != SQLITE_DONE) {
+    return fail_db(r, s);
+  }
+  sqlite3_reset(s);
+  return 0;
+}
+
+static int next_nth(cv_router *r, const cv_flag *f, int64_t *nth) {
+  sqlite3_stmt *s = stmt(r, CVQ_NTH);
+  if (!s) {
+    return -1;
+  }
+  sqlite3_bind_text(s, 1, f->name, -1, SQLITE_STATIC);
+  if (sqlite3_step(s) != SQLITE_ROW) {
+    return fail_db(r, s);
+  }
+  *nth = sqlite3_column_int64(s, 0);
+  /* Drain the RETURNING statement so the update completes. */
+  while (sqlite3_step(s) == SQLITE_ROW) {
+  }
+  sqlite3_reset(s);
+  return 0;
+}
+
+static int recorded(cv_router *r, int64_t instance_id, const char *flag,
+                    cv_decision *out, int *found) {
+  sqlite3_stmt *s = stmt(r, CVQ_GET_DECISION);
+  int rc;
+  *found = 0;
+  if (!s) {
+    return -1;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, flag, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    static const char *const reasons[] = {
+        "no_flag", "retired", "kill_switch", "opt_out", "not_eligible",
+        "allow",   "rollout", "random",      "every_nth", "forced",
+        "missing_key"};
+    const char *reason = (const char *)sqlite3_column_text(s, 1);
+    *found = 1;
+    out->version = strcmp((const char *)sqlite3_column_text(s, 0), "v2") == 0
+                       ? CV_V2
+                       : CV_V1;
+    /* Point at a static string: the statement's text dies at reset. */
+    out->reason = "recorded";
+    for (size_t i = 0; i < sizeof reasons / sizeof *reasons; i++) {
+      if (strcmp(reason, reasons[i]) == 0) {
+        out->reason = reasons[i];
+      }
+    }
+    out->bucket = sqlite3_column_type(s, 2) == SQLITE_NULL
+                      ? UINT32_MAX
+                      : (uint32_t)sqlite3_column_int64(s, 2);
+    out->rate_ppm = (uint32_t)sqlite3_column_int64(s, 3);
+    out->ramp_id = sqlite3_column_int64(s, 4);
+    out->reused = 1;
+  } else if (rc != SQLITE_DONE) {
+    return fail_db(r, s);
+  }
+  sqlite3_reset(s);
+  return 0;
+}
+
+static int record(cv_router *r, int64_t instance_id, const char *workflow,
+                  const char *step, const cv_request *req,
+                  const cv_decision *d) {
+  sqlite3_stmt *s = stmt(r, CVQ_PUT_DECISION);
+  const char *v = d->version == CV_V2 ? "v2" : "v1";
+  if (!s) {
+    return -1;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, req->flag, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, workflow, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 4, step, -1, SQLITE_STATIC);
+  if (req->key) {
+    sqlite3_bind_text(s, 5, req->key, (int)req->key_len, SQLITE_STATIC);
+  } else {
+    sqlite3_bind_null(s, 5);
+  }
+  sqlite3_bind_text(s, 6, v, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 7, d->reason, -1, SQLITE_STATIC);
+  if (d->bucket != UINT32_MAX) {
+    sqlite3_bind_int64(s, 8, d->bucket);
+  } else {
+    sqlite3_bind_null(s, 8);
+  }
+  sqlite3_bind_int64(s, 9, d->rate_ppm);
+  sqlite3_bind_int64(s, 10, d->ramp_id);
+  sqlite3_bind_int64(s, 11, r->api->now_ms(r->e));
+  if (sqlite3_step(s) != SQLITE_DONE) {
+    return fail_db(r, s);
+  }
+  sqlite3_reset(s);
+  if (!(s = stmt(r, CVQ_COUNT_ROUTED))) {
+    return -1;
+  }
+  sqlite3_bind_text(s, 1, workflow, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, req->flag, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, v, -1, SQLITE_STATIC);
+  if (sqlite3_step(s) != SQLITE_DONE) {
+    return fail_db(r, s);
+  }
+  sqlite3_reset(s);
+  return 0;
+}
+
+int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
+              const char *step, const cv_request *req, const char *forced,
+              cv_decision *out) {
+  int64_t tx = r->api->tx_begin(r->e);
+  int found;
+  cv_flag *f;
+  cv_override ov;
+  int64_t nth = 0;
+  if (tx < 0) {
+    snprintf(r->errmsg, sizeof r->errmsg,
+             "choose_version: cannot open a transaction");
+    return -1;
+  }
+  /* An instance never changes branch: a re-run reuses its decision. */
+  if (recorded(r, instance_id, req->flag, out, &found)) {
+    return -1;
+  }
+  if (found) {
+    return 0;
+  }
+  if (!(f = get_flag(r, req->flag, tx))) {
+    return -1;
+  }
+  if (forced) {
+    memset(out, 0, sizeof *out);
+    out->version = strcmp(forced, "v2") == 0 ? CV_V2 : CV_V1;
+    out->reason = "forced";
+    out->bucket = UINT32_MAX;
+    out->rate_ppm = f->rate_ppm;
+    out->ramp_id = f->ramp_id;
+  } else {
+    if (get_override(r, f, req, &ov)) {
+      return -1;
+    }
+    if (f->exists && !f->retired && !f->killed &&
+        req->strategy == CV_STRATEGY_EVERY_NTH && ov == CV_OVERRIDE_NONE &&
+        req->eligible && next_nth(r, f, &nth)) {
+      return -1;
+    }
+    cv_precedence(f, ov, req, req->random, nth, out);
+  }
+  return record(r, instance_id, workflow, step, req, out);
+}
+
+/* Applies an instance event to the counters of every flag it was routed
+ * by. Instances that never met a choose_version node cost one lookup. */
+int cv_on_event(cv_router *r, const sy_event *ev) {
+  sqlite3_stmt *s = stmt(r, CVQ_DECISIONS_OF);
+  int rc;
+  if (!s) {
+    return -1;
+  }
+  sqlite3_bind_int64(s, 1, ev->instance_id);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    const char *flag = (const char *)sqlite3_column_text(s, 0);
+    const char *workflow = (const char *)sqlite3_column_text(s, 1);
+    const char *version = (const char *)sqlite3_column_text(s, 2);
+    int first_incident = sqlite3_column_int(s, 3) == 0;
+    int q = ev->type == SY_EVENT_COMPLETED   ? CVQ_EV_COMPLETED
+            : ev->type == SY_EVENT_INCIDENT  ? CVQ_EV_INCIDENT
+            : ev->type == SY_EVENT_CANCELLED ? CVQ_EV_CANCELLED
+                                             : CVQ_EV_RESOLVED;
+    sqlite3_stmt *u = stmt(r, q);
+    if (!u) {
+      sqlite3_reset(s);
+      return -1;
+    }
+    sqlite3_bind_text(u, 1, workflow, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(u, 2, flag, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(u, 3, version, -1, SQLITE_TRANSIENT);
+    if (q == CVQ_EV_INCIDENT) {
+      sqlite3_bind_int(u, 4, first_incident);
+    }
+    if (sqlite3_step(u) != SQLITE_DONE) {
+      sqlite3_reset(s);
+      return fail_db(r, u);
+    }
+    sqlite3_reset(u);
+    if (q == CVQ_EV_INCIDENT) {
+      sqlite3_stmt *d = stmt(r, CVQ_EV_INCIDENT_DECISION);
+      if (!d) {
+        sqlite3_reset(s);
+        return -1;
+      }
+      sqlite3_bind_int64(d, 1, ev->instance_id);
+      sqlite3_bind_text(d, 2, flag, -1, SQLITE_TRANSIENT);
+      if (sqlite3_step(d) != SQLITE_DONE) {
+        sqlite3_reset(s);
+        return fail_db(r, d);
+      }
+      sqlite3_reset(d);
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    return fail_db(r, s);
+  }
+  sqlite3_reset(s);
+  return 0;
+}

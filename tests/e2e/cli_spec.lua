@@ -1,0 +1,631 @@
+-- End-to-end tests of the `switchyard` command line: every class of bad
+-- input exits 2 with a message naming what was wrong and leaves the database
+-- exactly as it was; the good paths (start, run, instances, show, incidents,
+-- retry, cancel, definition pinning, SIGTERM, 10,000 instances) run the real
+-- binary on temporary databases and check the result in the database.
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests/e2e"
+local H = dofile(here .. "/helpers.lua")
+
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do
+    n = n + 1
+  end
+  return n
+end
+
+local function has(haystack, needle, what)
+  assert(haystack:find(needle, 1, true),
+    string.format("%s: expected to find %q in:\n%s", what or "output",
+      needle, haystack))
+end
+
+local function instances_json(env, ...)
+  local out = env:ok("--json", "instances", ...)
+  return H.decode(out)
+end
+
+local function show_json(env, id)
+  return H.decode((env:ok("--json", "show", tostring(id))))
+end
+
+local function steps_of(history)
+  local s, o = {}, {}
+  for i, r in ipairs(history) do
+    s[i], o[i] = r.step, r.outcome
+  end
+  return table.concat(s, ","), table.concat(o, ",")
+end
+
+-- ---------------------------------------------------------------------
+describe("switchyard rejects bad input with exit 2 and an untouched db", function()
+  local env, done_id
+
+  setup(function()
+    -- One completed instance, so the db has content to keep unchanged and
+    -- retry/cancel have a completed instance to refuse.
+    env = H.env()
+    done_id = assert(tonumber((env:ok("start", "hello", "--var",
+      "user_id=seed")):match("^(%d+)\n$")))
+    env:ok("run", "--until-idle")
+    H.write(env:path("third_not_object.jsonl"),
+      '{"user_id":"a"}\n{"user_id":"b"}\n[1, 2]\n{"user_id":"d"}\n')
+    H.write(env:path("third_not_json.jsonl"),
+      '{"user_id":"a"}\n{"user_id":"b"}\n{"user_id": oops\n{"user_id":"d"}\n')
+    H.write(env:path("good.jsonl"), '{"user_id":"a"}\n')
+  end)
+
+  teardown(function()
+    H.rmdir(env.dir)
+  end)
+
+  -- Runs `switchyard --db DB --workflows DIR <args>` (args may hold
+  -- functions of env, resolved now); asserts exit 2, each expected string
+  -- on stderr, and the database dump unchanged.
+  local function rejects(args, expect, opts)
+    local resolved = {}
+    for i, a in ipairs(args) do
+      resolved[i] = type(a) == "function" and a(env) or a
+    end
+    local before = env:snapshot()
+    local code, out, err = env:raw(env:argv(table.unpack(resolved)), opts)
+    assert.are.equal(2, code, "exit code; stdout: " .. out .. "stderr: " .. err)
+    for _, e in ipairs(expect) do
+      has(err, type(e) == "function" and e(env) or e, "stderr")
+    end
+    assert.are.equal(before, env:snapshot(), "the database changed")
+    assert.are.equal(1, env:scalar("select count(*) from instances"))
+    return err, out
+  end
+
+  local function file(name)
+    return function(e)
+      return e:path(name)
+    end
+  end
+
+  local cases = {
+    { "no command", {}, { "usage: switchyard" } },
+    { "an unknown command", { "frobnicate" },
+      { "unknown command 'frobnicate'", "usage:" } },
+    { "start without a workflow", { "start" }, { "start: which workflow?" } },
+    { "start with an unknown option", { "start", "hello", "--bogus" },
+      { "start: unknown option '--bogus'" } },
+    { "start with a stray argument", { "start", "hello", "extra" },
+      { "unexpected argument 'extra'" } },
+    { "--count 0", { "start", "hello", "--count", "0" },
+      { "--count: expected an integer from 1 to 100000000, got '0'" } },
+    { "--count -1", { "start", "hello", "--count", "-1" },
+      { "--count: expected an integer", "got '-1'" } },
+    { "--count abc", { "start", "hello", "--count", "abc" },
+      { "--count: expected an integer", "got 'abc'" } },
+    { "--count 5x", { "start", "hello", "--count", "5x" },
+      { "--count: expected an integer", "got '5x'" } },
+    { "--count without a value", { "start", "hello", "--count" },
+      { "--count: expected an integer", "got 'nothing'" } },
+    { "--var without =", { "start", "hello", "--var", "user_id" },
+      { "--var: expected KEY=VALUE or KEY:=JSON, got 'user_id'" } },
+    { "--var with an empty key", { "start", "hello", "--var", "=x" },
+      { "--var: expected KEY=VALUE or KEY:=JSON, got '=x'" } },
+    { "--var k:= with invalid JSON", { "start", "hello", "--var", "n:={oops" },
+      { "--var n:={oops: invalid JSON" } },
+    { "--var k:= with nothing", { "start", "hello", "--var", "n:=" },
+      { "--var n:=: invalid JSON" } },
+    { "--var k:={n}x (invalid JSON for every n) with --count 5",
+      { "start", "hello", "--count", "5", "--var", "n:={n}x" },
+      { "--var n:=1x: invalid JSON" } },
+    { "--from a missing file", { "start", "hello", "--from", file("nope.jsonl") },
+      { file("nope.jsonl"), "No such file or directory" } },
+    { "--from a file whose 3rd line is not an object",
+      { "start", "hello", "--from", file("third_not_object.jsonl") },
+      { function(e)
+        return e:path("third_not_object.jsonl") .. ":3:"
+      end, "object" } },
+    { "--from a file whose 3rd line is not JSON",
+      { "start", "hello", "--from", file("third_not_json.jsonl") },
+      { function(e)
+        return e:path("third_not_json.jsonl") .. ":3:"
+      end, "invalid JSON" } },
+    { "--from - whose 3rd line is not an object", { "start", "hello", "--from", "-" },
+      { "<stdin>:3:" }, { stdin = '{"user_id":"a"}\n{"user_id":"b"}\n"c"\n' } },
+    { "--from with --var",
+      { "start", "hello", "--from", file("good.jsonl"), "--var", "a=b" },
+      { "--from takes vars from the file; it does not mix with --var" } },
+    { "--from with --count",
+      { "start", "hello", "--count", "2", "--from", file("good.jsonl") },
+      { "does not mix with --var or --count" } },
+    { "--from without a value", { "start", "hello", "--from" },
+      { "--from needs a file" } },
+    { "start of a workflow that does not exist", { "start", "nosuch" },
+      { "nosuch.lua: cannot open" } },
+    { "run --concurrency 0", { "run", "--concurrency", "0" },
+      { "--concurrency: expected an integer from 1 to 1000000, got '0'" } },
+    { "run --concurrency abc", { "run", "--concurrency", "abc" },
+      { "--concurrency: expected an integer", "got 'abc'" } },
+    { "run with an unknown argument", { "run", "--forever" },
+      { "run: unknown argument '--forever'" } },
+    { "--sync bogus", { "--sync", "bogus", "run", "--until-idle" },
+      { "--sync: expected full or normal, got 'bogus'" } },
+    { "--db with no value", { "instances", "--db" }, { "--db needs a value" } },
+    { "--db with an empty value", { "--db", "", "instances" },
+      { "--db: empty path" } },
+    { "show abc", { "show", "abc" },
+      { "show: expected one instance id, got 'abc'" } },
+    { "show 0", { "show", "0" }, { "got '0'" } },
+    { "show 999 (no such instance)", { "show", "999" }, { "no instance 999" } },
+    { "show without an id", { "show" }, { "got 'nothing'" } },
+    { "retry 999", { "retry", "999" }, { "no instance 999" } },
+    { "cancel 999", { "cancel", "999" }, { "no instance 999" } },
+    { "retry abc", { "retry", "abc" }, { "expected one instance id, got 'abc'" } },
+    { "retry of a completed instance", { "retry", "1" },
+      { "instance 1 is completed: only instances in an incident can be retried" } },
+    { "cancel of a completed instance", { "cancel", "1" },
+      { "instance 1 is completed: only ready, waiting or incident instances "
+        .. "can be cancelled" } },
+    { "instances --state bogus", { "instances", "--state", "bogus" },
+      { "--state: expected ready, running, waiting, incident, completed or "
+        .. "cancelled, got 'bogus'" } },
+    { "instances --state without a value", { "instances", "--state" },
+      { "unknown or incomplete argument '--state'" } },
+    { "incidents with an unknown argument", { "incidents", "--open" },
+      { "incidents: unknown argument '--open'" } },
+    { "check without a workflow", { "check" }, { "check: expected one workflow" } },
+  }
+
+  for _, c in ipairs(cases) do
+    it(c[1], function()
+      assert.are.equal(1, done_id)
+      rejects(c[2], c[3], c[4])
+    end)
+  end
+
+  -- Every class of bad workflow file: exit 2, file:line, nothing stored.
+  local bad = {
+    { "syntax.lua", 5, "'}' expected" },
+    { "next_missing.lua", 6, "next step 'nowhere' does not exist" },
+    { "start_missing.lua", 3, "start step 'begin' does not exist" },
+    { "no_start.lua", 3, "has no start step" },
+    { "option_type.lua", 6, "retries must be" },
+    { "node_unknown.lua", 6, "unknown node type 'no_such_node'" },
+    { "load_error.lua", 3, "boom while loading" },
+    { "sandbox.lua", 3, "execute" },
+    -- A plain table has no line of its own: the file is named.
+    { "not_a_workflow.lua", nil, "must return sy.workflow" },
+  }
+  for _, b in ipairs(bad) do
+    local path = H.fixtures .. "/bad/" .. b[1]
+    local where = b[2] and (path .. ":" .. b[2] .. ":") or (path .. ":")
+    it("a bad workflow file: " .. b[1] .. " (start)", function()
+      rejects({ "start", path, "--count", "3" }, { where, b[3] })
+      assert.are.equal(1, env:scalar("select count(*) from definitions"))
+    end)
+    it("a bad workflow file: " .. b[1] .. " (check)", function()
+      rejects({ "check", path }, { where, b[3] })
+    end)
+  end
+
+  it("a --from path that is a directory", function()
+    -- Reading fails (EISDIR): that is bad input, not zero instances.
+    local err = rejects({ "start", "hello", "--from", env.dir }, { env.dir })
+    has(err, "--from", "stderr")
+  end)
+end)
+
+-- ---------------------------------------------------------------------
+describe("bad input on a fresh database", function()
+  local env
+
+  before_each(function()
+    env = H.env()
+  end)
+
+  after_each(function()
+    H.rmdir(env.dir)
+  end)
+
+  it("usage errors do not create the database file", function()
+    for _, args in ipairs({ { "start" }, { "start", "hello", "--count", "0" },
+      { "run", "--concurrency", "0" }, { "show", "abc" },
+      { "instances", "--state", "bogus" } }) do
+      local code = env:run(table.unpack(args))
+      assert.are.equal(2, code, table.concat(args, " "))
+    end
+    assert.is_false(H.exists(env.db), "a usage error created " .. env.db)
+  end)
+
+  -- `start` is all or nothing ("One transaction: either every instance
+  -- starts, or none does", cli.c); bad vars are found only after the
+  -- workflow loaded, and its definition must not stay behind either.
+  local function nothing_stored(args, opts)
+    local code, _, err = env:raw(env:argv(table.unpack(args)), opts)
+    assert.are.equal(2, code, err)
+    if H.exists(env.db) then
+      assert.are.equal(0, env:scalar("select count(*) from instances"))
+      assert.are.equal(0, env:scalar("select count(*) from definitions"),
+        "a rejected start left its workflow's definition in the database")
+    end
+  end
+
+  it("a rejected --var leaves no instance and no definition", function()
+    nothing_stored({ "start", "hello", "--var", "n:={oops" })
+  end)
+
+  it("a rejected --from line 3 leaves no instance and no definition", function()
+    nothing_stored({ "start", "hello", "--from", "-" },
+      { stdin = '{"user_id":"a"}\n{"user_id":"b"}\nnope\n' })
+  end)
+
+  it("a --var key longer than 255 bytes is kept whole or rejected", function()
+    local key = string.rep("k", 300)
+    local code, out, err = env:run("start", "hello", "--var", key .. "=1")
+    if code == 2 then
+      has(err, "--var", "stderr")
+      assert.are.equal(0, env:scalar("select count(*) from instances"))
+    else
+      assert.are.equal(0, code, err)
+      local vars = show_json(env, tonumber(out:match("%d+"))).vars
+      local got = next(vars)
+      assert.are.equal(key, got, "the key was cut to " .. #got .. " bytes")
+    end
+  end)
+end)
+
+-- ---------------------------------------------------------------------
+describe("start, run, instances, show", function()
+  local env
+
+  before_each(function()
+    env = H.env()
+  end)
+
+  after_each(function()
+    H.rmdir(env.dir)
+  end)
+
+  it("start prints the new instance's id and stores it ready", function()
+    local out = env:ok("start", "hello", "--var", "user_id=u7", "--var",
+      "tags:=[1,\"two\",{\"x\":null}]")
+    local id = tonumber(out:match("^(%d+)\n$"))
+    assert.is_not_nil(id, "stdout: " .. out)
+    local list = instances_json(env)
+    assert.are.equal(1, #list)
+    assert.are.equal(id, list[1].id)
+    assert.are.equal("hello", list[1].workflow)
+    assert.are.equal("ready", list[1].state)
+    assert.are.equal("greet", list[1].step)
+    assert.are.equal("u7", list[1].vars.user_id)
+    assert.are.same({ 1, "two", {} }, list[1].vars.tags)
+    -- and a second one gets a different id
+    local id2 = tonumber((env:ok("start", "hello", "--var", "user_id=u8"))
+      :match("^(%d+)\n$"))
+    assert.are_not.equal(id, id2)
+  end)
+
+  it("--count 50 --var user_id=u{n}, run --until-idle, instances --json",
+    function()
+      local out = env:ok("start", "hello", "--count", "50", "--var",
+        "user_id=u{n}", "--var", "n:={n}")
+      has(out, "started 50 instances of hello")
+      local _, err = env:ok("run", "--until-idle")
+      has(err, "150 step runs, 50 instances completed, 0 retries, 0 incidents")
+      local list = instances_json(env, "--state", "completed")
+      assert.are.equal(50, #list)
+      table.sort(list, function(a, b)
+        return a.vars.n < b.vars.n
+      end)
+      for i, inst in ipairs(list) do
+        assert.are.equal("completed", inst.state)
+        assert.are.equal(i, inst.vars.n)
+        assert.are.equal("u" .. i, inst.vars.user_id)
+        assert.are.equal("hi u" .. i, inst.vars.greeting)
+        assert.is_number(inst.ended_at)
+      end
+      assert.are.same({}, instances_json(env, "--state", "ready"))
+      assert.are.equal(50, #instances_json(env, "--workflow", "hello"))
+      assert.are.same({}, instances_json(env, "--workflow", "other"))
+      -- the table form lists them too, one line each after the header
+      local text = env:ok("instances", "--state", "completed")
+      local lines = select(2, text:gsub("\n", ""))
+      assert.are.equal(51, lines)
+    end)
+
+  it("--from - reads one object of vars per line from stdin", function()
+    local code, out, err = env:run_stdin(
+      '{"user_id":"a"}\n\n{"user_id":"b","n":2}\r\n{"user_id":"c"}', "start",
+      "hello", "--from", "-")
+    assert.are.equal(0, code, err)
+    has(out, "started 3 instances of hello")
+    env:ok("run", "--until-idle")
+    local list = instances_json(env, "--state", "completed")
+    assert.are.equal(3, #list)
+    local users = {}
+    for _, i in ipairs(list) do
+      users[#users + 1] = i.vars.user_id .. "=" .. i.vars.greeting
+    end
+    table.sort(users)
+    assert.are.same({ "a=hi a", "b=hi b", "c=hi c" }, users)
+  end)
+
+  it("--from FILE starts one instance per line", function()
+    local lines = {}
+    for i = 1, 25 do
+      lines[i] = string.format('{"user_id":"f%d"}', i)
+    end
+    H.write(env:path("vars.jsonl"), table.concat(lines, "\n") .. "\n")
+    local out = env:ok("start", "hello", "--from", env:path("vars.jsonl"))
+    has(out, "started 25 instances of hello")
+    assert.are.equal(25, #instances_json(env, "--state", "ready"))
+  end)
+
+  it("show ID --json has the instance and a history of 3 steps", function()
+    local id = tonumber((env:ok("start", "hello", "--var", "user_id=s1"))
+      :match("%d+"))
+    env:ok("run", "--until-idle")
+    local s = show_json(env, id)
+    assert.are.equal(id, s.id)
+    assert.are.equal("completed", s.state)
+    assert.are.equal("hi s1", s.vars.greeting)
+    assert.are.equal(64, #s.definition)
+    assert.are.equal(3, #s.history)
+    local steps, outcomes = steps_of(s.history)
+    assert.are.equal("greet,nap,done", steps)
+    assert.are.equal("ok,ok,ok", outcomes)
+    for _, r in ipairs(s.history) do
+      assert.are.equal(1, r.attempt)
+      assert.is_true(r.ended_at >= r.started_at)
+    end
+    -- the nap step slept (50 ms) on the loop
+    assert.is_true(s.history[2].duration_ms >= 50, "nap took " ..
+      s.history[2].duration_ms .. " ms")
+    assert.are.same({}, s.incidents)
+    local text = env:ok("show", tostring(id))
+    has(text, "instance " .. id)
+    has(text, "history")
+    has(text, "nap")
+  end)
+
+  it("check validates a workflow, and warns of unreachable steps", function()
+    local out = env:ok("check", "hello")
+    has(out, "workflow 'hello' is valid (3 steps, start 'greet'")
+    local path = H.fixtures .. "/unreachable.lua"
+    local code, out2, err = env:run("check", path)
+    assert.are.equal(0, code, err)
+    has(out2, "is valid")
+    has(err, path .. ":10: warning: step 'orphan' is unreachable")
+    assert.is_false(H.exists(env.db), "check touched the database")
+    -- a warning does not stop a start
+    code, _, err = env:run("start", path)
+    assert.are.equal(0, code, err)
+    has(err, "warning: step 'orphan' is unreachable")
+  end)
+end)
+
+-- ---------------------------------------------------------------------
+describe("incidents", function()
+  it("are listed, retried back into the run, or cancelled", function()
+    local env = H.env({ workflows = H.fixtures })
+    local fail_until = os.time() + 3
+    local function start(until_)
+      return tonumber((env:ok("start", "flaky", "--var",
+        "fail_until:=" .. until_)):match("^(%d+)\n$"))
+    end
+    local a, b, c = start(fail_until), start(fail_until), start(0)
+
+    local code, _, err = env:run("run", "--until-idle")
+    assert.are.equal(0, code, err)
+    has(err, "1 instances completed, 0 retries, 2 incidents")
+    assert(os.time() <= fail_until, "too slow: the run ended after fail_until")
+
+    local inc = H.decode((env:ok("--json", "incidents")))
+    assert.are.equal(2, #inc)
+    table.sort(inc, function(x, y)
+      return x.instance < y.instance
+    end)
+    assert.are.equal(a, inc[1].instance)
+    assert.are.equal(b, inc[2].instance)
+    for _, i in ipairs(inc) do
+      assert.are.equal("flaky", i.workflow)
+      assert.are.equal("check", i.step)
+      has(i.error, "not yet: failing until " .. fail_until, "incident error")
+      assert.is_nil(i.resolved_at)
+    end
+    local st = instances_json(env, "--state", "incident")
+    assert.are.equal(2, #st)
+    assert.are.equal("completed", show_json(env, c).state)
+
+    -- cancel b: cancelled, its incident resolved as such
+    local out = env:ok("cancel", tostring(b))
+    has(out, "instance " .. b .. " cancelled")
+    assert.are.equal("cancelled", show_json(env, b).state)
+    inc = H.decode((env:ok("--json", "incidents")))
+    assert.are.equal(1, #inc)
+    assert.are.equal(a, inc[1].instance)
+    local all = H.decode((env:ok("--json", "incidents", "--all")))
+    assert.are.equal(2, #all)
+    for _, i in ipairs(all) do
+      if i.instance == b then
+        assert.are.equal("cancelled", i.resolution)
+        assert.is_number(i.resolved_at)
+      end
+    end
+    code, _, err = env:run("cancel", tostring(b))
+    assert.are.equal(2, code)
+    has(err, "is cancelled")
+    code, _, err = env:run("retry", tostring(b))
+    assert.are.equal(2, code)
+    has(err, "instance " .. b .. " is cancelled: only instances in an incident")
+
+    -- retry a once its step can pass: back to ready, then completed
+    assert(H.poll(10, 0.1, function()
+      return os.time() > fail_until
+    end))
+    out = env:ok("retry", tostring(a))
+    has(out, "instance " .. a .. " will run again at its step")
+    local sa = show_json(env, a)
+    assert.are.equal("ready", sa.state)
+    assert.are.equal("check", sa.step)
+    assert.are.same({}, H.decode((env:ok("--json", "incidents"))))
+    code, _, err = env:run("retry", tostring(a))
+    assert.are.equal(2, code)
+    has(err, "is ready: only instances in an incident can be retried")
+
+    code, _, err = env:run("run", "--until-idle")
+    assert.are.equal(0, code, err)
+    has(err, "1 instances completed, 0 retries, 0 incidents")
+    sa = show_json(env, a)
+    assert.are.equal("completed", sa.state)
+    assert.is_true(sa.vars.checked)
+    assert.is_true(sa.vars.finished)
+    local steps, outcomes = steps_of(sa.history)
+    assert.are.equal("check,check,finish", steps)
+    assert.are.equal("error,ok,ok", outcomes)
+    has(sa.history[1].error, "not yet", "history error")
+    assert.are.equal(1, #sa.incidents)
+    assert.are.equal("retried", sa.incidents[1].resolution)
+    -- the cancelled one did not run again
+    local sb = show_json(env, b)
+    assert.are.equal("cancelled", sb.state)
+    assert.are.equal(1, #sb.history)
+    H.rmdir(env.dir)
+  end)
+end)
+
+-- ---------------------------------------------------------------------
+describe("definition pinning", function()
+  it("runs each instance on the definition it started with", function()
+    local env = H.env()
+    env.workflows = env:path("wf")
+    H.exec("mkdir " .. H.q(env.workflows))
+    local file = env.workflows .. "/pinned.lua"
+    H.write(file, H.read(H.fixtures .. "/pinned_v1.lua"))
+    local old = tonumber((env:ok("start", "pinned")):match("%d+"))
+    H.write(file, H.read(H.fixtures .. "/pinned_v2.lua"))
+    local new = tonumber((env:ok("start", "pinned")):match("%d+"))
+    -- Once started, an instance needs its file no more.
+    os.remove(file)
+    local code, _, err = env:run("run", "--until-idle")
+    assert.are.equal(0, code, err)
+    local so, sn = show_json(env, old), show_json(env, new)
+    assert.are.equal("completed", so.state)
+    assert.are.equal("completed", sn.state)
+    assert.are.equal("v1", so.vars.version)
+    assert.is_nil(so.vars.extra)
+    assert.are.equal("mark", (steps_of(so.history)))
+    assert.are.equal("v2", sn.vars.version)
+    assert.is_true(sn.vars.extra)
+    assert.are.equal("mark,extra", (steps_of(sn.history)))
+    assert.are_not.equal(so.definition, sn.definition)
+    assert.are.equal(2, env:scalar("select count(*) from definitions " ..
+      "where workflow = 'pinned'"))
+    H.rmdir(env.dir)
+  end)
+end)
+
+-- ---------------------------------------------------------------------
+describe("SIGTERM", function()
+  after_each(function()
+    H.reap()
+  end)
+
+  it("stops a run promptly with exit 0; sleeping instances resume later",
+    function()
+      local env = H.env({ workflows = H.fixtures })
+      local n, nap = 20, 8
+      env:ok("start", "sleepy", "--count", tostring(n), "--var",
+        "nap:=" .. nap)
+      local p = env:spawn("run")
+      -- every instance is in its long sleep, recorded with its due time
+      local asleep = H.poll(20, 0.05, function()
+        return env:scalar("select count(*) from instances where step = 'nap' "
+          .. "and state = 'running' and wake_at is not null") == n
+      end)
+      assert.is_truthy(asleep, "instances never all reached their sleep")
+      local due = {}
+      for _, r in ipairs(env:sql("select id, wake_at from instances")) do
+        due[tonumber(r[1])] = tonumber(r[2])
+      end
+      local t0 = H.now()
+      H.signal(p, "TERM")
+      -- promptly: well before the sleeps (nap s) would have ended
+      local rc = H.wait_exit(p, nap / 2)
+      local took = H.now() - t0
+      print(string.format("# SIGTERM: run exited after %.2f s", took))
+      assert.are.equal(0, rc, "exit code (nil: still running); log:\n" ..
+        (H.read(p.log) or ""))
+      has(H.read(p.log), "SIGTERM received", "run's log")
+      -- nothing is left 'running': the sleepers wait for their due time
+      assert.are.same({ waiting = n }, env:states())
+      assert.are.equal(n, env:scalar("select count(*) from step_runs"))
+
+      local code, _, err = env:run("run", "--until-idle")
+      assert.are.equal(0, code, err)
+      assert.are.same({ completed = n }, env:states())
+      for _, inst in ipairs(instances_json(env)) do
+        assert.is_true(inst.vars.finished)
+        -- the sleep was not cut short by the restart
+        assert.is_true(inst.ended_at >= due[inst.id], "ended before due")
+        local s = show_json(env, inst.id)
+        local steps, outcomes = steps_of(s.history)
+        assert.are.equal("begin,nap,finish", steps)
+        assert.are.equal("ok,ok,ok", outcomes)
+      end
+      H.rmdir(env.dir)
+    end)
+
+  it("mid-run with many short sleeps in flight loses nothing", function()
+    local env = H.env()
+    local n = 3000
+    env:ok("start", "hello", "--count", tostring(n), "--var", "user_id=u{n}")
+    local p = env:spawn("run", "--concurrency", "200")
+    local mid = H.poll(30, 0.01, function()
+      return (env:states().completed or 0) >= 200
+    end)
+    assert.is_truthy(mid, "no progress")
+    H.signal(p, "TERM")
+    local rc = H.wait_exit(p, 10)
+    assert.are.equal(0, rc, "log:\n" .. (H.read(p.log) or ""))
+    local s = env:states()
+    assert.is_nil(s.running, "instances left 'running' after SIGTERM")
+    print(string.format("# SIGTERM mid-run: %d of %d completed", s.completed
+      or 0, n))
+    local code, _, err = env:run("run", "--until-idle")
+    assert.are.equal(0, code, err)
+    assert.are.same({ completed = n }, env:states())
+    assert.are.equal(0, env:scalar("select count(*) from step_runs " ..
+      "where outcome != 'ok'"))
+    assert.are.equal(0, env:scalar("select count(*) from (select 1 from " ..
+      "step_runs group by instance_id, step having count(*) != 1)"))
+    assert.are.equal(3 * n, env:scalar("select count(*) from step_runs"))
+    H.rmdir(env.dir)
+  end)
+end)
+
+-- ---------------------------------------------------------------------
+describe("acceptance", function()
+  it("10,000 instances of hello start, run until idle, and list", function()
+    local env = H.env()
+    local t0 = H.now()
+    local out = env:ok("start", "hello", "--count", "10000", "--var",
+      "user_id=u{n}")
+    local t1 = H.now()
+    has(out, "started 10000 instances of hello")
+    local _, err = env:ok("run", "--until-idle")
+    local t2 = H.now()
+    has(err, "30000 step runs, 10000 instances completed")
+    local list = instances_json(env, "--state", "completed")
+    local t3 = H.now()
+    assert.are.equal(10000, #list)
+    local seen = {}
+    for _, inst in ipairs(list) do
+      local k = tonumber(inst.vars.user_id:match("^u(%d+)$"))
+      assert.is_number(k)
+      assert.is_nil(seen[k])
+      seen[k] = true
+      assert.are.equal("hi " .. inst.vars.user_id, inst.vars.greeting)
+    end
+    assert.are.equal(10000, count(seen))
+    print(string.format("# 10,000 instances: start %.2f s, run --until-idle "
+      .. "%.2f s, instances --json %.2f s", t1 - t0, t2 - t1, t3 - t2))
+    H.rmdir(env.dir)
+  end)
+end)

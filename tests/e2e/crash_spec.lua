@@ -1,0 +1,161 @@
+-- The kill -9 test: 2,000 instances of a three-step workflow, the engine
+-- killed (SIGKILL, no chance to clean up) in the middle of the run and again
+-- in the middle of the restart, then a run until idle must complete every
+-- instance with each step recorded exactly once, in order: no step run
+-- lost, none recorded twice, no instance completed twice, a sound database.
+--
+-- Timing decides only *when* the kills land (polling the database with a
+-- bound); what the test asserts is read from the database afterwards.
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests/e2e"
+local H = dofile(here .. "/helpers.lua")
+
+local N = 2000
+local CONCURRENCY = "64" -- the whole run takes ~1 s: room to land a kill
+
+describe("kill -9", function()
+  local env
+
+  before_each(function()
+    env = H.env({ workflows = H.fixtures })
+  end)
+
+  after_each(function()
+    H.reap()
+  end)
+
+  local function completed()
+    return env:scalar("select count(*) from instances where state = " ..
+      "'completed'")
+  end
+
+  local function step_runs()
+    return env:scalar("select count(*) from step_runs")
+  end
+
+  local function integrity()
+    return env:scalar("pragma integrity_check")
+  end
+
+  -- Starts `run`, waits (bounded) until `ready()` holds, kills it with
+  -- SIGKILL, and returns the state counts seen after the kill.
+  local function run_and_kill(what, ready)
+    local p = env:spawn("run", "--concurrency", CONCURRENCY)
+    local t0 = H.now()
+    local hit = H.poll(30, 0.01, function()
+      return H.exit_code(p) == nil and ready()
+    end)
+    H.signal(p, "KILL")
+    local rc = H.wait_exit(p, 10)
+    local log = H.read(p.log) or ""
+    assert.is_truthy(hit, what .. ": the moment to kill never came; log:\n" ..
+      log)
+    assert.are.equal(137, rc, what .. ": not killed by SIGKILL; log:\n" .. log)
+    local s = env:states()
+    print(string.format("# %s: killed after %.2f s; completed %d, running %d, "
+      .. "ready %d, waiting %d; %d step runs", what, H.now() - t0,
+      s.completed or 0, s.running or 0, s.ready or 0, s.waiting or 0,
+      step_runs()))
+    assert.are.equal("ok", integrity(), what .. ": integrity_check")
+    return s
+  end
+
+  it("in a run of 2,000 instances, twice; a restart completes each once",
+    function()
+      local t0 = H.now()
+      local out = env:ok("start", "crashy", "--count", tostring(N), "--var",
+        "key=k{n}")
+      assert.is_truthy(out:find("started " .. N .. " instances of crashy", 1,
+        true), out)
+      assert.are.same({ ready = N }, env:states())
+
+      -- 1: in the first run, once a tenth has completed
+      local s1 = run_and_kill("first kill", function()
+        return completed() >= N / 10
+      end)
+      local c1 = s1.completed or 0
+      assert.is_true(c1 > 0 and c1 < N, "not a partial state: " .. c1)
+      -- instances were in flight: claimed and not finished
+      assert.is_true((s1.running or 0) > 0, "no instance was in flight")
+
+      -- 2: in the restart, once it has made progress of its own
+      local s2 = run_and_kill("second kill", function()
+        return completed() >= c1 + 300
+      end)
+      local c2 = s2.completed or 0
+      assert.is_true(c2 > c1 and c2 < N, "not a partial state: " .. c2)
+
+      -- 3: early in the next restart, as soon as a step run is recorded
+      local r2 = step_runs()
+      local s3 = run_and_kill("third kill", function()
+        return step_runs() > r2
+      end)
+      local c3 = s3.completed or 0
+      assert.is_true(c3 < N, "the third run finished before the kill")
+
+      -- and a run until idle finishes everything
+      local t1 = H.now()
+      local code, _, err = env:run("run", "--until-idle")
+      print(string.format("# final run --until-idle: %.2f s (whole test "
+        .. "%.2f s)", H.now() - t1, H.now() - t0))
+      assert.are.equal(0, code, err)
+      -- it completed exactly those not completed before
+      assert.is_truthy(err:find(" " .. (N - c3) .. " instances completed", 1,
+        true), "expected " .. (N - c3) .. " completions in: " .. err)
+
+      -- every instance completed, once, with its vars of one run per step
+      assert.are.same({ completed = N }, env:states())
+      assert.are.equal(N, env:scalar("select count(*) from instances where "
+        .. "state = 'completed' and step is null and ended_at is not null"))
+      assert.are.equal(N, env:scalar("select count(*) from instances where "
+        .. "json_extract(vars, '$.one') = 1 and json_extract(vars, '$.two') = 1"
+        .. " and json_extract(vars, '$.three') = 1 and "
+        .. "json_extract(vars, '$.key') = 'k' || id"))
+      assert.are.equal(0, env:scalar("select count(*) from incidents"))
+
+      -- step runs: exactly one per (instance, step), all ok, 3 per instance
+      assert.are.equal(3 * N, step_runs())
+      assert.are.equal(0, env:scalar("select count(*) from step_runs where "
+        .. "outcome != 'ok' or error is not null"))
+      assert.are.equal(0, env:scalar("select count(*) from (select 1 from "
+        .. "step_runs group by instance_id, step having count(*) != 1)"))
+      assert.are.equal(N, env:scalar("select count(*) from (select "
+        .. "instance_id from step_runs group by instance_id having "
+        .. "count(*) = 3 and count(distinct step) = 3 and "
+        .. "sum(step in ('one', 'two', 'three')) = 3)"))
+      assert.are.equal(0, env:scalar("select count(*) from step_runs r where "
+        .. "not exists (select 1 from instances i where i.id = r.instance_id)"))
+      -- in order: one, then two, then three, each after the last ended
+      assert.are.equal(0, env:scalar("select count(*) from step_runs a "
+        .. "join step_runs b on a.instance_id = b.instance_id where "
+        .. "((a.step = 'one' and b.step = 'two') or "
+        .. "(a.step = 'two' and b.step = 'three')) and "
+        .. "(b.id < a.id or b.started_at < a.ended_at)"))
+      -- the completion is the one of the recorded final step
+      assert.are.equal(0, env:scalar("select count(*) from instances i join "
+        .. "step_runs r on r.instance_id = i.id and r.step = 'three' "
+        .. "where i.ended_at < r.ended_at"))
+
+      assert.are.equal("ok", integrity())
+      assert.are.equal(0, #env:sql("pragma foreign_key_check"))
+      H.rmdir(env.dir)
+    end)
+
+  it("while instances sleep, then a restart finishes them", function()
+    -- A smaller variant: the kill lands while the first steps sleep (no
+    -- step run recorded yet), so every instance restarts from its start.
+    local n = 300
+    env:ok("start", "crashy", "--count", tostring(n), "--var", "key=k{n}")
+    run_and_kill("kill before any step ends", function()
+      return env:scalar("select count(*) from instances where state = " ..
+        "'running'") > 0
+    end)
+    local code, _, err = env:run("run", "--until-idle")
+    assert.are.equal(0, code, err)
+    assert.are.same({ completed = n }, env:states())
+    assert.are.equal(3 * n, step_runs())
+    assert.are.equal(0, env:scalar("select count(*) from (select 1 from "
+      .. "step_runs group by instance_id, step having count(*) != 1)"))
+    assert.are.equal("ok", integrity())
+    H.rmdir(env.dir)
+  end)
+end)
