@@ -94,6 +94,11 @@ void cv_router_free(cv_router *r);
 int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
               const char *step, const cv_request *req, const char *forced,
               cv_decision *out);
+/* The routing choice alone, for a transaction tx (see sy_api.tx_begin):
+ * the cached flag (re-read when another connection changed the database),
+ * the subject's override, the every_nth counter, then precedence. */
+int cv_route(cv_router *r, int64_t tx, const cv_request *req,
+             cv_decision *out);
 /* The pure precedence rule of DESIGN.md for a flag row and inputs. */
 void cv_precedence(const cv_flag *f, cv_override ov, const cv_request *req,
                    uint64_t random, int64_t nth, cv_decision *out);

@@ -459,14 +459,28 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
   return 0;
 }
 
+int cv_route(cv_router *r, int64_t tx, const cv_request *req,
+             cv_decision *out) {
+  cv_flag *f = get_flag(r, req->flag, tx);
+  cv_override ov;
+  int64_t nth = 0;
+  if (!f || get_override(r, f, req, &ov)) {
+    return -1;
+  }
+  if (f->exists && !f->retired && !f->killed && !req->missing_key &&
+      req->strategy == CV_STRATEGY_EVERY_NTH && ov == CV_OVERRIDE_NONE &&
+      req->eligible && next_nth(r, f, &nth)) {
+    return -1;
+  }
+  cv_precedence(f, ov, req, req->random, nth, out);
+  return 0;
+}
+
 int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
               const char *step, const cv_request *req, const char *forced,
               cv_decision *out) {
   int64_t tx = r->api->tx_begin(r->e);
   int found;
-  cv_flag *f;
-  cv_override ov;
-  int64_t nth = 0;
   if (tx < 0) {
     snprintf(r->errmsg, sizeof r->errmsg,
              "choose_version: cannot open a transaction");
@@ -479,26 +493,19 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
   if (found) {
     return 0;
   }
-  if (!(f = get_flag(r, req->flag, tx))) {
-    return -1;
-  }
   if (forced) {
+    cv_flag *f = get_flag(r, req->flag, tx);
+    if (!f) {
+      return -1;
+    }
     memset(out, 0, sizeof *out);
     out->version = strcmp(forced, "v2") == 0 ? CV_V2 : CV_V1;
     out->reason = "forced";
     out->bucket = UINT32_MAX;
     out->rate_ppm = f->rate_ppm;
     out->ramp_id = f->ramp_id;
-  } else {
-    if (get_override(r, f, req, &ov)) {
-      return -1;
-    }
-    if (f->exists && !f->retired && !f->killed &&
-        req->strategy == CV_STRATEGY_EVERY_NTH && ov == CV_OVERRIDE_NONE &&
-        req->eligible && next_nth(r, f, &nth)) {
-      return -1;
-    }
-    cv_precedence(f, ov, req, req->random, nth, out);
+  } else if (cv_route(r, tx, req, out)) {
+    return -1;
   }
   return record(r, instance_id, workflow, step, req, out);
 }
