@@ -301,6 +301,10 @@ static const sy_command commands[] = {
     {.name = "rollout",
      .summary = "set, inspect and audit canary rollouts (see rollout --help)",
      .run = cv_cmd_rollout},
+    {.name = "report",
+     .summary = "compare v1 and v2 of a flag: incident rates, confidence, "
+                "latency, ramp steps",
+     .run = cv_cmd_report},
     {0}};
 
 static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,

@@ -50,7 +50,15 @@ static const char *const migrations[] = {
     "  rate_ppm INTEGER NOT NULL,"
     "  ramp_id INTEGER,"
     "  decided_at INTEGER NOT NULL,"
+    /* What happened after the decision, kept up to date by the event hook
+     * so that a report reads this one table: */
+    "  outcome TEXT,"                             /* completed, cancelled */
+    "  ended_at INTEGER,"
+    "  branch_ms INTEGER,"   /* decision to end of the instance */
+    "  step_ms INTEGER,"     /* time spent in the branch's step runs */
+    "  retries INTEGER NOT NULL DEFAULT 0,"  /* retried runs in the branch */
     "  incidents INTEGER NOT NULL DEFAULT 0,"
+    "  open_incidents INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY(instance_id, flag));"
     "CREATE INDEX cv_decisions_flag ON cv_decisions(flag, decided_at);"
     "CREATE TABLE cv_counters("
@@ -91,25 +99,45 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_NTH] =
         "UPDATE cv_flags SET nth_counter = nth_counter + 1 WHERE name = ?1 "
         "RETURNING nth_counter - 1",
-    [CVQ_DECISIONS_OF] =
-        "SELECT flag, workflow, version, incidents FROM cv_decisions "
-        "WHERE instance_id = ?1",
+    /* The branch's step runs: after the decision, the deciding step
+     * excluded. Run inside the transaction that records the event, after
+     * the step run that caused it. */
+#define BRANCH_RUNS                                                       \
+  "FROM step_runs r WHERE r.instance_id = cv_decisions.instance_id "     \
+  "AND r.started_at >= cv_decisions.decided_at "                          \
+  "AND r.step <> cv_decisions.step"
     [CVQ_EV_COMPLETED] =
+        "UPDATE cv_decisions SET outcome = 'completed', ended_at = ?2, "
+        "branch_ms = ?2 - decided_at, "
+        "step_ms = (SELECT coalesce(sum(r.ended_at - r.started_at), 0) "
+        BRANCH_RUNS "), "
+        "retries = (SELECT count(*) " BRANCH_RUNS " AND r.attempt > 1) "
+        "WHERE instance_id = ?1 RETURNING flag, workflow, version, incidents",
+    [CVQ_EV_INCIDENT] =
+        "UPDATE cv_decisions SET incidents = incidents + 1, "
+        "open_incidents = open_incidents + 1, "
+        "retries = (SELECT count(*) " BRANCH_RUNS " AND r.attempt > 1) "
+        "WHERE instance_id = ?1 RETURNING flag, workflow, version, incidents",
+    [CVQ_EV_RESOLVED] =
+        "UPDATE cv_decisions SET open_incidents = open_incidents - 1 "
+        "WHERE instance_id = ?1 AND open_incidents > 0 "
+        "RETURNING flag, workflow, version, incidents",
+    [CVQ_EV_CANCELLED] =
+        "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
+        "WHERE instance_id = ?1 RETURNING flag, workflow, version, incidents",
+    [CVQ_CNT_COMPLETED] =
         "UPDATE cv_counters SET completed = completed + 1, "
         "in_flight = in_flight - 1 "
         "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
-    [CVQ_EV_INCIDENT_DECISION] =
-        "UPDATE cv_decisions SET incidents = incidents + 1 "
-        "WHERE instance_id = ?1 AND flag = ?2",
-    [CVQ_EV_INCIDENT] =
+    [CVQ_CNT_INCIDENT] =
         "UPDATE cv_counters SET incidents = incidents + 1, "
         "open_incidents = open_incidents + 1, "
         "with_incidents = with_incidents + ?4 "
         "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
-    [CVQ_EV_RESOLVED] =
+    [CVQ_CNT_RESOLVED] =
         "UPDATE cv_counters SET open_incidents = open_incidents - 1 "
         "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
-    [CVQ_EV_CANCELLED] =
+    [CVQ_CNT_CANCELLED] =
         "UPDATE cv_counters SET cancelled = cancelled + 1, "
         "in_flight = in_flight - 1 "
         "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
@@ -510,54 +538,54 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
   return record(r, instance_id, workflow, step, req, out);
 }
 
-/* Applies an instance event to the counters of every flag it was routed
- * by. Instances that never met a choose_version node cost one lookup. */
+/* Applies an instance event to the decisions it concerns and to their
+ * counters. Instances that never met a choose_version node cost one
+ * indexed update that touches nothing. */
 int cv_on_event(cv_router *r, const sy_event *ev) {
-  sqlite3_stmt *s = stmt(r, CVQ_DECISIONS_OF);
-  int rc;
-  if (!s) {
+  int q, cq, rc;
+  sqlite3_stmt *s;
+  switch (ev->type) {
+    case SY_EVENT_COMPLETED:
+      q = CVQ_EV_COMPLETED, cq = CVQ_CNT_COMPLETED;
+      break;
+    case SY_EVENT_INCIDENT:
+      q = CVQ_EV_INCIDENT, cq = CVQ_CNT_INCIDENT;
+      break;
+    case SY_EVENT_INCIDENT_RESOLVED:
+      q = CVQ_EV_RESOLVED, cq = CVQ_CNT_RESOLVED;
+      break;
+    default:
+      q = CVQ_EV_CANCELLED, cq = CVQ_CNT_CANCELLED;
+  }
+  if (!(s = stmt(r, q))) {
     return -1;
   }
   sqlite3_bind_int64(s, 1, ev->instance_id);
+  if (q == CVQ_EV_COMPLETED || q == CVQ_EV_CANCELLED) {
+    sqlite3_bind_int64(s, 2, ev->time_ms);
+  }
+  /* RETURNING: every change is made by the first step, so the counters
+   * can be written while the rows are read. */
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    const char *flag = (const char *)sqlite3_column_text(s, 0);
-    const char *workflow = (const char *)sqlite3_column_text(s, 1);
-    const char *version = (const char *)sqlite3_column_text(s, 2);
-    int first_incident = sqlite3_column_int(s, 3) == 0;
-    int q = ev->type == SY_EVENT_COMPLETED   ? CVQ_EV_COMPLETED
-            : ev->type == SY_EVENT_INCIDENT  ? CVQ_EV_INCIDENT
-            : ev->type == SY_EVENT_CANCELLED ? CVQ_EV_CANCELLED
-                                             : CVQ_EV_RESOLVED;
-    sqlite3_stmt *u = stmt(r, q);
+    sqlite3_stmt *u = stmt(r, cq);
     if (!u) {
       sqlite3_reset(s);
       return -1;
     }
-    sqlite3_bind_text(u, 1, workflow, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(u, 2, flag, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(u, 3, version, -1, SQLITE_TRANSIENT);
-    if (q == CVQ_EV_INCIDENT) {
-      sqlite3_bind_int(u, 4, first_incident);
+    sqlite3_bind_text(u, 1, (const char *)sqlite3_column_text(s, 1), -1,
+                      SQLITE_TRANSIENT);
+    sqlite3_bind_text(u, 2, (const char *)sqlite3_column_text(s, 0), -1,
+                      SQLITE_TRANSIENT);
+    sqlite3_bind_text(u, 3, (const char *)sqlite3_column_text(s, 2), -1,
+                      SQLITE_TRANSIENT);
+    if (cq == CVQ_CNT_INCIDENT) {
+      sqlite3_bind_int(u, 4, sqlite3_column_int(s, 3) == 1);
     }
     if (sqlite3_step(u) != SQLITE_DONE) {
       sqlite3_reset(s);
       return fail_db(r, u);
     }
     sqlite3_reset(u);
-    if (q == CVQ_EV_INCIDENT) {
-      sqlite3_stmt *d = stmt(r, CVQ_EV_INCIDENT_DECISION);
-      if (!d) {
-        sqlite3_reset(s);
-        return -1;
-      }
-      sqlite3_bind_int64(d, 1, ev->instance_id);
-      sqlite3_bind_text(d, 2, flag, -1, SQLITE_TRANSIENT);
-      if (sqlite3_step(d) != SQLITE_DONE) {
-        sqlite3_reset(s);
-        return fail_db(r, d);
-      }
-      sqlite3_reset(d);
-    }
   }
   if (rc != SQLITE_DONE) {
     return fail_db(r, s);

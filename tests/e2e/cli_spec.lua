@@ -629,3 +629,124 @@ describe("acceptance", function()
     H.rmdir(env.dir)
   end)
 end)
+
+-- ---------------------------------------------------------------------
+describe("the sandbox and the limits", function()
+  it("turn each misdeed into an incident of that instance only", function()
+    local env = H.env({ workflows = H.fixtures })
+    local marker = env:path("marker")
+    local expect = {
+      loop = "instruction budget exceeded",
+      memory = "memory limit of the Lua state exceeded",
+      os_execute = "attempt to call a nil value (field 'execute')",
+      io = "attempt to index a nil value (global 'io')",
+      require_c = "module 'lfs' is not available",
+      debug = "attempt to index a nil value (global 'debug')",
+      binary_chunk = "attempt to load a binary chunk",
+      bad_var = "vars.callback: a function cannot be stored",
+    }
+    local ids = {}
+    local function start(mode)
+      local id = tonumber((env:ok("start", "limits", "--var", "mode=" .. mode,
+        "--var", "marker=" .. marker)):match("%d+"))
+      ids[id] = mode
+    end
+    start("ok")
+    for mode in pairs(expect) do
+      start(mode)
+    end
+    start("ok")
+    -- small limits keep the runaway steps short
+    local code, _, err = env:run("--step-instructions", "1000000",
+      "--lua-memory", tostring(64 << 20), "run", "--until-idle")
+    assert.are.equal(0, code, err)
+    has(err, "2 instances completed, 0 retries, 8 incidents")
+    for id, mode in pairs(ids) do
+      local s = show_json(env, id)
+      if mode == "ok" then
+        assert.are.equal("completed", s.state)
+      else
+        assert.are.equal("incident", s.state, mode)
+        assert.are.equal(1, #s.incidents, mode)
+        has(s.incidents[1].error, expect[mode], "incident of mode " .. mode)
+        assert.is_nil(s.vars.finished)
+        assert.is_nil(s.vars.escaped)
+      end
+    end
+    assert.is_false(H.exists(marker), "a step reached the file system")
+    H.rmdir(env.dir)
+  end)
+end)
+
+-- ---------------------------------------------------------------------
+describe("more of the CLI", function()
+  local env
+
+  before_each(function()
+    env = H.env({ workflows = H.fixtures })
+  end)
+
+  after_each(function()
+    H.reap()
+    H.rmdir(env.dir)
+  end)
+
+  it("incidents prints one line per incident", function()
+    for _ = 1, 2 do
+      env:ok("start", "flaky", "--var", "fail_until:=9999999999")
+    end
+    env:ok("run", "--until-idle")
+    env:ok("cancel", "2")
+    local out = env:ok("incidents", "--all")
+    local lines = {}
+    for l in out:gmatch("([^\n]*)\n") do
+      lines[#lines + 1] = l
+    end
+    assert.are.equal(3, #lines, "header and 2 incidents, got:\n" .. out)
+    assert.is_truthy(lines[3]:find("%[cancelled%]$"), lines[3])
+  end)
+
+  it("cancel stops a ready and a waiting instance for good", function()
+    local ready = tonumber((env:ok("start", "sleepy")):match("%d+"))
+    env:ok("cancel", tostring(ready))
+    local waiting = tonumber((env:ok("start", "sleepy", "--var", "nap:=30"))
+      :match("%d+"))
+    local p = env:spawn("run")
+    assert(H.poll(20, 0.05, function()
+      return env:scalar("select count(*) from instances where id = " ..
+        waiting .. " and wake_at is not null") == 1
+    end), "never asleep")
+    local code, _, err = env:run("cancel", tostring(waiting))
+    assert.are.equal(2, code, "cancel of a running instance")
+    has(err, "is running")
+    H.signal(p, "TERM")
+    assert.are.equal(0, H.wait_exit(p, 10))
+    assert.are.equal("waiting", show_json(env, waiting).state)
+    env:ok("cancel", tostring(waiting))
+    env:ok("run", "--until-idle")
+    for _, id in ipairs({ ready, waiting }) do
+      local s = show_json(env, id)
+      assert.are.equal("cancelled", s.state)
+      assert.is_number(s.ended_at)
+      assert.is_nil(s.vars.finished)
+    end
+    assert.are.equal(0, #show_json(env, ready).history)
+    assert.are.equal("begin", (steps_of(show_json(env, waiting).history)))
+  end)
+
+  it("a running engine picks up instances started after it", function()
+    local p = env:spawn("--sync", "normal", "run")
+    env:ok("start", "sleepy", "--count", "5", "--var", "nap:=0.01")
+    assert(H.poll(20, 0.05, function()
+      return env:states().completed == 5
+    end), "the running engine never completed the new instances")
+    H.signal(p, "INT")
+    assert.are.equal(0, H.wait_exit(p, 10))
+    has(H.read(p.log), "SIGINT received", "run's log")
+  end)
+
+  it("instances --json of an empty database is an empty list", function()
+    assert.are.same({}, instances_json(env))
+    assert.are.same({}, H.decode((env:ok("--json", "incidents"))))
+  end)
+end)

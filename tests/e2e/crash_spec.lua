@@ -38,8 +38,8 @@ describe("kill -9", function()
 
   -- Starts `run`, waits (bounded) until `ready()` holds, kills it with
   -- SIGKILL, and returns the state counts seen after the kill.
-  local function run_and_kill(what, ready)
-    local p = env:spawn("run", "--concurrency", CONCURRENCY)
+  local function run_and_kill(what, ready, concurrency)
+    local p = env:spawn("run", "--concurrency", concurrency or CONCURRENCY)
     local t0 = H.now()
     local hit = H.poll(30, 0.01, function()
       if H.exit_code(p) then
@@ -143,9 +143,10 @@ describe("kill -9", function()
       H.rmdir(env.dir)
     end)
 
-  it("while instances sleep, then a restart finishes them", function()
-    -- A smaller variant: the kill lands while the first steps sleep (no
-    -- step run recorded yet), so every instance restarts from its start.
+  it("as soon as instances are claimed, then a restart finishes them",
+    function()
+    -- A smaller variant: the kill lands right after the first claim, while
+    -- the first steps sleep.
     local n = 300
     env:ok("start", "crashy", "--count", tostring(n), "--var", "key=k{n}")
     run_and_kill("kill before any step ends", function()
@@ -161,4 +162,41 @@ describe("kill -9", function()
     assert.are.equal("ok", integrity())
     H.rmdir(env.dir)
   end)
+
+  it("again and again, at 512 in flight, until everything completed",
+    function()
+      -- A storm of kills, each once the run has recorded a few hundred more
+      -- step runs, lands at many different points of the loop.
+      env:ok("start", "crashy", "--count", tostring(N), "--var", "key=k{n}")
+      local kills, partial = 0, 0
+      while kills < 30 and (env:states().completed or 0) < N do
+        local before = step_runs()
+        local p = env:spawn("run", "--concurrency", "512")
+        H.poll(30, 0.005, function()
+          return H.exit_code(p) or step_runs() >= before + 400
+        end)
+        H.signal(p, "KILL")
+        assert.are.equal(137, H.wait_exit(p, 10), H.read(p.log))
+        kills = kills + 1
+        local c = env:states().completed or 0
+        if c < N then
+          partial = partial + 1
+        end
+        assert.are.equal("ok", integrity())
+      end
+      print(string.format("# kill storm: %d kills, %d with work left", kills,
+        partial))
+      assert.is_true(partial >= 3, "fewer than 3 kills landed mid-run")
+      local code, _, err = env:run("run", "--until-idle")
+      assert.are.equal(0, code, err)
+      assert.are.same({ completed = N }, env:states())
+      assert.are.equal(3 * N, step_runs())
+      assert.are.equal(0, env:scalar("select count(*) from (select 1 from "
+        .. "step_runs group by instance_id, step having count(*) != 1)"))
+      assert.are.equal(N, env:scalar("select count(*) from instances where "
+        .. "json_extract(vars, '$.one') = 1 and json_extract(vars, '$.two') = 1"
+        .. " and json_extract(vars, '$.three') = 1"))
+      assert.are.equal("ok", integrity())
+      H.rmdir(env.dir)
+    end)
 end)

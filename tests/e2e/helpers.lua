@@ -258,8 +258,17 @@ end
 
 -- The exit code of a spawned process once it has ended, else nil.
 function H.exit_code(p)
-  local s = H.read(p.rcfile)
-  return s and tonumber(s:match("%d+"))
+  if not p.rc then
+    local s = H.read(p.rcfile)
+    p.rc = s and tonumber(s:match("%d+"))
+  end
+  return p.rc
+end
+
+-- Whether pid p.pid is still our switchyard (not a reused pid).
+local function still_ours(p)
+  local cmdline = H.read("/proc/" .. p.pid .. "/cmdline")
+  return cmdline ~= nil and cmdline:find(H.bin, 1, true) == 1
 end
 
 -- Waits at most `timeout` seconds for a spawned process to end: its exit
@@ -277,7 +286,7 @@ end
 -- Kills (-9) whatever this spec spawned and is still running.
 function H.reap()
   for _, p in ipairs(spawned) do
-    if not H.exit_code(p) then
+    if not H.exit_code(p) and still_ours(p) then
       H.signal(p, "KILL")
       H.wait_exit(p, 10)
     end
