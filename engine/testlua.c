@@ -328,8 +328,12 @@ static int t_sql(lua_State *L) {
     return luaL_error(L, "sql: %s", sqlite3_errmsg(db));
   }
   for (int i = 3; i <= lua_gettop(L); i++) {
-    if (lua_isinteger(L, i)) {
+    if (lua_isnil(L, i)) {
+      sqlite3_bind_null(s, i - 2);
+    } else if (lua_isinteger(L, i)) {
       sqlite3_bind_int64(s, i - 2, lua_tointeger(L, i));
+    } else if (lua_type(L, i) == LUA_TNUMBER) {
+      sqlite3_bind_double(s, i - 2, lua_tonumber(L, i));
     } else {
       sqlite3_bind_text(s, i - 2, luaL_checkstring(L, i), -1,
                         SQLITE_TRANSIENT);

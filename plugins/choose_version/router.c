@@ -59,8 +59,10 @@ static const char *const migrations[] = {
     "  retries INTEGER NOT NULL DEFAULT 0,"  /* retried runs in the branch */
     "  incidents INTEGER NOT NULL DEFAULT 0,"
     "  open_incidents INTEGER NOT NULL DEFAULT 0,"
-    "  PRIMARY KEY(instance_id, flag));"
-    "CREATE INDEX cv_decisions_flag ON cv_decisions(flag, decided_at);"
+    /* Clustered by flag and time: a report reads one contiguous range. */
+    "  PRIMARY KEY(flag, decided_at, instance_id)) WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX cv_decisions_instance ON cv_decisions(instance_id, "
+    "flag);"
     "CREATE TABLE cv_counters("
     "  workflow TEXT NOT NULL, flag TEXT NOT NULL, version TEXT NOT NULL,"
     "  routed INTEGER NOT NULL DEFAULT 0,"

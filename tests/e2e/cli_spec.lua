@@ -749,4 +749,49 @@ describe("more of the CLI", function()
     assert.are.same({}, instances_json(env))
     assert.are.same({}, H.decode((env:ok("--json", "incidents"))))
   end)
+
+  it("start rejects vars nested deeper than the engine can store", function()
+    -- The engine refuses vars nested more than 64 levels when a step ends;
+    -- accepted by start, such an instance could never take a step.
+    local deep = string.rep("[", 100) .. string.rep("]", 100)
+    local code, out, err = env:run("start", "limits", "--var", "mode=ok",
+      "--var", "deep:=" .. deep)
+    if code == 2 then
+      has(err, "deep", "stderr")
+      assert.are.equal(0, env:scalar("select count(*) from instances"))
+      return
+    end
+    assert.are.equal(0, code, err)
+    local id = tonumber(out:match("%d+"))
+    env:ok("run", "--until-idle")
+    local s = show_json(env, id)
+    assert.are.equal("completed", s.state, "accepted, then: " ..
+      ((s.history[1] or {}).error or s.state):sub(1, 200))
+  end)
+
+  it("a second engine on the same database does not run steps twice",
+    function()
+      -- Either the second `run` is refused while one is running, or the two
+      -- share the work; never does a step of an instance run in both.
+      local n = 20
+      env:ok("start", "sleepy", "--count", tostring(n), "--var", "nap:=2")
+      local p = env:spawn("run")
+      assert(H.poll(20, 0.05, function()
+        return env:scalar("select count(*) from instances where step = " ..
+          "'nap' and state = 'running' and wake_at is not null") == n
+      end), "never all asleep")
+      local code, _, err = env:run("run", "--until-idle")
+      H.signal(p, "TERM")
+      assert.are.equal(0, H.wait_exit(p, 10))
+      if code ~= 0 then
+        print("# the second engine was refused: " .. err)
+        env:ok("run", "--until-idle")
+      end
+      assert.are.same({ completed = n }, env:states())
+      local dup = env:sql("select step, count(*) from step_runs group by " ..
+        "instance_id, step having count(*) > 1")
+      assert.are.equal(0, #dup, string.format("%d (instance, step) pairs ran "
+        .. "more than once, e.g. step %s %s times", #dup,
+        dup[1] and dup[1][1] or "", dup[1] and dup[1][2] or ""))
+    end)
 end)

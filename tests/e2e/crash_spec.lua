@@ -77,12 +77,13 @@ describe("kill -9", function()
       end)
       local c1 = s1.completed or 0
       assert.is_true(c1 > 0 and c1 < N, "not a partial state: " .. c1)
-      -- instances were in flight: claimed and not finished
-      assert.is_true((s1.running or 0) > 0, "no instance was in flight")
+      -- (Whether some were in flight, claimed and unfinished, depends on
+      -- where in the loop the kill landed: printed above, not asserted.)
 
       -- 2: in the restart, once it has made progress of its own
+      local target = c1 + math.min(300, (N - c1) // 2)
       local s2 = run_and_kill("second kill", function()
-        return completed() >= c1 + 300
+        return completed() >= target
       end)
       local c2 = s2.completed or 0
       assert.is_true(c2 > c1 and c2 < N, "not a partial state: " .. c2)
