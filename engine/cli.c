@@ -684,7 +684,7 @@ static int print_incident(void *ud, const sy_incident_row *r) {
   } else {
     char t[32];
     fmt_time(r->raised_at, t, sizeof t);
-    printf("%-6lld %-9lld %-18s %-18s %s  %s%s%s\n", (long long)r->id,
+    printf("%-6lld %-9lld %-18s %-18s %s  %s%s%s", (long long)r->id,
            (long long)r->instance_id, r->workflow, r->step, t, r->error,
            r->resolution ? "  [" : "", r->resolution ? r->resolution : "");
     if (r->resolution) {

@@ -566,11 +566,15 @@ void sy_engine_close(sy_engine *e) {
     free(d);
   }
   sy_lua_free(e->lua);
+  sy_plugins_fini(e->plugins);
+  if (e->loop_open) {
+    /* Close callbacks of what the plugins closed, while they are loaded. */
+    uv_run(&e->loop, UV_RUN_NOWAIT);
+  }
   sy_store_close(e->store);
   sy_plugins_free(e->plugins);
   if (e->loop_open) {
-    /* Handles closed by sy_engine_run; anything left is a bug. */
-    uv_run(&e->loop, UV_RUN_NOWAIT);
+    /* Every handle is closed by now; anything left is a bug. */
     SY_ASSERT(uv_loop_close(&e->loop) == 0);
   }
   free(e);

@@ -32,7 +32,7 @@ int sy_plugins_new(sy_plugins **out) {
   return 0;
 }
 
-void sy_plugins_free(sy_plugins *p) {
+void sy_plugins_fini(sy_plugins *p) {
   if (!p) {
     return;
   }
@@ -41,6 +41,17 @@ void sy_plugins_free(sy_plugins *p) {
     if (lp->initialized && lp->def->fini) {
       lp->def->fini(lp->state);
     }
+    lp->initialized = 0;
+  }
+}
+
+void sy_plugins_free(sy_plugins *p) {
+  if (!p) {
+    return;
+  }
+  sy_plugins_fini(p);
+  for (int i = p->nplugins - 1; i >= 0; i--) {
+    sy_loaded_plugin *lp = p->plugins[i];
     if (lp->has_lib) {
       uv_dlclose(&lp->lib);
     }

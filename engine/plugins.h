@@ -34,6 +34,10 @@ typedef struct sy_command_entry {
 } sy_command_entry;
 
 int sy_plugins_new(sy_plugins **out);
+/* Calls every plugin's fini. The caller then runs the loop once, so that
+ * handles the plugins closed get their close callbacks while the plugins'
+ * code is still loaded, and only then frees (unloads) them. */
+void sy_plugins_fini(sy_plugins *p);
 void sy_plugins_free(sy_plugins *p);
 /* Loads every *.so in dir; a missing dir is not an error. */
 int sy_plugins_load_dir(sy_plugins *p, const char *dir, char *err,

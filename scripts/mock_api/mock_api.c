@@ -689,6 +689,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
   }
 }
 
+/* MHD passes its own printf-style format: say so, for -Wformat-nonliteral. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 0)))
+#endif
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
   const mock_server *s = cls;
   if (s->cfg.verbose) {
@@ -1020,13 +1024,14 @@ int main(int argc, char **argv) {
   struct MHD_Daemon *d = MHD_start_daemon(
       MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD |
           MHD_USE_ERROR_LOG,
-      (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
+      (uint16_t)port, NULL, NULL, on_request, s,
+      /* The logger first, so it sees messages about the other options. */
+      MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_SOCK_ADDR,
       (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
       (unsigned)MOCK_CONNECTION_LIMIT, MHD_OPTION_LISTEN_BACKLOG_SIZE,
       (unsigned)MOCK_LISTEN_BACKLOG, MHD_OPTION_THREAD_STACK_SIZE,
       (size_t)MOCK_STACK_SIZE, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-      MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
   if (!d) {
     fprintf(stderr, MOCK_NAME ": cannot listen on 127.0.0.1:%u: %s\n", port,
             errno ? strerror(errno) : "libmicrohttpd could not start");

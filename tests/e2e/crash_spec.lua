@@ -146,23 +146,23 @@ describe("kill -9", function()
 
   it("as soon as instances are claimed, then a restart finishes them",
     function()
-    -- A smaller variant: the kill lands right after the first claim, while
-    -- the first steps sleep.
-    local n = 300
-    env:ok("start", "crashy", "--count", tostring(n), "--var", "key=k{n}")
-    run_and_kill("kill before any step ends", function()
-      return env:scalar("select count(*) from instances where state = " ..
-        "'running'") > 0
+      -- A smaller variant: the kill lands right after the first claim, while
+      -- the first steps sleep.
+      local n = 300
+      env:ok("start", "crashy", "--count", tostring(n), "--var", "key=k{n}")
+      run_and_kill("kill right after the first claim", function()
+        return env:scalar("select count(*) from instances where state = " ..
+          "'running'") > 0
+      end)
+      local code, _, err = env:run("run", "--until-idle")
+      assert.are.equal(0, code, err)
+      assert.are.same({ completed = n }, env:states())
+      assert.are.equal(3 * n, step_runs())
+      assert.are.equal(0, env:scalar("select count(*) from (select 1 from "
+        .. "step_runs group by instance_id, step having count(*) != 1)"))
+      assert.are.equal("ok", integrity())
+      H.rmdir(env.dir)
     end)
-    local code, _, err = env:run("run", "--until-idle")
-    assert.are.equal(0, code, err)
-    assert.are.same({ completed = n }, env:states())
-    assert.are.equal(3 * n, step_runs())
-    assert.are.equal(0, env:scalar("select count(*) from (select 1 from "
-      .. "step_runs group by instance_id, step having count(*) != 1)"))
-    assert.are.equal("ok", integrity())
-    H.rmdir(env.dir)
-  end)
 
   it("again and again, at 512 in flight, until everything completed",
     function()

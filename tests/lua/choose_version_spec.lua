@@ -373,6 +373,33 @@ describe("precedence (DESIGN.md), one row each", function()
 end)
 
 -- ---------------------------------------------------------------------
+describe("the node's own failures", function()
+  it("turns an eligible predicate that raises into an incident", function()
+    local db = fresh_db()
+    must(db, "set", "checkout", "100%", "--reason", "all in")
+    local e = open(db)
+    local id = start(e, "bad_eligible", { user_id = "u1" })
+    e:run()
+    assert.are.equal("incident", e:instance(id).state)
+    local inc = e:incidents()
+    assert.are.equal(1, #inc)
+    assert.matches("eligible", inc[1].error, 1, true)
+    assert.matches("no country for u1", inc[1].error, 1, true)
+    assert.are.equal(0, #decisions(e, id))
+    e:close()
+  end)
+
+  it("refuses at load time a flag name `rollout` cannot manage", function()
+    -- `rollout set 'Checkout V2!' ...` exits 2 (bad flag name): a workflow
+    -- naming such a flag would stay on v1 forever, silently.
+    local ok, err = T.check(wf("bad_flag_name"))
+    assert.is_nil(ok, "the workflow loaded")
+    assert.matches("flag", err, 1, true)
+    assert.matches("bad_flag_name.lua", err, 1, true)
+  end)
+end)
+
+-- ---------------------------------------------------------------------
 describe("sticky routing", function()
   it("sends every instance of a subject to the same version", function()
     local db = fresh_db()
@@ -634,18 +661,40 @@ describe("per-version counters", function()
       with_incidents, incidents, open_incidents
     FROM cv_counters ORDER BY workflow, flag, version]]
 
+  -- Runs the engine in short slices until ready(e) holds (bounded): an
+  -- instance asleep for an hour keeps run() from ever being idle.
+  local function run_until(e, ready)
+    local deadline = os.time() + 30
+    repeat
+      e:run { for_ms = 100 }
+      if ready(e) then
+        return
+      end
+    until os.time() > deadline
+    error("the engine did not get there in 30 s")
+  end
+
   it("equal a recount from the decisions and the instances", function()
     local db = fresh_db()
     must(db, "set", "checkout", "50%", "--reason", "half")
     local e = open(db)
-    local failing = {}
+    local failing, nappers = {}, {}
     for k = 1, 60 do
-      local id = start(e, "counted", { user_id = "s" .. k, fail = k % 3 == 0 })
-      if k % 3 == 0 then
+      local vars = { user_id = "s" .. k, fail = k % 3 == 0, nap = k <= 2 }
+      local id = start(e, "counted", vars)
+      if vars.fail then
         failing[#failing + 1] = id
+      elseif vars.nap then
+        nappers[#nappers + 1] = id
       end
     end
-    e:run()
+    -- Nothing left to run now: every instance completed, cancelled, in an
+    -- incident, or asleep for an hour.
+    local function settled(eng)
+      return eng:sql("SELECT count(*) AS n FROM instances WHERE " ..
+        "state IN ('ready', 'running')")[1].n == 0
+    end
+    run_until(e, settled)
     assert.are.equal(20, #e:incidents())
     -- Cancel some incidents, retry others (they fail again: a second
     -- incident for the same instance), leave the rest open.
@@ -656,10 +705,15 @@ describe("per-version counters", function()
         assert(e:retry(id))
       end
     end
+    -- One napper is cancelled while it waits; the other stays in flight.
+    assert.are.equal("waiting", e:instance(nappers[1]).state)
+    assert(e:cancel(nappers[1]))
     -- An instance cancelled before it was routed counts nowhere.
     local unrouted = start(e, "counted", { user_id = "never" })
     assert(e:cancel(unrouted))
-    e:run()
+    run_until(e, function(eng)
+      return settled(eng) and #eng:incidents() == 15
+    end)
     local recount, counters = e:sql(RECOUNT), e:sql(COUNTERS)
     assert.are.same(recount, counters)
     -- The scenario covered every column.
@@ -672,14 +726,14 @@ describe("per-version counters", function()
       end
     end
     assert.are.equal(60, total.routed)
-    assert.are.equal(40, total.completed)
-    assert.are.equal(5, total.cancelled)
-    assert.are.equal(15, total.in_flight)
+    assert.are.equal(38, total.completed)
+    assert.are.equal(6, total.cancelled)
+    assert.are.equal(16, total.in_flight)
     assert.are.equal(20, total.with_incidents)
     assert.are.equal(25, total.incidents)
     assert.are.equal(15, total.open_incidents)
     assert.are.equal(0, #decisions(e, unrouted))
-    -- A second engine on the same db agrees (the counters are in the db).
+    -- Another engine on the same db agrees (the counters are in the db).
     e:close()
     e = open(db)
     assert.are.same(recount, e:sql(COUNTERS))

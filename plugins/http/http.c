@@ -1,0 +1,428 @@
+/* The http plugin: `ctx.http{ method, url, headers, body, json, timeout }`
+ * from a step. Built on libcurl's multi-socket interface driven by the
+ * engine's libuv loop (curl tells us which sockets to watch and when to
+ * wake it; uv_poll and a uv_timer do the watching), so a request never
+ * blocks the loop, needs no thread, and connections are reused across
+ * requests by the multi handle's connection cache.
+ *
+ * The step is parked until the response arrives, then gets
+ *   { status = 200, headers = { ["content-type"] = ... }, body = "...",
+ *     json = <decoded body, when it is JSON> }
+ * Transport errors and timeouts raise in the step (so they are retried and
+ * become incidents); what a 4xx or 5xx means is the step's decision. */
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <switchyard/plugin.h>
+
+#define DEFAULT_TIMEOUT_MS 30000
+#define MAX_BODY (16u << 20) /* responses larger than this are errors */
+
+typedef struct http {
+  const sy_api *api;
+  sy_engine *e;
+  CURLM *multi;
+  uv_timer_t timer;
+  int timer_open;
+  struct request *requests; /* in flight, for cancellation */
+} http;
+
+/* One watched socket; freed in its close callback, as libuv requires. */
+typedef struct watch {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  http *h;
+} watch;
+
+typedef struct request {
+  struct request *next, *prev;
+  http *h;
+  sy_call *call;
+  CURL *easy;
+  struct curl_slist *headers;
+  char *body;
+  char *data; /* response body */
+  size_t len, cap;
+  int too_large;
+  json_t *resp_headers;
+  char errbuf[CURL_ERROR_SIZE];
+} request;
+
+static void check_done(http *h);
+
+static void watch_closed(uv_handle_t *handle) {
+  free(handle->data);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  watch *w = p->data;
+  int flags = 0, running;
+  if (status < 0) {
+    flags = CURL_CSELECT_ERR;
+  } else {
+    flags |= events & UV_READABLE ? CURL_CSELECT_IN : 0;
+    flags |= events & UV_WRITABLE ? CURL_CSELECT_OUT : 0;
+  }
+  curl_multi_socket_action(w->h->multi, w->fd, flags, &running);
+  check_done(w->h);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: start, change or stop watching a socket. */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
+                     void *socketp) {
+  http *h = userp;
+  watch *w = socketp;
+  int events = 0;
+  (void)easy;
+  if (what == CURL_POLL_REMOVE) {
+    if (w) {
+      uv_poll_stop(&w->poll);
+      curl_multi_assign(h->multi, fd, NULL);
+      uv_close((uv_handle_t *)&w->poll, watch_closed);
+    }
+    return 0;
+  }
+  if (!w) {
+    if (!(w = calloc(1, sizeof *w))) {
+      return -1;
+    }
+    w->fd = fd;
+    w->h = h;
+    if (uv_poll_init_socket(h->api->loop(h->e), &w->poll, fd)) {
+      free(w);
+      return -1;
+    }
+    w->poll.data = w;
+    curl_multi_assign(h->multi, fd, w);
+  }
+  events |= what & CURL_POLL_IN ? UV_READABLE : 0;
+  events |= what & CURL_POLL_OUT ? UV_WRITABLE : 0;
+  uv_poll_start(&w->poll, events, on_poll);
+  return 0;
+}
+
+static void on_timer(uv_timer_t *t) {
+  http *h = t->data;
+  int running;
+  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(h);
+}
+
+/* CURLMOPT_TIMERFUNCTION: curl asks to be woken in timeout_ms (-1: not). */
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
+  http *h = userp;
+  (void)multi;
+  if (timeout_ms < 0) {
+    uv_timer_stop(&h->timer);
+  } else {
+    /* 0 means "now": a loop turn later, never from inside curl. */
+    uv_timer_start(&h->timer, on_timer, (uint64_t)timeout_ms, 0);
+  }
+  return 0;
+}
+
+static size_t on_body(char *ptr, size_t size, size_t n, void *ud) {
+  request *r = ud;
+  size_t add = size * n;
+  if (r->len + add > MAX_BODY) {
+    r->too_large = 1;
+    return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+  }
+  if (r->len + add + 1 > r->cap) {
+    size_t cap = r->cap ? r->cap : 4096;
+    char *d;
+    while (cap < r->len + add + 1) {
+      cap *= 2;
+    }
+    if (!(d = realloc(r->data, cap))) {
+      return 0;
+    }
+    r->data = d;
+    r->cap = cap;
+  }
+  memcpy(r->data + r->len, ptr, add);
+  r->len += add;
+  r->data[r->len] = '\0';
+  return add;
+}
+
+/* Response headers, names lower-cased; a new status line (a redirect, a
+ * 100 Continue) starts the set afresh. */
+static size_t on_header(char *ptr, size_t size, size_t n, void *ud) {
+  request *r = ud;
+  size_t len = size * n, k;
+  char name[256];
+  const char *colon = memchr(ptr, ':', len);
+  if (len >= 5 && memcmp(ptr, "HTTP/", 5) == 0) {
+    json_object_clear(r->resp_headers);
+    return len;
+  }
+  if (!colon || (size_t)(colon - ptr) >= sizeof name) {
+    return len;
+  }
+  for (k = 0; ptr + k < colon; k++) {
+    char c = ptr[k];
+    name[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  }
+  name[k] = '\0';
+  {
+    const char *v = colon + 1, *end = ptr + len;
+    while (v < end && (*v == ' ' || *v == '\t')) {
+      v++;
+    }
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) {
+      end--;
+    }
+    json_t *val = json_stringn(v, (size_t)(end - v));
+    if (val) {
+      json_object_set_new(r->resp_headers, name, val);
+    }
+  }
+  return len;
+}
+
+static void request_free(request *r) {
+  if (r->prev) {
+    r->prev->next = r->next;
+  } else if (r->h->requests == r) {
+    r->h->requests = r->next;
+  }
+  if (r->next) {
+    r->next->prev = r->prev;
+  }
+  if (r->easy) {
+    curl_multi_remove_handle(r->h->multi, r->easy);
+    curl_easy_cleanup(r->easy);
+  }
+  curl_slist_free_all(r->headers);
+  json_decref(r->resp_headers);
+  free(r->body);
+  free(r->data);
+  free(r);
+}
+
+static void finish(request *r, CURLcode code) {
+  http *h = r->h;
+  const sy_api *api = h->api;
+  char msg[CURL_ERROR_SIZE + 256];
+  (void)h;
+  if (code != CURLE_OK) {
+    char *url = NULL;
+    curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &url);
+    if (r->too_large) {
+      snprintf(msg, sizeof msg, "http: response from %s is larger than %u "
+               "bytes", url ? url : "?", MAX_BODY);
+    } else {
+      snprintf(msg, sizeof msg, "http: %s: %s", url ? url : "?",
+               r->errbuf[0] ? r->errbuf : curl_easy_strerror(code));
+    }
+    api->fail(r->call, msg);
+  } else {
+    long status = 0;
+    json_t *res;
+    json_t *body = r->data ? json_stringn(r->data, r->len) : json_string("");
+    char *text;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (!body) {
+      snprintf(msg, sizeof msg,
+               "http: the response body is not UTF-8 text (%zu bytes)", r->len);
+      api->fail(r->call, msg);
+      request_free(r);
+      return;
+    }
+    res = json_pack("{s:i, s:O, s:o}", "status", (int)status, "headers",
+                    r->resp_headers, "body", body);
+    {
+      json_t *ct = json_object_get(r->resp_headers, "content-type");
+      if (r->data && ct && strstr(json_string_value(ct), "json")) {
+        json_t *decoded = json_loadb(r->data, r->len, JSON_DECODE_ANY, NULL);
+        if (decoded) {
+          json_object_set_new(res, "json", decoded);
+        }
+      }
+    }
+    text = json_dumps(res, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(res);
+    if (text) {
+      api->done_json(r->call, text);
+      free(text);
+    } else {
+      api->fail(r->call, "http: out of memory");
+    }
+  }
+  request_free(r);
+}
+
+static void check_done(http *h) {
+  CURLMsg *m;
+  int pending;
+  while ((m = curl_multi_info_read(h->multi, &pending))) {
+    request *r = NULL;
+    if (m->msg != CURLMSG_DONE) {
+      continue;
+    }
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+    finish(r, m->data.result);
+  }
+}
+
+static int http_init(const sy_api *api, sy_engine *e, void **state, char *err,
+                     size_t errlen) {
+  http *h = calloc(1, sizeof *h);
+  if (!h) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) || !(h->multi = curl_multi_init())) {
+    snprintf(err, errlen, "cannot initialize libcurl");
+    free(h);
+    return -1;
+  }
+  h->api = api;
+  h->e = e;
+  uv_timer_init(api->loop(e), &h->timer);
+  h->timer.data = h;
+  h->timer_open = 1;
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+  *state = h;
+  return 0;
+}
+
+static void timer_closed(uv_handle_t *handle) {
+  free(handle->data);
+}
+
+static void http_fini(void *state) {
+  http *h = state;
+  /* Requests were cancelled when their instances left memory; cleaning up
+   * the multi handle closes its cached connections (CURL_POLL_REMOVE). */
+  curl_multi_cleanup(h->multi);
+  curl_global_cleanup();
+  /* The engine runs its loop once more before unloading us, so the close
+   * callbacks (which free) run while our code is still mapped. */
+  uv_close((uv_handle_t *)&h->timer, timer_closed);
+}
+
+static const char *str(json_t *o, const char *key) {
+  return json_string_value(json_object_get(o, key));
+}
+
+/* Lua: ctx.http{ method = "POST", url = "...", headers = { k = v },
+ *                body = "text" | json = { ... }, timeout = seconds }
+ *      -> { status, headers, body, json } (raises on transport errors) */
+static void http_call(void *plugin, sy_call *c, const char *args_json) {
+  http *h = plugin;
+  const sy_api *api = h->api;
+  json_t *a = json_loads(args_json, 0, NULL), *hdrs, *v;
+  const char *url, *method, *key;
+  request *r;
+  char line[1024];
+  double timeout;
+  int has_idem = 0;
+  if (!json_is_object(a) || !(url = str(a, "url"))) {
+    api->fail(c, "ctx.http: expected a table with at least url = \"...\"");
+    json_decref(a);
+    return;
+  }
+  if (!(r = calloc(1, sizeof *r)) || !(r->easy = curl_easy_init()) ||
+      !(r->resp_headers = json_object())) {
+    api->fail(c, "ctx.http: out of memory");
+    if (r) {
+      request_free(r);
+    }
+    json_decref(a);
+    return;
+  }
+  r->h = h;
+  r->call = c;
+  method = str(a, "method") ? str(a, "method") : "GET";
+  timeout = json_number_value(json_object_get(a, "timeout"));
+  curl_easy_setopt(r->easy, CURLOPT_URL, url);
+  curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
+  curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS,
+                   timeout > 0 ? (long)(timeout * 1000) : DEFAULT_TIMEOUT_MS);
+  if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(r->easy, CURLOPT_NOBODY, 1L);
+  }
+  hdrs = json_object_get(a, "headers");
+  json_object_foreach(hdrs, key, v) {
+    if (json_is_string(v)) {
+      snprintf(line, sizeof line, "%s: %s", key, json_string_value(v));
+      r->headers = curl_slist_append(r->headers, line);
+      has_idem |= strcasecmp(key, "idempotency-key") == 0;
+    }
+  }
+  if ((v = json_object_get(a, "json"))) {
+    r->body = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    r->headers =
+        curl_slist_append(r->headers, "Content-Type: application/json");
+  } else if ((v = json_object_get(a, "body")) && json_is_string(v)) {
+    r->body = strdup(json_string_value(v));
+  }
+  if (r->body) {
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->body);
+  }
+  /* A stable key per (instance, step, attempt): a step re-run after a
+   * crash sends the same key, so the server can drop the duplicate. */
+  if (!has_idem) {
+    snprintf(line, sizeof line, "Idempotency-Key: %lld-%s-%d",
+             (long long)api->instance_id(c), api->step(c), api->attempt(c));
+    r->headers = curl_slist_append(r->headers, line);
+  }
+  r->headers = curl_slist_append(r->headers, "Expect:");
+  curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
+  json_decref(a);
+  if (curl_multi_add_handle(h->multi, r->easy) != CURLM_OK) {
+    curl_easy_cleanup(r->easy);
+    r->easy = NULL;
+    api->fail(c, "ctx.http: cannot start the request");
+    request_free(r);
+    return;
+  }
+  r->next = h->requests;
+  if (h->requests) {
+    h->requests->prev = r;
+  }
+  h->requests = r;
+}
+
+/* The step timed out or the engine stops: abort the transfer now. */
+static void http_cancel(void *plugin, sy_call *c) {
+  http *h = plugin;
+  for (request *r = h->requests; r; r = r->next) {
+    if (r->call == c) {
+      h->api->fail(c, "http: cancelled");
+      request_free(r);
+      return;
+    }
+  }
+}
+
+static const sy_ctx_fn fns[] = {
+    {.name = "http", .call = http_call, .cancel = http_cancel}, {0}};
+
+static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
+                                  .name = "http",
+                                  .version = "1.0",
+                                  .init = http_init,
+                                  .fini = http_fini,
+                                  .ctx_fns = fns};
+
+const sy_plugin_def *sy_plugin_entry(void);
+const sy_plugin_def *sy_plugin_entry(void) {
+  return &def;
+}
