@@ -451,8 +451,8 @@ int sy_engine_load_workflow(sy_engine *e, const char *name_or_path,
   if (!(n > 4 && strcmp(name_or_path + n - 4, ".lua") == 0) &&
       strcmp(wf->name, name_or_path) != 0) {
     snprintf(diag->error, sizeof diag->error,
-             "%.400s: declares workflow '%.200s', not '%.200s'", path,
-             wf->name, name_or_path);
+             "%.400s:%d: declares workflow '%.200s', not '%.200s'", path,
+             wf->line, wf->name, name_or_path);
     sy_workflow_free(e->lua, wf);
     return SY_ELOAD;
   }

@@ -39,7 +39,6 @@ struct sy_lua {
   int step_mt;     /* metatable marking step specs */
   int workflow_mt; /* metatable marking workflow specs */
   int ctx_mt;      /* metatable of ctx tables (methods) */
-  int frozen_mt;   /* metatable of definition environments after load */
 };
 
 struct sy_opts {
@@ -98,8 +97,14 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   h->budget_left -= HOOK_EVERY;
   if (h->budget_left < 0) {
-    luaL_error(L, "instruction budget exceeded (%lld instructions)",
-               (long long)h->instructions);
+    /* From now on fail at every instruction: a pcall in a loop catches
+     * the error inside, and the loop's next instruction raises it again. */
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    luaL_where(L, 0); /* the running function's position, as file:line: */
+    lua_pushfstring(L, "instruction budget exceeded (%I instructions)",
+                    (lua_Integer)h->instructions);
+    lua_concat(L, 2);
+    lua_error(L);
   }
 }
 
@@ -212,8 +217,8 @@ static int table_to_json(lua_State *L, int idx, json_t **out, char *path,
 static int to_json(lua_State *L, int idx, json_t **out, char *path,
                    size_t cap, int depth, char *err, size_t errlen) {
   if (depth > JSON_MAX_DEPTH) {
-    snprintf(err, errlen, "%s: nested more than %d levels (a cycle?)", path,
-             JSON_MAX_DEPTH);
+    snprintf(err, errlen, "%.60s...: nested more than %d levels (a cycle?)",
+             path, JSON_MAX_DEPTH);
     return SY_EINVAL;
   }
   switch (lua_type(L, idx)) {
@@ -478,11 +483,83 @@ static int sandbox_print(lua_State *L) {
   return 0;
 }
 
-static int frozen_newindex(lua_State *L) {
-  return luaL_error(L,
-                    "assignment to global '%s': steps share their workflow's "
-                    "globals, use a local or ctx.vars",
-                    lua_tostring(L, 2));
+/* Writes to a read-only proxy: allowed into its store only while the
+ * workflow file loads (an environment's __sy_loading is true then). */
+static int ro_newindex(lua_State *L) {
+  lua_getfield(L, lua_upvalueindex(2), "__sy_loading");
+  if (lua_toboolean(L, -1)) {
+    lua_settop(L, 3);
+    lua_rawset(L, lua_upvalueindex(1));
+    return 0;
+  }
+  lua_getfield(L, lua_upvalueindex(2), "__sy_env");
+  if (lua_toboolean(L, -1) && lua_type(L, 2) == LUA_TSTRING) {
+    return luaL_error(L,
+                      "assignment to global '%s': steps of every instance "
+                      "share their workflow's globals; use a local or "
+                      "ctx.vars",
+                      lua_tostring(L, 2));
+  }
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    return luaL_error(L,
+                      "assignment to '%s' in a shared read-only table; use "
+                      "a local or ctx.vars",
+                      lua_tostring(L, 2));
+  }
+  return luaL_error(L, "this table is read-only: steps of every instance "
+                       "share it");
+}
+
+static int ro_pairs(lua_State *L) {
+  lua_getglobal(L, "next");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushnil(L);
+  return 3;
+}
+
+/* Replaces the table on top of the stack by a read-only proxy of it. The
+ * proxy stays empty, so every write reaches __newindex, and rawset is
+ * wrapped to refuse it (see sandbox_rawset). */
+static void make_read_only(lua_State *L, int loading) {
+  int store = lua_gettop(L);
+  lua_newtable(L); /* proxy */
+  lua_createtable(L, 0, 6); /* its metatable */
+  lua_pushvalue(L, store);
+  lua_setfield(L, -2, "__index");
+  lua_pushvalue(L, store);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, ro_newindex, 2);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushvalue(L, store);
+  lua_pushcclosure(L, ro_pairs, 1);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "__sy_readonly");
+  lua_pushboolean(L, loading);
+  lua_setfield(L, -2, "__sy_loading");
+  lua_pushboolean(L, loading); /* only environments start out loading */
+  lua_setfield(L, -2, "__sy_env");
+  lua_setmetatable(L, -2);
+  lua_replace(L, store);
+}
+
+/* Lua: rawset(t, k, v), except on the sandbox's shared tables. */
+static int sandbox_rawset(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_getmetatable(L, 1)) {
+    lua_getfield(L, -1, "__sy_readonly");
+    if (lua_toboolean(L, -1)) {
+      return luaL_error(L, "rawset on a shared read-only table");
+    }
+    lua_pop(L, 2);
+  }
+  luaL_checkany(L, 2);
+  luaL_checkany(L, 3);
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 1;
 }
 
 /* Copies allowed fields of library `lib` from the real globals. */
@@ -494,6 +571,7 @@ static void copy_lib(lua_State *L, int env, const char *lib,
     lua_getfield(L, -2, *n);
     lua_setfield(L, -2, *n);
   }
+  make_read_only(L, 0);
   lua_setfield(L, env, lib);
   lua_pop(L, 1);
 }
@@ -507,6 +585,7 @@ static void copy_whole_lib(lua_State *L, int env, const char *lib) {
     lua_insert(L, -2);
     lua_settable(L, -4);
   }
+  make_read_only(L, 0);
   lua_setfield(L, env, lib);
   lua_pop(L, 1);
 }
@@ -532,6 +611,8 @@ static void push_sandbox(sy_lua *h) {
     lua_getglobal(L, *n);
     lua_setfield(L, env, *n);
   }
+  lua_pushcfunction(L, sandbox_rawset);
+  lua_setfield(L, env, "rawset");
   copy_lib(L, env, "string", string_fns);
   copy_lib(L, env, "os", os_fns);
   copy_whole_lib(L, env, "table");
@@ -540,9 +621,6 @@ static void push_sandbox(sy_lua *h) {
   copy_whole_lib(L, env, "coroutine");
   lua_pushcfunction(L, sandbox_print);
   lua_setfield(L, env, "print");
-  lua_pushvalue(L, env);
-  lua_pushcclosure(L, sandbox_load, 1);
-  lua_setfield(L, env, "load");
   /* the module */
   lua_newtable(L);
   lua_pushcfunction(L, dsl_workflow);
@@ -553,10 +631,17 @@ static void push_sandbox(sy_lua *h) {
   lua_pushcfunction(L, dsl_index);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, -2);
+  make_read_only(L, 0);
   lua_pushcclosure(L, sandbox_require, 1);
   lua_setfield(L, env, "require");
+  /* The environment itself: globals may be defined while the file loads,
+   * then it is read-only (sy_workflow_load clears __sy_loading). */
+  make_read_only(L, 1);
   lua_pushvalue(L, env);
-  lua_setfield(L, env, "_G");
+  lua_setfield(L, env, "_G"); /* through __newindex, while loading */
+  lua_pushvalue(L, env);
+  lua_pushcclosure(L, sandbox_load, 1);
+  lua_setfield(L, env, "load");
 }
 
 /* ---------------------------------------------------------------------
@@ -676,6 +761,9 @@ static void make_ctx_mt(sy_lua *h) {
     lua_setfield(L, -2, fn->fn->name);
   }
   lua_setfield(L, -2, "__index");
+  /* The methods table is shared by every instance: keep it out of reach. */
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
   h->ctx_mt = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
@@ -710,10 +798,12 @@ int sy_lua_new(sy_lua **out, const sy_lua_limits *limits, sy_plugins *plugins,
   h->step_mt = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   h->workflow_mt = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_newtable(L);
-  lua_pushcfunction(L, frozen_newindex);
-  lua_setfield(L, -2, "__newindex");
-  h->frozen_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* string.dump is reachable through every string's metatable: drop it
+   * (nothing in the host needs it, and bytecode never loads anyway). */
+  lua_getglobal(L, "string");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "dump");
+  lua_pop(L, 1);
   make_ctx_mt(h);
   *out = h;
   return 0;
@@ -1081,7 +1171,7 @@ static int compile_workflow(loader *ld) {
   int spec = lua_gettop(L), opts, line, rc = 0, n = 0;
   const char *start;
   lua_getfield(L, spec, "line");
-  line = (int)lua_tointeger(L, -1);
+  line = wf->line = (int)lua_tointeger(L, -1);
   lua_getfield(L, spec, "opts");
   opts = lua_gettop(L);
   lua_pushnil(L);
@@ -1231,8 +1321,10 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
   if ((rc = compile_workflow(&ld))) {
     goto fail;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, h->frozen_mt);
-  lua_setmetatable(L, env);
+  lua_getmetatable(L, env);
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__sy_loading");
+  lua_pop(L, 1);
   lua_pushvalue(L, env);
   ld.wf->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   hash_hex(source, len, hash);

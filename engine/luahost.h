@@ -42,6 +42,7 @@ typedef struct sy_workflow {
   char *name;
   char *hash; /* hex SHA-256 of the source */
   char *path;
+  int line; /* of sy.workflow{} in the file */
   char *source;
   size_t source_len;
   sy_step *steps; /* sorted by name */

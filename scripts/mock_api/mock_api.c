@@ -30,11 +30,15 @@
  *                (503 also carries Retry-After: 1)
  *       hang     no answer at all: the connection is held until the client
  *                gives up (closes it), or --hang-seconds pass, or the mock
- *                stops; then it is closed without a response.
+ *                stops; then it is closed without a response. Clients
+ *                should time out well before --hang-seconds: libcurl takes
+ *                a reused keep-alive connection closed with no answer for
+ *                a stale one and silently re-sends the request on a new
+ *                connection (up to 5 times), so a hang the mock closes can
+ *                be seen, and counted, several times.
  *       400      the body is not a JSON object, or request_id is present and
  *                neither a string nor null; 413 above 1 MiB; 405 for another
- *                method. Only document/subject-free checks: those two fields
- *                are accepted but not required.
+ *                method. document and subject are accepted, not required.
  *       With "large": true, a 200 answer also has a "padding" string that
  *       makes the body about --large-body-kb KiB (still valid JSON).
  *   GET /health  -> 200 {"ok":true}
@@ -84,8 +88,8 @@
  * up is noticed at once (the read side reports end of file), and stopping
  * wakes every waiting thread at once. This was chosen over suspend/resume
  * with a timer thread because it is much simpler (no timer wheel, no
- * resume races) and a suspended connection is not watched for the client
- * closing it, so a hang could not end "when the client gives up". The cost
+ * resume races) and libmicrohttpd does not watch a suspended connection's
+ * socket, so a hang could not end "when the client gives up". The cost
  * is one thread per open connection, which is fine for a local mock at
  * thousands of connections.
  */
@@ -131,7 +135,7 @@ typedef struct mock_version_cfg {
 } mock_version_cfg;
 
 typedef struct mock_cfg {
-  double port;
+  double port; /* numeric options all parse as doubles; checked whole */
   const char *port_file;
   uint64_t seed;
   double hang_seconds;
@@ -181,8 +185,8 @@ typedef struct mock_outcome {
 } mock_outcome;
 
 typedef enum mock_wake {
-  MOCK_WAKE_TIME,   /* the wait ran its full length */
-  MOCK_WAKE_GONE,   /* the client closed the connection */
+  MOCK_WAKE_TIME,    /* the wait ran its full length */
+  MOCK_WAKE_GONE,    /* the client closed the connection */
   MOCK_WAKE_STOPPING /* the server is stopping */
 } mock_wake;
 
@@ -389,8 +393,8 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status,
   if (!text) {
     return MHD_NO;
   }
-  struct MHD_Response *r =
-      MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+  struct MHD_Response *r = MHD_create_response_from_buffer(
+      strlen(text), text, MHD_RESPMEM_MUST_FREE);
   if (!r) {
     free(text);
     return MHD_NO;
@@ -483,18 +487,19 @@ static enum MHD_Result verify_decided(mock_server *s, int version,
   }
 
   json_t *body = json_object();
-  json_object_set_new(body, "version", json_string(mock_endpoint_names[version]));
+  json_object_set_new(body, "version",
+                      json_string(mock_endpoint_names[version]));
   json_object_set(body, "request_id", request_id);
   if (out->kind == MOCK_ERROR) {
     log_line(s, version, id, out->status == 500 ? "500" : "503",
              out->latency_ms);
     json_object_set_new(body, "error", json_string("injected_fault"));
     json_object_set_new(body, "status", json_integer(out->status));
-    json_object_set_new(body, "message",
-                        json_string(out->status == 500
-                                        ? "internal error (injected fault)"
-                                        : "service unavailable (injected "
-                                          "fault)"));
+    json_object_set_new(
+        body, "message",
+        json_string(out->status == 500 ? "internal error (injected fault)"
+                                       : "service unavailable (injected "
+                                         "fault)"));
     json_object_set_new(body, "latency_ms", json_real(out->latency_ms));
     if (out->status == 503) {
       return respond_counted(s, version, conn, 503, body,
@@ -532,8 +537,7 @@ static enum MHD_Result verify(mock_server *s, int version,
     if (root) {
       snprintf(msg, sizeof msg, "the request body is not a JSON object");
     } else {
-      snprintf(msg, sizeof msg, "the request body is not JSON: %s",
-               jerr.text);
+      snprintf(msg, sizeof msg, "the request body is not JSON: %s", jerr.text);
     }
     json_decref(root);
     return respond_counted(s, version, conn, 400,
@@ -559,8 +563,8 @@ static enum MHD_Result verify(mock_server *s, int version,
     json_decref(root);
     return respond_counted(
         s, version, conn, 400,
-        error_body("bad_request", "request_id must be a string or null"),
-        NULL, NULL);
+        error_body("bad_request", "request_id must be a string or null"), NULL,
+        NULL);
   }
   int large = json_is_true(json_object_get(root, "large"));
   json_decref(root);
@@ -676,8 +680,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
   return route(s, conn, url, method, req);
 }
 
-static void on_completed(void *cls, struct MHD_Connection *conn,
-                         void **con_cls, enum MHD_RequestTerminationCode toe) {
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
   (void)cls;
   (void)conn;
   (void)toe;
@@ -693,9 +697,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 0)))
 #endif
-static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
+static void
+on_mhd_log(void *cls, const char *fmt, va_list ap) {
   const mock_server *s = cls;
-  if (s->cfg.verbose) {
+  /* A hang ends by returning MHD_NO, which MHD reports as an application
+   * error: that is the mock working, not news. */
+  if (s->cfg.verbose &&
+      strncmp(fmt, "Application reported internal error", 34) != 0) {
     fputs(MOCK_NAME ": libmicrohttpd: ", stderr);
     vfprintf(stderr, fmt, ap);
   }
@@ -704,54 +712,54 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
 /* ---- options ---------------------------------------------------------- */
 
 static void usage(FILE *f) {
-  fputs(
-      "Usage: " MOCK_NAME " [OPTION]...\n"
-      "A local mock of the VerifyMeNow identity-verification API, with\n"
-      "per-version fault injection that is deterministic for a seed.\n"
-      "\n"
-      "Listens on 127.0.0.1 only and prints 'listening on 127.0.0.1:PORT'\n"
-      "on stdout once ready. SIGINT/SIGTERM stop it (exit 0).\n"
-      "\n"
-      "Options (VALUE may also be given as --option=VALUE):\n"
-      "  --port N                 TCP port, 0 = any free port (default 0)\n"
-      "  --port-file PATH         also write the port to PATH\n"
-      "  --seed N                 seed of all draws, 0..2^64-1 (default 1)\n"
-      "  --hang-seconds S         longest a hanging request is held before\n"
-      "                           the connection is closed (default 60)\n"
-      "  --large-body-kb N        size in KiB of a 200 answer to a request\n"
-      "                           with \"large\": true (default 1024)\n"
-      "  --v1-error-rate R        share of v1 requests answered 500 or 503,\n"
-      "                           half each (0..1, default 0)\n"
-      "  --v1-hang-rate R         share of v1 requests that hang (0..1,\n"
-      "                           default 0); error + hang rate <= 1\n"
-      "  --v1-latency-ms MS       median v1 latency (default 0)\n"
-      "  --v1-latency-jitter-ms J spread of v1 latency (default 0): the\n"
-      "                           latency is log-normal with median MS and\n"
-      "                           sigma = ln(1 + J/MS), so one sigma above\n"
-      "                           the median is MS + J and one below is\n"
-      "                           MS*MS/(MS + J); J = 0 gives exactly MS\n"
-      "  --v2-error-rate R, --v2-hang-rate R, --v2-latency-ms MS,\n"
-      "  --v2-latency-jitter-ms J the same for v2\n"
-      "  --verbose                log each verify request on stderr\n"
-      "  -h, --help               show this help and exit\n"
-      "\n"
-      "Endpoints: POST /v1/verify and /v2/verify with a JSON object body\n"
-      "{\"request_id\": \"...\", \"document\": \"...\", \"subject\": "
-      "\"...\"};\n"
-      "GET /health; GET /stats (counts per version: requests, ok, errors,\n"
-      "hangs, bad_requests, client_gone, by_status). Anything else is 404.\n"
-      "\n"
-      "The outcome of a verify request (ok, 500/503, hang; its latency,\n"
-      "verified and score) is a pure function of (seed, version,\n"
-      "request_id): FNV-1a-64 of the version and request_id, mixed with the\n"
-      "seed by splitmix64. Requests without request_id use a per-version\n"
-      "counter instead, which depends on arrival order. Errors wait their\n"
-      "latency; hangs answer nothing and close when the client gives up,\n"
-      "after --hang-seconds, or when the mock stops.\n"
-      "\n"
-      "Exit status: 0 when stopped by a signal, 1 when it cannot listen,\n"
-      "2 for bad options.\n",
-      f);
+  fputs("Usage: " MOCK_NAME
+        " [OPTION]...\n"
+        "A local mock of the VerifyMeNow identity-verification API, with\n"
+        "per-version fault injection that is deterministic for a seed.\n"
+        "\n"
+        "Listens on 127.0.0.1 only and prints 'listening on 127.0.0.1:PORT'\n"
+        "on stdout once ready. SIGINT/SIGTERM stop it (exit 0).\n"
+        "\n"
+        "Options (VALUE may also be given as --option=VALUE):\n"
+        "  --port N                 TCP port, 0 = any free port (default 0)\n"
+        "  --port-file PATH         also write the port to PATH\n"
+        "  --seed N                 seed of all draws, 0..2^64-1 (default 1)\n"
+        "  --hang-seconds S         longest a hanging request is held before\n"
+        "                           the connection is closed (default 60)\n"
+        "  --large-body-kb N        size in KiB of a 200 answer to a request\n"
+        "                           with \"large\": true (default 1024)\n"
+        "  --v1-error-rate R        share of v1 requests answered 500 or 503,\n"
+        "                           half each (0..1, default 0)\n"
+        "  --v1-hang-rate R         share of v1 requests that hang (0..1,\n"
+        "                           default 0); error + hang rate <= 1\n"
+        "  --v1-latency-ms MS       median v1 latency (default 0)\n"
+        "  --v1-latency-jitter-ms J spread of v1 latency (default 0): the\n"
+        "                           latency is log-normal with median MS and\n"
+        "                           sigma = ln(1 + J/MS), so one sigma above\n"
+        "                           the median is MS + J and one below is\n"
+        "                           MS*MS/(MS + J); J = 0 gives exactly MS\n"
+        "  --v2-error-rate R, --v2-hang-rate R, --v2-latency-ms MS,\n"
+        "  --v2-latency-jitter-ms J the same for v2\n"
+        "  --verbose                log each verify request on stderr\n"
+        "  -h, --help               show this help and exit\n"
+        "\n"
+        "Endpoints: POST /v1/verify and /v2/verify with a JSON object body\n"
+        "{\"request_id\": \"...\", \"document\": \"...\", \"subject\": "
+        "\"...\"};\n"
+        "GET /health; GET /stats (counts per version: requests, ok, errors,\n"
+        "hangs, bad_requests, client_gone, by_status). Anything else is 404.\n"
+        "\n"
+        "The outcome of a verify request (ok, 500/503, hang; its latency,\n"
+        "verified and score) is a pure function of (seed, version,\n"
+        "request_id): FNV-1a-64 of the version and request_id, mixed with the\n"
+        "seed by splitmix64. Requests without request_id use a per-version\n"
+        "counter instead, which depends on arrival order. Errors wait their\n"
+        "latency; hangs answer nothing and close when the client gives up,\n"
+        "after --hang-seconds, or when the mock stops.\n"
+        "\n"
+        "Exit status: 0 when stopped by a signal, 1 when it cannot listen,\n"
+        "2 for bad options.\n",
+        f);
 }
 
 typedef enum opt_kind {
@@ -847,8 +855,7 @@ static int parse_value(const opt_spec *o, const char *value) {
       break;
     case OPT_SEED:
       if (parse_seed(value, o->dest)) {
-        return bad_option(o->name, value,
-                          "is not an unsigned 64-bit integer");
+        return bad_option(o->name, value, "is not an unsigned 64-bit integer");
       }
       return 0;
     case OPT_PATH:
@@ -938,9 +945,10 @@ static int parse_args(int argc, char **argv, mock_cfg *cfg) {
   for (int v = 0; v < 2; v++) {
     if (cfg->v[v].error_rate + cfg->v[v].hang_rate > 1.0) {
       fprintf(stderr,
-              MOCK_NAME ": options --v%d-error-rate and --v%d-hang-rate: "
-                        "their sum %g is over 1\n"
-                        "Try '" MOCK_NAME " --help'.\n",
+              MOCK_NAME
+              ": options --v%d-error-rate and --v%d-hang-rate: "
+              "their sum %g is over 1\n"
+              "Try '" MOCK_NAME " --help'.\n",
               v + 1, v + 1, cfg->v[v].error_rate + cfg->v[v].hang_rate);
       return 2;
     }

@@ -173,7 +173,7 @@ describe("precedence (DESIGN.md), one row each", function()
     assert.are.equal(0, d.rate_ppm)
     assert.are.equal("u1", d.subject)
     assert.are.equal("checkout", d.flag)
-    assert.are.equal("cv_sticky", d.workflow)
+    assert.are.equal("sticky", d.workflow)
     assert.are.equal("route", d.step)
     e:close()
   end)
@@ -559,20 +559,21 @@ describe("the every_nth strategy", function()
     function()
       local db = fresh_db()
       must(db, "set", "nth", "25%", "--reason", "every 4th")
-      local e = open(db)
+      -- One instance at a time, so decisions come in instance order.
+      local e = open(db, { concurrency = 1 })
       for k = 1, 10 do
         start(e, "nth", { k = k })
       end
       e:run()
       e:close()
       -- Reopened: the counter goes on from 10, not from 0.
-      e = open(db)
+      e = open(db, { concurrency = 1 })
       for k = 11, 22 do
         start(e, "nth", { k = k })
       end
       e:run()
       local rows = e:sql("SELECT version, reason FROM cv_decisions " ..
-        "ORDER BY rowid")
+        "ORDER BY instance_id")
       assert.are.equal(22, #rows)
       local got, want = {}, {}
       for n, r in ipairs(rows) do
@@ -625,7 +626,7 @@ describe("a recorded decision", function()
     -- A new instance of the same subject does follow the new rate.
     local i2, d2 = route(e, "sticky", { user_id = "u1" })
     expect(i2, d2, "v1", "rollout")
-    local c = e:sql("SELECT * FROM cv_counters WHERE workflow = 'cv_comeback'")
+    local c = e:sql("SELECT * FROM cv_counters WHERE workflow = 'comeback'")
     assert.are.equal(1, #c)
     assert.are.equal("v2", c[1].version)
     assert.are.equal(1, c[1].routed)
