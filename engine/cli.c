@@ -219,6 +219,17 @@ static int parse_globals(cli *c, int argc, char **argv) {
   return 0;
 }
 
+/* Commands that only read or change existing instances must not leave an
+ * empty database behind a mistyped --db. */
+static int need_db(const cli *c) {
+  struct stat sb;
+  if (strcmp(c->o.db_path, ":memory:") == 0 || stat(c->o.db_path, &sb) == 0) {
+    return 0;
+  }
+  fprintf(stderr, "switchyard: no database at %s (--db)\n", c->o.db_path);
+  return EXIT_USAGE;
+}
+
 static int open_engine(cli *c, sy_engine **e) {
   char err[1024];
   int rc = sy_engine_open(e, &c->o, err, sizeof err);
@@ -288,11 +299,12 @@ static char *build_vars(const var_arg *vars, int nvars, long long n,
   json_t *obj = json_object();
   char *text;
   for (int i = 0; i < nvars; i++) {
-    char key[256];
+    char *key = strndup(vars[i].key, vars[i].keylen);
     char *val = expand(vars[i].value, n);
     json_t *j;
-    snprintf(key, sizeof key, "%.*s", (int)vars[i].keylen, vars[i].key);
-    if (!val) {
+    if (!val || !key) {
+      free(key);
+      free(val);
       json_decref(obj);
       snprintf(err, errlen, "out of memory");
       return NULL;
@@ -301,29 +313,46 @@ static char *build_vars(const var_arg *vars, int nvars, long long n,
       json_error_t je;
       j = json_loads(val, JSON_DECODE_ANY, &je);
       if (!j) {
-        snprintf(err, errlen, "--var %s:=%s: invalid JSON: %s", key, val,
-                 je.text);
+        snprintf(err, errlen, "--var %.100s:=%.100s: invalid JSON: %s", key,
+                 val, je.text);
+        free(key);
         free(val);
         json_decref(obj);
         return NULL;
       }
     } else if (!(j = json_string(val))) {
-      snprintf(err, errlen, "--var %s: value is not valid UTF-8", key);
+      snprintf(err, errlen, "--var %.100s: value is not valid UTF-8", key);
+      free(key);
       free(val);
       json_decref(obj);
       return NULL;
     }
     free(val);
-    json_object_set_new(obj, key, j);
+    if (!json_is_null(j) && json_object_set_new(obj, key, j)) {
+      snprintf(err, errlen, "--var %.100s: key is not valid UTF-8", key);
+      free(key);
+      json_decref(obj);
+      return NULL;
+    }
+    if (json_is_null(j)) {
+      json_decref(j); /* null: the var is absent, as in Lua */
+    }
+    free(key);
   }
   text = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
   json_decref(obj);
+  /* The same checks as any other vars (depth, shape). */
+  if (text && sy_vars_check(text, err, errlen)) {
+    free(text);
+    return NULL;
+  }
   return text;
 }
 
 static int start_from(sy_engine *e, const sy_workflow *wf, const char *file,
                       long long *count) {
   FILE *f = strcmp(file, "-") == 0 ? stdin : fopen(file, "r");
+  struct stat sb;
   char *line = NULL;
   size_t cap = 0;
   ssize_t len;
@@ -331,6 +360,13 @@ static int start_from(sy_engine *e, const sy_workflow *wf, const char *file,
   int rc = 0;
   if (!f) {
     fprintf(stderr, "switchyard: --from %s: %s\n", file, strerror(errno));
+    return EXIT_USAGE;
+  }
+  if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    fprintf(stderr, "switchyard: --from %s: is a directory\n", file);
+    if (f != stdin) {
+      fclose(f);
+    }
     return EXIT_USAGE;
   }
   while ((len = getline(&line, &cap, f)) >= 0) {
@@ -354,6 +390,10 @@ static int start_from(sy_engine *e, const sy_workflow *wf, const char *file,
       break;
     }
     (*count)++;
+  }
+  if (!rc && ferror(f)) {
+    fprintf(stderr, "switchyard: --from %s: %s\n", file, strerror(errno));
+    rc = EXIT_USAGE;
   }
   free(line);
   if (f != stdin) {
@@ -431,17 +471,23 @@ static int cmd_start(cli *c) {
     free(vars);
     return rc;
   }
+  /* One transaction, the definition included: either every instance
+   * starts, or nothing is written. */
+  if (sy_store_begin(sy_engine_store(e))) {
+    rc = fail(e, SY_ESTORE);
+    sy_engine_close(e);
+    free(vars);
+    return rc;
+  }
   if (sy_engine_load_workflow(e, name, &wf, &diag)) {
     fprintf(stderr, "switchyard: %s\n", diag.error);
+    sy_store_rollback(sy_engine_store(e));
     sy_engine_close(e);
     free(vars);
     return EXIT_USAGE;
   }
   fputs(diag.warnings, stderr);
-  /* One transaction: either every instance starts, or none does. */
-  if (sy_store_begin(sy_engine_store(e))) {
-    rc = fail(e, SY_ESTORE);
-  } else if (from) {
+  if (from) {
     rc = start_from(e, wf, from, &started);
   } else {
     for (long long n = 1; n <= count && !rc; n++) {
@@ -855,19 +901,19 @@ int main(int argc, char **argv) {
     return cmd_check(&c);
   }
   if (strcmp(cmd, "instances") == 0) {
-    return cmd_instances(&c);
+    return need_db(&c) ? EXIT_USAGE : cmd_instances(&c);
   }
   if (strcmp(cmd, "show") == 0) {
-    return cmd_show(&c);
+    return need_db(&c) ? EXIT_USAGE : cmd_show(&c);
   }
   if (strcmp(cmd, "incidents") == 0) {
-    return cmd_incidents(&c);
+    return need_db(&c) ? EXIT_USAGE : cmd_incidents(&c);
   }
   if (strcmp(cmd, "retry") == 0) {
-    return cmd_retry_cancel(&c, 0);
+    return need_db(&c) ? EXIT_USAGE : cmd_retry_cancel(&c, 0);
   }
   if (strcmp(cmd, "cancel") == 0) {
-    return cmd_retry_cancel(&c, 1);
+    return need_db(&c) ? EXIT_USAGE : cmd_retry_cancel(&c, 1);
   }
   if (strcmp(cmd, "lua") == 0) {
     return sy_testlua_main(c.argc, c.argv, &c.o);
@@ -875,6 +921,15 @@ int main(int argc, char **argv) {
 plugin : {
   sy_engine *e;
   const sy_command_entry *pc;
+  struct stat sb;
+  int exists = strcmp(c.o.db_path, ":memory:") == 0 ||
+               stat(c.o.db_path, &sb) == 0;
+  const char *db_path = c.o.db_path;
+  /* Without a database, find the command on a throwaway one first: it
+   * says whether this use of it may create the real one. */
+  if (!exists) {
+    c.o.db_path = ":memory:";
+  }
   if ((rc = open_engine(&c, &e))) {
     return rc;
   }
@@ -884,6 +939,23 @@ plugin : {
     usage(stderr, e);
     sy_engine_close(e);
     return EXIT_USAGE;
+  }
+  if (!exists && !c.help) {
+    int may_create = 0;
+    for (const char *const *s = pc->cmd->creates; s && *s; s++) {
+      may_create |= strcmp(*s, "*") == 0 ||
+                    (c.argc > 1 && strcmp(*s, c.argv[1]) == 0);
+    }
+    sy_engine_close(e);
+    c.o.db_path = db_path;
+    if (!may_create) {
+      fprintf(stderr, "switchyard: no database at %s (--db)\n", db_path);
+      return EXIT_USAGE;
+    }
+    if ((rc = open_engine(&c, &e))) {
+      return rc;
+    }
+    pc = sy_plugins_command(sy_engine_plugins(e), cmd);
   }
   if (c.json) {
     /* parse_globals took --json out; the command reads it itself. There is

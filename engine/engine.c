@@ -16,6 +16,7 @@
 
 #define BATCH 512        /* step executions per loop turn at most */
 #define POLL_MS 200      /* how often to look for work other processes add */
+#define LEASE_MS 30000   /* how long a claim holds without renewal */
 #define CONTAINER_OF(ptr, type, field) \
   ((type *)((char *)(ptr) - offsetof(type, field)))
 
@@ -96,6 +97,9 @@ struct sy_engine {
   int maybe_work; /* the database may hold claimable instances */
   int fatal;
   uint64_t rng;
+  char id[40];   /* this engine, as owner of its leases */
+  char host[256];
+  uv_timer_t lease_timer;
   sy_run_stats stats;
   char errmsg[1024];
 };
@@ -511,6 +515,20 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
   }
   e->o = *o;
   e->rng = o->seed ? o->seed : 1;
+  {
+    /* A fresh identity per engine process: leases name their owner. */
+    unsigned char raw[8];
+    size_t hl = sizeof e->host;
+    if (uv_random(NULL, NULL, raw, sizeof raw, 0, NULL)) {
+      memset(raw, 0, sizeof raw);
+    }
+    snprintf(e->id, sizeof e->id, "%d-%02x%02x%02x%02x%02x%02x%02x%02x",
+             (int)uv_os_getpid(), raw[0], raw[1], raw[2], raw[3], raw[4],
+             raw[5], raw[6], raw[7]);
+    if (uv_os_gethostname(e->host, &hl)) {
+      snprintf(e->host, sizeof e->host, "localhost");
+    }
+  }
   init_api(&e->api);
   if ((rc = uv_loop_init(&e->loop))) {
     snprintf(err, errlen, "event loop: %s", uv_strerror(rc));
@@ -658,7 +676,8 @@ static int claim_cb(void *ud, const sy_instance_row *row) {
                             .state = SY_STATE_INCIDENT,
                             .step = row->step,
                             .attempt = row->attempt,
-                            .now = sy_now_ms()};
+                            .now = sy_now_ms(),
+                            .owner = e->id};
     if (sy_store_update_instance(e->store, &u) ||
         sy_store_insert_incident(e->store, row->id,
                                  row->step ? row->step : "?", e->errmsg,
@@ -747,7 +766,8 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
   sy_engine *e = in->e;
   sy_store *st = e->store;
   int64_t now = sy_now_ms();
-  sy_instance_update u = {.id = in->id, .attempt = in->attempt, .now = now};
+  sy_instance_update u = {
+      .id = in->id, .attempt = in->attempt, .now = now, .owner = e->id};
   const char *outcome = "ok";
   int rc;
   if (e->fatal) {
@@ -779,7 +799,13 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
       u.step = in->step->name;
       u.wake_at = due;
       u.wait_seq = r->sleep_seq;
-      if ((rc = sy_store_update_instance(st, &u))) {
+      if ((rc = sy_store_update_instance(st, &u)) == SY_ESTATE) {
+        fprintf(stderr, "switchyard: dropping instance %lld: %s\n",
+                (long long)in->id, sy_store_errmsg(st));
+        inst_free(in);
+        return;
+      }
+      if (rc) {
         fatal(e, rc);
         return;
       }
@@ -797,10 +823,43 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
   } else if (r->status == SY_TASK_ERROR) {
     outcome = "error";
   }
-  if ((rc = sy_store_insert_step_run(st, in->id, in->step->name, in->attempt,
-                                     in->step_started, now, outcome,
-                                     r->status == SY_TASK_ERROR ? r->error
-                                                                : NULL))) {
+  /* Where the instance goes: its next step, the end, a retry, or an
+   * incident. Vars are saved only when the step succeeded. */
+  u.step = in->step->name;
+  if (r->status == SY_TASK_DONE) {
+    u.vars = r->vars_json;
+    if (r->next) {
+      u.state = SY_STATE_RUNNING;
+      u.step = r->next;
+      u.attempt = 1;
+    } else {
+      u.state = SY_STATE_COMPLETED;
+      u.step = NULL;
+      u.ended = 1;
+    }
+  } else if (in->attempt <= in->step->retries) {
+    u.state = SY_STATE_WAITING;
+    u.attempt = in->attempt + 1;
+    u.wake_at = now + backoff_ms(in->step, in->attempt);
+    if (u.wake_at <= now) {
+      u.wake_at = now + 1; /* strictly later: 'waiting' needs a due time */
+    }
+  } else {
+    u.state = SY_STATE_INCIDENT;
+  }
+  /* The instance row first: the update is fenced by owner, and an engine
+   * that lost its lease (another took the instance over) records nothing. */
+  rc = sy_store_update_instance(st, &u);
+  if (rc == SY_ESTATE) {
+    fprintf(stderr, "switchyard: dropping instance %lld: %s\n",
+            (long long)in->id, sy_store_errmsg(st));
+    free(r->vars_json);
+    inst_free(in);
+    return;
+  }
+  if (rc || (rc = sy_store_insert_step_run(
+                 st, in->id, in->step->name, in->attempt, in->step_started,
+                 now, outcome, r->status == SY_TASK_ERROR ? r->error : NULL))) {
     free(r->vars_json);
     fatal(e, rc);
     return;
@@ -808,59 +867,27 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
   if (r->status == SY_TASK_DONE) {
     free(in->vars);
     in->vars = r->vars_json;
-    u.vars = in->vars;
     if (r->next) {
       in->step = sy_workflow_step(in->wf, r->next);
       in->attempt = 1;
       in->recorded_seq = 0;
-      u.state = SY_STATE_RUNNING;
-      u.step = in->step->name;
-      u.attempt = 1;
-      if ((rc = sy_store_update_instance(st, &u))) {
-        fatal(e, rc);
-        return;
-      }
       commit_queue_push(e, in);
-      return;
-    }
-    u.state = SY_STATE_COMPLETED;
-    u.ended = 1;
-    if ((rc = sy_store_update_instance(st, &u))) {
-      fatal(e, rc);
       return;
     }
     e->stats.completed++;
     emit(in, SY_EVENT_COMPLETED, now);
-    inst_free(in);
-    return;
-  }
-  /* An error: vars go back to their last committed state. */
-  u.step = in->step->name;
-  if (in->attempt <= in->step->retries) {
-    u.state = SY_STATE_WAITING;
-    u.attempt = in->attempt + 1;
-    u.wake_at = now + backoff_ms(in->step, in->attempt);
-    if (u.wake_at <= now) {
-      u.wake_at = now + 1; /* strictly later: 'waiting' needs a due time */
-    }
+  } else if (strcmp(u.state, SY_STATE_WAITING) == 0) {
     e->stats.retries++;
-    if ((rc = sy_store_update_instance(st, &u))) {
+    e->maybe_work = 1;
+  } else {
+    if ((rc = sy_store_insert_incident(st, in->id, in->step->name, r->error,
+                                       now))) {
       fatal(e, rc);
       return;
     }
-    e->maybe_work = 1;
-    inst_free(in);
-    return;
+    e->stats.incidents++;
+    emit(in, SY_EVENT_INCIDENT, now);
   }
-  u.state = SY_STATE_INCIDENT;
-  if ((rc = sy_store_update_instance(st, &u)) ||
-      (rc = sy_store_insert_incident(st, in->id, in->step->name, r->error,
-                                     now))) {
-    fatal(e, rc);
-    return;
-  }
-  e->stats.incidents++;
-  emit(in, SY_EVENT_INCIDENT, now);
   inst_free(in);
 }
 
@@ -961,6 +988,7 @@ static void close_handles(sy_engine *e) {
   uv_close((uv_handle_t *)&e->check, close_cb);
   uv_close((uv_handle_t *)&e->wake_timer, close_cb);
   uv_close((uv_handle_t *)&e->poll_timer, close_cb);
+  uv_close((uv_handle_t *)&e->lease_timer, close_cb);
   uv_close((uv_handle_t *)&e->sigint, close_cb);
   uv_close((uv_handle_t *)&e->sigterm, close_cb);
 }
@@ -987,7 +1015,9 @@ static void claim(sy_engine *e) {
   if (want <= 0 || e->stopping || !e->maybe_work) {
     return;
   }
-  if ((rc = sy_store_claim(e->store, sy_now_ms(), want, claim_cb, e))) {
+  int64_t now = sy_now_ms();
+  if ((rc = sy_store_claim(e->store, e->id, now + LEASE_MS, now, want,
+                           claim_cb, e))) {
     fatal(e, rc);
     return;
   }
@@ -1061,10 +1091,11 @@ static void wind_down(sy_engine *e) {
   e->runq_head = e->runq_tail = NULL;
   e->commitq_head = e->commitq_tail = NULL;
   if (!e->fatal) {
-    /* Our instances go back to ready (or waiting, if asleep), at once
-     * rather than at the next start, so other commands see the truth. */
+    /* Our instances go back to ready (or waiting, if asleep) at once,
+     * rather than when our leases expire. */
     if (sy_store_begin(e->store) ||
-        sy_store_recover(e->store, sy_now_ms(), &n) ||
+        sy_store_release(e->store, e->id, sy_now_ms(), &n) ||
+        sy_store_engine_delete(e->store, e->id) ||
         sy_store_commit(e->store)) {
       fatal(e, SY_ESTORE);
     }
@@ -1104,16 +1135,48 @@ static void check_cb(uv_check_t *h) {
   }
 }
 
-int sy_engine_run(sy_engine *e, int until_idle) {
+/* An engine on this host whose process is gone: release what it held now
+ * instead of when its leases expire (a restart after kill -9). */
+static int reap_dead(void *ud, const char *id, int64_t pid) {
+  sy_engine *e = ud;
   int64_t n;
+  int rc;
+  if (strcmp(id, e->id) == 0 || pid <= 0 ||
+      uv_kill((int)pid, 0) != UV_ESRCH) {
+    return 0;
+  }
+  if ((rc = sy_store_release(e->store, id, sy_now_ms(), &n)) ||
+      (rc = sy_store_engine_delete(e->store, id))) {
+    return rc;
+  }
+  return 0;
+}
+
+static void lease_cb(uv_timer_t *t) {
+  sy_engine *e = t->data;
+  int64_t now = sy_now_ms();
+  int rc;
+  if ((rc = sy_store_begin(e->store)) ||
+      (rc = sy_store_renew(e->store, e->id, now + LEASE_MS, now))) {
+    fatal(e, rc);
+    return;
+  }
+  uv_idle_start(&e->idle, idle_cb); /* committed in this turn's check */
+}
+
+int sy_engine_run(sy_engine *e, int until_idle) {
   int rc;
   e->until_idle = until_idle;
   e->stopping = 0;
   e->maybe_work = 1;
-  /* Recovery: instances a dead engine held become runnable again. */
+  /* Recovery: register, and take back at once what dead engines on this
+   * host held; other engines' work is claimed when their leases expire. */
   if ((rc = sy_store_begin(e->store)) ||
-      (rc = sy_store_recover(e->store, sy_now_ms(), &n)) ||
+      (rc = sy_store_engine_register(e->store, e->id, e->host,
+                                     uv_os_getpid(), sy_now_ms())) ||
+      (rc = sy_store_engines_on_host(e->store, e->host, reap_dead, e)) ||
       (rc = sy_store_commit(e->store))) {
+    sy_store_rollback(e->store);
     return set_error(e, rc, "recovery: %s", sy_store_errmsg(e->store));
   }
   uv_idle_init(&e->loop, &e->idle);
@@ -1122,13 +1185,15 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   uv_timer_init(&e->loop, &e->poll_timer);
   uv_signal_init(&e->loop, &e->sigint);
   uv_signal_init(&e->loop, &e->sigterm);
+  uv_timer_init(&e->loop, &e->lease_timer);
   e->idle.data = e->check.data = e->wake_timer.data = e->poll_timer.data =
-      e->sigint.data = e->sigterm.data = e;
+      e->sigint.data = e->sigterm.data = e->lease_timer.data = e;
   e->handles_init = 1;
   uv_signal_start(&e->sigint, signal_cb, SIGINT);
   uv_signal_start(&e->sigterm, signal_cb, SIGTERM);
   uv_check_start(&e->check, check_cb);
   uv_timer_start(&e->poll_timer, poll_cb, POLL_MS, POLL_MS);
+  uv_timer_start(&e->lease_timer, lease_cb, LEASE_MS / 3, LEASE_MS / 3);
   uv_idle_start(&e->idle, idle_cb);
   uv_run(&e->loop, UV_RUN_DEFAULT);
   /* Abandoned plugin calls may still be completing: let them. */

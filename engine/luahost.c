@@ -332,6 +332,29 @@ static int push_json_text(lua_State *L, const char *text, int want_object,
   return 0;
 }
 
+static int json_depth(json_t *j) {
+  int d = 0;
+  if (json_is_object(j)) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(j, k, v) {
+      int c = json_depth(v);
+      d = c > d ? c : d;
+    }
+    return d + 1;
+  }
+  if (json_is_array(j)) {
+    size_t i;
+    json_t *v;
+    json_array_foreach(j, i, v) {
+      int c = json_depth(v);
+      d = c > d ? c : d;
+    }
+    return d + 1;
+  }
+  return 0;
+}
+
 int sy_vars_check(const char *text, char *err, size_t errlen) {
   json_error_t je;
   json_t *j = json_loads(text, 0, &je);
@@ -342,6 +365,13 @@ int sy_vars_check(const char *text, char *err, size_t errlen) {
   }
   if (!json_is_object(j)) {
     snprintf(err, errlen, "vars must be a JSON object");
+    json_decref(j);
+    return SY_EINVAL;
+  }
+  /* What a step could never store again must not get in either. */
+  if (json_depth(j) > JSON_MAX_DEPTH) {
+    snprintf(err, errlen, "vars are nested more than %d levels",
+             JSON_MAX_DEPTH);
     json_decref(j);
     return SY_EINVAL;
   }

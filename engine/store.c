@@ -31,10 +31,22 @@ static const char *const migrations[] = {
     "  vars TEXT NOT NULL,"
     "  wake_at INTEGER,"
     "  wait_seq INTEGER,"
+    /* The engine running it, and until when its claim holds. */
+    "  owner TEXT,"
+    "  lease_until INTEGER,"
     "  created_at INTEGER NOT NULL,"
     "  updated_at INTEGER NOT NULL,"
     "  ended_at INTEGER);"
     "CREATE INDEX instances_runnable ON instances(state, wake_at);"
+    "CREATE INDEX instances_owner ON instances(owner) WHERE owner IS NOT NULL;"
+    /* Engines running on this database, so that one started after a crash
+     * takes over at once what a dead engine on the same host held. */
+    "CREATE TABLE engines("
+    "  id TEXT PRIMARY KEY,"
+    "  host TEXT NOT NULL,"
+    "  pid INTEGER NOT NULL,"
+    "  started_at INTEGER NOT NULL,"
+    "  heartbeat_at INTEGER NOT NULL);"
     "CREATE TABLE step_runs("
     "  id INTEGER PRIMARY KEY,"
     "  instance_id INTEGER NOT NULL,"
@@ -70,9 +82,15 @@ enum {
   Q_INSERT_INSTANCE,
   Q_CLAIM_READY,
   Q_CLAIM_DUE,
+  Q_CLAIM_EXPIRED,
+  Q_RENEW,
+  Q_RELEASE,
+  Q_ENGINE_REGISTER,
+  Q_ENGINE_HEARTBEAT,
+  Q_ENGINE_DELETE,
+  Q_ENGINES_ON_HOST,
   Q_NEXT_WAKE,
   Q_COUNT_ACTIVE,
-  Q_RECOVER,
   Q_UPDATE_INSTANCE,
   Q_INSERT_STEP_RUN,
   Q_INSERT_INCIDENT,
@@ -99,26 +117,43 @@ static const char *const sql_text[Q__COUNT] = {
     /* RETURNING makes every change during the first step, so the caller
      * may write while it reads the claimed rows. The scans follow the
      * instances_runnable index: due rows by wake_at, ready rows by id. */
-    [Q_CLAIM_DUE] = "UPDATE instances SET state = 'running', updated_at = ?1 "
-                    "WHERE id IN (SELECT id FROM instances "
-                    "WHERE state = 'waiting' AND wake_at <= ?1 LIMIT ?2) "
-                    "RETURNING " INSTANCE_COLS,
-    [Q_CLAIM_READY] = "UPDATE instances SET state = 'running', updated_at = ?1 "
-                      "WHERE id IN (SELECT id FROM instances "
-                      "WHERE state = 'ready' LIMIT ?2) "
-                      "RETURNING " INSTANCE_COLS,
+#define CLAIM(cond)                                                      \
+  "UPDATE instances SET state = 'running', owner = ?3, lease_until = ?4, " \
+  "updated_at = ?1 WHERE id IN (SELECT id FROM instances WHERE " cond      \
+  " LIMIT ?2) RETURNING " INSTANCE_COLS
+    [Q_CLAIM_DUE] = CLAIM("state = 'waiting' AND wake_at <= ?1"),
+    [Q_CLAIM_READY] = CLAIM("state = 'ready'"),
+    /* An engine that stopped renewing its leases is gone: take over. */
+    [Q_CLAIM_EXPIRED] = CLAIM("state = 'running' AND lease_until < ?1"),
+    [Q_RENEW] = "UPDATE instances SET lease_until = ?2 WHERE owner = ?1",
+    /* What an engine held goes back: due again at its recorded wake-up if
+     * it was asleep, at once otherwise. */
+    [Q_RELEASE] =
+        "UPDATE instances SET state = CASE WHEN wake_at > ?2 THEN 'waiting' "
+        "ELSE 'ready' END, owner = NULL, lease_until = NULL, updated_at = ?2 "
+        "WHERE owner = ?1",
+    [Q_ENGINE_REGISTER] =
+        "INSERT OR REPLACE INTO engines(id, host, pid, started_at, "
+        "heartbeat_at) VALUES(?1, ?2, ?3, ?4, ?4)",
+    [Q_ENGINE_HEARTBEAT] =
+        "UPDATE engines SET heartbeat_at = ?2 WHERE id = ?1",
+    [Q_ENGINE_DELETE] = "DELETE FROM engines WHERE id = ?1",
+    [Q_ENGINES_ON_HOST] = "SELECT id, pid FROM engines WHERE host = ?1",
     [Q_NEXT_WAKE] =
         "SELECT min(wake_at) FROM instances WHERE state = 'waiting'",
     [Q_COUNT_ACTIVE] =
         "SELECT count(*) FROM instances "
         "WHERE state IN ('ready', 'running', 'waiting')",
-    [Q_RECOVER] =
-        "UPDATE instances SET state = CASE WHEN wake_at > ?1 THEN 'waiting' "
-        "ELSE 'ready' END, updated_at = ?1 WHERE state = 'running'",
+    /* Fenced by owner: an engine whose lease was taken over changes
+     * nothing (NULL owner for commands on instances no engine holds). An
+     * instance leaving 'running' is no one's any more. */
     [Q_UPDATE_INSTANCE] =
         "UPDATE instances SET state = ?2, step = ?3, attempt = ?4, "
         "vars = coalesce(?5, vars), wake_at = ?6, wait_seq = ?7, "
-        "updated_at = ?8, ended_at = ?9 WHERE id = ?1",
+        "updated_at = ?8, ended_at = ?9, "
+        "owner = CASE WHEN ?2 = 'running' THEN owner END, "
+        "lease_until = CASE WHEN ?2 = 'running' THEN lease_until END "
+        "WHERE id = ?1 AND owner IS ?10",
     [Q_INSERT_STEP_RUN] =
         "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
         "ended_at, outcome, error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -494,28 +529,118 @@ static int each_instance(sy_store *st, sqlite3_stmt *s, sy_instance_cb cb,
   return rc;
 }
 
-int sy_store_claim(sy_store *st, int64_t now, int limit, sy_instance_cb cb,
-                   void *ud) {
-  sqlite3_stmt *s;
+int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
+                   int64_t now, int limit, sy_instance_cb cb, void *ud) {
+  /* Due retries and interrupted sleeps first: they have waited already;
+   * then work abandoned by dead engines; then new instances. */
+  static const int order[] = {Q_CLAIM_DUE, Q_CLAIM_EXPIRED, Q_CLAIM_READY};
   int rc, got = 0;
   if ((rc = sy_store_begin(st))) {
     return rc;
   }
-  /* Due retries and interrupted sleeps first: they have waited already. */
-  if (!(s = stmt(st, Q_CLAIM_DUE))) {
+  for (int i = 0; i < 3 && got < limit; i++) {
+    sqlite3_stmt *s = stmt(st, order[i]);
+    int n = 0;
+    if (!s) {
+      return SY_ESTORE;
+    }
+    sqlite3_bind_int64(s, 1, now);
+    sqlite3_bind_int(s, 2, limit - got);
+    sqlite3_bind_text(s, 3, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, lease_until);
+    if ((rc = each_instance(st, s, cb, ud, &n))) {
+      return rc;
+    }
+    got += n;
+  }
+  return 0;
+}
+
+int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
+                   int64_t now) {
+  sqlite3_stmt *s = stmt(st, Q_RENEW), *h = stmt(st, Q_ENGINE_HEARTBEAT);
+  int rc;
+  if (!s || !h) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, now);
-  sqlite3_bind_int(s, 2, limit);
-  if ((rc = each_instance(st, s, cb, ud, &got)) || got >= limit) {
+  sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, lease_until);
+  if ((rc = exec_stmt(st, s, "renew leases"))) {
     return rc;
   }
-  if (!(s = stmt(st, Q_CLAIM_READY))) {
+  sqlite3_bind_text(h, 1, owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(h, 2, now);
+  return exec_stmt(st, h, "heartbeat");
+}
+
+int sy_store_release(sy_store *st, const char *owner, int64_t now,
+                     int64_t *n) {
+  sqlite3_stmt *s = stmt(st, Q_RELEASE);
+  int rc;
+  if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, now);
-  sqlite3_bind_int(s, 2, limit - got);
-  return each_instance(st, s, cb, ud, NULL);
+  sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, now);
+  if ((rc = exec_stmt(st, s, "release instances"))) {
+    return rc;
+  }
+  if (n) {
+    *n = sqlite3_changes(st->db);
+  }
+  return 0;
+}
+
+int sy_store_engine_register(sy_store *st, const char *id, const char *host,
+                             int64_t pid, int64_t now) {
+  sqlite3_stmt *s = stmt(st, Q_ENGINE_REGISTER);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, host, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 3, pid);
+  sqlite3_bind_int64(s, 4, now);
+  return exec_stmt(st, s, "register engine");
+}
+
+int sy_store_engine_delete(sy_store *st, const char *id) {
+  sqlite3_stmt *s = stmt(st, Q_ENGINE_DELETE);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+  return exec_stmt(st, s, "unregister engine");
+}
+
+int sy_store_engines_on_host(sy_store *st, const char *host, sy_engine_cb cb,
+                             void *ud) {
+  sqlite3_stmt *s = stmt(st, Q_ENGINES_ON_HOST);
+  char ids[64][64];
+  int64_t pids[64];
+  int n = 0, rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  /* Copied out first: the callback writes to the table being read. */
+  sqlite3_bind_text(s, 1, host, -1, SQLITE_STATIC);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW && n < 64) {
+    snprintf(ids[n], sizeof ids[n], "%s", sqlite3_column_text(s, 0));
+    pids[n++] = sqlite3_column_int64(s, 1);
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    rc = db_error(st, "list engines");
+    sqlite3_reset(s);
+    return rc;
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  for (int i = 0; i < n; i++) {
+    if ((rc = cb(ud, ids[i], pids[i]))) {
+      return rc;
+    }
+  }
+  return 0;
 }
 
 static int single_int(sy_store *st, int q, int64_t *out, const char *what) {
@@ -543,22 +668,9 @@ int sy_store_count_active(sy_store *st, int64_t *n) {
   return single_int(st, Q_COUNT_ACTIVE, n, "count active instances");
 }
 
-int sy_store_recover(sy_store *st, int64_t now, int64_t *n) {
-  sqlite3_stmt *s = stmt(st, Q_RECOVER);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_int64(s, 1, now);
-  if ((rc = exec_stmt(st, s, "recover instances"))) {
-    return rc;
-  }
-  *n = sqlite3_changes(st->db);
-  return 0;
-}
-
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   sqlite3_stmt *s = stmt(st, Q_UPDATE_INSTANCE);
+  int rc;
   if (!s) {
     return SY_ESTORE;
   }
@@ -571,7 +683,16 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   bind_opt_int(s, 7, u->wait_seq);
   sqlite3_bind_int64(s, 8, u->now);
   bind_opt_int(s, 9, u->ended ? u->now : 0);
-  return exec_stmt(st, s, "update instance");
+  bind_text(s, 10, u->owner);
+  if ((rc = exec_stmt(st, s, "update instance"))) {
+    return rc;
+  }
+  if (sqlite3_changes(st->db) == 0) {
+    return sy_store_set_error(st, SY_ESTATE,
+                              "instance %lld is no longer held by %s",
+                              (long long)u->id, u->owner ? u->owner : "nobody");
+  }
+  return 0;
 }
 
 int sy_store_insert_step_run(sy_store *st, int64_t instance_id,

@@ -104,18 +104,28 @@ int sy_store_insert_instance(sy_store *st, const char *workflow,
                              const char *def_hash, const char *step,
                              const char *vars, int64_t now, int64_t *id);
 
-/* Claims up to `limit` runnable instances (ready, or waiting and due) by
- * marking them running, calling cb for each, in id order. */
-int sy_store_claim(sy_store *st, int64_t now, int limit, sy_instance_cb cb,
-                   void *ud);
+/* Claims up to `limit` runnable instances for engine `owner` until
+ * lease_until: waiting ones that are due, running ones whose lease expired
+ * (their engine is gone), then ready ones; cb sees each. */
+int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
+                   int64_t now, int limit, sy_instance_cb cb, void *ud);
+/* Extends the leases of everything owner holds; records its heartbeat. */
+int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
+                   int64_t now);
+/* Gives back everything owner holds: ready again, or waiting for its
+ * recorded wake-up when it was asleep. */
+int sy_store_release(sy_store *st, const char *owner, int64_t now,
+                     int64_t *n);
+int sy_store_engine_register(sy_store *st, const char *id, const char *host,
+                             int64_t pid, int64_t now);
+int sy_store_engine_delete(sy_store *st, const char *id);
+typedef int (*sy_engine_cb)(void *ud, const char *id, int64_t pid);
+int sy_store_engines_on_host(sy_store *st, const char *host, sy_engine_cb cb,
+                             void *ud);
 /* Earliest wake_at among waiting instances, 0 when none. */
 int sy_store_next_wake(sy_store *st, int64_t *wake_at);
 /* Instances neither ended nor in an incident (ready, running, waiting). */
 int sy_store_count_active(sy_store *st, int64_t *n);
-/* Start-up recovery: instances left `running` by a dead engine become ready
- * again (or waiting, when they were sleeping and are not yet due). */
-int sy_store_recover(sy_store *st, int64_t now, int64_t *n);
-
 /* The single write of an instance transition. step NULL ends it. */
 typedef struct sy_instance_update {
   int64_t id;
@@ -127,6 +137,7 @@ typedef struct sy_instance_update {
   int wait_seq;     /* 0 for none */
   int64_t now;
   int ended;
+  const char *owner; /* the engine holding it; NULL for commands */
 } sy_instance_update;
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u);
 

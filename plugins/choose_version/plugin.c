@@ -297,10 +297,13 @@ static const sy_node_type nodes[] = {
 static const sy_ctx_fn ctx_fns[] = {{.name = "version", .call = fn_version},
                                     {0}};
 
+static const char *const rollout_creates[] = {"set", NULL};
+
 static const sy_command commands[] = {
     {.name = "rollout",
      .summary = "set, inspect and audit canary rollouts (see rollout --help)",
-     .run = cv_cmd_rollout},
+     .run = cv_cmd_rollout,
+     .creates = rollout_creates},
     {.name = "report",
      .summary = "compare v1 and v2 of a flag: incident rates, confidence, "
                 "latency, ramp steps",

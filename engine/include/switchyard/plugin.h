@@ -152,6 +152,10 @@ typedef struct sy_command {
   const char *name;
   const char *summary;
   int (*run)(void *plugin, int argc, char **argv);
+  /* Subcommands (argv[1]) that may create the database when it does not
+   * exist, NULL-terminated; "*" for any. With NULL, the command needs an
+   * existing database and the engine says so rather than creating one. */
+  const char *const *creates;
 } sy_command;
 
 typedef struct sy_plugin_def {
