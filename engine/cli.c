@@ -43,6 +43,7 @@ static const char usage_text[] =
     "  check WORKFLOW      load and validate a workflow file\n"
     "  instances [--state S] [--workflow W] [--json]\n"
     "  show ID [--json]    an instance and its step history\n"
+    "  status [--json]     instances per workflow and state\n"
     "  incidents [--all] [--json]\n"
     "  retry ID            continue an incident's instance at its step\n"
     "  cancel ID           cancel an instance that is not running\n"
@@ -841,6 +842,83 @@ static int cmd_incidents(cli *c) {
   return rc ? 1 : 0;
 }
 
+typedef struct status_ctx {
+  json_t *j;
+  int64_t totals[6];
+} status_ctx;
+
+static const char *const all_states[6] = {
+    SY_STATE_READY,    SY_STATE_RUNNING,   SY_STATE_WAITING,
+    SY_STATE_INCIDENT, SY_STATE_COMPLETED, SY_STATE_CANCELLED};
+
+static void status_row(void *ud, const char *workflow, const char *state,
+                       int64_t n) {
+  status_ctx *s = ud;
+  json_t *w = json_object_get(s->j, workflow);
+  if (!w) {
+    w = json_object();
+    for (int i = 0; i < 6; i++) {
+      json_object_set_new(w, all_states[i], json_integer(0));
+    }
+    json_object_set_new(s->j, workflow, w);
+  }
+  json_object_set_new(w, state, json_integer(n));
+  for (int i = 0; i < 6; i++) {
+    if (strcmp(state, all_states[i]) == 0) {
+      s->totals[i] += n;
+    }
+  }
+}
+
+/* switchyard status: instances per workflow and state. */
+static int cmd_status(cli *c) {
+  sy_engine *e;
+  status_ctx s = {json_object(), {0}};
+  const char *wf;
+  json_t *counts;
+  int rc;
+  if (c->argc != 1) {
+    json_decref(s.j);
+    return bad_usage("status takes no arguments");
+  }
+  if ((rc = open_engine(c, &e))) {
+    json_decref(s.j);
+    return rc;
+  }
+  if ((rc = sy_store_count_by_state(sy_engine_store(e), status_row, &s))) {
+    fprintf(stderr, "switchyard: %s\n", sy_store_errmsg(sy_engine_store(e)));
+    json_decref(s.j);
+    sy_engine_close(e);
+    return 1;
+  }
+  if (c->json) {
+    print_json(s.j);
+  } else {
+    printf("%-24s", "WORKFLOW");
+    for (int i = 0; i < 6; i++) {
+      printf(" %10s", all_states[i]);
+    }
+    printf("\n");
+    json_object_foreach(s.j, wf, counts) {
+      printf("%-24s", wf);
+      for (int i = 0; i < 6; i++) {
+        printf(" %10lld",
+               (long long)json_integer_value(json_object_get(counts,
+                                                             all_states[i])));
+      }
+      printf("\n");
+    }
+    printf("%-24s", "total");
+    for (int i = 0; i < 6; i++) {
+      printf(" %10lld", (long long)s.totals[i]);
+    }
+    printf("\n");
+    json_decref(s.j);
+  }
+  sy_engine_close(e);
+  return 0;
+}
+
 static int cmd_retry_cancel(cli *c, int cancel) {
   long long id;
   int rc;
@@ -885,7 +963,8 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "start") && strcmp(cmd, "run") && strcmp(cmd, "check") &&
         strcmp(cmd, "instances") && strcmp(cmd, "show") &&
         strcmp(cmd, "incidents") && strcmp(cmd, "retry") &&
-        strcmp(cmd, "cancel") && strcmp(cmd, "lua")) {
+        strcmp(cmd, "cancel") && strcmp(cmd, "lua") &&
+        strcmp(cmd, "status")) {
       goto plugin;
     }
     usage(stdout, NULL);
@@ -908,6 +987,9 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "incidents") == 0) {
     return need_db(&c) ? EXIT_USAGE : cmd_incidents(&c);
+  }
+  if (strcmp(cmd, "status") == 0) {
+    return need_db(&c) ? EXIT_USAGE : cmd_status(&c);
   }
   if (strcmp(cmd, "retry") == 0) {
     return need_db(&c) ? EXIT_USAGE : cmd_retry_cancel(&c, 0);

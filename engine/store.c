@@ -91,6 +91,7 @@ enum {
   Q_ENGINES_ON_HOST,
   Q_NEXT_WAKE,
   Q_COUNT_ACTIVE,
+  Q_COUNT_BY_STATE,
   Q_UPDATE_INSTANCE,
   Q_INSERT_STEP_RUN,
   Q_INSERT_INCIDENT,
@@ -141,6 +142,9 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_ENGINES_ON_HOST] = "SELECT id, pid FROM engines WHERE host = ?1",
     [Q_NEXT_WAKE] =
         "SELECT min(wake_at) FROM instances WHERE state = 'waiting'",
+    [Q_COUNT_BY_STATE] =
+        "SELECT workflow, state, count(*) FROM instances "
+        "GROUP BY workflow, state ORDER BY workflow, state",
     [Q_COUNT_ACTIVE] =
         "SELECT count(*) FROM instances "
         "WHERE state IN ('ready', 'running', 'waiting')",
@@ -828,4 +832,19 @@ int sy_store_resolve_incidents(sy_store *st, int64_t instance_id,
     *n = sqlite3_changes(st->db);
   }
   return 0;
+}
+
+int sy_store_count_by_state(sy_store *st, sy_count_cb cb, void *ud) {
+  sqlite3_stmt *s = stmt(st, Q_COUNT_BY_STATE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    cb(ud, (const char *)sqlite3_column_text(s, 0),
+       (const char *)sqlite3_column_text(s, 1), sqlite3_column_int64(s, 2));
+  }
+  rc = rc == SQLITE_DONE ? 0 : db_error(st, "count instances");
+  sqlite3_reset(s);
+  return rc;
 }

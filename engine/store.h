@@ -166,4 +166,9 @@ int sy_store_resolve_incidents(sy_store *st, int64_t instance_id,
                                const char *resolution, int64_t now,
                                int64_t *n);
 
+typedef void (*sy_count_cb)(void *ud, const char *workflow, const char *state,
+                            int64_t n);
+/* Instances per workflow and state. */
+int sy_store_count_by_state(sy_store *st, sy_count_cb cb, void *ud);
+
 #endif

@@ -309,7 +309,8 @@ static int scan(sqlite3 *db, const query *q, vstats v[2], ramp *rs, int nr) {
     x->with_open += sqlite3_column_int64(s, 4) > 0;
     x->retries += sqlite3_column_int64(s, 5);
     if (!outcome) {
-      x->in_flight++;
+      /* Not ended: in flight unless it waits in an incident. */
+      x->in_flight += sqlite3_column_int64(s, 4) == 0;
     } else if (outcome[0] == 'c' && outcome[1] == 'o') {
       x->completed++;
       if (push(&x->branch, sqlite3_column_int64(s, 6)) ||

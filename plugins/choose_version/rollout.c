@@ -353,7 +353,8 @@ static int cmd_set(cv_router *r, const args *a) {
                  "UPDATE cv_flags SET rate_ppm = CAST(?2 AS INTEGER), "
                  "updated_at = ?9 WHERE name = ?1",
                  a->pos[0], ppm_text, NULL) ||
-         audit(r, a->pos[0], "rate", NULL, oldr, newr, &after, a);
+         audit(r, a->pos[0], "rate", NULL, f.exists ? oldr : NULL, newr,
+               &after, a);
   }
   if ((rc = finish(r, rc))) {
     return rc;

@@ -131,13 +131,15 @@ static const char *const sql_text[CVQ__COUNT] = {
         "UPDATE cv_counters SET completed = completed + 1, "
         "in_flight = in_flight - 1 "
         "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
+    /* An instance in an incident is not in flight; a retry puts it back. */
     [CVQ_CNT_INCIDENT] =
         "UPDATE cv_counters SET incidents = incidents + 1, "
-        "open_incidents = open_incidents + 1, "
+        "open_incidents = open_incidents + 1, in_flight = in_flight - 1, "
         "with_incidents = with_incidents + ?4 "
         "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
     [CVQ_CNT_RESOLVED] =
-        "UPDATE cv_counters SET open_incidents = open_incidents - 1 "
+        "UPDATE cv_counters SET open_incidents = open_incidents - 1, "
+        "in_flight = in_flight + 1 "
         "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
     [CVQ_CNT_CANCELLED] =
         "UPDATE cv_counters SET cancelled = cancelled + 1, "

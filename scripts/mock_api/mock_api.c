@@ -41,6 +41,8 @@
  *                method. document and subject are accepted, not required.
  *       With "large": true, a 200 answer also has a "padding" string that
  *       makes the body about --large-body-kb KiB (still valid JSON).
+ *   POST /notify -> 202 {"queued":true}, or 503 for a deterministic share
+ *                   (--notify-error-rate) of request_ids: a soft dependency
  *   GET /health  -> 200 {"ok":true}
  *   GET /stats   -> 200 {"seed":..,"in_flight":..,"max_in_flight":..,
  *                   "v1":{"requests","ok","errors","hangs","bad_requests",
@@ -141,6 +143,7 @@ typedef struct mock_cfg {
   double hang_seconds;
   double large_body_kb;
   int verbose;
+  double notify_error_rate;
   mock_version_cfg v[2];
 } mock_cfg;
 
@@ -624,6 +627,32 @@ static enum MHD_Result route(mock_server *s, struct MHD_Connection *conn,
     json_object_set_new(o, "ok", json_true());
     return respond_counted(s, MOCK_OTHER, conn, 200, o, NULL, NULL);
   }
+  if (!strcmp(url, "/notify")) {
+    /* A soft dependency for the workflow: fails (503) for a deterministic
+     * share of request_ids, --notify-error-rate. */
+    json_t *root, *rid;
+    uint64_t h = UINT64_C(0xcbf29ce484222325), seed = s->cfg.seed, state;
+    if (strcmp(method, MHD_HTTP_METHOD_POST)) {
+      return method_not_allowed(s, MOCK_OTHER, conn, "POST");
+    }
+    root = json_loadb(req->body ? req->body : "", req->len, 0, NULL);
+    rid = json_object_get(root, "request_id");
+    h = fnv1a64(h, "notify", 7);
+    if (json_is_string(rid)) {
+      h = fnv1a64(h, json_string_value(rid), json_string_length(rid));
+    }
+    json_decref(root);
+    state = h ^ splitmix64(&seed);
+    if (unit(&state) <= s->cfg.notify_error_rate) {
+      return respond_counted(
+          s, MOCK_OTHER, conn, 503,
+          error_body("injected_fault", "notification service unavailable"),
+          NULL, NULL);
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "queued", json_true());
+    return respond_counted(s, MOCK_OTHER, conn, 202, o, NULL, NULL);
+  }
   if (!strcmp(url, "/stats")) {
     if (!get) {
       return method_not_allowed(s, MOCK_OTHER, conn, "GET, HEAD");
@@ -740,12 +769,14 @@ static void usage(FILE *f) {
         "                           MS*MS/(MS + J); J = 0 gives exactly MS\n"
         "  --v2-error-rate R, --v2-hang-rate R, --v2-latency-ms MS,\n"
         "  --v2-latency-jitter-ms J the same for v2\n"
+        "  --notify-error-rate R    share of POST /notify answered 503\n"
         "  --verbose                log each verify request on stderr\n"
         "  -h, --help               show this help and exit\n"
         "\n"
         "Endpoints: POST /v1/verify and /v2/verify with a JSON object body\n"
         "{\"request_id\": \"...\", \"document\": \"...\", \"subject\": "
         "\"...\"};\n"
+        "POST /notify (202, a soft dependency);\n"
         "GET /health; GET /stats (counts per version: requests, ok, errors,\n"
         "hangs, bad_requests, client_gone, by_status). Anything else is 404.\n"
         "\n"
@@ -889,6 +920,7 @@ static int parse_args(int argc, char **argv, mock_cfg *cfg) {
       {"--v2-hang-rate", OPT_RATE, &cfg->v[1].hang_rate},
       {"--v2-latency-ms", OPT_MS, &cfg->v[1].latency_ms},
       {"--v2-latency-jitter-ms", OPT_MS, &cfg->v[1].jitter_ms},
+      {"--notify-error-rate", OPT_RATE, &cfg->notify_error_rate},
       {"--verbose", OPT_FLAG, &cfg->verbose},
       {"--help", OPT_HELP, NULL},
       {"-h", OPT_HELP, NULL},
