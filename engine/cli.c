@@ -1052,6 +1052,15 @@ plugin : {
     rc = pc->cmd->run(pc->plugin->state, c.argc, c.argv);
   }
   sy_engine_close(e);
+  if (rc && !exists && !c.help) {
+    /* Bad input changes nothing: not even a database it created. */
+    char path[4200];
+    unlink(db_path);
+    snprintf(path, sizeof path, "%s-wal", db_path);
+    unlink(path);
+    snprintf(path, sizeof path, "%s-shm", db_path);
+    unlink(path);
+  }
   return rc;
 }
 }

@@ -103,6 +103,13 @@ static int compile(void *plugin, sy_opts *o, void **data, char *err,
       opt_string(r, o, "on_missing_key", 0, &missing, err, errlen)) {
     goto fail;
   }
+  if (!cv_flag_name_valid(n->flag)) {
+    snprintf(err, errlen,
+             "choose_version: flag '%.128s' is not a name rollout commands "
+             "accept (1 to 128 letters, digits, '_', '-', '.')",
+             n->flag);
+    goto fail;
+  }
   if (parse_strategy(strategy, &n->strategy)) {
     snprintf(err, errlen,
              "choose_version: strategy must be \"sticky\", \"random\" or "
@@ -171,7 +178,10 @@ static int subject_of(cv_router *r, sy_call *c, const char *var, char *buf,
     return 0;
   }
   if (v.type == SY_VAL_NUMBER) {
-    if (v.number == (double)(long long)v.number) {
+    /* Whole numbers as integers (1e3 keys like "1000"), the rest exactly;
+     * the range check keeps the conversion defined. */
+    if (v.number > -9007199254740992.0 && v.number < 9007199254740992.0 &&
+        v.number == (double)(long long)v.number) {
       snprintf(buf, cap, "%lld", (long long)v.number);
     } else {
       snprintf(buf, cap, "%.17g", v.number);
@@ -246,9 +256,9 @@ static void fn_version(void *plugin, sy_call *c, const char *args) {
     req.flag = json_string_value(json_object_get(j, "flag"));
     keyvar = json_string_value(json_object_get(j, "key"));
   }
-  if (!req.flag || !*req.flag) {
-    api->fail(c, "ctx.version: expected a flag name, or {flag = ..., key = "
-                 "...}");
+  if (!req.flag || !cv_flag_name_valid(req.flag)) {
+    api->fail(c, "ctx.version: expected a flag name (letters, digits, '_', "
+                 "'-', '.'), or {flag = ..., key = ...}");
     json_decref(j);
     return;
   }

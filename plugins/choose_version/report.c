@@ -226,7 +226,7 @@ static int load_ramps(sqlite3 *db, const query *q, ramp **out, int *count) {
                          "SELECT id, what, rate_ppm, killed, at, "
                          "coalesce(actor, ''), coalesce(reason, '') "
                          "FROM cv_audit WHERE flag = ?1 AND what IN ('rate', "
-                         "'kill', 'unkill') ORDER BY id",
+                         "'kill', 'unkill', 'group') ORDER BY id",
                          -1, &s, NULL) != SQLITE_OK) {
     free(rs);
     return -1;

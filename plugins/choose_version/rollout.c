@@ -64,20 +64,6 @@ static const char *login_name(void) {
   return u && *u ? u : "unknown";
 }
 
-static int valid_flag_name(const char *s) {
-  size_t n = strlen(s);
-  if (n == 0 || n > 128) {
-    return 0;
-  }
-  for (; *s; s++) {
-    if (!(*s == '_' || *s == '-' || *s == '.' || (*s >= '0' && *s <= '9') ||
-          (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z'))) {
-      return 0;
-    }
-  }
-  return 1;
-}
-
 static int parse_args(int argc, char **argv, args *a) {
   memset(a, 0, sizeof *a);
   for (int i = 2; i < argc; i++) {
@@ -259,7 +245,7 @@ static int flag_arg(cv_router *r, const args *a, int npos, flag_row *f,
     return usage_error("expected %d argument%s after the command, got %d",
                        npos, npos == 1 ? "" : "s", a->npos);
   }
-  if (!valid_flag_name(a->pos[0])) {
+  if (!cv_flag_name_valid(a->pos[0])) {
     return usage_error(
         "bad flag name '%s' (1 to 128 letters, digits, '_', '-', '.')",
         a->pos[0]);
@@ -296,8 +282,14 @@ static int cmd_set(cv_router *r, const args *a) {
   if (cv_rate_parse(a->pos[1], &ppm, err, sizeof err)) {
     return usage_error("%s", err);
   }
-  if (a->group && !valid_flag_name(a->group)) {
+  if (a->group && !cv_flag_name_valid(a->group)) {
     return usage_error("bad --group '%s'", a->group);
+  }
+  if (a->group && f.exists && strcmp(a->group, f.group) != 0 && !a->force) {
+    return usage_error("changing the hash group of '%s' (%s -> %s) reshuffles "
+                       "its cohorts: subjects on v2 may go back to v1; add "
+                       "--force to do it",
+                       a->pos[0], f.group, a->group);
   }
   if (f.retired && !a->force) {
     char t[32];

@@ -3,6 +3,8 @@
  * land in the same bucket on every machine, forever, and match Unleash. */
 #include "route.h"
 
+#include <string.h>
+
 #include <inttypes.h>
 #include <stdio.h>
 
@@ -378,4 +380,18 @@ void cv_rate_format(uint32_t ppm, char *buf, size_t len) {
     ndigits--;
   }
   snprintf(buf, len, "%" PRIu32 ".%0*" PRIu32 "%%", whole, ndigits, frac);
+}
+
+int cv_flag_name_valid(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 128) {
+    return 0;
+  }
+  for (; *s; s++) {
+    if (!(*s == '_' || *s == '-' || *s == '.' || (*s >= '0' && *s <= '9') ||
+          (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z'))) {
+      return 0;
+    }
+  }
+  return 1;
 }

@@ -64,6 +64,11 @@ uint32_t cv_bucket(const char *group, size_t group_len, const char *key,
  * err is not NULL and errlen > 0) and leaves *ppm untouched. */
 int cv_rate_parse(const char *text, uint32_t *ppm, char *err, size_t errlen);
 
+/* A flag (or hash group) name the CLI can manage: 1 to 128 of letters,
+ * digits, '_', '-' and '.'. Checked where workflows name flags, too, so a
+ * flag no command can ramp is refused at load time. */
+int cv_flag_name_valid(const char *name);
+
 /* Formats ppm as the shortest exact percentage: 50000 -> "5%", 2500 ->
  * "0.25%", 1 -> "0.0001%", 1000000 -> "100%". Any uint32_t is printed, even
  * above 100%, so a corrupt value shows as what it is. The output is truncated

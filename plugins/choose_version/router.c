@@ -83,7 +83,7 @@ static const char *const sql_text[CVQ__COUNT] = {
         "retired_at IS NOT NULL, "
         "(SELECT count(*) FROM cv_overrides WHERE flag = ?1), "
         "(SELECT max(id) FROM cv_audit WHERE flag = ?1 "
-        " AND what IN ('rate', 'kill', 'unkill')) "
+        " AND what IN ('rate', 'kill', 'unkill', 'group')) "
         "FROM cv_flags WHERE name = ?1",
     [CVQ_OVERRIDE] =
         "SELECT kind FROM cv_overrides WHERE flag = ?1 AND subject = ?2",

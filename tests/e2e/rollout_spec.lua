@@ -294,7 +294,8 @@ describe("switchyard rollout, good paths", function()
     local h = history(env, "f")
     local want = {
       { "create", nil, nil, "f", "start small", "alice" },
-      { "rate", nil, "0%", "1%", "start small", "alice" },
+      -- a new flag's first rate has no old value
+      { "rate", nil, nil, "1%", "start small", "alice" },
       { "rate", nil, "1%", "5%", "looks good", "bob" },
       { "kill", nil, "off", "on", "errors up", "carol" },
       { "unkill", nil, "on", "off", "fixed", "carol" },
@@ -349,8 +350,15 @@ describe("switchyard rollout, good paths", function()
     env:ok("rollout", "set", "checkout", "50%", "--reason", "half")
     env:ok("start", "sticky", "--count", "20", "--var", "user_id=u{n}")
     env:ok("run", "--until-idle")
+    -- reshuffling cohorts takes --force, and is refused (changing
+    -- nothing) without it
+    local code, _, err = env:run("rollout", "set", "checkout", "50%",
+      "--reason", "share cohorts", "--group", "cohort-a")
+    assert.are.equal(2, code)
+    assert.matches("reshuffles its cohorts", err, 1, true)
+    assert.are.equal("checkout", get(env, "checkout").group)
     env:ok("rollout", "set", "checkout", "50%", "--reason", "share cohorts",
-      "--group", "cohort-a")
+      "--group", "cohort-a", "--force")
     assert.are.equal("cohort-a", get(env, "checkout").group)
     env:ok("start", "sticky", "--count", "20", "--var", "user_id=u{n}")
     env:ok("run", "--until-idle")
