@@ -216,6 +216,9 @@ static const char *api_step(sy_call *c) {
 static int api_attempt(sy_call *c) {
   return c->inst ? c->inst->attempt : 0;
 }
+static const char *api_idempotency_key(sy_call *c) {
+  return c->inst ? sy_task_idempotency_key(c->inst->task) : "";
+}
 static void *api_node_data(sy_call *c) {
   return c->inst && c->node ? c->inst->step->node_data : NULL;
 }
@@ -352,6 +355,7 @@ static void init_api(sy_api *a) {
       .step = api_step,
       .attempt = api_attempt,
       .node_data = api_node_data,
+      .idempotency_key = api_idempotency_key,
       .random = api_random,
       .var_get = api_var_get,
       .var_set_json = api_var_set_json,
@@ -706,6 +710,7 @@ static int claim_cb(void *ud, const sy_instance_row *row) {
     SY_ASSERT(!"stored vars are always a JSON object");
   }
   sy_task_set_owner(in->task, in);
+  sy_task_set_generation(in->task, row->generation);
   in->next_all = e->all;
   if (e->all) {
     e->all->prev_all = in;
@@ -1256,7 +1261,8 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
                             .step = row.step,
                             .attempt = 1,
                             .now = now,
-                            .ended = cancel};
+                            .ended = cancel,
+                            .new_generation = !cancel};
     sy_event ev = {cancel ? SY_EVENT_CANCELLED : SY_EVENT_INCIDENT_RESOLVED,
                    id, row.workflow, row.step, now};
     int was_incident = strcmp(row.state, SY_STATE_INCIDENT) == 0;

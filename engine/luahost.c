@@ -64,6 +64,8 @@ struct sy_task {
   char *call_json;
   char *call_error;
   void *owner;
+  int generation;
+  char idem_key[320];
 };
 
 /* ---------------------------------------------------------------------
@@ -369,11 +371,17 @@ int sy_vars_check(const char *text, char *err, size_t errlen) {
     return SY_EINVAL;
   }
   /* What a step could never store again must not get in either. */
-  if (json_depth(j) > JSON_MAX_DEPTH) {
-    snprintf(err, errlen, "vars are nested more than %d levels",
-             JSON_MAX_DEPTH);
-    json_decref(j);
-    return SY_EINVAL;
+  {
+    const char *k;
+    json_t *v;
+    json_object_foreach(j, k, v) {
+      if (json_depth(v) >= JSON_MAX_DEPTH) {
+        snprintf(err, errlen, "vars.%.100s: nested more than %d levels", k,
+                 JSON_MAX_DEPTH);
+        json_decref(j);
+        return SY_EINVAL;
+      }
+    }
   }
   json_decref(j);
   return 0;
@@ -1587,6 +1595,14 @@ void sy_task_set_owner(sy_task *t, void *owner) {
   t->owner = owner;
 }
 
+void sy_task_set_generation(sy_task *t, int generation) {
+  t->generation = generation;
+}
+
+const char *sy_task_idempotency_key(sy_task *t) {
+  return t->idem_key;
+}
+
 int sy_task_reset_vars(sy_task *t, const char *vars_json) {
   lua_State *L = t->h->L;
   char err[256];
@@ -1606,7 +1622,16 @@ void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
   t->attempt = attempt;
   t->sleep_seq = 0;
   t->budget_left = t->h->instructions;
+  if (t->generation) {
+    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d.%d",
+             (long long)t->instance_id, step->name, attempt, t->generation);
+  } else {
+    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d",
+             (long long)t->instance_id, step->name, attempt);
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
+  lua_pushstring(L, t->idem_key);
+  lua_setfield(L, -2, "idempotency_key");
   lua_pushstring(L, step->name);
   lua_setfield(L, -2, "step");
   lua_pushinteger(L, attempt);

@@ -104,6 +104,9 @@ int sy_task_new(sy_lua *h, sy_task **out, const sy_workflow *wf,
                 size_t errlen);
 void sy_task_free(sy_task *t);
 void *sy_task_owner(sy_task *t);
+/* Incident retries of the instance so far (part of the idempotency key). */
+void sy_task_set_generation(sy_task *t, int generation);
+const char *sy_task_idempotency_key(sy_task *t);
 void sy_task_set_owner(sy_task *t, void *owner);
 
 /* Makes step the task's current step (ctx.step, ctx.attempt, a fresh

@@ -28,6 +28,9 @@ static const char *const migrations[] = {
     "  state TEXT NOT NULL,"
     "  step TEXT,"
     "  attempt INTEGER NOT NULL DEFAULT 1,"
+    /* Incident retries so far: part of the idempotency key, so a retried
+     * step's calls are not taken for the failed ones. */
+    "  generation INTEGER NOT NULL DEFAULT 0,"
     "  vars TEXT NOT NULL,"
     "  wake_at INTEGER,"
     "  wait_seq INTEGER,"
@@ -71,7 +74,7 @@ static const char *const migrations[] = {
 
 #define INSTANCE_COLS                                                   \
   "id, workflow, def_hash, state, step, attempt, vars, wake_at, "       \
-  "wait_seq, created_at, updated_at, ended_at"
+  "wait_seq, created_at, updated_at, ended_at, generation"
 
 enum {
   Q_BEGIN,
@@ -154,7 +157,7 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_UPDATE_INSTANCE] =
         "UPDATE instances SET state = ?2, step = ?3, attempt = ?4, "
         "vars = coalesce(?5, vars), wake_at = ?6, wait_seq = ?7, "
-        "updated_at = ?8, ended_at = ?9, "
+        "updated_at = ?8, ended_at = ?9, generation = generation + ?11, "
         "owner = CASE WHEN ?2 = 'running' THEN owner END, "
         "lease_until = CASE WHEN ?2 = 'running' THEN lease_until END "
         "WHERE id = ?1 AND owner IS ?10",
@@ -505,6 +508,7 @@ static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
   r->created_at = sqlite3_column_int64(s, 9);
   r->updated_at = sqlite3_column_int64(s, 10);
   r->ended_at = sqlite3_column_int64(s, 11);
+  r->generation = sqlite3_column_int(s, 12);
 }
 
 /* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
@@ -688,6 +692,7 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   sqlite3_bind_int64(s, 8, u->now);
   bind_opt_int(s, 9, u->ended ? u->now : 0);
   bind_text(s, 10, u->owner);
+  sqlite3_bind_int(s, 11, u->new_generation);
   if ((rc = exec_stmt(st, s, "update instance"))) {
     return rc;
   }

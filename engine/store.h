@@ -43,6 +43,7 @@ typedef struct sy_instance_row {
   int64_t wake_at;  /* 0 when none */
   int wait_seq;     /* 0 when none */
   int64_t created_at, updated_at, ended_at;
+  int generation; /* incident retries so far */
 } sy_instance_row;
 
 typedef struct sy_step_run_row {
@@ -138,6 +139,7 @@ typedef struct sy_instance_update {
   int64_t now;
   int ended;
   const char *owner; /* the engine holding it; NULL for commands */
+  int new_generation; /* 1: an incident retry starts a new generation */
 } sy_instance_update;
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u);
 

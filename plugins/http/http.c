@@ -376,11 +376,11 @@ static void http_call(void *plugin, sy_call *c, const char *args_json) {
   if (r->body) {
     curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->body);
   }
-  /* A stable key per (instance, step, attempt): a step re-run after a
-   * crash sends the same key, so the server can drop the duplicate. */
+  /* The engine's key: a step re-run after a crash sends the same one, so
+   * the server can drop the duplicate; a retry sends a new one. */
   if (!has_idem) {
-    snprintf(line, sizeof line, "Idempotency-Key: %lld-%s-%d",
-             (long long)api->instance_id(c), api->step(c), api->attempt(c));
+    snprintf(line, sizeof line, "Idempotency-Key: %s",
+             api->idempotency_key(c));
     r->headers = curl_slist_append(r->headers, line);
   }
   r->headers = curl_slist_append(r->headers, "Expect:");

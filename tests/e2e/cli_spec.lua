@@ -746,8 +746,20 @@ describe("more of the CLI", function()
   end)
 
   it("instances --json of an empty database is an empty list", function()
+    -- a database with no instances (reading commands refuse a missing one)
+    env:ok("check", "limits")
+    env:ok("rollout", "set", "empty", "1%", "--reason", "make the db")
     assert.are.same({}, instances_json(env))
     assert.are.same({}, H.decode((env:ok("--json", "incidents"))))
+  end)
+
+  it("reading commands refuse a database that does not exist", function()
+    for _, cmd in ipairs { "instances", "incidents", "status" } do
+      local code, _, err = env:run(cmd)
+      assert.are.equal(2, code)
+      has(err, "no database at", cmd)
+    end
+    assert.is_nil(io.open(env.db))
   end)
 
   it("start rejects vars nested deeper than the engine can store", function()

@@ -87,6 +87,10 @@ typedef struct sy_api {
   const char *(*workflow)(sy_call *c);
   const char *(*step)(sy_call *c);
   int (*attempt)(sy_call *c);
+  /* A key for calls to outside systems, the same when a step re-runs after
+   * a crash and new for each retry: "<instance>-<step>-<attempt>", with
+   * ".<n>" after the n-th incident retry. Also ctx.idempotency_key. */
+  const char *(*idempotency_key)(sy_call *c);
   /* Per-node data returned by sy_node_type.compile (NULL for ctx calls). */
   void *(*node_data)(sy_call *c);
   /* A seedable generator owned by the engine: deterministic under a seed. */
