@@ -37,6 +37,8 @@ struct sy_call {
   const sy_node_entry *node;
   const sy_ctx_fn_entry *fn;
   int in_execute; /* completion arrived while execute was on the stack */
+  int seq;        /* ctx calls: the n-th of its step run */
+  char key[340];  /* idempotency key, when it needs a suffix */
   int completed;
   char *next;
   char *error;
@@ -216,8 +218,19 @@ static const char *api_step(sy_call *c) {
 static int api_attempt(sy_call *c) {
   return c->inst ? c->inst->attempt : 0;
 }
+/* The step run's key; the n-th ctx call of a run adds "#n" (n > 1), so two
+ * calls of one run differ and a re-run repeats both. */
 static const char *api_idempotency_key(sy_call *c) {
-  return c->inst ? sy_task_idempotency_key(c->inst->task) : "";
+  const char *base;
+  if (!c->inst) {
+    return "";
+  }
+  base = sy_task_idempotency_key(c->inst->task);
+  if (c->fn && c->seq > 1) {
+    snprintf(c->key, sizeof c->key, "%s#%d", base, c->seq);
+    return c->key;
+  }
+  return base;
 }
 static void *api_node_data(sy_call *c) {
   return c->inst && c->node ? c->inst->step->node_data : NULL;
@@ -379,6 +392,7 @@ static sy_call *ctx_call(void *ud, sy_task *t, const sy_ctx_fn_entry *fn,
     return NULL;
   }
   c->fn = fn;
+  c->seq = sy_task_call_seq(t);
   c->in_execute = 1;
   fn->fn->call(fn->plugin->state, c, args_json);
   c->in_execute = 0;
@@ -1013,11 +1027,20 @@ static void signal_cb(uv_signal_t *s, int signum) {
   sy_engine_stop(e);
 }
 
+/* Claim in batches: one claim of many rows costs about what a claim of
+ * one does, so wait until a quarter of the slots are free (or none is
+ * taken). */
+static int can_claim(const sy_engine *e) {
+  int want = e->o.concurrency - e->in_memory;
+  return e->maybe_work && !e->stopping && want > 0 &&
+         (e->in_memory == 0 || want >= e->o.concurrency / 4);
+}
+
 static void claim(sy_engine *e) {
   int want = e->o.concurrency - e->in_memory;
   int before = e->in_memory;
   int rc;
-  if (want <= 0 || e->stopping || !e->maybe_work) {
+  if (!can_claim(e)) {
     return;
   }
   int64_t now = sy_now_ms();
@@ -1113,9 +1136,13 @@ static void wind_down(sy_engine *e) {
 static void check_cb(uv_check_t *h) {
   sy_engine *e = h->data;
   int rc;
-  if (!e->fatal && sy_store_in_tx(e->store) &&
-      (rc = sy_store_commit(e->store))) {
-    fatal(e, rc);
+  if (!e->fatal && sy_store_in_tx(e->store)) {
+    if (sy_plugins_before_commit(e->plugins)) {
+      sy_store_rollback(e->store);
+      fatal(e, SY_EPLUGIN);
+    } else if ((rc = sy_store_commit(e->store))) {
+      fatal(e, rc);
+    }
   }
   if (e->stopping || e->fatal) {
     wind_down(e);
@@ -1129,7 +1156,7 @@ static void check_cb(uv_check_t *h) {
     run_queue_push(e, in);
   }
   e->commitq_tail = NULL;
-  if (e->runq_head || (e->maybe_work && e->in_memory < e->o.concurrency)) {
+  if (e->runq_head || can_claim(e)) {
     uv_idle_start(&e->idle, idle_cb);
     return;
   }
@@ -1282,6 +1309,10 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
       sy_store_rollback(st);
       return set_error(e, SY_EPLUGIN, "a plugin failed to record the change");
     }
+  }
+  if (sy_plugins_before_commit(e->plugins)) {
+    sy_store_rollback(st);
+    return set_error(e, SY_EPLUGIN, "a plugin failed to record the change");
   }
   if ((rc = sy_store_commit(st))) {
     return set_error(e, rc, "%s", sy_store_errmsg(st));

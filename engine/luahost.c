@@ -65,6 +65,7 @@ struct sy_task {
   char *call_error;
   void *owner;
   int generation;
+  int call_seq; /* ctx calls so far in this step run */
   char idem_key[320];
 };
 
@@ -397,7 +398,7 @@ static int encode(lua_State *L, int idx, const char *root, char **out,
   if ((rc = to_json(L, idx, &j, path, sizeof path, 0, err, errlen))) {
     return rc;
   }
-  *out = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+  *out = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
   json_decref(j);
   if (!*out) {
     snprintf(err, errlen, "%s: out of memory", root);
@@ -770,6 +771,7 @@ static int ctx_plugin_call(lua_State *L) {
     return luaL_error(L, "ctx.%s: %s", fn->fn->name, err);
   }
   t->call_done = 0;
+  t->call_seq++;
   t->pending = PENDING_CALL;
   c = h->ctx_call(h->ud, t, fn, args, err, sizeof err);
   free(args);
@@ -1603,6 +1605,10 @@ const char *sy_task_idempotency_key(sy_task *t) {
   return t->idem_key;
 }
 
+int sy_task_call_seq(sy_task *t) {
+  return t->call_seq;
+}
+
 int sy_task_reset_vars(sy_task *t, const char *vars_json) {
   lua_State *L = t->h->L;
   char err[256];
@@ -1621,6 +1627,7 @@ void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
   t->step = step;
   t->attempt = attempt;
   t->sleep_seq = 0;
+  t->call_seq = 0;
   t->budget_left = t->h->instructions;
   if (t->generation) {
     snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d.%d",

@@ -107,6 +107,8 @@ void *sy_task_owner(sy_task *t);
 /* Incident retries of the instance so far (part of the idempotency key). */
 void sy_task_set_generation(sy_task *t, int generation);
 const char *sy_task_idempotency_key(sy_task *t);
+/* How many ctx calls the current step run has made (1 for the first). */
+int sy_task_call_seq(sy_task *t);
 void sy_task_set_owner(sy_task *t, void *owner);
 
 /* Makes step the task's current step (ctx.step, ctx.attempt, a fresh

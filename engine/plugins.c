@@ -283,3 +283,14 @@ int sy_plugins_event(sy_plugins *p, const sy_event *ev) {
   }
   return 0;
 }
+
+int sy_plugins_before_commit(sy_plugins *p) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    if (lp->initialized && lp->def->before_commit &&
+        lp->def->before_commit(lp->state)) {
+      return SY_EPLUGIN;
+    }
+  }
+  return 0;
+}

@@ -59,6 +59,8 @@ int sy_plugins_command_count(const sy_plugins *p);
 const sy_command_entry *sy_plugins_command_at(const sy_plugins *p, int i);
 /* Names of all node types, comma-separated, for error messages. */
 void sy_plugins_node_names(const sy_plugins *p, char *buf, size_t len);
+/* Lets every plugin flush batched writes before a commit. */
+int sy_plugins_before_commit(sy_plugins *p);
 /* Reports an event to every plugin; non-zero if one failed. */
 int sy_plugins_event(sy_plugins *p, const sy_event *ev);
 

@@ -41,7 +41,6 @@ static const char *const migrations[] = {
     "  updated_at INTEGER NOT NULL,"
     "  ended_at INTEGER);"
     "CREATE INDEX instances_runnable ON instances(state, wake_at);"
-    "CREATE INDEX instances_owner ON instances(owner) WHERE owner IS NOT NULL;"
     /* Engines running on this database, so that one started after a crash
      * takes over at once what a dead engine on the same host held. */
     "CREATE TABLE engines("
@@ -96,6 +95,7 @@ enum {
   Q_COUNT_ACTIVE,
   Q_COUNT_BY_STATE,
   Q_UPDATE_INSTANCE,
+  Q_ADVANCE_INSTANCE,
   Q_INSERT_STEP_RUN,
   Q_INSERT_INCIDENT,
   Q_GET_INSTANCE,
@@ -129,13 +129,15 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_CLAIM_READY] = CLAIM("state = 'ready'"),
     /* An engine that stopped renewing its leases is gone: take over. */
     [Q_CLAIM_EXPIRED] = CLAIM("state = 'running' AND lease_until < ?1"),
-    [Q_RENEW] = "UPDATE instances SET lease_until = ?2 WHERE owner = ?1",
+    /* Owners are set on running rows only: the state index finds them. */
+    [Q_RENEW] = "UPDATE instances SET lease_until = ?2 "
+                "WHERE state = 'running' AND owner = ?1",
     /* What an engine held goes back: due again at its recorded wake-up if
      * it was asleep, at once otherwise. */
     [Q_RELEASE] =
         "UPDATE instances SET state = CASE WHEN wake_at > ?2 THEN 'waiting' "
         "ELSE 'ready' END, owner = NULL, lease_until = NULL, updated_at = ?2 "
-        "WHERE owner = ?1",
+        "WHERE state = 'running' AND owner = ?1",
     [Q_ENGINE_REGISTER] =
         "INSERT OR REPLACE INTO engines(id, host, pid, started_at, "
         "heartbeat_at) VALUES(?1, ?2, ?3, ?4, ?4)",
@@ -161,6 +163,12 @@ static const char *const sql_text[Q__COUNT] = {
         "owner = CASE WHEN ?2 = 'running' THEN owner END, "
         "lease_until = CASE WHEN ?2 = 'running' THEN lease_until END "
         "WHERE id = ?1 AND owner IS ?10",
+    /* The common transition, running to running at the next step: it
+     * leaves the indexed columns alone, so no index is rewritten. */
+    [Q_ADVANCE_INSTANCE] =
+        "UPDATE instances SET step = ?3, attempt = ?4, "
+        "vars = coalesce(?5, vars), wake_at = NULL, wait_seq = NULL, "
+        "updated_at = ?8 WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
     [Q_INSERT_STEP_RUN] =
         "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
         "ended_at, outcome, error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -330,7 +338,9 @@ int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
   sqlite3_busy_timeout(st->db, opts->busy_timeout_ms > 0
                                    ? opts->busy_timeout_ms
                                    : 5000);
-  rc = exec_sql(st, "PRAGMA foreign_keys = OFF");
+  /* 64 MiB of page cache: the working set of a busy engine (the tail of
+   * the instance and step-run tables, the indexes) stays in memory. */
+  rc = exec_sql(st, "PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536");
   if (!rc && !opts->read_only) {
     rc = exec_sql(st, "PRAGMA journal_mode = WAL");
   }
@@ -677,7 +687,9 @@ int sy_store_count_active(sy_store *st, int64_t *n) {
 }
 
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
-  sqlite3_stmt *s = stmt(st, Q_UPDATE_INSTANCE);
+  int advance = strcmp(u->state, SY_STATE_RUNNING) == 0 && !u->wake_at &&
+                !u->ended && !u->new_generation && u->owner;
+  sqlite3_stmt *s = stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
   int rc;
   if (!s) {
     return SY_ESTORE;
@@ -692,9 +704,34 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   sqlite3_bind_int64(s, 8, u->now);
   bind_opt_int(s, 9, u->ended ? u->now : 0);
   bind_text(s, 10, u->owner);
-  sqlite3_bind_int(s, 11, u->new_generation);
+  if (!advance) {
+    sqlite3_bind_int(s, 11, u->new_generation);
+  }
   if ((rc = exec_stmt(st, s, "update instance"))) {
     return rc;
+  }
+  if (advance && sqlite3_changes(st->db) == 0) {
+    /* A recorded wake-up to clear, or a lost lease: the general form
+     * tells them apart. */
+    advance = 0;
+    s = stmt(st, Q_UPDATE_INSTANCE);
+    if (!s) {
+      return SY_ESTORE;
+    }
+    sqlite3_bind_int64(s, 1, u->id);
+    sqlite3_bind_text(s, 2, u->state, -1, SQLITE_STATIC);
+    bind_text(s, 3, u->step);
+    sqlite3_bind_int(s, 4, u->attempt);
+    bind_text(s, 5, u->vars);
+    bind_opt_int(s, 6, 0);
+    bind_opt_int(s, 7, 0);
+    sqlite3_bind_int64(s, 8, u->now);
+    bind_opt_int(s, 9, 0);
+    bind_text(s, 10, u->owner);
+    sqlite3_bind_int(s, 11, 0);
+    if ((rc = exec_stmt(st, s, "update instance"))) {
+      return rc;
+    }
   }
   if (sqlite3_changes(st->db) == 0) {
     return sy_store_set_error(st, SY_ESTATE,

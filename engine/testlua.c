@@ -34,7 +34,7 @@ typedef struct test_engine {
   sy_engine *e;
   sy_engine_opts o;
   sy_setting settings[32];
-  char *strings[40]; /* copies the options point to */
+  char *strings[72]; /* copies the options point to */
   int nstrings;
 } test_engine;
 
@@ -46,9 +46,11 @@ static test_engine *check_engine(lua_State *L) {
   return t;
 }
 
-static const char *keep(test_engine *t, const char *s) {
+/* Copies a string the options point to; the engine outlives the Lua
+ * strings it came from. */
+static const char *keep(lua_State *L, test_engine *t, const char *s) {
   if (t->nstrings == (int)(sizeof t->strings / sizeof *t->strings)) {
-    return s;
+    luaL_error(L, "T.engine: too many options (at most 32 settings)");
   }
   return t->strings[t->nstrings++] = strdup(s);
 }
@@ -78,14 +80,14 @@ static int t_engine(lua_State *L) {
   t->o.settings = t->settings;
   t->o.nsettings = 0;
   lua_getfield(L, 1, "db");
-  t->o.db_path = keep(t, luaL_checkstring(L, -1));
+  t->o.db_path = keep(L, t, luaL_checkstring(L, -1));
   lua_getfield(L, 1, "workflows");
   if (lua_isstring(L, -1)) {
-    t->o.workflows_dir = keep(t, lua_tostring(L, -1));
+    t->o.workflows_dir = keep(L, t, lua_tostring(L, -1));
   }
   lua_getfield(L, 1, "plugins");
   if (lua_isstring(L, -1)) {
-    t->o.plugin_dir = keep(t, lua_tostring(L, -1));
+    t->o.plugin_dir = keep(L, t, lua_tostring(L, -1));
   }
   lua_getfield(L, 1, "concurrency");
   t->o.concurrency = (int)luaL_optinteger(L, -1, t->o.concurrency);
@@ -102,9 +104,12 @@ static int t_engine(lua_State *L) {
   lua_getfield(L, 1, "settings");
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
-    while (lua_next(L, -2) && t->o.nsettings < 32) {
-      const char *k = keep(t, luaL_checkstring(L, -2));
-      const char *v = keep(t, luaL_checkstring(L, -1));
+    while (lua_next(L, -2)) {
+      if (t->o.nsettings == 32) {
+        return luaL_error(L, "T.engine: at most 32 settings");
+      }
+      const char *k = keep(L, t, luaL_checkstring(L, -2));
+      const char *v = keep(L, t, luaL_checkstring(L, -1));
       t->settings[t->o.nsettings++] = (sy_setting){k, v};
       lua_pop(L, 1);
     }

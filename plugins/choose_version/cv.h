@@ -42,18 +42,24 @@ enum {
   CVQ_OVERRIDE,
   CVQ_GET_DECISION,
   CVQ_PUT_DECISION,
-  CVQ_COUNT_ROUTED,
+  CVQ_COUNTERS_ADD,
   CVQ_NTH,
   CVQ_EV_COMPLETED,
   CVQ_EV_INCIDENT,
   CVQ_EV_RESOLVED,
   CVQ_EV_CANCELLED,
-  CVQ_CNT_COMPLETED,
-  CVQ_CNT_INCIDENT,
-  CVQ_CNT_RESOLVED,
-  CVQ_CNT_CANCELLED,
   CVQ__COUNT
 };
+
+/* Counter changes of the open transaction for one (workflow, flag,
+ * version), written at once just before it commits. */
+typedef struct cv_delta {
+  char *workflow, *flag;
+  int v2;
+  int64_t routed, in_flight, completed, cancelled, with_incidents, incidents,
+      open_incidents;
+  struct cv_delta *next;
+} cv_delta;
 
 typedef struct cv_router {
   const sy_api *api;
@@ -61,6 +67,7 @@ typedef struct cv_router {
   sqlite3 *db;
   sqlite3_stmt *stmt[CVQ__COUNT];
   cv_flag *flags;
+  cv_delta *deltas;
   int64_t checked_tx;  /* transaction in which data_version was read */
   int64_t data_version;
   char errmsg[512];
@@ -105,6 +112,8 @@ int cv_route(cv_router *r, int64_t tx, const cv_request *req,
 void cv_precedence(const cv_flag *f, cv_override ov, const cv_request *req,
                    uint64_t random, int64_t nth, cv_decision *out);
 int cv_on_event(cv_router *r, const sy_event *ev);
+/* Writes the counter changes batched in the transaction (before_commit). */
+int cv_flush_counters(cv_router *r);
 
 /* The `rollout` and `report` commands. */
 int cv_cmd_rollout(void *plugin, int argc, char **argv);

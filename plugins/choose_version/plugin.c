@@ -295,6 +295,15 @@ static int on_event(void *plugin, const sy_event *ev) {
   return 0;
 }
 
+static int before_commit(void *plugin) {
+  cv_router *r = plugin;
+  if (cv_flush_counters(r)) {
+    r->api->log(r->e, "%s", r->errmsg);
+    return -1;
+  }
+  return 0;
+}
+
 static const sy_node_type nodes[] = {
     {.name = "choose_version",
      .compile = compile,
@@ -328,7 +337,8 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .nodes = nodes,
                                   .ctx_fns = ctx_fns,
                                   .commands = commands,
-                                  .on_event = on_event};
+                                  .on_event = on_event,
+                                  .before_commit = before_commit};
 
 const sy_plugin_def *cv_plugin_def(void) {
   return &def;

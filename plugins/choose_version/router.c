@@ -94,10 +94,17 @@ static const char *const sql_text[CVQ__COUNT] = {
         "INSERT INTO cv_decisions(instance_id, flag, workflow, step, subject, "
         "version, reason, bucket, rate_ppm, ramp_id, decided_at) "
         "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    [CVQ_COUNT_ROUTED] =
-        "INSERT INTO cv_counters(workflow, flag, version, routed, in_flight) "
-        "VALUES(?1, ?2, ?3, 1, 1) ON CONFLICT DO UPDATE SET "
-        "routed = routed + 1, in_flight = in_flight + 1",
+    [CVQ_COUNTERS_ADD] =
+        "INSERT INTO cv_counters(workflow, flag, version, routed, in_flight, "
+        "completed, cancelled, with_incidents, incidents, open_incidents) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+        "ON CONFLICT DO UPDATE SET routed = routed + excluded.routed, "
+        "in_flight = in_flight + excluded.in_flight, "
+        "completed = completed + excluded.completed, "
+        "cancelled = cancelled + excluded.cancelled, "
+        "with_incidents = with_incidents + excluded.with_incidents, "
+        "incidents = incidents + excluded.incidents, "
+        "open_incidents = open_incidents + excluded.open_incidents",
     [CVQ_NTH] =
         "UPDATE cv_flags SET nth_counter = nth_counter + 1 WHERE name = ?1 "
         "RETURNING nth_counter - 1",
@@ -110,10 +117,9 @@ static const char *const sql_text[CVQ__COUNT] = {
   "AND r.step <> cv_decisions.step"
     [CVQ_EV_COMPLETED] =
         "UPDATE cv_decisions SET outcome = 'completed', ended_at = ?2, "
-        "branch_ms = ?2 - decided_at, "
-        "step_ms = (SELECT coalesce(sum(r.ended_at - r.started_at), 0) "
-        BRANCH_RUNS "), "
-        "retries = (SELECT count(*) " BRANCH_RUNS " AND r.attempt > 1) "
+        "branch_ms = ?2 - decided_at, (step_ms, retries) = "
+        "(SELECT coalesce(sum(r.ended_at - r.started_at), 0), "
+        "count(*) FILTER (WHERE r.attempt > 1) " BRANCH_RUNS ") "
         "WHERE instance_id = ?1 RETURNING flag, workflow, version, incidents",
     [CVQ_EV_INCIDENT] =
         "UPDATE cv_decisions SET incidents = incidents + 1, "
@@ -127,24 +133,6 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_EV_CANCELLED] =
         "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
         "WHERE instance_id = ?1 RETURNING flag, workflow, version, incidents",
-    [CVQ_CNT_COMPLETED] =
-        "UPDATE cv_counters SET completed = completed + 1, "
-        "in_flight = in_flight - 1 "
-        "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
-    /* An instance in an incident is not in flight; a retry puts it back. */
-    [CVQ_CNT_INCIDENT] =
-        "UPDATE cv_counters SET incidents = incidents + 1, "
-        "open_incidents = open_incidents + 1, in_flight = in_flight - 1, "
-        "with_incidents = with_incidents + ?4 "
-        "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
-    [CVQ_CNT_RESOLVED] =
-        "UPDATE cv_counters SET open_incidents = open_incidents - 1, "
-        "in_flight = in_flight + 1 "
-        "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
-    [CVQ_CNT_CANCELLED] =
-        "UPDATE cv_counters SET cancelled = cancelled + 1, "
-        "in_flight = in_flight - 1 "
-        "WHERE workflow = ?1 AND flag = ?2 AND version = ?3",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen) {
@@ -207,7 +195,18 @@ int cv_router_init(cv_router *r, const sy_api *api, sy_engine *e) {
   return 0;
 }
 
+static void free_deltas(cv_router *r) {
+  while (r->deltas) {
+    cv_delta *d = r->deltas;
+    r->deltas = d->next;
+    free(d->workflow);
+    free(d->flag);
+    free(d);
+  }
+}
+
 void cv_router_free(cv_router *r) {
+  free_deltas(r);
   while (r->flags) {
     cv_flag *f = r->flags;
     r->flags = f->next;
@@ -447,6 +446,59 @@ static int recorded(cv_router *r, int64_t instance_id, const char *flag,
   return 0;
 }
 
+static cv_delta *delta(cv_router *r, const char *workflow, const char *flag,
+                       int v2) {
+  cv_delta *d;
+  for (d = r->deltas; d; d = d->next) {
+    if (d->v2 == v2 && strcmp(d->flag, flag) == 0 &&
+        strcmp(d->workflow, workflow) == 0) {
+      return d;
+    }
+  }
+  if (!(d = calloc(1, sizeof *d)) || !(d->workflow = strdup(workflow)) ||
+      !(d->flag = strdup(flag))) {
+    if (d) {
+      free(d->workflow);
+      free(d);
+    }
+    snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+    return NULL;
+  }
+  d->v2 = v2;
+  d->next = r->deltas;
+  r->deltas = d;
+  return d;
+}
+
+int cv_flush_counters(cv_router *r) {
+  sqlite3_stmt *s;
+  if (!r->deltas) {
+    return 0;
+  }
+  if (!(s = stmt(r, CVQ_COUNTERS_ADD))) {
+    return -1;
+  }
+  for (cv_delta *d = r->deltas; d; d = d->next) {
+    sqlite3_bind_text(s, 1, d->workflow, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, d->flag, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, d->v2 ? "v2" : "v1", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, d->routed);
+    sqlite3_bind_int64(s, 5, d->in_flight);
+    sqlite3_bind_int64(s, 6, d->completed);
+    sqlite3_bind_int64(s, 7, d->cancelled);
+    sqlite3_bind_int64(s, 8, d->with_incidents);
+    sqlite3_bind_int64(s, 9, d->incidents);
+    sqlite3_bind_int64(s, 10, d->open_incidents);
+    if (sqlite3_step(s) != SQLITE_DONE) {
+      free_deltas(r);
+      return fail_db(r, s);
+    }
+    sqlite3_reset(s);
+  }
+  free_deltas(r);
+  return 0;
+}
+
 static int record(cv_router *r, int64_t instance_id, const char *workflow,
                   const char *step, const cv_request *req,
                   const cv_decision *d) {
@@ -478,16 +530,14 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
     return fail_db(r, s);
   }
   sqlite3_reset(s);
-  if (!(s = stmt(r, CVQ_COUNT_ROUTED))) {
-    return -1;
+  {
+    cv_delta *c = delta(r, workflow, req->flag, v[1] == '2');
+    if (!c) {
+      return -1;
+    }
+    c->routed++;
+    c->in_flight++;
   }
-  sqlite3_bind_text(s, 1, workflow, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, req->flag, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, v, -1, SQLITE_STATIC);
-  if (sqlite3_step(s) != SQLITE_DONE) {
-    return fail_db(r, s);
-  }
-  sqlite3_reset(s);
   return 0;
 }
 
@@ -546,20 +596,20 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
  * counters. Instances that never met a choose_version node cost one
  * indexed update that touches nothing. */
 int cv_on_event(cv_router *r, const sy_event *ev) {
-  int q, cq, rc;
+  int q, rc;
   sqlite3_stmt *s;
   switch (ev->type) {
     case SY_EVENT_COMPLETED:
-      q = CVQ_EV_COMPLETED, cq = CVQ_CNT_COMPLETED;
+      q = CVQ_EV_COMPLETED;
       break;
     case SY_EVENT_INCIDENT:
-      q = CVQ_EV_INCIDENT, cq = CVQ_CNT_INCIDENT;
+      q = CVQ_EV_INCIDENT;
       break;
     case SY_EVENT_INCIDENT_RESOLVED:
-      q = CVQ_EV_RESOLVED, cq = CVQ_CNT_RESOLVED;
+      q = CVQ_EV_RESOLVED;
       break;
     default:
-      q = CVQ_EV_CANCELLED, cq = CVQ_CNT_CANCELLED;
+      q = CVQ_EV_CANCELLED;
   }
   if (!(s = stmt(r, q))) {
     return -1;
@@ -568,28 +618,36 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
   if (q == CVQ_EV_COMPLETED || q == CVQ_EV_CANCELLED) {
     sqlite3_bind_int64(s, 2, ev->time_ms);
   }
-  /* RETURNING: every change is made by the first step, so the counters
-   * can be written while the rows are read. */
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    sqlite3_stmt *u = stmt(r, cq);
-    if (!u) {
+    const char *version = (const char *)sqlite3_column_text(s, 2);
+    cv_delta *d = delta(r, (const char *)sqlite3_column_text(s, 1),
+                        (const char *)sqlite3_column_text(s, 0),
+                        version[1] == '2');
+    if (!d) {
       sqlite3_reset(s);
       return -1;
     }
-    sqlite3_bind_text(u, 1, (const char *)sqlite3_column_text(s, 1), -1,
-                      SQLITE_TRANSIENT);
-    sqlite3_bind_text(u, 2, (const char *)sqlite3_column_text(s, 0), -1,
-                      SQLITE_TRANSIENT);
-    sqlite3_bind_text(u, 3, (const char *)sqlite3_column_text(s, 2), -1,
-                      SQLITE_TRANSIENT);
-    if (cq == CVQ_CNT_INCIDENT) {
-      sqlite3_bind_int(u, 4, sqlite3_column_int(s, 3) == 1);
+    /* An instance waiting in an incident is not in flight; a retry puts
+     * it back. */
+    switch (q) {
+      case CVQ_EV_COMPLETED:
+        d->completed++;
+        d->in_flight--;
+        break;
+      case CVQ_EV_INCIDENT:
+        d->incidents++;
+        d->open_incidents++;
+        d->in_flight--;
+        d->with_incidents += sqlite3_column_int(s, 3) == 1;
+        break;
+      case CVQ_EV_RESOLVED:
+        d->open_incidents--;
+        d->in_flight++;
+        break;
+      default:
+        d->cancelled++;
+        d->in_flight--;
     }
-    if (sqlite3_step(u) != SQLITE_DONE) {
-      sqlite3_reset(s);
-      return fail_db(r, u);
-    }
-    sqlite3_reset(u);
   }
   if (rc != SQLITE_DONE) {
     return fail_db(r, s);

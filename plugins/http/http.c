@@ -313,6 +313,13 @@ static const char *str(json_t *o, const char *key) {
   return json_string_value(json_object_get(o, key));
 }
 
+static void fail_request(request *r, sy_call *c, json_t *args,
+                         const char *msg) {
+  r->h->api->fail(c, msg);
+  request_free(r);
+  json_decref(args);
+}
+
 /* Lua: ctx.http{ method = "POST", url = "...", headers = { k = v },
  *                body = "text" | json = { ... }, timeout = seconds }
  *      -> { status, headers, body, json } (raises on transport errors) */
@@ -322,9 +329,9 @@ static void http_call(void *plugin, sy_call *c, const char *args_json) {
   json_t *a = json_loads(args_json, 0, NULL), *hdrs, *v;
   const char *url, *method, *key;
   request *r;
-  char line[1024];
+  char line[1024], msg[256];
   double timeout;
-  int has_idem = 0;
+  int has_idem = 0, has_type = 0;
   if (!json_is_object(a) || !(url = str(a, "url"))) {
     api->fail(c, "ctx.http: expected a table with at least url = \"...\"");
     json_decref(a);
@@ -359,17 +366,55 @@ static void http_call(void *plugin, sy_call *c, const char *args_json) {
     curl_easy_setopt(r->easy, CURLOPT_NOBODY, 1L);
   }
   hdrs = json_object_get(a, "headers");
+  if (hdrs && !json_is_object(hdrs)) {
+    fail_request(r, c, a, "ctx.http: headers must be a table of name = value");
+    return;
+  }
   json_object_foreach(hdrs, key, v) {
-    if (json_is_string(v)) {
-      snprintf(line, sizeof line, "%s: %s", key, json_string_value(v));
-      r->headers = curl_slist_append(r->headers, line);
-      has_idem |= strcasecmp(key, "idempotency-key") == 0;
+    char num[64];
+    const char *val = json_string_value(v);
+    char *hl;
+    if (json_is_integer(v)) {
+      snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
+      val = num;
+    } else if (json_is_real(v)) {
+      snprintf(num, sizeof num, "%.17g", json_real_value(v));
+      val = num;
+    } else if (json_is_boolean(v)) {
+      val = json_is_true(v) ? "true" : "false";
     }
+    if (!val) {
+      snprintf(msg, sizeof msg,
+               "ctx.http: header '%.100s' must be a string or a number", key);
+      fail_request(r, c, a, msg);
+      return;
+    }
+    /* A line break would let a value smuggle in headers of its own. */
+    if (strpbrk(key, "\r\n:") || !*key || strpbrk(val, "\r\n") ||
+        (json_is_string(v) && strlen(val) != json_string_length(v))) {
+      snprintf(msg, sizeof msg,
+               "ctx.http: header '%.100s' has a line break, NUL or colon in "
+               "its name or value",
+               key);
+      fail_request(r, c, a, msg);
+      return;
+    }
+    if (!(hl = malloc(strlen(key) + strlen(val) + 3))) {
+      fail_request(r, c, a, "ctx.http: out of memory");
+      return;
+    }
+    sprintf(hl, "%s: %s", key, val);
+    r->headers = curl_slist_append(r->headers, hl);
+    free(hl);
+    has_idem |= strcasecmp(key, "idempotency-key") == 0;
+    has_type |= strcasecmp(key, "content-type") == 0;
   }
   if ((v = json_object_get(a, "json"))) {
     r->body = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    r->headers =
-        curl_slist_append(r->headers, "Content-Type: application/json");
+    if (!has_type) { /* the step's own Content-Type wins */
+      r->headers =
+          curl_slist_append(r->headers, "Content-Type: application/json");
+    }
   } else if ((v = json_object_get(a, "body")) && json_is_string(v)) {
     r->body = strdup(json_string_value(v));
   }
@@ -379,7 +424,7 @@ static void http_call(void *plugin, sy_call *c, const char *args_json) {
   /* The engine's key: a step re-run after a crash sends the same one, so
    * the server can drop the duplicate; a retry sends a new one. */
   if (!has_idem) {
-    snprintf(line, sizeof line, "Idempotency-Key: %s",
+    snprintf(line, sizeof line, "Idempotency-Key: %.1000s",
              api->idempotency_key(c));
     r->headers = curl_slist_append(r->headers, line);
   }

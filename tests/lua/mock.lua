@@ -1,6 +1,7 @@
 -- Background servers for the specs that talk HTTP: switchyard-mock (the
 -- VerifyMeNow mock, scripts/mock_api/) and an optional header-echo server
--- (tests/fixtures/http/echo_server.py, when python3 is there). Each is
+-- (tests/fixtures/http/echo_server.py, when python3 is there; $SY_PYTHON
+-- names another interpreter). Each is
 -- started on port 0; its port is read from its `listening on
 -- 127.0.0.1:PORT` line with a bounded wait. Everything started is
 -- remembered, so a spec's after_each / teardown can kill it by pid with
@@ -21,6 +22,7 @@ local build_dir = os.getenv("SY_BUILD_DIR")
 M.MOCK = os.getenv("SY_MOCK") or (build_dir and build_dir ..
   "/switchyard-mock")
 M.ECHO = "tests/fixtures/http/echo_server.py"
+M.PYTHON = os.getenv("SY_PYTHON") or "python3"
 
 local started = {}
 
@@ -177,17 +179,19 @@ function M.start(opts)
   return listening(spawn(argv, M.MOCK), "switchyard-mock")
 end
 
--- Whether the echo server can run here (it needs python3).
+-- Whether the echo server can run here (it needs python3, or $SY_PYTHON).
 function M.have_echo()
-  return exec("command -v python3 >/dev/null 2>&1") == 0
+  return exec("command -v " .. q(M.PYTHON) .. " >/dev/null 2>&1") == 0
 end
 
 -- Starts the echo server; every request it gets is appended, one JSON
 -- object a line, to the handle's `log` file.
 function M.start_echo()
   local log = path("echo.log")
-  return listening(spawn({ "python3", M.ECHO, log }, M.ECHO), "echo server"),
-      log
+  local p = listening(spawn({ M.PYTHON, M.ECHO, log }, M.ECHO),
+    "echo server")
+  p.log = log
+  return p
 end
 
 -- The requests the echo server got so far, decoded, in arrival order.
@@ -211,11 +215,16 @@ function M.stop(p)
   end
 end
 
+-- Stops everything started so far and removes its scratch files.
 function M.stop_all()
   for _, p in ipairs(started) do
     M.stop(p)
   end
   started = {}
+  if scratch and scratch:match("/sy%-mockhelper%.") then
+    exec("rm -rf " .. q(scratch))
+  end
+  scratch = nil
 end
 
 -- A TCP port on 127.0.0.1 that nothing listens on: one a mock had, after

@@ -89,7 +89,8 @@ typedef struct sy_api {
   int (*attempt)(sy_call *c);
   /* A key for calls to outside systems, the same when a step re-runs after
    * a crash and new for each retry: "<instance>-<step>-<attempt>", with
-   * ".<n>" after the n-th incident retry. Also ctx.idempotency_key. */
+   * ".<n>" after the n-th incident retry (ctx.idempotency_key), and "#<k>"
+   * for the k-th ctx call (k > 1) of one step run. */
   const char *(*idempotency_key)(sy_call *c);
   /* Per-node data returned by sy_node_type.compile (NULL for ctx calls). */
   void *(*node_data)(sy_call *c);
@@ -178,6 +179,11 @@ typedef struct sy_plugin_def {
   /* Optional; returns 0, or non-zero when its writes failed (the engine
    * then rolls the whole transaction back and stops). */
   int (*on_event)(void *plugin, const sy_event *ev);
+  /* Optional: called just before the engine commits a transaction in
+   * which the plugin may have written (an engine turn, a retry or a
+   * cancel), so it can flush writes it batched in memory into that same
+   * transaction. Non-zero: the engine rolls back and stops. */
+  int (*before_commit)(void *plugin);
 } sy_plugin_def;
 
 /* The one symbol a plugin exports. */
