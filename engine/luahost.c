@@ -53,6 +53,7 @@ struct sy_task {
   int ctx_ref;
   lua_State *co;
   int co_ref;
+  int co_idle; /* finished cleanly: reusable for the next step */
   const sy_step *step;
   int attempt;
   int sleep_seq;
@@ -1569,6 +1570,7 @@ int sy_task_new(sy_lua *h, sy_task **out, const sy_workflow *wf,
 }
 
 static void drop_coroutine(sy_task *t) {
+  t->co_idle = 0;
   if (t->co_ref != LUA_NOREF) {
     lua_resetthread(t->co);
     luaL_unref(t->h->L, LUA_REGISTRYINDEX, t->co_ref);
@@ -1749,8 +1751,11 @@ static void resume(sy_task *t, int nargs, sy_task_result *r) {
     return;
   }
   if (rc == LUA_OK) {
+    /* A coroutine that returned can start another function: keep it for
+     * the instance's next step rather than make a new one. */
     lua_pop(t->co, nres);
-    drop_coroutine(t);
+    t->co_idle = 1;
+    t->pending = PENDING_NONE;
     finish(t, t->step, NULL, r);
     return;
   }
@@ -1767,10 +1772,13 @@ void sy_task_start(sy_task *t, const sy_step *step, int attempt,
                    sy_task_result *r) {
   lua_State *L = t->h->L;
   SY_ASSERT(step->kind == SY_STEP_TASK);
-  drop_coroutine(t);
+  if (!t->co_idle) {
+    drop_coroutine(t);
+    t->co = lua_newthread(L);
+    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  t->co_idle = 0;
   sy_task_set_step(t, step, attempt);
-  t->co = lua_newthread(L);
-  t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_rawgeti(t->co, LUA_REGISTRYINDEX, step->run_ref);
   lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->ctx_ref);
   resume(t, 1, r);

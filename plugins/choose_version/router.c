@@ -90,10 +90,13 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_GET_DECISION] =
         "SELECT version, reason, bucket, rate_ppm, ramp_id FROM cv_decisions "
         "WHERE instance_id = ?1 AND flag = ?2",
+    /* A decision recorded earlier for the instance wins: nothing is
+     * written, and the caller reads that one instead. */
     [CVQ_PUT_DECISION] =
         "INSERT INTO cv_decisions(instance_id, flag, workflow, step, subject, "
         "version, reason, bucket, rate_ppm, ramp_id, decided_at) "
-        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
+        "ON CONFLICT(instance_id, flag) DO NOTHING",
     [CVQ_COUNTERS_ADD] =
         "INSERT INTO cv_counters(workflow, flag, version, routed, in_flight, "
         "completed, cancelled, with_incidents, incidents, open_incidents) "
@@ -530,6 +533,9 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
     return fail_db(r, s);
   }
   sqlite3_reset(s);
+  if (sqlite3_changes(r->db) == 0) {
+    return 1; /* decided before: nothing counted */
+  }
   {
     cv_delta *c = delta(r, workflow, req->flag, v[1] == '2');
     if (!c) {
@@ -562,18 +568,22 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
               const char *step, const cv_request *req, const char *forced,
               cv_decision *out) {
   int64_t tx = r->api->tx_begin(r->e);
-  int found;
+  int found, rc;
   if (tx < 0) {
     snprintf(r->errmsg, sizeof r->errmsg,
              "choose_version: cannot open a transaction");
     return -1;
   }
-  /* An instance never changes branch: a re-run reuses its decision. */
-  if (recorded(r, instance_id, req->flag, out, &found)) {
-    return -1;
-  }
-  if (found) {
-    return 0;
+  /* An instance never changes branch: a re-run reuses its decision. The
+   * every_nth counter must not move for a re-run, so look first there;
+   * otherwise deciding is free of side effects and the insert finds out. */
+  if (req->strategy == CV_STRATEGY_EVERY_NTH && !forced) {
+    if (recorded(r, instance_id, req->flag, out, &found)) {
+      return -1;
+    }
+    if (found) {
+      return 0;
+    }
   }
   if (forced) {
     cv_flag *f = get_flag(r, req->flag, tx);
@@ -589,7 +599,11 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
   } else if (cv_route(r, tx, req, out)) {
     return -1;
   }
-  return record(r, instance_id, workflow, step, req, out);
+  rc = record(r, instance_id, workflow, step, req, out);
+  if (rc == 1) {
+    return recorded(r, instance_id, req->flag, out, &found);
+  }
+  return rc;
 }
 
 /* Applies an instance event to the decisions it concerns and to their

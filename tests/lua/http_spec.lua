@@ -457,10 +457,14 @@ describe("ctx.http", function()
     for _, id in ipairs(ids) do
       assert.are_not.equal("completed", e:instance(id).state)
     end
+    -- Every request that reached the mock was abandoned (on a loaded
+    -- machine some may not have been sent within the 300 ms).
+    local seen
     assert.is_truthy(M.poll(3, 0.05, function()
       local s = M.stats(m)
-      return s.in_flight == 0 and s.v1.client_gone == 20
-    end), "the mock saw all 20 connections close")
+      seen = s.v1.requests
+      return s.in_flight == 0 and s.v1.client_gone == s.v1.requests
+    end), "the mock saw every abandoned connection close")
     e:run()
     for k, id in ipairs(ids) do
       local i = e:instance(id)
@@ -470,7 +474,7 @@ describe("ctx.http", function()
       assert.are.same({ { step = "call", attempt = 1, outcome = "ok" } },
         e:history(id))
     end
-    assert.are.equal(40, M.stats(m).v1.requests)
+    assert.are.equal(seen + 20, M.stats(m).v1.requests)
   end)
 
   it("closes the engine cleanly after all that", function()
