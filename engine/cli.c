@@ -243,7 +243,10 @@ static int open_engine(cli *c, sy_engine **e) {
 }
 
 static int fail(sy_engine *e, int rc) {
-  fprintf(stderr, "switchyard: %s\n", sy_engine_errmsg(e));
+  const char *msg = sy_engine_errmsg(e);
+  /* Store failures leave their message with the store. */
+  fprintf(stderr, "switchyard: %s\n",
+          *msg ? msg : sy_store_errmsg(sy_engine_store(e)));
   return rc == SY_ENOTFOUND || rc == SY_ESTATE || rc == SY_EINVAL ? EXIT_USAGE
                                                                  : 1;
 }
@@ -481,12 +484,13 @@ static int cmd_start(cli *c) {
     free(vars);
     return rc;
   }
-  if (sy_engine_load_workflow(e, name, &wf, &diag)) {
+  if ((rc = sy_engine_load_workflow(e, name, &wf, &diag))) {
     fprintf(stderr, "switchyard: %s\n", diag.error);
     sy_store_rollback(sy_engine_store(e));
     sy_engine_close(e);
     free(vars);
-    return EXIT_USAGE;
+    /* A bad file is bad input; a database that cannot store it is not. */
+    return rc == SY_ELOAD ? EXIT_USAGE : 1;
   }
   fputs(diag.warnings, stderr);
   if (from) {
@@ -548,6 +552,9 @@ static int cmd_run(cli *c) {
       return bad_usage("run: unknown argument '%s'", c->argv[i]);
     }
   }
+  /* A running engine waits out another writer (a long start, a backup)
+   * rather than stop: nothing can commit meanwhile anyway. */
+  c->o.busy_timeout_ms = 60000;
   if ((rc = open_engine(c, &e))) {
     return rc;
   }
@@ -978,6 +985,9 @@ int main(int argc, char **argv) {
     usage(stdout, NULL);
     return 0;
   }
+  /* Commands that write say so up front on a read-only database. */
+  c.o.expect_write = strcmp(cmd, "start") == 0 || strcmp(cmd, "run") == 0 ||
+                     strcmp(cmd, "retry") == 0 || strcmp(cmd, "cancel") == 0;
   if (strcmp(cmd, "start") == 0) {
     return cmd_start(&c);
   }

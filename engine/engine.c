@@ -524,7 +524,10 @@ void sy_engine_opts_init(sy_engine_opts *o) {
 int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
                    size_t errlen) {
   sy_engine *e = calloc(1, sizeof *e);
-  sy_store_opts so = {.sync = o->sync, .read_only = o->read_only};
+  sy_store_opts so = {.sync = o->sync,
+                      .read_only = o->read_only,
+                      .busy_timeout_ms = o->busy_timeout_ms,
+                      .expect_write = o->expect_write};
   sy_lua_limits limits = {o->lua_memory, o->step_instructions};
   int rc;
   if (!e) {
@@ -1173,8 +1176,10 @@ static int reap_dead(void *ud, const char *id, int64_t pid) {
   sy_engine *e = ud;
   int64_t n;
   int rc;
+  /* Gone: no such process, or our own pid under another identity (a
+   * restart that got the dead engine's pid, as PID 1 in a container). */
   if (strcmp(id, e->id) == 0 || pid <= 0 ||
-      uv_kill((int)pid, 0) != UV_ESRCH) {
+      (pid != (int64_t)uv_os_getpid() && uv_kill((int)pid, 0) != UV_ESRCH)) {
     return 0;
   }
   if ((rc = sy_store_release(e->store, id, sy_now_ms(), &n)) ||

@@ -36,6 +36,8 @@ typedef struct sy_engine_opts {
   const sy_plugin_def *const *static_plugins;
   int nstatic_plugins;
   int read_only; /* listing commands: no migration, no plugin init */
+  int busy_timeout_ms; /* waiting for another writer; 0: 5 s */
+  int expect_write;    /* the command writes: refuse a read-only database */
 } sy_engine_opts;
 
 /* Fills opts with the defaults. */

@@ -207,9 +207,11 @@ int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
   if (p->nplugins == 0) {
     return 0;
   }
-  if ((rc = sy_store_begin(st))) {
-    snprintf(err, errlen, "%s", sy_store_errmsg(st));
-    return rc;
+  /* Deferred: plugins whose tables are up to date only read, so commands
+   * that only read do not wait for another process's write lock. */
+  if (sqlite3_exec(sy_store_db(st), "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "%s", sqlite3_errmsg(sy_store_db(st)));
+    return SY_ESTORE;
   }
   for (int i = 0; i < p->nplugins; i++) {
     sy_loaded_plugin *lp = p->plugins[i];
@@ -219,15 +221,18 @@ int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
     }
     if (lp->def->init(api, e, &lp->state, msg, sizeof msg)) {
       snprintf(err, errlen, "plugin %s: %s", lp->def->name, msg);
-      sy_store_rollback(st);
+      sqlite3_exec(sy_store_db(st), "ROLLBACK", NULL, NULL, NULL);
       return SY_EPLUGIN;
     }
     lp->initialized = 1;
   }
-  if ((rc = sy_store_commit(st))) {
-    snprintf(err, errlen, "%s", sy_store_errmsg(st));
+  rc = sqlite3_exec(sy_store_db(st), "COMMIT", NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "%s", sqlite3_errmsg(sy_store_db(st)));
+    sqlite3_exec(sy_store_db(st), "ROLLBACK", NULL, NULL, NULL);
+    return rc == SQLITE_BUSY ? SY_EBUSY : SY_ESTORE;
   }
-  return rc;
+  return 0;
 }
 
 const sy_node_entry *sy_plugins_node(const sy_plugins *p, const char *name) {

@@ -218,7 +218,16 @@ int sy_store_set_error(sy_store *st, int code, const char *fmt, ...) {
 /* Turns an SQLite failure into an SY_E code, keeping SQLite's message. */
 static int db_error(sy_store *st, const char *what) {
   int rc = sqlite3_errcode(st->db);
-  sy_store_set_error(st, 0, "%s: %s", what, sqlite3_errmsg(st->db));
+  int sys = sqlite3_system_errno(st->db);
+  /* SQLite's words for an I/O failure ("disk I/O error") hide the cause
+   * the operating system gave (no space left, read-only file system). */
+  if (sys && (rc == SQLITE_IOERR || rc == SQLITE_FULL ||
+              rc == SQLITE_CANTOPEN || rc == SQLITE_READONLY)) {
+    sy_store_set_error(st, 0, "%s: %s (%s)", what, sqlite3_errmsg(st->db),
+                       strerror(sys));
+  } else {
+    sy_store_set_error(st, 0, "%s: %s", what, sqlite3_errmsg(st->db));
+  }
   return (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? SY_EBUSY : SY_ESTORE;
 }
 
@@ -273,21 +282,23 @@ static void bind_opt_int(sqlite3_stmt *s, int i, int64_t v) {
 static int exec_sql(sy_store *st, const char *sql) {
   char *msg = NULL;
   if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-    int busy = sqlite3_errcode(st->db) == SQLITE_BUSY;
-    sy_store_set_error(st, 0, "%s", msg ? msg : sqlite3_errmsg(st->db));
+    int rc = sqlite3_errcode(st->db), sys = sqlite3_system_errno(st->db);
+    if (sys && (rc == SQLITE_IOERR || rc == SQLITE_FULL ||
+                rc == SQLITE_CANTOPEN || rc == SQLITE_READONLY)) {
+      sy_store_set_error(st, 0, "%s (%s)", msg ? msg : sqlite3_errmsg(st->db),
+                         strerror(sys));
+    } else {
+      sy_store_set_error(st, 0, "%s", msg ? msg : sqlite3_errmsg(st->db));
+    }
     sqlite3_free(msg);
-    return busy ? SY_EBUSY : SY_ESTORE;
+    return rc == SQLITE_BUSY ? SY_EBUSY : SY_ESTORE;
   }
   return 0;
 }
 
-static int migrate(sy_store *st) {
+static int user_version(sy_store *st) {
   sqlite3_stmt *s;
   int version = 0;
-  int rc = exec_sql(st, "BEGIN IMMEDIATE");
-  if (rc) {
-    return rc;
-  }
   if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) ==
       SQLITE_OK) {
     if (sqlite3_step(s) == SQLITE_ROW) {
@@ -295,6 +306,20 @@ static int migrate(sy_store *st) {
     }
     sqlite3_finalize(s);
   }
+  return version;
+}
+
+static int migrate(sy_store *st) {
+  int version, rc;
+  /* Up to date (the common case): no write lock, so commands that only
+   * read work while another process writes. */
+  if (user_version(st) == SCHEMA_VERSION) {
+    return 0;
+  }
+  if ((rc = exec_sql(st, "BEGIN IMMEDIATE"))) {
+    return rc;
+  }
+  version = user_version(st); /* again, under the lock */
   if (version > SCHEMA_VERSION) {
     exec_sql(st, "ROLLBACK");
     return sy_store_set_error(st, SY_ESTORE,
@@ -329,8 +354,18 @@ int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
     return SY_ENOMEM;
   }
   if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
-    snprintf(err, errlen, "cannot open database %s: %s", path,
-             st->db ? sqlite3_errmsg(st->db) : "out of memory");
+    int sys = st->db ? sqlite3_system_errno(st->db) : 0;
+    snprintf(err, errlen, "cannot open database %s: %s%s%s%s", path,
+             st->db ? sqlite3_errmsg(st->db) : "out of memory",
+             sys ? " (" : "", sys ? strerror(sys) : "", sys ? ")" : "");
+    sy_store_close(st);
+    return SY_ESTORE;
+  }
+  /* A file we may not write is opened read-only by SQLite without a word;
+   * say so now, before WAL files are made with the file's mode. */
+  if (opts->expect_write && sqlite3_db_readonly(st->db, "main") == 1) {
+    snprintf(err, errlen, "database %s is read-only (check its permissions "
+             "and its directory's)", path);
     sy_store_close(st);
     return SY_ESTORE;
   }

@@ -20,6 +20,7 @@ typedef struct sy_store_opts {
   sy_sync_mode sync;
   int busy_timeout_ms;
   int read_only; /* open without creating or migrating (listing commands) */
+  int expect_write; /* refuse a database SQLite can only read, at once */
 } sy_store_opts;
 
 /* Instance states as stored. `running` means an engine holds it in memory;

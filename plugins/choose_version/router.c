@@ -123,19 +123,23 @@ static const char *const sql_text[CVQ__COUNT] = {
         "branch_ms = ?2 - decided_at, (step_ms, retries) = "
         "(SELECT coalesce(sum(r.ended_at - r.started_at), 0), "
         "count(*) FILTER (WHERE r.attempt > 1) " BRANCH_RUNS ") "
-        "WHERE instance_id = ?1 RETURNING flag, workflow, version, incidents",
+        "WHERE instance_id = ?1",
     [CVQ_EV_INCIDENT] =
         "UPDATE cv_decisions SET incidents = incidents + 1, "
         "open_incidents = open_incidents + 1, "
         "retries = (SELECT count(*) " BRANCH_RUNS " AND r.attempt > 1) "
-        "WHERE instance_id = ?1 RETURNING flag, workflow, version, incidents",
+        "WHERE instance_id = ?1",
     [CVQ_EV_RESOLVED] =
         "UPDATE cv_decisions SET open_incidents = open_incidents - 1 "
-        "WHERE instance_id = ?1 AND open_incidents > 0 "
-        "RETURNING flag, workflow, version, incidents",
+        "WHERE instance_id = ?1 AND open_incidents > 0",
     [CVQ_EV_CANCELLED] =
         "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
-        "WHERE instance_id = ?1 RETURNING flag, workflow, version, incidents",
+        "WHERE instance_id = ?1",
+    /* The decisions an event concerns, read before the update (RETURNING
+     * would buffer its rows in a temporary table at every event). */
+    [CVQ_DECISIONS_OF] =
+        "SELECT flag, workflow, version, incidents, open_incidents "
+        "FROM cv_decisions WHERE instance_id = ?1",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen) {
@@ -150,11 +154,19 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen) {
 
 int cv_schema(sqlite3 *db, char *err, size_t errlen) {
   sqlite3_stmt *s;
-  int version = 0;
-  if (exec(db,
-           "CREATE TABLE IF NOT EXISTS cv_meta(key TEXT PRIMARY KEY, "
-           "value INTEGER)",
-           err, errlen)) {
+  int version = 0, have_meta = 0;
+  /* Only read when the tables are there, so that commands that only read
+   * never need the write lock. */
+  if (sqlite3_prepare_v2(db,
+                         "SELECT 1 FROM sqlite_schema WHERE name = 'cv_meta'",
+                         -1, &s, NULL) == SQLITE_OK) {
+    have_meta = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_finalize(s);
+  }
+  if (!have_meta && exec(db,
+                         "CREATE TABLE cv_meta(key TEXT PRIMARY KEY, "
+                         "value INTEGER)",
+                         err, errlen)) {
     return -1;
   }
   if (sqlite3_prepare_v2(db,
@@ -610,8 +622,8 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
  * counters. Instances that never met a choose_version node cost one
  * indexed update that touches nothing. */
 int cv_on_event(cv_router *r, const sy_event *ev) {
-  int q, rc;
-  sqlite3_stmt *s;
+  sqlite3_stmt *s = stmt(r, CVQ_DECISIONS_OF), *u;
+  int q, rc, n = 0;
   switch (ev->type) {
     case SY_EVENT_COMPLETED:
       q = CVQ_EV_COMPLETED;
@@ -625,15 +637,14 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
     default:
       q = CVQ_EV_CANCELLED;
   }
-  if (!(s = stmt(r, q))) {
+  if (!s) {
     return -1;
   }
   sqlite3_bind_int64(s, 1, ev->instance_id);
-  if (q == CVQ_EV_COMPLETED || q == CVQ_EV_CANCELLED) {
-    sqlite3_bind_int64(s, 2, ev->time_ms);
-  }
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
     const char *version = (const char *)sqlite3_column_text(s, 2);
+    int incidents = sqlite3_column_int(s, 3);
+    int open = sqlite3_column_int(s, 4);
     cv_delta *d = delta(r, (const char *)sqlite3_column_text(s, 1),
                         (const char *)sqlite3_column_text(s, 0),
                         version[1] == '2');
@@ -641,6 +652,7 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
       sqlite3_reset(s);
       return -1;
     }
+    n++;
     /* An instance waiting in an incident is not in flight; a retry puts
      * it back. */
     switch (q) {
@@ -652,20 +664,37 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
         d->incidents++;
         d->open_incidents++;
         d->in_flight--;
-        d->with_incidents += sqlite3_column_int(s, 3) == 1;
+        d->with_incidents += incidents == 0;
         break;
       case CVQ_EV_RESOLVED:
-        d->open_incidents--;
-        d->in_flight++;
+        if (open > 0) {
+          d->open_incidents--;
+          d->in_flight++;
+        }
         break;
       default:
         d->cancelled++;
         d->in_flight--;
     }
   }
-  if (rc != SQLITE_DONE) {
-    return fail_db(r, s);
-  }
   sqlite3_reset(s);
+  if (rc != SQLITE_DONE) {
+    return fail_db(r, NULL);
+  }
+  /* Instances never routed by a choose_version node: nothing to do. */
+  if (n == 0) {
+    return 0;
+  }
+  if (!(u = stmt(r, q))) {
+    return -1;
+  }
+  sqlite3_bind_int64(u, 1, ev->instance_id);
+  if (q == CVQ_EV_COMPLETED || q == CVQ_EV_CANCELLED) {
+    sqlite3_bind_int64(u, 2, ev->time_ms);
+  }
+  if (sqlite3_step(u) != SQLITE_DONE) {
+    return fail_db(r, u);
+  }
+  sqlite3_reset(u);
   return 0;
 }
