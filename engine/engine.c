@@ -113,7 +113,10 @@ static void handle_result(sy_inst *in, sy_task_result *r);
 /* ---------------------------------------------------------------------
  * Errors and helpers */
 
-static int set_error(sy_engine *e, int code, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int set_error(sy_engine *e,
+                                                           int code,
+                                                           const char *fmt,
+                                                           ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(e->errmsg, sizeof e->errmsg, fmt, ap);
@@ -194,7 +197,9 @@ static const char *api_setting(sy_engine *e, const char *key) {
   }
   return NULL;
 }
-static void api_log(sy_engine *e, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static void api_log(sy_engine *e,
+                                                          const char *fmt,
+                                                          ...) {
   va_list ap;
   (void)e;
   va_start(ap, fmt);

@@ -36,8 +36,8 @@ struct sy_lua {
   sy_ctx_call_fn ctx_call;
   void *ud;
   sy_task *current;
-  int step_mt;     /* metatable marking step specs */
-  int workflow_mt; /* metatable marking workflow specs */
+  char step_mt;     /* its address marks step specs (see make_spec) */
+  char workflow_mt; /* and this one workflow specs */
   int ctx_mt;      /* metatable of ctx tables (methods) */
 };
 
@@ -96,6 +96,14 @@ static sy_lua *host_of(lua_State *L) {
   return *(sy_lua **)lua_getextraspace(L);
 }
 
+/* Pushes t[k] without metamethods: user tables (a step's options) may carry
+ * an __index that must not run outside the sandbox's limits. */
+static int rawfield(lua_State *L, int idx, const char *k) {
+  idx = lua_absindex(L, idx);
+  lua_pushstring(L, k);
+  return lua_rawget(L, idx);
+}
+
 static void count_hook(lua_State *L, lua_Debug *ar) {
   sy_lua *h = host_of(L);
   (void)ar;
@@ -142,7 +150,8 @@ static void error_message(lua_State *co, char *buf, size_t len) {
 static int to_json(lua_State *L, int idx, json_t **out, char *path,
                    size_t pathcap, int depth, char *err, size_t errlen);
 
-static int path_push(char *path, size_t cap, size_t *saved, const char *fmt,
+__attribute__((format(printf, 4, 5))) static int path_push(
+    char *path, size_t cap, size_t *saved, const char *fmt,
                      ...) {
   va_list ap;
   size_t n = strlen(path);
@@ -336,6 +345,33 @@ static int push_json_text(lua_State *L, const char *text, int want_object,
   return 0;
 }
 
+/* A null inside an array comes back from Lua as a hole, which no step
+ * could store again: name where it is. */
+static int null_in_array(json_t *j, char *path, size_t cap) {
+  size_t n = strlen(path);
+  if (json_is_object(j)) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(j, k, v) {
+      snprintf(path + n, cap - n, ".%.60s", k);
+      if (null_in_array(v, path, cap)) {
+        return 1;
+      }
+    }
+  } else if (json_is_array(j)) {
+    size_t i;
+    json_t *v;
+    json_array_foreach(j, i, v) {
+      snprintf(path + n, cap - n, "[%zu]", i + 1);
+      if (json_is_null(v) || null_in_array(v, path, cap)) {
+        return 1;
+      }
+    }
+  }
+  path[n] = '\0';
+  return 0;
+}
+
 static int json_depth(json_t *j) {
   int d = 0;
   if (json_is_object(j)) {
@@ -373,6 +409,17 @@ int sy_vars_check(const char *text, char *err, size_t errlen) {
     return SY_EINVAL;
   }
   /* What a step could never store again must not get in either. */
+  {
+    char path[256] = "vars";
+    if (null_in_array(j, path, sizeof path)) {
+      snprintf(err, errlen,
+               "%s: null inside an array cannot be kept (Lua has no value "
+               "for it)",
+               path);
+      json_decref(j);
+      return SY_EINVAL;
+    }
+  }
   {
     const char *k;
     json_t *v;
@@ -427,7 +474,12 @@ static int caller_line(lua_State *L) {
   return 0;
 }
 
-/* Wraps the options table at 1 into a marked spec {kind=, line=, opts=}. */
+static void make_read_only(lua_State *L, int loading);
+
+/* Wraps the options table at 1 into a spec {kind=, line=, opts=}: a
+ * read-only proxy whose hidden metatable carries a marker (a light
+ * userdata no Lua code can make), so a file can neither forge a spec nor
+ * change one after sy.task{} returned it. */
 static int make_spec(lua_State *L, int mt, const char *kind) {
   sy_lua *h = host_of(L);
   int line = caller_line(L);
@@ -442,8 +494,12 @@ static int make_spec(lua_State *L, int mt, const char *kind) {
   lua_setfield(L, -2, "line");
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "opts");
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mt == 0 ? h->workflow_mt : h->step_mt);
-  lua_setmetatable(L, -2);
+  make_read_only(L, 0);
+  lua_getmetatable(L, -1);
+  lua_pushlightuserdata(L, mt == 0 ? (void *)&h->workflow_mt
+                                   : (void *)&h->step_mt);
+  lua_setfield(L, -2, "__sy_spec");
+  lua_pop(L, 1);
   return 1;
 }
 
@@ -585,6 +641,25 @@ static void make_read_only(lua_State *L, int loading) {
   lua_replace(L, store);
 }
 
+/* Lua: setmetatable(t, mt), refusing finalizers: a __gc would run at any
+ * garbage collection, outside every step and every limit. */
+static int sandbox_setmetatable(lua_State *L) {
+  if (lua_istable(L, 2)) {
+    rawfield(L, 2, "__gc");
+    if (!lua_isnil(L, -1)) {
+      return luaL_error(L, "metatables with __gc are not allowed in a "
+                           "workflow (finalizers run outside the sandbox)");
+    }
+    lua_pop(L, 1);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_getglobal(L, "setmetatable");
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
 /* Lua: rawset(t, k, v), except on the sandbox's shared tables. */
 static int sandbox_rawset(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -653,6 +728,8 @@ static void push_sandbox(sy_lua *h) {
   }
   lua_pushcfunction(L, sandbox_rawset);
   lua_setfield(L, env, "rawset");
+  lua_pushcfunction(L, sandbox_setmetatable);
+  lua_setfield(L, env, "setmetatable");
   copy_lib(L, env, "string", string_fns);
   copy_lib(L, env, "os", os_fns);
   copy_whole_lib(L, env, "table");
@@ -835,10 +912,6 @@ int sy_lua_new(sy_lua **out, const sy_lua_limits *limits, sy_plugins *plugins,
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
   lua_pop(L, 2);
-  lua_newtable(L);
-  h->step_mt = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_newtable(L);
-  h->workflow_mt = luaL_ref(L, LUA_REGISTRYINDEX);
   /* string.dump is reachable through every string's metatable: drop it
    * (nothing in the host needs it, and bytecode never loads anyway). */
   lua_getglobal(L, "string");
@@ -866,9 +939,11 @@ typedef struct loader {
   const char *path;
   sy_diag *diag;
   sy_workflow *wf;
+  int rc;
 } loader;
 
-static int load_error(loader *ld, int line, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int load_error(
+    loader *ld, int line, const char *fmt, ...) {
   va_list ap;
   size_t n;
   if (line > 0) {
@@ -886,7 +961,8 @@ static int load_error(loader *ld, int line, const char *fmt, ...) {
   return SY_ELOAD;
 }
 
-static void load_warning(loader *ld, int line, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static void load_warning(
+    loader *ld, int line, const char *fmt, ...) {
   va_list ap;
   char *w = ld->diag->warnings;
   size_t used = strlen(w), cap = sizeof ld->diag->warnings;
@@ -906,14 +982,15 @@ static void load_warning(loader *ld, int line, const char *fmt, ...) {
   }
 }
 
-static int spec_is(lua_State *L, int idx, int mt_ref) {
+static int spec_is(sy_lua *h, lua_State *L, int idx, char *mt) {
   int same;
   if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) {
     return 0;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mt_ref);
-  same = lua_rawequal(L, -1, -2);
+  rawfield(L, -1, "__sy_spec");
+  same = lua_touserdata(L, -1) == (void *)mt;
   lua_pop(L, 2);
+  (void)h;
   return same;
 }
 
@@ -996,7 +1073,7 @@ static int compile_step(loader *ld, sy_step *s) {
     }
   }
   if (s->kind == SY_STEP_TASK) {
-    lua_getfield(L, opts, "run");
+    rawfield(L, opts, "run");
     if (!lua_isfunction(L, -1)) {
       rc = load_error(ld, s->line, "step '%s': run must be a function, got %s",
                       s->name, luaL_typename(L, -1));
@@ -1004,7 +1081,7 @@ static int compile_step(loader *ld, sy_step *s) {
     }
     s->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  lua_getfield(L, opts, "next");
+  rawfield(L, opts, "next");
   if (lua_type(L, -1) == LUA_TSTRING) {
     s->next = strdup(lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -1018,7 +1095,7 @@ static int compile_step(loader *ld, sy_step *s) {
   } else {
     lua_pop(L, 1);
   }
-  lua_getfield(L, opts, "retries");
+  rawfield(L, opts, "retries");
   if (!lua_isnil(L, -1)) {
     if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 ||
         lua_tointeger(L, -1) > 1000) {
@@ -1030,12 +1107,12 @@ static int compile_step(loader *ld, sy_step *s) {
     s->retries = (int)lua_tointeger(L, -1);
   }
   lua_pop(L, 1);
-  lua_getfield(L, opts, "timeout");
+  rawfield(L, opts, "timeout");
   if ((rc = opt_number(ld, s->line, s->name, "timeout", 0, &s->timeout))) {
     goto done;
   }
   lua_pop(L, 1);
-  lua_getfield(L, opts, "backoff");
+  rawfield(L, opts, "backoff");
   if (lua_type(L, -1) == LUA_TNUMBER) {
     if ((rc = opt_number(ld, s->line, s->name, "backoff", 0,
                          &s->backoff_initial))) {
@@ -1063,7 +1140,7 @@ static int compile_step(loader *ld, sy_step *s) {
     for (int i = 0; i < 3; i++) {
       char key[32];
       snprintf(key, sizeof key, "backoff.%s", keys[i]);
-      lua_getfield(L, -1, keys[i]);
+      rawfield(L, -1, keys[i]);
       if ((rc = opt_number(ld, s->line, s->name, key, mins[i], dst[i]))) {
         goto done;
       }
@@ -1102,7 +1179,8 @@ static int by_step_name(const void *a, const void *b) {
 }
 
 static int by_step_line(const void *a, const void *b) {
-  return ((const sy_step *)a)->line - ((const sy_step *)b)->line;
+  int x = ((const sy_step *)a)->line, y = ((const sy_step *)b)->line;
+  return (x > y) - (x < y);
 }
 
 const sy_step *sy_workflow_step(const sy_workflow *wf, const char *name) {
@@ -1121,7 +1199,7 @@ static const char *node_step_ref(sy_lua *h, const sy_step *s, int i) {
   for (int k = 0; so[k]; k++) {
     if (k == i) {
       lua_rawgeti(h->L, LUA_REGISTRYINDEX, s->opts_ref);
-      lua_getfield(h->L, -1, so[k]);
+      rawfield(h->L, -1, so[k]);
       v = lua_tostring(h->L, -1);
       lua_pop(h->L, 2); /* the string stays alive in the options table */
       return v ? v : "";
@@ -1229,9 +1307,11 @@ static int compile_workflow(loader *ld) {
                         k);
     }
   }
-  lua_getfield(L, opts, "name");
-  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
-    return load_error(ld, line, "workflow name must be a non-empty string");
+  rawfield(L, opts, "name");
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0 ||
+      strlen(lua_tostring(L, -1)) != lua_rawlen(L, -1)) {
+    return load_error(ld, line,
+                      "workflow name must be a non-empty string (no NUL)");
   }
   wf->name = strdup(lua_tostring(L, -1));
   for (const char *c = wf->name; *c; c++) {
@@ -1243,7 +1323,7 @@ static int compile_workflow(loader *ld) {
                         wf->name);
     }
   }
-  lua_getfield(L, opts, "steps");
+  rawfield(L, opts, "steps");
   if (!lua_istable(L, -1)) {
     return load_error(ld, line, "steps must be a table of named steps, got %s",
                       luaL_typename(L, -1));
@@ -1263,11 +1343,14 @@ static int compile_workflow(loader *ld) {
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     sy_step *s = &wf->steps[wf->nsteps];
-    if (lua_type(L, -2) != LUA_TSTRING) {
+    if (lua_type(L, -2) != LUA_TSTRING ||
+        strlen(lua_tostring(L, -2)) != lua_rawlen(L, -2) ||
+        lua_rawlen(L, -2) == 0) {
       lua_pop(L, 2);
-      return load_error(ld, line, "step names must be strings");
+      return load_error(ld, line,
+                        "step names must be non-empty strings (no NUL)");
     }
-    if (!spec_is(L, -1, h->step_mt)) {
+    if (!spec_is(h, L, -1, &h->step_mt)) {
       rc = load_error(ld, line,
                       "step '%s' is a %s, not a step (make it with sy.task{} "
                       "or a node type)",
@@ -1284,7 +1367,7 @@ static int compile_workflow(loader *ld) {
   }
   qsort(wf->steps, (size_t)wf->nsteps, sizeof *wf->steps, by_step_line);
   for (int i = 0; i < wf->nsteps && !rc; i++) {
-    lua_getfield(L, -1, wf->steps[i].name);
+    rawfield(L, -1, wf->steps[i].name);
     rc = compile_step(ld, &wf->steps[i]);
     lua_pop(L, 1);
   }
@@ -1292,7 +1375,7 @@ static int compile_workflow(loader *ld) {
     return rc;
   }
   qsort(wf->steps, (size_t)wf->nsteps, sizeof *wf->steps, by_step_name);
-  lua_getfield(L, opts, "start");
+  rawfield(L, opts, "start");
   start = lua_tostring(L, -1);
   if (lua_type(L, -1) != LUA_TSTRING) {
     return load_error(ld, line, "workflow '%s' has no start step (start = "
@@ -1303,6 +1386,14 @@ static int compile_workflow(loader *ld) {
   }
   lua_settop(L, spec);
   return check_graph(ld);
+}
+
+/* lua_pcall'd: (loader, spec) -> compile_workflow, result in ld->rc. */
+static int compile_protected(lua_State *L) {
+  loader *ld = lua_touserdata(L, 1);
+  lua_settop(L, 2);
+  ld->rc = compile_workflow(ld);
+  return 0;
 }
 
 static void hash_hex(const char *data, size_t len, char out[65]) {
@@ -1320,7 +1411,7 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
   int top = lua_gettop(L), rc, env;
   char chunkname[4096];
   char hash[65] = "";
-  loader ld = {h, path, diag, NULL};
+  loader ld = {h, path, diag, NULL, 0};
   diag->error[0] = diag->warnings[0] = '\0';
   if (!(ld.wf = calloc(1, sizeof *ld.wf))) {
     return load_error(&ld, 0, "out of memory");
@@ -1353,13 +1444,31 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
     rc = SY_ELOAD;
     goto fail;
   }
-  if (!spec_is(L, -1, h->workflow_mt)) {
+  if (!spec_is(h, L, -1, &h->workflow_mt)) {
     rc = load_error(&ld, 0,
                     "the file must return sy.workflow{...}, it returned %s",
                     luaL_typename(L, -1));
     goto fail;
   }
-  if ((rc = compile_workflow(&ld))) {
+  /* Validation reads tables the file made: run it protected and under
+   * the budget, so an error or a loop there is a load error too. */
+  lua_pushcfunction(L, compile_protected);
+  lua_pushlightuserdata(L, &ld);
+  lua_pushvalue(L, -3); /* the spec */
+  limits_on(h, L, h->instructions);
+  rc = lua_pcall(L, 2, 0, 0);
+  limits_off(h, L);
+  if (rc != LUA_OK) {
+    char msg[900];
+    error_message(L, msg, sizeof msg);
+    lua_pop(L, 1);
+    if (!ld.diag->error[0]) {
+      load_error(&ld, ld.wf->line, "%s", msg);
+    }
+    rc = SY_ELOAD;
+    goto fail;
+  }
+  if ((rc = ld.rc)) {
     goto fail;
   }
   lua_getmetatable(L, env);
@@ -1483,7 +1592,7 @@ static void read_value(lua_State *L, int idx, sy_value *out) {
 }
 
 int sy_opts_get(sy_opts *o, const char *key, sy_value *out) {
-  lua_getfield(o->L, o->idx, key);
+  rawfield(o->L, o->idx, key);
   read_value(o->L, -1, out);
   /* Strings stay valid: the options table still holds them. */
   lua_pop(o->L, 1);
@@ -1822,7 +1931,7 @@ int sy_task_predicate(sy_task *t, const sy_step *step, const char *option,
   lua_State *L = t->h->L;
   int ref;
   lua_rawgeti(L, LUA_REGISTRYINDEX, step->opts_ref);
-  lua_getfield(L, -1, option);
+  rawfield(L, -1, option);
   if (!lua_isfunction(L, -1)) {
     lua_pop(L, 2);
     snprintf(err, errlen, "option '%s' is not a function", option);

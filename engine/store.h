@@ -80,7 +80,8 @@ void sy_store_close(sy_store *st);
 sqlite3 *sy_store_db(sy_store *st);
 const char *sy_store_errmsg(sy_store *st);
 /* Records a message for the caller, as SQLite does for its own errors. */
-int sy_store_set_error(sy_store *st, int code, const char *fmt, ...);
+__attribute__((format(printf, 3, 4))) int sy_store_set_error(
+    sy_store *st, int code, const char *fmt, ...);
 
 /* Transactions. begin is a no-op inside an open one (so batched writers can
  * call it freely); commit and rollback close it. */

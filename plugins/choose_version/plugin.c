@@ -50,7 +50,7 @@ static int opt_string(cv_router *r, sy_opts *o, const char *key, int required,
   if (v.type == SY_VAL_NIL && !required) {
     return 0;
   }
-  if (v.type != SY_VAL_STRING || v.len == 0) {
+  if (v.type != SY_VAL_STRING || v.len == 0 || strlen(v.str) != v.len) {
     snprintf(err, errlen, "choose_version: %s must be a non-empty string%s",
              key, v.type == SY_VAL_NIL ? " (it is missing)" : "");
     return -1;

@@ -79,7 +79,8 @@ typedef struct sy_api {
   /* A setting given with `--set key=value` (or by the test harness); NULL
    * when unset. Plugins use it for things like forcing a version in tests. */
   const char *(*setting)(sy_engine *e, const char *key);
-  void (*log)(sy_engine *e, const char *fmt, ...);
+  void (*log)(sy_engine *e, const char *fmt, ...)
+      __attribute__((format(printf, 2, 3)));
 
   /* About the instance a call runs for. */
   sy_engine *(*engine)(sy_call *c);

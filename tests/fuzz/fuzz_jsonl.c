@@ -1,0 +1,199 @@
+/* fuzz_jsonl.c: libFuzzer target for the vars `switchyard start` builds
+ * from the command line. An input is split into lines, and each line goes
+ * through both ways vars arrive:
+ *
+ *   --from FILE   as a JSON line: sy_vars_check, and when it accepts,
+ *                 sy_engine_start inside a transaction that is rolled back
+ *                 (what start_from in cli.c does per line);
+ *   --var ARG     as one argument KEY=VALUE or KEY:=JSON: split the way
+ *                 cmd_start splits it, then all the lines' arguments
+ *                 together through build_vars, for instance 1 and for
+ *                 instance 100000000 (so `{n}` expands).
+ *
+ * build_vars is static in engine/cli.c, so this file includes cli.c (its
+ * main renamed) to call the real code rather than a copy. If build_vars
+ * moves to a file of its own, include its header instead.
+ *
+ * Checked: a line the check accepts can be started; build_vars either
+ * refuses with a message or returns vars the check accepts, that the
+ * engine can start, and in which every plain KEY=VALUE (the last one of
+ * its key) is the string VALUE with {n} expanded. */
+#include "fuzz.h"
+
+#define main sy_fuzz_cli_main
+int sy_fuzz_cli_main(int argc, char **argv);
+#include "cli.c"
+#undef main
+
+#define JSONL_MAX_VARS 32
+
+static const char jsonl_workflow[] =
+    "local sy = require 'switchyard'\n"
+    "return sy.workflow {\n"
+    "  name = 'fuzz_jsonl',\n"
+    "  start = 'noop',\n"
+    "  steps = { noop = sy.task { run = function(ctx) end } },\n"
+    "}\n";
+
+static sy_engine *jsonl_engine;
+static sy_lua *jsonl_lua;
+static sy_workflow *jsonl_wf;
+
+void sy_fuzz_jsonl_fini(void) {
+  if (jsonl_lua) {
+    sy_workflow_free(jsonl_lua, jsonl_wf);
+  }
+  sy_lua_free(jsonl_lua);
+  sy_engine_close(jsonl_engine);
+  jsonl_wf = NULL;
+  jsonl_lua = NULL;
+  jsonl_engine = NULL;
+}
+
+int sy_fuzz_jsonl_init(void) {
+  sy_diag diag;
+  if (sy_fuzz_engine_open(&jsonl_engine)) {
+    return -1;
+  }
+  if (sy_fuzz_lua_new(sy_engine_plugins(jsonl_engine), &jsonl_lua) ||
+      sy_workflow_load(jsonl_lua, "fuzz_jsonl.lua", jsonl_workflow,
+                       sizeof jsonl_workflow - 1, &jsonl_wf, &diag)) {
+    fprintf(stderr, "fuzz_jsonl: %s\n", jsonl_lua ? diag.error : "no host");
+    sy_fuzz_jsonl_fini();
+    return -1;
+  }
+  /* The definition row instances refer to, as sy_engine_load_workflow
+   * writes it. */
+  if (sy_store_put_definition(sy_engine_store(jsonl_engine), jsonl_wf->hash,
+                              jsonl_wf->name, jsonl_wf->path, jsonl_wf->source,
+                              jsonl_wf->source_len)) {
+    fprintf(stderr, "fuzz_jsonl: %s\n",
+            sy_store_errmsg(sy_engine_store(jsonl_engine)));
+    sy_fuzz_jsonl_fini();
+    return -1;
+  }
+  return 0;
+}
+
+static void jsonl_start(const char *vars, const char *how) {
+  int64_t id = 0;
+  SY_FUZZ_CHECK(sy_engine_start(jsonl_engine, jsonl_wf, vars, &id) == 0,
+                "%s: accepted vars do not start: %s\nvars: %.300s", how,
+                sy_engine_errmsg(jsonl_engine), vars);
+  SY_FUZZ_CHECK(id > 0, "instance id %lld", (long long)id);
+}
+
+/* --from: one line as start_from sees it (without its line break). */
+static void jsonl_from_line(const uint8_t *p, size_t len) {
+  char *line = sy_fuzz_cstr(p, len);
+  char err[512];
+  int rc;
+  /* start_from strips every trailing \r and \n, then skips empty lines;
+   * the length is getline's, so a line holding only NULs is not empty. */
+  while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+    line[--len] = '\0';
+  }
+  if (len == 0) {
+    free(line);
+    return;
+  }
+  err[0] = '\0';
+  rc = sy_vars_check(line, err, sizeof err);
+  if (rc) {
+    SY_FUZZ_CHECK(err[0] != '\0', "--from line refused silently");
+  } else {
+    jsonl_start(line, "--from");
+  }
+  free(line);
+}
+
+/* --var: whether cmd_start takes the argument, and how it splits it. */
+static int jsonl_var_split(const char *v, var_arg *out) {
+  const char *eq;
+  if (!(eq = strchr(v, '=')) || eq == v || (eq == v + 1 && v[0] == ':')) {
+    return -1;
+  }
+  out->key = v;
+  out->is_json = eq[-1] == ':';
+  out->keylen = (size_t)(eq - v) - (size_t)out->is_json;
+  out->value = eq + 1;
+  return 0;
+}
+
+static void jsonl_build(const var_arg *vars, int nvars, long long n) {
+  char err[512];
+  char *text;
+  json_t *obj;
+  err[0] = '\0';
+  text = build_vars(vars, nvars, n, err, sizeof err);
+  if (!text) {
+    SY_FUZZ_CHECK(err[0] != '\0', "build_vars refused silently");
+    return;
+  }
+  SY_FUZZ_CHECK(sy_vars_check(text, err, sizeof err) == 0,
+                "build_vars made vars the check refuses: %s\nvars: %.300s", err,
+                text);
+  obj = json_loads(text, 0, NULL);
+  SY_FUZZ_CHECK(json_is_object(obj), "build_vars made %.300s", text);
+  for (int i = 0; i < nvars; i++) {
+    int last = 1;
+    char *key, *want;
+    json_t *got;
+    for (int k = i + 1; k < nvars; k++) {
+      if (vars[k].keylen == vars[i].keylen &&
+          memcmp(vars[k].key, vars[i].key, vars[i].keylen) == 0) {
+        last = 0;
+      }
+    }
+    if (!last || vars[i].is_json) {
+      continue;
+    }
+    key = strndup(vars[i].key, vars[i].keylen);
+    want = expand(vars[i].value, n);
+    SY_FUZZ_CHECK(key && want, "out of memory");
+    got = json_object_get(obj, key);
+    SY_FUZZ_CHECK(
+        json_is_string(got) && strcmp(json_string_value(got), want) == 0,
+        "--var %s=%s for instance %lld: vars.%s is not \"%s\" in "
+        "%.300s",
+        key, vars[i].value, n, key, want, text);
+    free(key);
+    free(want);
+  }
+  json_decref(obj);
+  jsonl_start(text, "--var");
+  free(text);
+}
+
+void sy_fuzz_jsonl_one(const uint8_t *data, size_t size) {
+  var_arg vars[JSONL_MAX_VARS];
+  char *args[JSONL_MAX_VARS];
+  int nvars = 0;
+  size_t at = 0;
+  memset(vars, 0, sizeof vars);
+  SY_FUZZ_CHECK(sy_store_begin(sy_engine_store(jsonl_engine)) == 0, "begin: %s",
+                sy_store_errmsg(sy_engine_store(jsonl_engine)));
+  while (at < size) {
+    const uint8_t *nl = memchr(data + at, '\n', size - at);
+    size_t len = nl ? (size_t)(nl - (data + at)) : size - at;
+    jsonl_from_line(data + at, len);
+    if (nvars < JSONL_MAX_VARS) {
+      /* An argument is a C string: it ends at the first NUL. */
+      args[nvars] = sy_fuzz_cstr(data + at, len);
+      if (jsonl_var_split(args[nvars], &vars[nvars]) == 0) {
+        nvars++;
+      } else {
+        free(args[nvars]);
+      }
+    }
+    at += len + 1;
+  }
+  jsonl_build(vars, nvars, 1);
+  jsonl_build(vars, nvars, 100000000);
+  for (int i = 0; i < nvars; i++) {
+    free(args[i]);
+  }
+  sy_store_rollback(sy_engine_store(jsonl_engine));
+}
+
+SY_FUZZ_ENTRY(jsonl)

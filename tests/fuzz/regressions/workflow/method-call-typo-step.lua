@@ -1,0 +1,1 @@
+sy=require"switchyard"return sy.workflow{name="w",start="a",steps={a=sy:task{}}}

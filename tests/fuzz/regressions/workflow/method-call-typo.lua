@@ -1,0 +1,1 @@
+sy=require"switchyard"return sy:workflow{}

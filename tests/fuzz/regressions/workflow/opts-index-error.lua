@@ -1,0 +1,2 @@
+local sy = require "switchyard"
+return sy.workflow(setmetatable({}, { __index = function() error("boom") end }))

@@ -1,0 +1,4 @@
+local sy = require "switchyard"
+local t = sy.task { run = function() end }
+t.kind = nil
+return sy.workflow { name = "w", start = "a", steps = { a = t } }

@@ -1,0 +1,5 @@
+local sy = require "switchyard"
+return sy.workflow {
+  name = "w", start = "a",
+  steps = { ["a\0"] = sy.task { run = function() end } },
+}
