@@ -17,6 +17,8 @@
 #define BATCH 512        /* step executions per loop turn at most */
 #define POLL_MS 200      /* how often to look for work other processes add */
 #define LEASE_MS 30000   /* how long a claim holds without renewal */
+#define BREATHE_EVERY_MS 50 /* a busy engine lets other writers in ... */
+#define BREATHE_MS 2        /* ... for this long (rollout set, start) */
 #define CONTAINER_OF(ptr, type, field) \
   ((type *)((char *)(ptr) - offsetof(type, field)))
 
@@ -102,6 +104,8 @@ struct sy_engine {
   char id[40];   /* this engine, as owner of its leases */
   char host[256];
   uv_timer_t lease_timer;
+  uv_timer_t breathe_timer;
+  int64_t last_breath;
   sy_run_stats stats;
   char errmsg[1024];
 };
@@ -1016,6 +1020,7 @@ static void close_handles(sy_engine *e) {
   uv_close((uv_handle_t *)&e->wake_timer, close_cb);
   uv_close((uv_handle_t *)&e->poll_timer, close_cb);
   uv_close((uv_handle_t *)&e->lease_timer, close_cb);
+  uv_close((uv_handle_t *)&e->breathe_timer, close_cb);
   uv_close((uv_handle_t *)&e->sigint, close_cb);
   uv_close((uv_handle_t *)&e->sigterm, close_cb);
 }
@@ -1165,6 +1170,15 @@ static void check_cb(uv_check_t *h) {
   }
   e->commitq_tail = NULL;
   if (e->runq_head || can_claim(e)) {
+    /* Back-to-back transactions would starve other writers (a rollout
+     * kill must not wait seconds): now and then, pause without the lock. */
+    int64_t now = sy_now_ms();
+    if (now - e->last_breath >= BREATHE_EVERY_MS) {
+      e->last_breath = now;
+      uv_idle_stop(&e->idle);
+      uv_timer_start(&e->breathe_timer, wake_cb, BREATHE_MS, 0);
+      return;
+    }
     uv_idle_start(&e->idle, idle_cb);
     return;
   }
@@ -1228,8 +1242,10 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   uv_signal_init(&e->loop, &e->sigint);
   uv_signal_init(&e->loop, &e->sigterm);
   uv_timer_init(&e->loop, &e->lease_timer);
+  uv_timer_init(&e->loop, &e->breathe_timer);
   e->idle.data = e->check.data = e->wake_timer.data = e->poll_timer.data =
-      e->sigint.data = e->sigterm.data = e->lease_timer.data = e;
+      e->sigint.data = e->sigterm.data = e->lease_timer.data =
+          e->breathe_timer.data = e;
   e->handles_init = 1;
   uv_signal_start(&e->sigint, signal_cb, SIGINT);
   uv_signal_start(&e->sigterm, signal_cb, SIGTERM);

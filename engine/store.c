@@ -195,6 +195,8 @@ static const char *const sql_text[Q__COUNT] = {
 
 struct sy_store {
   sqlite3 *db;
+  int busy_timeout_ms;
+  int64_t busy_since;
   sqlite3_stmt *stmt[Q__COUNT];
   int in_tx;
   int64_t tx_seq;
@@ -309,6 +311,23 @@ static int user_version(sy_store *st) {
   return version;
 }
 
+/* Waiting for another writer: SQLite's own handler backs off to 100 ms
+ * between tries, so a waiter rarely lands in the short gaps a busy engine
+ * leaves between its transactions. Try every millisecond instead. */
+static int busy_wait(void *ud, int tries) {
+  sy_store *st = ud;
+  struct timespec ms = {0, 1000000};
+  int64_t now = sy_now_ms();
+  if (tries == 0) {
+    st->busy_since = now;
+  }
+  if (now - st->busy_since >= st->busy_timeout_ms) {
+    return 0;
+  }
+  nanosleep(&ms, NULL);
+  return 1;
+}
+
 static int migrate(sy_store *st) {
   int version, rc;
   /* Up to date (the common case): no write lock, so commands that only
@@ -370,9 +389,9 @@ int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
     return SY_ESTORE;
   }
   sqlite3_extended_result_codes(st->db, 0);
-  sqlite3_busy_timeout(st->db, opts->busy_timeout_ms > 0
-                                   ? opts->busy_timeout_ms
-                                   : 5000);
+  st->busy_timeout_ms =
+      opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000;
+  sqlite3_busy_handler(st->db, busy_wait, st);
   /* 64 MiB of page cache: the working set of a busy engine (the tail of
    * the instance and step-run tables, the indexes) stays in memory. */
   rc = exec_sql(st, "PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536");
