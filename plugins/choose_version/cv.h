@@ -116,6 +116,12 @@ int cv_on_event(cv_router *r, const sy_event *ev);
 /* Writes the counter changes batched in the transaction (before_commit). */
 int cv_flush_counters(cv_router *r);
 
+/* For the commands: a bad-input message naming the command (exit 2), and
+ * a time in ms as ISO 8601 UTC ("-" for 0). */
+__attribute__((format(printf, 2, 3))) int cv_usage_error(const char *cmd,
+                                                         const char *fmt, ...);
+void cv_fmt_time(int64_t ms, char *buf, size_t len);
+
 /* The `rollout` and `report` commands. */
 int cv_cmd_rollout(void *plugin, int argc, char **argv);
 int cv_cmd_report(void *plugin, int argc, char **argv);

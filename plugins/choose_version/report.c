@@ -30,16 +30,7 @@ static const char report_usage[] =
     "  --fail-if-worse        exit 1 when V2 is significantly worse\n"
     "  --json                 machine-readable (schema switchyard.report/1)\n";
 
-__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt,
-                                                             ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("switchyard report: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputs("\n(see switchyard report --help)\n", stderr);
-  va_end(ap);
-  return EXIT_USAGE;
-}
+#define usage_error(...) cv_usage_error("report", __VA_ARGS__)
 
 /* Days since 1970-01-01 of a civil date (proleptic Gregorian). */
 static int64_t days_from_civil(int64_t y, int m, int d) {
@@ -378,17 +369,6 @@ static const char *verdict_key(cv_verdict v) {
   }
 }
 
-static void fmt_time(int64_t ms, char *buf, size_t len) {
-  time_t t = (time_t)(ms / 1000);
-  struct tm tm;
-  if (!ms) {
-    snprintf(buf, len, "-");
-    return;
-  }
-  gmtime_r(&t, &tm);
-  strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
-}
-
 static void fmt_ms(double v, char *buf, size_t len) {
   if (!isfinite(v)) {
     snprintf(buf, len, "-");
@@ -498,7 +478,7 @@ static void print_table(const query *q, const vstats v[2],
     if (r->started_at >= q->until) {
       continue;
     }
-    fmt_time(r->started_at, t1, sizeof t1);
+    cv_fmt_time(r->started_at, t1, sizeof t1);
     cv_rate_format(r->rate, a, sizeof a);
     snprintf(t2, sizeof t2, "%.16s%s", a, r->killed ? " KILL" : "");
     printf("%-20s %-8s %-9s %10lld %10lld %10lld %10lld\n",

@@ -38,13 +38,14 @@ typedef struct args {
   int npos;
 } args;
 
-__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt,
-                                                             ...) {
+#define usage_error(...) cv_usage_error("rollout", __VA_ARGS__)
+
+int cv_usage_error(const char *cmd, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  fputs("switchyard rollout: ", stderr);
+  fprintf(stderr, "switchyard %s: ", cmd);
   vfprintf(stderr, fmt, ap);
-  fputs("\n(see switchyard rollout --help)\n", stderr);
+  fprintf(stderr, "\n(see switchyard %s --help)\n", cmd);
   va_end(ap);
   return EXIT_USAGE;
 }
@@ -222,7 +223,7 @@ static int finish(cv_router *r, int rc) {
   return rc;
 }
 
-static void fmt_time(int64_t ms, char *buf, size_t len) {
+void cv_fmt_time(int64_t ms, char *buf, size_t len) {
   time_t t = (time_t)(ms / 1000);
   struct tm tm;
   if (!ms) {
@@ -293,7 +294,7 @@ static int cmd_set(cv_router *r, const args *a) {
   }
   if (f.retired && !a->force) {
     char t[32];
-    fmt_time(f.retired_at, t, sizeof t);
+    cv_fmt_time(f.retired_at, t, sizeof t);
     return usage_error("flag '%s' was retired on %s; reusing its name takes "
                        "--force",
                        a->pos[0], t);
@@ -529,8 +530,8 @@ static int cmd_get(cv_router *r, const args *a) {
     j = flag_json(a->pos[0], &f);
     counters = json_array();
   } else {
-    fmt_time(f.created_at, t1, sizeof t1);
-    fmt_time(f.updated_at, t2, sizeof t2);
+    cv_fmt_time(f.created_at, t1, sizeof t1);
+    cv_fmt_time(f.updated_at, t2, sizeof t2);
     printf("flag         %s%s\n", a->pos[0], f.retired ? " (retired)" : "");
     printf("rate         %s (%u ppm)\n", rate, f.rate);
     printf("kill switch  %s\n", f.killed ? "ON (everything goes to v1)" : "off");
@@ -619,7 +620,7 @@ static int cmd_list(cv_router *r, const args *a) {
       continue;
     }
     cv_rate_format(f.rate, rate, sizeof rate);
-    fmt_time(f.updated_at, t, sizeof t);
+    cv_fmt_time(f.updated_at, t, sizeof t);
     printf("%-32s %-10s %-6s %-8s %s\n", name, rate, f.killed ? "ON" : "off",
            f.retired ? "retired" : "active", t);
   }
@@ -655,7 +656,7 @@ static int cmd_history(cv_router *r, const args *a, int overrides) {
   while (sqlite3_step(s) == SQLITE_ROW) {
     char t[32];
     if (overrides) {
-      fmt_time(sqlite3_column_int64(s, 4), t, sizeof t);
+      cv_fmt_time(sqlite3_column_int64(s, 4), t, sizeof t);
       if (a->json) {
         json_array_append_new(
             arr, json_pack("{s:s, s:s, s:s?, s:s?, s:I}", "subject",
@@ -674,7 +675,7 @@ static int cmd_history(cv_router *r, const args *a, int overrides) {
       }
       continue;
     }
-    fmt_time(sqlite3_column_int64(s, 7), t, sizeof t);
+    cv_fmt_time(sqlite3_column_int64(s, 7), t, sizeof t);
     if (a->json) {
       json_array_append_new(
           arr, json_pack("{s:I, s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:I}", "id",
