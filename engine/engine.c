@@ -843,6 +843,9 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
     }
     ensure_handles(in);
     in->ph = PH_SLEEPING;
+    /* Timers count from the loop's cached time, which may be this whole
+     * turn old: refresh it so a sleep never ends early. */
+    uv_update_time(&e->loop);
     uv_timer_start(&in->sleep_timer, sleep_cb,
                    (uint64_t)(due > now ? due - now : 0), 0);
     return;
