@@ -147,27 +147,40 @@ static void error_message(lua_State *co, char *buf, size_t len) {
  * JSON <-> Lua. Vars are JSON objects; a value that JSON cannot hold is an
  * error naming where it is (e.g. vars.items[2].f). */
 
-static int to_json(lua_State *L, int idx, json_t **out, char *path,
-                   size_t pathcap, int depth, char *err, size_t errlen);
+/* Where the encoder is: kept as segments and formatted only for an error
+ * message, since building the text at every key costs more than the
+ * encoding itself. */
+typedef struct jpath {
+  const char *root;
+  int n;
+  struct {
+    const char *key; /* NULL: an array index */
+    lua_Integer index;
+  } seg[JSON_MAX_DEPTH + 2];
+} jpath;
 
-__attribute__((format(printf, 4, 5))) static int path_push(
-    char *path, size_t cap, size_t *saved, const char *fmt,
-                     ...) {
-  va_list ap;
-  size_t n = strlen(path);
-  *saved = n;
-  va_start(ap, fmt);
-  vsnprintf(path + n, cap - n, fmt, ap);
-  va_end(ap);
-  return 0;
+static const char *path_text(const jpath *jp, char *buf, size_t cap) {
+  size_t used = (size_t)snprintf(buf, cap, "%s", jp->root);
+  for (int i = 0; i < jp->n && used < cap; i++) {
+    if (jp->seg[i].key) {
+      used += (size_t)snprintf(buf + used, cap - used, ".%s", jp->seg[i].key);
+    } else {
+      used += (size_t)snprintf(buf + used, cap - used, "[%lld]",
+                               (long long)jp->seg[i].index);
+    }
+  }
+  return buf;
 }
 
-static int table_to_json(lua_State *L, int idx, json_t **out, char *path,
-                         size_t cap, int depth, char *err, size_t errlen) {
+static int to_json(lua_State *L, int idx, json_t **out, jpath *jp, char *err,
+                   size_t errlen);
+
+static int table_to_json(lua_State *L, int idx, json_t **out, jpath *jp,
+                         char *err, size_t errlen) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
   lua_Integer count = 0;
   int all_int = 1, rc = 0;
-  size_t saved;
+  char where[512];
   json_t *j;
   idx = lua_absindex(L, idx);
   /* An array is a table whose keys are exactly 1..#t. */
@@ -185,9 +198,10 @@ static int table_to_json(lua_State *L, int idx, json_t **out, char *path,
     for (lua_Integer i = 1; i <= n && !rc; i++) {
       json_t *v;
       lua_rawgeti(L, idx, i);
-      path_push(path, cap, &saved, "[%lld]", (long long)i);
-      rc = to_json(L, -1, &v, path, cap, depth + 1, err, errlen);
-      path[saved] = '\0';
+      jp->seg[jp->n].key = NULL;
+      jp->seg[jp->n++].index = i;
+      rc = to_json(L, -1, &v, jp, err, errlen);
+      jp->n--;
       lua_pop(L, 1);
       if (!rc) {
         json_array_append_new(j, v);
@@ -202,14 +216,14 @@ static int table_to_json(lua_State *L, int idx, json_t **out, char *path,
         snprintf(err, errlen,
                  "%s: a table with keys that are not strings (or not 1..n) "
                  "cannot be stored as JSON",
-                 path);
+                 path_text(jp, where, sizeof where));
         rc = SY_EINVAL;
         lua_pop(L, 2);
         break;
       }
-      path_push(path, cap, &saved, ".%s", lua_tostring(L, -2));
-      rc = to_json(L, -1, &v, path, cap, depth + 1, err, errlen);
-      path[saved] = '\0';
+      jp->seg[jp->n++].key = lua_tostring(L, -2);
+      rc = to_json(L, -1, &v, jp, err, errlen);
+      jp->n--;
       if (!rc) {
         json_object_set_new(j, lua_tostring(L, -2), v);
       }
@@ -227,11 +241,12 @@ static int table_to_json(lua_State *L, int idx, json_t **out, char *path,
   return 0;
 }
 
-static int to_json(lua_State *L, int idx, json_t **out, char *path,
-                   size_t cap, int depth, char *err, size_t errlen) {
-  if (depth > JSON_MAX_DEPTH) {
+static int to_json(lua_State *L, int idx, json_t **out, jpath *jp, char *err,
+                   size_t errlen) {
+  char where[512];
+  if (jp->n > JSON_MAX_DEPTH) {
     snprintf(err, errlen, "%.60s...: nested more than %d levels (a cycle?)",
-             path, JSON_MAX_DEPTH);
+             path_text(jp, where, sizeof where), JSON_MAX_DEPTH);
     return SY_EINVAL;
   }
   switch (lua_type(L, idx)) {
@@ -247,7 +262,8 @@ static int to_json(lua_State *L, int idx, json_t **out, char *path,
       } else {
         double d = lua_tonumber(L, idx);
         if (!isfinite(d)) {
-          snprintf(err, errlen, "%s: %g cannot be stored as JSON", path, d);
+          snprintf(err, errlen, "%s: %g cannot be stored as JSON",
+                   path_text(jp, where, sizeof where), d);
           return SY_EINVAL;
         }
         *out = json_real(d);
@@ -257,22 +273,24 @@ static int to_json(lua_State *L, int idx, json_t **out, char *path,
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
       if (!(*out = json_stringn(s, len))) {
-        snprintf(err, errlen, "%s: string is not valid UTF-8", path);
+        snprintf(err, errlen, "%s: string is not valid UTF-8",
+                 path_text(jp, where, sizeof where));
         return SY_EINVAL;
       }
       return 0;
     }
     case LUA_TTABLE:
       if (!lua_checkstack(L, 4)) {
-        snprintf(err, errlen, "%s: too deep", path);
+        snprintf(err, errlen, "%s: too deep",
+                 path_text(jp, where, sizeof where));
         return SY_EINVAL;
       }
-      return table_to_json(L, idx, out, path, cap, depth, err, errlen);
+      return table_to_json(L, idx, out, jp, err, errlen);
     default:
       snprintf(err, errlen,
                "%s: a %s cannot be stored (vars hold JSON values only: "
                "nil, boolean, number, string, table)",
-               path, luaL_typename(L, idx));
+               path_text(jp, where, sizeof where), luaL_typename(L, idx));
       return SY_EINVAL;
   }
 }
@@ -439,11 +457,12 @@ int sy_vars_check(const char *text, char *err, size_t errlen) {
 /* Encodes the value at idx; *out is malloc'd. */
 static int encode(lua_State *L, int idx, const char *root, char **out,
                   char *err, size_t errlen) {
-  char path[512];
+  jpath jp;
   json_t *j;
   int rc;
-  snprintf(path, sizeof path, "%s", root);
-  if ((rc = to_json(L, idx, &j, path, sizeof path, 0, err, errlen))) {
+  jp.root = root;
+  jp.n = 0;
+  if ((rc = to_json(L, idx, &j, &jp, err, errlen))) {
     return rc;
   }
   *out = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
