@@ -245,8 +245,10 @@ static int open_engine(cli *c, sy_engine **e) {
 static int fail(sy_engine *e, int rc) {
   const char *msg = sy_engine_errmsg(e);
   /* Store failures leave their message with the store. */
-  fprintf(stderr, "switchyard: %s\n",
-          *msg ? msg : sy_store_errmsg(sy_engine_store(e)));
+  if (!*msg) {
+    msg = sy_store_errmsg(sy_engine_store(e));
+  }
+  fprintf(stderr, "switchyard: %s\n", *msg ? msg : sy_strerror(rc));
   return rc == SY_ENOTFOUND || rc == SY_ESTATE || rc == SY_EINVAL ? EXIT_USAGE
                                                                  : 1;
 }
