@@ -201,17 +201,14 @@ int sy_plugins_load_dir(sy_plugins *p, const char *dir, char *err,
   return rc;
 }
 
-int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
-                    sy_store *st, char *err, size_t errlen) {
+/* One try at every plugin's init inside one transaction opened by begin. */
+static int init_all(sy_plugins *p, const sy_api *api, sy_engine *e,
+                    sqlite3 *db, const char *begin, char *err,
+                    size_t errlen) {
   int rc;
-  if (p->nplugins == 0) {
-    return 0;
-  }
-  /* Deferred: plugins whose tables are up to date only read, so commands
-   * that only read do not wait for another process's write lock. */
-  if (sqlite3_exec(sy_store_db(st), "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-    snprintf(err, errlen, "%s", sqlite3_errmsg(sy_store_db(st)));
-    return SY_ESTORE;
+  if ((rc = sqlite3_exec(db, begin, NULL, NULL, NULL)) != SQLITE_OK) {
+    snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+    return rc == SQLITE_BUSY ? SY_EBUSY : SY_ESTORE;
   }
   for (int i = 0; i < p->nplugins; i++) {
     sy_loaded_plugin *lp = p->plugins[i];
@@ -220,19 +217,40 @@ int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
       continue;
     }
     if (lp->def->init(api, e, &lp->state, msg, sizeof msg)) {
+      int busy = sqlite3_errcode(db) == SQLITE_BUSY;
       snprintf(err, errlen, "plugin %s: %s", lp->def->name, msg);
-      sqlite3_exec(sy_store_db(st), "ROLLBACK", NULL, NULL, NULL);
-      return SY_EPLUGIN;
+      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      return busy ? SY_EBUSY : SY_EPLUGIN;
     }
     lp->initialized = 1;
   }
-  rc = sqlite3_exec(sy_store_db(st), "COMMIT", NULL, NULL, NULL);
+  rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   if (rc != SQLITE_OK) {
-    snprintf(err, errlen, "%s", sqlite3_errmsg(sy_store_db(st)));
-    sqlite3_exec(sy_store_db(st), "ROLLBACK", NULL, NULL, NULL);
+    snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
     return rc == SQLITE_BUSY ? SY_EBUSY : SY_ESTORE;
   }
   return 0;
+}
+
+int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
+                    sy_store *st, char *err, size_t errlen) {
+  int rc;
+  if (p->nplugins == 0) {
+    return 0;
+  }
+  /* Deferred first: plugins whose tables are up to date only read, so
+   * commands that only read do not wait for another process's write lock.
+   * A plugin that must create its tables turns that read into a write,
+   * which SQLite refuses at once, without the busy handler, when another
+   * process wrote meanwhile; then every init runs again under the write
+   * lock, taken with the busy handler's patience. */
+  rc = init_all(p, api, e, sy_store_db(st), "BEGIN", err, errlen);
+  if (rc == SY_EBUSY) {
+    sy_plugins_fini(p);
+    rc = init_all(p, api, e, sy_store_db(st), "BEGIN IMMEDIATE", err, errlen);
+  }
+  return rc;
 }
 
 const sy_node_entry *sy_plugins_node(const sy_plugins *p, const char *name) {

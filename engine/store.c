@@ -293,7 +293,7 @@ static int exec_sql(sy_store *st, const char *sql) {
       sy_store_set_error(st, 0, "%s", msg ? msg : sqlite3_errmsg(st->db));
     }
     sqlite3_free(msg);
-    return rc == SQLITE_BUSY ? SY_EBUSY : SY_ESTORE;
+    return (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? SY_EBUSY : SY_ESTORE;
   }
   return 0;
 }
@@ -359,7 +359,32 @@ static int migrate(sy_store *st) {
       return rc;
     }
   }
-  return exec_sql(st, "COMMIT");
+  if ((rc = exec_sql(st, "COMMIT")) && !sqlite3_get_autocommit(st->db)) {
+    exec_sql(st, "ROLLBACK");
+  }
+  return rc;
+}
+
+/* Switching a new file to WAL and creating its schema race with any other
+ * process opening the same new file. In that window SQLite answers
+ * SQLITE_BUSY without calling the busy handler where waiting could
+ * deadlock (a reader of the rollback journal asking to write, a WAL
+ * snapshot gone stale), so the whole step is retried here until the busy
+ * timeout, rather than failing a `start` that met a `run` just opening. */
+static int open_for_writing(sy_store *st) {
+  int64_t since = sy_now_ms();
+  struct timespec ms = {0, 1000000};
+  int rc;
+  for (;;) {
+    rc = exec_sql(st, "PRAGMA journal_mode = WAL");
+    if (!rc) {
+      rc = migrate(st);
+    }
+    if (rc != SY_EBUSY || sy_now_ms() - since >= st->busy_timeout_ms) {
+      return rc;
+    }
+    nanosleep(&ms, NULL);
+  }
 }
 
 int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
@@ -395,15 +420,12 @@ int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
   /* 64 MiB of page cache: the working set of a busy engine (the tail of
    * the instance and step-run tables, the indexes) stays in memory. */
   rc = exec_sql(st, "PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536");
-  if (!rc && !opts->read_only) {
-    rc = exec_sql(st, "PRAGMA journal_mode = WAL");
-  }
   if (!rc) {
     rc = exec_sql(st, opts->sync == SY_SYNC_NORMAL ? "PRAGMA synchronous = NORMAL"
                                                    : "PRAGMA synchronous = FULL");
   }
   if (!rc && !opts->read_only) {
-    rc = migrate(st);
+    rc = open_for_writing(st);
   }
   if (rc) {
     snprintf(err, errlen, "database %s: %s", path, st->errmsg);

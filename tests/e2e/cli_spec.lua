@@ -745,6 +745,44 @@ describe("more of the CLI", function()
     has(H.read(p.log), "SIGINT received", "run's log")
   end)
 
+  -- Creating a new database races with any other process creating it:
+  -- SQLite refuses some of those lock upgrades at once, without waiting,
+  -- and each process must try again rather than fail (CI once saw `start`
+  -- fail with "database is locked" beside a `run` that was just opening).
+  it("processes opening one new database at once all succeed", function()
+    local function cmd(e, out, ...)
+      local words = { H.q(H.bin) }
+      for _, a in ipairs(e:argv(...)) do
+        words[#words + 1] = H.q(a)
+      end
+      return table.concat(words, " ") .. " >/dev/null 2>" .. H.q(out)
+    end
+    for round = 1, 20 do
+      local e = H.env({ workflows = H.fixtures })
+      local start = { "start", "sleepy", "--count", "3", "--var", "nap:=0.01" }
+      -- one shell starts all three at the same moment, then waits for the
+      -- two starts (the engine runs on, in the background)
+      local script = "( " .. cmd(e, e:path("run.err"), "--sync", "normal",
+          "run", "--until-idle") .. "; echo $? > " .. H.q(e:path("run.rc")) ..
+          " ) & " ..
+          cmd(e, e:path("a.err"), table.unpack(start)) .. " & a=$!; " ..
+          cmd(e, e:path("b.err"), table.unpack(start)) .. "; b=$?; " ..
+          "wait $a; a=$?; echo $a $b"
+      local rcs = H.capture(script)
+      assert.are.equal("0 0", rcs, string.format("round %d: %s%s", round,
+        H.read(e:path("a.err")) or "", H.read(e:path("b.err")) or ""))
+      local run_rc = H.poll(20, 0.02, function()
+        local rc = H.read(e:path("run.rc"))
+        return rc and tonumber(rc:match("%d+"))
+      end)
+      assert.are.equal(0, run_rc,
+        "round " .. round .. ": run: " .. (H.read(e:path("run.err")) or ""))
+      e:ok("run", "--until-idle")
+      assert.are.same({ completed = 6 }, e:states(), "round " .. round)
+      H.rmdir(e.dir)
+    end
+  end)
+
   it("instances --json of an empty database is an empty list", function()
     -- a database with no instances (reading commands refuse a missing one)
     env:ok("check", "limits")
