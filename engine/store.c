@@ -164,10 +164,12 @@ static const char *const sql_text[Q__COUNT] = {
         "lease_until = CASE WHEN ?2 = 'running' THEN lease_until END "
         "WHERE id = ?1 AND owner IS ?10",
     /* The common transition, running to running at the next step: it
-     * leaves the indexed columns alone, so no index is rewritten. */
+     * leaves the indexed columns alone, so no index is rewritten (SQLite
+     * rewrites an index whose column is assigned, even to its own value:
+     * wake_at is known to be NULL already, so it is not assigned). */
     [Q_ADVANCE_INSTANCE] =
         "UPDATE instances SET step = ?3, attempt = ?4, "
-        "vars = coalesce(?5, vars), wake_at = NULL, wait_seq = NULL, "
+        "vars = coalesce(?5, vars), wait_seq = NULL, "
         "updated_at = ?8 WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
     [Q_INSERT_STEP_RUN] =
         "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
