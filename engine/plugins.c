@@ -52,9 +52,6 @@ void sy_plugins_free(sy_plugins *p) {
   sy_plugins_fini(p);
   for (int i = p->nplugins - 1; i >= 0; i--) {
     sy_loaded_plugin *lp = p->plugins[i];
-    if (lp->has_lib) {
-      uv_dlclose(&lp->lib);
-    }
     free(lp->path);
     free(lp);
   }
@@ -154,8 +151,11 @@ int sy_plugins_load_file(sy_plugins *p, const char *path, char *err,
     uv_dlclose(&lib);
     return rc;
   }
-  p->plugins[p->nplugins - 1]->lib = lib;
-  p->plugins[p->nplugins - 1]->has_lib = 1;
+  /* A loaded plugin stays loaded until the process exits, as if opened
+   * with RTLD_NODELETE: the libraries it pulls in (libcurl, and through it
+   * GnuTLS) are not made to be unloaded, and unloading them leaves stale
+   * thread-local entries that crash LeakSanitizer's exit-time scan. Opening
+   * it again (a second engine in one process) only counts a reference. */
   p->plugins[p->nplugins - 1]->path = strdup(path);
   return 0;
 }

@@ -13,8 +13,6 @@ typedef struct sy_loaded_plugin {
   const sy_plugin_def *def;
   void *state; /* what def->init returned */
   int initialized;
-  int has_lib;
-  uv_lib_t lib;
   char *path;
 } sy_loaded_plugin;
 
@@ -35,8 +33,8 @@ typedef struct sy_command_entry {
 
 int sy_plugins_new(sy_plugins **out);
 /* Calls every plugin's fini. The caller then runs the loop once, so that
- * handles the plugins closed get their close callbacks while the plugins'
- * code is still loaded, and only then frees (unloads) them. */
+ * handles the plugins closed get their close callbacks, and only then frees
+ * the registry. */
 void sy_plugins_fini(sy_plugins *p);
 void sy_plugins_free(sy_plugins *p);
 /* Loads every *.so in dir; a missing dir is not an error. */
