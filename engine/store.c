@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <uv.h>
 
 #include "error.h"
 
@@ -389,12 +390,26 @@ static int open_for_writing(sy_store *st) {
   }
 }
 
+/* Each connection belongs to one store, used on one thread (the loop's),
+ * so SQLite's own locking buys nothing: without it, and without its
+ * memory statistics (a global mutex around every allocation), a busy
+ * engine runs about a tenth fewer instructions. Configuration is global and
+ * must precede SQLite's initialization; should something have initialized
+ * SQLite first, the calls fail harmlessly and the defaults stay. */
+static void configure_sqlite(void) {
+  sqlite3_config(SQLITE_CONFIG_MULTITHREAD);
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
                   char *err, size_t errlen) {
+  static uv_once_t once = UV_ONCE_INIT;
   sy_store *st = calloc(1, sizeof *st);
-  int flags = opts->read_only ? SQLITE_OPEN_READONLY
-                              : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+  int flags = SQLITE_OPEN_NOMUTEX |
+              (opts->read_only ? SQLITE_OPEN_READONLY
+                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   int rc;
+  uv_once(&once, configure_sqlite);
   if (!st) {
     snprintf(err, errlen, "out of memory");
     return SY_ENOMEM;
