@@ -54,7 +54,6 @@ struct sy_inst {
   const sy_workflow *wf;
   const sy_step *step;
   int attempt;
-  char *vars; /* as last committed */
   sy_task *task;
   phase ph;
   int64_t step_started;
@@ -685,7 +684,6 @@ static void inst_free(sy_inst *in) {
   }
   e->in_memory--;
   sy_task_free(in->task);
-  free(in->vars);
   if (in->handles_open) {
     uv_close((uv_handle_t *)&in->sleep_timer, inst_handle_closed);
     uv_close((uv_handle_t *)&in->timeout_timer, inst_handle_closed);
@@ -719,8 +717,7 @@ static int claim_cb(void *ud, const sy_instance_row *row) {
   }
   step = row->step ? sy_workflow_step(wf, row->step) : NULL;
   SY_ASSERT(step); /* rows only ever name steps of their definition */
-  if (!(in = calloc(1, sizeof *in)) || !(in->vars = strdup(row->vars))) {
-    free(in);
+  if (!(in = calloc(1, sizeof *in))) {
     fatal(e, SY_ENOMEM);
     return 1;
   }
@@ -884,23 +881,20 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
   /* The instance row first: the update is fenced by owner, and an engine
    * that lost its lease (another took the instance over) records nothing. */
   rc = sy_store_update_instance(st, &u);
+  free(r->vars_json); /* written (SQLite copied it) or not to be */
   if (rc == SY_ESTATE) {
     fprintf(stderr, "switchyard: dropping instance %lld: %s\n",
             (long long)in->id, sy_store_errmsg(st));
-    free(r->vars_json);
     inst_free(in);
     return;
   }
   if (rc || (rc = sy_store_insert_step_run(
                  st, in->id, in->step->name, in->attempt, in->step_started,
                  now, outcome, r->status == SY_TASK_ERROR ? r->error : NULL))) {
-    free(r->vars_json);
     fatal(e, rc);
     return;
   }
   if (r->status == SY_TASK_DONE) {
-    free(in->vars);
-    in->vars = r->vars_json;
     if (r->next) {
       in->step = sy_workflow_step(in->wf, r->next);
       in->attempt = 1;

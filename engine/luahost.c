@@ -67,7 +67,10 @@ struct sy_task {
   void *owner;
   int generation;
   int call_seq; /* ctx calls so far in this step run */
-  char idem_key[320];
+  /* Lua code or a plugin may have changed vars during this step run (a
+   * node step that touched nothing keeps the stored vars unencoded). */
+  int vars_dirty;
+  char idem_key[320]; /* made when asked for */
 };
 
 /* ---------------------------------------------------------------------
@@ -882,6 +885,25 @@ static int ctx_plugin_call(lua_State *L) {
   return lua_yieldk(L, 0, 0, ctx_call_cont);
 }
 
+/* ctx.idempotency_key is made when a step reads it, not at every step: most
+ * steps never do. Its ctx must be the running step's own. */
+static int ctx_index(lua_State *L) {
+  sy_lua *h = host_of(L);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL ||
+      lua_type(L, 2) != LUA_TSTRING ||
+      strcmp(lua_tostring(L, 2), "idempotency_key") != 0) {
+    return 1;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->current ? h->current->ctx_ref : 0);
+  if (!h->current || !lua_rawequal(L, 1, -1)) {
+    return luaL_error(L, "ctx.idempotency_key is only known while the "
+                         "ctx's own step runs");
+  }
+  lua_pushstring(L, sy_task_idempotency_key(h->current));
+  return 1;
+}
+
 static void make_ctx_mt(sy_lua *h) {
   lua_State *L = h->L;
   int n = sy_plugins_ctx_fn_count(h->plugins);
@@ -897,6 +919,7 @@ static void make_ctx_mt(sy_lua *h) {
     lua_pushcclosure(L, ctx_plugin_call, 1);
     lua_setfield(L, -2, fn->fn->name);
   }
+  lua_pushcclosure(L, ctx_index, 1);
   lua_setfield(L, -2, "__index");
   /* The methods table is shared by every instance: keep it out of reach. */
   lua_pushboolean(L, 0);
@@ -1645,6 +1668,7 @@ int sy_task_var_get(sy_task *t, const char *key, sy_value *out) {
 int sy_task_var_set_json(sy_task *t, const char *key, const char *json) {
   lua_State *L = t->h->L;
   char err[256];
+  t->vars_dirty = 1;
   push_vars(t);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
@@ -1732,24 +1756,19 @@ void sy_task_set_generation(sy_task *t, int generation) {
 }
 
 const char *sy_task_idempotency_key(sy_task *t) {
+  if (t->generation) {
+    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d.%d",
+             (long long)t->instance_id, t->step->name, t->attempt,
+             t->generation);
+  } else {
+    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d",
+             (long long)t->instance_id, t->step->name, t->attempt);
+  }
   return t->idem_key;
 }
 
 int sy_task_call_seq(sy_task *t) {
   return t->call_seq;
-}
-
-int sy_task_reset_vars(sy_task *t, const char *vars_json) {
-  lua_State *L = t->h->L;
-  char err[256];
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
-  if (push_json_text(L, vars_json, 1, err, sizeof err)) {
-    lua_pop(L, 1);
-    return SY_EINVAL;
-  }
-  lua_setfield(L, -2, "vars");
-  lua_pop(L, 1);
-  return 0;
 }
 
 void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
@@ -1758,17 +1777,9 @@ void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
   t->attempt = attempt;
   t->sleep_seq = 0;
   t->call_seq = 0;
+  t->vars_dirty = step->kind == SY_STEP_TASK;
   t->budget_left = t->h->instructions;
-  if (t->generation) {
-    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d.%d",
-             (long long)t->instance_id, step->name, attempt, t->generation);
-  } else {
-    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d",
-             (long long)t->instance_id, step->name, attempt);
-  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
-  lua_pushstring(L, t->idem_key);
-  lua_setfield(L, -2, "idempotency_key");
   lua_pushstring(L, step->name);
   lua_setfield(L, -2, "step");
   lua_pushinteger(L, attempt);
@@ -1782,12 +1793,16 @@ static int call_with_ctx(sy_task *t, int fn_ref, char *err, size_t errlen) {
   sy_lua *h = t->h;
   lua_State *L = h->L;
   lua_State *co = lua_newthread(L);
+  sy_task *outer = h->current;
   int rc;
+  t->vars_dirty = 1; /* Lua code may change vars */
   lua_rawgeti(co, LUA_REGISTRYINDEX, fn_ref);
   lua_rawgeti(co, LUA_REGISTRYINDEX, t->ctx_ref);
+  h->current = t;
   limits_on(h, co, h->instructions);
   rc = lua_pcall(co, 1, 1, 0);
   limits_off(h, co);
+  h->current = outer;
   if (rc != LUA_OK) {
     error_message(co, err, errlen);
     lua_pop(L, 1);
@@ -1830,6 +1845,11 @@ static void finish(sy_task *t, const sy_step *step, const char *next,
     lua_pop(L, 1);
   } else if (!next && step->next) {
     r->next = sy_workflow_step(t->wf, step->next)->name;
+  }
+  if (!t->vars_dirty) {
+    r->vars_json = NULL; /* unchanged: the stored vars stand */
+    r->status = SY_TASK_DONE;
+    return;
   }
   push_vars(t);
   if (!lua_istable(L, -1)) {

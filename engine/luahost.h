@@ -59,7 +59,8 @@ typedef struct sy_diag {
 
 /* What a step run asked for when it stopped. */
 typedef enum {
-  SY_TASK_DONE,  /* finished: next (NULL = end of instance), vars_json */
+  SY_TASK_DONE,  /* finished: next (NULL = end of instance), vars_json
+                    (NULL when a node step left vars as they were) */
   SY_TASK_ERROR, /* raised: error */
   SY_TASK_SLEEP, /* ctx.sleep: sleep_ms, sleep_seq */
   SY_TASK_CALL   /* parked on a plugin call (ctx.<fn>) */
@@ -68,7 +69,7 @@ typedef enum {
 typedef struct sy_task_result {
   sy_task_status status;
   const char *next;  /* points into the definition */
-  char *vars_json;   /* malloc'd on DONE */
+  char *vars_json;   /* malloc'd on DONE, or NULL: unchanged */
   char error[1024];
   int64_t sleep_ms;
   int sleep_seq;
@@ -128,8 +129,6 @@ void sy_task_abort(sy_task *t);
  * vars as a task step does). */
 void sy_task_finish_node(sy_task *t, const sy_step *step, const char *next,
                          sy_task_result *r);
-/* Restores vars to the given JSON (after a failed attempt). */
-int sy_task_reset_vars(sy_task *t, const char *vars_json);
 
 /* JSON helpers for other Lua hosts of the binary (the test runner). They
  * take a lua_State as void * so this header stays free of lua.h. */

@@ -42,6 +42,25 @@ describe("ctx", function()
     cleanup(e, db)
   end)
 
+  it("makes idempotency keys for the running step only", function()
+    local e, db = new_engine()
+    local a = assert(e:start(FIX .. "keys.lua", {}))
+    local b = assert(e:start(FIX .. "keys.lua", {}))
+    e:run()
+    local refused = 0
+    for _, id in ipairs { a, b } do
+      local v = e:instance(id).vars
+      assert.are.equal(id .. "-one-1", v.key1)
+      assert.are.equal(id .. "-two-1", v.key2)
+      if v.other then
+        assert.matches("only known while the ctx's own step runs", v.other, 1, true)
+        refused = refused + 1
+      end
+    end
+    assert.are.equal(1, refused)
+    cleanup(e, db)
+  end)
+
   it("follows a next function", function()
     local e, db = new_engine()
     local id = assert(e:start(FIX .. "ctx.lua", { route = "b" }))
