@@ -1,9 +1,16 @@
-/* The throughput baseline: the rows the engine writes for a routed
- * three-step instance, written straight through SQLite's C API in batched
- * transactions, with no engine at all: per instance one instance row, its
- * decision, three step runs and the instance updates. The same schema (an
- * engine opened on the database creates it) and the same synchronous mode,
- * so engine/baseline is the cost of everything the engine adds.
+/* The throughput baseline: every row the engine writes for a routed
+ * three-step instance, written straight through SQLite's C API with no
+ * engine at all, as a hand-written program that knows its workload would:
+ *   - the instances, inserted ready in one transaction (`switchyard start`);
+ *   - then per batch of 512 instances, one transaction: their claim (state,
+ *     owner, lease) in one statement over the id range, each one's
+ *     decision, three step runs, three instance updates (the last one ends
+ *     it), the decision's outcome and step times, and the per-version
+ *     counters once per batch.
+ * Same schema (an engine opened on the database creates it), same
+ * synchronous mode, so engine/baseline is the cost of everything the engine
+ * adds: Lua, scheduling, JSON, and statements written for any workflow
+ * rather than for this one.
  *
  *   bench-baseline DB N full|normal   -> prints "instances/s: X" */
 #include <stdio.h>
@@ -39,13 +46,20 @@ static void step_done(sqlite3 *db, sqlite3_stmt *s) {
   sqlite3_reset(s);
 }
 
+static void exec(sqlite3 *db, const char *sql) {
+  if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+    fprintf(stderr, "bench-baseline: %s\n", sqlite3_errmsg(db));
+    exit(1);
+  }
+}
+
 int main(int argc, char **argv) {
   const sy_plugin_def *defs[] = {cv_plugin_def()};
   static const char *const steps[3] = {"route", "a", "done"};
   sy_engine_opts o;
   sy_engine *e;
   sqlite3 *db;
-  sqlite3_stmt *ins, *dec, *run, *upd;
+  sqlite3_stmt *ins, *claim, *dec, *run, *upd, *end, *out, *cnt;
   char err[512], vars[64], key[32];
   long n;
   double t0, t1;
@@ -64,36 +78,62 @@ int main(int argc, char **argv) {
     return 1;
   }
   db = sy_store_db(sy_engine_store(e));
-  sqlite3_exec(db,
-               "INSERT OR IGNORE INTO definitions VALUES('h', 'tp', NULL, "
-               "'source', 0)",
-               NULL, NULL, NULL);
+  exec(db,
+       "INSERT OR IGNORE INTO definitions VALUES('h', 'tp', NULL, 'source', "
+       "0)");
   ins = prep(db,
              "INSERT INTO instances(workflow, def_hash, state, step, attempt, "
-             "vars, created_at, updated_at) VALUES('tp', 'h', 'running', "
+             "vars, created_at, updated_at) VALUES('tp', 'h', 'ready', "
              "'route', 1, ?1, ?2, ?2)");
+  claim = prep(db,
+               "UPDATE instances SET state = 'running', owner = 'bench', "
+               "lease_until = ?3 + 30000, updated_at = ?3 "
+               "WHERE id BETWEEN ?1 AND ?2");
   dec = prep(db,
              "INSERT INTO cv_decisions(instance_id, flag, workflow, step, "
              "subject, version, reason, bucket, rate_ppm, ramp_id, "
-             "decided_at) VALUES(?1, 'tp', 'tp', 'route', ?2, 'v1', "
-             "'rollout', 123, 500000, 1, ?3)");
+             "decided_at, base_run_ms, base_reruns) VALUES(?1, 'tp', 'tp', "
+             "'route', ?2, 'v1', 'rollout', 123, 500000, 1, ?3, 0, 0)");
   run = prep(db,
              "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
              "ended_at, outcome, error) VALUES(?1, ?2, 1, ?3, ?3, 'ok', NULL)");
   upd = prep(db,
-             "UPDATE instances SET state = ?2, step = ?3, vars = ?4, "
-             "updated_at = ?5 WHERE id = ?1");
+             "UPDATE instances SET step = ?2, vars = ?3, updated_at = ?4 "
+             "WHERE id = ?1");
+  end = prep(db,
+             "UPDATE instances SET state = 'completed', step = NULL, "
+             "vars = ?2, updated_at = ?3, ended_at = ?3, owner = NULL, "
+             "lease_until = NULL WHERE id = ?1");
+  out = prep(db,
+             "UPDATE cv_decisions SET outcome = 'completed', ended_at = ?3, "
+             "branch_ms = ?3 - decided_at, step_ms = 0, retries = 0 "
+             "WHERE flag = 'tp' AND decided_at = ?2 AND instance_id = ?1");
+  cnt = prep(db,
+             "INSERT INTO cv_counters(workflow, flag, version, routed, "
+             "completed) VALUES('tp', 'tp', 'v1', ?1, ?1) ON CONFLICT DO "
+             "UPDATE SET routed = routed + excluded.routed, "
+             "completed = completed + excluded.completed");
   t0 = now_s();
+  exec(db, "BEGIN IMMEDIATE");
+  for (long i = 0; i < n; i++) {
+    snprintf(vars, sizeof vars, "{\"user_id\":\"u%ld\"}", i + 1);
+    sqlite3_bind_text(ins, 1, vars, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(ins, 2, (int64_t)(now_s() * 1000));
+    step_done(db, ins);
+  }
+  exec(db, "COMMIT");
   for (long base = 0; base < n; base += BATCH) {
-    sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    for (long i = base; i < base + BATCH && i < n; i++) {
-      int64_t id, ms = (int64_t)(now_s() * 1000);
+    long last = base + BATCH < n ? base + BATCH : n;
+    int64_t ms = (int64_t)(now_s() * 1000);
+    exec(db, "BEGIN IMMEDIATE");
+    sqlite3_bind_int64(claim, 1, base + 1);
+    sqlite3_bind_int64(claim, 2, last);
+    sqlite3_bind_int64(claim, 3, ms);
+    step_done(db, claim);
+    for (long i = base; i < last; i++) {
+      int64_t id = i + 1;
       snprintf(key, sizeof key, "u%ld", i + 1);
       snprintf(vars, sizeof vars, "{\"user_id\":\"%s\"}", key);
-      sqlite3_bind_text(ins, 1, vars, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(ins, 2, ms);
-      step_done(db, ins);
-      id = sqlite3_last_insert_rowid(db);
       sqlite3_bind_int64(dec, 1, id);
       sqlite3_bind_text(dec, 2, key, -1, SQLITE_STATIC);
       sqlite3_bind_int64(dec, 3, ms);
@@ -103,30 +143,38 @@ int main(int argc, char **argv) {
         sqlite3_bind_text(run, 2, steps[k], -1, SQLITE_STATIC);
         sqlite3_bind_int64(run, 3, ms);
         step_done(db, run);
-        sqlite3_bind_int64(upd, 1, id);
-        sqlite3_bind_text(upd, 2, k < 2 ? "running" : "completed", -1,
-                          SQLITE_STATIC);
         if (k < 2) {
-          sqlite3_bind_text(upd, 3, steps[k + 1], -1, SQLITE_STATIC);
+          sqlite3_bind_int64(upd, 1, id);
+          sqlite3_bind_text(upd, 2, steps[k + 1], -1, SQLITE_STATIC);
+          sqlite3_bind_text(upd, 3, vars, -1, SQLITE_STATIC);
+          sqlite3_bind_int64(upd, 4, ms);
+          step_done(db, upd);
         } else {
-          sqlite3_bind_null(upd, 3);
+          sqlite3_bind_int64(end, 1, id);
+          sqlite3_bind_text(end, 2, vars, -1, SQLITE_STATIC);
+          sqlite3_bind_int64(end, 3, ms);
+          step_done(db, end);
         }
-        sqlite3_bind_text(upd, 4, vars, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(upd, 5, ms);
-        step_done(db, upd);
       }
+      sqlite3_bind_int64(out, 1, id);
+      sqlite3_bind_int64(out, 2, ms);
+      sqlite3_bind_int64(out, 3, ms);
+      step_done(db, out);
     }
-    if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-      fprintf(stderr, "bench-baseline: %s\n", sqlite3_errmsg(db));
-      return 1;
-    }
+    sqlite3_bind_int64(cnt, 1, last - base);
+    step_done(db, cnt);
+    exec(db, "COMMIT");
   }
   t1 = now_s();
   printf("instances/s: %.0f\n", (double)n / (t1 - t0));
   sqlite3_finalize(ins);
+  sqlite3_finalize(claim);
   sqlite3_finalize(dec);
   sqlite3_finalize(run);
   sqlite3_finalize(upd);
+  sqlite3_finalize(end);
+  sqlite3_finalize(out);
+  sqlite3_finalize(cnt);
   sy_engine_close(e);
   return 0;
 }

@@ -133,6 +133,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < per_round / 10; i++) {
       req.key = keys[i % KEYS];
       req.key_len = strlen(req.key);
+      req.now_ms = sy_now_ms();
       cv_decide(r, ++id, "bench", "route", &req, NULL, &d);
     }
     t1 = now_ns();

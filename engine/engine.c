@@ -57,6 +57,7 @@ struct sy_inst {
   sy_task *task;
   phase ph;
   int64_t step_started;
+  int64_t run_ms, reruns; /* totals of its step runs (sy_event) */
   int recorded_seq;
   int64_t recorded_wake;
   int timed_out;
@@ -246,6 +247,15 @@ static void *api_node_data(sy_call *c) {
 static uint64_t api_random(sy_call *c) {
   return next_random(c->e);
 }
+static void api_totals(sy_call *c, int64_t now_ms, int64_t *run_ms,
+                       int64_t *reruns) {
+  sy_inst *in = c->inst;
+  *run_ms = *reruns = 0;
+  if (in) {
+    *run_ms = in->run_ms + (now_ms - in->step_started);
+    *reruns = in->reruns + (in->attempt > 1);
+  }
+}
 static int api_var_get(sy_call *c, const char *key, sy_value *out) {
   if (!c->inst) {
     return SY_ESTATE;
@@ -378,6 +388,7 @@ static void init_api(sy_api *a) {
       .node_data = api_node_data,
       .idempotency_key = api_idempotency_key,
       .random = api_random,
+      .totals = api_totals,
       .var_get = api_var_get,
       .var_set_json = api_var_set_json,
       .call_predicate = api_call_predicate,
@@ -726,6 +737,8 @@ static int claim_cb(void *ud, const sy_instance_row *row) {
   in->wf = wf;
   in->step = step;
   in->attempt = row->attempt;
+  in->run_ms = row->run_ms;
+  in->reruns = row->reruns;
   in->recorded_seq = row->wait_seq;
   in->recorded_wake = row->wake_at;
   if (sy_task_new(e->lua, &in->task, wf, row->id, row->vars, err,
@@ -773,7 +786,8 @@ static int64_t backoff_ms(const sy_step *s, int attempt) {
 }
 
 static void emit(sy_inst *in, sy_event_type type, int64_t now) {
-  sy_event ev = {type, in->id, in->wf->name, in->step->name, now};
+  sy_event ev = {type,    in->id,     in->wf->name, in->step->name,
+                 now,     in->run_ms, in->reruns};
   if (sy_plugins_event(in->e->plugins, &ev)) {
     fatal(in->e, SY_EPLUGIN);
   }
@@ -849,6 +863,10 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
   }
   step_ended(in);
   e->stats.steps++;
+  u.run_ms = now - in->step_started;
+  u.rerun = in->attempt > 1;
+  in->run_ms += u.run_ms;
+  in->reruns += u.rerun;
   if (r->status == SY_TASK_ERROR && in->timed_out) {
     outcome = "timeout";
   } else if (r->status == SY_TASK_ERROR) {
@@ -1262,6 +1280,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
 
 typedef struct row_copy {
   int found;
+  int64_t run_ms, reruns;
   char state[16];
   char step[256];
   char workflow[256];
@@ -1270,6 +1289,8 @@ typedef struct row_copy {
 static int copy_row(void *ud, const sy_instance_row *r) {
   row_copy *c = ud;
   c->found = 1;
+  c->run_ms = r->run_ms;
+  c->reruns = r->reruns;
   snprintf(c->state, sizeof c->state, "%s", r->state);
   snprintf(c->step, sizeof c->step, "%s", r->step ? r->step : "");
   snprintf(c->workflow, sizeof c->workflow, "%s", r->workflow);
@@ -1314,7 +1335,7 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
                             .ended = cancel,
                             .new_generation = !cancel};
     sy_event ev = {cancel ? SY_EVENT_CANCELLED : SY_EVENT_INCIDENT_RESOLVED,
-                   id, row.workflow, row.step, now};
+                   id, row.workflow, row.step, now, row.run_ms, row.reruns};
     int was_incident = strcmp(row.state, SY_STATE_INCIDENT) == 0;
     if ((rc = sy_store_update_instance(st, &u)) ||
         (rc = sy_store_resolve_incidents(st, id,
@@ -1327,7 +1348,8 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
     if ((cancel && was_incident &&
          sy_plugins_event(e->plugins,
                           &(sy_event){SY_EVENT_INCIDENT_RESOLVED, id,
-                                      row.workflow, row.step, now})) ||
+                                      row.workflow, row.step, now,
+                                      row.run_ms, row.reruns})) ||
         sy_plugins_event(e->plugins, &ev)) {
       sy_store_rollback(st);
       return set_error(e, SY_EPLUGIN, "a plugin failed to record the change");

@@ -69,12 +69,24 @@ static const char *const migrations[] = {
     "  resolved_at INTEGER,"
     "  resolution TEXT);"
     "CREATE INDEX incidents_instance ON incidents(instance_id);",
+    /* 2: running totals of each instance's step runs, kept with every
+     * transition so that what happened between two moments (a routing
+     * decision and the instance's end) is a subtraction, not a scan of
+     * the history. Existing instances are counted from their history. */
+    "ALTER TABLE instances ADD COLUMN run_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE instances ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE instances SET "
+    "  run_ms = (SELECT coalesce(sum(ended_at - started_at), 0) "
+    "            FROM step_runs WHERE instance_id = instances.id),"
+    "  reruns = (SELECT count(*) FROM step_runs "
+    "            WHERE instance_id = instances.id AND attempt > 1) "
+    "WHERE EXISTS (SELECT 1 FROM step_runs WHERE instance_id = instances.id);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
 #define INSTANCE_COLS                                                   \
   "id, workflow, def_hash, state, step, attempt, vars, wake_at, "       \
-  "wait_seq, created_at, updated_at, ended_at, generation"
+  "wait_seq, created_at, updated_at, ended_at, generation, run_ms, reruns"
 
 enum {
   Q_BEGIN,
@@ -161,6 +173,7 @@ static const char *const sql_text[Q__COUNT] = {
         "UPDATE instances SET state = ?2, step = ?3, attempt = ?4, "
         "vars = coalesce(?5, vars), wake_at = ?6, wait_seq = ?7, "
         "updated_at = ?8, ended_at = ?9, generation = generation + ?11, "
+        "run_ms = run_ms + ?12, reruns = reruns + ?13, "
         "owner = CASE WHEN ?2 = 'running' THEN owner END, "
         "lease_until = CASE WHEN ?2 = 'running' THEN lease_until END "
         "WHERE id = ?1 AND owner IS ?10",
@@ -170,8 +183,8 @@ static const char *const sql_text[Q__COUNT] = {
      * wake_at is known to be NULL already, so it is not assigned). */
     [Q_ADVANCE_INSTANCE] =
         "UPDATE instances SET step = ?3, attempt = ?4, "
-        "vars = coalesce(?5, vars), wait_seq = NULL, "
-        "updated_at = ?8 WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
+        "vars = coalesce(?5, vars), wait_seq = NULL, updated_at = ?8, "
+        "run_ms = run_ms + ?12, reruns = reruns + ?13 WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
     [Q_INSERT_STEP_RUN] =
         "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
         "ended_at, outcome, error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -612,6 +625,8 @@ static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
   r->updated_at = sqlite3_column_int64(s, 10);
   r->ended_at = sqlite3_column_int64(s, 11);
   r->generation = sqlite3_column_int(s, 12);
+  r->run_ms = sqlite3_column_int64(s, 13);
+  r->reruns = sqlite3_column_int64(s, 14);
 }
 
 /* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
@@ -779,14 +794,9 @@ int sy_store_count_active(sy_store *st, int64_t *n) {
   return single_int(st, Q_COUNT_ACTIVE, n, "count active instances");
 }
 
-int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
-  int advance = strcmp(u->state, SY_STATE_RUNNING) == 0 && !u->wake_at &&
-                !u->ended && !u->new_generation && u->owner;
-  sqlite3_stmt *s = stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
+/* Both forms of the update take the same numbered parameters (the advance
+ * leaves some unused), so one binding serves either. */
+static void bind_update(sqlite3_stmt *s, const sy_instance_update *u) {
   sqlite3_bind_int64(s, 1, u->id);
   sqlite3_bind_text(s, 2, u->state, -1, SQLITE_STATIC);
   bind_text(s, 3, u->step);
@@ -797,31 +807,30 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   sqlite3_bind_int64(s, 8, u->now);
   bind_opt_int(s, 9, u->ended ? u->now : 0);
   bind_text(s, 10, u->owner);
-  if (!advance) {
-    sqlite3_bind_int(s, 11, u->new_generation);
+  sqlite3_bind_int(s, 11, u->new_generation);
+  sqlite3_bind_int64(s, 12, u->run_ms);
+  sqlite3_bind_int(s, 13, u->rerun);
+}
+
+int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
+  int advance = strcmp(u->state, SY_STATE_RUNNING) == 0 && !u->wake_at &&
+                !u->ended && !u->new_generation && u->owner;
+  sqlite3_stmt *s = stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
   }
+  bind_update(s, u);
   if ((rc = exec_stmt(st, s, "update instance"))) {
     return rc;
   }
   if (advance && sqlite3_changes(st->db) == 0) {
     /* A recorded wake-up to clear, or a lost lease: the general form
      * tells them apart. */
-    advance = 0;
-    s = stmt(st, Q_UPDATE_INSTANCE);
-    if (!s) {
+    if (!(s = stmt(st, Q_UPDATE_INSTANCE))) {
       return SY_ESTORE;
     }
-    sqlite3_bind_int64(s, 1, u->id);
-    sqlite3_bind_text(s, 2, u->state, -1, SQLITE_STATIC);
-    bind_text(s, 3, u->step);
-    sqlite3_bind_int(s, 4, u->attempt);
-    bind_text(s, 5, u->vars);
-    bind_opt_int(s, 6, 0);
-    bind_opt_int(s, 7, 0);
-    sqlite3_bind_int64(s, 8, u->now);
-    bind_opt_int(s, 9, 0);
-    bind_text(s, 10, u->owner);
-    sqlite3_bind_int(s, 11, 0);
+    bind_update(s, u);
     if ((rc = exec_stmt(st, s, "update instance"))) {
       return rc;
     }

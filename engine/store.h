@@ -45,6 +45,8 @@ typedef struct sy_instance_row {
   int wait_seq;     /* 0 when none */
   int64_t created_at, updated_at, ended_at;
   int generation; /* incident retries so far */
+  int64_t run_ms;  /* time spent in step runs so far */
+  int64_t reruns;  /* step runs that were retries (attempt > 1) */
 } sy_instance_row;
 
 typedef struct sy_step_run_row {
@@ -142,6 +144,8 @@ typedef struct sy_instance_update {
   int ended;
   const char *owner; /* the engine holding it; NULL for commands */
   int new_generation; /* 1: an incident retry starts a new generation */
+  int64_t run_ms;     /* the step run this update records: its duration, */
+  int rerun;          /* and 1 if it was a retry */
 } sy_instance_update;
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u);
 

@@ -83,6 +83,10 @@ typedef struct cv_request {
   int eligible; /* result of the node's predicate (1 when there is none) */
   uint64_t random; /* from the engine's seedable generator */
   int missing_key; /* the key var is absent and the node says "v1" */
+  int64_t now_ms; /* the time of the decision */
+  /* The instance's step-run totals at that time (sy_api.totals): the
+   * branch's own are what they grow by until the instance ends. */
+  int64_t run_ms, reruns;
 } cv_request;
 
 typedef struct cv_decision {

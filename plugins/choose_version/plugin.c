@@ -221,6 +221,8 @@ static void execute(void *plugin, sy_call *c) {
   if (req.strategy == CV_STRATEGY_RANDOM) {
     req.random = api->random(c);
   }
+  req.now_ms = api->now_ms(r->e);
+  api->totals(c, req.now_ms, &req.run_ms, &req.reruns);
   if (n->has_eligible && !req.missing_key && !force) {
     int ok = 0;
     if (api->call_predicate(c, "eligible", &ok)) {
@@ -277,6 +279,8 @@ static void fn_version(void *plugin, sy_call *c, const char *args) {
     req.key = idbuf;
     req.key_len = strlen(idbuf);
   }
+  req.now_ms = api->now_ms(r->e);
+  api->totals(c, req.now_ms, &req.run_ms, &req.reruns);
   if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
                 forced(r, req.flag), &d)) {
     api->fail(c, r->errmsg);

@@ -73,6 +73,29 @@ static const char *const migrations[] = {
     "  incidents INTEGER NOT NULL DEFAULT 0,"
     "  open_incidents INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY(workflow, flag, version));",
+    /* 2: the instance's step-run totals (instances.run_ms, reruns) when
+     * it was decided, so that the branch's step time and retries are a
+     * subtraction at the event instead of a scan of the history. For
+     * instances still in flight, what the branch has already run is taken
+     * out of the base, so that nothing is counted twice or lost. */
+    "ALTER TABLE cv_decisions ADD COLUMN base_run_ms INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "ALTER TABLE cv_decisions ADD COLUMN base_reruns INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "UPDATE cv_decisions SET "
+    "  base_run_ms = (SELECT i.run_ms FROM instances i "
+    "                 WHERE i.id = cv_decisions.instance_id) - "
+    "    (SELECT coalesce(sum(r.ended_at - r.started_at), 0) "
+    "     FROM step_runs r WHERE r.instance_id = cv_decisions.instance_id "
+    "     AND r.started_at >= cv_decisions.decided_at "
+    "     AND r.step <> cv_decisions.step),"
+    "  base_reruns = (SELECT i.reruns FROM instances i "
+    "                 WHERE i.id = cv_decisions.instance_id) - "
+    "    (SELECT count(*) FROM step_runs r "
+    "     WHERE r.instance_id = cv_decisions.instance_id "
+    "     AND r.started_at >= cv_decisions.decided_at "
+    "     AND r.step <> cv_decisions.step AND r.attempt > 1) "
+    "WHERE outcome IS NULL;",
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -94,8 +117,9 @@ static const char *const sql_text[CVQ__COUNT] = {
      * written, and the caller reads that one instead. */
     [CVQ_PUT_DECISION] =
         "INSERT INTO cv_decisions(instance_id, flag, workflow, step, subject, "
-        "version, reason, bucket, rate_ppm, ramp_id, decided_at) "
-        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
+        "version, reason, bucket, rate_ppm, ramp_id, decided_at, "
+        "base_run_ms, base_reruns) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
         "ON CONFLICT(instance_id, flag) DO NOTHING",
     [CVQ_COUNTERS_ADD] =
         "INSERT INTO cv_counters(workflow, flag, version, routed, in_flight, "
@@ -111,23 +135,21 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_NTH] =
         "UPDATE cv_flags SET nth_counter = nth_counter + 1 WHERE name = ?1 "
         "RETURNING nth_counter - 1",
-    /* The branch's step runs: after the decision, the deciding step
-     * excluded. Run inside the transaction that records the event, after
-     * the step run that caused it. */
-#define BRANCH_RUNS                                                       \
-  "FROM step_runs r WHERE r.instance_id = cv_decisions.instance_id "     \
-  "AND r.started_at >= cv_decisions.decided_at "                          \
-  "AND r.step <> cv_decisions.step"
+    /* The decisions an event concerns, read before the update: RETURNING
+     * would buffer its rows in a temporary table at every event, which
+     * costs more than reading them twice. */
+    [CVQ_DECISIONS_OF] =
+        "SELECT flag, workflow, version, incidents, open_incidents "
+        "FROM cv_decisions WHERE instance_id = ?1",
+    /* The branch's step time and retries are the instance's totals at the
+     * event (?3, ?4) less those at the decision. */
     [CVQ_EV_COMPLETED] =
         "UPDATE cv_decisions SET outcome = 'completed', ended_at = ?2, "
-        "branch_ms = ?2 - decided_at, (step_ms, retries) = "
-        "(SELECT coalesce(sum(r.ended_at - r.started_at), 0), "
-        "count(*) FILTER (WHERE r.attempt > 1) " BRANCH_RUNS ") "
-        "WHERE instance_id = ?1",
+        "branch_ms = ?2 - decided_at, step_ms = ?3 - base_run_ms, "
+        "retries = ?4 - base_reruns WHERE instance_id = ?1",
     [CVQ_EV_INCIDENT] =
         "UPDATE cv_decisions SET incidents = incidents + 1, "
-        "open_incidents = open_incidents + 1, "
-        "retries = (SELECT count(*) " BRANCH_RUNS " AND r.attempt > 1) "
+        "open_incidents = open_incidents + 1, retries = ?4 - base_reruns "
         "WHERE instance_id = ?1",
     [CVQ_EV_RESOLVED] =
         "UPDATE cv_decisions SET open_incidents = open_incidents - 1 "
@@ -135,11 +157,6 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_EV_CANCELLED] =
         "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
         "WHERE instance_id = ?1",
-    /* The decisions an event concerns, read before the update (RETURNING
-     * would buffer its rows in a temporary table at every event). */
-    [CVQ_DECISIONS_OF] =
-        "SELECT flag, workflow, version, incidents, open_incidents "
-        "FROM cv_decisions WHERE instance_id = ?1",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen) {
@@ -540,7 +557,9 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
   }
   sqlite3_bind_int64(s, 9, d->rate_ppm);
   sqlite3_bind_int64(s, 10, d->ramp_id);
-  sqlite3_bind_int64(s, 11, r->api->now_ms(r->e));
+  sqlite3_bind_int64(s, 11, req->now_ms);
+  sqlite3_bind_int64(s, 12, req->run_ms);
+  sqlite3_bind_int64(s, 13, req->reruns);
   if (sqlite3_step(s) != SQLITE_DONE) {
     return fail_db(r, s);
   }
@@ -688,9 +707,13 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
   if (!(u = stmt(r, q))) {
     return -1;
   }
-  sqlite3_bind_int64(u, 1, ev->instance_id);
-  if (q == CVQ_EV_COMPLETED || q == CVQ_EV_CANCELLED) {
-    sqlite3_bind_int64(u, 2, ev->time_ms);
+  {
+    /* ?1 instance, ?2 time, ?3 and ?4 totals: each statement uses some. */
+    const int64_t args[] = {ev->instance_id, ev->time_ms, ev->run_ms,
+                            ev->reruns};
+    for (int i = 0; i < sqlite3_bind_parameter_count(u); i++) {
+      sqlite3_bind_int64(u, i + 1, args[i]);
+    }
   }
   if (sqlite3_step(u) != SQLITE_DONE) {
     return fail_db(r, u);

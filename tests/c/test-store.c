@@ -38,19 +38,53 @@ static void test_migrations(void) {
   sy_store *st = open_store();
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_FULL};
-  CHECK(scalar(st, "PRAGMA user_version") == 1);
+  CHECK(scalar(st, "PRAGMA user_version") == 2);
   CHECK(scalar(st, "SELECT count(*) FROM sqlite_master WHERE name = "
                    "'instances'") == 1);
   sy_store_close(st);
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
-  CHECK(scalar(st, "PRAGMA user_version") == 1);
+  CHECK(scalar(st, "PRAGMA user_version") == 2);
   CHECK(sqlite3_exec(sy_store_db(st), "PRAGMA user_version = 99", NULL, NULL,
                      NULL) == SQLITE_OK);
   sy_store_close(st);
   /* A database from a newer switchyard is refused, not downgraded. */
   CHECK(sy_store_open(&st, path, &o, err, sizeof err) == SY_ESTORE);
   CHECK_CONTAINS(err, "newer than this switchyard");
+  unlink(path);
+}
+
+/* A database of schema 1 (no step-run totals on instances) gets them from
+ * its history when opened. */
+static void test_migration_totals(void) {
+  sy_store *st = open_store();
+  int64_t a, b;
+  char sql[128];
+  CHECK(sy_store_begin(st) == 0);
+  CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &a) == 0);
+  CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &b) == 0);
+  CHECK(sy_store_insert_step_run(st, a, "x", 1, 100, 130, "error", "e") == 0);
+  CHECK(sy_store_insert_step_run(st, a, "x", 2, 200, 205, "ok", NULL) == 0);
+  CHECK(sy_store_insert_step_run(st, a, "y", 1, 300, 312, "ok", NULL) == 0);
+  CHECK(sy_store_commit(st) == 0);
+  CHECK(sqlite3_exec(sy_store_db(st),
+                     "ALTER TABLE instances DROP COLUMN run_ms;"
+                     "ALTER TABLE instances DROP COLUMN reruns;"
+                     "PRAGMA user_version = 1",
+                     NULL, NULL, NULL) == SQLITE_OK);
+  sy_store_close(st);
+  st = open_store();
+  CHECK(scalar(st, "PRAGMA user_version") == 2);
+  /* 30 + 5 + 12 ms, and one retried run (x, attempt 2) */
+  snprintf(sql, sizeof sql,
+           "SELECT run_ms * 10 + reruns FROM instances WHERE id = %lld",
+           (long long)a);
+  CHECK(scalar(st, sql) == 471);
+  snprintf(sql, sizeof sql,
+           "SELECT run_ms * 10 + reruns FROM instances WHERE id = %lld",
+           (long long)b);
+  CHECK(scalar(st, sql) == 0);
+  sy_store_close(st);
   unlink(path);
 }
 
@@ -145,6 +179,7 @@ int main(void) {
   snprintf(path, sizeof path, "%s/test-store-%d.db", SY_TEST_TMP,
            (int)getpid());
   test_migrations();
+  test_migration_totals();
   test_claims();
   test_rollback();
   test_read_only_missing();

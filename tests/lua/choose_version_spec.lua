@@ -751,6 +751,105 @@ describe("per-version counters", function()
 end)
 
 -- ---------------------------------------------------------------------
+describe("a decision's step time and retries", function()
+  -- From the history: the branch's step runs, the deciding step excluded
+  -- but for the part of its run after the decision (the router's own run
+  -- ends within a millisecond or so of deciding).
+  local RECOUNT = [[
+    SELECT d.instance_id, d.step_ms, d.retries,
+      (SELECT sum(r.ended_at - r.started_at) FROM step_runs r
+       WHERE r.instance_id = d.instance_id AND r.step <> d.step)
+      + (SELECT max(r.ended_at) FROM step_runs r
+         WHERE r.instance_id = d.instance_id AND r.step = d.step)
+      - d.decided_at AS ms,
+      (SELECT count(*) FROM step_runs r
+       WHERE r.instance_id = d.instance_id AND r.step <> d.step
+         AND r.attempt > 1) AS re
+    FROM cv_decisions d ORDER BY d.instance_id]]
+
+  it("equal a recount from the step history", function()
+    local db = fresh_db()
+    must(db, "set", "checkout", "50%", "--reason", "half")
+    local e = open(db)
+    for k = 1, 12 do
+      start(e, "timed", { user_id = "t" .. k, flaky = k % 2 == 1 })
+    end
+    e:run()
+    local rows, retried, versions = e:sql(RECOUNT), 0, {}
+    assert.are.equal(12, #rows)
+    for _, r in ipairs(rows) do
+      assert.are.equal(r.ms, r.step_ms, "step_ms of " .. r.instance_id)
+      assert.are.equal(r.re, r.retries, "retries of " .. r.instance_id)
+      -- two naps at least, three with the failed first attempt
+      assert.is_true(r.step_ms >= 30, "naps counted")
+      retried = retried + r.retries
+    end
+    assert.are.equal(6, retried)
+    for _, d in ipairs(e:sql("SELECT DISTINCT version FROM cv_decisions")) do
+      versions[#versions + 1] = d.version
+    end
+    assert.are.equal(2, #versions, "both branches ran")
+    e:close()
+  end)
+
+  it("are counted at an incident, and carried over from a database of the " ..
+     "previous schema", function()
+    local db = fresh_db()
+    must(db, "set", "checkout", "100%", "--reason", "all in")
+    local e = open(db)
+    local fail_until = os.time() + 1
+    local ids = {}
+    for k = 1, 4 do
+      ids[k] = start(e, "timed", { user_id = "m" .. k, fail_until = fail_until })
+    end
+    e:run()
+    for _, id in ipairs(ids) do
+      assert.are.equal("incident", e:instance(id).state)
+      -- attempts 2 and 3 of the branch step were retries
+      assert.are.equal(2, decision(e, id).retries)
+    end
+    e:close()
+    -- Back to the schema before the step-run totals existed: the decisions
+    -- of instances in flight must carry what their branch has run.
+    sqlite3(db, "ALTER TABLE cv_decisions DROP COLUMN base_run_ms;" ..
+      "ALTER TABLE cv_decisions DROP COLUMN base_reruns;" ..
+      "UPDATE cv_meta SET value = 1 WHERE key = 'schema_version';" ..
+      "ALTER TABLE instances DROP COLUMN run_ms;" ..
+      "ALTER TABLE instances DROP COLUMN reruns;" ..
+      "PRAGMA user_version = 1")
+    local deadline = os.time() + 10
+    while os.time() <= fail_until and os.time() < deadline do
+      os.execute("sleep 0.05")
+    end
+    e = open(db)
+    for _, id in ipairs(ids) do
+      assert(e:retry(id))
+    end
+    e:run()
+    -- The branch's runs from the decision on, the deciding step excluded:
+    -- what a decision of the previous schema counted.
+    local rows = e:sql([[
+      SELECT d.step_ms, d.retries,
+        (SELECT sum(r.ended_at - r.started_at) FROM step_runs r
+         WHERE r.instance_id = d.instance_id AND r.step <> d.step
+           AND r.started_at >= d.decided_at) AS ms,
+        (SELECT count(*) FROM step_runs r
+         WHERE r.instance_id = d.instance_id AND r.step <> d.step
+           AND r.started_at >= d.decided_at AND r.attempt > 1) AS re
+      FROM cv_decisions d]])
+    assert.are.equal(4, #rows)
+    for _, r in ipairs(rows) do
+      assert.are.equal(r.ms, r.step_ms)
+      -- two failed retries, and the retried run after the incident is
+      -- attempt 1 again
+      assert.are.equal(2, r.retries)
+      assert.are.equal(r.re, r.retries)
+    end
+    e:close()
+  end)
+end)
+
+-- ---------------------------------------------------------------------
 describe("ctx.version", function()
   it("is sticky per instance and recorded once", function()
     local db = fresh_db()

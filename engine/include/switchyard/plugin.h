@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 1
+#define SY_PLUGIN_ABI 2
 
 typedef struct sy_engine sy_engine; /* the running engine (opaque) */
 typedef struct sy_call sy_call;     /* one node execution or ctx call */
@@ -54,12 +54,18 @@ typedef enum {
   SY_EVENT_CANCELLED = 4
 } sy_event_type;
 
+/* run_ms and reruns are the instance's totals so far, as the event records
+ * them: milliseconds spent in step runs, and step runs that were retries
+ * (attempt > 1). Their difference from sy_api.totals taken earlier is what
+ * happened in between. */
 typedef struct sy_event {
   sy_event_type type;
   int64_t instance_id;
   const char *workflow;
   const char *step;
   int64_t time_ms;
+  int64_t run_ms;
+  int64_t reruns;
 } sy_event;
 
 /* Services of the engine. Functions taking a sy_call are valid only until
@@ -97,6 +103,11 @@ typedef struct sy_api {
   void *(*node_data)(sy_call *c);
   /* A seedable generator owned by the engine: deterministic under a seed. */
   uint64_t (*random)(sy_call *c);
+  /* The instance's totals as sy_event gives them, at time now_ms (from
+   * now_ms): the current step run counts up to then, and as a retry if it
+   * is one. */
+  void (*totals)(sy_call *c, int64_t now_ms, int64_t *run_ms,
+                 int64_t *reruns);
 
   /* Instance variables (JSON-compatible). var_get reads a top-level var;
    * var_set_json sets one from JSON text (NULL json deletes it). */
