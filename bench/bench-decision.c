@@ -71,12 +71,12 @@ int main(int argc, char **argv) {
                NULL, NULL, NULL);
   for (int i = 0; i < KEYS; i++) {
     snprintf(keys[i], sizeof keys[i], "user-%d", i * 7919);
-    joined_len[i] = (size_t)snprintf(joined[i], sizeof joined[i], "bench:%s",
-                                     keys[i]);
+    joined_len[i] =
+        (size_t)snprintf(joined[i], sizeof joined[i], "bench:%s", keys[i]);
   }
   for (int round = 0; round < ROUNDS; round++) {
-    cv_request req = {.flag = "bench", .eligible = 1,
-                      .strategy = CV_STRATEGY_STICKY};
+    cv_request req = {
+        .flag = "bench", .eligible = 1, .strategy = CV_STRATEGY_STICKY};
     cv_decision d;
     double t0, t1;
     int64_t tx;
@@ -140,10 +140,12 @@ int main(int argc, char **argv) {
     recorded[round] = (t1 - t0) / (per_round / 10);
     sy_store_commit(st);
   }
-  printf("choose_version decision cost (median of %d rounds, %d choices "
-         "each)\n",
-         ROUNDS, per_round);
-  printf("  bare murmur3 (group:key)          %8.1f ns\n", median(bare, ROUNDS));
+  printf(
+      "choose_version decision cost (median of %d rounds, %d choices "
+      "each)\n",
+      ROUNDS, per_round);
+  printf("  bare murmur3 (group:key)          %8.1f ns\n",
+         median(bare, ROUNDS));
   printf("  choice, rate cached               %8.1f ns   (%.2fx murmur3)\n",
          median(cached, ROUNDS), median(cached, ROUNDS) / median(bare, ROUNDS));
   printf("  choice right after a change       %8.1f ns   (%.1fx murmur3)\n",

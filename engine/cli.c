@@ -250,7 +250,7 @@ static int fail(sy_engine *e, int rc) {
   }
   fprintf(stderr, "switchyard: %s\n", *msg ? msg : sy_strerror(rc));
   return rc == SY_ENOTFOUND || rc == SY_ESTATE || rc == SY_EINVAL ? EXIT_USAGE
-                                                                 : 1;
+                                                                  : 1;
 }
 
 /* ---------------------------------------------------------------------
@@ -301,8 +301,8 @@ static char *expand(const char *tmpl, long long n) {
 }
 
 /* Builds the vars of instance n from the --var arguments. */
-static char *build_vars(const var_arg *vars, int nvars, long long n,
-                        char *err, size_t errlen) {
+static char *build_vars(const var_arg *vars, int nvars, long long n, char *err,
+                        size_t errlen) {
   json_t *obj = json_object();
   char *text;
   for (int i = 0; i < nvars; i++) {
@@ -470,9 +470,10 @@ static int cmd_start(cli *c) {
   }
   if (from && (count_given || nvars)) {
     free(vars);
-    return bad_usage("start: --from takes vars from the file; it does not mix "
-                     "with --var or --count%s",
-                     "");
+    return bad_usage(
+        "start: --from takes vars from the file; it does not mix "
+        "with --var or --count%s",
+        "");
   }
   if ((rc = open_engine(c, &e))) {
     free(vars);
@@ -519,8 +520,7 @@ static int cmd_start(cli *c) {
   if (rc) {
     sy_store_rollback(sy_engine_store(e));
   } else if (sy_store_commit(sy_engine_store(e))) {
-    fprintf(stderr, "switchyard: %s\n",
-            sy_store_errmsg(sy_engine_store(e)));
+    fprintf(stderr, "switchyard: %s\n", sy_store_errmsg(sy_engine_store(e)));
     rc = 1;
   } else if (count != 1 || from) {
     printf("started %lld instances of %s\n", started, wf->name);
@@ -616,14 +616,14 @@ static void fmt_time(int64_t ms, char *buf, size_t len) {
 static json_t *instance_json(const sy_instance_row *r) {
   json_error_t je;
   json_t *vars = json_loads(r->vars, 0, &je);
-  return json_pack("{s:I, s:s, s:s, s:s?, s:i, s:o, s:I, s:I, s:o?, s:s}",
-                   "id", (json_int_t)r->id, "workflow", r->workflow, "state",
+  return json_pack("{s:I, s:s, s:s, s:s?, s:i, s:o, s:I, s:I, s:o?, s:s}", "id",
+                   (json_int_t)r->id, "workflow", r->workflow, "state",
                    r->state, "step", r->step, "attempt", r->attempt, "vars",
                    vars ? vars : json_null(), "created_at",
                    (json_int_t)r->created_at, "updated_at",
                    (json_int_t)r->updated_at, "ended_at",
-                   r->ended_at ? json_integer(r->ended_at) : NULL,
-                   "definition", r->def_hash);
+                   r->ended_at ? json_integer(r->ended_at) : NULL, "definition",
+                   r->def_hash);
 }
 
 typedef struct list_ctx {
@@ -657,9 +657,9 @@ static void print_json(json_t *j) {
 
 static int cmd_instances(cli *c) {
   const char *state = NULL, *workflow = NULL;
-  static const char *const states[] = {
-      SY_STATE_READY,    SY_STATE_RUNNING,   SY_STATE_WAITING,
-      SY_STATE_INCIDENT, SY_STATE_COMPLETED, SY_STATE_CANCELLED};
+  static const char *const states[] = {SY_STATE_READY,     SY_STATE_RUNNING,
+                                       SY_STATE_WAITING,   SY_STATE_INCIDENT,
+                                       SY_STATE_COMPLETED, SY_STATE_CANCELLED};
   list_ctx l = {c->json, NULL, 0};
   sy_engine *e;
   int rc;
@@ -671,9 +671,10 @@ static int cmd_instances(cli *c) {
         ok |= strcmp(v, states[k]) == 0;
       }
       if (!ok) {
-        return bad_usage("--state: expected ready, running, waiting, "
-                         "incident, completed or cancelled, got '%s'",
-                         v);
+        return bad_usage(
+            "--state: expected ready, running, waiting, "
+            "incident, completed or cancelled, got '%s'",
+            v);
       }
       state = v;
       i++;
@@ -714,8 +715,8 @@ static int print_step_run(void *ud, const sy_step_run_row *r) {
                           r->step, "attempt", r->attempt, "started_at",
                           (json_int_t)r->started_at, "ended_at",
                           (json_int_t)r->ended_at, "duration_ms",
-                          (json_int_t)(r->ended_at - r->started_at),
-                          "outcome", r->outcome, "error", r->error));
+                          (json_int_t)(r->ended_at - r->started_at), "outcome",
+                          r->outcome, "error", r->error));
   } else {
     char t[32];
     fmt_time(r->started_at, t, sizeof t);
@@ -761,8 +762,8 @@ static int show_row(void *ud, const sy_instance_row *r) {
     char t1[32], t2[32];
     fmt_time(r->created_at, t1, sizeof t1);
     fmt_time(r->ended_at, t2, sizeof t2);
-    printf("instance %lld  workflow %s  (definition %.12s)\n",
-           (long long)r->id, r->workflow, r->def_hash);
+    printf("instance %lld  workflow %s  (definition %.12s)\n", (long long)r->id,
+           r->workflow, r->def_hash);
     printf("state    %s%s%s (attempt %d)\n", r->state, r->step ? " at " : "",
            r->step ? r->step : "", r->attempt);
     printf("created  %s   ended %s\n", t1, t2);
@@ -840,8 +841,7 @@ static int cmd_incidents(cli *c) {
     printf("%-6s %-9s %-18s %-18s %-20s  %s\n", "ID", "INSTANCE", "WORKFLOW",
            "STEP", "RAISED", "ERROR");
   }
-  rc = sy_store_list_incidents(sy_engine_store(e), !all, 0, print_incident,
-                               &l);
+  rc = sy_store_list_incidents(sy_engine_store(e), !all, 0, print_incident, &l);
   if (rc) {
     fprintf(stderr, "switchyard: %s\n", sy_store_errmsg(sy_engine_store(e)));
     json_decref(l.arr);
@@ -912,9 +912,8 @@ static int cmd_status(cli *c) {
     json_object_foreach(s.j, wf, counts) {
       printf("%-24s", wf);
       for (int i = 0; i < 6; i++) {
-        printf(" %10lld",
-               (long long)json_integer_value(json_object_get(counts,
-                                                             all_states[i])));
+        printf(" %10lld", (long long)json_integer_value(
+                              json_object_get(counts, all_states[i])));
       }
       printf("\n");
     }
@@ -980,8 +979,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "start") && strcmp(cmd, "run") && strcmp(cmd, "check") &&
         strcmp(cmd, "instances") && strcmp(cmd, "show") &&
         strcmp(cmd, "incidents") && strcmp(cmd, "retry") &&
-        strcmp(cmd, "cancel") && strcmp(cmd, "lua") &&
-        strcmp(cmd, "status")) {
+        strcmp(cmd, "cancel") && strcmp(cmd, "lua") && strcmp(cmd, "status")) {
       goto plugin;
     }
     usage(stdout, NULL);
@@ -1024,8 +1022,8 @@ plugin : {
   sy_engine *e;
   const sy_command_entry *pc;
   struct stat sb;
-  int exists = strcmp(c.o.db_path, ":memory:") == 0 ||
-               stat(c.o.db_path, &sb) == 0;
+  int exists =
+      strcmp(c.o.db_path, ":memory:") == 0 || stat(c.o.db_path, &sb) == 0;
   const char *db_path = c.o.db_path;
   /* Without a database, find the command on a throwaway one first: it
    * says whether this use of it may create the real one. */
@@ -1045,8 +1043,8 @@ plugin : {
   if (!exists && !c.help) {
     int may_create = 0;
     for (const char *const *s = pc->cmd->creates; s && *s; s++) {
-      may_create |= strcmp(*s, "*") == 0 ||
-                    (c.argc > 1 && strcmp(*s, c.argv[1]) == 0);
+      may_create |=
+          strcmp(*s, "*") == 0 || (c.argc > 1 && strcmp(*s, c.argv[1]) == 0);
     }
     sy_engine_close(e);
     c.o.db_path = db_path;

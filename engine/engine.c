@@ -14,13 +14,13 @@
 #include "error.h"
 #include "plugins.h"
 
-#define BATCH 512        /* step executions per loop turn at most */
-#define POLL_MS 200      /* how often to look for work other processes add */
-#define LEASE_MS 30000   /* how long a claim holds without renewal */
+#define BATCH 512           /* step executions per loop turn at most */
+#define POLL_MS 200         /* how often to look for work other processes add */
+#define LEASE_MS 30000      /* how long a claim holds without renewal */
 #define BREATHE_EVERY_MS 50 /* a busy engine lets other writers in ... */
 #define BREATHE_MS 2        /* ... for this long (rollout set, start) */
 #define CONTAINER_OF(ptr, type, field) \
-  ((type *)((char *)(ptr) - offsetof(type, field)))
+  ((type *)((char *)(ptr)-offsetof(type, field)))
 
 typedef struct sy_inst sy_inst;
 
@@ -101,7 +101,7 @@ struct sy_engine {
   int maybe_work; /* the database may hold claimable instances */
   int fatal;
   uint64_t rng;
-  char id[40];   /* this engine, as owner of its leases */
+  char id[40]; /* this engine, as owner of its leases */
   char host[256];
   uv_timer_t lease_timer;
   uv_timer_t breathe_timer;
@@ -464,8 +464,8 @@ static const sy_workflow *def_by_hash(sy_engine *e, const char *hash) {
   }
   if (sy_workflow_load(e->lua, path ? path : hash, source, len, &loaded,
                        &diag)) {
-    set_error(e, SY_ELOAD, "stored definition %.12s no longer loads: %s",
-              hash, diag.error);
+    set_error(e, SY_ELOAD, "stored definition %.12s no longer loads: %s", hash,
+              diag.error);
     loaded = NULL;
   }
   free(source);
@@ -483,8 +483,7 @@ int sy_engine_load_workflow(sy_engine *e, const char *name_or_path,
   if (n > 4 && strcmp(name_or_path + n - 4, ".lua") == 0) {
     snprintf(path, sizeof path, "%s", name_or_path);
   } else {
-    snprintf(path, sizeof path, "%s/%s.lua", e->o.workflows_dir,
-             name_or_path);
+    snprintf(path, sizeof path, "%s/%s.lua", e->o.workflows_dir, name_or_path);
   }
   if ((rc = sy_workflow_load_file(e->lua, path, &wf, diag))) {
     return rc;
@@ -504,8 +503,7 @@ int sy_engine_load_workflow(sy_engine *e, const char *name_or_path,
   }
   if ((rc = sy_store_put_definition(e->store, wf->hash, wf->name, wf->path,
                                     wf->source, wf->source_len))) {
-    snprintf(diag->error, sizeof diag->error, "%s",
-             sy_store_errmsg(e->store));
+    snprintf(diag->error, sizeof diag->error, "%s", sy_store_errmsg(e->store));
     sy_workflow_free(e->lua, wf);
     return rc;
   }
@@ -515,11 +513,11 @@ int sy_engine_load_workflow(sy_engine *e, const char *name_or_path,
   return 0;
 }
 
-int sy_engine_start(sy_engine *e, const sy_workflow *wf,
-                    const char *vars_json, int64_t *id) {
-  int rc = sy_store_insert_instance(e->store, wf->name, wf->hash,
-                                    wf->start->name, vars_json, sy_now_ms(),
-                                    id);
+int sy_engine_start(sy_engine *e, const sy_workflow *wf, const char *vars_json,
+                    int64_t *id) {
+  int rc =
+      sy_store_insert_instance(e->store, wf->name, wf->hash, wf->start->name,
+                               vars_json, sy_now_ms(), id);
   if (rc) {
     return set_error(e, rc, "%s", sy_store_errmsg(e->store));
   }
@@ -593,8 +591,8 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
   if ((rc = sy_store_open(&e->store, o->db_path, &so, err, errlen))) {
     goto fail;
   }
-  if (!o->read_only && (rc = sy_plugins_init(e->plugins, &e->api, e,
-                                             e->store, err, errlen))) {
+  if (!o->read_only &&
+      (rc = sy_plugins_init(e->plugins, &e->api, e, e->store, err, errlen))) {
     goto fail;
   }
   if ((rc = sy_lua_new(&e->lua, &limits, e->plugins, ctx_call, e))) {
@@ -718,9 +716,8 @@ static int claim_cb(void *ud, const sy_instance_row *row) {
                             .now = sy_now_ms(),
                             .owner = e->id};
     if (sy_store_update_instance(e->store, &u) ||
-        sy_store_insert_incident(e->store, row->id,
-                                 row->step ? row->step : "?", e->errmsg,
-                                 u.now)) {
+        sy_store_insert_incident(e->store, row->id, row->step ? row->step : "?",
+                                 e->errmsg, u.now)) {
       fatal(e, SY_ESTORE);
       return 1;
     }
@@ -741,8 +738,7 @@ static int claim_cb(void *ud, const sy_instance_row *row) {
   in->reruns = row->reruns;
   in->recorded_seq = row->wait_seq;
   in->recorded_wake = row->wake_at;
-  if (sy_task_new(e->lua, &in->task, wf, row->id, row->vars, err,
-                  sizeof err)) {
+  if (sy_task_new(e->lua, &in->task, wf, row->id, row->vars, err, sizeof err)) {
     SY_ASSERT(!"stored vars are always a JSON object");
   }
   sy_task_set_owner(in->task, in);
@@ -786,8 +782,8 @@ static int64_t backoff_ms(const sy_step *s, int attempt) {
 }
 
 static void emit(sy_inst *in, sy_event_type type, int64_t now) {
-  sy_event ev = {type,    in->id,     in->wf->name, in->step->name,
-                 now,     in->run_ms, in->reruns};
+  sy_event ev = {type, in->id,     in->wf->name, in->step->name,
+                 now,  in->run_ms, in->reruns};
   if (sy_plugins_event(in->e->plugins, &ev)) {
     fatal(in->e, SY_EPLUGIN);
   }
@@ -907,8 +903,8 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
     return;
   }
   if (rc || (rc = sy_store_insert_step_run(
-                 st, in->id, in->step->name, in->attempt, in->step_started,
-                 now, outcome, r->status == SY_TASK_ERROR ? r->error : NULL))) {
+                 st, in->id, in->step->name, in->attempt, in->step_started, now,
+                 outcome, r->status == SY_TASK_ERROR ? r->error : NULL))) {
     fatal(e, rc);
     return;
   }
@@ -1049,7 +1045,8 @@ void sy_engine_stop(sy_engine *e) {
 
 static void signal_cb(uv_signal_t *s, int signum) {
   sy_engine *e = s->data;
-  fprintf(stderr, "switchyard: %s received, stopping (in-flight steps will "
+  fprintf(stderr,
+          "switchyard: %s received, stopping (in-flight steps will "
           "re-run on the next start)\n",
           signum == SIGINT ? "SIGINT" : "SIGTERM");
   sy_engine_stop(e);
@@ -1072,8 +1069,8 @@ static void claim(sy_engine *e) {
     return;
   }
   int64_t now = sy_now_ms();
-  if ((rc = sy_store_claim(e->store, e->id, now + LEASE_MS, now, want,
-                           claim_cb, e))) {
+  if ((rc = sy_store_claim(e->store, e->id, now + LEASE_MS, now, want, claim_cb,
+                           e))) {
     fatal(e, rc);
     return;
   }
@@ -1151,8 +1148,7 @@ static void wind_down(sy_engine *e) {
      * rather than when our leases expire. */
     if (sy_store_begin(e->store) ||
         sy_store_release(e->store, e->id, sy_now_ms(), &n) ||
-        sy_store_engine_delete(e->store, e->id) ||
-        sy_store_commit(e->store)) {
+        sy_store_engine_delete(e->store, e->id) || sy_store_commit(e->store)) {
       fatal(e, SY_ESTORE);
     }
   } else {
@@ -1243,8 +1239,8 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   /* Recovery: register, and take back at once what dead engines on this
    * host held; other engines' work is claimed when their leases expire. */
   if ((rc = sy_store_begin(e->store)) ||
-      (rc = sy_store_engine_register(e->store, e->id, e->host,
-                                     uv_os_getpid(), sy_now_ms())) ||
+      (rc = sy_store_engine_register(e->store, e->id, e->host, uv_os_getpid(),
+                                     sy_now_ms())) ||
       (rc = sy_store_engines_on_host(e->store, e->host, reap_dead, e)) ||
       (rc = sy_store_commit(e->store))) {
     sy_store_rollback(e->store);
@@ -1326,30 +1322,34 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
                      (long long)id, row.state);
   }
   {
-    sy_instance_update u = {.id = id,
-                            .state = cancel ? SY_STATE_CANCELLED
-                                            : SY_STATE_READY,
-                            .step = row.step,
-                            .attempt = 1,
-                            .now = now,
-                            .ended = cancel,
-                            .new_generation = !cancel};
+    sy_instance_update u = {
+        .id = id,
+        .state = cancel ? SY_STATE_CANCELLED : SY_STATE_READY,
+        .step = row.step,
+        .attempt = 1,
+        .now = now,
+        .ended = cancel,
+        .new_generation = !cancel};
     sy_event ev = {cancel ? SY_EVENT_CANCELLED : SY_EVENT_INCIDENT_RESOLVED,
-                   id, row.workflow, row.step, now, row.run_ms, row.reruns};
+                   id,
+                   row.workflow,
+                   row.step,
+                   now,
+                   row.run_ms,
+                   row.reruns};
     int was_incident = strcmp(row.state, SY_STATE_INCIDENT) == 0;
     if ((rc = sy_store_update_instance(st, &u)) ||
-        (rc = sy_store_resolve_incidents(st, id,
-                                         cancel ? "cancelled" : "retried", now,
-                                         &n))) {
+        (rc = sy_store_resolve_incidents(
+             st, id, cancel ? "cancelled" : "retried", now, &n))) {
       sy_store_rollback(st);
       return set_error(e, rc, "%s", sy_store_errmsg(st));
     }
     /* A cancelled incident is both resolved and cancelled. */
     if ((cancel && was_incident &&
-         sy_plugins_event(e->plugins,
-                          &(sy_event){SY_EVENT_INCIDENT_RESOLVED, id,
-                                      row.workflow, row.step, now,
-                                      row.run_ms, row.reruns})) ||
+         sy_plugins_event(
+             e->plugins,
+             &(sy_event){SY_EVENT_INCIDENT_RESOLVED, id, row.workflow, row.step,
+                         now, row.run_ms, row.reruns})) ||
         sy_plugins_event(e->plugins, &ev)) {
       sy_store_rollback(st);
       return set_error(e, SY_EPLUGIN, "a plugin failed to record the change");

@@ -35,7 +35,7 @@ typedef struct sy_engine_opts {
   /* Linked-in plugins (tests), besides those of plugin_dir. */
   const sy_plugin_def *const *static_plugins;
   int nstatic_plugins;
-  int read_only; /* listing commands: no migration, no plugin init */
+  int read_only;       /* listing commands: no migration, no plugin init */
   int busy_timeout_ms; /* waiting for another writer; 0: 5 s */
   int expect_write;    /* the command writes: refuse a read-only database */
 } sy_engine_opts;
@@ -58,8 +58,8 @@ const char *sy_engine_errmsg(sy_engine *e);
 int sy_engine_load_workflow(sy_engine *e, const char *name_or_path,
                             const sy_workflow **out, sy_diag *diag);
 /* Adds an instance (inside the caller's transaction, if one is open). */
-int sy_engine_start(sy_engine *e, const sy_workflow *wf,
-                    const char *vars_json, int64_t *id);
+int sy_engine_start(sy_engine *e, const sy_workflow *wf, const char *vars_json,
+                    int64_t *id);
 
 /* Runs until stopped (SIGINT/SIGTERM, sy_engine_stop) or, with until_idle,
  * until no instance is ready, running or waiting. */

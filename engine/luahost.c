@@ -15,8 +15,8 @@
 #include <lua.h>
 #include <lualib.h>
 #include <math.h>
-#include <stdarg.h>
 #include <openssl/evp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +38,7 @@ struct sy_lua {
   sy_task *current;
   char step_mt;     /* its address marks step specs (see make_spec) */
   char workflow_mt; /* and this one workflow specs */
-  int ctx_mt;      /* metatable of ctx tables (methods) */
+  int ctx_mt;       /* metatable of ctx tables (methods) */
 };
 
 struct sy_opts {
@@ -420,8 +420,7 @@ int sy_vars_check(const char *text, char *err, size_t errlen) {
   json_error_t je;
   json_t *j = json_loads(text, 0, &je);
   if (!j) {
-    snprintf(err, errlen, "invalid JSON at column %d: %s", je.column,
-             je.text);
+    snprintf(err, errlen, "invalid JSON at column %d: %s", je.column, je.text);
     return SY_EINVAL;
   }
   if (!json_is_object(j)) {
@@ -518,8 +517,8 @@ static int make_spec(lua_State *L, int mt, const char *kind) {
   lua_setfield(L, -2, "opts");
   make_read_only(L, 0);
   lua_getmetatable(L, -1);
-  lua_pushlightuserdata(L, mt == 0 ? (void *)&h->workflow_mt
-                                   : (void *)&h->step_mt);
+  lua_pushlightuserdata(
+      L, mt == 0 ? (void *)&h->workflow_mt : (void *)&h->step_mt);
   lua_setfield(L, -2, "__sy_spec");
   lua_pop(L, 1);
   return 1;
@@ -624,8 +623,9 @@ static int ro_newindex(lua_State *L) {
                       "a local or ctx.vars",
                       lua_tostring(L, 2));
   }
-  return luaL_error(L, "this table is read-only: steps of every instance "
-                       "share it");
+  return luaL_error(L,
+                    "this table is read-only: steps of every instance "
+                    "share it");
 }
 
 static int ro_pairs(lua_State *L) {
@@ -640,7 +640,7 @@ static int ro_pairs(lua_State *L) {
  * wrapped to refuse it (see sandbox_rawset). */
 static void make_read_only(lua_State *L, int loading) {
   int store = lua_gettop(L);
-  lua_newtable(L); /* proxy */
+  lua_newtable(L);          /* proxy */
   lua_createtable(L, 0, 6); /* its metatable */
   lua_pushvalue(L, store);
   lua_setfield(L, -2, "__index");
@@ -669,8 +669,9 @@ static int sandbox_setmetatable(lua_State *L) {
   if (lua_istable(L, 2)) {
     rawfield(L, 2, "__gc");
     if (!lua_isnil(L, -1)) {
-      return luaL_error(L, "metatables with __gc are not allowed in a "
-                           "workflow (finalizers run outside the sandbox)");
+      return luaL_error(L,
+                        "metatables with __gc are not allowed in a "
+                        "workflow (finalizers run outside the sandbox)");
     }
     lua_pop(L, 1);
   }
@@ -731,14 +732,14 @@ static void copy_whole_lib(lua_State *L, int env, const char *lib) {
 static void push_sandbox(sy_lua *h) {
   lua_State *L = h->L;
   static const char *const base[] = {
-      "assert", "error",    "ipairs",       "next",     "pairs",
-      "pcall",  "rawequal", "rawget",       "rawlen",   "rawset",
-      "select", "tonumber", "tostring",     "type",     "xpcall",
+      "assert",       "error",        "ipairs",   "next",   "pairs",
+      "pcall",        "rawequal",     "rawget",   "rawlen", "rawset",
+      "select",       "tonumber",     "tostring", "type",   "xpcall",
       "getmetatable", "setmetatable", "_VERSION", NULL};
   static const char *const string_fns[] = {
-      "byte",  "char", "find",  "format", "gmatch", "gsub",   "len",
-      "lower", "match", "rep",  "reverse", "sub",   "upper",  "pack",
-      "packsize", "unpack", NULL};
+      "byte",  "char",  "find",     "format", "gmatch",  "gsub",
+      "len",   "lower", "match",    "rep",    "reverse", "sub",
+      "upper", "pack",  "packsize", "unpack", NULL};
   static const char *const os_fns[] = {"time", "clock", "date", "difftime",
                                        NULL};
   int env;
@@ -897,8 +898,9 @@ static int ctx_index(lua_State *L) {
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->current ? h->current->ctx_ref : 0);
   if (!h->current || !lua_rawequal(L, 1, -1)) {
-    return luaL_error(L, "ctx.idempotency_key is only known while the "
-                         "ctx's own step runs");
+    return luaL_error(L,
+                      "ctx.idempotency_key is only known while the "
+                      "ctx's own step runs");
   }
   lua_pushstring(L, sy_task_idempotency_key(h->current));
   return 1;
@@ -984,16 +986,18 @@ typedef struct loader {
   int rc;
 } loader;
 
-__attribute__((format(printf, 3, 4))) static int load_error(
-    loader *ld, int line, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int load_error(loader *ld,
+                                                            int line,
+                                                            const char *fmt,
+                                                            ...) {
   va_list ap;
   size_t n;
   if (line > 0) {
-    n = (size_t)snprintf(ld->diag->error, sizeof ld->diag->error, "%s:%d: ",
-                         ld->path, line);
+    n = (size_t)snprintf(ld->diag->error, sizeof ld->diag->error,
+                         "%s:%d: ", ld->path, line);
   } else {
-    n = (size_t)snprintf(ld->diag->error, sizeof ld->diag->error, "%s: ",
-                         ld->path);
+    n = (size_t)snprintf(ld->diag->error, sizeof ld->diag->error,
+                         "%s: ", ld->path);
   }
   if (n < sizeof ld->diag->error) {
     va_start(ap, fmt);
@@ -1003,8 +1007,10 @@ __attribute__((format(printf, 3, 4))) static int load_error(
   return SY_ELOAD;
 }
 
-__attribute__((format(printf, 3, 4))) static void load_warning(
-    loader *ld, int line, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static void load_warning(loader *ld,
+                                                               int line,
+                                                               const char *fmt,
+                                                               ...) {
   va_list ap;
   char *w = ld->diag->warnings;
   size_t used = strlen(w), cap = sizeof ld->diag->warnings;
@@ -1036,9 +1042,8 @@ static int spec_is(sy_lua *h, lua_State *L, int idx, char *mt) {
   return same;
 }
 
-static const char *const task_options[] = {"run",     "next",    "retries",
-                                           "backoff", "timeout", "description",
-                                           NULL};
+static const char *const task_options[] = {
+    "run", "next", "retries", "backoff", "timeout", "description", NULL};
 static const char *const common_node_options[] = {
     "next", "retries", "backoff", "timeout", "description", NULL};
 
@@ -1059,8 +1064,8 @@ static int opt_number(loader *ld, int line, const char *step, const char *key,
     return 0;
   }
   if (!lua_isnumber(L, -1) || lua_type(L, -1) != LUA_TNUMBER) {
-    return load_error(ld, line, "step '%s': %s must be a number, got %s",
-                      step, key, luaL_typename(L, -1));
+    return load_error(ld, line, "step '%s': %s must be a number, got %s", step,
+                      key, luaL_typename(L, -1));
   }
   *out = lua_tonumber(L, -1);
   if (!isfinite(*out) || *out < min) {
@@ -1162,8 +1167,7 @@ static int compile_step(loader *ld, sy_step *s) {
     }
   } else if (lua_istable(L, -1)) {
     static const char *const keys[] = {"initial", "factor", "max"};
-    double *dst[] = {&s->backoff_initial, &s->backoff_factor,
-                     &s->backoff_max};
+    double *dst[] = {&s->backoff_initial, &s->backoff_factor, &s->backoff_max};
     double mins[] = {0, 1, 0};
     lua_pushnil(L);
     while (lua_next(L, -2)) {
@@ -1227,8 +1231,7 @@ static int by_step_line(const void *a, const void *b) {
 
 const sy_step *sy_workflow_step(const sy_workflow *wf, const char *name) {
   sy_step key = {.name = (char *)name};
-  return bsearch(&key, wf->steps, (size_t)wf->nsteps, sizeof key,
-                 by_step_name);
+  return bsearch(&key, wf->steps, (size_t)wf->nsteps, sizeof key, by_step_name);
 }
 
 /* Node options that name steps, for reference checks and reachability. */
@@ -1269,8 +1272,8 @@ static int check_graph(loader *ld) {
       return load_error(ld, s->line, "step '%s': next step '%s' does not exist",
                         s->name, s->next);
     }
-    for (int k = 0; s->kind == SY_STEP_NODE &&
-                    (ref = node_step_ref(ld->h, s, k)) != NULL;
+    for (int k = 0;
+         s->kind == SY_STEP_NODE && (ref = node_step_ref(ld->h, s, k)) != NULL;
          k++) {
       if (*ref && !sy_workflow_step(wf, ref)) {
         free(seen);
@@ -1420,8 +1423,10 @@ static int compile_workflow(loader *ld) {
   rawfield(L, opts, "start");
   start = lua_tostring(L, -1);
   if (lua_type(L, -1) != LUA_TSTRING) {
-    return load_error(ld, line, "workflow '%s' has no start step (start = "
-                      "\"<step name>\")", wf->name);
+    return load_error(ld, line,
+                      "workflow '%s' has no start step (start = "
+                      "\"<step name>\")",
+                      wf->name);
   }
   if (!(wf->start = sy_workflow_step(wf, start))) {
     return load_error(ld, line, "start step '%s' does not exist", start);

@@ -16,8 +16,8 @@ typedef struct sy_lua sy_lua;
 typedef struct sy_task sy_task;
 
 typedef struct sy_lua_limits {
-  size_t memory_bytes;      /* cap of the whole state while steps run */
-  int64_t instructions;     /* per step run (and per definition load) */
+  size_t memory_bytes;  /* cap of the whole state while steps run */
+  int64_t instructions; /* per step run (and per definition load) */
 } sy_lua_limits;
 
 typedef enum { SY_STEP_TASK, SY_STEP_NODE } sy_step_kind;
@@ -31,7 +31,7 @@ typedef struct sy_step {
   int next_ref; /* or a function of ctx returning it (LUA_NOREF if none) */
   int retries;
   double backoff_initial, backoff_factor, backoff_max; /* seconds */
-  double timeout;                                       /* seconds, 0: none */
+  double timeout;                                      /* seconds, 0: none */
   /* node steps */
   const sy_node_entry *node;
   void *node_data;
@@ -68,8 +68,8 @@ typedef enum {
 
 typedef struct sy_task_result {
   sy_task_status status;
-  const char *next;  /* points into the definition */
-  char *vars_json;   /* malloc'd on DONE, or NULL: unchanged */
+  const char *next; /* points into the definition */
+  char *vars_json;  /* malloc'd on DONE, or NULL: unchanged */
   char error[1024];
   int64_t sleep_ms;
   int sleep_seq;

@@ -81,8 +81,7 @@ int sy_plugins_add(sy_plugins *p, const sy_plugin_def *def, const char *origin,
     return SY_EPLUGIN;
   }
   if (!def->name || !def->init) {
-    snprintf(err, errlen, "plugin %s: definition lacks a name or init",
-             origin);
+    snprintf(err, errlen, "plugin %s: definition lacks a name or init", origin);
     return SY_EPLUGIN;
   }
   for (int i = 0; i < p->nplugins; i++) {
@@ -135,8 +134,7 @@ int sy_plugins_load_file(sy_plugins *p, const char *path, char *err,
   sy_plugin_entry_fn entry;
   int rc;
   if (uv_dlopen(path, &lib)) {
-    snprintf(err, errlen, "cannot load plugin %s: %s", path,
-             uv_dlerror(&lib));
+    snprintf(err, errlen, "cannot load plugin %s: %s", path, uv_dlerror(&lib));
     uv_dlclose(&lib);
     return SY_EPLUGIN;
   }
@@ -202,9 +200,8 @@ int sy_plugins_load_dir(sy_plugins *p, const char *dir, char *err,
 }
 
 /* One try at every plugin's init inside one transaction opened by begin. */
-static int init_all(sy_plugins *p, const sy_api *api, sy_engine *e,
-                    sqlite3 *db, const char *begin, char *err,
-                    size_t errlen) {
+static int init_all(sy_plugins *p, const sy_api *api, sy_engine *e, sqlite3 *db,
+                    const char *begin, char *err, size_t errlen) {
   int rc;
   if ((rc = sqlite3_exec(db, begin, NULL, NULL, NULL)) != SQLITE_OK) {
     snprintf(err, errlen, "%s", sqlite3_errmsg(db));

@@ -84,8 +84,8 @@ static const char *const migrations[] = {
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
-#define INSTANCE_COLS                                                   \
-  "id, workflow, def_hash, state, step, attempt, vars, wake_at, "       \
+#define INSTANCE_COLS                                             \
+  "id, workflow, def_hash, state, step, attempt, vars, wake_at, " \
   "wait_seq, created_at, updated_at, ended_at, generation, run_ms, reruns"
 
 enum {
@@ -131,10 +131,10 @@ static const char *const sql_text[Q__COUNT] = {
         "INSERT INTO instances(workflow, def_hash, state, step, attempt, "
         "vars, created_at, updated_at) "
         "VALUES(?1, ?2, 'ready', ?3, 1, ?4, ?5, ?5)",
-    /* RETURNING makes every change during the first step, so the caller
-     * may write while it reads the claimed rows. The scans follow the
-     * instances_runnable index: due rows by wake_at, ready rows by id. */
-#define CLAIM(cond)                                                      \
+/* RETURNING makes every change during the first step, so the caller
+ * may write while it reads the claimed rows. The scans follow the
+ * instances_runnable index: due rows by wake_at, ready rows by id. */
+#define CLAIM(cond)                                                        \
   "UPDATE instances SET state = 'running', owner = ?3, lease_until = ?4, " \
   "updated_at = ?1 WHERE id IN (SELECT id FROM instances WHERE " cond      \
   " LIMIT ?2) RETURNING " INSTANCE_COLS
@@ -143,8 +143,9 @@ static const char *const sql_text[Q__COUNT] = {
     /* An engine that stopped renewing its leases is gone: take over. */
     [Q_CLAIM_EXPIRED] = CLAIM("state = 'running' AND lease_until < ?1"),
     /* Owners are set on running rows only: the state index finds them. */
-    [Q_RENEW] = "UPDATE instances SET lease_until = ?2 "
-                "WHERE state = 'running' AND owner = ?1",
+    [Q_RENEW] =
+        "UPDATE instances SET lease_until = ?2 "
+        "WHERE state = 'running' AND owner = ?1",
     /* What an engine held goes back: due again at its recorded wake-up if
      * it was asleep, at once otherwise. */
     [Q_RELEASE] =
@@ -154,8 +155,7 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_ENGINE_REGISTER] =
         "INSERT OR REPLACE INTO engines(id, host, pid, started_at, "
         "heartbeat_at) VALUES(?1, ?2, ?3, ?4, ?4)",
-    [Q_ENGINE_HEARTBEAT] =
-        "UPDATE engines SET heartbeat_at = ?2 WHERE id = ?1",
+    [Q_ENGINE_HEARTBEAT] = "UPDATE engines SET heartbeat_at = ?2 WHERE id = ?1",
     [Q_ENGINE_DELETE] = "DELETE FROM engines WHERE id = ?1",
     [Q_ENGINES_ON_HOST] = "SELECT id, pid FROM engines WHERE host = ?1",
     [Q_NEXT_WAKE] =
@@ -184,7 +184,8 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_ADVANCE_INSTANCE] =
         "UPDATE instances SET step = ?3, attempt = ?4, "
         "vars = coalesce(?5, vars), wait_seq = NULL, updated_at = ?8, "
-        "run_ms = run_ms + ?12, reruns = reruns + ?13 WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
+        "run_ms = run_ms + ?12, reruns = reruns + ?13 "
+        "WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
     [Q_INSERT_STEP_RUN] =
         "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
         "ended_at, outcome, error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -430,16 +431,18 @@ int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
   if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
     int sys = st->db ? sqlite3_system_errno(st->db) : 0;
     snprintf(err, errlen, "cannot open database %s: %s%s%s%s", path,
-             st->db ? sqlite3_errmsg(st->db) : "out of memory",
-             sys ? " (" : "", sys ? strerror(sys) : "", sys ? ")" : "");
+             st->db ? sqlite3_errmsg(st->db) : "out of memory", sys ? " (" : "",
+             sys ? strerror(sys) : "", sys ? ")" : "");
     sy_store_close(st);
     return SY_ESTORE;
   }
   /* A file we may not write is opened read-only by SQLite without a word;
    * say so now, before WAL files are made with the file's mode. */
   if (opts->expect_write && sqlite3_db_readonly(st->db, "main") == 1) {
-    snprintf(err, errlen, "database %s is read-only (check its permissions "
-             "and its directory's)", path);
+    snprintf(err, errlen,
+             "database %s is read-only (check its permissions "
+             "and its directory's)",
+             path);
     sy_store_close(st);
     return SY_ESTORE;
   }
@@ -451,8 +454,9 @@ int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
    * the instance and step-run tables, the indexes) stays in memory. */
   rc = exec_sql(st, "PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536");
   if (!rc) {
-    rc = exec_sql(st, opts->sync == SY_SYNC_NORMAL ? "PRAGMA synchronous = NORMAL"
-                                                   : "PRAGMA synchronous = FULL");
+    rc = exec_sql(st, opts->sync == SY_SYNC_NORMAL
+                          ? "PRAGMA synchronous = NORMAL"
+                          : "PRAGMA synchronous = FULL");
   }
   if (!rc && !opts->read_only) {
     rc = open_for_writing(st);
@@ -699,8 +703,7 @@ int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
   return exec_stmt(st, h, "heartbeat");
 }
 
-int sy_store_release(sy_store *st, const char *owner, int64_t now,
-                     int64_t *n) {
+int sy_store_release(sy_store *st, const char *owner, int64_t now, int64_t *n) {
   sqlite3_stmt *s = stmt(st, Q_RELEASE);
   int rc;
   if (!s) {
@@ -862,8 +865,7 @@ int sy_store_insert_step_run(sy_store *st, int64_t instance_id,
 }
 
 int sy_store_insert_incident(sy_store *st, int64_t instance_id,
-                             const char *step, const char *error,
-                             int64_t now) {
+                             const char *step, const char *error, int64_t now) {
   sqlite3_stmt *s = stmt(st, Q_INSERT_INCIDENT);
   if (!s) {
     return SY_ESTORE;
@@ -875,8 +877,8 @@ int sy_store_insert_incident(sy_store *st, int64_t instance_id,
   return exec_stmt(st, s, "raise incident");
 }
 
-int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb,
-                          void *ud, int *found) {
+int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
+                          int *found) {
   sqlite3_stmt *s = stmt(st, Q_GET_INSTANCE);
   if (!s) {
     return SY_ESTORE;
@@ -886,8 +888,7 @@ int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb,
 }
 
 int sy_store_list_instances(sy_store *st, const char *state,
-                            const char *workflow, sy_instance_cb cb,
-                            void *ud) {
+                            const char *workflow, sy_instance_cb cb, void *ud) {
   sqlite3_stmt *s = stmt(st, Q_LIST_INSTANCES);
   if (!s) {
     return SY_ESTORE;

@@ -19,7 +19,7 @@ typedef enum { SY_SYNC_FULL, SY_SYNC_NORMAL } sy_sync_mode;
 typedef struct sy_store_opts {
   sy_sync_mode sync;
   int busy_timeout_ms;
-  int read_only; /* open without creating or migrating (listing commands) */
+  int read_only;    /* open without creating or migrating (listing commands) */
   int expect_write; /* refuse a database SQLite can only read, at once */
 } sy_store_opts;
 
@@ -41,12 +41,12 @@ typedef struct sy_instance_row {
   const char *step; /* NULL once ended */
   int attempt;
   const char *vars;
-  int64_t wake_at;  /* 0 when none */
-  int wait_seq;     /* 0 when none */
+  int64_t wake_at; /* 0 when none */
+  int wait_seq;    /* 0 when none */
   int64_t created_at, updated_at, ended_at;
   int generation; /* incident retries so far */
-  int64_t run_ms;  /* time spent in step runs so far */
-  int64_t reruns;  /* step runs that were retries (attempt > 1) */
+  int64_t run_ms; /* time spent in step runs so far */
+  int64_t reruns; /* step runs that were retries (attempt > 1) */
 } sy_instance_row;
 
 typedef struct sy_step_run_row {
@@ -82,8 +82,10 @@ void sy_store_close(sy_store *st);
 sqlite3 *sy_store_db(sy_store *st);
 const char *sy_store_errmsg(sy_store *st);
 /* Records a message for the caller, as SQLite does for its own errors. */
-__attribute__((format(printf, 3, 4))) int sy_store_set_error(
-    sy_store *st, int code, const char *fmt, ...);
+__attribute__((format(printf, 3, 4))) int sy_store_set_error(sy_store *st,
+                                                             int code,
+                                                             const char *fmt,
+                                                             ...);
 
 /* Transactions. begin is a no-op inside an open one (so batched writers can
  * call it freely); commit and rollback close it. */
@@ -119,8 +121,7 @@ int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
                    int64_t now);
 /* Gives back everything owner holds: ready again, or waiting for its
  * recorded wake-up when it was asleep. */
-int sy_store_release(sy_store *st, const char *owner, int64_t now,
-                     int64_t *n);
+int sy_store_release(sy_store *st, const char *owner, int64_t now, int64_t *n);
 int sy_store_engine_register(sy_store *st, const char *id, const char *host,
                              int64_t pid, int64_t now);
 int sy_store_engine_delete(sy_store *st, const char *id);
@@ -142,7 +143,7 @@ typedef struct sy_instance_update {
   int wait_seq;     /* 0 for none */
   int64_t now;
   int ended;
-  const char *owner; /* the engine holding it; NULL for commands */
+  const char *owner;  /* the engine holding it; NULL for commands */
   int new_generation; /* 1: an incident retry starts a new generation */
   int64_t run_ms;     /* the step run this update records: its duration, */
   int rerun;          /* and 1 if it was a retry */
@@ -154,16 +155,14 @@ int sy_store_insert_step_run(sy_store *st, int64_t instance_id,
                              int64_t ended, const char *outcome,
                              const char *error);
 int sy_store_insert_incident(sy_store *st, int64_t instance_id,
-                             const char *step, const char *error,
-                             int64_t now);
+                             const char *step, const char *error, int64_t now);
 
 /* One instance; *found is 0 when there is no such id. */
-int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb,
-                          void *ud, int *found);
+int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
+                          int *found);
 /* state and workflow may be NULL (no filter). */
 int sy_store_list_instances(sy_store *st, const char *state,
-                            const char *workflow, sy_instance_cb cb,
-                            void *ud);
+                            const char *workflow, sy_instance_cb cb, void *ud);
 int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
                             sy_step_run_cb cb, void *ud);
 /* open_only: only unresolved incidents; instance_id 0: all instances. */
@@ -171,8 +170,7 @@ int sy_store_list_incidents(sy_store *st, int open_only, int64_t instance_id,
                             sy_incident_cb cb, void *ud);
 /* Resolves the open incidents of an instance; *n tells how many. */
 int sy_store_resolve_incidents(sy_store *st, int64_t instance_id,
-                               const char *resolution, int64_t now,
-                               int64_t *n);
+                               const char *resolution, int64_t now, int64_t *n);
 
 typedef void (*sy_count_cb)(void *ud, const char *workflow, const char *state,
                             int64_t n);

@@ -94,7 +94,8 @@ static int t_engine(lua_State *L) {
   lua_getfield(L, 1, "seed");
   t->o.seed = (uint64_t)luaL_optinteger(L, -1, (lua_Integer)t->o.seed);
   lua_getfield(L, 1, "lua_memory");
-  t->o.lua_memory = (size_t)luaL_optinteger(L, -1, (lua_Integer)t->o.lua_memory);
+  t->o.lua_memory =
+      (size_t)luaL_optinteger(L, -1, (lua_Integer)t->o.lua_memory);
   lua_getfield(L, 1, "step_instructions");
   t->o.step_instructions = luaL_optinteger(L, -1, t->o.step_instructions);
   lua_getfield(L, 1, "sync");
@@ -340,8 +341,7 @@ static int t_sql(lua_State *L) {
     } else if (lua_type(L, i) == LUA_TNUMBER) {
       sqlite3_bind_double(s, i - 2, lua_tonumber(L, i));
     } else {
-      sqlite3_bind_text(s, i - 2, luaL_checkstring(L, i), -1,
-                        SQLITE_TRANSIENT);
+      sqlite3_bind_text(s, i - 2, luaL_checkstring(L, i), -1, SQLITE_TRANSIENT);
     }
   }
   lua_newtable(L);
@@ -397,11 +397,17 @@ static int t_check(lua_State *L) {
 }
 
 static int open_testing(lua_State *L) {
-  static const luaL_Reg methods[] = {
-      {"load", t_load},         {"start", t_start},   {"run", t_run},
-      {"instance", t_instance}, {"history", t_history},
-      {"incidents", t_incidents}, {"retry", t_retry}, {"cancel", t_cancel},
-      {"sql", t_sql},           {"close", engine_gc}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"load", t_load},
+                                     {"start", t_start},
+                                     {"run", t_run},
+                                     {"instance", t_instance},
+                                     {"history", t_history},
+                                     {"incidents", t_incidents},
+                                     {"retry", t_retry},
+                                     {"cancel", t_cancel},
+                                     {"sql", t_sql},
+                                     {"close", engine_gc},
+                                     {NULL, NULL}};
   static const luaL_Reg meta[] = {
       {"__gc", engine_gc}, {"__close", engine_gc}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {

@@ -69,7 +69,7 @@ typedef struct cv_router {
   sqlite3_stmt *stmt[CVQ__COUNT];
   cv_flag *flags;
   cv_delta *deltas;
-  int64_t checked_tx;  /* transaction in which data_version was read */
+  int64_t checked_tx; /* transaction in which data_version was read */
   int64_t data_version;
   char errmsg[512];
 } cv_router;
@@ -80,10 +80,10 @@ typedef struct cv_request {
   const char *key; /* subject, NULL when the strategy needs none */
   size_t key_len;
   cv_strategy strategy;
-  int eligible; /* result of the node's predicate (1 when there is none) */
+  int eligible;    /* result of the node's predicate (1 when there is none) */
   uint64_t random; /* from the engine's seedable generator */
   int missing_key; /* the key var is absent and the node says "v1" */
-  int64_t now_ms; /* the time of the decision */
+  int64_t now_ms;  /* the time of the decision */
   /* The instance's step-run totals at that time (sy_api.totals): the
    * branch's own are what they grow by until the instance ends. */
   int64_t run_ms, reruns;
@@ -111,8 +111,7 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
 /* The routing choice alone, for a transaction tx (see sy_api.tx_begin):
  * the cached flag (re-read when another connection changed the database),
  * the subject's override, the every_nth counter, then precedence. */
-int cv_route(cv_router *r, int64_t tx, const cv_request *req,
-             cv_decision *out);
+int cv_route(cv_router *r, int64_t tx, const cv_request *req, cv_decision *out);
 /* The pure precedence rule of DESIGN.md for a flag row and inputs. */
 void cv_precedence(const cv_flag *f, cv_override ov, const cv_request *req,
                    uint64_t random, int64_t nth, cv_decision *out);

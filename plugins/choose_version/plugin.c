@@ -259,16 +259,16 @@ static void fn_version(void *plugin, sy_call *c, const char *args) {
     keyvar = json_string_value(json_object_get(j, "key"));
   }
   if (!req.flag || !cv_flag_name_valid(req.flag)) {
-    api->fail(c, "ctx.version: expected a flag name (letters, digits, '_', "
-                 "'-', '.'), or {flag = ..., key = ...}");
+    api->fail(c,
+              "ctx.version: expected a flag name (letters, digits, '_', "
+              "'-', '.'), or {flag = ..., key = ...}");
     json_decref(j);
     return;
   }
   if (keyvar) {
     int rc = subject_of(r, c, keyvar, num, sizeof num, &req.key, &req.key_len);
     if (rc) {
-      snprintf(msg, sizeof msg, "ctx.version %s: var '%s' %s", req.flag,
-               keyvar,
+      snprintf(msg, sizeof msg, "ctx.version %s: var '%s' %s", req.flag, keyvar,
                rc == -1 ? "is missing" : "is not a string or a number");
       api->fail(c, msg);
       json_decref(j);
@@ -308,14 +308,13 @@ static int before_commit(void *plugin) {
   return 0;
 }
 
-static const sy_node_type nodes[] = {
-    {.name = "choose_version",
-     .compile = compile,
-     .free_node = free_node,
-     .options = node_options,
-     .step_options = node_step_options,
-     .execute = execute},
-    {0}};
+static const sy_node_type nodes[] = {{.name = "choose_version",
+                                      .compile = compile,
+                                      .free_node = free_node,
+                                      .options = node_options,
+                                      .step_options = node_step_options,
+                                      .execute = execute},
+                                     {0}};
 
 static const sy_ctx_fn ctx_fns[] = {{.name = "version", .call = fn_version},
                                     {0}};

@@ -53,9 +53,10 @@ static int parse_time(const char *s, int64_t now_ms, int64_t *out) {
   if (len >= 2 && sscanf(s, "%lf%c%n", &amount, &unit, &n) == 2 &&
       (size_t)n == len && amount >= 0 && isfinite(amount) &&
       strchr("smhd", unit) && s[0] >= '0' && s[0] <= '9') {
-    double mult = unit == 's' ? 1e3 : unit == 'm' ? 6e4
-                                   : unit == 'h' ? 3.6e6
-                                                 : 8.64e7;
+    double mult = unit == 's'   ? 1e3
+                  : unit == 'm' ? 6e4
+                  : unit == 'h' ? 3.6e6
+                                : 8.64e7;
     *out = now_ms - (int64_t)(amount * mult);
     return 0;
   }
@@ -73,12 +74,12 @@ static int parse_time(const char *s, int64_t now_ms, int64_t *out) {
   } else {
     return -1;
   }
-  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 ||
-      sec > 60 || y < 1970 || h < 0 || mi < 0 || sec < 0) {
+  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60 ||
+      y < 1970 || h < 0 || mi < 0 || sec < 0) {
     return -1;
   }
-  *out = ((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60000LL +
-         sec * 1000LL;
+  *out =
+      ((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60000LL + sec * 1000LL;
   return 0;
 }
 
@@ -395,7 +396,7 @@ static void print_table(const query *q, const vstats v[2],
   printf("flag %s%s%s\n", q->flag, q->workflow ? ", workflow " : "",
          q->workflow ? q->workflow : "");
   printf("\n%-34s %16s %16s\n", "", "v1", "v2");
-#define ROW(label, field)                                           \
+#define ROW(label, field)                                       \
   printf("%-34s %16lld %16lld\n", label, (long long)v[0].field, \
          (long long)v[1].field)
   ROW("instances routed", routed);
@@ -497,25 +498,23 @@ static json_t *ramps_json(const query *q, const ramp *rs, int nr) {
     if (i == 0 && !r->instances[0] && !r->instances[1]) {
       continue;
     }
-    if ((r->ended_at && r->ended_at <= q->since) ||
-        r->started_at >= q->until) {
+    if ((r->ended_at && r->ended_at <= q->since) || r->started_at >= q->until) {
       continue;
     }
     cv_rate_format(r->rate, rate, sizeof rate);
     json_array_append_new(
-        arr,
-        json_pack("{s:I, s:s, s:o, s:o, s:s, s:I, s:b, s:s, s:s, "
-                  "s:{s:I, s:I}, s:{s:I, s:I}}",
-                  "id", (json_int_t)r->id, "change", r->change, "started_at",
-                  i == 0 ? json_null() : json_integer(r->started_at),
-                  "ended_at", r->ended_at ? json_integer(r->ended_at)
-                                          : json_null(),
-                  "rate", rate, "rate_ppm", (json_int_t)r->rate, "killed",
-                  r->killed, "actor", r->actor, "reason", r->reason, "v1",
-                  "instances", (json_int_t)r->instances[0], "with_incidents",
-                  (json_int_t)r->with_incidents[0], "v2", "instances",
-                  (json_int_t)r->instances[1], "with_incidents",
-                  (json_int_t)r->with_incidents[1]));
+        arr, json_pack(
+                 "{s:I, s:s, s:o, s:o, s:s, s:I, s:b, s:s, s:s, "
+                 "s:{s:I, s:I}, s:{s:I, s:I}}",
+                 "id", (json_int_t)r->id, "change", r->change, "started_at",
+                 i == 0 ? json_null() : json_integer(r->started_at), "ended_at",
+                 r->ended_at ? json_integer(r->ended_at) : json_null(), "rate",
+                 rate, "rate_ppm", (json_int_t)r->rate, "killed", r->killed,
+                 "actor", r->actor, "reason", r->reason, "v1", "instances",
+                 (json_int_t)r->instances[0], "with_incidents",
+                 (json_int_t)r->with_incidents[0], "v2", "instances",
+                 (json_int_t)r->instances[1], "with_incidents",
+                 (json_int_t)r->with_incidents[1]));
   }
   return arr;
 }
@@ -543,10 +542,11 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
       fail_if_worse = 1;
     } else if (strcmp(o, "--since") == 0 || strcmp(o, "--until") == 0) {
       if (!val || parse_time(val, now, o[2] == 's' ? &q.since : &q.until)) {
-        return usage_error("%s: expected a date (2026-11-23), a UTC time "
-                           "(2026-11-23T14:00:00Z) or an age (15m, 2h, 7d), "
-                           "got '%s'",
-                           o, val ? val : "nothing");
+        return usage_error(
+            "%s: expected a date (2026-11-23), a UTC time "
+            "(2026-11-23T14:00:00Z) or an age (15m, 2h, 7d), "
+            "got '%s'",
+            o, val ? val : "nothing");
       }
       i++;
     } else if (strcmp(o, "--workflow") == 0) {
@@ -557,16 +557,18 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
       i++;
     } else if (strcmp(o, "--alpha") == 0) {
       if (parse_double(val, 0, 0.5, &alpha)) {
-        return usage_error("--alpha: expected a number between 0 and 0.5, "
-                           "got '%s'",
-                           val ? val : "nothing");
+        return usage_error(
+            "--alpha: expected a number between 0 and 0.5, "
+            "got '%s'",
+            val ? val : "nothing");
       }
       i++;
     } else if (strcmp(o, "--min-effect") == 0) {
       if (parse_double(val, 0, 100, &min_effect)) {
-        return usage_error("--min-effect: expected percentage points between "
-                           "0 and 100, got '%s'",
-                           val ? val : "nothing");
+        return usage_error(
+            "--min-effect: expected percentage points between "
+            "0 and 100, got '%s'",
+            val ? val : "nothing");
       }
       i++;
     } else if (o[0] == '-' && o[1]) {
@@ -605,8 +607,8 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
     rc = 1;
     goto done;
   }
-  cv_compare(v[0].with_incidents, v[0].routed, v[1].with_incidents,
-             v[1].routed, alpha, min_effect, &cmp);
+  cv_compare(v[0].with_incidents, v[0].routed, v[1].with_incidents, v[1].routed,
+             alpha, min_effect, &cmp);
   cv_verdict_text(&cmp, verdict, sizeof verdict);
   if (json) {
     json_t *j = json_pack(

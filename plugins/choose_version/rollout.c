@@ -51,8 +51,7 @@ int cv_usage_error(const char *cmd, const char *fmt, ...) {
 }
 
 static int db_error(cv_router *r, const char *what) {
-  fprintf(stderr, "switchyard rollout: %s: %s\n", what,
-          sqlite3_errmsg(r->db));
+  fprintf(stderr, "switchyard rollout: %s: %s\n", what, sqlite3_errmsg(r->db));
   return 1;
 }
 
@@ -160,8 +159,7 @@ static int64_t now_ms(cv_router *r) {
 
 static int audit(cv_router *r, const char *flag, const char *what,
                  const char *subject, const char *old_value,
-                 const char *new_value, const flag_row *after,
-                 const args *a) {
+                 const char *new_value, const flag_row *after, const args *a) {
   sqlite3_stmt *s;
   int rc;
   if (sqlite3_prepare_v2(
@@ -243,8 +241,8 @@ static int flag_arg(cv_router *r, const args *a, int npos, flag_row *f,
     return usage_error("which flag?");
   }
   if (a->npos != npos) {
-    return usage_error("expected %d argument%s after the command, got %d",
-                       npos, npos == 1 ? "" : "s", a->npos);
+    return usage_error("expected %d argument%s after the command, got %d", npos,
+                       npos == 1 ? "" : "s", a->npos);
   }
   if (!cv_flag_name_valid(a->pos[0])) {
     return usage_error(
@@ -255,8 +253,7 @@ static int flag_arg(cv_router *r, const args *a, int npos, flag_row *f,
     return rc;
   }
   if (must_exist && !f->exists) {
-    return usage_error("no flag '%s' (create it with rollout set)",
-                       a->pos[0]);
+    return usage_error("no flag '%s' (create it with rollout set)", a->pos[0]);
   }
   return 0;
 }
@@ -287,17 +284,19 @@ static int cmd_set(cv_router *r, const args *a) {
     return usage_error("bad --group '%s'", a->group);
   }
   if (a->group && f.exists && strcmp(a->group, f.group) != 0 && !a->force) {
-    return usage_error("changing the hash group of '%s' (%s -> %s) reshuffles "
-                       "its cohorts: subjects on v2 may go back to v1; add "
-                       "--force to do it",
-                       a->pos[0], f.group, a->group);
+    return usage_error(
+        "changing the hash group of '%s' (%s -> %s) reshuffles "
+        "its cohorts: subjects on v2 may go back to v1; add "
+        "--force to do it",
+        a->pos[0], f.group, a->group);
   }
   if (f.retired && !a->force) {
     char t[32];
     cv_fmt_time(f.retired_at, t, sizeof t);
-    return usage_error("flag '%s' was retired on %s; reusing its name takes "
-                       "--force",
-                       a->pos[0], t);
+    return usage_error(
+        "flag '%s' was retired on %s; reusing its name takes "
+        "--force",
+        a->pos[0], t);
   }
   if ((rc = begin(r)) || (rc = read_flag(r, a->pos[0], &f))) {
     return finish(r, rc ? rc : 1);
@@ -317,8 +316,7 @@ static int cmd_set(cv_router *r, const args *a) {
                  "UPDATE cv_flags SET retired_at = NULL, killed = 0, "
                  "nth_counter = 0, updated_at = ?9 WHERE name = ?1",
                  a->pos[0], NULL, NULL) ||
-         audit(r, a->pos[0], "unretire", NULL, "retired", "active", &after,
-               a);
+         audit(r, a->pos[0], "unretire", NULL, "retired", "active", &after, a);
     after.killed = 0;
   }
   if (!rc && a->group && f.exists && strcmp(a->group, f.group) != 0) {
@@ -329,13 +327,12 @@ static int cmd_set(cv_router *r, const args *a) {
          audit(r, a->pos[0], "group", NULL, f.group, a->group, &after, a);
   }
   if (!rc && a->description) {
-    rc = run_sql(r,
-                 "UPDATE cv_flags SET description = ?2 WHERE name = ?1",
+    rc = run_sql(r, "UPDATE cv_flags SET description = ?2 WHERE name = ?1",
                  a->pos[0], a->description, NULL);
   }
   if (!rc && a->owner) {
-    rc = run_sql(r, "UPDATE cv_flags SET owner = ?2 WHERE name = ?1",
-                 a->pos[0], a->owner, NULL);
+    rc = run_sql(r, "UPDATE cv_flags SET owner = ?2 WHERE name = ?1", a->pos[0],
+                 a->owner, NULL);
   }
   cv_rate_format(f.exists && !f.retired ? f.rate : 0, oldr, sizeof oldr);
   cv_rate_format(ppm, newr, sizeof newr);
@@ -346,8 +343,8 @@ static int cmd_set(cv_router *r, const args *a) {
                  "UPDATE cv_flags SET rate_ppm = CAST(?2 AS INTEGER), "
                  "updated_at = ?9 WHERE name = ?1",
                  a->pos[0], ppm_text, NULL) ||
-         audit(r, a->pos[0], "rate", NULL, f.exists ? oldr : NULL, newr,
-               &after, a);
+         audit(r, a->pos[0], "rate", NULL, f.exists ? oldr : NULL, newr, &after,
+               a);
   }
   if ((rc = finish(r, rc))) {
     return rc;
@@ -490,17 +487,17 @@ static int cmd_override(cv_router *r, const args *a, const char *kind) {
     return rc;
   }
   printf("%s: subject '%s' %s\n", a->pos[0], a->pos[1],
-         !kind                          ? "follows the rollout again"
+         !kind                        ? "follows the rollout again"
          : strcmp(kind, "allow") == 0 ? "always goes to v2"
-                                        : "always goes to v1");
+                                      : "always goes to v1");
   return 0;
 }
 
 static json_t *flag_json(const char *name, const flag_row *f) {
   char rate[CV_RATE_FORMAT_MAX];
   cv_rate_format(f->rate, rate, sizeof rate);
-  return json_pack("{s:s, s:s, s:I, s:b, s:b, s:s, s:s, s:s, s:I, s:I}",
-                   "flag", name, "rate", rate, "rate_ppm", (json_int_t)f->rate,
+  return json_pack("{s:s, s:s, s:I, s:b, s:b, s:s, s:s, s:s, s:I, s:I}", "flag",
+                   name, "rate", rate, "rate_ppm", (json_int_t)f->rate,
                    "killed", f->killed, "retired", f->retired, "group",
                    f->group, "description", f->description, "owner", f->owner,
                    "created_at", (json_int_t)f->created_at, "updated_at",
@@ -534,7 +531,8 @@ static int cmd_get(cv_router *r, const args *a) {
     cv_fmt_time(f.updated_at, t2, sizeof t2);
     printf("flag         %s%s\n", a->pos[0], f.retired ? " (retired)" : "");
     printf("rate         %s (%u ppm)\n", rate, f.rate);
-    printf("kill switch  %s\n", f.killed ? "ON (everything goes to v1)" : "off");
+    printf("kill switch  %s\n",
+           f.killed ? "ON (everything goes to v1)" : "off");
     printf("hash group   %s\n", f.group);
     if (*f.owner) {
       printf("owner        %s\n", f.owner);
@@ -564,8 +562,8 @@ static int cmd_get(cv_router *r, const args *a) {
     if (a->json) {
       json_array_append_new(
           counters,
-          json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                    "workflow", sqlite3_column_text(s, 0), "version",
+          json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "workflow",
+                    sqlite3_column_text(s, 0), "version",
                     sqlite3_column_text(s, 1), "routed",
                     (json_int_t)sqlite3_column_int64(s, 2), "in_flight",
                     (json_int_t)sqlite3_column_int64(s, 3), "completed",
@@ -641,11 +639,10 @@ static int cmd_history(cv_router *r, const args *a, int overrides) {
   }
   if (sqlite3_prepare_v2(
           r->db,
-          overrides
-              ? "SELECT subject, kind, actor, reason, created_at FROM "
-                "cv_overrides WHERE flag = ?1 ORDER BY subject"
-              : "SELECT id, what, subject, old_value, new_value, reason, "
-                "actor, at FROM cv_audit WHERE flag = ?1 ORDER BY id",
+          overrides ? "SELECT subject, kind, actor, reason, created_at FROM "
+                      "cv_overrides WHERE flag = ?1 ORDER BY subject"
+                    : "SELECT id, what, subject, old_value, new_value, reason, "
+                      "actor, at FROM cv_audit WHERE flag = ?1 ORDER BY id",
           -1, &s, NULL) != SQLITE_OK) {
     return db_error(r, "read history");
   }
@@ -669,24 +666,24 @@ static int cmd_history(cv_router *r, const args *a, int overrides) {
         printf("%-24s %-8s %s  by %s%s%s\n", sqlite3_column_text(s, 0),
                sqlite3_column_text(s, 1), t, sqlite3_column_text(s, 2),
                sqlite3_column_text(s, 3) ? ": " : "",
-               sqlite3_column_text(s, 3) ? (const char *)sqlite3_column_text(
-                                               s, 3)
-                                         : "");
+               sqlite3_column_text(s, 3)
+                   ? (const char *)sqlite3_column_text(s, 3)
+                   : "");
       }
       continue;
     }
     cv_fmt_time(sqlite3_column_int64(s, 7), t, sizeof t);
     if (a->json) {
       json_array_append_new(
-          arr, json_pack("{s:I, s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:I}", "id",
-                         (json_int_t)sqlite3_column_int64(s, 0), "what",
-                         sqlite3_column_text(s, 1), "subject",
-                         sqlite3_column_text(s, 2), "old",
-                         sqlite3_column_text(s, 3), "new",
-                         sqlite3_column_text(s, 4), "reason",
-                         sqlite3_column_text(s, 5), "actor",
-                         sqlite3_column_text(s, 6), "at",
-                         (json_int_t)sqlite3_column_int64(s, 7)));
+          arr,
+          json_pack("{s:I, s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:I}", "id",
+                    (json_int_t)sqlite3_column_int64(s, 0), "what",
+                    sqlite3_column_text(s, 1), "subject",
+                    sqlite3_column_text(s, 2), "old", sqlite3_column_text(s, 3),
+                    "new", sqlite3_column_text(s, 4), "reason",
+                    sqlite3_column_text(s, 5), "actor",
+                    sqlite3_column_text(s, 6), "at",
+                    (json_int_t)sqlite3_column_int64(s, 7)));
     } else {
       const unsigned char *subject = sqlite3_column_text(s, 2);
       const unsigned char *oldv = sqlite3_column_text(s, 3);

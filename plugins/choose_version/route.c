@@ -3,10 +3,9 @@
  * land in the same bucket on every machine, forever, and match Unleash. */
 #include "route.h"
 
-#include <string.h>
-
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 /* MurmurHash3_x86_32 constants, from Appleby's MurmurHash3.cpp. */
 #define CV_MM3_C1 0xcc9e2d51u

@@ -52,11 +52,11 @@ static const char *const migrations[] = {
     "  decided_at INTEGER NOT NULL,"
     /* What happened after the decision, kept up to date by the event hook
      * so that a report reads this one table: */
-    "  outcome TEXT,"                             /* completed, cancelled */
+    "  outcome TEXT," /* completed, cancelled */
     "  ended_at INTEGER,"
-    "  branch_ms INTEGER,"   /* decision to end of the instance */
-    "  step_ms INTEGER,"     /* time spent in the branch's step runs */
-    "  retries INTEGER NOT NULL DEFAULT 0,"  /* retried runs in the branch */
+    "  branch_ms INTEGER," /* decision to end of the instance */
+    "  step_ms INTEGER,"   /* time spent in the branch's step runs */
+    "  retries INTEGER NOT NULL DEFAULT 0," /* retried runs in the branch */
     "  incidents INTEGER NOT NULL DEFAULT 0,"
     "  open_incidents INTEGER NOT NULL DEFAULT 0,"
     /* Clustered by flag and time: a report reads one contiguous range. */
@@ -450,9 +450,8 @@ static int recorded(cv_router *r, int64_t instance_id, const char *flag,
   rc = sqlite3_step(s);
   if (rc == SQLITE_ROW) {
     static const char *const reasons[] = {
-        "no_flag", "retired", "kill_switch", "opt_out", "not_eligible",
-        "allow",   "rollout", "random",      "every_nth", "forced",
-        "missing_key"};
+        "no_flag", "retired", "kill_switch", "opt_out", "not_eligible", "allow",
+        "rollout", "random",  "every_nth",   "forced",  "missing_key"};
     const char *reason = (const char *)sqlite3_column_text(s, 1);
     *found = 1;
     out->version = strcmp((const char *)sqlite3_column_text(s, 0), "v2") == 0
@@ -664,9 +663,9 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
     const char *version = (const char *)sqlite3_column_text(s, 2);
     int incidents = sqlite3_column_int(s, 3);
     int open = sqlite3_column_int(s, 4);
-    cv_delta *d = delta(r, (const char *)sqlite3_column_text(s, 1),
-                        (const char *)sqlite3_column_text(s, 0),
-                        version[1] == '2');
+    cv_delta *d =
+        delta(r, (const char *)sqlite3_column_text(s, 1),
+              (const char *)sqlite3_column_text(s, 0), version[1] == '2');
     if (!d) {
       sqlite3_reset(s);
       return -1;

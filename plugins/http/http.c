@@ -213,8 +213,10 @@ static void finish(request *r, CURLcode code) {
     char *url = NULL;
     curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &url);
     if (r->too_large) {
-      snprintf(msg, sizeof msg, "http: response from %s is larger than %u "
-               "bytes", url ? url : "?", MAX_BODY);
+      snprintf(msg, sizeof msg,
+               "http: response from %s is larger than %u "
+               "bytes",
+               url ? url : "?", MAX_BODY);
     } else {
       snprintf(msg, sizeof msg, "http: %s: %s", url ? url : "?",
                r->errbuf[0] ? r->errbuf : curl_easy_strerror(code));
@@ -276,7 +278,8 @@ static int http_init(const sy_api *api, sy_engine *e, void **state, char *err,
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) || !(h->multi = curl_multi_init())) {
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) ||
+      !(h->multi = curl_multi_init())) {
     snprintf(err, errlen, "cannot initialize libcurl");
     free(h);
     return -1;

@@ -7,22 +7,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHECK(cond)                                                   \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-              #cond);                                                 \
-      exit(1);                                                        \
-    }                                                                 \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      exit(1);                                                                 \
+    }                                                                          \
   } while (0)
 
-#define CHECK_CONTAINS(haystack, needle)                                  \
-  do {                                                                    \
-    if (!strstr((haystack), (needle))) {                                  \
-      fprintf(stderr, "%s:%d: '%s' does not contain '%s'\n", __FILE__,    \
-              __LINE__, (haystack), (needle));                            \
-      exit(1);                                                            \
-    }                                                                     \
+#define CHECK_CONTAINS(haystack, needle)                               \
+  do {                                                                 \
+    if (!strstr((haystack), (needle))) {                               \
+      fprintf(stderr, "%s:%d: '%s' does not contain '%s'\n", __FILE__, \
+              __LINE__, (haystack), (needle));                         \
+      exit(1);                                                         \
+    }                                                                  \
   } while (0)
 
 #endif

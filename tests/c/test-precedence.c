@@ -30,14 +30,14 @@ static cv_request req(const char *key, int eligible, cv_strategy s) {
   return r;
 }
 
-#define EXPECT(f, ov, rq, rnd, nth, want_v, want_r)   \
-  do {                                                \
-    cv_decision d;                                    \
-    cv_flag ff = (f);                                 \
-    cv_request rr = (rq);                             \
-    cv_precedence(&ff, (ov), &rr, (rnd), (nth), &d);  \
-    CHECK(d.version == (want_v));                     \
-    CHECK(strcmp(d.reason, (want_r)) == 0);           \
+#define EXPECT(f, ov, rq, rnd, nth, want_v, want_r)  \
+  do {                                               \
+    cv_decision d;                                   \
+    cv_flag ff = (f);                                \
+    cv_request rr = (rq);                            \
+    cv_precedence(&ff, (ov), &rr, (rnd), (nth), &d); \
+    CHECK(d.version == (want_v));                    \
+    CHECK(strcmp(d.reason, (want_r)) == 0);          \
   } while (0)
 
 int main(void) {

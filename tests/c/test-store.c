@@ -39,8 +39,9 @@ static void test_migrations(void) {
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_FULL};
   CHECK(scalar(st, "PRAGMA user_version") == 2);
-  CHECK(scalar(st, "SELECT count(*) FROM sqlite_master WHERE name = "
-                   "'instances'") == 1);
+  CHECK(scalar(st,
+               "SELECT count(*) FROM sqlite_master WHERE name = "
+               "'instances'") == 1);
   sy_store_close(st);
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
@@ -97,20 +98,25 @@ static void test_claims(void) {
     CHECK(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1000, &id) == 0);
   }
   /* One waiting and due, one waiting in the future. */
-  CHECK(sy_store_update_instance(
-            st, &(sy_instance_update){.id = 4, .state = "waiting", .step = "a",
-                                      .attempt = 2, .wake_at = 500,
-                                      .now = 1000}) == 0);
-  CHECK(sy_store_update_instance(
-            st, &(sy_instance_update){.id = 5, .state = "waiting", .step = "a",
-                                      .attempt = 2, .wake_at = 99999,
-                                      .now = 1000}) == 0);
+  CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 4,
+                                                           .state = "waiting",
+                                                           .step = "a",
+                                                           .attempt = 2,
+                                                           .wake_at = 500,
+                                                           .now = 1000}) == 0);
+  CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 5,
+                                                           .state = "waiting",
+                                                           .step = "a",
+                                                           .attempt = 2,
+                                                           .wake_at = 99999,
+                                                           .now = 1000}) == 0);
   CHECK(sy_store_count_active(st, &n) == 0 && n == 5);
   CHECK(sy_store_claim(st, "A", 31000, 1000, 2, count_cb, &got) == 0);
   CHECK(got == 2);
   /* The due one goes first, and the claim names its owner and lease. */
-  CHECK(scalar(st, "SELECT state = 'running' AND owner = 'A' AND "
-                   "lease_until = 31000 FROM instances WHERE id = 4") == 1);
+  CHECK(scalar(st,
+               "SELECT state = 'running' AND owner = 'A' AND "
+               "lease_until = 31000 FROM instances WHERE id = 4") == 1);
   CHECK(sy_store_commit(st) == 0);
   got = 0;
   CHECK(sy_store_claim(st, "A", 31000, 1000, 10, count_cb, &got) == 0);
@@ -119,16 +125,20 @@ static void test_claims(void) {
   CHECK(scalar(st, "SELECT count(*) FROM instances WHERE owner = 'A'") == 4);
   CHECK(sy_store_next_wake(st, &wake) == 0 && wake == 99999);
   /* Fencing: an engine that does not hold an instance changes nothing. */
-  CHECK(sy_store_update_instance(
-            st, &(sy_instance_update){.id = 1, .state = "completed",
-                                      .attempt = 1, .now = 2000,
-                                      .owner = "B"}) == SY_ESTATE);
+  CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 1,
+                                                           .state = "completed",
+                                                           .attempt = 1,
+                                                           .now = 2000,
+                                                           .owner = "B"}) ==
+        SY_ESTATE);
   CHECK_CONTAINS(sy_store_errmsg(st), "no longer held by B");
   /* Leaving 'running' clears the owner. */
-  CHECK(sy_store_update_instance(
-            st, &(sy_instance_update){.id = 1, .state = "completed",
-                                      .attempt = 1, .now = 2000,
-                                      .owner = "A", .ended = 1}) == 0);
+  CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 1,
+                                                           .state = "completed",
+                                                           .attempt = 1,
+                                                           .now = 2000,
+                                                           .owner = "A",
+                                                           .ended = 1}) == 0);
   CHECK(scalar(st, "SELECT owner IS NULL FROM instances WHERE id = 1") == 1);
   /* A renewed lease is not taken over; an expired one is. */
   got = 0;
@@ -141,8 +151,9 @@ static void test_claims(void) {
   /* Release: B's instances are ready again (5, waiting, is untouched). */
   CHECK(sy_store_release(st, "B", 50000, &n) == 0 && n == 3);
   CHECK(sy_store_commit(st) == 0);
-  CHECK(scalar(st, "SELECT count(*) FROM instances WHERE state = 'ready' "
-                   "AND owner IS NULL") == 3);
+  CHECK(scalar(st,
+               "SELECT count(*) FROM instances WHERE state = 'ready' "
+               "AND owner IS NULL") == 3);
   sy_store_close(st);
   unlink(path);
 }

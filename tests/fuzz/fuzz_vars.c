@@ -93,8 +93,10 @@ void sy_fuzz_vars_one(const uint8_t *data, size_t size) {
                 err2, text, once);
   sy_task_free(t);
   rc = sy_task_new(vars_lua, &t, vars_wf, 1, once, err, sizeof err);
-  SY_FUZZ_CHECK(rc == 0, "a task refuses the vars a step wrote: %s\n"
-                "vars: %.300s", err, once);
+  SY_FUZZ_CHECK(rc == 0,
+                "a task refuses the vars a step wrote: %s\n"
+                "vars: %.300s",
+                err, once);
   twice = vars_step(t, once);
   /* Equal as JSON: the text need not be canonical (keys come out in the
    * order Lua's table holds them). */

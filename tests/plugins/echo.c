@@ -185,15 +185,14 @@ static int cmd_echo(void *plugin, int argc, char **argv) {
   return argc > 1 && strcmp(argv[1], "--bad") == 0 ? 2 : 0;
 }
 
-static const sy_node_type nodes[] = {
-    {.name = "echo_node",
-     .compile = compile,
-     .free_node = free_node,
-     .options = node_options,
-     .step_options = node_step_options,
-     .execute = execute,
-     .cancel = cancel},
-    {0}};
+static const sy_node_type nodes[] = {{.name = "echo_node",
+                                      .compile = compile,
+                                      .free_node = free_node,
+                                      .options = node_options,
+                                      .step_options = node_step_options,
+                                      .execute = execute,
+                                      .cancel = cancel},
+                                     {0}};
 static const sy_ctx_fn fns[] = {{.name = "echo", .call = fn_echo}, {0}};
 static const sy_command cmds[] = {
     {.name = "echo-cmd", .summary = "print the arguments", .run = cmd_echo},

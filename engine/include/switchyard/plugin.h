@@ -106,8 +106,7 @@ typedef struct sy_api {
   /* The instance's totals as sy_event gives them, at time now_ms (from
    * now_ms): the current step run counts up to then, and as a retry if it
    * is one. */
-  void (*totals)(sy_call *c, int64_t now_ms, int64_t *run_ms,
-                 int64_t *reruns);
+  void (*totals)(sy_call *c, int64_t now_ms, int64_t *run_ms, int64_t *reruns);
 
   /* Instance variables (JSON-compatible). var_get reads a top-level var;
    * var_set_json sets one from JSON text (NULL json deletes it). */
@@ -185,8 +184,8 @@ typedef struct sy_plugin_def {
   int (*init)(const sy_api *api, sy_engine *e, void **plugin, char *err,
               size_t errlen);
   void (*fini)(void *plugin);
-  const sy_node_type *nodes; /* terminated by an entry with name NULL */
-  const sy_ctx_fn *ctx_fns;  /* idem; may be NULL */
+  const sy_node_type *nodes;  /* terminated by an entry with name NULL */
+  const sy_ctx_fn *ctx_fns;   /* idem; may be NULL */
   const sy_command *commands; /* idem; may be NULL */
   /* Optional; returns 0, or non-zero when its writes failed (the engine
    * then rolls the whole transaction back and stops). */
