@@ -1,8 +1,8 @@
 -- The http plugin (plugins/http/http.c) as a workflow step sees it,
 -- in-process: `ctx.http{...}` against the real switchyard-mock (and, where
--- request headers must be seen, a small echo server,
--- tests/fixtures/http/echo_server.py: those tests are skipped, as pending,
--- where python3 is missing). Success with status,
+-- request headers must be seen, a small echo server in python3,
+-- tests/fixtures/http/echo_server.py, which scripts/setup installs). Success
+-- with status,
 -- lower-cased headers, body and decoded JSON; a 5xx handed to the step as
 -- a status; a request timeout and a refused connection raised as step
 -- errors that become incidents; a 2 MiB body arriving whole; headers and
@@ -208,19 +208,8 @@ describe("ctx.http", function()
     end)
 
   describe("seen by an echo server", function()
-    local function need_echo()
-      if not M.have_echo() then
-        pending(M.PYTHON .. " not found: no echo server, check skipped")
-        return nil
-      end
-      return M.start_echo()
-    end
-
     it("sends the step's headers, method and JSON body", function()
-      local s = need_echo()
-      if not s then
-        return
-      end
+      local s = M.start_echo()
       local id, i = run_one("call.lua", { url = s.url .. "/hook?x=1",
         method = "PUT", headers = { ["X-Trace"] = "abc-123",
         Authorization = "Bearer t0k3n" },
@@ -243,10 +232,7 @@ describe("ctx.http", function()
     -- Bearer tokens (JWTs from some identity providers) are often 1.5 to
     -- 3 KiB: a header is sent whole or the step fails, never cut short.
     it("sends a 3 KiB header value whole", function()
-      local s = need_echo()
-      if not s then
-        return
-      end
+      local s = M.start_echo()
       local token = "Bearer " .. ("abcdefghij"):rep(300)
       local id, i = run_one("call.lua", { url = s.url .. "/long",
         headers = { Authorization = token } })
@@ -260,10 +246,7 @@ describe("ctx.http", function()
     -- Vars often carry outside input; a CR LF in a header value must not
     -- turn into a header of its own (the step may fail instead).
     it("does not let a header value inject another header", function()
-      local s = need_echo()
-      if not s then
-        return
-      end
+      local s = M.start_echo()
       local id = assert(e:start(FIX .. "call.lua", { url = s.url ..
         "/inject", headers = { ["X-Note"] = "a\r\nX-Injected: 1" } }))
       e:run()
@@ -275,10 +258,7 @@ describe("ctx.http", function()
     end)
 
     it("sends one Content-Type, the step's own, with json =", function()
-      local s = need_echo()
-      if not s then
-        return
-      end
+      local s = M.start_echo()
       local id, i = run_one("call.lua", { url = s.url .. "/ct",
         method = "PATCH", json = { a = 1 },
         headers = { ["Content-Type"] = "application/merge-patch+json" } })
@@ -297,10 +277,7 @@ describe("ctx.http", function()
     -- string is either sent (as its text) or an error, never dropped
     -- without a word.
     it("sends a number header value or raises, never drops it", function()
-      local s = need_echo()
-      if not s then
-        return
-      end
+      local s = M.start_echo()
       local id, i = run_one("call.lua", { url = s.url .. "/num",
         headers = { ["X-Count"] = 5 } })
       if i.state == "incident" then
@@ -314,10 +291,7 @@ describe("ctx.http", function()
     it("adds Idempotency-Key <instance>-<step>-<attempt>[.<n>], a new " ..
       "one per retry and incident retry, the same one when a step re-runs",
       function()
-      local s = need_echo()
-      if not s then
-        return
-      end
+      local s = M.start_echo()
       local id, i = run_one("call.lua", { url = s.url .. "/one" })
       assert.are.equal(id .. "-call-1",
         i.vars.res.json.headers["idempotency-key"])
@@ -381,10 +355,7 @@ describe("ctx.http", function()
     -- number within the step run, stable on re-run, e.g. "<id>-call-1#2").
     it("gives two different requests of one step run different keys",
       function()
-        local s = need_echo()
-        if not s then
-          return
-        end
+        local s = M.start_echo()
         local id, i = run_one("two_calls.lua", { url = s.url })
         assert.are.equal("completed", i.state, "instance " .. id)
         local k1 = i.vars.first.headers["idempotency-key"]

@@ -1,7 +1,7 @@
 -- Background servers for the specs that talk HTTP: switchyard-mock (the
--- VerifyMeNow mock, scripts/mock_api/) and an optional header-echo server
--- (tests/fixtures/http/echo_server.py, when python3 is there; $SY_PYTHON
--- names another interpreter). Each is
+-- VerifyMeNow mock, scripts/mock_api/) and a header-echo server
+-- (tests/fixtures/http/echo_server.py, run by python3 or $SY_PYTHON). Each
+-- is
 -- started on port 0; its port is read from its `listening on
 -- 127.0.0.1:PORT` line with a bounded wait. Everything started is
 -- remembered, so a spec's after_each / teardown can kill it by pid with
@@ -177,11 +177,6 @@ function M.start(opts)
     argv[#argv + 1] = o
   end
   return listening(spawn(argv, M.MOCK), "switchyard-mock")
-end
-
--- Whether the echo server can run here (it needs python3, or $SY_PYTHON).
-function M.have_echo()
-  return exec("command -v " .. q(M.PYTHON) .. " >/dev/null 2>&1") == 0
 end
 
 -- Starts the echo server; every request it gets is appended, one JSON
