@@ -782,8 +782,13 @@ static int64_t backoff_ms(const sy_step *s, int attempt) {
 }
 
 static void emit(sy_inst *in, sy_event_type type, int64_t now) {
-  sy_event ev = {type, in->id,     in->wf->name, in->step->name,
-                 now,  in->run_ms, in->reruns};
+  sy_event ev = {.type = type,
+                 .instance_id = in->id,
+                 .workflow = in->wf->name,
+                 .step = in->step->name,
+                 .time_ms = now,
+                 .run_ms = in->run_ms,
+                 .reruns = in->reruns};
   if (sy_plugins_event(in->e->plugins, &ev)) {
     fatal(in->e, SY_EPLUGIN);
   }
@@ -1330,13 +1335,15 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
         .now = now,
         .ended = cancel,
         .new_generation = !cancel};
-    sy_event ev = {cancel ? SY_EVENT_CANCELLED : SY_EVENT_INCIDENT_RESOLVED,
-                   id,
-                   row.workflow,
-                   row.step,
-                   now,
-                   row.run_ms,
-                   row.reruns};
+    sy_event ev = {
+        .type = cancel ? SY_EVENT_CANCELLED : SY_EVENT_INCIDENT_RESOLVED,
+        .instance_id = id,
+        .workflow = row.workflow,
+        .step = row.step,
+        .time_ms = now,
+        .run_ms = row.run_ms,
+        .reruns = row.reruns};
+    sy_event resolved = ev;
     int was_incident = strcmp(row.state, SY_STATE_INCIDENT) == 0;
     if ((rc = sy_store_update_instance(st, &u)) ||
         (rc = sy_store_resolve_incidents(
@@ -1345,11 +1352,8 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
       return set_error(e, rc, "%s", sy_store_errmsg(st));
     }
     /* A cancelled incident is both resolved and cancelled. */
-    if ((cancel && was_incident &&
-         sy_plugins_event(
-             e->plugins,
-             &(sy_event){SY_EVENT_INCIDENT_RESOLVED, id, row.workflow, row.step,
-                         now, row.run_ms, row.reruns})) ||
+    resolved.type = SY_EVENT_INCIDENT_RESOLVED;
+    if ((cancel && was_incident && sy_plugins_event(e->plugins, &resolved)) ||
         sy_plugins_event(e->plugins, &ev)) {
       sy_store_rollback(st);
       return set_error(e, SY_EPLUGIN, "a plugin failed to record the change");

@@ -55,12 +55,20 @@ static void test_migrations(void) {
   unlink(path);
 }
 
+/* An instance's step-run totals as one number: run_ms * 10 + reruns. */
+static int64_t totals(sy_store *st, int64_t id) {
+  char sql[128];
+  snprintf(sql, sizeof sql,
+           "SELECT run_ms * 10 + reruns FROM instances WHERE id = %lld",
+           (long long)id);
+  return scalar(st, sql);
+}
+
 /* A database of schema 1 (no step-run totals on instances) gets them from
  * its history when opened. */
 static void test_migration_totals(void) {
   sy_store *st = open_store();
   int64_t a, b;
-  char sql[128];
   CHECK(sy_store_begin(st) == 0);
   CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &a) == 0);
   CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &b) == 0);
@@ -77,14 +85,8 @@ static void test_migration_totals(void) {
   st = open_store();
   CHECK(scalar(st, "PRAGMA user_version") == 2);
   /* 30 + 5 + 12 ms, and one retried run (x, attempt 2) */
-  snprintf(sql, sizeof sql,
-           "SELECT run_ms * 10 + reruns FROM instances WHERE id = %lld",
-           (long long)a);
-  CHECK(scalar(st, sql) == 471);
-  snprintf(sql, sizeof sql,
-           "SELECT run_ms * 10 + reruns FROM instances WHERE id = %lld",
-           (long long)b);
-  CHECK(scalar(st, sql) == 0);
+  CHECK(totals(st, a) == 471);
+  CHECK(totals(st, b) == 0);
   sy_store_close(st);
   unlink(path);
 }
