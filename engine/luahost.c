@@ -896,7 +896,9 @@ static int ctx_index(lua_State *L) {
       strcmp(lua_tostring(L, 2), "idempotency_key") != 0) {
     return 1;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, h->current ? h->current->ctx_ref : 0);
+  if (h->current) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->current->ctx_ref);
+  }
   if (!h->current || !lua_rawequal(L, 1, -1)) {
     return luaL_error(L,
                       "ctx.idempotency_key is only known while the "

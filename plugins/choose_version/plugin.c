@@ -193,6 +193,13 @@ static int subject_of(cv_router *r, sy_call *c, const char *var, char *buf,
   return v.type == SY_VAL_NIL ? -1 : -2;
 }
 
+/* The decision's time, and the instance's step-run totals at that same
+ * time, so that the branch's share is exact to the millisecond. */
+static void stamp(cv_router *r, sy_call *c, cv_request *req) {
+  req->now_ms = r->api->now_ms(r->e);
+  r->api->totals(c, req->now_ms, &req->run_ms, &req->reruns);
+}
+
 static void execute(void *plugin, sy_call *c) {
   cv_router *r = plugin;
   const sy_api *api = r->api;
@@ -221,8 +228,7 @@ static void execute(void *plugin, sy_call *c) {
   if (req.strategy == CV_STRATEGY_RANDOM) {
     req.random = api->random(c);
   }
-  req.now_ms = api->now_ms(r->e);
-  api->totals(c, req.now_ms, &req.run_ms, &req.reruns);
+  stamp(r, c, &req);
   if (n->has_eligible && !req.missing_key && !force) {
     int ok = 0;
     if (api->call_predicate(c, "eligible", &ok)) {
@@ -279,8 +285,7 @@ static void fn_version(void *plugin, sy_call *c, const char *args) {
     req.key = idbuf;
     req.key_len = strlen(idbuf);
   }
-  req.now_ms = api->now_ms(r->e);
-  api->totals(c, req.now_ms, &req.run_ms, &req.reruns);
+  stamp(r, c, &req);
   if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
                 forced(r, req.flag), &d)) {
     api->fail(c, r->errmsg);
