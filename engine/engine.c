@@ -87,7 +87,8 @@ struct sy_engine {
   sy_inst *runq_head, *runq_tail;
   sy_inst *commitq_head, *commitq_tail;
   sy_inst *all;
-  sy_call *live_calls; /* incl. abandoned ones still owed a completion */
+  sy_call *live_calls;    /* incl. abandoned ones still owed a completion */
+  struct orphan *orphans; /* claimed rows whose definition is gone */
   int in_memory;
   /* handles */
   uv_idle_t idle;
@@ -701,6 +702,17 @@ static void inst_free(sy_inst *in) {
   }
 }
 
+/* A claimed instance whose definition is gone or broken: it becomes an
+ * incident, not a crash, once the claim is written (a claim callback only
+ * reads). */
+typedef struct orphan {
+  struct orphan *next;
+  int64_t id;
+  int attempt;
+  char *step;
+  char *error;
+} orphan;
+
 static int claim_cb(void *ud, const sy_instance_row *row) {
   sy_engine *e = ud;
   const sy_workflow *wf = def_by_hash(e, row->def_hash);
@@ -708,19 +720,20 @@ static int claim_cb(void *ud, const sy_instance_row *row) {
   char err[512];
   const sy_step *step;
   if (!wf) {
-    /* Its definition is gone or broken: an incident, not a crash. */
-    sy_instance_update u = {.id = row->id,
-                            .state = SY_STATE_INCIDENT,
-                            .step = row->step,
-                            .attempt = row->attempt,
-                            .now = sy_now_ms(),
-                            .owner = e->id};
-    if (sy_store_update_instance(e->store, &u) ||
-        sy_store_insert_incident(e->store, row->id, row->step ? row->step : "?",
-                                 e->errmsg, u.now)) {
-      fatal(e, SY_ESTORE);
+    orphan *o = calloc(1, sizeof *o);
+    if (!o || (row->step && !(o->step = strdup(row->step))) ||
+        !(o->error = strdup(e->errmsg))) {
+      if (o) {
+        free(o->step);
+        free(o);
+      }
+      fatal(e, SY_ENOMEM);
       return 1;
     }
+    o->id = row->id;
+    o->attempt = row->attempt;
+    o->next = e->orphans;
+    e->orphans = o;
     return 0;
   }
   step = row->step ? sy_workflow_step(wf, row->step) : NULL;
@@ -1066,20 +1079,50 @@ static int can_claim(const sy_engine *e) {
          (e->in_memory == 0 || want >= e->o.concurrency / 4);
 }
 
+/* Writes the incidents of the orphans a claim found (all of them freed,
+ * also when the engine has failed); returns how many there were. */
+static int settle_orphans(sy_engine *e, int64_t now) {
+  int n = 0;
+  while (e->orphans) {
+    orphan *o = e->orphans;
+    sy_instance_update u = {.id = o->id,
+                            .state = SY_STATE_INCIDENT,
+                            .step = o->step,
+                            .attempt = o->attempt,
+                            .now = now,
+                            .owner = e->id};
+    e->orphans = o->next;
+    if (!e->fatal &&
+        (sy_store_update_instance(e->store, &u) ||
+         sy_store_insert_incident(e->store, o->id, o->step ? o->step : "?",
+                                  o->error, now))) {
+      fatal(e, SY_ESTORE);
+    }
+    free(o->step);
+    free(o->error);
+    free(o);
+    n++;
+  }
+  return n;
+}
+
 static void claim(sy_engine *e) {
   int want = e->o.concurrency - e->in_memory;
   int before = e->in_memory;
-  int rc;
+  int rc, orphans;
   if (!can_claim(e)) {
     return;
   }
   int64_t now = sy_now_ms();
-  if ((rc = sy_store_claim(e->store, e->id, now + LEASE_MS, now, want, claim_cb,
-                           e))) {
+  rc = sy_store_claim(e->store, e->id, now + LEASE_MS, now, want, claim_cb, e);
+  if (rc) {
     fatal(e, rc);
+  }
+  orphans = settle_orphans(e, now);
+  if (rc) {
     return;
   }
-  if (e->in_memory - before < want) {
+  if (e->in_memory - before + orphans < want) {
     e->maybe_work = 0;
   }
 }

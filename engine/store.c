@@ -96,6 +96,8 @@ enum {
   Q_GET_DEF,
   Q_INSERT_INSTANCE,
   Q_CLAIM_READY,
+  Q_PICK_NEW,
+  Q_CLAIM_NEW,
   Q_CLAIM_DUE,
   Q_CLAIM_EXPIRED,
   Q_RENEW,
@@ -139,7 +141,19 @@ static const char *const sql_text[Q__COUNT] = {
   "updated_at = ?1 WHERE id IN (SELECT id FROM instances WHERE " cond      \
   " LIMIT ?2) RETURNING " INSTANCE_COLS
     [Q_CLAIM_DUE] = CLAIM("state = 'waiting' AND wake_at <= ?1"),
-    [Q_CLAIM_READY] = CLAIM("state = 'ready'"),
+    /* Ready with a recorded wake-up: released while asleep, now due. */
+    [Q_CLAIM_READY] = CLAIM("state = 'ready' AND wake_at IS NOT NULL"),
+    /* The common claim, new instances: they are read in id order from the
+     * index, then claimed as the id range they span, one statement for
+     * the whole batch (no RETURNING table, no IN list); the range holds
+     * exactly the rows read, since the write lock is held throughout. */
+    [Q_PICK_NEW] = "SELECT " INSTANCE_COLS
+                   " FROM instances "
+                   "WHERE state = 'ready' AND wake_at IS NULL LIMIT ?1",
+    [Q_CLAIM_NEW] =
+        "UPDATE instances SET state = 'running', owner = ?3, "
+        "lease_until = ?4, updated_at = ?5 WHERE state = 'ready' "
+        "AND wake_at IS NULL AND id BETWEEN ?1 AND ?2",
     /* An engine that stopped renewing its leases is gone: take over. */
     [Q_CLAIM_EXPIRED] = CLAIM("state = 'running' AND lease_until < ?1"),
     /* Owners are set on running rows only: the state index finds them. */
@@ -659,18 +673,66 @@ static int each_instance(sy_store *st, sqlite3_stmt *s, sy_instance_cb cb,
   return rc;
 }
 
+/* Claims new instances (ready, never asleep) with one range update. */
+static int claim_new(sy_store *st, const char *owner, int64_t lease_until,
+                     int64_t now, int limit, sy_instance_cb cb, void *ud,
+                     int *count) {
+  sqlite3_stmt *s = stmt(st, Q_PICK_NEW), *u = stmt(st, Q_CLAIM_NEW);
+  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  int rc, n = 0;
+  if (!s || !u) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int(s, 1, limit);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sy_instance_row r;
+    read_instance(s, &r);
+    r.state = SY_STATE_RUNNING; /* as it is once the claim below is made */
+    lo = r.id < lo ? r.id : lo;
+    hi = r.id > hi ? r.id : hi;
+    n++;
+    if (cb(ud, &r)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  sqlite3_reset(s);
+  if (rc != SQLITE_DONE) {
+    return db_error(st, "read instances");
+  }
+  *count = n;
+  if (n == 0) {
+    return 0;
+  }
+  sqlite3_bind_int64(u, 1, lo);
+  sqlite3_bind_int64(u, 2, hi);
+  sqlite3_bind_text(u, 3, owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(u, 4, lease_until);
+  sqlite3_bind_int64(u, 5, now);
+  if ((rc = exec_stmt(st, u, "claim instances"))) {
+    return rc;
+  }
+  if (sqlite3_changes(st->db) != n) {
+    return sy_store_set_error(st, SY_ESTATE,
+                              "claim of instances %lld..%lld took %d rows, "
+                              "%d were read",
+                              (long long)lo, (long long)hi,
+                              sqlite3_changes(st->db), n);
+  }
+  return 0;
+}
+
 int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
                    int64_t now, int limit, sy_instance_cb cb, void *ud) {
   /* Due retries and interrupted sleeps first: they have waited already;
    * then work abandoned by dead engines; then new instances. */
   static const int order[] = {Q_CLAIM_DUE, Q_CLAIM_EXPIRED, Q_CLAIM_READY};
-  int rc, got = 0;
+  int rc, got = 0, n = 0;
   if ((rc = sy_store_begin(st))) {
     return rc;
   }
   for (int i = 0; i < 3 && got < limit; i++) {
     sqlite3_stmt *s = stmt(st, order[i]);
-    int n = 0;
     if (!s) {
       return SY_ESTORE;
     }
@@ -682,6 +744,9 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
       return rc;
     }
     got += n;
+  }
+  if (got < limit) {
+    return claim_new(st, owner, lease_until, now, limit - got, cb, ud, &n);
   }
   return 0;
 }

@@ -113,7 +113,8 @@ int sy_store_insert_instance(sy_store *st, const char *workflow,
 
 /* Claims up to `limit` runnable instances for engine `owner` until
  * lease_until: waiting ones that are due, running ones whose lease expired
- * (their engine is gone), then ready ones; cb sees each. */
+ * (their engine is gone), then ready ones; cb sees each, and only reads:
+ * new instances are claimed after cb has seen them. */
 int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
                    int64_t now, int limit, sy_instance_cb cb, void *ud);
 /* Extends the leases of everything owner holds; records its heartbeat. */

@@ -519,6 +519,35 @@ describe("definition pinning", function()
       "where workflow = 'pinned'"))
     H.rmdir(env.dir)
   end)
+
+  it("turns an instance whose stored definition no longer loads into an incident",
+    function()
+      local env = H.env()
+      env.workflows = env:path("wf")
+      H.exec("mkdir " .. H.q(env.workflows))
+      local file = env.workflows .. "/pinned.lua"
+      H.write(file, H.read(H.fixtures .. "/pinned_v1.lua"))
+      local ids = {}
+      for i = 1, 3 do
+        ids[i] = tonumber((env:ok("start", "pinned")):match("%d+"))
+      end
+      H.write(file, H.read(H.fixtures .. "/pinned_v2.lua"))
+      local good = tonumber((env:ok("start", "pinned")):match("%d+"))
+      -- The first definition's stored source is damaged behind our back.
+      local first = env:scalar("select def_hash from instances where id = " .. ids[1])
+      env:sql("update definitions set source = 'return {' where hash = '" .. first .. "'")
+      local code, _, err = env:run("run", "--until-idle")
+      assert.are.equal(0, code, err)
+      for _, id in ipairs(ids) do
+        assert.are.equal("incident", show_json(env, id).state)
+      end
+      assert.are.equal("completed", show_json(env, good).state)
+      assert.are.equal(3, env:scalar("select count(*) from incidents " ..
+        "where step = 'mark' and error like '%no longer loads%'"))
+      assert.are.equal(0, env:scalar("select count(*) from instances " ..
+        "where owner is not null"))
+      H.rmdir(env.dir)
+    end)
 end)
 
 -- ---------------------------------------------------------------------
