@@ -346,12 +346,15 @@ static char *build_vars(const var_arg *vars, int nvars, long long n, char *err,
     }
     free(key);
   }
+  /* The same checks as any other vars (depth, shape). */
+  if (sy_vars_check_json(obj, err, errlen)) {
+    json_decref(obj);
+    return NULL;
+  }
   text = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
   json_decref(obj);
-  /* The same checks as any other vars (depth, shape). */
-  if (text && sy_vars_check(text, err, errlen)) {
-    free(text);
-    return NULL;
+  if (!text) {
+    snprintf(err, errlen, "out of memory");
   }
   return text;
 }

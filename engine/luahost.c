@@ -416,44 +416,43 @@ static int json_depth(json_t *j) {
   return 0;
 }
 
+int sy_vars_check_json(json_t *j, char *err, size_t errlen) {
+  char path[256] = "vars";
+  const char *k;
+  json_t *v;
+  if (!json_is_object(j)) {
+    snprintf(err, errlen, "vars must be a JSON object");
+    return SY_EINVAL;
+  }
+  /* What a step could never store again must not get in either. */
+  if (null_in_array(j, path, sizeof path)) {
+    snprintf(err, errlen,
+             "%s: null inside an array cannot be kept (Lua has no value "
+             "for it)",
+             path);
+    return SY_EINVAL;
+  }
+  json_object_foreach(j, k, v) {
+    if (json_depth(v) >= JSON_MAX_DEPTH) {
+      snprintf(err, errlen, "vars.%.100s: nested more than %d levels", k,
+               JSON_MAX_DEPTH);
+      return SY_EINVAL;
+    }
+  }
+  return 0;
+}
+
 int sy_vars_check(const char *text, char *err, size_t errlen) {
   json_error_t je;
   json_t *j = json_loads(text, 0, &je);
+  int rc;
   if (!j) {
     snprintf(err, errlen, "invalid JSON at column %d: %s", je.column, je.text);
     return SY_EINVAL;
   }
-  if (!json_is_object(j)) {
-    snprintf(err, errlen, "vars must be a JSON object");
-    json_decref(j);
-    return SY_EINVAL;
-  }
-  /* What a step could never store again must not get in either. */
-  {
-    char path[256] = "vars";
-    if (null_in_array(j, path, sizeof path)) {
-      snprintf(err, errlen,
-               "%s: null inside an array cannot be kept (Lua has no value "
-               "for it)",
-               path);
-      json_decref(j);
-      return SY_EINVAL;
-    }
-  }
-  {
-    const char *k;
-    json_t *v;
-    json_object_foreach(j, k, v) {
-      if (json_depth(v) >= JSON_MAX_DEPTH) {
-        snprintf(err, errlen, "vars.%.100s: nested more than %d levels", k,
-                 JSON_MAX_DEPTH);
-        json_decref(j);
-        return SY_EINVAL;
-      }
-    }
-  }
+  rc = sy_vars_check_json(j, err, errlen);
   json_decref(j);
-  return 0;
+  return rc;
 }
 
 /* Encodes the value at idx; *out is malloc'd. */

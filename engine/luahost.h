@@ -98,6 +98,9 @@ int sy_workflow_load_file(sy_lua *h, const char *path, sy_workflow **out,
 
 /* Checks that text is a JSON object usable as an instance's vars. */
 int sy_vars_check(const char *json, char *err, size_t errlen);
+/* The same check of vars already parsed (a jansson json_t). */
+struct json_t;
+int sy_vars_check_json(struct json_t *vars, char *err, size_t errlen);
 
 /* A task holds an instance's vars and ctx while it is in memory. */
 int sy_task_new(sy_lua *h, sy_task **out, const sy_workflow *wf,
