@@ -673,39 +673,41 @@ static int each_instance(sy_store *st, sqlite3_stmt *s, sy_instance_cb cb,
   return rc;
 }
 
+/* New instances as a claim reads them: each is shown to the caller as the
+ * running row it is about to become, and the id range they span is kept. */
+typedef struct {
+  sy_instance_cb cb;
+  void *ud;
+  int64_t lo, hi;
+} picked;
+
+static int pick_cb(void *ud, const sy_instance_row *row) {
+  picked *p = ud;
+  sy_instance_row r = *row;
+  r.state = SY_STATE_RUNNING;
+  p->lo = r.id < p->lo ? r.id : p->lo;
+  p->hi = r.id > p->hi ? r.id : p->hi;
+  return p->cb(p->ud, &r);
+}
+
 /* Claims new instances (ready, never asleep) with one range update. */
 static int claim_new(sy_store *st, const char *owner, int64_t lease_until,
-                     int64_t now, int limit, sy_instance_cb cb, void *ud,
-                     int *count) {
+                     int64_t now, int limit, sy_instance_cb cb, void *ud) {
   sqlite3_stmt *s = stmt(st, Q_PICK_NEW), *u = stmt(st, Q_CLAIM_NEW);
-  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  picked p = {cb, ud, INT64_MAX, INT64_MIN};
   int rc, n = 0;
   if (!s || !u) {
     return SY_ESTORE;
   }
   sqlite3_bind_int(s, 1, limit);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    sy_instance_row r;
-    read_instance(s, &r);
-    r.state = SY_STATE_RUNNING; /* as it is once the claim below is made */
-    lo = r.id < lo ? r.id : lo;
-    hi = r.id > hi ? r.id : hi;
-    n++;
-    if (cb(ud, &r)) {
-      rc = SQLITE_DONE;
-      break;
-    }
+  if ((rc = each_instance(st, s, pick_cb, &p, &n))) {
+    return rc;
   }
-  sqlite3_reset(s);
-  if (rc != SQLITE_DONE) {
-    return db_error(st, "read instances");
-  }
-  *count = n;
   if (n == 0) {
     return 0;
   }
-  sqlite3_bind_int64(u, 1, lo);
-  sqlite3_bind_int64(u, 2, hi);
+  sqlite3_bind_int64(u, 1, p.lo);
+  sqlite3_bind_int64(u, 2, p.hi);
   sqlite3_bind_text(u, 3, owner, -1, SQLITE_STATIC);
   sqlite3_bind_int64(u, 4, lease_until);
   sqlite3_bind_int64(u, 5, now);
@@ -716,7 +718,7 @@ static int claim_new(sy_store *st, const char *owner, int64_t lease_until,
     return sy_store_set_error(st, SY_ESTATE,
                               "claim of instances %lld..%lld took %d rows, "
                               "%d were read",
-                              (long long)lo, (long long)hi,
+                              (long long)p.lo, (long long)p.hi,
                               sqlite3_changes(st->db), n);
   }
   return 0;
@@ -746,7 +748,7 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
     got += n;
   }
   if (got < limit) {
-    return claim_new(st, owner, lease_until, now, limit - got, cb, ud, &n);
+    return claim_new(st, owner, lease_until, now, limit - got, cb, ud);
   }
   return 0;
 }
