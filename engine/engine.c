@@ -19,6 +19,7 @@
 #define LEASE_MS 30000      /* how long a claim holds without renewal */
 #define BREATHE_EVERY_MS 50 /* a busy engine lets other writers in ... */
 #define BREATHE_MS 2        /* ... for this long (rollout set, start) */
+#define EXPIRED_EVERY_MS 1000 /* how often to look for expired leases */
 #define CONTAINER_OF(ptr, type, field) \
   ((type *)((char *)(ptr)-offsetof(type, field)))
 
@@ -107,6 +108,7 @@ struct sy_engine {
   uv_timer_t lease_timer;
   uv_timer_t breathe_timer;
   int64_t last_breath;
+  int64_t expired_checked; /* last look for leases of vanished engines */
   sy_run_stats stats;
   char errmsg[1024];
 };
@@ -1114,7 +1116,14 @@ static void claim(sy_engine *e) {
     return;
   }
   int64_t now = sy_now_ms();
-  rc = sy_store_claim(e->store, e->id, now + LEASE_MS, now, want, claim_cb, e);
+  /* Finding expired leases reads every running row (ours included): once
+   * a second is soon enough for leases that last LEASE_MS. */
+  int expired = now - e->expired_checked >= EXPIRED_EVERY_MS;
+  if (expired) {
+    e->expired_checked = now;
+  }
+  rc = sy_store_claim(e->store, e->id, now + LEASE_MS, now, want, expired,
+                      claim_cb, e);
   if (rc) {
     fatal(e, rc);
   }

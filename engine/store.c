@@ -725,7 +725,8 @@ static int claim_new(sy_store *st, const char *owner, int64_t lease_until,
 }
 
 int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
-                   int64_t now, int limit, sy_instance_cb cb, void *ud) {
+                   int64_t now, int limit, int expired, sy_instance_cb cb,
+                   void *ud) {
   /* Due retries and interrupted sleeps first: they have waited already;
    * then work abandoned by dead engines; then new instances. */
   static const int order[] = {Q_CLAIM_DUE, Q_CLAIM_EXPIRED, Q_CLAIM_READY};
@@ -734,8 +735,11 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
     return rc;
   }
   for (int i = 0; i < 3 && got < limit; i++) {
-    sqlite3_stmt *s = stmt(st, order[i]);
-    if (!s) {
+    sqlite3_stmt *s;
+    if (order[i] == Q_CLAIM_EXPIRED && !expired) {
+      continue;
+    }
+    if (!(s = stmt(st, order[i]))) {
       return SY_ESTORE;
     }
     sqlite3_bind_int64(s, 1, now);

@@ -113,10 +113,13 @@ int sy_store_insert_instance(sy_store *st, const char *workflow,
 
 /* Claims up to `limit` runnable instances for engine `owner` until
  * lease_until: waiting ones that are due, running ones whose lease expired
- * (their engine is gone), then ready ones; cb sees each, and only reads:
- * new instances are claimed after cb has seen them. */
+ * (their engine is gone) when `expired` is set, then ready ones; cb sees
+ * each, and only reads: new instances are claimed after cb has seen them.
+ * Finding expired leases reads every running row, so callers ask for it
+ * now and then rather than at every claim. */
 int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
-                   int64_t now, int limit, sy_instance_cb cb, void *ud);
+                   int64_t now, int limit, int expired, sy_instance_cb cb,
+                   void *ud);
 /* Extends the leases of everything owner holds; records its heartbeat. */
 int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
                    int64_t now);

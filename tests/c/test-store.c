@@ -113,7 +113,7 @@ static void test_claims(void) {
                                                            .wake_at = 99999,
                                                            .now = 1000}) == 0);
   CHECK(sy_store_count_active(st, &n) == 0 && n == 5);
-  CHECK(sy_store_claim(st, "A", 31000, 1000, 2, count_cb, &got) == 0);
+  CHECK(sy_store_claim(st, "A", 31000, 1000, 2, 1, count_cb, &got) == 0);
   CHECK(got == 2);
   /* The due one goes first, and the claim names its owner and lease. */
   CHECK(scalar(st,
@@ -121,7 +121,7 @@ static void test_claims(void) {
                "lease_until = 31000 FROM instances WHERE id = 4") == 1);
   CHECK(sy_store_commit(st) == 0);
   got = 0;
-  CHECK(sy_store_claim(st, "A", 31000, 1000, 10, count_cb, &got) == 0);
+  CHECK(sy_store_claim(st, "A", 31000, 1000, 10, 1, count_cb, &got) == 0);
   CHECK(got == 2); /* ids 2 and 3; 5 is not due */
   CHECK(sy_store_commit(st) == 0);
   CHECK(scalar(st, "SELECT count(*) FROM instances WHERE owner = 'A'") == 4);
@@ -145,9 +145,12 @@ static void test_claims(void) {
   /* A renewed lease is not taken over; an expired one is. */
   got = 0;
   CHECK(sy_store_renew(st, "A", 40000, 10000) == 0);
-  CHECK(sy_store_claim(st, "B", 70000, 35000, 10, count_cb, &got) == 0);
+  CHECK(sy_store_claim(st, "B", 70000, 35000, 10, 1, count_cb, &got) == 0);
   CHECK(got == 0);
-  CHECK(sy_store_claim(st, "B", 90000, 45000, 10, count_cb, &got) == 0);
+  /* Expired, but not looked for: a claim without the scan leaves it. */
+  CHECK(sy_store_claim(st, "B", 90000, 45000, 10, 0, count_cb, &got) == 0);
+  CHECK(got == 0);
+  CHECK(sy_store_claim(st, "B", 90000, 45000, 10, 1, count_cb, &got) == 0);
   CHECK(got == 3);
   CHECK(scalar(st, "SELECT count(*) FROM instances WHERE owner = 'B'") == 3);
   /* Release: B's instances are ready again (5, waiting, is untouched). */
