@@ -300,14 +300,25 @@ static char *expand(const char *tmpl, long long n) {
   return out;
 }
 
-/* Builds the vars of instance n from the --var arguments. */
-static char *build_vars(const var_arg *vars, int nvars, long long n, char *err,
-                        size_t errlen) {
+/* How many {n} expand() replaces in s. */
+static size_t count_n(const char *s) {
+  size_t k = 0;
+  while ((s = strstr(s, "{n}"))) {
+    k++;
+    s += 3;
+  }
+  return k;
+}
+
+/* Builds the vars of instance *n from the --var arguments; with n NULL,
+ * each {n} stays as written. */
+static char *build_vars(const var_arg *vars, int nvars, const long long *n,
+                        char *err, size_t errlen) {
   json_t *obj = json_object();
   char *text;
   for (int i = 0; i < nvars; i++) {
     char *key = strndup(vars[i].key, vars[i].keylen);
-    char *val = expand(vars[i].value, n);
+    char *val = n ? expand(vars[i].value, *n) : strdup(vars[i].value);
     json_t *j;
     if (!val || !key) {
       free(key);
@@ -357,6 +368,47 @@ static char *build_vars(const var_arg *vars, int nvars, long long n, char *err,
     snprintf(err, errlen, "out of memory");
   }
   return text;
+}
+
+/* The vars of every instance as one text with {n} still in it, when
+ * putting the number into that text gives what building each instance's
+ * vars would: {n} appears only inside plain string values (the usual
+ * u{n}), which render it as written. Escaping never makes or breaks a
+ * {n} (its sequences hold no brace), so the text's {n} are exactly those
+ * of the values, provided no key holds one and no JSON value renders one
+ * (such as "\u007bn}"). NULL with *err empty when that does not hold;
+ * NULL with err set when the vars are bad. Building vars costs more than
+ * inserting the row; this is once. */
+static char *vars_template(const var_arg *vars, int nvars, char *err,
+                           size_t errlen) {
+  *err = '\0';
+  for (int i = 0; i < nvars; i++) {
+    char *key = strndup(vars[i].key, vars[i].keylen);
+    int n_in_key = !key || count_n(key);
+    free(key);
+    if (n_in_key) {
+      return NULL;
+    }
+    if (vars[i].is_json) {
+      json_t *j;
+      char *text;
+      int renders_n;
+      if (count_n(vars[i].value)) {
+        return NULL; /* the number may change the value's shape */
+      }
+      if (!(j = json_loads(vars[i].value, JSON_DECODE_ANY, NULL))) {
+        continue; /* build_vars names the error */
+      }
+      text = json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT);
+      renders_n = !text || count_n(text);
+      free(text);
+      json_decref(j);
+      if (renders_n) {
+        return NULL;
+      }
+    }
+  }
+  return build_vars(vars, nvars, NULL, err, errlen);
 }
 
 static int start_from(sy_engine *e, const sy_workflow *wf, const char *file,
@@ -502,13 +554,19 @@ static int cmd_start(cli *c) {
   if (from) {
     rc = start_from(e, wf, from, &started);
   } else {
+    char err[512];
+    char *tmpl = vars_template(vars, nvars, err, sizeof err);
+    if (!tmpl && *err) {
+      fprintf(stderr, "switchyard: %s\n", err);
+      rc = EXIT_USAGE;
+    }
     for (long long n = 1; n <= count && !rc; n++) {
-      char err[512];
-      char *json = build_vars(vars, nvars, n, err, sizeof err);
+      char *json = tmpl ? expand(tmpl, n)
+                        : build_vars(vars, nvars, &n, err, sizeof err);
       int64_t id;
       if (!json) {
-        fprintf(stderr, "switchyard: %s\n", err);
-        rc = EXIT_USAGE;
+        fprintf(stderr, "switchyard: %s\n", tmpl ? "out of memory" : err);
+        rc = tmpl ? 1 : EXIT_USAGE;
         break;
       }
       if (sy_engine_start(e, wf, json, &id)) {
@@ -519,6 +577,7 @@ static int cmd_start(cli *c) {
       free(json);
       started++;
     }
+    free(tmpl);
   }
   if (rc) {
     sy_store_rollback(sy_engine_store(e));

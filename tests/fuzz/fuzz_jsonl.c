@@ -17,7 +17,10 @@
  * Checked: a line the check accepts can be started; build_vars either
  * refuses with a message or returns vars the check accepts, that the
  * engine can start, and in which every plain KEY=VALUE (the last one of
- * its key) is the string VALUE with {n} expanded. */
+ * its key) is the string VALUE with {n} expanded. When vars_template
+ * renders the vars once, the number put into its text is, byte for byte,
+ * what build_vars makes for that instance; when it refuses the vars, so
+ * does build_vars, with the same message. */
 #include "fuzz.h"
 
 #define main sy_fuzz_cli_main
@@ -125,7 +128,7 @@ static void jsonl_build(const var_arg *vars, int nvars, long long n) {
   char *text;
   json_t *obj;
   err[0] = '\0';
-  text = build_vars(vars, nvars, n, err, sizeof err);
+  text = build_vars(vars, nvars, &n, err, sizeof err);
   if (!text) {
     SY_FUZZ_CHECK(err[0] != '\0', "build_vars refused silently");
     return;
@@ -165,6 +168,30 @@ static void jsonl_build(const var_arg *vars, int nvars, long long n) {
   free(text);
 }
 
+/* start renders the vars once when it can: that must change nothing. */
+static void jsonl_template(const var_arg *vars, int nvars) {
+  static const long long ns[] = {1, 100000000};
+  char err[512], err2[512];
+  char *tmpl = vars_template(vars, nvars, err, sizeof err);
+  for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+    char *want = build_vars(vars, nvars, &ns[i], err2, sizeof err2);
+    char *got = tmpl ? expand(tmpl, ns[i]) : NULL;
+    if (!tmpl && *err) {
+      SY_FUZZ_CHECK(!want && strcmp(err, err2) == 0,
+                    "vars_template refused (%s), build_vars did not (%s)", err,
+                    want ? want : err2);
+    } else if (tmpl) {
+      SY_FUZZ_CHECK(want && got && strcmp(got, want) == 0,
+                    "template for instance %lld gives %.300s, build_vars "
+                    "%.300s",
+                    ns[i], got ? got : "(null)", want ? want : err2);
+    }
+    free(got);
+    free(want);
+  }
+  free(tmpl);
+}
+
 void sy_fuzz_jsonl_one(const uint8_t *data, size_t size) {
   var_arg vars[JSONL_MAX_VARS];
   char *args[JSONL_MAX_VARS];
@@ -190,6 +217,7 @@ void sy_fuzz_jsonl_one(const uint8_t *data, size_t size) {
   }
   jsonl_build(vars, nvars, 1);
   jsonl_build(vars, nvars, 100000000);
+  jsonl_template(vars, nvars);
   for (int i = 0; i < nvars; i++) {
     free(args[i]);
   }
