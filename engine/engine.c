@@ -62,6 +62,8 @@ struct sy_inst {
   int recorded_seq;
   int64_t recorded_wake;
   int timed_out;
+  int fresh;    /* no engine had taken it before (sy_api.fresh) */
+  void **memos; /* plugins' memos, one slot per plugin; NULL until set */
   sy_call *call;
   uv_timer_t sleep_timer;
   uv_timer_t timeout_timer;
@@ -259,6 +261,24 @@ static void api_totals(sy_call *c, int64_t now_ms, int64_t *run_ms,
     *reruns = in->reruns + (in->attempt > 1);
   }
 }
+static int api_fresh(sy_call *c) {
+  return c->inst ? c->inst->fresh : 0;
+}
+
+static void **api_memo(sy_call *c) {
+  sy_inst *in = c->inst;
+  const sy_loaded_plugin *lp = c->node ? c->node->plugin : c->fn->plugin;
+  if (!in) {
+    return NULL;
+  }
+  if (!in->memos &&
+      !(in->memos = calloc((size_t)sy_plugins_count(in->e->plugins),
+                           sizeof *in->memos))) {
+    return NULL;
+  }
+  return &in->memos[lp->index];
+}
+
 static int api_var_get(sy_call *c, const char *key, sy_value *out) {
   if (!c->inst) {
     return SY_ESTATE;
@@ -392,6 +412,8 @@ static void init_api(sy_api *a) {
       .idempotency_key = api_idempotency_key,
       .random = api_random,
       .totals = api_totals,
+      .fresh = api_fresh,
+      .memo = api_memo,
       .var_get = api_var_get,
       .var_set_json = api_var_set_json,
       .call_predicate = api_call_predicate,
@@ -695,6 +717,7 @@ static void inst_free(sy_inst *in) {
     in->next_all->prev_all = in->prev_all;
   }
   e->in_memory--;
+  sy_plugins_free_memos(e->plugins, in->memos);
   sy_task_free(in->task);
   if (in->handles_open) {
     uv_close((uv_handle_t *)&in->sleep_timer, inst_handle_closed);
@@ -751,6 +774,7 @@ static int claim_cb(void *ud, const sy_instance_row *row) {
   in->attempt = row->attempt;
   in->run_ms = row->run_ms;
   in->reruns = row->reruns;
+  in->fresh = !row->claimed;
   in->recorded_seq = row->wait_seq;
   in->recorded_wake = row->wake_at;
   if (sy_task_new(e->lua, &in->task, wf, row->id, row->vars, err, sizeof err)) {
@@ -803,8 +827,9 @@ static void emit(sy_inst *in, sy_event_type type, int64_t now) {
                  .step = in->step->name,
                  .time_ms = now,
                  .run_ms = in->run_ms,
-                 .reruns = in->reruns};
-  if (sy_plugins_event(in->e->plugins, &ev)) {
+                 .reruns = in->reruns,
+                 .fresh = in->fresh};
+  if (sy_plugins_event(in->e->plugins, &ev, in->memos)) {
     fatal(in->e, SY_EPLUGIN);
   }
 }
@@ -1405,8 +1430,9 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
     }
     /* A cancelled incident is both resolved and cancelled. */
     resolved.type = SY_EVENT_INCIDENT_RESOLVED;
-    if ((cancel && was_incident && sy_plugins_event(e->plugins, &resolved)) ||
-        sy_plugins_event(e->plugins, &ev)) {
+    if ((cancel && was_incident &&
+         sy_plugins_event(e->plugins, &resolved, NULL)) ||
+        sy_plugins_event(e->plugins, &ev, NULL)) {
       sy_store_rollback(st);
       return set_error(e, SY_EPLUGIN, "a plugin failed to record the change");
     }

@@ -106,6 +106,7 @@ int sy_plugins_add(sy_plugins *p, const sy_plugin_def *def, const char *origin,
     return SY_ENOMEM;
   }
   lp->def = def;
+  lp->index = p->nplugins;
   p->plugins[p->nplugins++] = lp;
   for (const sy_node_type *n = def->nodes; n && n->name; n++) {
     if (grow((void **)&p->nodes, p->nnodes, sizeof *p->nodes)) {
@@ -293,15 +294,31 @@ void sy_plugins_node_names(const sy_plugins *p, char *buf, size_t len) {
   }
 }
 
-int sy_plugins_event(sy_plugins *p, const sy_event *ev) {
+int sy_plugins_event(sy_plugins *p, const sy_event *ev, void *const *memos) {
   for (int i = 0; i < p->nplugins; i++) {
     sy_loaded_plugin *lp = p->plugins[i];
+    sy_event mine = *ev;
+    mine.memo = memos ? memos[i] : NULL;
     if (lp->initialized && lp->def->on_event &&
-        lp->def->on_event(lp->state, ev)) {
+        lp->def->on_event(lp->state, &mine)) {
       return SY_EPLUGIN;
     }
   }
   return 0;
+}
+
+int sy_plugins_count(const sy_plugins *p) {
+  return p->nplugins;
+}
+
+void sy_plugins_free_memos(sy_plugins *p, void **memos) {
+  for (int i = 0; memos && i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    if (memos[i] && lp->def->free_memo) {
+      lp->def->free_memo(lp->state, memos[i]);
+    }
+  }
+  free(memos);
 }
 
 int sy_plugins_before_commit(sy_plugins *p) {

@@ -13,6 +13,7 @@ typedef struct sy_loaded_plugin {
   const sy_plugin_def *def;
   void *state; /* what def->init returned */
   int initialized;
+  int index; /* its place in the registry: its slot in an instance's memos */
   char *path;
 } sy_loaded_plugin;
 
@@ -59,7 +60,11 @@ const sy_command_entry *sy_plugins_command_at(const sy_plugins *p, int i);
 void sy_plugins_node_names(const sy_plugins *p, char *buf, size_t len);
 /* Lets every plugin flush batched writes before a commit. */
 int sy_plugins_before_commit(sy_plugins *p);
-/* Reports an event to every plugin; non-zero if one failed. */
-int sy_plugins_event(sy_plugins *p, const sy_event *ev);
+/* Reports an event to every plugin, each with its own memo from memos
+ * (one slot per plugin, by index; may be NULL); non-zero if one failed. */
+int sy_plugins_event(sy_plugins *p, const sy_event *ev, void *const *memos);
+int sy_plugins_count(const sy_plugins *p);
+/* Hands each memo to its plugin's free_memo, then frees the array. */
+void sy_plugins_free_memos(sy_plugins *p, void **memos);
 
 #endif

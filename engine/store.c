@@ -81,12 +81,20 @@ static const char *const migrations[] = {
     "  reruns = (SELECT count(*) FROM step_runs "
     "            WHERE instance_id = instances.id AND attempt > 1) "
     "WHERE EXISTS (SELECT 1 FROM step_runs WHERE instance_id = instances.id);",
+    /* 3: whether an engine ever took the instance. One never taken has
+     * nothing committed but its start, so what plugins record about it
+     * while it runs is all there is (sy_api.fresh). Instances not ended
+     * when this is added may have been taken: they count as taken. */
+    "ALTER TABLE instances ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE instances SET claimed = 1 "
+    "WHERE state NOT IN ('completed', 'cancelled');",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
-#define INSTANCE_COLS                                             \
-  "id, workflow, def_hash, state, step, attempt, vars, wake_at, " \
-  "wait_seq, created_at, updated_at, ended_at, generation, run_ms, reruns"
+#define INSTANCE_COLS                                                        \
+  "id, workflow, def_hash, state, step, attempt, vars, wake_at, "            \
+  "wait_seq, created_at, updated_at, ended_at, generation, run_ms, reruns, " \
+  "claimed"
 
 enum {
   Q_BEGIN,
@@ -138,8 +146,8 @@ static const char *const sql_text[Q__COUNT] = {
  * instances_runnable index: due rows by wake_at, ready rows by id. */
 #define CLAIM(cond)                                                        \
   "UPDATE instances SET state = 'running', owner = ?3, lease_until = ?4, " \
-  "updated_at = ?1 WHERE id IN (SELECT id FROM instances WHERE " cond      \
-  " LIMIT ?2) RETURNING " INSTANCE_COLS
+  "updated_at = ?1, claimed = 1 WHERE id IN (SELECT id FROM instances "    \
+  "WHERE " cond " LIMIT ?2) RETURNING " INSTANCE_COLS
     [Q_CLAIM_DUE] = CLAIM("state = 'waiting' AND wake_at <= ?1"),
     /* Ready with a recorded wake-up: released while asleep, now due. */
     [Q_CLAIM_READY] = CLAIM("state = 'ready' AND wake_at IS NOT NULL"),
@@ -152,7 +160,7 @@ static const char *const sql_text[Q__COUNT] = {
                    "WHERE state = 'ready' AND wake_at IS NULL LIMIT ?1",
     [Q_CLAIM_NEW] =
         "UPDATE instances SET state = 'running', owner = ?3, "
-        "lease_until = ?4, updated_at = ?5 WHERE state = 'ready' "
+        "lease_until = ?4, updated_at = ?5, claimed = 1 WHERE state = 'ready' "
         "AND wake_at IS NULL AND id BETWEEN ?1 AND ?2",
     /* An engine that stopped renewing its leases is gone: take over. */
     [Q_CLAIM_EXPIRED] = CLAIM("state = 'running' AND lease_until < ?1"),
@@ -645,6 +653,7 @@ static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
   r->generation = sqlite3_column_int(s, 12);
   r->run_ms = sqlite3_column_int64(s, 13);
   r->reruns = sqlite3_column_int64(s, 14);
+  r->claimed = sqlite3_column_int(s, 15);
 }
 
 /* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */

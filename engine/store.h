@@ -47,6 +47,7 @@ typedef struct sy_instance_row {
   int generation; /* incident retries so far */
   int64_t run_ms; /* time spent in step runs so far */
   int64_t reruns; /* step runs that were retries (attempt > 1) */
+  int claimed;    /* an engine took it before (read before a new claim) */
 } sy_instance_row;
 
 typedef struct sy_step_run_row {

@@ -34,18 +34,25 @@ static int count_cb(void *ud, const sy_instance_row *r) {
   return 0;
 }
 
+/* Counts the claimed rows read as never taken before. */
+static int fresh_cb(void *ud, const sy_instance_row *r) {
+  int *n = ud;
+  *n += !r->claimed;
+  return 0;
+}
+
 static void test_migrations(void) {
   sy_store *st = open_store();
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_FULL};
-  CHECK(scalar(st, "PRAGMA user_version") == 2);
+  CHECK(scalar(st, "PRAGMA user_version") == 3);
   CHECK(scalar(st,
                "SELECT count(*) FROM sqlite_master WHERE name = "
                "'instances'") == 1);
   sy_store_close(st);
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
-  CHECK(scalar(st, "PRAGMA user_version") == 2);
+  CHECK(scalar(st, "PRAGMA user_version") == 3);
   CHECK(sqlite3_exec(sy_store_db(st), "PRAGMA user_version = 99", NULL, NULL,
                      NULL) == SQLITE_OK);
   sy_store_close(st);
@@ -79,14 +86,61 @@ static void test_migration_totals(void) {
   CHECK(sqlite3_exec(sy_store_db(st),
                      "ALTER TABLE instances DROP COLUMN run_ms;"
                      "ALTER TABLE instances DROP COLUMN reruns;"
+                     "ALTER TABLE instances DROP COLUMN claimed;"
                      "PRAGMA user_version = 1",
                      NULL, NULL, NULL) == SQLITE_OK);
   sy_store_close(st);
   st = open_store();
-  CHECK(scalar(st, "PRAGMA user_version") == 2);
+  CHECK(scalar(st, "PRAGMA user_version") == 3);
   /* 30 + 5 + 12 ms, and one retried run (x, attempt 2) */
   CHECK(totals(st, a) == 471);
   CHECK(totals(st, b) == 0);
+  sy_store_close(st);
+  unlink(path);
+}
+
+/* A database of schema 2 (no record of which instances an engine took):
+ * those not ended may have been taken, and count as taken; ended ones
+ * never run again. Claims then mark what they take, and only a claim of
+ * new instances reads one never taken. */
+static void test_migration_claimed(void) {
+  sy_store *st = open_store();
+  static const char *const states[] = {"ready",    "running",   "waiting",
+                                       "incident", "completed", "cancelled"};
+  int64_t id;
+  int got = 0;
+  CHECK(sy_store_put_definition(st, "h", "wf", NULL, "src", 1) == 0);
+  CHECK(sy_store_begin(st) == 0);
+  for (int i = 0; i < 6; i++) {
+    char sql[128];
+    CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &id) == 0);
+    snprintf(sql, sizeof sql,
+             "UPDATE instances SET state = '%s' WHERE id = %lld", states[i],
+             (long long)id);
+    CHECK(sqlite3_exec(sy_store_db(st), sql, NULL, NULL, NULL) == SQLITE_OK);
+  }
+  CHECK(sy_store_commit(st) == 0);
+  CHECK(sqlite3_exec(sy_store_db(st),
+                     "ALTER TABLE instances DROP COLUMN claimed;"
+                     "PRAGMA user_version = 2",
+                     NULL, NULL, NULL) == SQLITE_OK);
+  sy_store_close(st);
+  st = open_store();
+  CHECK(scalar(st, "PRAGMA user_version") == 3);
+  CHECK(scalar(st,
+               "SELECT count(*) FROM instances WHERE claimed = 1 AND "
+               "state IN ('ready', 'running', 'waiting', 'incident')") == 4);
+  CHECK(scalar(st,
+               "SELECT count(*) FROM instances WHERE claimed = 0 AND "
+               "state IN ('completed', 'cancelled')") == 2);
+  /* A new instance is read as never taken, and its claim marks it. */
+  CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 2, &id) == 0);
+  CHECK(sy_store_claim(st, "A", 31000, 1000, 10, 1, fresh_cb, &got) == 0);
+  CHECK(got == 1); /* the migrated ready one is not fresh: only the new */
+  CHECK(sy_store_commit(st) == 0);
+  CHECK(scalar(st,
+               "SELECT count(*) FROM instances WHERE claimed = 0 AND "
+               "state NOT IN ('completed', 'cancelled')") == 0);
   sy_store_close(st);
   unlink(path);
 }
@@ -196,6 +250,7 @@ int main(void) {
            (int)getpid());
   test_migrations();
   test_migration_totals();
+  test_migration_claimed();
   test_claims();
   test_rollback();
   test_read_only_missing();

@@ -816,6 +816,7 @@ describe("a decision's step time and retries", function()
       "UPDATE cv_meta SET value = 1 WHERE key = 'schema_version';" ..
       "ALTER TABLE instances DROP COLUMN run_ms;" ..
       "ALTER TABLE instances DROP COLUMN reruns;" ..
+      "ALTER TABLE instances DROP COLUMN claimed;" ..
       "PRAGMA user_version = 1")
     local deadline = os.time() + 10
     while os.time() <= fail_until and os.time() < deadline do

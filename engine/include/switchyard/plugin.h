@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 2
+#define SY_PLUGIN_ABI 3
 
 typedef struct sy_engine sy_engine; /* the running engine (opaque) */
 typedef struct sy_call sy_call;     /* one node execution or ctx call */
@@ -66,6 +66,12 @@ typedef struct sy_event {
   int64_t time_ms;
   int64_t run_ms;
   int64_t reruns;
+  /* For an instance in the engine's memory: whether it was fresh when the
+   * engine took it (sy_api.fresh), and this plugin's memo for it
+   * (sy_api.memo; NULL if it set none). 0 and NULL otherwise (events of
+   * commands on instances no engine holds). */
+  int fresh;
+  void *memo;
 } sy_event;
 
 /* Services of the engine. Functions taking a sy_call are valid only until
@@ -107,6 +113,20 @@ typedef struct sy_api {
    * now_ms): the current step run counts up to then, and as a retry if it
    * is one. */
   void (*totals)(sy_call *c, int64_t now_ms, int64_t *run_ms, int64_t *reruns);
+
+  /* Whether the instance is fresh: no engine had taken it before this one,
+   * so nothing of it was committed but its start, and whatever a plugin
+   * records about it is recorded while it is in this engine's memory. A
+   * plugin can then keep those records in its memo rather than read them
+   * back. */
+  int (*fresh)(sy_call *c);
+  /* The calling plugin's memo slot for the instance (NULL at first): a
+   * pointer it may set, kept while the instance stays in this engine's
+   * memory, handed to on_event in sy_event.memo and to
+   * sy_plugin_def.free_memo when the instance leaves memory, however it
+   * leaves (ended, incident, a retry's wait, released, dropped). NULL when
+   * out of memory or when the call has outlived its instance. */
+  void **(*memo)(sy_call *c);
 
   /* Instance variables (JSON-compatible). var_get reads a top-level var;
    * var_set_json sets one from JSON text (NULL json deletes it). */
@@ -195,6 +215,8 @@ typedef struct sy_plugin_def {
    * cancel), so it can flush writes it batched in memory into that same
    * transaction. Non-zero: the engine rolls back and stops. */
   int (*before_commit)(void *plugin);
+  /* Frees a memo the plugin set (sy_api.memo); required if it sets any. */
+  void (*free_memo)(void *plugin, void *memo);
 } sy_plugin_def;
 
 /* The one symbol a plugin exports. */
