@@ -64,7 +64,9 @@ static void exec(sqlite3 *db, const char *sql) {
 }
 
 /* Half the instances on each version, as the 50% rate routes them. */
-static const char *version(int64_t id) { return id % 2 ? "v1" : "v2"; }
+static const char *version(int64_t id) {
+  return id % 2 ? "v1" : "v2";
+}
 
 static void record_step(sqlite3 *db, sqlite3_stmt *run, int64_t id,
                         const char *step, int64_t ms) {
@@ -101,7 +103,8 @@ int main(int argc, char **argv) {
   if (argc < 4 || argc > 5 ||
       (argc == 5 && strcmp(argv[4], "batch") != 0 &&
        strcmp(argv[4], "per-step") != 0)) {
-    fprintf(stderr, "usage: bench-baseline DB N full|normal [batch|per-step]\n");
+    fprintf(stderr,
+            "usage: bench-baseline DB N full|normal [batch|per-step]\n");
     return 2;
   }
   n = atol(argv[2]);
@@ -123,10 +126,11 @@ int main(int argc, char **argv) {
              "INSERT INTO instances(workflow, def_hash, state, step, attempt, "
              "vars, created_at, updated_at) VALUES('tp', ?3, 'ready', "
              "'route', 1, ?1, ?2, ?2)");
-  claim = prep(db,
-               "UPDATE instances SET state = 'running', owner = ?4, "
-               "lease_until = ?3 + 30000, updated_at = ?3 "
-               "WHERE id BETWEEN ?1 AND ?2");
+  claim =
+      prep(db,
+           "UPDATE instances SET state = 'running', owner = ?4, claimed = 1, "
+           "lease_until = ?3 + 30000, updated_at = ?3 "
+           "WHERE id BETWEEN ?1 AND ?2");
   dec = prep(db,
              "INSERT INTO cv_decisions(instance_id, flag, workflow, step, "
              "subject, version, reason, bucket, rate_ppm, ramp_id, "

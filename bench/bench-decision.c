@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
       req.key = keys[i % KEYS];
       req.key_len = strlen(req.key);
       req.now_ms = sy_now_ms();
-      cv_decide(r, ++id, "bench", "route", &req, NULL, &d);
+      cv_decide(r, ++id, "bench", "route", &req, NULL, NULL, &d);
     }
     t1 = now_ns();
     recorded[round] = (t1 - t0) / (per_round / 10);

@@ -49,6 +49,9 @@ enum {
   CVQ_EV_INCIDENT,
   CVQ_EV_RESOLVED,
   CVQ_EV_CANCELLED,
+  CVQ_EV_COMPLETED_KEY, /* the same three, for one decision by its key */
+  CVQ_EV_INCIDENT_KEY,
+  CVQ_EV_CANCELLED_KEY,
   CVQ__COUNT
 };
 
@@ -102,12 +105,25 @@ int cv_schema(sqlite3 *db, char *err, size_t errlen);
 int cv_router_init(cv_router *r, const sy_api *api, sy_engine *e);
 void cv_router_free(cv_router *r);
 
+/* The decisions recorded for a fresh instance (sy_api.fresh) while it is in
+ * the engine's memory, kept in its memo (sy_api.memo): all the decisions it
+ * has, so that its events update them by key without looking them up. */
+typedef struct cv_memo {
+  struct cv_memo *next;
+  int v2;
+  int64_t decided_at;
+  char *workflow; /* in the same block, after flag */
+  char flag[];
+} cv_memo;
+void cv_memo_free(cv_memo *m);
+
 /* Decides for one instance (reusing a recorded decision) and records it,
- * inside the engine's transaction. forced is "v1", "v2" or NULL. Returns 0
- * or -1 with r->errmsg. */
+ * inside the engine's transaction. forced is "v1", "v2" or NULL. memo, for
+ * a fresh instance only (else NULL), is its memo slot: a decision recorded
+ * now is added to it. Returns 0 or -1 with r->errmsg. */
 int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
               const char *step, const cv_request *req, const char *forced,
-              cv_decision *out);
+              void **memo, cv_decision *out);
 /* The routing choice alone, for a transaction tx (see sy_api.tx_begin):
  * the cached flag (re-read when another connection changed the database),
  * the subject's override, the every_nth counter, then precedence. */

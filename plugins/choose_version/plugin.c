@@ -200,6 +200,17 @@ static void stamp(cv_router *r, sy_call *c, cv_request *req) {
   r->api->totals(c, req->now_ms, &req->run_ms, &req->reruns);
 }
 
+/* A fresh instance's memo slot, where its decisions are kept (NULL for
+ * others); 0, or -1 when it could not be had (the call has failed). */
+static int memo_of(cv_router *r, sy_call *c, void ***memo) {
+  *memo = NULL;
+  if (r->api->fresh(c) && !(*memo = r->api->memo(c))) {
+    r->api->fail(c, "choose_version: out of memory");
+    return -1;
+  }
+  return 0;
+}
+
 static void execute(void *plugin, sy_call *c) {
   cv_router *r = plugin;
   const sy_api *api = r->api;
@@ -208,6 +219,10 @@ static void execute(void *plugin, sy_call *c) {
   cv_decision d;
   char num[64], msg[600];
   const char *force = forced(r, n->flag);
+  void **memo;
+  if (memo_of(r, c, &memo)) {
+    return;
+  }
   if (n->key) {
     int rc = subject_of(r, c, n->key, num, sizeof num, &req.key, &req.key_len);
     if (rc && !n->missing_key_v1) {
@@ -240,7 +255,7 @@ static void execute(void *plugin, sy_call *c) {
     req.eligible = ok;
   }
   if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
-                force, &d)) {
+                force, memo, &d)) {
     api->fail(c, r->errmsg);
     return;
   }
@@ -256,6 +271,7 @@ static void fn_version(void *plugin, sy_call *c, const char *args) {
   json_t *j = json_loads(args, JSON_DECODE_ANY, &je);
   cv_request req = {.strategy = CV_STRATEGY_STICKY, .eligible = 1};
   cv_decision d;
+  void **memo;
   char idbuf[32], num[64], msg[512];
   const char *keyvar = NULL;
   if (json_is_string(j)) {
@@ -286,13 +302,22 @@ static void fn_version(void *plugin, sy_call *c, const char *args) {
     req.key_len = strlen(idbuf);
   }
   stamp(r, c, &req);
+  if (memo_of(r, c, &memo)) {
+    json_decref(j);
+    return;
+  }
   if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
-                forced(r, req.flag), &d)) {
+                forced(r, req.flag), memo, &d)) {
     api->fail(c, r->errmsg);
   } else {
     api->done_json(c, d.version == CV_V2 ? "\"v2\"" : "\"v1\"");
   }
   json_decref(j);
+}
+
+static void free_memo(void *plugin, void *memo) {
+  (void)plugin;
+  cv_memo_free(memo);
 }
 
 static int on_event(void *plugin, const sy_event *ev) {
@@ -346,7 +371,8 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .ctx_fns = ctx_fns,
                                   .commands = commands,
                                   .on_event = on_event,
-                                  .before_commit = before_commit};
+                                  .before_commit = before_commit,
+                                  .free_memo = free_memo};
 
 const sy_plugin_def *cv_plugin_def(void) {
   return &def;

@@ -141,22 +141,28 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_DECISIONS_OF] =
         "SELECT flag, workflow, version, incidents, open_incidents "
         "FROM cv_decisions WHERE instance_id = ?1",
-    /* The branch's step time and retries are the instance's totals at the
-     * event (?3, ?4) less those at the decision. */
-    [CVQ_EV_COMPLETED] =
-        "UPDATE cv_decisions SET outcome = 'completed', ended_at = ?2, "
-        "branch_ms = ?2 - decided_at, step_ms = ?3 - base_run_ms, "
-        "retries = ?4 - base_reruns WHERE instance_id = ?1",
-    [CVQ_EV_INCIDENT] =
-        "UPDATE cv_decisions SET incidents = incidents + 1, "
-        "open_incidents = open_incidents + 1, retries = ?4 - base_reruns "
-        "WHERE instance_id = ?1",
+/* The branch's step time and retries are the instance's totals at the
+ * event (?3, ?4) less those at the decision. */
+#define EV_COMPLETED                                               \
+  "UPDATE cv_decisions SET outcome = 'completed', ended_at = ?2, " \
+  "branch_ms = ?2 - decided_at, step_ms = ?3 - base_run_ms, "      \
+  "retries = ?4 - base_reruns "
+#define EV_INCIDENT                                     \
+  "UPDATE cv_decisions SET incidents = incidents + 1, " \
+  "open_incidents = open_incidents + 1, retries = ?4 - base_reruns "
+#define EV_CANCELLED \
+  "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
+/* By key (?5 flag, ?6 decided_at): the table's own order, one seek. */
+#define BY_KEY "WHERE flag = ?5 AND decided_at = ?6 AND instance_id = ?1"
+    [CVQ_EV_COMPLETED] = EV_COMPLETED "WHERE instance_id = ?1",
+    [CVQ_EV_INCIDENT] = EV_INCIDENT "WHERE instance_id = ?1",
     [CVQ_EV_RESOLVED] =
         "UPDATE cv_decisions SET open_incidents = open_incidents - 1 "
         "WHERE instance_id = ?1 AND open_incidents > 0",
-    [CVQ_EV_CANCELLED] =
-        "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
-        "WHERE instance_id = ?1",
+    [CVQ_EV_CANCELLED] = EV_CANCELLED "WHERE instance_id = ?1",
+    [CVQ_EV_COMPLETED_KEY] = EV_COMPLETED BY_KEY,
+    [CVQ_EV_INCIDENT_KEY] = EV_INCIDENT BY_KEY,
+    [CVQ_EV_CANCELLED_KEY] = EV_CANCELLED BY_KEY,
 };
 
 static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen) {
@@ -530,8 +536,35 @@ int cv_flush_counters(cv_router *r) {
   return 0;
 }
 
+void cv_memo_free(cv_memo *m) {
+  while (m) {
+    cv_memo *next = m->next;
+    free(m);
+    m = next;
+  }
+}
+
+/* Adds a decision just recorded to a fresh instance's memo. */
+static int remember(cv_router *r, void **memo, const char *workflow,
+                    const cv_request *req, int v2) {
+  size_t flen = strlen(req->flag) + 1, wlen = strlen(workflow) + 1;
+  cv_memo *m = malloc(sizeof *m + flen + wlen);
+  if (!m) {
+    snprintf(r->errmsg, sizeof r->errmsg, "choose_version: out of memory");
+    return -1;
+  }
+  memcpy(m->flag, req->flag, flen);
+  m->workflow = m->flag + flen;
+  memcpy(m->workflow, workflow, wlen);
+  m->v2 = v2;
+  m->decided_at = req->now_ms;
+  m->next = *memo;
+  *memo = m;
+  return 0;
+}
+
 static int record(cv_router *r, int64_t instance_id, const char *workflow,
-                  const char *step, const cv_request *req,
+                  const char *step, const cv_request *req, void **memo,
                   const cv_decision *d) {
   sqlite3_stmt *s = stmt(r, CVQ_PUT_DECISION);
   const char *v = d->version == CV_V2 ? "v2" : "v1";
@@ -566,6 +599,9 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
   if (sqlite3_changes(r->db) == 0) {
     return 1; /* decided before: nothing counted */
   }
+  if (memo && remember(r, memo, workflow, req, v[1] == '2')) {
+    return -1;
+  }
   {
     cv_delta *c = delta(r, workflow, req->flag, v[1] == '2');
     if (!c) {
@@ -596,7 +632,7 @@ int cv_route(cv_router *r, int64_t tx, const cv_request *req,
 
 int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
               const char *step, const cv_request *req, const char *forced,
-              cv_decision *out) {
+              void **memo, cv_decision *out) {
   int64_t tx = r->api->tx_begin(r->e);
   int found, rc;
   if (tx < 0) {
@@ -629,16 +665,91 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
   } else if (cv_route(r, tx, req, out)) {
     return -1;
   }
-  rc = record(r, instance_id, workflow, step, req, out);
+  rc = record(r, instance_id, workflow, step, req, memo, out);
   if (rc == 1) {
     return recorded(r, instance_id, req->flag, out, &found);
   }
   return rc;
 }
 
+/* What an event does to the counters of one decision, given the
+ * incidents it has recorded so far. */
+static void count_event(cv_delta *d, sy_event_type type, int incidents,
+                        int open) {
+  /* An instance waiting in an incident is not in flight; a retry puts it
+   * back. */
+  switch (type) {
+    case SY_EVENT_COMPLETED:
+      d->completed++;
+      d->in_flight--;
+      break;
+    case SY_EVENT_INCIDENT:
+      d->incidents++;
+      d->open_incidents++;
+      d->in_flight--;
+      d->with_incidents += incidents == 0;
+      break;
+    case SY_EVENT_INCIDENT_RESOLVED:
+      if (open > 0) {
+        d->open_incidents--;
+        d->in_flight++;
+      }
+      break;
+    default:
+      d->cancelled++;
+      d->in_flight--;
+  }
+}
+
+/* Binds an event's ?1 instance, ?2 time, ?3 and ?4 totals (each statement
+ * uses some), and runs it. */
+static int run_event(cv_router *r, sqlite3_stmt *u, const sy_event *ev) {
+  const int64_t args[] = {ev->instance_id, ev->time_ms, ev->run_ms, ev->reruns};
+  int n = sqlite3_bind_parameter_count(u);
+  for (int i = 0; i < n && i < 4; i++) {
+    sqlite3_bind_int64(u, i + 1, args[i]);
+  }
+  if (sqlite3_step(u) != SQLITE_DONE) {
+    return fail_db(r, u);
+  }
+  sqlite3_reset(u);
+  return 0;
+}
+
+/* A fresh instance's event: its memo holds every decision it has, none
+ * with an incident yet (an incident is the last event of a stay in
+ * memory), so each is updated by its key, with no lookup. */
+static int fresh_event(cv_router *r, const sy_event *ev, int q) {
+  sqlite3_stmt *u = stmt(r, q);
+  if (!u) {
+    return -1;
+  }
+  for (const cv_memo *m = ev->memo; m; m = m->next) {
+    cv_delta *d = delta(r, m->workflow, m->flag, m->v2);
+    if (!d) {
+      return -1;
+    }
+    count_event(d, ev->type, 0, 0);
+    sqlite3_bind_text(u, 5, m->flag, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(u, 6, m->decided_at);
+    if (run_event(r, u, ev)) {
+      return -1;
+    }
+    if (sqlite3_changes(r->db) != 1) {
+      snprintf(r->errmsg, sizeof r->errmsg,
+               "choose_version: the decision of instance %lld for %s is "
+               "not where it was recorded",
+               (long long)ev->instance_id, m->flag);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* Applies an instance event to the decisions it concerns and to their
- * counters. Instances that never met a choose_version node cost one
- * indexed update that touches nothing. */
+ * counters. A fresh instance's decisions are in its memo; others are
+ * read first (instances that never met a choose_version node cost one
+ * indexed read that finds nothing). */
 int cv_on_event(cv_router *r, const sy_event *ev) {
   sqlite3_stmt *s = stmt(r, CVQ_DECISIONS_OF), *u;
   int q, rc, n = 0;
@@ -654,6 +765,12 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
       break;
     default:
       q = CVQ_EV_CANCELLED;
+  }
+  if (ev->fresh && q != CVQ_EV_RESOLVED) {
+    return fresh_event(r, ev,
+                       q == CVQ_EV_COMPLETED  ? CVQ_EV_COMPLETED_KEY
+                       : q == CVQ_EV_INCIDENT ? CVQ_EV_INCIDENT_KEY
+                                              : CVQ_EV_CANCELLED_KEY);
   }
   if (!s) {
     return -1;
@@ -671,29 +788,7 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
       return -1;
     }
     n++;
-    /* An instance waiting in an incident is not in flight; a retry puts
-     * it back. */
-    switch (q) {
-      case CVQ_EV_COMPLETED:
-        d->completed++;
-        d->in_flight--;
-        break;
-      case CVQ_EV_INCIDENT:
-        d->incidents++;
-        d->open_incidents++;
-        d->in_flight--;
-        d->with_incidents += incidents == 0;
-        break;
-      case CVQ_EV_RESOLVED:
-        if (open > 0) {
-          d->open_incidents--;
-          d->in_flight++;
-        }
-        break;
-      default:
-        d->cancelled++;
-        d->in_flight--;
-    }
+    count_event(d, ev->type, incidents, open);
   }
   sqlite3_reset(s);
   if (rc != SQLITE_DONE) {
@@ -706,17 +801,5 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
   if (!(u = stmt(r, q))) {
     return -1;
   }
-  {
-    /* ?1 instance, ?2 time, ?3 and ?4 totals: each statement uses some. */
-    const int64_t args[] = {ev->instance_id, ev->time_ms, ev->run_ms,
-                            ev->reruns};
-    for (int i = 0; i < sqlite3_bind_parameter_count(u); i++) {
-      sqlite3_bind_int64(u, i + 1, args[i]);
-    }
-  }
-  if (sqlite3_step(u) != SQLITE_DONE) {
-    return fail_db(r, u);
-  }
-  sqlite3_reset(u);
-  return 0;
+  return run_event(r, u, ev);
 }
