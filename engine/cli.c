@@ -561,8 +561,8 @@ static int cmd_start(cli *c) {
       rc = EXIT_USAGE;
     }
     for (long long n = 1; n <= count && !rc; n++) {
-      char *json = tmpl ? expand(tmpl, n)
-                        : build_vars(vars, nvars, &n, err, sizeof err);
+      char *json =
+          tmpl ? expand(tmpl, n) : build_vars(vars, nvars, &n, err, sizeof err);
       int64_t id;
       if (!json) {
         fprintf(stderr, "switchyard: %s\n", tmpl ? "out of memory" : err);
