@@ -261,6 +261,7 @@ static void api_totals(sy_call *c, int64_t now_ms, int64_t *run_ms,
     *reruns = in->reruns + (in->attempt > 1);
   }
 }
+
 static int api_fresh(sy_call *c) {
   return c->inst ? c->inst->fresh : 0;
 }
@@ -268,8 +269,8 @@ static int api_fresh(sy_call *c) {
 static void **api_memo(sy_call *c) {
   sy_inst *in = c->inst;
   const sy_loaded_plugin *lp = c->node ? c->node->plugin : c->fn->plugin;
-  if (!in) {
-    return NULL;
+  if (!in || !lp->def->free_memo) {
+    return NULL; /* a memo nothing could free would leak */
   }
   if (!in->memos &&
       !(in->memos = calloc((size_t)sy_plugins_count(in->e->plugins),

@@ -231,6 +231,35 @@ describe("plugins", function()
     cleanup(e, db)
   end)
 
+  it("tells a plugin which instances are fresh, and keeps its memo while one " ..
+     "stays in memory", function()
+    local e, db = new_engine { plugins = PLUGINS }
+    local ok = assert(e:start(FIX .. "plugin.lua", { user = "ok" }))
+    local bad = assert(e:start(FIX .. "pluginfail.lua", {}))
+    local nap = assert(e:start(FIX .. "pluginnap.lua", {}))
+    -- ok completes and bad fails, both fresh; nap is stopped asleep, and
+    -- its memo goes with it (a leak would fail the sanitizer build)
+    e:run { for_ms = 300 }
+    assert.are.equal("waiting", e:instance(nap).state)
+    assert.is_true(e:retry(bad))
+    e:run()
+    local got = {}
+    for _, r in ipairs(e:sql("SELECT instance_id, type, fresh, memo " ..
+                             "FROM echo_events ORDER BY rowid")) do
+      got[#got + 1] = string.format("%d:%d fresh=%d memo=%s", r.instance_id,
+                                    r.type, r.fresh, tostring(r.memo))
+    end
+    table.sort(got)
+    assert.are.same({
+      ok .. ":1 fresh=1 memo=" .. ok,     -- its own memo reached its event
+      bad .. ":2 fresh=0 memo=nil",       -- retried: taken before
+      bad .. ":2 fresh=1 memo=" .. bad,   -- the first incident
+      bad .. ":3 fresh=0 memo=nil",       -- the retry, a command
+      nap .. ":1 fresh=0 memo=nil",       -- taken again after the stop
+    }, got)
+    cleanup(e, db)
+  end)
+
   it("a failing ctx call raises in the step; settings reach the plugin", function()
     local e, db = new_engine { plugins = PLUGINS, settings = { ["echo.fail"] = "1" } }
     local id = assert(e:start(FIX .. "callfail.lua", {}))

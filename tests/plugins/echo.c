@@ -1,6 +1,8 @@
 /* A test plugin that exercises the whole plugin ABI: a node type that
  * completes now or later (on a libuv timer), a ctx function, a CLI command,
- * its own table written in the engine's transaction, and an event hook. */
+ * its own table written in the engine's transaction, an event hook, and a
+ * memo for fresh instances (it holds the instance's id, which the event
+ * hook records, so a test sees which memo reached which event). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +45,8 @@ static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
   p->e = e;
   if (sqlite3_exec(api->db(e),
                    "CREATE TABLE IF NOT EXISTS echo_events("
-                   "instance_id INTEGER, type INTEGER, step TEXT)",
+                   "instance_id INTEGER, type INTEGER, step TEXT, "
+                   "fresh INTEGER, memo INTEGER)",
                    NULL, NULL, &msg) != SQLITE_OK) {
     snprintf(err, errlen, "%s", msg);
     sqlite3_free(msg);
@@ -118,11 +121,25 @@ static void later(echo *p, sy_call *c, const char *result, int is_fn,
   uv_timer_start(&pd->timer, pending_fire, (uint64_t)delay_ms, 0);
 }
 
+/* A fresh instance gets a memo holding its id. */
+static void remember(echo *p, sy_call *c) {
+  int64_t **memo = p->api->fresh(c) ? (int64_t **)p->api->memo(c) : NULL;
+  if (memo && !*memo && (*memo = malloc(sizeof **memo))) {
+    **memo = p->api->instance_id(c);
+  }
+}
+
+static void free_memo(void *plugin, void *memo) {
+  (void)plugin;
+  free(memo);
+}
+
 static void execute(void *plugin, sy_call *c) {
   echo *p = plugin;
   echo_node *n = p->api->node_data(c);
   char json[128];
   int ok = 1;
+  remember(p, c);
   if (n->fail) {
     p->api->fail(c, "echo node told to fail");
     return;
@@ -164,13 +181,17 @@ static int on_event(void *plugin, const sy_event *ev) {
   sqlite3_stmt *s;
   int rc;
   if (sqlite3_prepare_v2(p->api->db(p->e),
-                         "INSERT INTO echo_events VALUES(?1, ?2, ?3)", -1, &s,
-                         NULL) != SQLITE_OK) {
+                         "INSERT INTO echo_events VALUES(?1, ?2, ?3, ?4, ?5)",
+                         -1, &s, NULL) != SQLITE_OK) {
     return -1;
   }
   sqlite3_bind_int64(s, 1, ev->instance_id);
   sqlite3_bind_int(s, 2, ev->type);
   sqlite3_bind_text(s, 3, ev->step, -1, SQLITE_STATIC);
+  sqlite3_bind_int(s, 4, ev->fresh);
+  if (ev->memo) {
+    sqlite3_bind_int64(s, 5, *(const int64_t *)ev->memo);
+  }
   rc = sqlite3_step(s);
   sqlite3_finalize(s);
   return rc == SQLITE_DONE ? 0 : -1;
@@ -205,7 +226,8 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .nodes = nodes,
                                   .ctx_fns = fns,
                                   .commands = cmds,
-                                  .on_event = on_event};
+                                  .on_event = on_event,
+                                  .free_memo = free_memo};
 
 const sy_plugin_def *sy_plugin_entry(void);
 const sy_plugin_def *sy_plugin_entry(void) {

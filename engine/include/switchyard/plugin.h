@@ -125,7 +125,8 @@ typedef struct sy_api {
    * memory, handed to on_event in sy_event.memo and to
    * sy_plugin_def.free_memo when the instance leaves memory, however it
    * leaves (ended, incident, a retry's wait, released, dropped). NULL when
-   * out of memory or when the call has outlived its instance. */
+   * out of memory, when the call has outlived its instance, or when the
+   * plugin has no free_memo. */
   void **(*memo)(sy_call *c);
 
   /* Instance variables (JSON-compatible). var_get reads a top-level var;
