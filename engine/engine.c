@@ -14,7 +14,10 @@
 #include "error.h"
 #include "plugins.h"
 
-#define BATCH 512           /* step executions per loop turn at most */
+/* Step executions per loop turn at most: three per instance at the
+ * default concurrency, so that Lua steps that follow one another (see
+ * chain) run in the turn their instance was taken. */
+#define BATCH 1536
 #define POLL_MS 200         /* how often to look for work other processes add */
 #define LEASE_MS 30000      /* how long a claim holds without renewal */
 #define BREATHE_EVERY_MS 50 /* a busy engine lets other writers in ... */
@@ -40,8 +43,12 @@ struct sy_call {
   const sy_node_entry *node;
   const sy_ctx_fn_entry *fn;
   int in_execute; /* completion arrived while execute was on the stack */
-  int seq;        /* ctx calls: the n-th of its step run */
-  char key[340];  /* idempotency key, when it needs a suffix */
+  /* A ctx call held until the commit that records the step before its
+   * own (see chain): its arguments, and the next held call. */
+  char *held_args;
+  sy_call *next_held;
+  int seq;       /* ctx calls: the n-th of its step run */
+  char key[340]; /* idempotency key, when it needs a suffix */
   int completed;
   char *next;
   char *error;
@@ -62,8 +69,9 @@ struct sy_inst {
   int recorded_seq;
   int64_t recorded_wake;
   int timed_out;
-  int fresh;    /* no engine had taken it before (sy_api.fresh) */
-  void **memos; /* plugins' memos, one slot per plugin; NULL until set */
+  int fresh;          /* no engine had taken it before (sy_api.fresh) */
+  int64_t chained_tx; /* the open transaction holds its last transition */
+  void **memos;       /* plugins' memos, one slot per plugin; NULL until set */
   sy_call *call;
   uv_timer_t sleep_timer;
   uv_timer_t timeout_timer;
@@ -90,8 +98,9 @@ struct sy_engine {
   sy_inst *runq_head, *runq_tail;
   sy_inst *commitq_head, *commitq_tail;
   sy_inst *all;
-  sy_call *live_calls;    /* incl. abandoned ones still owed a completion */
-  struct orphan *orphans; /* claimed rows whose definition is gone */
+  sy_call *live_calls; /* incl. abandoned ones still owed a completion */
+  sy_call *held_head, *held_tail; /* ctx calls waiting for the commit */
+  struct orphan *orphans;         /* claimed rows whose definition is gone */
   int in_memory;
   /* handles */
   uv_idle_t idle;
@@ -325,6 +334,7 @@ static void call_unlink(sy_engine *e, sy_call *c) {
 
 static void call_free(sy_call *c) {
   call_unlink(c->e, c);
+  free(c->held_args);
   free(c->next);
   free(c->error);
   free(c);
@@ -347,6 +357,36 @@ static sy_call *call_new(sy_engine *e, sy_inst *in) {
 
 /* A call finished: hand its outcome to the instance, unless it was
  * abandoned (timeout, shutdown), in which case only the call is freed. */
+/* Takes a held call out of the queue (its instance is leaving); the
+ * plugin never heard of it, so there is nothing to cancel. */
+static void drop_held(sy_engine *e, sy_call *c) {
+  sy_call **p = &e->held_head, *prev = NULL;
+  while (*p && *p != c) {
+    prev = *p;
+    p = &(*p)->next_held;
+  }
+  if (*p) {
+    *p = c->next_held;
+    if (e->held_tail == c) {
+      e->held_tail = prev;
+    }
+  }
+  call_free(c);
+}
+
+/* Abandons an instance's call: a held one is dropped, a plugin's is
+ * cancelled (the plugin still completes it; the call outlives us). */
+static void abandon_call(sy_call *c) {
+  c->inst = NULL;
+  if (c->held_args) {
+    drop_held(c->e, c);
+  } else if (c->node && c->node->type->cancel) {
+    c->node->type->cancel(c->node->plugin->state, c);
+  } else if (c->fn && c->fn->fn->cancel) {
+    c->fn->fn->cancel(c->fn->plugin->state, c);
+  }
+}
+
 static void call_complete(sy_call *c) {
   sy_inst *in = c->inst;
   sy_engine *e = c->e;
@@ -438,6 +478,23 @@ static sy_call *ctx_call(void *ud, sy_task *t, const sy_ctx_fn_entry *fn,
   }
   c->fn = fn;
   c->seq = sy_task_call_seq(t);
+  if (in->chained_tx && in->chained_tx == sy_store_tx_seq(e->store)) {
+    /* The step before this one is not committed yet: the plugin, which
+     * may reach outside, hears of the call once it is (issue_held). */
+    if (!(c->held_args = strdup(args_json))) {
+      call_free(c);
+      snprintf(err, errlen, "out of memory");
+      return NULL;
+    }
+    if (e->held_tail) {
+      e->held_tail->next_held = c;
+    } else {
+      e->held_head = c;
+    }
+    e->held_tail = c;
+    in->call = c;
+    return c;
+  }
   c->in_execute = 1;
   fn->fn->call(fn->plugin->state, c, args_json);
   c->in_execute = 0;
@@ -678,6 +735,18 @@ static void run_queue_push(sy_engine *e, sy_inst *in) {
   }
 }
 
+/* The instance's next step runs now, before anything already queued. */
+static void run_queue_push_front(sy_engine *e, sy_inst *in) {
+  in->qnext = e->runq_head;
+  e->runq_head = in;
+  if (!e->runq_tail) {
+    e->runq_tail = in;
+  }
+  if (e->handles_init) {
+    uv_idle_start(&e->idle, idle_cb);
+  }
+}
+
 static void commit_queue_push(sy_engine *e, sy_inst *in) {
   in->ph = PH_COMMIT;
   in->qnext = NULL;
@@ -700,14 +769,7 @@ static void inst_handle_closed(uv_handle_t *h) {
 static void inst_free(sy_inst *in) {
   sy_engine *e = in->e;
   if (in->call) {
-    /* The plugin still owes a completion: the call outlives us. */
-    sy_call *c = in->call;
-    c->inst = NULL;
-    if (c->node && c->node->type->cancel) {
-      c->node->type->cancel(c->node->plugin->state, c);
-    } else if (c->fn && c->fn->fn->cancel) {
-      c->fn->fn->cancel(c->fn->plugin->state, c);
-    }
+    abandon_call(in->call);
   }
   if (in->prev_all) {
     in->prev_all->next_all = in->next_all;
@@ -959,6 +1021,16 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
       in->step = sy_workflow_step(in->wf, r->next);
       in->attempt = 1;
       in->recorded_seq = 0;
+      /* Chaining: a Lua step follows at once, in this transaction, since
+       * nothing it does reaches outside but its ctx calls, and those are
+       * held until the commit (ctx_call). A node may reach outside as soon
+       * as it starts: it waits for the commit. */
+      if (in->step->kind == SY_STEP_TASK) {
+        in->chained_tx = sy_store_tx_seq(st);
+        in->ph = PH_READY;
+        run_queue_push_front(e, in);
+        return;
+      }
       commit_queue_push(e, in);
       return;
     }
@@ -990,12 +1062,7 @@ static void time_out(sy_inst *in) {
   if (in->call) {
     sy_call *c = in->call;
     in->call = NULL;
-    c->inst = NULL;
-    if (c->node && c->node->type->cancel) {
-      c->node->type->cancel(c->node->plugin->state, c);
-    } else if (c->fn && c->fn->fn->cancel) {
-      c->fn->fn->cancel(c->fn->plugin->state, c);
-    }
+    abandon_call(c);
   }
   uv_timer_stop(&in->sleep_timer);
   sy_task_abort(in->task);
@@ -1240,6 +1307,29 @@ static void wind_down(sy_engine *e) {
   close_handles(e);
 }
 
+/* The commit recorded the steps before the held ctx calls: the plugins
+ * hear of them now. */
+static void issue_held(sy_engine *e) {
+  sy_call *c;
+  while ((c = e->held_head)) {
+    char *args = c->held_args;
+    e->held_head = c->next_held;
+    if (!e->held_head) {
+      e->held_tail = NULL;
+    }
+    c->held_args = NULL;
+    c->next_held = NULL;
+    c->in_execute = 1;
+    c->fn->fn->call(c->fn->plugin->state, c, args);
+    c->in_execute = 0;
+    free(args);
+    if (c->completed) {
+      c->completed = 0; /* let call_complete run its course now */
+      call_complete(c);
+    }
+  }
+}
+
 static void check_cb(uv_check_t *h) {
   sy_engine *e = h->data;
   int rc;
@@ -1263,6 +1353,7 @@ static void check_cb(uv_check_t *h) {
     run_queue_push(e, in);
   }
   e->commitq_tail = NULL;
+  issue_held(e);
   if (e->runq_head || can_claim(e)) {
     /* Back-to-back transactions would starve other writers (a rollout
      * kill must not wait seconds): now and then, pause without the lock. */

@@ -260,6 +260,21 @@ describe("plugins", function()
     cleanup(e, db)
   end)
 
+  it("holds a ctx call of a step that followed at once until the step " ..
+     "before it is committed", function()
+    local e, db = new_engine { plugins = PLUGINS }
+    local ids = {}
+    for k = 1, 20 do ids[k] = assert(e:start(FIX .. "chain.lua", {})) end
+    e:run()
+    for _, id in ipairs(ids) do
+      local i = e:instance(id)
+      assert.are.equal("completed", i.state)
+      -- another connection saw 'second': 'first' was done and committed
+      assert.are.equal("second", i.vars.seen)
+    end
+    cleanup(e, db)
+  end)
+
   it("a failing ctx call raises in the step; settings reach the plugin", function()
     local e, db = new_engine { plugins = PLUGINS, settings = { ["echo.fail"] = "1" } }
     local id = assert(e:start(FIX .. "callfail.lua", {}))

@@ -163,11 +163,36 @@ static void cancel(void *plugin, sy_call *c) {
   (void)c; /* the timer completes the call anyway */
 }
 
-/* ctx.echo(arg): returns arg; with arg.delay_ms, after that long. */
+/* The instance's step as committed, read on a connection of its own (what
+ * another process sees), as a JSON string. */
+static void committed_step(echo *p, sy_call *c, char *json, size_t len) {
+  const char *path = sqlite3_db_filename(p->api->db(p->e), "main");
+  sqlite3 *db = NULL;
+  sqlite3_stmt *s;
+  snprintf(json, len, "null");
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+      sqlite3_prepare_v2(db, "SELECT step FROM instances WHERE id = ?1", -1, &s,
+                         NULL) == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, p->api->instance_id(c));
+    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0)) {
+      snprintf(json, len, "\"%s\"", sqlite3_column_text(s, 0));
+    }
+    sqlite3_finalize(s);
+  }
+  sqlite3_close(db);
+}
+
+/* ctx.echo(arg): returns arg; with arg.delay_ms, after that long; with
+ * arg.committed, the instance's step as committed when the call came. */
 static void fn_echo(void *plugin, sy_call *c, const char *args) {
   echo *p = plugin;
   const char *d = strstr(args, "\"delay_ms\":");
-  if (strstr(args, "\"fail\":true") || p->api->setting(p->e, "echo.fail")) {
+  if (strstr(args, "\"committed\":true")) {
+    char json[300];
+    committed_step(p, c, json, sizeof json);
+    p->api->done_json(c, json);
+  } else if (strstr(args, "\"fail\":true") ||
+             p->api->setting(p->e, "echo.fail")) {
     p->api->fail(c, "echo told to fail");
   } else if (d) {
     later(p, c, args, 1, atoi(d + 11));
