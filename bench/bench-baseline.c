@@ -16,10 +16,11 @@
  *
  * How the batch commits is the one choice:
  *   batch     one transaction per batch: the fewest commits possible;
- *   per-step  one transaction per step of the batch (three), the engine's
- *             contract: an instance's step runs only after the commit that
- *             recorded the previous one, so each instance row is written in
- *             three commits, as the engine writes it.
+ *   per-step  one transaction per step of the batch (three), as a runner
+ *             must that starts no step before the commit that recorded the
+ *             previous one: each instance row is written in three commits.
+ *             (The engine chains Lua steps in one transaction, holding their
+ *             ctx calls until the commit; only nodes wait for it.)
  *
  *   bench-baseline DB N full|normal [batch|per-step]
  *     -> prints "instances/s: X" */
