@@ -4,8 +4,9 @@
  * One thread runs everything. Runnable instances are claimed from the
  * database in batches, each instance in memory runs one step at a time, and
  * every transition is written to a transaction committed once per loop
- * turn; an instance moves on to its next step only after the commit that
- * recorded the previous one. */
+ * turn. A Lua step follows the previous step at once, in the same
+ * transaction, but its ctx calls reach their plugin only after the commit
+ * that recorded the step before it; a node starts only after that commit. */
 #ifndef SY_ENGINE_H
 #define SY_ENGINE_H
 
