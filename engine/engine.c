@@ -18,6 +18,7 @@
  * default concurrency, so that Lua steps that follow one another (see
  * chain) run in the turn their instance was taken. */
 #define BATCH 1536
+#define CHAIN_MAX 16        /* transitions of one instance in one transaction */
 #define POLL_MS 200         /* how often to look for work other processes add */
 #define LEASE_MS 30000      /* how long a claim holds without renewal */
 #define BREATHE_EVERY_MS 50 /* a busy engine lets other writers in ... */
@@ -71,6 +72,7 @@ struct sy_inst {
   int timed_out;
   int fresh;          /* no engine had taken it before (sy_api.fresh) */
   int64_t chained_tx; /* the open transaction holds its last transition */
+  int chained;        /* and this many of its transitions */
   void **memos;       /* plugins' memos, one slot per plugin; NULL until set */
   sy_call *call;
   uv_timer_t sleep_timer;
@@ -1025,8 +1027,12 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
        * nothing it does reaches outside but its ctx calls, and those are
        * held until the commit (ctx_call). A node may reach outside as soon
        * as it starts: it waits for the commit. */
-      if (in->step->kind == SY_STEP_TASK) {
-        in->chained_tx = sy_store_tx_seq(st);
+      int64_t tx = sy_store_tx_seq(st);
+      in->chained = in->chained_tx == tx ? in->chained + 1 : 1;
+      in->chained_tx = tx;
+      /* A bounded chain, so that a loop of Lua steps cannot take every
+       * turn from the other instances. */
+      if (in->step->kind == SY_STEP_TASK && in->chained < CHAIN_MAX) {
         in->ph = PH_READY;
         run_queue_push_front(e, in);
         return;

@@ -292,6 +292,24 @@ describe("plugins", function()
   end)
 end)
 
+describe("chaining", function()
+  it("a loop of Lua steps does not starve the other instances", function()
+    local e, db = new_engine { concurrency = 8 }
+    local loop = assert(e:start(FIX .. "loop.lua", {}))
+    local ids = {}
+    for n = 1, 20 do ids[n] = assert(e:start("hello", { user_id = "u" .. n })) end
+    e:run { for_ms = 1500 }
+    for _, id in ipairs(ids) do
+      assert.are.equal("completed", e:instance(id).state)
+    end
+    -- the loop went on meanwhile, a bounded chain per transaction
+    local runs = e:sql("SELECT count(*) AS n FROM step_runs WHERE instance_id = ?1",
+                       loop)[1].n
+    assert.is_true(runs > 100, "the loop ran " .. runs .. " steps")
+    cleanup(e, db)
+  end)
+end)
+
 describe("scale", function()
   it("runs many instances at once under a concurrency bound", function()
     local e, db = new_engine { concurrency = 25 }
