@@ -15,8 +15,8 @@
 #include "plugins.h"
 
 /* Step executions per loop turn at most: three per instance at the
- * default concurrency, so that Lua steps that follow one another (see
- * chain) run in the turn their instance was taken. */
+ * default concurrency, so that Lua steps chained one after another (see
+ * handle_result) run in the turn their instance was taken. */
 #define BATCH 1536
 #define CHAIN_MAX 16        /* transitions of one instance in one transaction */
 #define POLL_MS 200         /* how often to look for work other processes add */
@@ -45,7 +45,7 @@ struct sy_call {
   const sy_ctx_fn_entry *fn;
   int in_execute; /* completion arrived while execute was on the stack */
   /* A ctx call held until the commit that records the step before its
-   * own (see chain): its arguments, and the next held call. */
+   * own (see handle_result): its arguments, and the next held call. */
   char *held_args;
   sy_call *next_held;
   int seq;       /* ctx calls: the n-th of its step run */
@@ -357,8 +357,6 @@ static sy_call *call_new(sy_engine *e, sy_inst *in) {
   return c;
 }
 
-/* A call finished: hand its outcome to the instance, unless it was
- * abandoned (timeout, shutdown), in which case only the call is freed. */
 /* Takes a held call out of the queue (its instance is leaving); the
  * plugin never heard of it, so there is nothing to cancel. */
 static void drop_held(sy_engine *e, sy_call *c) {
@@ -389,6 +387,8 @@ static void abandon_call(sy_call *c) {
   }
 }
 
+/* A call finished: hand its outcome to the instance, unless it was
+ * abandoned (timeout, shutdown), in which case only the call is freed. */
 static void call_complete(sy_call *c) {
   sy_inst *in = c->inst;
   sy_engine *e = c->e;
