@@ -751,28 +751,31 @@ static int fresh_event(cv_router *r, const sy_event *ev, int q) {
  * read first (instances that never met a choose_version node cost one
  * indexed read that finds nothing). */
 int cv_on_event(cv_router *r, const sy_event *ev) {
-  sqlite3_stmt *s = stmt(r, CVQ_DECISIONS_OF), *u;
-  int q, rc, n = 0;
+  sqlite3_stmt *s, *u;
+  int q, by_key, rc, n = 0;
+  /* The statement by instance, and by key (-1: no fresh instance has the
+   * event, which comes from a command). */
   switch (ev->type) {
     case SY_EVENT_COMPLETED:
       q = CVQ_EV_COMPLETED;
+      by_key = CVQ_EV_COMPLETED_KEY;
       break;
     case SY_EVENT_INCIDENT:
       q = CVQ_EV_INCIDENT;
+      by_key = CVQ_EV_INCIDENT_KEY;
       break;
     case SY_EVENT_INCIDENT_RESOLVED:
       q = CVQ_EV_RESOLVED;
+      by_key = -1;
       break;
     default:
       q = CVQ_EV_CANCELLED;
+      by_key = CVQ_EV_CANCELLED_KEY;
   }
-  if (ev->fresh && q != CVQ_EV_RESOLVED) {
-    return fresh_event(r, ev,
-                       q == CVQ_EV_COMPLETED  ? CVQ_EV_COMPLETED_KEY
-                       : q == CVQ_EV_INCIDENT ? CVQ_EV_INCIDENT_KEY
-                                              : CVQ_EV_CANCELLED_KEY);
+  if (ev->fresh && by_key >= 0) {
+    return fresh_event(r, ev, by_key);
   }
-  if (!s) {
+  if (!(s = stmt(r, CVQ_DECISIONS_OF))) {
     return -1;
   }
   sqlite3_bind_int64(s, 1, ev->instance_id);
