@@ -82,7 +82,7 @@ void cv_murmur3_init(cv_murmur3 *s, uint32_t seed) {
 /* The body of cv_murmur3_update, inlined into cv_bucket so the compiler can
  * specialise the one-byte ':' piece and keep the state in registers: that
  * brought cv_bucket from about 2x to about 1.4x the cost of hashing the
- * concatenated string in one shot (bench/bench-route.c). */
+ * concatenated string in one shot (scripts/benchmarks/bench-route.c). */
 static inline void cv_mm3_feed(cv_murmur3 *s, const void *data, size_t len) {
   const unsigned char *p = data;
 
