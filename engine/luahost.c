@@ -9,6 +9,7 @@
  * user code runs so that the engine's own bookkeeping never fails. */
 #include "luahost.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <lauxlib.h>
@@ -135,12 +136,51 @@ static void limits_off(sy_lua *h, lua_State *co) {
   lua_sethook(co, NULL, 0, 0);
 }
 
-/* Copies the message on top of co into buf, whatever its type. */
-static void error_message(lua_State *co, char *buf, size_t len) {
+/* Lua cuts a chunk's name to LUA_IDSIZE in every position it formats, so
+ * a workflow under a long path would read "...ath/to/x.lua:6:". Chunks are
+ * named by the file's base name instead (which is also what a step sees in
+ * a message it catches with pcall), and messages leaving the Lua host get
+ * the whole path back: "<base>:<line>:" becomes "<path>:<line>:". */
+static const char *chunk_base(const char *path) {
+  const char *slash = strrchr(path, '/');
+  const char *base = slash ? slash + 1 : path;
+  /* A base name too long for Lua to keep whole: one it cannot mistake. */
+  return strlen(base) + 2 <= LUA_IDSIZE ? base : "(workflow)";
+}
+
+static int path_char(char c) {
+  return isalnum((unsigned char)c) || c == '/' || c == '.' || c == '_' ||
+         c == '-';
+}
+
+/* Copies msg into buf with every "<base>:<digit>" that does not continue
+ * a longer path read as "<path>:<digit>". */
+static void expand_chunk(const char *msg, const char *path, char *buf,
+                         size_t len) {
+  const char *base = chunk_base(path), *p = msg;
+  size_t blen = strlen(base), used = 0;
+  while (*p && used + 1 < len) {
+    if ((p == msg || !path_char(p[-1])) && strncmp(p, base, blen) == 0 &&
+        p[blen] == ':' && isdigit((unsigned char)p[blen + 1])) {
+      used += (size_t)snprintf(buf + used, len - used, "%s", path);
+      p += blen;
+      continue;
+    }
+    buf[used++] = *p++;
+  }
+  buf[used < len ? used : len - 1] = '\0';
+}
+
+/* Copies the message on top of co into buf, whatever its type, with the
+ * positions in the workflow at path (or NULL) given in full. */
+static void error_message(lua_State *co, const char *path, char *buf,
+                          size_t len) {
   const char *msg = lua_tostring(co, -1);
   if (!msg) {
     msg = luaL_typename(co, -1);
     snprintf(buf, len, "error object is a %s value", msg);
+  } else if (path) {
+    expand_chunk(msg, path, buf, len);
   } else {
     snprintf(buf, len, "%s", msg);
   }
@@ -1457,7 +1497,7 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
                      size_t len, sy_workflow **out, sy_diag *diag) {
   lua_State *L = h->L;
   int top = lua_gettop(L), rc, env;
-  char chunkname[4096];
+  char chunkname[LUA_IDSIZE + 1];
   char hash[65] = "";
   loader ld = {h, path, diag, NULL, 0};
   diag->error[0] = diag->warnings[0] = '\0';
@@ -1465,10 +1505,10 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
     return load_error(&ld, 0, "out of memory");
   }
   ld.wf->env_ref = LUA_NOREF;
-  snprintf(chunkname, sizeof chunkname, "@%s", path);
+  snprintf(chunkname, sizeof chunkname, "@%s", chunk_base(path));
   if (luaL_loadbufferx(L, source, len, chunkname, "t") != LUA_OK) {
     /* Lua's message already reads file:line: what. */
-    snprintf(diag->error, sizeof diag->error, "%s", lua_tostring(L, -1));
+    error_message(L, path, diag->error, sizeof diag->error);
     rc = SY_ELOAD;
     goto fail;
   }
@@ -1482,7 +1522,7 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
   limits_off(h, L);
   if (rc != LUA_OK) {
     char msg[900];
-    error_message(L, msg, sizeof msg);
+    error_message(L, path, msg, sizeof msg);
     /* Errors raised by the DSL carry no position: add the file's. */
     if (strncmp(msg, path, strlen(path)) == 0) {
       snprintf(diag->error, sizeof diag->error, "%s", msg);
@@ -1508,7 +1548,7 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
   limits_off(h, L);
   if (rc != LUA_OK) {
     char msg[900];
-    error_message(L, msg, sizeof msg);
+    error_message(L, path, msg, sizeof msg);
     lua_pop(L, 1);
     if (!ld.diag->error[0]) {
       load_error(&ld, ld.wf->line, "%s", msg);
@@ -1810,7 +1850,7 @@ static int call_with_ctx(sy_task *t, int fn_ref, char *err, size_t errlen) {
   limits_off(h, co);
   h->current = outer;
   if (rc != LUA_OK) {
-    error_message(co, err, errlen);
+    error_message(co, t->wf->path, err, errlen);
     lua_pop(L, 1);
     return SY_ELUA;
   }
@@ -1913,7 +1953,7 @@ static void resume(sy_task *t, int nargs, sy_task_result *r) {
     finish(t, t->step, NULL, r);
     return;
   }
-  error_message(t->co, r->error, sizeof r->error);
+  error_message(t->co, t->wf->path, r->error, sizeof r->error);
   if (rc == LUA_ERRMEM) {
     snprintf(r->error, sizeof r->error,
              "memory limit of the Lua state exceeded (%zu bytes)", h->limit);

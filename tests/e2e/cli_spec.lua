@@ -204,6 +204,25 @@ describe("switchyard rejects bad input with exit 2 and an untouched db", functio
     end)
   end
 
+  -- Lua cuts chunk names to 60 bytes: a workflow deep in a company's tree
+  -- must still be named whole, once, in every file:line the engine prints.
+  it("a bad workflow under a path of over 150 characters is named whole",
+    function()
+      local deep = env.dir .. "/" .. string.rep("services-", 6) .. "/" ..
+          string.rep("identity-team-", 5) .. "/" .. string.rep("w", 40)
+      assert(#deep > 150)
+      assert.are.equal(0, H.exec("mkdir -p " .. H.q(deep)))
+      for _, b in ipairs(bad) do
+        local path = deep .. "/" .. b[1]
+        H.write(path, H.read(H.fixtures .. "/bad/" .. b[1]))
+        local where = b[2] and (path .. ":" .. b[2] .. ":") or (path .. ":")
+        local err = rejects({ "check", path }, { where, b[3] })
+        local _, n = err:gsub(path:gsub("%p", "%%%0"), "")
+        assert.are.equal(1, n, "the path once in: " .. err)
+        assert.is_nil(err:find("%.%.%.[%w/_-]"), "a cut path in: " .. err)
+      end
+    end)
+
   it("a --from path that is a directory", function()
     -- Reading fails (EISDIR): that is bad input, not zero instances.
     local err = rejects({ "start", "hello", "--from", env.dir }, { env.dir })
@@ -402,6 +421,26 @@ end)
 
 -- ---------------------------------------------------------------------
 describe("incidents", function()
+  it("name a workflow under a long path whole, in the list and in show",
+    function()
+      local env = H.env()
+      local deep = env.dir .. "/" .. string.rep("a-long-directory-name/", 7)
+      assert(#deep > 150)
+      assert.are.equal(0, H.exec("mkdir -p " .. H.q(deep)))
+      local path = deep .. "flaky.lua"
+      H.write(path, H.read(H.fixtures .. "/flaky.lua"))
+      local id = tonumber((env:ok("start", path, "--var",
+        "fail_until:=99999999999")):match("^(%d+)\n$"))
+      env:ok("run", "--until-idle")
+      local inc = H.decode((env:ok("--json", "incidents")))
+      assert.are.equal(1, #inc)
+      local where = path .. ":15: not yet"
+      assert.are.equal(where, inc[1].error:sub(1, #where))
+      local s = show_json(env, id)
+      assert.are.equal(where, s.history[1].error:sub(1, #where))
+      H.rmdir(env.dir)
+    end)
+
   it("are listed, retried back into the run, or cancelled", function()
     local env = H.env({ workflows = H.fixtures })
     local fail_until = os.time() + 3
