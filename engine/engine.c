@@ -65,7 +65,9 @@ struct sy_inst {
   int attempt;
   sy_task *task;
   phase ph;
-  int64_t step_started;
+  int64_t step_started;     /* wall clock, ms: what step_runs store */
+  uint64_t step_started_ns; /* monotonic: what its duration is measured by */
+  uint64_t sleep_until_ns;  /* monotonic: when its sleep may end */
   int64_t run_ms, reruns; /* totals of its step runs (sy_event) */
   int recorded_seq;
   int64_t recorded_wake;
@@ -899,8 +901,22 @@ static void emit(sy_inst *in, sy_event_type type, int64_t now) {
   }
 }
 
+/* Whole milliseconds from now until a monotonic time, rounded up. */
+static uint64_t ms_until(uint64_t when_ns) {
+  uint64_t now = uv_hrtime();
+  return when_ns > now ? (when_ns - now + 999999) / 1000000 : 0;
+}
+
+/* libuv times timers in whole milliseconds of a cached clock, so one may
+ * fire up to a millisecond early: a sleep ends only when the monotonic
+ * clock says it has lasted what was asked. */
 static void sleep_cb(uv_timer_t *t) {
   sy_inst *in = t->data;
+  uint64_t left = ms_until(in->sleep_until_ns);
+  if (left) {
+    uv_timer_start(&in->sleep_timer, sleep_cb, left, 0);
+    return;
+  }
   in->ph = PH_RESUME;
   run_queue_push(in->e, in);
 }
@@ -960,16 +976,20 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
     }
     ensure_handles(in);
     in->ph = PH_SLEEPING;
+    in->sleep_until_ns =
+        uv_hrtime() + (uint64_t)(due > now ? due - now : 0) * 1000000;
     /* Timers count from the loop's cached time, which may be this whole
      * turn old: refresh it so a sleep never ends early. */
     uv_update_time(&e->loop);
-    uv_timer_start(&in->sleep_timer, sleep_cb,
-                   (uint64_t)(due > now ? due - now : 0), 0);
+    uv_timer_start(&in->sleep_timer, sleep_cb, ms_until(in->sleep_until_ns),
+                   0);
     return;
   }
   step_ended(in);
   e->stats.steps++;
-  u.run_ms = now - in->step_started;
+  /* A duration from the monotonic clock (the wall clock may step), whole
+   * milliseconds rounded down: a run that slept 50 ms lasted at least 50. */
+  u.run_ms = (int64_t)((uv_hrtime() - in->step_started_ns) / 1000000);
   u.rerun = in->attempt > 1;
   in->run_ms += u.run_ms;
   in->reruns += u.rerun;
@@ -1013,8 +1033,8 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
     return;
   }
   if (rc || (rc = sy_store_insert_step_run(
-                 st, in->id, in->step->name, in->attempt, in->step_started, now,
-                 outcome, r->status == SY_TASK_ERROR ? r->error : NULL))) {
+                 st, in->id, in->step->name, in->attempt, in->step_started,
+                 in->step_started + u.run_ms, outcome, r->status == SY_TASK_ERROR ? r->error : NULL))) {
     fatal(e, rc);
     return;
   }
@@ -1101,6 +1121,7 @@ static void execute(sy_inst *in) {
   in->ph = PH_RUNNING;
   in->timed_out = 0;
   in->step_started = sy_now_ms();
+  in->step_started_ns = uv_hrtime();
   if (in->step->timeout > 0) {
     ensure_handles(in);
     uv_timer_start(&in->timeout_timer, timeout_cb,
