@@ -123,6 +123,7 @@ enum {
   Q_INSERT_INCIDENT,
   Q_GET_INSTANCE,
   Q_LIST_INSTANCES,
+  Q_COUNT_INSTANCES,
   Q_LIST_STEP_RUNS,
   Q_LIST_INCIDENTS,
   Q_RESOLVE_INCIDENTS,
@@ -215,9 +216,14 @@ static const char *const sql_text[Q__COUNT] = {
         "INSERT INTO incidents(instance_id, step, error, raised_at) "
         "VALUES(?1, ?2, ?3, ?4)",
     [Q_GET_INSTANCE] = "SELECT " INSTANCE_COLS " FROM instances WHERE id = ?1",
+    /* A page: ids after ?3, at most ?4 of them (-1: no limit). */
     [Q_LIST_INSTANCES] = "SELECT " INSTANCE_COLS
                          " FROM instances WHERE (?1 IS NULL OR state = ?1) "
-                         "AND (?2 IS NULL OR workflow = ?2) ORDER BY id",
+                         "AND (?2 IS NULL OR workflow = ?2) AND id > ?3 "
+                         "ORDER BY id LIMIT ?4",
+    [Q_COUNT_INSTANCES] = "SELECT count(*) FROM instances "
+                          "WHERE (?1 IS NULL OR state = ?1) "
+                          "AND (?2 IS NULL OR workflow = ?2) AND id > ?3",
     [Q_LIST_STEP_RUNS] =
         "SELECT id, instance_id, step, attempt, started_at, ended_at, "
         "outcome, error FROM step_runs WHERE instance_id = ?1 ORDER BY id",
@@ -967,15 +973,31 @@ int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
   return each_instance(st, s, cb, ud, found);
 }
 
-int sy_store_list_instances(sy_store *st, const char *state,
-                            const char *workflow, sy_instance_cb cb, void *ud) {
+static void bind_filter(sqlite3_stmt *s, const sy_instance_filter *f) {
+  bind_text(s, 1, f->state);
+  bind_text(s, 2, f->workflow);
+  sqlite3_bind_int64(s, 3, f->after);
+}
+
+int sy_store_list_instances(sy_store *st, const sy_instance_filter *f,
+                            sy_instance_cb cb, void *ud) {
   sqlite3_stmt *s = stmt(st, Q_LIST_INSTANCES);
   if (!s) {
     return SY_ESTORE;
   }
-  bind_text(s, 1, state);
-  bind_text(s, 2, workflow);
+  bind_filter(s, f);
+  sqlite3_bind_int64(s, 4, f->limit > 0 ? f->limit : -1);
   return each_instance(st, s, cb, ud, NULL);
+}
+
+int sy_store_count_instances(sy_store *st, const sy_instance_filter *f,
+                             int64_t *n) {
+  sqlite3_stmt *s = stmt(st, Q_COUNT_INSTANCES);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  bind_filter(s, f);
+  return single_int(st, Q_COUNT_INSTANCES, n, "count instances");
 }
 
 int sy_store_list_step_runs(sy_store *st, int64_t instance_id,

@@ -165,9 +165,19 @@ int sy_store_insert_incident(sy_store *st, int64_t instance_id,
 /* One instance; *found is 0 when there is no such id. */
 int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
                           int *found);
-/* state and workflow may be NULL (no filter). */
-int sy_store_list_instances(sy_store *st, const char *state,
-                            const char *workflow, sy_instance_cb cb, void *ud);
+/* Which instances a listing reads, in id order: state and workflow may be
+ * NULL (no filter); ids after `after`; at most `limit` (0: all). */
+typedef struct sy_instance_filter {
+  const char *state;
+  const char *workflow;
+  int64_t after;
+  int64_t limit;
+} sy_instance_filter;
+int sy_store_list_instances(sy_store *st, const sy_instance_filter *f,
+                            sy_instance_cb cb, void *ud);
+/* How many instances the filter selects, its limit aside. */
+int sy_store_count_instances(sy_store *st, const sy_instance_filter *f,
+                             int64_t *n);
 int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
                             sy_step_run_cb cb, void *ud);
 /* open_only: only unresolved incidents; instance_id 0: all instances. */

@@ -102,7 +102,7 @@ describe("switchyard rejects bad input with exit 2 and an untouched db", functio
     { "--count 5x", { "start", "hello", "--count", "5x" },
       { "--count: expected an integer", "got '5x'" } },
     { "--count without a value", { "start", "hello", "--count" },
-      { "--count: expected an integer", "got 'nothing'" } },
+      { "start: --count needs a value (N)" } },
     { "--var without =", { "start", "hello", "--var", "user_id" },
       { "--var: expected KEY=VALUE or KEY:=JSON, got 'user_id'" } },
     { "--var with an empty key", { "start", "hello", "--var", "=x" },
@@ -135,15 +135,19 @@ describe("switchyard rejects bad input with exit 2 and an untouched db", functio
       { "start", "hello", "--count", "2", "--from", file("good.jsonl") },
       { "does not mix with --var or --count" } },
     { "--from without a value", { "start", "hello", "--from" },
-      { "--from needs a file" } },
+      { "start: --from needs a value (FILE|-)" } },
     { "start of a workflow that does not exist", { "start", "nosuch" },
       { "nosuch.lua: cannot open" } },
     { "run --concurrency 0", { "run", "--concurrency", "0" },
       { "--concurrency: expected an integer from 1 to 1000000, got '0'" } },
     { "run --concurrency abc", { "run", "--concurrency", "abc" },
       { "--concurrency: expected an integer", "got 'abc'" } },
-    { "run with an unknown argument", { "run", "--forever" },
-      { "run: unknown argument '--forever'" } },
+    { "run with an unknown option", { "run", "--forever" },
+      { "run: unknown option '--forever'" } },
+    { "run with an operand", { "run", "now" },
+      { "run: unexpected argument 'now'" } },
+    { "a value given to an option that takes none", { "run", "--until-idle=yes" },
+      { "run: unknown option '--until-idle=yes'" } },
     { "--sync bogus", { "--sync", "bogus", "run", "--until-idle" },
       { "--sync: expected full or normal, got 'bogus'" } },
     { "--db with no value", { "instances", "--db" }, { "--db needs a value" } },
@@ -166,9 +170,15 @@ describe("switchyard rejects bad input with exit 2 and an untouched db", functio
       { "--state: expected ready, running, waiting, incident, completed or "
         .. "cancelled, got 'bogus'" } },
     { "instances --state without a value", { "instances", "--state" },
-      { "unknown or incomplete argument '--state'" } },
-    { "incidents with an unknown argument", { "incidents", "--open" },
-      { "incidents: unknown argument '--open'" } },
+      { "instances: --state needs a value (S)" } },
+    { "instances --limit -1", { "instances", "--limit", "-1" },
+      { "--limit: expected a count (0 for all), got '-1'" } },
+    { "instances --after x", { "instances", "--after", "x" },
+      { "--after: expected an instance id, got 'x'" } },
+    { "incidents with an unknown option", { "incidents", "--open" },
+      { "incidents: unknown option '--open'" } },
+    { "check with two workflows", { "check", "a.lua", "b.lua" },
+      { "check: expected one workflow, got 'b.lua' too" } },
     { "check without a workflow", { "check" }, { "check: expected one workflow" } },
   }
 
@@ -419,6 +429,90 @@ describe("start, run, instances, show", function()
     assert.are.equal(0, code, err)
     has(err, "warning: step 'orphan' is unreachable")
   end)
+
+  it("check warns when the file is not named after its workflow", function()
+    local path = H.repo .. "/tests/fixtures/dsl/mismatch/x.lua"
+    local code, out, err = env:run("check", path)
+    assert.are.equal(0, code, err)
+    has(out, "workflow 'y' is valid")
+    has(err, path .. ":4: warning: the file declares workflow 'y': `start y` "
+      .. "looks for y.lua")
+    -- which is what start then does
+    code, _, err = env:run("--workflows", H.repo .. "/tests/fixtures/dsl/mismatch",
+      "start", "x")
+    assert.are.equal(2, code)
+    has(err, "declares workflow 'y', not 'x'")
+    -- a file named after its workflow gets no such warning
+    _, _, err = env:run("check", H.workflows .. "/hello.lua")
+    assert.are.equal("", err)
+  end)
+
+  it("instances shows a page, says how many more, and pages with --after",
+    function()
+      env:ok("start", "hello", "--count", "250", "--var", "user_id=u{n}")
+      local out = env:ok("instances")
+      local lines = {}
+      for line in out:gmatch("[^\n]+") do
+        lines[#lines + 1] = line
+      end
+      assert.are.equal(102, #lines, "header, 100 rows and the trailer")
+      assert.matches("^100 ", lines[101])
+      assert.are.equal("... 150 more (the next page: --after 100; all: "
+        .. "--limit 0)", lines[102])
+      local page = instances_json(env, "--after", "100", "--limit", "100")
+      assert.are.equal(100, #page)
+      assert.are.equal(101, page[1].id)
+      assert.are.equal(200, page[100].id)
+      out = env:ok("instances", "--after", "200")
+      has(out, "\n250 ")
+      assert.is_nil(out:find("more", 1, true), "the last page says no more")
+      -- JSON is not cut unless asked; the table gives everything with 0
+      assert.are.equal(250, #instances_json(env))
+      local _, n = env:ok("instances", "--limit", "0"):gsub("\n", "")
+      assert.are.equal(251, n)
+      -- filters apply to the count of what is left
+      env:ok("run", "--until-idle")
+      out = env:ok("instances", "--state", "completed", "--limit", "249")
+      has(out, "... 1 more (the next page: --after 249;")
+    end)
+
+  it("takes global options after the command, and getopt forms", function()
+    local out = env:ok("start", "hello", "--count=2", "--var=user_id=g{n}")
+    has(out, "started 2 instances of hello")
+    local rows = H.decode((env:ok("instances", "--json", "--limit=1")))
+    assert.are.equal(1, #rows)
+    assert.are.equal("g1", rows[1].vars.user_id)
+  end)
+end)
+
+-- ---------------------------------------------------------------------
+describe("help", function()
+  it("lists every command, the plugins' included, and the global options",
+    function()
+      local env = H.env()
+      local code, out = env:raw({ "--help" })
+      assert.are.equal(0, code)
+      for _, cmd in ipairs({ "start", "run", "check", "status", "instances",
+        "show", "incidents", "retry", "cancel", "rollout", "report" }) do
+        assert.matches("\n  " .. cmd .. " +%S", out)
+      end
+      has(out, "compare v1 and v2 of a flag")
+      for _, opt in ipairs({ "--db PATH", "--workflows DIR", "--sync full|normal",
+        "--set KEY=VALUE", "--json" }) do
+        has(out, opt)
+      end
+      -- a command's own help: its synopsis and each of its options
+      code, out = env:raw({ "instances", "--help" })
+      assert.are.equal(0, code)
+      has(out, "usage: switchyard [global options] instances [--state S]")
+      has(out, "--after ID")
+      has(out, "--limit N")
+      -- a plugin's command answers its own --help
+      code, out = env:raw({ "report", "--help" })
+      assert.are.equal(0, code)
+      has(out, "report FLAG")
+      H.rmdir(env.dir)
+    end)
 end)
 
 -- ---------------------------------------------------------------------

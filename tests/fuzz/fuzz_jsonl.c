@@ -4,15 +4,13 @@
  *
  *   --from FILE   as a JSON line: sy_vars_check, and when it accepts,
  *                 sy_engine_start inside a transaction that is rolled back
- *                 (what start_from in cli.c does per line);
- *   --var ARG     as one argument KEY=VALUE or KEY:=JSON: split the way
- *                 cmd_start splits it, then all the lines' arguments
- *                 together through build_vars, for instance 1 and for
- *                 instance 100000000 (so `{n}` expands).
+ *                 (what start_from in cli_run.c does per line);
+ *   --var ARG     as one argument KEY=VALUE or KEY:=JSON, split by
+ *                 sy__cli_var_parse as start splits it, then all the
+ *                 lines' arguments together through sy__cli_build_vars, for
+ *                 instance 1 and for instance 100000000 (so `{n}` expands).
  *
- * build_vars is static in engine/cli.c, so this file includes cli.c (its
- * main renamed) to call the real code rather than a copy. If build_vars
- * moves to a file of its own, include its header instead.
+ * The code under test is the command's own (engine/cli_vars.c).
  *
  * Checked: a line the check accepts can be started; build_vars either
  * refuses with a message or returns vars the check accepts, that the
@@ -23,10 +21,7 @@
  * does build_vars, with the same message. */
 #include "fuzz.h"
 
-#define main sy_fuzz_cli_main
-int sy_fuzz_cli_main(int argc, char **argv);
-#include "cli.c"
-#undef main
+#include "cli.h"
 
 #define JSONL_MAX_VARS 32
 
@@ -110,25 +105,12 @@ static void jsonl_from_line(const uint8_t *p, size_t len) {
   free(line);
 }
 
-/* --var: whether cmd_start takes the argument, and how it splits it. */
-static int jsonl_var_split(const char *v, var_arg *out) {
-  const char *eq;
-  if (!(eq = strchr(v, '=')) || eq == v || (eq == v + 1 && v[0] == ':')) {
-    return -1;
-  }
-  out->key = v;
-  out->is_json = eq[-1] == ':';
-  out->keylen = (size_t)(eq - v) - (size_t)out->is_json;
-  out->value = eq + 1;
-  return 0;
-}
-
-static void jsonl_build(const var_arg *vars, int nvars, long long n) {
+static void jsonl_build(const sy__cli_var *vars, int nvars, long long n) {
   char err[512];
   char *text;
   json_t *obj;
   err[0] = '\0';
-  text = build_vars(vars, nvars, &n, err, sizeof err);
+  text = sy__cli_build_vars(vars, nvars, &n, err, sizeof err);
   if (!text) {
     SY_FUZZ_CHECK(err[0] != '\0', "build_vars refused silently");
     return;
@@ -152,7 +134,7 @@ static void jsonl_build(const var_arg *vars, int nvars, long long n) {
       continue;
     }
     key = strndup(vars[i].key, vars[i].keylen);
-    want = expand(vars[i].value, n);
+    want = sy__cli_expand(vars[i].value, n);
     SY_FUZZ_CHECK(key && want, "out of memory");
     got = json_object_get(obj, key);
     SY_FUZZ_CHECK(
@@ -169,13 +151,13 @@ static void jsonl_build(const var_arg *vars, int nvars, long long n) {
 }
 
 /* start renders the vars once when it can: that must change nothing. */
-static void jsonl_template(const var_arg *vars, int nvars) {
+static void jsonl_template(const sy__cli_var *vars, int nvars) {
   static const long long ns[] = {1, 100000000};
   char err[512], err2[512];
-  char *tmpl = vars_template(vars, nvars, err, sizeof err);
+  char *tmpl = sy__cli_vars_template(vars, nvars, err, sizeof err);
   for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
-    char *want = build_vars(vars, nvars, &ns[i], err2, sizeof err2);
-    char *got = tmpl ? expand(tmpl, ns[i]) : NULL;
+    char *want = sy__cli_build_vars(vars, nvars, &ns[i], err2, sizeof err2);
+    char *got = tmpl ? sy__cli_expand(tmpl, ns[i]) : NULL;
     if (!tmpl && *err) {
       SY_FUZZ_CHECK(!want && strcmp(err, err2) == 0,
                     "vars_template refused (%s), build_vars did not (%s)", err,
@@ -193,7 +175,7 @@ static void jsonl_template(const var_arg *vars, int nvars) {
 }
 
 void sy_fuzz_jsonl_one(const uint8_t *data, size_t size) {
-  var_arg vars[JSONL_MAX_VARS];
+  sy__cli_var vars[JSONL_MAX_VARS];
   char *args[JSONL_MAX_VARS];
   int nvars = 0;
   size_t at = 0;
@@ -207,7 +189,7 @@ void sy_fuzz_jsonl_one(const uint8_t *data, size_t size) {
     if (nvars < JSONL_MAX_VARS) {
       /* An argument is a C string: it ends at the first NUL. */
       args[nvars] = sy_fuzz_cstr(data + at, len);
-      if (jsonl_var_split(args[nvars], &vars[nvars]) == 0) {
+      if (sy__cli_var_parse(args[nvars], &vars[nvars]) == 0) {
         nvars++;
       } else {
         free(args[nvars]);
