@@ -930,6 +930,7 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
   sy_engine *e = in->e;
   sy_store *st = e->store;
   int64_t now = sy_now_ms();
+  uint64_t now_ns = uv_hrtime();
   sy_instance_update u = {
       .id = in->id, .attempt = in->attempt, .now = now, .owner = e->id};
   const char *outcome = "ok";
@@ -988,8 +989,14 @@ static void handle_result(sy_inst *in, sy_task_result *r) {
   step_ended(in);
   e->stats.steps++;
   /* A duration from the monotonic clock (the wall clock may step), whole
-   * milliseconds rounded down: a run that slept 50 ms lasted at least 50. */
-  u.run_ms = (int64_t)((uv_hrtime() - in->step_started_ns) / 1000000);
+   * milliseconds rounded down: a run that slept 50 ms lasted at least 50.
+   * Stored as the run's start plus that; should the wall clock have fallen
+   * behind, the instance's times follow the run's end, so that nothing
+   * reads as having ended before its last step run did. */
+  u.run_ms = (int64_t)((now_ns - in->step_started_ns) / 1000000);
+  if (in->step_started + u.run_ms > now) {
+    u.now = now = in->step_started + u.run_ms;
+  }
   u.rerun = in->attempt > 1;
   in->run_ms += u.run_ms;
   in->reruns += u.rerun;
