@@ -1,7 +1,9 @@
-/* The Lua host: one sandboxed Lua 5.4 state per engine that loads workflow
- * definitions and runs their steps as coroutines.
+/* The Lua host as the rest of the engine sees it: one sandboxed Lua 5.4
+ * state per engine (lua_sandbox.c) that loads workflow definitions
+ * (workflow.c) and runs their steps as coroutines (lua_task.c), with vars
+ * kept as JSON (lua_json.c).
  *
- * It is the only part of the engine that speaks Lua. The scheduler sees
+ * Only those files speak Lua (they share lua_int.h). The executor sees
  * definitions (sy_workflow, sy_step) and tasks (sy_task: an instance's vars
  * and ctx, and the coroutine of its current step) through this header. */
 #ifndef SY_LUAHOST_H
@@ -14,6 +16,8 @@
 
 typedef struct sy_lua sy_lua;
 typedef struct sy_task sy_task;
+typedef struct lua_State lua_State; /* as lua.h declares it */
+struct sy__step_lua;                /* a step's Lua values (lua_int.h) */
 
 typedef struct sy_lua_limits {
   size_t memory_bytes;  /* cap of the whole state while steps run */
@@ -26,16 +30,14 @@ typedef struct sy_step {
   char *name;
   sy_step_kind kind;
   int line;
-  int run_ref;  /* task: the function */
-  char *next;   /* fixed next step, or NULL */
-  int next_ref; /* or a function of ctx returning it (LUA_NOREF if none) */
+  char *next; /* fixed next step, or NULL (it may be a function of ctx) */
   int retries;
   double backoff_initial, backoff_factor, backoff_max; /* seconds */
   double timeout;                                      /* seconds, 0: none */
   /* node steps */
   const sy_node_entry *node;
   void *node_data;
-  int opts_ref;
+  struct sy__step_lua *lua;
 } sy_step;
 
 typedef struct sy_workflow {
@@ -48,7 +50,6 @@ typedef struct sy_workflow {
   sy_step *steps; /* sorted by name */
   int nsteps;
   const sy_step *start;
-  int env_ref;
 } sy_workflow;
 
 /* Diagnostics of a load: errors stop it, warnings do not. */
@@ -133,10 +134,9 @@ void sy_task_abort(sy_task *t);
 void sy_task_finish_node(sy_task *t, const sy_step *step, const char *next,
                          sy_task_result *r);
 
-/* JSON helpers for other Lua hosts of the binary (the test runner). They
- * take a lua_State as void * so this header stays free of lua.h. */
-int sy_lua_encode(void *L, int idx, char **out, char *err, size_t errlen);
-int sy_lua_push_json(void *L, const char *text, char *err, size_t errlen);
+/* JSON helpers for other Lua states of the binary (the test runner). */
+int sy_lua_encode(lua_State *L, int idx, char **out, char *err, size_t errlen);
+int sy_lua_push_json(lua_State *L, const char *text, char *err, size_t errlen);
 
 /* Services for plugin calls (sy_api). */
 int sy_task_var_get(sy_task *t, const char *key, sy_value *out);

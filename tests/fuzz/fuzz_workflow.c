@@ -10,9 +10,8 @@
  * must bound each load: the instruction budget stops endless loops, the
  * memory cap stops bombs; whatever escapes them shows as a libFuzzer
  * timeout or out-of-memory. */
-#include <lauxlib.h>
-
 #include "fuzz.h"
+#include "lua_int.h" /* white-box: a step's Lua values */
 
 static sy_engine *wf_engine;
 
@@ -73,12 +72,12 @@ static void wf_check(int rc, const sy_workflow *wf, const sy_diag *diag,
                       s->backoff_factor >= 1 && s->backoff_max >= 0,
                   "step '%s': timing options out of range", s->name);
     if (s->kind == SY_STEP_TASK) {
-      SY_FUZZ_CHECK(s->run_ref != LUA_NOREF && s->run_ref != LUA_REFNIL,
+      SY_FUZZ_CHECK(s->lua->run != LUA_NOREF && s->lua->run != LUA_REFNIL,
                     "task '%s' without run", s->name);
     } else {
       SY_FUZZ_CHECK(s->kind == SY_STEP_NODE && s->node && s->node->type,
                     "step '%s': kind %d", s->name, (int)s->kind);
-      SY_FUZZ_CHECK(s->opts_ref != LUA_NOREF, "node '%s' without options",
+      SY_FUZZ_CHECK(s->lua->opts != LUA_NOREF, "node '%s' without options",
                     s->name);
     }
   }

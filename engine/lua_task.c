@@ -1,0 +1,544 @@
+/* Tasks: an instance's vars and ctx while it is in memory, and the
+ * coroutine of its current step. ctx offers log, sleep and the plugins'
+ * functions (ctx.http, ctx.version, ...); a step that sleeps or calls a
+ * plugin yields, and the engine resumes it when the timer fires or the
+ * call completes. Plugins read and write vars through here. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "lua_int.h"
+
+/* ---------------------------------------------------------------------
+ * ctx: the table a step function receives */
+
+static sy_task *running_task(lua_State *L, const char *what) {
+  sy_lua *h = sy__host(L);
+  sy_task *t = h->current;
+  if (!t || t->co != L) {
+    luaL_error(L, "%s can only be called from the step's own coroutine", what);
+  }
+  return t;
+}
+
+/* Lua: ctx.log(...) */
+static int ctx_log(lua_State *L) {
+  sy_lua *h = sy__host(L);
+  sy_task *t = h->current;
+  luaL_Buffer b;
+  int n = lua_gettop(L);
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= n; i++) {
+    if (i > 1) {
+      luaL_addchar(&b, ' ');
+    }
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  if (t) {
+    fprintf(stderr, "[%s #%lld %s] %s\n", t->wf->name,
+            (long long)t->instance_id, t->step ? t->step->name : "-",
+            lua_tostring(L, -1));
+  } else {
+    fprintf(stderr, "%s\n", lua_tostring(L, -1));
+  }
+  return 0;
+}
+
+/* Lua: ctx.sleep(seconds) parks the step on a timer. */
+static int ctx_sleep(lua_State *L) {
+  sy_task *t = running_task(L, "ctx.sleep");
+  double s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && isfinite(s) && s < 1e9, 1,
+                "seconds must be a finite number >= 0");
+  t->pending = PENDING_SLEEP;
+  t->sleep_ms = (int64_t)(s * 1000.0 + 0.5);
+  t->sleep_seq++;
+  return lua_yield(L, 0);
+}
+
+/* Continuation after a parked plugin call: its result or its error. */
+static int ctx_call_cont(lua_State *L, int status, lua_KContext k) {
+  sy_task *t = running_task(L, "a ctx function");
+  char err[256];
+  (void)status;
+  (void)k;
+  t->pending = PENDING_NONE;
+  if (t->call_error) {
+    lua_pushstring(L, t->call_error);
+    free(t->call_error);
+    t->call_error = NULL;
+    free(t->call_json);
+    t->call_json = NULL;
+    return lua_error(L);
+  }
+  if (sy__push_json_text(L, t->call_json ? t->call_json : "null", 0, err,
+                     sizeof err)) {
+    free(t->call_json);
+    t->call_json = NULL;
+    return luaL_error(L, "plugin returned %s", err);
+  }
+  free(t->call_json);
+  t->call_json = NULL;
+  return 1;
+}
+
+/* Lua: ctx.<plugin function>(arg) -> the plugin's result (parks meanwhile). */
+static int ctx_plugin_call(lua_State *L) {
+  sy_lua *h = sy__host(L);
+  const sy_ctx_fn_entry *fn = lua_touserdata(L, lua_upvalueindex(1));
+  sy_task *t = running_task(L, fn->fn->name);
+  char *args = NULL;
+  char err[512];
+  sy_call *c;
+  lua_settop(L, 1);
+  if (sy__encode(L, 1, "argument", &args, err, sizeof err)) {
+    return luaL_error(L, "ctx.%s: %s", fn->fn->name, err);
+  }
+  t->call_done = 0;
+  t->call_seq++;
+  t->pending = PENDING_CALL;
+  c = h->ctx_call(h->ud, t, fn, args, err, sizeof err);
+  free(args);
+  if (!c && !t->call_done) {
+    t->pending = PENDING_NONE;
+    return luaL_error(L, "ctx.%s: %s", fn->fn->name, err);
+  }
+  if (t->call_done) {
+    return ctx_call_cont(L, LUA_OK, 0);
+  }
+  return lua_yieldk(L, 0, 0, ctx_call_cont);
+}
+
+/* ctx.idempotency_key is made when a step reads it, not at every step: most
+ * steps never do. Its ctx must be the running step's own. */
+static int ctx_index(lua_State *L) {
+  sy_lua *h = sy__host(L);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL ||
+      lua_type(L, 2) != LUA_TSTRING ||
+      strcmp(lua_tostring(L, 2), "idempotency_key") != 0) {
+    return 1;
+  }
+  if (h->current) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->current->ctx_ref);
+  }
+  if (!h->current || !lua_rawequal(L, 1, -1)) {
+    return luaL_error(L,
+                      "ctx.idempotency_key is only known while the "
+                      "ctx's own step runs");
+  }
+  lua_pushstring(L, sy_task_idempotency_key(h->current));
+  return 1;
+}
+
+void sy__ctx_metatable(sy_lua *h) {
+  lua_State *L = h->L;
+  int n = sy_plugins_ctx_fn_count(h->plugins);
+  lua_newtable(L); /* metatable */
+  lua_newtable(L); /* methods */
+  lua_pushcfunction(L, ctx_log);
+  lua_setfield(L, -2, "log");
+  lua_pushcfunction(L, ctx_sleep);
+  lua_setfield(L, -2, "sleep");
+  for (int i = 0; i < n; i++) {
+    const sy_ctx_fn_entry *fn = sy_plugins_ctx_fn(h->plugins, i);
+    lua_pushlightuserdata(L, (void *)fn);
+    lua_pushcclosure(L, ctx_plugin_call, 1);
+    lua_setfield(L, -2, fn->fn->name);
+  }
+  lua_pushcclosure(L, ctx_index, 1);
+  lua_setfield(L, -2, "__index");
+  /* The methods table is shared by every instance: keep it out of reach. */
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  h->ctx_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+
+/* ---------------------------------------------------------------------
+ * Node options and vars for plugins */
+
+void sy__read_value(lua_State *L, int idx, sy_value *out) {
+  memset(out, 0, sizeof *out);
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+      out->type = SY_VAL_NIL;
+      break;
+    case LUA_TBOOLEAN:
+      out->type = SY_VAL_BOOLEAN;
+      out->boolean = lua_toboolean(L, idx);
+      break;
+    case LUA_TNUMBER:
+      out->type = SY_VAL_NUMBER;
+      out->number = lua_tonumber(L, idx);
+      break;
+    case LUA_TSTRING:
+      out->type = SY_VAL_STRING;
+      out->str = lua_tolstring(L, idx, &out->len);
+      break;
+    case LUA_TTABLE:
+      out->type = SY_VAL_TABLE;
+      break;
+    case LUA_TFUNCTION:
+      out->type = SY_VAL_FUNCTION;
+      break;
+    default:
+      out->type = SY_VAL_OTHER;
+  }
+}
+
+static void push_vars(sy_task *t) {
+  lua_State *L = t->h->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
+  lua_getfield(L, -1, "vars");
+  lua_remove(L, -2);
+}
+
+int sy_task_var_get(sy_task *t, const char *key, sy_value *out) {
+  lua_State *L = t->h->L;
+  push_vars(t);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    out->type = SY_VAL_NIL;
+    return SY_ESTATE;
+  }
+  lua_getfield(L, -1, key);
+  sy__read_value(L, -1, out);
+  /* A number read as a string key must stay valid while the call runs:
+   * the vars table holds the string, and the call ends before vars
+   * change, so popping is safe. */
+  lua_pop(L, 2);
+  return 0;
+}
+
+int sy_task_var_set_json(sy_task *t, const char *key, const char *json) {
+  lua_State *L = t->h->L;
+  char err[256];
+  t->vars_dirty = 1;
+  push_vars(t);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return SY_ESTATE;
+  }
+  if (json) {
+    if (sy__push_json_text(L, json, 0, err, sizeof err)) {
+      lua_pop(L, 1);
+      return SY_EINVAL;
+    }
+  } else {
+    lua_pushnil(L);
+  }
+  lua_setfield(L, -2, key);
+  lua_pop(L, 1);
+  return 0;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Tasks */
+
+int sy_task_new(sy_lua *h, sy_task **out, const sy_workflow *wf,
+                int64_t instance_id, const char *vars_json, char *err,
+                size_t errlen) {
+  lua_State *L = h->L;
+  sy_task *t = calloc(1, sizeof *t);
+  if (!t) {
+    snprintf(err, errlen, "out of memory");
+    return SY_ENOMEM;
+  }
+  t->h = h;
+  t->wf = wf;
+  t->instance_id = instance_id;
+  t->co_ref = LUA_NOREF;
+  lua_createtable(L, 0, 6);
+  if (sy__push_json_text(L, vars_json, 1, err, errlen)) {
+    lua_pop(L, 1);
+    free(t);
+    return SY_EINVAL;
+  }
+  lua_setfield(L, -2, "vars");
+  lua_pushinteger(L, instance_id);
+  lua_setfield(L, -2, "instance_id");
+  lua_pushstring(L, wf->name);
+  lua_setfield(L, -2, "workflow");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ctx_mt);
+  lua_setmetatable(L, -2);
+  t->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  *out = t;
+  return 0;
+}
+
+static void drop_coroutine(sy_task *t) {
+  t->co_idle = 0;
+  if (t->co_ref != LUA_NOREF) {
+    lua_resetthread(t->co);
+    luaL_unref(t->h->L, LUA_REGISTRYINDEX, t->co_ref);
+    t->co_ref = LUA_NOREF;
+    t->co = NULL;
+  }
+  t->pending = PENDING_NONE;
+}
+
+void sy_task_free(sy_task *t) {
+  if (!t) {
+    return;
+  }
+  drop_coroutine(t);
+  luaL_unref(t->h->L, LUA_REGISTRYINDEX, t->ctx_ref);
+  free(t->call_json);
+  free(t->call_error);
+  free(t);
+}
+
+void *sy_task_owner(sy_task *t) {
+  return t->owner;
+}
+
+void sy_task_set_owner(sy_task *t, void *owner) {
+  t->owner = owner;
+}
+
+void sy_task_set_generation(sy_task *t, int generation) {
+  t->generation = generation;
+}
+
+const char *sy_task_idempotency_key(sy_task *t) {
+  if (t->generation) {
+    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d.%d",
+             (long long)t->instance_id, t->step->name, t->attempt,
+             t->generation);
+  } else {
+    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d",
+             (long long)t->instance_id, t->step->name, t->attempt);
+  }
+  return t->idem_key;
+}
+
+int sy_task_call_seq(sy_task *t) {
+  return t->call_seq;
+}
+
+void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
+  lua_State *L = t->h->L;
+  t->step = step;
+  t->attempt = attempt;
+  t->sleep_seq = 0;
+  t->call_seq = 0;
+  t->vars_dirty = step->kind == SY_STEP_TASK;
+  t->budget_left = t->h->instructions;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
+  lua_pushstring(L, step->name);
+  lua_setfield(L, -2, "step");
+  lua_pushinteger(L, attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_pop(L, 1);
+}
+
+/* Calls a function of ctx (a `next` function or a predicate) on a fresh
+ * thread under the limits; leaves its one result on the main stack. */
+static int call_with_ctx(sy_task *t, int fn_ref, char *err, size_t errlen) {
+  sy_lua *h = t->h;
+  lua_State *L = h->L;
+  lua_State *co = lua_newthread(L);
+  sy_task *outer = h->current;
+  int rc;
+  t->vars_dirty = 1; /* Lua code may change vars */
+  lua_rawgeti(co, LUA_REGISTRYINDEX, fn_ref);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, t->ctx_ref);
+  h->current = t;
+  sy__limits_on(h, co, h->instructions);
+  rc = lua_pcall(co, 1, 1, 0);
+  sy__limits_off(h, co);
+  h->current = outer;
+  if (rc != LUA_OK) {
+    sy__error_message(co, t->wf->path, err, errlen);
+    lua_pop(L, 1);
+    return SY_ELUA;
+  }
+  lua_xmove(co, L, 1);
+  lua_remove(L, -2); /* the thread */
+  return 0;
+}
+
+/* The step body returned: resolve next and serialize vars. */
+static void finish(sy_task *t, const sy_step *step, const char *next,
+                   sy_task_result *r) {
+  lua_State *L = t->h->L;
+  r->next = next;
+  if (!next && step->lua->next != LUA_NOREF) {
+    if (call_with_ctx(t, step->lua->next, r->error, sizeof r->error)) {
+      r->status = SY_TASK_ERROR;
+      return;
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      const sy_step *s = sy_workflow_step(t->wf, lua_tostring(L, -1));
+      if (!s) {
+        snprintf(r->error, sizeof r->error,
+                 "step '%s': next returned '%s', which is not a step of '%s'",
+                 step->name, lua_tostring(L, -1), t->wf->name);
+        lua_pop(L, 1);
+        r->status = SY_TASK_ERROR;
+        return;
+      }
+      r->next = s->name;
+    } else if (!lua_isnil(L, -1)) {
+      snprintf(r->error, sizeof r->error,
+               "step '%s': next returned a %s (a step name or nil expected)",
+               step->name, luaL_typename(L, -1));
+      lua_pop(L, 1);
+      r->status = SY_TASK_ERROR;
+      return;
+    }
+    lua_pop(L, 1);
+  } else if (!next && step->next) {
+    r->next = sy_workflow_step(t->wf, step->next)->name;
+  }
+  if (!t->vars_dirty) {
+    r->vars_json = NULL; /* unchanged: the stored vars stand */
+    r->status = SY_TASK_DONE;
+    return;
+  }
+  push_vars(t);
+  if (!lua_istable(L, -1)) {
+    snprintf(r->error, sizeof r->error, "ctx.vars must be a table, it is a %s",
+             luaL_typename(L, -1));
+    lua_pop(L, 1);
+    r->status = SY_TASK_ERROR;
+    return;
+  }
+  if (sy__encode(L, -1, "vars", &r->vars_json, r->error, sizeof r->error)) {
+    lua_pop(L, 1);
+    r->status = SY_TASK_ERROR;
+    return;
+  }
+  lua_pop(L, 1);
+  r->status = SY_TASK_DONE;
+}
+
+static void resume(sy_task *t, int nargs, sy_task_result *r) {
+  sy_lua *h = t->h;
+  int nres = 0, rc;
+  memset(r, 0, sizeof *r);
+  h->current = t;
+  sy__limits_on(h, t->co, t->budget_left);
+  rc = lua_resume(t->co, h->L, nargs, &nres);
+  t->budget_left = h->budget_left;
+  sy__limits_off(h, t->co);
+  h->current = NULL;
+  if (rc == LUA_YIELD) {
+    lua_pop(t->co, nres);
+    if (t->pending == PENDING_SLEEP) {
+      r->status = SY_TASK_SLEEP;
+      r->sleep_ms = t->sleep_ms;
+      r->sleep_seq = t->sleep_seq;
+      return;
+    }
+    if (t->pending == PENDING_CALL) {
+      r->status = SY_TASK_CALL;
+      return;
+    }
+    snprintf(r->error, sizeof r->error,
+             "step '%s' yielded outside the ctx API (coroutine.yield at the "
+             "top of a step is not allowed)",
+             t->step->name);
+    r->status = SY_TASK_ERROR;
+    drop_coroutine(t);
+    return;
+  }
+  if (rc == LUA_OK) {
+    /* A coroutine that returned can start another function: keep it for
+     * the instance's next step rather than make a new one. */
+    lua_pop(t->co, nres);
+    t->co_idle = 1;
+    t->pending = PENDING_NONE;
+    finish(t, t->step, NULL, r);
+    return;
+  }
+  sy__error_message(t->co, t->wf->path, r->error, sizeof r->error);
+  if (rc == LUA_ERRMEM) {
+    snprintf(r->error, sizeof r->error,
+             "memory limit of the Lua state exceeded (%zu bytes)", h->limit);
+  }
+  r->status = SY_TASK_ERROR;
+  drop_coroutine(t);
+}
+
+void sy_task_start(sy_task *t, const sy_step *step, int attempt,
+                   sy_task_result *r) {
+  lua_State *L = t->h->L;
+  SY_ASSERT(step->kind == SY_STEP_TASK);
+  if (!t->co_idle) {
+    drop_coroutine(t);
+    t->co = lua_newthread(L);
+    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  t->co_idle = 0;
+  sy_task_set_step(t, step, attempt);
+  lua_rawgeti(t->co, LUA_REGISTRYINDEX, step->lua->run);
+  lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->ctx_ref);
+  resume(t, 1, r);
+}
+
+void sy_task_resume(sy_task *t, sy_task_result *r) {
+  SY_ASSERT(t->co && t->pending != PENDING_NONE);
+  if (t->pending == PENDING_SLEEP) {
+    t->pending = PENDING_NONE;
+  }
+  resume(t, 0, r);
+}
+
+void sy_task_call_done(sy_task *t, const char *json, const char *error) {
+  free(t->call_json);
+  free(t->call_error);
+  t->call_json = json ? strdup(json) : NULL;
+  t->call_error = error ? strdup(error) : NULL;
+  t->call_done = 1;
+}
+
+void sy_task_abort(sy_task *t) {
+  drop_coroutine(t);
+}
+
+void sy_task_finish_node(sy_task *t, const sy_step *step, const char *next,
+                         sy_task_result *r) {
+  memset(r, 0, sizeof *r);
+  if (next && !sy_workflow_step(t->wf, next)) {
+    snprintf(r->error, sizeof r->error,
+             "step '%s': node chose next step '%s', which does not exist",
+             step->name, next);
+    r->status = SY_TASK_ERROR;
+    return;
+  }
+  finish(t, step, next ? sy_workflow_step(t->wf, next)->name : NULL, r);
+}
+
+int sy_task_predicate(sy_task *t, const sy_step *step, const char *option,
+                      int *out, char *err, size_t errlen) {
+  lua_State *L = t->h->L;
+  int ref;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, step->lua->opts);
+  sy__rawfield(L, -1, option);
+  if (!lua_isfunction(L, -1)) {
+    lua_pop(L, 2);
+    snprintf(err, errlen, "option '%s' is not a function", option);
+    return SY_EINVAL;
+  }
+  ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+  if (t->step != step) {
+    sy_task_set_step(t, step, t->attempt);
+  }
+  if (call_with_ctx(t, ref, err, errlen)) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return SY_ELUA;
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  *out = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return 0;
+}
+

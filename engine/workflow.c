@@ -1,0 +1,656 @@
+/* Loading and validating workflow definitions: a file runs in a fresh
+ * sandbox and returns a spec (sy.workflow{...}), which is compiled into a
+ * sy_workflow: every step checked (options, types, next steps, node
+ * options through the plugin's compile), the graph checked for dangling
+ * names and unreachable steps. Errors read file:line; nothing runs before
+ * everything is checked. */
+#include <errno.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "lua_int.h"
+
+typedef struct loader {
+  sy_lua *h;
+  const char *path;
+  sy_diag *diag;
+  sy_workflow *wf;
+  int rc;
+} loader;
+
+__attribute__((format(printf, 3, 4))) static int load_error(loader *ld,
+                                                            int line,
+                                                            const char *fmt,
+                                                            ...) {
+  va_list ap;
+  size_t n;
+  if (line > 0) {
+    n = (size_t)snprintf(ld->diag->error, sizeof ld->diag->error,
+                         "%s:%d: ", ld->path, line);
+  } else {
+    n = (size_t)snprintf(ld->diag->error, sizeof ld->diag->error,
+                         "%s: ", ld->path);
+  }
+  if (n < sizeof ld->diag->error) {
+    va_start(ap, fmt);
+    vsnprintf(ld->diag->error + n, sizeof ld->diag->error - n, fmt, ap);
+    va_end(ap);
+  }
+  return SY_ELOAD;
+}
+
+__attribute__((format(printf, 3, 4))) static void load_warning(loader *ld,
+                                                               int line,
+                                                               const char *fmt,
+                                                               ...) {
+  va_list ap;
+  char *w = ld->diag->warnings;
+  size_t used = strlen(w), cap = sizeof ld->diag->warnings;
+  if (used >= cap - 1) {
+    return;
+  }
+  used += (size_t)snprintf(w + used, cap - used, "%s:%d: warning: ", ld->path,
+                           line);
+  if (used < cap) {
+    va_start(ap, fmt);
+    used += (size_t)vsnprintf(w + used, cap - used, fmt, ap);
+    va_end(ap);
+  }
+  if (used < cap - 1) {
+    w[used] = '\n';
+    w[used + 1] = '\0';
+  }
+}
+
+static int spec_is(sy_lua *h, lua_State *L, int idx, char *mt) {
+  int same;
+  if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) {
+    return 0;
+  }
+  sy__rawfield(L, -1, "__sy_spec");
+  same = lua_touserdata(L, -1) == (void *)mt;
+  lua_pop(L, 2);
+  (void)h;
+  return same;
+}
+
+static const char *const task_options[] = {
+    "run", "next", "retries", "backoff", "timeout", "description", NULL};
+static const char *const common_node_options[] = {
+    "next", "retries", "backoff", "timeout", "description", NULL};
+
+static int in_list(const char *const *list, const char *s) {
+  for (; list && *list; list++) {
+    if (strcmp(*list, s) == 0) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Reads a number option at the top of the stack (popped by the caller). */
+static int opt_number(loader *ld, int line, const char *step, const char *key,
+                      double min, double *out) {
+  lua_State *L = ld->h->L;
+  if (lua_isnil(L, -1)) {
+    return 0;
+  }
+  if (!lua_isnumber(L, -1) || lua_type(L, -1) != LUA_TNUMBER) {
+    return load_error(ld, line, "step '%s': %s must be a number, got %s", step,
+                      key, luaL_typename(L, -1));
+  }
+  *out = lua_tonumber(L, -1);
+  if (!isfinite(*out) || *out < min) {
+    return load_error(ld, line, "step '%s': %s must be >= %g, got %g", step,
+                      key, min, *out);
+  }
+  return 0;
+}
+
+/* Validates the step spec on top of the stack into s. */
+static int compile_step(loader *ld, sy_step *s) {
+  sy_lua *h = ld->h;
+  lua_State *L = h->L;
+  int spec = lua_gettop(L), opts, rc = 0;
+  const char *kind;
+  const char *const *allowed;
+  const char *const *extra = NULL;
+  lua_getfield(L, spec, "line");
+  s->line = (int)lua_tointeger(L, -1);
+  lua_getfield(L, spec, "kind");
+  kind = lua_tostring(L, -1);
+  lua_getfield(L, spec, "opts");
+  opts = lua_gettop(L);
+  s->retries = 3;
+  s->backoff_initial = 1;
+  s->backoff_factor = 2;
+  s->backoff_max = 60;
+  if (strcmp(kind, "task") == 0) {
+    s->kind = SY_STEP_TASK;
+    allowed = task_options;
+  } else {
+    s->kind = SY_STEP_NODE;
+    s->node = sy_plugins_node(h->plugins, kind);
+    SY_ASSERT(s->node); /* dsl_index only makes specs of known types */
+    allowed = common_node_options;
+    extra = s->node->type->options;
+  }
+  /* Unknown options are errors: a typo must not silently do nothing. */
+  lua_pushnil(L);
+  while (lua_next(L, opts)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING ||
+        (!in_list(allowed, lua_tostring(L, -1)) &&
+         !in_list(extra, lua_tostring(L, -1)))) {
+      const char *key = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                       : luaL_typename(L, -1);
+      rc = load_error(ld, s->line, "step '%s': unknown option '%s' for %s",
+                      s->name, key, kind);
+      lua_pop(L, 1);
+      goto done;
+    }
+  }
+  if (s->kind == SY_STEP_TASK) {
+    sy__rawfield(L, opts, "run");
+    if (!lua_isfunction(L, -1)) {
+      rc = load_error(ld, s->line, "step '%s': run must be a function, got %s",
+                      s->name, luaL_typename(L, -1));
+      goto done;
+    }
+    s->lua->run = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  sy__rawfield(L, opts, "next");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    s->next = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  } else if (lua_isfunction(L, -1)) {
+    s->lua->next = luaL_ref(L, LUA_REGISTRYINDEX);
+  } else if (!lua_isnil(L, -1)) {
+    rc = load_error(ld, s->line,
+                    "step '%s': next must be a step name or a function, got %s",
+                    s->name, luaL_typename(L, -1));
+    goto done;
+  } else {
+    lua_pop(L, 1);
+  }
+  sy__rawfield(L, opts, "retries");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 ||
+        lua_tointeger(L, -1) > 1000) {
+      rc = load_error(ld, s->line,
+                      "step '%s': retries must be an integer from 0 to 1000",
+                      s->name);
+      goto done;
+    }
+    s->retries = (int)lua_tointeger(L, -1);
+  }
+  lua_pop(L, 1);
+  sy__rawfield(L, opts, "timeout");
+  if ((rc = opt_number(ld, s->line, s->name, "timeout", 0, &s->timeout))) {
+    goto done;
+  }
+  lua_pop(L, 1);
+  sy__rawfield(L, opts, "backoff");
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    if ((rc = opt_number(ld, s->line, s->name, "backoff", 0,
+                         &s->backoff_initial))) {
+      goto done;
+    }
+  } else if (lua_istable(L, -1)) {
+    static const char *const keys[] = {"initial", "factor", "max"};
+    double *dst[] = {&s->backoff_initial, &s->backoff_factor, &s->backoff_max};
+    double mins[] = {0, 1, 0};
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pop(L, 1);
+      if (lua_type(L, -1) != LUA_TSTRING ||
+          (strcmp(lua_tostring(L, -1), "initial") &&
+           strcmp(lua_tostring(L, -1), "factor") &&
+           strcmp(lua_tostring(L, -1), "max"))) {
+        lua_pop(L, 1);
+        rc = load_error(ld, s->line,
+                        "step '%s': backoff takes initial, factor and max",
+                        s->name);
+        goto done;
+      }
+    }
+    for (int i = 0; i < 3; i++) {
+      char key[32];
+      snprintf(key, sizeof key, "backoff.%s", keys[i]);
+      sy__rawfield(L, -1, keys[i]);
+      if ((rc = opt_number(ld, s->line, s->name, key, mins[i], dst[i]))) {
+        goto done;
+      }
+      lua_pop(L, 1);
+    }
+    if (s->backoff_max < s->backoff_initial) {
+      s->backoff_max = s->backoff_initial;
+    }
+  } else if (!lua_isnil(L, -1)) {
+    rc = load_error(ld, s->line,
+                    "step '%s': backoff must be seconds or a table "
+                    "{initial=, factor=, max=}, got %s",
+                    s->name, luaL_typename(L, -1));
+    goto done;
+  }
+  lua_pop(L, 1);
+  if (s->kind == SY_STEP_NODE) {
+    char err[512] = "";
+    sy_opts o = {L, opts};
+    if (s->node->type->compile &&
+        s->node->type->compile(s->node->plugin->state, &o, &s->node_data, err,
+                               sizeof err)) {
+      rc = load_error(ld, s->line, "step '%s': %s", s->name, err);
+      goto done;
+    }
+    lua_pushvalue(L, opts);
+    s->lua->opts = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+done:
+  lua_settop(L, spec);
+  return rc;
+}
+
+static int by_step_name(const void *a, const void *b) {
+  return strcmp(((const sy_step *)a)->name, ((const sy_step *)b)->name);
+}
+
+static int by_step_line(const void *a, const void *b) {
+  int x = ((const sy_step *)a)->line, y = ((const sy_step *)b)->line;
+  return (x > y) - (x < y);
+}
+
+const sy_step *sy_workflow_step(const sy_workflow *wf, const char *name) {
+  sy_step key = {.name = (char *)name};
+  return bsearch(&key, wf->steps, (size_t)wf->nsteps, sizeof key, by_step_name);
+}
+
+/* Node options that name steps, for reference checks and reachability. */
+static const char *node_step_ref(sy_lua *h, const sy_step *s, int i) {
+  const char *const *so = s->node->type->step_options;
+  const char *v = NULL;
+  if (!so) {
+    return NULL;
+  }
+  for (int k = 0; so[k]; k++) {
+    if (k == i) {
+      lua_rawgeti(h->L, LUA_REGISTRYINDEX, s->lua->opts);
+      sy__rawfield(h->L, -1, so[k]);
+      v = lua_tostring(h->L, -1);
+      lua_pop(h->L, 2); /* the string stays alive in the options table */
+      return v ? v : "";
+    }
+  }
+  return NULL;
+}
+
+static int check_graph(loader *ld) {
+  sy_workflow *wf = ld->wf;
+  char *seen = calloc((size_t)wf->nsteps, 1);
+  int *stack = malloc(sizeof(int) * (size_t)(wf->nsteps + 1));
+  int sp = 0, dynamic = 0;
+  if (!seen || !stack) {
+    free(seen);
+    free(stack);
+    return load_error(ld, 0, "out of memory");
+  }
+  for (int i = 0; i < wf->nsteps; i++) {
+    const sy_step *s = &wf->steps[i];
+    const char *ref;
+    if (s->next && !sy_workflow_step(wf, s->next)) {
+      free(seen);
+      free(stack);
+      return load_error(ld, s->line, "step '%s': next step '%s' does not exist",
+                        s->name, s->next);
+    }
+    for (int k = 0;
+         s->kind == SY_STEP_NODE && (ref = node_step_ref(ld->h, s, k)) != NULL;
+         k++) {
+      if (*ref && !sy_workflow_step(wf, ref)) {
+        free(seen);
+        free(stack);
+        return load_error(ld, s->line,
+                          "step '%s': %s names step '%s', which does not exist",
+                          s->name, s->node->type->step_options[k], ref);
+      }
+    }
+  }
+  /* Reachability from start; a `next` function may go anywhere. */
+  stack[sp++] = (int)(wf->start - wf->steps);
+  seen[stack[0]] = 1;
+  while (sp > 0) {
+    const sy_step *s = &wf->steps[stack[--sp]];
+    const char *targets[16];
+    int nt = 0;
+    const char *ref;
+    if (s->lua->next != LUA_NOREF) {
+      dynamic = 1;
+    }
+    if (s->next) {
+      targets[nt++] = s->next;
+    }
+    for (int k = 0; s->kind == SY_STEP_NODE && nt < 16 &&
+                    (ref = node_step_ref(ld->h, s, k)) != NULL;
+         k++) {
+      if (*ref) {
+        targets[nt++] = ref;
+      }
+    }
+    for (int k = 0; k < nt; k++) {
+      int j = (int)(sy_workflow_step(wf, targets[k]) - wf->steps);
+      if (!seen[j]) {
+        seen[j] = 1;
+        stack[sp++] = j;
+      }
+    }
+  }
+  if (!dynamic) {
+    for (int i = 0; i < wf->nsteps; i++) {
+      if (!seen[i]) {
+        load_warning(ld, wf->steps[i].line,
+                     "step '%s' is unreachable from start '%s'",
+                     wf->steps[i].name, wf->start->name);
+      }
+    }
+  }
+  free(seen);
+  free(stack);
+  return 0;
+}
+
+/* Turns the workflow spec on top of the stack into ld->wf. */
+static int compile_workflow(loader *ld) {
+  sy_lua *h = ld->h;
+  lua_State *L = h->L;
+  sy_workflow *wf = ld->wf;
+  int spec = lua_gettop(L), opts, line, rc = 0, n = 0;
+  const char *start;
+  lua_getfield(L, spec, "line");
+  line = wf->line = (int)lua_tointeger(L, -1);
+  lua_getfield(L, spec, "opts");
+  opts = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, opts)) {
+    const char *k;
+    lua_pop(L, 1);
+    k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+    if (strcmp(k, "name") && strcmp(k, "start") && strcmp(k, "steps") &&
+        strcmp(k, "description")) {
+      lua_pop(L, 1);
+      return load_error(ld, line,
+                        "unknown workflow option '%s' (expected name, start, "
+                        "steps, description)",
+                        k);
+    }
+  }
+  sy__rawfield(L, opts, "name");
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0 ||
+      strlen(lua_tostring(L, -1)) != lua_rawlen(L, -1)) {
+    return load_error(ld, line,
+                      "workflow name must be a non-empty string (no NUL)");
+  }
+  wf->name = strdup(lua_tostring(L, -1));
+  for (const char *c = wf->name; *c; c++) {
+    if (!(*c == '_' || *c == '-' || *c == '.' || (*c >= '0' && *c <= '9') ||
+          (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z'))) {
+      return load_error(ld, line,
+                        "workflow name '%s' may only use letters, digits, "
+                        "'_', '-' and '.'",
+                        wf->name);
+    }
+  }
+  sy__rawfield(L, opts, "steps");
+  if (!lua_istable(L, -1)) {
+    return load_error(ld, line, "steps must be a table of named steps, got %s",
+                      luaL_typename(L, -1));
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    n++;
+    lua_pop(L, 1);
+  }
+  if (n == 0) {
+    return load_error(ld, line, "workflow '%s' has no steps", wf->name);
+  }
+  if (!(wf->steps = calloc((size_t)n, sizeof *wf->steps))) {
+    return load_error(ld, line, "out of memory");
+  }
+  /* First pass: collect names and lines, so errors come in file order. */
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    sy_step *s = &wf->steps[wf->nsteps];
+    if (lua_type(L, -2) != LUA_TSTRING ||
+        strlen(lua_tostring(L, -2)) != lua_rawlen(L, -2) ||
+        lua_rawlen(L, -2) == 0) {
+      lua_pop(L, 2);
+      return load_error(ld, line,
+                        "step names must be non-empty strings (no NUL)");
+    }
+    if (!spec_is(h, L, -1, &h->step_mt)) {
+      rc = load_error(ld, line,
+                      "step '%s' is a %s, not a step (make it with sy.task{} "
+                      "or a node type)",
+                      lua_tostring(L, -2), luaL_typename(L, -1));
+      lua_pop(L, 2);
+      return rc;
+    }
+    s->name = strdup(lua_tostring(L, -2));
+    if (!s->name || !(s->lua = malloc(sizeof *s->lua))) {
+      lua_pop(L, 2);
+      return load_error(ld, line, "out of memory");
+    }
+    s->lua->run = s->lua->next = s->lua->opts = LUA_NOREF;
+    lua_getfield(L, -1, "line");
+    s->line = (int)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    wf->nsteps++;
+  }
+  qsort(wf->steps, (size_t)wf->nsteps, sizeof *wf->steps, by_step_line);
+  for (int i = 0; i < wf->nsteps && !rc; i++) {
+    sy__rawfield(L, -1, wf->steps[i].name);
+    rc = compile_step(ld, &wf->steps[i]);
+    lua_pop(L, 1);
+  }
+  if (rc) {
+    return rc;
+  }
+  qsort(wf->steps, (size_t)wf->nsteps, sizeof *wf->steps, by_step_name);
+  sy__rawfield(L, opts, "start");
+  start = lua_tostring(L, -1);
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    return load_error(ld, line,
+                      "workflow '%s' has no start step (start = "
+                      "\"<step name>\")",
+                      wf->name);
+  }
+  if (!(wf->start = sy_workflow_step(wf, start))) {
+    return load_error(ld, line, "start step '%s' does not exist", start);
+  }
+  lua_settop(L, spec);
+  return check_graph(ld);
+}
+
+/* lua_pcall'd: (loader, spec) -> compile_workflow, result in ld->rc. */
+static int compile_protected(lua_State *L) {
+  loader *ld = lua_touserdata(L, 1);
+  lua_settop(L, 2);
+  ld->rc = compile_workflow(ld);
+  return 0;
+}
+
+static void hash_hex(const char *data, size_t len, char out[65]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+  for (unsigned i = 0; i < mdlen && i < 32; i++) {
+    snprintf(out + 2 * i, 3, "%02x", md[i]);
+  }
+}
+
+int sy_workflow_load(sy_lua *h, const char *path, const char *source,
+                     size_t len, sy_workflow **out, sy_diag *diag) {
+  lua_State *L = h->L;
+  int top = lua_gettop(L), rc, env;
+  char chunkname[LUA_IDSIZE + 1];
+  char hash[65] = "";
+  loader ld = {h, path, diag, NULL, 0};
+  diag->error[0] = diag->warnings[0] = '\0';
+  if (!(ld.wf = calloc(1, sizeof *ld.wf))) {
+    return load_error(&ld, 0, "out of memory");
+  }
+  snprintf(chunkname, sizeof chunkname, "@%s", sy__chunk_base(path));
+  if (luaL_loadbufferx(L, source, len, chunkname, "t") != LUA_OK) {
+    /* Lua's message already reads file:line: what. */
+    sy__error_message(L, path, diag->error, sizeof diag->error);
+    rc = SY_ELOAD;
+    goto fail;
+  }
+  sy__push_sandbox(h);
+  env = lua_gettop(L);
+  lua_pushvalue(L, env);
+  lua_setupvalue(L, -3, 1);
+  lua_pushvalue(L, -2); /* the chunk, to call */
+  sy__limits_on(h, L, h->instructions);
+  rc = lua_pcall(L, 0, 1, 0);
+  sy__limits_off(h, L);
+  if (rc != LUA_OK) {
+    char msg[900];
+    sy__error_message(L, path, msg, sizeof msg);
+    /* Errors raised by the DSL carry no position: add the file's. */
+    if (strncmp(msg, path, strlen(path)) == 0) {
+      snprintf(diag->error, sizeof diag->error, "%s", msg);
+    } else {
+      load_error(&ld, 0, "%s", msg);
+    }
+    rc = SY_ELOAD;
+    goto fail;
+  }
+  if (!spec_is(h, L, -1, &h->workflow_mt)) {
+    rc = load_error(&ld, 0,
+                    "the file must return sy.workflow{...}, it returned %s",
+                    luaL_typename(L, -1));
+    goto fail;
+  }
+  /* Validation reads tables the file made: run it protected and under
+   * the budget, so an error or a loop there is a load error too. */
+  lua_pushcfunction(L, compile_protected);
+  lua_pushlightuserdata(L, &ld);
+  lua_pushvalue(L, -3); /* the spec */
+  sy__limits_on(h, L, h->instructions);
+  rc = lua_pcall(L, 2, 0, 0);
+  sy__limits_off(h, L);
+  if (rc != LUA_OK) {
+    char msg[900];
+    sy__error_message(L, path, msg, sizeof msg);
+    lua_pop(L, 1);
+    if (!ld.diag->error[0]) {
+      load_error(&ld, ld.wf->line, "%s", msg);
+    }
+    rc = SY_ELOAD;
+    goto fail;
+  }
+  if ((rc = ld.rc)) {
+    goto fail;
+  }
+  lua_getmetatable(L, env);
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__sy_loading");
+  lua_pop(L, 1);
+  hash_hex(source, len, hash);
+  ld.wf->hash = strdup(hash);
+  ld.wf->path = strdup(path);
+  ld.wf->source = malloc(len + 1);
+  if (!ld.wf->hash || !ld.wf->path || !ld.wf->source) {
+    rc = load_error(&ld, 0, "out of memory");
+    goto fail;
+  }
+  memcpy(ld.wf->source, source, len);
+  ld.wf->source[len] = '\0';
+  ld.wf->source_len = len;
+  lua_settop(L, top);
+  *out = ld.wf;
+  return 0;
+fail:
+  lua_settop(L, top);
+  sy_workflow_free(h, ld.wf);
+  return rc;
+}
+
+int sy_workflow_load_file(sy_lua *h, const char *path, sy_workflow **out,
+                          sy_diag *diag) {
+  FILE *f = fopen(path, "rb");
+  char *buf = NULL;
+  size_t len = 0, cap = 0, n;
+  int rc;
+  diag->error[0] = diag->warnings[0] = '\0';
+  if (!f) {
+    snprintf(diag->error, sizeof diag->error, "%s: cannot open: %s", path,
+             strerror(errno));
+    return SY_ELOAD;
+  }
+  do {
+    if (len + 4096 > cap) {
+      char *nb = realloc(buf, cap = cap * 2 + 8192);
+      if (!nb) {
+        free(buf);
+        fclose(f);
+        snprintf(diag->error, sizeof diag->error, "%s: out of memory", path);
+        return SY_ENOMEM;
+      }
+      buf = nb;
+    }
+    n = fread(buf + len, 1, cap - len, f);
+    len += n;
+  } while (n > 0);
+  if (ferror(f)) {
+    snprintf(diag->error, sizeof diag->error, "%s: read error", path);
+    free(buf);
+    fclose(f);
+    return SY_ELOAD;
+  }
+  fclose(f);
+  rc = sy_workflow_load(h, path, buf, len, out, diag);
+  free(buf);
+  return rc;
+}
+
+void sy_workflow_free(sy_lua *h, sy_workflow *wf) {
+  if (!wf) {
+    return;
+  }
+  for (int i = 0; i < wf->nsteps; i++) {
+    sy_step *s = &wf->steps[i];
+    if (s->lua) {
+      luaL_unref(h->L, LUA_REGISTRYINDEX, s->lua->run);
+      luaL_unref(h->L, LUA_REGISTRYINDEX, s->lua->next);
+      luaL_unref(h->L, LUA_REGISTRYINDEX, s->lua->opts);
+      free(s->lua);
+    }
+    if (s->node && s->node_data && s->node->type->free_node) {
+      s->node->type->free_node(s->node->plugin->state, s->node_data);
+    }
+    free(s->name);
+    free(s->next);
+  }
+  free(wf->steps);
+  free(wf->name);
+  free(wf->hash);
+  free(wf->path);
+  free(wf->source);
+  free(wf);
+}
+
+/* What a node's compile reads. */
+int sy_opts_get(sy_opts *o, const char *key, sy_value *out) {
+  sy__rawfield(o->L, o->idx, key);
+  sy__read_value(o->L, -1, out);
+  /* Strings stay valid: the options table still holds them. */
+  lua_pop(o->L, 1);
+  return 0;
+}
+
