@@ -93,7 +93,7 @@ static int ctx_plugin_call(lua_State *L) {
   sy_task *t = running_task(L, fn->fn->name);
   char *args = NULL;
   char err[512];
-  sy_call *c;
+  int rc;
   lua_settop(L, 1);
   if (sy__encode(L, 1, "argument", &args, err, sizeof err)) {
     return luaL_error(L, "ctx.%s: %s", fn->fn->name, err);
@@ -101,13 +101,13 @@ static int ctx_plugin_call(lua_State *L) {
   t->call_done = 0;
   t->call_seq++;
   t->pending = PENDING_CALL;
-  c = h->ctx_call(h->ud, t, fn, args, err, sizeof err);
+  rc = h->ctx_call(h->ud, t, fn, args, err, sizeof err);
   free(args);
-  if (!c && !t->call_done) {
+  if (rc) {
     t->pending = PENDING_NONE;
     return luaL_error(L, "ctx.%s: %s", fn->fn->name, err);
   }
-  if (t->call_done) {
+  if (t->call_done) { /* the plugin answered at once */
     return ctx_call_cont(L, LUA_OK, 0);
   }
   return lua_yieldk(L, 0, 0, ctx_call_cont);
@@ -131,7 +131,8 @@ static int ctx_index(lua_State *L) {
                       "ctx.idempotency_key is only known while the "
                       "ctx's own step runs");
   }
-  lua_pushstring(L, sy_task_idempotency_key(h->current));
+  lua_pushstring(L, sy_task_idempotency_key(h->current, 1, h->current->idem_key,
+                                             sizeof h->current->idem_key));
   return 1;
 }
 
@@ -306,16 +307,17 @@ void sy_task_set_generation(sy_task *t, int generation) {
   t->generation = generation;
 }
 
-const char *sy_task_idempotency_key(sy_task *t) {
-  if (t->generation) {
-    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d.%d",
-             (long long)t->instance_id, t->step->name, t->attempt,
-             t->generation);
-  } else {
-    snprintf(t->idem_key, sizeof t->idem_key, "%lld-%.256s-%d",
-             (long long)t->instance_id, t->step->name, t->attempt);
+const char *sy_task_idempotency_key(sy_task *t, int call, char *buf,
+                                    size_t len) {
+  int n = snprintf(buf, len, "%lld-%.256s-%d", (long long)t->instance_id,
+                   t->step->name, t->attempt);
+  if (t->generation && n > 0 && (size_t)n < len) {
+    n += snprintf(buf + n, len - (size_t)n, ".%d", t->generation);
   }
-  return t->idem_key;
+  if (call > 1 && n > 0 && (size_t)n < len) {
+    snprintf(buf + n, len - (size_t)n, "#%d", call);
+  }
+  return buf;
 }
 
 int sy_task_call_seq(sy_task *t) {

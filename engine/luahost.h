@@ -77,11 +77,11 @@ typedef struct sy_task_result {
 } sy_task_result;
 
 /* How ctx.<plugin fn>(...) reaches the engine: it starts the plugin call
- * and returns it, or NULL with a message in err. */
-typedef sy_call *(*sy_ctx_call_fn)(void *ud, sy_task *t,
-                                   const sy_ctx_fn_entry *fn,
-                                   const char *args_json, char *err,
-                                   size_t errlen);
+ * and returns 0, or an error code with a message in err. A call answered
+ * at once is in the task (sy_task_call_done) when this returns; any other
+ * completes later, and the engine resumes the task then. */
+typedef int (*sy_ctx_call_fn)(void *ud, sy_task *t, const sy_ctx_fn_entry *fn,
+                              const char *args_json, char *err, size_t errlen);
 
 int sy_lua_new(sy_lua **out, const sy_lua_limits *limits, sy_plugins *plugins,
                sy_ctx_call_fn ctx_call, void *ud);
@@ -111,7 +111,11 @@ void sy_task_free(sy_task *t);
 void *sy_task_owner(sy_task *t);
 /* Incident retries of the instance so far (part of the idempotency key). */
 void sy_task_set_generation(sy_task *t, int generation);
-const char *sy_task_idempotency_key(sy_task *t);
+/* The one maker of idempotency keys: "<instance>-<step>-<attempt>", with
+ * ".<n>" after the n-th incident retry, and "#<k>" for the k-th ctx call
+ * (k > 1) of the step run; written into buf, which it returns. */
+const char *sy_task_idempotency_key(sy_task *t, int call, char *buf,
+                                    size_t len);
 /* How many ctx calls the current step run has made (1 for the first). */
 int sy_task_call_seq(sy_task *t);
 void sy_task_set_owner(sy_task *t, void *owner);

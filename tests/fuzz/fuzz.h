@@ -105,16 +105,16 @@ static inline int sy_fuzz_engine_open(sy_engine **out) {
 
 /* ctx.<plugin function> inside a fuzzed step: refused, not run (the
  * targets exercise loading and vars, not plugin calls). */
-static inline sy_call *sy_fuzz_ctx_call(void *ud, sy_task *t,
-                                        const sy_ctx_fn_entry *fn,
-                                        const char *args_json, char *err,
-                                        size_t errlen) {
+static inline int sy_fuzz_ctx_call(void *ud, sy_task *t,
+                                   const sy_ctx_fn_entry *fn,
+                                   const char *args_json, char *err,
+                                   size_t errlen) {
   (void)ud;
   (void)t;
   (void)fn;
   (void)args_json;
   snprintf(err, errlen, "plugin functions are not available when fuzzing");
-  return NULL;
+  return SY_EINVAL;
 }
 
 /* A Lua host of its own over a plugin registry (the engine's, so node types

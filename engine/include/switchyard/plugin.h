@@ -18,7 +18,30 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 3
+#define SY_PLUGIN_ABI 4
+
+/* Error codes: negative, from one list so that a code, its name and its
+ * message never drift apart. sy_api functions that return an int return 0
+ * or one of these; callbacks a plugin provides (init, compile, on_event,
+ * before_commit, call_predicate's caller) return 0 on success and one of
+ * these otherwise (SY_EPLUGIN when no other fits). */
+#define SY_ERRNO_MAP(X)                                \
+  X(INVAL, -1, "invalid argument")                     \
+  X(NOMEM, -2, "out of memory")                        \
+  X(STORE, -3, "database error")                       \
+  X(LOAD, -4, "workflow does not load")                \
+  X(NOTFOUND, -5, "not found")                         \
+  X(STATE, -6, "not allowed in the current state")     \
+  X(PLUGIN, -7, "plugin error")                        \
+  X(IO, -8, "input/output error")                      \
+  X(BUSY, -9, "database is locked by another process") \
+  X(LUA, -10, "Lua error")
+
+enum {
+#define X(name, code, msg) SY_E##name = code,
+  SY_ERRNO_MAP(X)
+#undef X
+};
 
 typedef struct sy_engine sy_engine; /* the running engine (opaque) */
 typedef struct sy_call sy_call;     /* one node execution or ctx call */
@@ -130,12 +153,16 @@ typedef struct sy_api {
   void **(*memo)(sy_call *c);
 
   /* Instance variables (JSON-compatible). var_get reads a top-level var;
-   * var_set_json sets one from JSON text (NULL json deletes it). */
+   * var_set_json sets one from JSON text (NULL json deletes it). Both
+   * return 0, SY_ESTATE when the call has outlived its instance (or vars
+   * is not a table), and var_set_json SY_EINVAL for text that is not
+   * JSON. */
   int (*var_get)(sy_call *c, const char *key, sy_value *out);
   int (*var_set_json)(sy_call *c, const char *key, const char *json);
   /* Ask a function option of the node (e.g. an `eligible` predicate) with
-   * the step's ctx; *out is its truthiness. Returns 0, or -1 with the error
-   * message available through call_error. */
+   * the step's ctx; *out is its truthiness. Returns 0, or SY_ELUA (it
+   * raised) or SY_ESTATE (no instance) with the error message available
+   * through call_error. */
   int (*call_predicate)(sy_call *c, const char *option, int *out);
   const char *(*call_error)(sy_call *c);
 
@@ -155,7 +182,8 @@ typedef struct sy_node_type {
   const char *name;
   /* Load time: check the options and build this node's private data, which
    * the engine keeps with the loaded definition and hands back to execute.
-   * Return 0, or non-zero with a message in err (the engine adds file:line).
+   * Return 0, or an SY_E* code with a message in err (the engine adds
+   * file:line).
    * Option keys the node does not know are errors: list them in `options`,
    * a NULL-terminated array, and the engine rejects any other. */
   int (*compile)(void *plugin, sy_opts *opts, void **node_data, char *err,
@@ -201,14 +229,14 @@ typedef struct sy_plugin_def {
   const char *version;
   /* Called once when the engine opens its database: create or migrate the
    * plugin's own tables (the engine wraps it in a transaction), allocate
-   * *plugin. Return 0, or non-zero with a message in err. */
+   * *plugin. Return 0, or an SY_E* code with a message in err. */
   int (*init)(const sy_api *api, sy_engine *e, void **plugin, char *err,
               size_t errlen);
   void (*fini)(void *plugin);
   const sy_node_type *nodes;  /* terminated by an entry with name NULL */
   const sy_ctx_fn *ctx_fns;   /* idem; may be NULL */
   const sy_command *commands; /* idem; may be NULL */
-  /* Optional; returns 0, or non-zero when its writes failed (the engine
+  /* Optional; returns 0, or an SY_E* code when its writes failed (the engine
    * then rolls the whole transaction back and stops). */
   int (*on_event)(void *plugin, const sy_event *ev);
   /* Optional: called just before the engine commits a transaction in

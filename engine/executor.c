@@ -1,0 +1,453 @@
+/* The executor: an instance's life in memory. A claimed row becomes a
+ * sy_inst with its task (vars, ctx); the run queue hands it to execute,
+ * which starts or resumes its step (a Lua coroutine, or a call to a
+ * plugin's node); the outcome is recorded in the loop turn's transaction
+ * and moves the instance on: to its next step (at once for a Lua step, in
+ * the same transaction; after the commit for a node), to a sleep, to a
+ * retry after its backoff, to an incident, or to its end. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+/* Sleeps shorter than this are not recorded: after a crash the step re-runs
+ * and sleeps them again, which costs less than a write per short sleep. */
+#define RECORD_SLEEP_MS 1000
+
+/* ---------------------------------------------------------------------
+ * Queues and memory */
+
+void sy__run_queue_push(sy_engine *e, sy_inst *in) {
+  in->qnext = NULL;
+  if (e->runq_tail) {
+    e->runq_tail->qnext = in;
+  } else {
+    e->runq_head = in;
+  }
+  e->runq_tail = in;
+  sy__kick(e);
+}
+
+/* The instance's next step runs now, before anything already queued. */
+static void run_queue_push_front(sy_engine *e, sy_inst *in) {
+  in->qnext = e->runq_head;
+  e->runq_head = in;
+  if (!e->runq_tail) {
+    e->runq_tail = in;
+  }
+  sy__kick(e);
+}
+
+/* Waits for the commit of its last transition (the scheduler's check). */
+static void commit_queue_push(sy_engine *e, sy_inst *in) {
+  in->ph = PH_COMMIT;
+  in->qnext = NULL;
+  if (e->commitq_tail) {
+    e->commitq_tail->qnext = in;
+  } else {
+    e->commitq_head = in;
+  }
+  e->commitq_tail = in;
+}
+
+static void inst_handle_closed(uv_handle_t *h) {
+  sy_inst *in = h->data;
+  if (--in->handles_open == 0) {
+    free(in);
+  }
+}
+
+void sy__inst_free(sy_inst *in) {
+  sy_engine *e = in->e;
+  if (in->call) {
+    sy__abandon_call(in->call);
+    in->call = NULL;
+  }
+  if (in->prev_all) {
+    in->prev_all->next_all = in->next_all;
+  } else {
+    e->all = in->next_all;
+  }
+  if (in->next_all) {
+    in->next_all->prev_all = in->prev_all;
+  }
+  e->in_memory--;
+  sy_plugins_free_memos(e->plugins, in->memos);
+  sy_task_free(in->task);
+  if (in->handles_open) {
+    uv_close((uv_handle_t *)&in->sleep_timer, inst_handle_closed);
+    uv_close((uv_handle_t *)&in->timeout_timer, inst_handle_closed);
+  } else {
+    free(in);
+  }
+}
+
+static int keep_orphan(sy_engine *e, const sy_instance_row *row) {
+  sy__orphan *o = calloc(1, sizeof *o);
+  if (!o || (row->step && !(o->step = strdup(row->step))) ||
+      !(o->error = strdup(e->errmsg))) {
+    if (o) {
+      free(o->step);
+      free(o);
+    }
+    sy__fatal(e, SY_ENOMEM);
+    return 1;
+  }
+  o->id = row->id;
+  o->attempt = row->attempt;
+  o->next = e->orphans;
+  e->orphans = o;
+  return 0;
+}
+
+int sy__claim_cb(void *ud, const sy_instance_row *row) {
+  sy_engine *e = ud;
+  const sy_workflow *wf = sy__def_by_hash(e, row->def_hash);
+  sy_inst *in;
+  char err[512];
+  const sy_step *step;
+  if (!wf) {
+    return keep_orphan(e, row);
+  }
+  step = row->step ? sy_workflow_step(wf, row->step) : NULL;
+  SY_ASSERT(step); /* rows only ever name steps of their definition */
+  if (!(in = calloc(1, sizeof *in))) {
+    sy__fatal(e, SY_ENOMEM);
+    return 1;
+  }
+  in->e = e;
+  in->id = row->id;
+  in->wf = wf;
+  in->step = step;
+  in->attempt = row->attempt;
+  in->run_ms = row->run_ms;
+  in->reruns = row->reruns;
+  in->fresh = !row->claimed;
+  in->recorded_seq = row->wait_seq;
+  in->recorded_wake = row->wake_at;
+  if (sy_task_new(e->lua, &in->task, wf, row->id, row->vars, err, sizeof err)) {
+    SY_ASSERT(!"stored vars are always a JSON object");
+  }
+  sy_task_set_owner(in->task, in);
+  sy_task_set_generation(in->task, row->generation);
+  in->next_all = e->all;
+  if (e->all) {
+    e->all->prev_all = in;
+  }
+  e->all = in;
+  e->in_memory++;
+  in->ph = PH_READY;
+  sy__run_queue_push(e, in);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Timers of an instance: its sleep and its step's timeout */
+
+static void ensure_handles(sy_inst *in) {
+  if (!in->handles_open) {
+    uv_timer_init(&in->e->loop, &in->sleep_timer);
+    uv_timer_init(&in->e->loop, &in->timeout_timer);
+    in->sleep_timer.data = in->timeout_timer.data = in;
+    in->handles_open = 2;
+  }
+}
+
+static void step_ended(sy_inst *in) {
+  if (in->handles_open) {
+    uv_timer_stop(&in->timeout_timer);
+    uv_timer_stop(&in->sleep_timer);
+  }
+}
+
+/* Whole milliseconds from now until a monotonic time, rounded up. */
+static uint64_t ms_until(uint64_t when_ns) {
+  uint64_t now = uv_hrtime();
+  return when_ns > now ? (when_ns - now + 999999) / 1000000 : 0;
+}
+
+/* libuv times timers in whole milliseconds of a cached clock, so one may
+ * fire up to a millisecond early: a sleep ends only when the monotonic
+ * clock says it has lasted what was asked. */
+static void sleep_cb(uv_timer_t *t) {
+  sy_inst *in = t->data;
+  uint64_t left = ms_until(in->sleep_until_ns);
+  if (left) {
+    uv_timer_start(&in->sleep_timer, sleep_cb, left, 0);
+    return;
+  }
+  in->ph = PH_RESUME;
+  sy__run_queue_push(in->e, in);
+}
+
+/* The step ran out of time while parked: abandon it. */
+static void time_out(sy_inst *in) {
+  sy_task_result r;
+  memset(&r, 0, sizeof r);
+  r.status = SY_TASK_ERROR;
+  snprintf(r.error, sizeof r.error, "step '%s' timed out after %gs",
+           in->step->name, in->step->timeout);
+  in->timed_out = 1;
+  if (in->call) {
+    sy__abandon_call(in->call);
+    in->call = NULL;
+  }
+  uv_timer_stop(&in->sleep_timer);
+  sy_task_abort(in->task);
+  sy__handle_result(in, &r);
+}
+
+static void timeout_cb(uv_timer_t *t) {
+  sy_inst *in = t->data;
+  in->timed_out = 1;
+  /* Queued to resume: sy__execute sees the flag when it dequeues it. */
+  if (in->ph == PH_SLEEPING || in->ph == PH_CALL) {
+    time_out(in);
+  }
+}
+
+/* ---------------------------------------------------------------------
+ * Running a step */
+
+void sy__execute(sy_inst *in) {
+  sy_task_result r;
+  if (in->ph == PH_RESUME && in->timed_out) {
+    time_out(in);
+    return;
+  }
+  if (in->ph == PH_RESUME) {
+    in->ph = PH_RUNNING;
+    sy_task_resume(in->task, &r);
+    sy__handle_result(in, &r);
+    return;
+  }
+  in->ph = PH_RUNNING;
+  in->timed_out = 0;
+  in->step_started = sy_now_ms();
+  in->step_started_ns = uv_hrtime();
+  if (in->step->timeout > 0) {
+    ensure_handles(in);
+    uv_timer_start(&in->timeout_timer, timeout_cb,
+                   (uint64_t)(in->step->timeout * 1000.0), 0);
+  }
+  if (in->step->kind == SY_STEP_TASK) {
+    sy_task_start(in->task, in->step, in->attempt, &r);
+    sy__handle_result(in, &r);
+  } else if (sy__call_node(in)) {
+    sy__fatal(in->e, SY_ENOMEM);
+  }
+}
+
+/* ---------------------------------------------------------------------
+ * Outcomes */
+
+static int64_t backoff_ms(const sy_step *s, int attempt) {
+  double d = s->backoff_initial;
+  for (int i = 1; i < attempt && d < s->backoff_max; i++) {
+    d *= s->backoff_factor;
+  }
+  if (d > s->backoff_max) {
+    d = s->backoff_max;
+  }
+  return (int64_t)(d * 1000.0);
+}
+
+static void emit(sy_inst *in, sy_event_type type, int64_t now) {
+  sy_event ev = {.type = type,
+                 .instance_id = in->id,
+                 .workflow = in->wf->name,
+                 .step = in->step->name,
+                 .time_ms = now,
+                 .run_ms = in->run_ms,
+                 .reruns = in->reruns,
+                 .fresh = in->fresh};
+  if (sy_plugins_event(in->e->plugins, &ev, in->memos)) {
+    sy__fatal(in->e, SY_EPLUGIN);
+  }
+}
+
+/* An engine that lost its lease records nothing: another one took the
+ * instance over, and this one lets it go. */
+static void drop_taken(sy_inst *in) {
+  fprintf(stderr, "switchyard: dropping instance %lld: %s\n",
+          (long long)in->id, sy_store_errmsg(in->e->store));
+  sy__inst_free(in);
+}
+
+/* ctx.sleep: parks the step on its timer. A long sleep records its due
+ * time, so that after a restart the step, re-run from its start, finds
+ * the sleeps it had finished over at once and the interrupted one still
+ * due when it was. */
+static void start_sleep(sy_inst *in, const sy_task_result *r, int64_t now) {
+  sy_engine *e = in->e;
+  int64_t due = now + r->sleep_ms;
+  int rc;
+  if (in->recorded_seq && r->sleep_seq < in->recorded_seq) {
+    due = now;
+  } else if (in->recorded_seq && r->sleep_seq == in->recorded_seq) {
+    due = in->recorded_wake;
+  } else if (r->sleep_ms >= RECORD_SLEEP_MS) {
+    sy_instance_update u = {.id = in->id,
+                            .state = SY_STATE_RUNNING,
+                            .step = in->step->name,
+                            .attempt = in->attempt,
+                            .wake_at = due,
+                            .wait_seq = r->sleep_seq,
+                            .now = now,
+                            .owner = e->id};
+    if ((rc = sy_store_update_instance(e->store, &u)) == SY_ESTATE) {
+      drop_taken(in);
+      return;
+    }
+    if (rc) {
+      sy__fatal(e, rc);
+      return;
+    }
+  }
+  ensure_handles(in);
+  in->ph = PH_SLEEPING;
+  in->sleep_until_ns =
+      uv_hrtime() + (uint64_t)(due > now ? due - now : 0) * 1000000;
+  /* Timers count from the loop's cached time, which may be this whole
+   * turn old: refresh it so a sleep never ends early. */
+  uv_update_time(&e->loop);
+  uv_timer_start(&in->sleep_timer, sleep_cb, ms_until(in->sleep_until_ns), 0);
+}
+
+/* Where a step run sends the instance: its next step, its end, a retry
+ * after the step's backoff, or an incident. Vars are kept only when the
+ * step succeeded. */
+static void plan_transition(const sy_inst *in, const sy_task_result *r,
+                            sy_instance_update *u) {
+  u->step = in->step->name;
+  if (r->status == SY_TASK_DONE) {
+    u->vars = r->vars_json;
+    if (r->next) {
+      u->state = SY_STATE_RUNNING;
+      u->step = r->next;
+      u->attempt = 1;
+    } else {
+      u->state = SY_STATE_COMPLETED;
+      u->step = NULL;
+      u->ended = 1;
+    }
+  } else if (in->attempt <= in->step->retries) {
+    u->state = SY_STATE_WAITING;
+    u->attempt = in->attempt + 1;
+    u->wake_at = u->now + backoff_ms(in->step, in->attempt);
+    if (u->wake_at <= u->now) {
+      u->wake_at = u->now + 1; /* strictly later: 'waiting' needs a due time */
+    }
+  } else {
+    u->state = SY_STATE_INCIDENT;
+  }
+}
+
+/* The step succeeded and names a next one. A Lua step follows at once, in
+ * this transaction, since nothing it does reaches outside but its ctx
+ * calls, and those are held until the commit (sy__ctx_call). A node may
+ * reach outside as soon as it starts: it waits for the commit. */
+static void go_next(sy_inst *in, const char *next) {
+  sy_engine *e = in->e;
+  int64_t tx = sy_store_tx_seq(e->store);
+  in->step = sy_workflow_step(in->wf, next);
+  in->attempt = 1;
+  in->recorded_seq = 0;
+  in->chained = in->chained_tx == tx ? in->chained + 1 : 1;
+  in->chained_tx = tx;
+  /* A bounded chain, so that a loop of Lua steps cannot take every turn
+   * from the other instances. */
+  if (in->step->kind == SY_STEP_TASK && in->chained < SY__CHAIN_MAX) {
+    in->ph = PH_READY;
+    run_queue_push_front(e, in);
+    return;
+  }
+  commit_queue_push(e, in);
+}
+
+/* The step run ended (done or failed): record it and move on. */
+static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
+                         uint64_t now_ns) {
+  sy_engine *e = in->e;
+  sy_instance_update u = {
+      .id = in->id, .attempt = in->attempt, .now = now, .owner = e->id};
+  const char *outcome = r->status == SY_TASK_DONE ? "ok"
+                        : in->timed_out          ? "timeout"
+                                                 : "error";
+  int rc;
+  step_ended(in);
+  e->stats.steps++;
+  /* A duration from the monotonic clock (the wall clock may step), whole
+   * milliseconds rounded down: a run that slept 50 ms lasted at least 50.
+   * Stored as the run's start plus that; should the wall clock have fallen
+   * behind, the instance's times follow the run's end, so that nothing
+   * reads as having ended before its last step run did. */
+  u.run_ms = (int64_t)((now_ns - in->step_started_ns) / 1000000);
+  if (in->step_started + u.run_ms > now) {
+    u.now = now = in->step_started + u.run_ms;
+  }
+  u.rerun = in->attempt > 1;
+  in->run_ms += u.run_ms;
+  in->reruns += u.rerun;
+  plan_transition(in, r, &u);
+  /* The instance row first: the update is fenced by owner. */
+  rc = sy_store_update_instance(e->store, &u);
+  free(r->vars_json); /* written (SQLite copied it) or not to be */
+  if (rc == SY_ESTATE) {
+    drop_taken(in);
+    return;
+  }
+  if (rc || (rc = sy_store_insert_step_run(
+                 e->store, in->id, in->step->name, in->attempt,
+                 in->step_started, in->step_started + u.run_ms, outcome,
+                 r->status == SY_TASK_ERROR ? r->error : NULL))) {
+    sy__fatal(e, rc);
+    return;
+  }
+  if (r->status == SY_TASK_DONE && r->next) {
+    go_next(in, r->next);
+    return;
+  }
+  if (r->status == SY_TASK_DONE) {
+    e->stats.completed++;
+    emit(in, SY_EVENT_COMPLETED, now);
+  } else if (strcmp(u.state, SY_STATE_WAITING) == 0) {
+    e->stats.retries++;
+    e->maybe_work = 1;
+  } else if ((rc = sy_store_insert_incident(e->store, in->id, in->step->name,
+                                            r->error, now))) {
+    sy__fatal(e, rc);
+    return;
+  } else {
+    e->stats.incidents++;
+    emit(in, SY_EVENT_INCIDENT, now);
+  }
+  sy__inst_free(in);
+}
+
+void sy__handle_result(sy_inst *in, sy_task_result *r) {
+  sy_engine *e = in->e;
+  int64_t now = sy_now_ms();
+  uint64_t now_ns = uv_hrtime();
+  int rc;
+  if (e->fatal) {
+    free(r->vars_json);
+    return;
+  }
+  /* A change is pending: the loop must not block in poll before the check
+   * phase commits it. */
+  sy__kick(e);
+  if ((rc = sy_store_begin(e->store))) {
+    free(r->vars_json);
+    sy__fatal(e, rc);
+    return;
+  }
+  if (r->status == SY_TASK_CALL) {
+    in->ph = PH_CALL;
+  } else if (r->status == SY_TASK_SLEEP) {
+    start_sleep(in, r, now);
+  } else {
+    end_step_run(in, r, now, now_ns);
+  }
+}

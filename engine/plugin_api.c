@@ -1,0 +1,377 @@
+/* The plugin API: the sy_api table of services plugins call, and plugin
+ * calls (a node's execution, or a ctx.<fn> call from a step).
+ *
+ * One protocol for every call: sy__invoke hands it to the plugin, which
+ * completes it exactly once through api_done/done_json/fail, before its
+ * callback returns or later. A completion that arrives while the plugin is
+ * still being invoked is delivered right after the plugin returns, so the
+ * engine never re-enters itself from inside a plugin; one that arrives for
+ * an instance that left memory (a timeout, a shutdown) only frees the
+ * call. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+/* ---------------------------------------------------------------------
+ * Services (sy_api) */
+
+static sqlite3 *api_db(sy_engine *e) {
+  return sy_store_db(e->store);
+}
+static int64_t api_tx_begin(sy_engine *e) {
+  int rc = sy_store_begin(e->store);
+  if (rc) {
+    return rc;
+  }
+  sy__kick(e); /* the turn's check phase commits it: make it come */
+  return sy_store_tx_seq(e->store);
+}
+static uv_loop_t *api_loop(sy_engine *e) {
+  return &e->loop;
+}
+static int64_t api_now_ms(sy_engine *e) {
+  (void)e;
+  return sy_now_ms();
+}
+static const char *api_setting(sy_engine *e, const char *key) {
+  for (int i = 0; i < e->o.nsettings; i++) {
+    if (strcmp(e->o.settings[i].key, key) == 0) {
+      return e->o.settings[i].value;
+    }
+  }
+  return NULL;
+}
+__attribute__((format(printf, 2, 3))) static void api_log(sy_engine *e,
+                                                          const char *fmt,
+                                                          ...) {
+  va_list ap;
+  (void)e;
+  va_start(ap, fmt);
+  fputs("switchyard: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+static sy_engine *api_engine(sy_call *c) {
+  return c->e;
+}
+static int64_t api_instance_id(sy_call *c) {
+  return c->inst ? c->inst->id : 0;
+}
+static const char *api_workflow(sy_call *c) {
+  return c->inst ? c->inst->wf->name : NULL;
+}
+static const char *api_step(sy_call *c) {
+  return c->inst ? c->inst->step->name : NULL;
+}
+static int api_attempt(sy_call *c) {
+  return c->inst ? c->inst->attempt : 0;
+}
+static const char *api_idempotency_key(sy_call *c) {
+  if (!c->inst) {
+    return "";
+  }
+  return sy_task_idempotency_key(c->inst->task, c->fn ? c->seq : 1, c->key,
+                                 sizeof c->key);
+}
+static void *api_node_data(sy_call *c) {
+  return c->inst && c->node ? c->inst->step->node_data : NULL;
+}
+static uint64_t api_random(sy_call *c) {
+  return sy__random(c->e);
+}
+static void api_totals(sy_call *c, int64_t now_ms, int64_t *run_ms,
+                       int64_t *reruns) {
+  sy_inst *in = c->inst;
+  *run_ms = *reruns = 0;
+  if (in) {
+    *run_ms = in->run_ms + (now_ms - in->step_started);
+    *reruns = in->reruns + (in->attempt > 1);
+  }
+}
+
+static int api_fresh(sy_call *c) {
+  return c->inst ? c->inst->fresh : 0;
+}
+
+static void **api_memo(sy_call *c) {
+  sy_inst *in = c->inst;
+  const sy_loaded_plugin *lp = c->node ? c->node->plugin : c->fn->plugin;
+  if (!in || !lp->def->free_memo) {
+    return NULL; /* a memo nothing could free would leak */
+  }
+  if (!in->memos &&
+      !(in->memos = calloc((size_t)sy_plugins_count(in->e->plugins),
+                           sizeof *in->memos))) {
+    return NULL;
+  }
+  return &in->memos[lp->index];
+}
+
+static int api_var_get(sy_call *c, const char *key, sy_value *out) {
+  if (!c->inst) {
+    return SY_ESTATE;
+  }
+  return sy_task_var_get(c->inst->task, key, out);
+}
+static int api_var_set_json(sy_call *c, const char *key, const char *json) {
+  if (!c->inst) {
+    return SY_ESTATE;
+  }
+  return sy_task_var_set_json(c->inst->task, key, json);
+}
+static int api_call_predicate(sy_call *c, const char *option, int *out) {
+  char err[512];
+  int rc;
+  if (!c->inst) {
+    free(c->error);
+    c->error = strdup("the call has outlived its instance");
+    return SY_ESTATE;
+  }
+  if ((rc = sy_task_predicate(c->inst->task, c->inst->step, option, out, err,
+                              sizeof err))) {
+    free(c->error);
+    c->error = strdup(err);
+    return rc;
+  }
+  return 0;
+}
+static const char *api_call_error(sy_call *c) {
+  return c->error ? c->error : "";
+}
+static int api_opt_get(sy_opts *o, const char *key, sy_value *out) {
+  return sy_opts_get(o, key, out);
+}
+
+/* ---------------------------------------------------------------------
+ * Calls */
+
+static void call_unlink(sy_engine *e, sy_call *c) {
+  if (c->prev_live) {
+    c->prev_live->next_live = c->next_live;
+  } else {
+    e->live_calls = c->next_live;
+  }
+  if (c->next_live) {
+    c->next_live->prev_live = c->prev_live;
+  }
+}
+
+static void call_free(sy_call *c) {
+  call_unlink(c->e, c);
+  free(c->held_args);
+  free(c->next);
+  free(c->error);
+  free(c);
+}
+
+static sy_call *call_new(sy_engine *e, sy_inst *in) {
+  sy_call *c = calloc(1, sizeof *c);
+  if (!c) {
+    return NULL;
+  }
+  c->e = e;
+  c->inst = in;
+  c->next_live = e->live_calls;
+  if (e->live_calls) {
+    e->live_calls->prev_live = c;
+  }
+  e->live_calls = c;
+  in->call = c;
+  return c;
+}
+
+/* Hands the outcome of a completed call to its instance. A ctx call's
+ * result goes to the step's coroutine, which goes on where it stopped: at
+ * once if it had not yielded yet (the plugin answered within the call),
+ * else when the run queue reaches it. A node's ends its step. */
+static void deliver(sy_call *c) {
+  sy_inst *in = c->inst;
+  sy_task_result r;
+  in->call = NULL;
+  if (c->fn) {
+    sy_task_call_done(in->task, c->next, c->error);
+    call_free(c);
+    if (in->ph == PH_CALL) {
+      in->ph = PH_RESUME;
+      sy__run_queue_push(in->e, in);
+    }
+    return;
+  }
+  if (c->error) {
+    memset(&r, 0, sizeof r);
+    r.status = SY_TASK_ERROR;
+    snprintf(r.error, sizeof r.error, "%s", c->error);
+  } else {
+    sy_task_finish_node(in->task, in->step, c->next, &r);
+  }
+  call_free(c);
+  sy__handle_result(in, &r);
+}
+
+/* A call finished (sy_api.done, done_json or fail). */
+static void complete(sy_call *c) {
+  SY_ASSERT(!c->completed);
+  c->completed = 1;
+  if (!c->inst) {
+    call_free(c); /* abandoned: nobody waits for it */
+  } else if (!c->in_invoke) {
+    deliver(c);
+  }
+}
+
+/* Hands a call to its plugin: a node's execute, or a ctx function with
+ * its arguments. */
+static void invoke(sy_call *c, const char *args_json) {
+  c->in_invoke = 1;
+  if (c->node) {
+    c->node->type->execute(c->node->plugin->state, c);
+  } else {
+    c->fn->fn->call(c->fn->plugin->state, c, args_json);
+  }
+  c->in_invoke = 0;
+  if (c->completed) {
+    if (c->inst) {
+      deliver(c);
+    } else {
+      call_free(c);
+    }
+  }
+}
+
+static void api_done(sy_call *c, const char *next) {
+  c->next = next ? strdup(next) : NULL;
+  complete(c);
+}
+
+static void api_done_json(sy_call *c, const char *json) {
+  c->next = strdup(json ? json : "null");
+  complete(c);
+}
+
+static void api_fail(sy_call *c, const char *message) {
+  free(c->error);
+  c->error = strdup(message && *message ? message : "plugin call failed");
+  complete(c);
+}
+
+void sy__api_init(sy_api *a) {
+  *a = (sy_api){
+      .abi = SY_PLUGIN_ABI,
+      .db = api_db,
+      .tx_begin = api_tx_begin,
+      .loop = api_loop,
+      .now_ms = api_now_ms,
+      .setting = api_setting,
+      .log = api_log,
+      .engine = api_engine,
+      .instance_id = api_instance_id,
+      .workflow = api_workflow,
+      .step = api_step,
+      .attempt = api_attempt,
+      .node_data = api_node_data,
+      .idempotency_key = api_idempotency_key,
+      .random = api_random,
+      .totals = api_totals,
+      .fresh = api_fresh,
+      .memo = api_memo,
+      .var_get = api_var_get,
+      .var_set_json = api_var_set_json,
+      .call_predicate = api_call_predicate,
+      .call_error = api_call_error,
+      .done = api_done,
+      .done_json = api_done_json,
+      .fail = api_fail,
+      .opt_get = api_opt_get,
+  };
+}
+
+int sy__call_node(sy_inst *in) {
+  sy_call *c = call_new(in->e, in);
+  if (!c) {
+    return SY_ENOMEM;
+  }
+  c->node = in->step->node;
+  sy_task_set_step(in->task, in->step, in->attempt);
+  in->ph = PH_CALL;
+  invoke(c, NULL);
+  return 0;
+}
+
+int sy__ctx_call(void *ud, sy_task *t, const sy_ctx_fn_entry *fn,
+                 const char *args_json, char *err, size_t errlen) {
+  sy_engine *e = ud;
+  sy_inst *in = sy_task_owner(t);
+  sy_call *c = call_new(e, in);
+  if (!c) {
+    snprintf(err, errlen, "out of memory");
+    return SY_ENOMEM;
+  }
+  c->fn = fn;
+  c->seq = sy_task_call_seq(t);
+  if (in->chained_tx && in->chained_tx == sy_store_tx_seq(e->store)) {
+    /* The step before this one is not committed yet: the plugin, which
+     * may reach outside, hears of the call once it is (sy__issue_held). */
+    if (!(c->held_args = strdup(args_json))) {
+      in->call = NULL;
+      call_free(c);
+      snprintf(err, errlen, "out of memory");
+      return SY_ENOMEM;
+    }
+    if (e->held_tail) {
+      e->held_tail->next_held = c;
+    } else {
+      e->held_head = c;
+    }
+    e->held_tail = c;
+    return 0;
+  }
+  invoke(c, args_json);
+  return 0;
+}
+
+void sy__issue_held(sy_engine *e) {
+  sy_call *c;
+  while ((c = e->held_head)) {
+    char *args = c->held_args;
+    e->held_head = c->next_held;
+    if (!e->held_head) {
+      e->held_tail = NULL;
+    }
+    c->held_args = NULL;
+    c->next_held = NULL;
+    invoke(c, args);
+    free(args);
+  }
+}
+
+/* Takes a held call out of the queue; the plugin never heard of it, so
+ * there is nothing to cancel. */
+static void drop_held(sy_engine *e, sy_call *c) {
+  sy_call **p = &e->held_head, *prev = NULL;
+  while (*p && *p != c) {
+    prev = *p;
+    p = &(*p)->next_held;
+  }
+  if (*p) {
+    *p = c->next_held;
+    if (e->held_tail == c) {
+      e->held_tail = prev;
+    }
+  }
+  call_free(c);
+}
+
+void sy__abandon_call(sy_call *c) {
+  c->inst = NULL;
+  if (c->held_args) {
+    drop_held(c->e, c);
+  } else if (c->node && c->node->type->cancel) {
+    c->node->type->cancel(c->node->plugin->state, c);
+  } else if (c->fn && c->fn->fn->cancel) {
+    c->fn->fn->cancel(c->fn->plugin->state, c);
+  }
+}
