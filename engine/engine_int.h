@@ -15,6 +15,7 @@
 #ifndef SY_ENGINE_INT_H
 #define SY_ENGINE_INT_H
 
+#include "clock.h"
 #include "engine.h"
 #include "error.h"
 #include "plugins.h"
@@ -123,8 +124,8 @@ struct sy_engine {
   char host[256];
   uv_timer_t lease_timer;
   uv_timer_t breathe_timer;
-  int64_t last_breath;
-  int64_t expired_checked; /* last look for leases of vanished engines */
+  uint64_t last_breath;     /* monotonic, ns */
+  uint64_t expired_checked; /* last look for leases of vanished engines */
   sy_run_stats stats;
   char errmsg[1024];
 };

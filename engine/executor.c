@@ -163,7 +163,7 @@ static void step_ended(sy_inst *in) {
 
 /* Whole milliseconds from now until a monotonic time, rounded up. */
 static uint64_t ms_until(uint64_t when_ns) {
-  uint64_t now = uv_hrtime();
+  uint64_t now = sy_mono_ns();
   return when_ns > now ? (when_ns - now + 999999) / 1000000 : 0;
 }
 
@@ -225,7 +225,7 @@ void sy__execute(sy_inst *in) {
   in->ph = PH_RUNNING;
   in->timed_out = 0;
   in->step_started = sy_now_ms();
-  in->step_started_ns = uv_hrtime();
+  in->step_started_ns = sy_mono_ns();
   if (in->step->timeout > 0) {
     ensure_handles(in);
     uv_timer_start(&in->timeout_timer, timeout_cb,
@@ -308,7 +308,7 @@ static void start_sleep(sy_inst *in, const sy_task_result *r, int64_t now) {
   ensure_handles(in);
   in->ph = PH_SLEEPING;
   in->sleep_until_ns =
-      uv_hrtime() + (uint64_t)(due > now ? due - now : 0) * 1000000;
+      sy_mono_ns() + (uint64_t)(due > now ? due - now : 0) * 1000000;
   /* Timers count from the loop's cached time, which may be this whole
    * turn old: refresh it so a sleep never ends early. */
   uv_update_time(&e->loop);
@@ -429,7 +429,7 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
 void sy__handle_result(sy_inst *in, sy_task_result *r) {
   sy_engine *e = in->e;
   int64_t now = sy_now_ms();
-  uint64_t now_ns = uv_hrtime();
+  uint64_t now_ns = sy_mono_ns();
   int rc;
   if (e->fatal) {
     free(r->vars_json);

@@ -102,9 +102,10 @@ static void claim(sy_engine *e) {
   int64_t now = sy_now_ms();
   /* Finding expired leases reads every running row (ours included): once
    * a second is soon enough for leases that last LEASE_MS. */
-  int expired = now - e->expired_checked >= EXPIRED_EVERY_MS;
+  uint64_t mono = sy_mono_ns();
+  int expired = mono - e->expired_checked >= EXPIRED_EVERY_MS * 1000000ull;
   if (expired) {
-    e->expired_checked = now;
+    e->expired_checked = mono;
   }
   rc = sy_store_claim(e->store, e->id, now + SY__LEASE_MS, now, want, expired,
                       sy__claim_cb, e);
@@ -221,8 +222,8 @@ static void check_cb(uv_check_t *h) {
   if (e->runq_head || can_claim(e)) {
     /* Back-to-back transactions would starve other writers (a rollout
      * kill must not wait seconds): now and then, pause without the lock. */
-    int64_t now = sy_now_ms();
-    if (now - e->last_breath >= BREATHE_EVERY_MS) {
+    uint64_t now = sy_mono_ns();
+    if (now - e->last_breath >= BREATHE_EVERY_MS * 1000000ull) {
       e->last_breath = now;
       uv_idle_stop(&e->idle);
       uv_timer_start(&e->breathe_timer, wake_cb, BREATHE_MS, 0);

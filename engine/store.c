@@ -1,16 +1,17 @@
-/* The durable store (see store.h): schema, migrations and every statement,
- * prepared once into a cache indexed by an enum so the SQL text lives in one
- * place and the hot path never re-parses it. */
-#include "store.h"
-
+/* The SQLite store (see store.h): one connection per engine, its schema
+ * and forward migrations, every statement's text (in one table, prepared
+ * once into a cache indexed by an enum, so the hot path never re-parses),
+ * transactions, definitions and the registry of engines. Instance rows
+ * are in store_instances.c. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <uv.h>
 
+#include "clock.h"
 #include "error.h"
+#include "store_int.h"
 
 /* Each migration moves the schema from version i to i+1; user_version
  * records where a database is. Never edit a released migration: add one. */
@@ -91,44 +92,12 @@ static const char *const migrations[] = {
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
+
 #define INSTANCE_COLS                                                        \
   "id, workflow, def_hash, state, step, attempt, vars, wake_at, "            \
   "wait_seq, created_at, updated_at, ended_at, generation, run_ms, reruns, " \
   "claimed"
 
-enum {
-  Q_BEGIN,
-  Q_COMMIT,
-  Q_ROLLBACK,
-  Q_PUT_DEF,
-  Q_GET_DEF,
-  Q_INSERT_INSTANCE,
-  Q_CLAIM_READY,
-  Q_PICK_NEW,
-  Q_CLAIM_NEW,
-  Q_CLAIM_DUE,
-  Q_CLAIM_EXPIRED,
-  Q_RENEW,
-  Q_RELEASE,
-  Q_ENGINE_REGISTER,
-  Q_ENGINE_HEARTBEAT,
-  Q_ENGINE_DELETE,
-  Q_ENGINES_ON_HOST,
-  Q_NEXT_WAKE,
-  Q_COUNT_ACTIVE,
-  Q_COUNT_BY_STATE,
-  Q_UPDATE_INSTANCE,
-  Q_ADVANCE_INSTANCE,
-  Q_INSERT_STEP_RUN,
-  Q_INSERT_INCIDENT,
-  Q_GET_INSTANCE,
-  Q_LIST_INSTANCES,
-  Q_COUNT_INSTANCES,
-  Q_LIST_STEP_RUNS,
-  Q_LIST_INCIDENTS,
-  Q_RESOLVE_INCIDENTS,
-  Q__COUNT
-};
 
 static const char *const sql_text[Q__COUNT] = {
     [Q_BEGIN] = "BEGIN IMMEDIATE",
@@ -238,21 +207,6 @@ static const char *const sql_text[Q__COUNT] = {
         "WHERE instance_id = ?1 AND resolved_at IS NULL",
 };
 
-struct sy_store {
-  sqlite3 *db;
-  int busy_timeout_ms;
-  int64_t busy_since;
-  sqlite3_stmt *stmt[Q__COUNT];
-  int in_tx;
-  int64_t tx_seq;
-  char errmsg[512];
-};
-
-int64_t sy_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int sy_store_set_error(sy_store *st, int code, const char *fmt, ...) {
   va_list ap;
@@ -262,8 +216,7 @@ int sy_store_set_error(sy_store *st, int code, const char *fmt, ...) {
   return code;
 }
 
-/* Turns an SQLite failure into an SY_E code, keeping SQLite's message. */
-static int db_error(sy_store *st, const char *what) {
+int sy__db_error(sy_store *st, const char *what) {
   int rc = sqlite3_errcode(st->db);
   int sys = sqlite3_system_errno(st->db);
   /* SQLite's words for an I/O failure ("disk I/O error") hide the cause
@@ -288,29 +241,28 @@ sqlite3 *sy_store_db(sy_store *st) {
 
 /* Statements are prepared on first use so a read-only listing command never
  * pays for (or fails on) statements it does not run. */
-static sqlite3_stmt *stmt(sy_store *st, int q) {
+sqlite3_stmt *sy__stmt(sy_store *st, int q) {
   if (!st->stmt[q]) {
     if (sqlite3_prepare_v3(st->db, sql_text[q], -1, SQLITE_PREPARE_PERSISTENT,
                            &st->stmt[q], NULL) != SQLITE_OK) {
-      db_error(st, "prepare");
+      sy__db_error(st, "prepare");
       return NULL;
     }
   }
   return st->stmt[q];
 }
 
-/* Runs a statement that returns no rows; bindings already made. */
-static int exec_stmt(sy_store *st, sqlite3_stmt *s, const char *what) {
+int sy__exec_stmt(sy_store *st, sqlite3_stmt *s, const char *what) {
   int rc = sqlite3_step(s);
   int rrc = sqlite3_reset(s);
   sqlite3_clear_bindings(s);
   if (rc != SQLITE_DONE || rrc != SQLITE_OK) {
-    return db_error(st, what);
+    return sy__db_error(st, what);
   }
   return 0;
 }
 
-static void bind_text(sqlite3_stmt *s, int i, const char *v) {
+void sy__bind_text(sqlite3_stmt *s, int i, const char *v) {
   if (v) {
     sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
   } else {
@@ -318,7 +270,7 @@ static void bind_text(sqlite3_stmt *s, int i, const char *v) {
   }
 }
 
-static void bind_opt_int(sqlite3_stmt *s, int i, int64_t v) {
+void sy__bind_opt_int(sqlite3_stmt *s, int i, int64_t v) {
   if (v) {
     sqlite3_bind_int64(s, i, v);
   } else {
@@ -343,6 +295,7 @@ static int exec_sql(sy_store *st, const char *sql) {
   return 0;
 }
 
+
 static int user_version(sy_store *st) {
   sqlite3_stmt *s;
   int version = 0;
@@ -362,11 +315,11 @@ static int user_version(sy_store *st) {
 static int busy_wait(void *ud, int tries) {
   sy_store *st = ud;
   struct timespec ms = {0, 1000000};
-  int64_t now = sy_now_ms();
+  uint64_t now = sy_mono_ns();
   if (tries == 0) {
     st->busy_since = now;
   }
-  if (now - st->busy_since >= st->busy_timeout_ms) {
+  if (now - st->busy_since >= (uint64_t)st->busy_timeout_ms * 1000000) {
     return 0;
   }
   nanosleep(&ms, NULL);
@@ -417,7 +370,7 @@ static int migrate(sy_store *st) {
  * snapshot gone stale), so the whole step is retried here until the busy
  * timeout, rather than failing a `start` that met a `run` just opening. */
 static int open_for_writing(sy_store *st) {
-  int64_t since = sy_now_ms();
+  uint64_t since = sy_mono_ns();
   struct timespec ms = {0, 1000000};
   int rc;
   for (;;) {
@@ -425,7 +378,8 @@ static int open_for_writing(sy_store *st) {
     if (!rc) {
       rc = migrate(st);
     }
-    if (rc != SY_EBUSY || sy_now_ms() - since >= st->busy_timeout_ms) {
+    if (rc != SY_EBUSY ||
+        sy_mono_ns() - since >= (uint64_t)st->busy_timeout_ms * 1000000) {
       return rc;
     }
     nanosleep(&ms, NULL);
@@ -512,16 +466,17 @@ void sy_store_close(sy_store *st) {
   free(st);
 }
 
+
 int sy_store_begin(sy_store *st) {
   sqlite3_stmt *s;
   int rc;
   if (st->in_tx) {
     return 0;
   }
-  if (!(s = stmt(st, Q_BEGIN))) {
+  if (!(s = sy__stmt(st, Q_BEGIN))) {
     return SY_ESTORE;
   }
-  if ((rc = exec_stmt(st, s, "begin"))) {
+  if ((rc = sy__exec_stmt(st, s, "begin"))) {
     return rc;
   }
   st->in_tx = 1;
@@ -539,10 +494,10 @@ int sy_store_commit(sy_store *st) {
   if (!st->in_tx) {
     return 0;
   }
-  if (!(s = stmt(st, Q_COMMIT))) {
+  if (!(s = sy__stmt(st, Q_COMMIT))) {
     return SY_ESTORE;
   }
-  rc = exec_stmt(st, s, "commit");
+  rc = sy__exec_stmt(st, s, "commit");
   /* A failed COMMIT may leave the transaction open (SQLITE_BUSY): roll it
    * back so the caller's in-memory view and the database agree again. */
   if (rc && !sqlite3_get_autocommit(st->db)) {
@@ -553,7 +508,7 @@ int sy_store_commit(sy_store *st) {
 }
 
 void sy_store_rollback(sy_store *st) {
-  sqlite3_stmt *s = stmt(st, Q_ROLLBACK);
+  sqlite3_stmt *s = sy__stmt(st, Q_ROLLBACK);
   if (s && !sqlite3_get_autocommit(st->db)) {
     sqlite3_step(s);
     sqlite3_reset(s);
@@ -565,19 +520,20 @@ int sy_store_in_tx(sy_store *st) {
   return st->in_tx;
 }
 
+
 int sy_store_put_definition(sy_store *st, const char *hash,
                             const char *workflow, const char *path,
                             const char *source, size_t len) {
-  sqlite3_stmt *s = stmt(st, Q_PUT_DEF);
+  sqlite3_stmt *s = sy__stmt(st, Q_PUT_DEF);
   if (!s) {
     return SY_ESTORE;
   }
   sqlite3_bind_text(s, 1, hash, -1, SQLITE_STATIC);
   sqlite3_bind_text(s, 2, workflow, -1, SQLITE_STATIC);
-  bind_text(s, 3, path);
+  sy__bind_text(s, 3, path);
   sqlite3_bind_text(s, 4, source, (int)len, SQLITE_STATIC);
   sqlite3_bind_int64(s, 5, sy_now_ms());
-  return exec_stmt(st, s, "store definition");
+  return sy__exec_stmt(st, s, "store definition");
 }
 
 static char *dup_column(sqlite3_stmt *s, int col, size_t *len) {
@@ -600,7 +556,7 @@ static char *dup_column(sqlite3_stmt *s, int col, size_t *len) {
 
 int sy_store_get_definition(sy_store *st, const char *hash, char **source,
                             size_t *len, char **path) {
-  sqlite3_stmt *s = stmt(st, Q_GET_DEF);
+  sqlite3_stmt *s = sy__stmt(st, Q_GET_DEF);
   int rc;
   if (!s) {
     return SY_ESTORE;
@@ -614,201 +570,17 @@ int sy_store_get_definition(sy_store *st, const char *hash, char **source,
   } else if (rc == SQLITE_DONE) {
     rc = sy_store_set_error(st, SY_ENOTFOUND, "no definition %s", hash);
   } else {
-    rc = db_error(st, "read definition");
+    rc = sy__db_error(st, "read definition");
   }
   sqlite3_reset(s);
   sqlite3_clear_bindings(s);
   return rc;
 }
 
-int sy_store_insert_instance(sy_store *st, const char *workflow,
-                             const char *def_hash, const char *step,
-                             const char *vars, int64_t now, int64_t *id) {
-  sqlite3_stmt *s = stmt(st, Q_INSERT_INSTANCE);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_text(s, 1, workflow, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, def_hash, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, step, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 4, vars, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 5, now);
-  if ((rc = exec_stmt(st, s, "insert instance"))) {
-    return rc;
-  }
-  if (id) {
-    *id = sqlite3_last_insert_rowid(st->db);
-  }
-  return 0;
-}
-
-static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
-  r->id = sqlite3_column_int64(s, 0);
-  r->workflow = (const char *)sqlite3_column_text(s, 1);
-  r->def_hash = (const char *)sqlite3_column_text(s, 2);
-  r->state = (const char *)sqlite3_column_text(s, 3);
-  r->step = (const char *)sqlite3_column_text(s, 4);
-  r->attempt = sqlite3_column_int(s, 5);
-  r->vars = (const char *)sqlite3_column_text(s, 6);
-  r->wake_at = sqlite3_column_int64(s, 7);
-  r->wait_seq = sqlite3_column_int(s, 8);
-  r->created_at = sqlite3_column_int64(s, 9);
-  r->updated_at = sqlite3_column_int64(s, 10);
-  r->ended_at = sqlite3_column_int64(s, 11);
-  r->generation = sqlite3_column_int(s, 12);
-  r->run_ms = sqlite3_column_int64(s, 13);
-  r->reruns = sqlite3_column_int64(s, 14);
-  r->claimed = sqlite3_column_int(s, 15);
-}
-
-/* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
-static int each_instance(sy_store *st, sqlite3_stmt *s, sy_instance_cb cb,
-                         void *ud, int *count) {
-  int rc, n = 0;
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    sy_instance_row r;
-    read_instance(s, &r);
-    n++;
-    if (cb(ud, &r)) {
-      rc = SQLITE_DONE;
-      break;
-    }
-  }
-  if (rc != SQLITE_DONE) {
-    rc = db_error(st, "read instances");
-  } else {
-    rc = 0;
-  }
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
-  if (count) {
-    *count = n;
-  }
-  return rc;
-}
-
-/* New instances as a claim reads them: each is shown to the caller as the
- * running row it is about to become, and the id range they span is kept. */
-typedef struct {
-  sy_instance_cb cb;
-  void *ud;
-  int64_t lo, hi;
-} picked;
-
-static int pick_cb(void *ud, const sy_instance_row *row) {
-  picked *p = ud;
-  sy_instance_row r = *row;
-  r.state = SY_STATE_RUNNING;
-  p->lo = r.id < p->lo ? r.id : p->lo;
-  p->hi = r.id > p->hi ? r.id : p->hi;
-  return p->cb(p->ud, &r);
-}
-
-/* Claims new instances (ready, never asleep) with one range update. */
-static int claim_new(sy_store *st, const char *owner, int64_t lease_until,
-                     int64_t now, int limit, sy_instance_cb cb, void *ud) {
-  sqlite3_stmt *s = stmt(st, Q_PICK_NEW), *u = stmt(st, Q_CLAIM_NEW);
-  picked p = {cb, ud, INT64_MAX, INT64_MIN};
-  int rc, n = 0;
-  if (!s || !u) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_int(s, 1, limit);
-  if ((rc = each_instance(st, s, pick_cb, &p, &n))) {
-    return rc;
-  }
-  if (n == 0) {
-    return 0;
-  }
-  sqlite3_bind_int64(u, 1, p.lo);
-  sqlite3_bind_int64(u, 2, p.hi);
-  sqlite3_bind_text(u, 3, owner, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(u, 4, lease_until);
-  sqlite3_bind_int64(u, 5, now);
-  if ((rc = exec_stmt(st, u, "claim instances"))) {
-    return rc;
-  }
-  if (sqlite3_changes(st->db) != n) {
-    return sy_store_set_error(st, SY_ESTATE,
-                              "claim of instances %lld..%lld took %d rows, "
-                              "%d were read",
-                              (long long)p.lo, (long long)p.hi,
-                              sqlite3_changes(st->db), n);
-  }
-  return 0;
-}
-
-int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
-                   int64_t now, int limit, int expired, sy_instance_cb cb,
-                   void *ud) {
-  /* Due retries and interrupted sleeps first: they have waited already;
-   * then work abandoned by dead engines; then new instances. */
-  static const int order[] = {Q_CLAIM_DUE, Q_CLAIM_EXPIRED, Q_CLAIM_READY};
-  int rc, got = 0, n = 0;
-  if ((rc = sy_store_begin(st))) {
-    return rc;
-  }
-  for (int i = 0; i < 3 && got < limit; i++) {
-    sqlite3_stmt *s;
-    if (order[i] == Q_CLAIM_EXPIRED && !expired) {
-      continue;
-    }
-    if (!(s = stmt(st, order[i]))) {
-      return SY_ESTORE;
-    }
-    sqlite3_bind_int64(s, 1, now);
-    sqlite3_bind_int(s, 2, limit - got);
-    sqlite3_bind_text(s, 3, owner, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 4, lease_until);
-    if ((rc = each_instance(st, s, cb, ud, &n))) {
-      return rc;
-    }
-    got += n;
-  }
-  if (got < limit) {
-    return claim_new(st, owner, lease_until, now, limit - got, cb, ud);
-  }
-  return 0;
-}
-
-int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
-                   int64_t now) {
-  sqlite3_stmt *s = stmt(st, Q_RENEW), *h = stmt(st, Q_ENGINE_HEARTBEAT);
-  int rc;
-  if (!s || !h) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 2, lease_until);
-  if ((rc = exec_stmt(st, s, "renew leases"))) {
-    return rc;
-  }
-  sqlite3_bind_text(h, 1, owner, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(h, 2, now);
-  return exec_stmt(st, h, "heartbeat");
-}
-
-int sy_store_release(sy_store *st, const char *owner, int64_t now, int64_t *n) {
-  sqlite3_stmt *s = stmt(st, Q_RELEASE);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 2, now);
-  if ((rc = exec_stmt(st, s, "release instances"))) {
-    return rc;
-  }
-  if (n) {
-    *n = sqlite3_changes(st->db);
-  }
-  return 0;
-}
 
 int sy_store_engine_register(sy_store *st, const char *id, const char *host,
                              int64_t pid, int64_t now) {
-  sqlite3_stmt *s = stmt(st, Q_ENGINE_REGISTER);
+  sqlite3_stmt *s = sy__stmt(st, Q_ENGINE_REGISTER);
   if (!s) {
     return SY_ESTORE;
   }
@@ -816,282 +588,61 @@ int sy_store_engine_register(sy_store *st, const char *id, const char *host,
   sqlite3_bind_text(s, 2, host, -1, SQLITE_STATIC);
   sqlite3_bind_int64(s, 3, pid);
   sqlite3_bind_int64(s, 4, now);
-  return exec_stmt(st, s, "register engine");
+  return sy__exec_stmt(st, s, "register engine");
 }
 
 int sy_store_engine_delete(sy_store *st, const char *id) {
-  sqlite3_stmt *s = stmt(st, Q_ENGINE_DELETE);
+  sqlite3_stmt *s = sy__stmt(st, Q_ENGINE_DELETE);
   if (!s) {
     return SY_ESTORE;
   }
   sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-  return exec_stmt(st, s, "unregister engine");
+  return sy__exec_stmt(st, s, "unregister engine");
 }
 
 int sy_store_engines_on_host(sy_store *st, const char *host, sy_engine_cb cb,
                              void *ud) {
-  sqlite3_stmt *s = stmt(st, Q_ENGINES_ON_HOST);
-  char ids[64][64];
-  int64_t pids[64];
-  int n = 0, rc;
+  sqlite3_stmt *s = sy__stmt(st, Q_ENGINES_ON_HOST);
+  struct {
+    char *id;
+    int64_t pid;
+  } *rows = NULL, *grown;
+  size_t n = 0, cap = 0;
+  int rc;
   if (!s) {
     return SY_ESTORE;
   }
   /* Copied out first: the callback writes to the table being read. */
   sqlite3_bind_text(s, 1, host, -1, SQLITE_STATIC);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW && n < 64) {
-    snprintf(ids[n], sizeof ids[n], "%s", sqlite3_column_text(s, 0));
-    pids[n++] = sqlite3_column_int64(s, 1);
-  }
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-    rc = db_error(st, "list engines");
-    sqlite3_reset(s);
-    return rc;
-  }
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
-  for (int i = 0; i < n; i++) {
-    if ((rc = cb(ud, ids[i], pids[i]))) {
-      return rc;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (n == cap) {
+      if (!(grown = realloc(rows, (cap * 2 + 8) * sizeof *rows))) {
+        rc = sy_store_set_error(st, SY_ENOMEM, "list engines: out of memory");
+        break;
+      }
+      rows = grown;
+      cap = cap * 2 + 8;
     }
+    if (!(rows[n].id = strdup((const char *)sqlite3_column_text(s, 0)))) {
+      rc = sy_store_set_error(st, SY_ENOMEM, "list engines: out of memory");
+      break;
+    }
+    rows[n++].pid = sqlite3_column_int64(s, 1);
   }
-  return 0;
-}
-
-static int single_int(sy_store *st, int q, int64_t *out, const char *what) {
-  sqlite3_stmt *s = stmt(st, q);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) {
-    *out = sqlite3_column_int64(s, 0);
+  if (rc == SQLITE_DONE) {
     rc = 0;
-  } else {
-    rc = db_error(st, what);
+  } else if (rc != SY_ENOMEM) {
+    rc = sy__db_error(st, "list engines");
   }
-  sqlite3_reset(s);
-  return rc;
-}
-
-int sy_store_next_wake(sy_store *st, int64_t *wake_at) {
-  return single_int(st, Q_NEXT_WAKE, wake_at, "next wake-up");
-}
-
-int sy_store_count_active(sy_store *st, int64_t *n) {
-  return single_int(st, Q_COUNT_ACTIVE, n, "count active instances");
-}
-
-/* Both forms of the update take the same numbered parameters (the advance
- * leaves some unused), so one binding serves either. */
-static void bind_update(sqlite3_stmt *s, const sy_instance_update *u) {
-  sqlite3_bind_int64(s, 1, u->id);
-  sqlite3_bind_text(s, 2, u->state, -1, SQLITE_STATIC);
-  bind_text(s, 3, u->step);
-  sqlite3_bind_int(s, 4, u->attempt);
-  bind_text(s, 5, u->vars);
-  bind_opt_int(s, 6, u->wake_at);
-  bind_opt_int(s, 7, u->wait_seq);
-  sqlite3_bind_int64(s, 8, u->now);
-  bind_opt_int(s, 9, u->ended ? u->now : 0);
-  bind_text(s, 10, u->owner);
-  sqlite3_bind_int(s, 11, u->new_generation);
-  sqlite3_bind_int64(s, 12, u->run_ms);
-  sqlite3_bind_int(s, 13, u->rerun);
-}
-
-int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
-  int advance = strcmp(u->state, SY_STATE_RUNNING) == 0 && !u->wake_at &&
-                !u->ended && !u->new_generation && u->owner;
-  sqlite3_stmt *s = stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  bind_update(s, u);
-  if ((rc = exec_stmt(st, s, "update instance"))) {
-    return rc;
-  }
-  if (advance && sqlite3_changes(st->db) == 0) {
-    /* A recorded wake-up to clear, or a lost lease: the general form
-     * tells them apart. */
-    if (!(s = stmt(st, Q_UPDATE_INSTANCE))) {
-      return SY_ESTORE;
-    }
-    bind_update(s, u);
-    if ((rc = exec_stmt(st, s, "update instance"))) {
-      return rc;
-    }
-  }
-  if (sqlite3_changes(st->db) == 0) {
-    return sy_store_set_error(st, SY_ESTATE,
-                              "instance %lld is no longer held by %s",
-                              (long long)u->id, u->owner ? u->owner : "nobody");
-  }
-  return 0;
-}
-
-int sy_store_insert_step_run(sy_store *st, int64_t instance_id,
-                             const char *step, int attempt, int64_t started,
-                             int64_t ended, const char *outcome,
-                             const char *error) {
-  sqlite3_stmt *s = stmt(st, Q_INSERT_STEP_RUN);
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, step, -1, SQLITE_STATIC);
-  sqlite3_bind_int(s, 3, attempt);
-  sqlite3_bind_int64(s, 4, started);
-  sqlite3_bind_int64(s, 5, ended);
-  sqlite3_bind_text(s, 6, outcome, -1, SQLITE_STATIC);
-  bind_text(s, 7, error);
-  return exec_stmt(st, s, "record step run");
-}
-
-int sy_store_insert_incident(sy_store *st, int64_t instance_id,
-                             const char *step, const char *error, int64_t now) {
-  sqlite3_stmt *s = stmt(st, Q_INSERT_INCIDENT);
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, step, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, error, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 4, now);
-  return exec_stmt(st, s, "raise incident");
-}
-
-int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
-                          int *found) {
-  sqlite3_stmt *s = stmt(st, Q_GET_INSTANCE);
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_int64(s, 1, id);
-  return each_instance(st, s, cb, ud, found);
-}
-
-static void bind_filter(sqlite3_stmt *s, const sy_instance_filter *f) {
-  bind_text(s, 1, f->state);
-  bind_text(s, 2, f->workflow);
-  sqlite3_bind_int64(s, 3, f->after);
-}
-
-int sy_store_list_instances(sy_store *st, const sy_instance_filter *f,
-                            sy_instance_cb cb, void *ud) {
-  sqlite3_stmt *s = stmt(st, Q_LIST_INSTANCES);
-  if (!s) {
-    return SY_ESTORE;
-  }
-  bind_filter(s, f);
-  sqlite3_bind_int64(s, 4, f->limit > 0 ? f->limit : -1);
-  return each_instance(st, s, cb, ud, NULL);
-}
-
-int sy_store_count_instances(sy_store *st, const sy_instance_filter *f,
-                             int64_t *n) {
-  sqlite3_stmt *s = stmt(st, Q_COUNT_INSTANCES);
-  if (!s) {
-    return SY_ESTORE;
-  }
-  bind_filter(s, f);
-  return single_int(st, Q_COUNT_INSTANCES, n, "count instances");
-}
-
-int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
-                            sy_step_run_cb cb, void *ud) {
-  sqlite3_stmt *s = stmt(st, Q_LIST_STEP_RUNS);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_int64(s, 1, instance_id);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    sy_step_run_row r = {
-        .id = sqlite3_column_int64(s, 0),
-        .instance_id = sqlite3_column_int64(s, 1),
-        .step = (const char *)sqlite3_column_text(s, 2),
-        .attempt = sqlite3_column_int(s, 3),
-        .started_at = sqlite3_column_int64(s, 4),
-        .ended_at = sqlite3_column_int64(s, 5),
-        .outcome = (const char *)sqlite3_column_text(s, 6),
-        .error = (const char *)sqlite3_column_text(s, 7),
-    };
-    if (cb(ud, &r)) {
-      rc = SQLITE_DONE;
-      break;
-    }
-  }
-  rc = rc == SQLITE_DONE ? 0 : db_error(st, "read step runs");
   sqlite3_reset(s);
   sqlite3_clear_bindings(s);
-  return rc;
-}
-
-int sy_store_list_incidents(sy_store *st, int open_only, int64_t instance_id,
-                            sy_incident_cb cb, void *ud) {
-  sqlite3_stmt *s = stmt(st, Q_LIST_INCIDENTS);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_int(s, 1, open_only);
-  sqlite3_bind_int64(s, 2, instance_id);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    sy_incident_row r = {
-        .id = sqlite3_column_int64(s, 0),
-        .instance_id = sqlite3_column_int64(s, 1),
-        .workflow = (const char *)sqlite3_column_text(s, 2),
-        .step = (const char *)sqlite3_column_text(s, 3),
-        .error = (const char *)sqlite3_column_text(s, 4),
-        .raised_at = sqlite3_column_int64(s, 5),
-        .resolved_at = sqlite3_column_int64(s, 6),
-        .resolution = (const char *)sqlite3_column_text(s, 7),
-    };
-    if (cb(ud, &r)) {
-      rc = SQLITE_DONE;
-      break;
+  for (size_t i = 0; i < n; i++) {
+    if (!rc) {
+      rc = cb(ud, rows[i].id, rows[i].pid);
     }
+    free(rows[i].id);
   }
-  rc = rc == SQLITE_DONE ? 0 : db_error(st, "read incidents");
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  free(rows);
   return rc;
 }
 
-int sy_store_resolve_incidents(sy_store *st, int64_t instance_id,
-                               const char *resolution, int64_t now,
-                               int64_t *n) {
-  sqlite3_stmt *s = stmt(st, Q_RESOLVE_INCIDENTS);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_int64(s, 2, now);
-  sqlite3_bind_text(s, 3, resolution, -1, SQLITE_STATIC);
-  if ((rc = exec_stmt(st, s, "resolve incidents"))) {
-    return rc;
-  }
-  if (n) {
-    *n = sqlite3_changes(st->db);
-  }
-  return 0;
-}
-
-int sy_store_count_by_state(sy_store *st, sy_count_cb cb, void *ud) {
-  sqlite3_stmt *s = stmt(st, Q_COUNT_BY_STATE);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    cb(ud, (const char *)sqlite3_column_text(s, 0),
-       (const char *)sqlite3_column_text(s, 1), sqlite3_column_int64(s, 2));
-  }
-  rc = rc == SQLITE_DONE ? 0 : db_error(st, "count instances");
-  sqlite3_reset(s);
-  return rc;
-}

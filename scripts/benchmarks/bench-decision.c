@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "cv.h"
 #include "engine.h"
 #include "plugins.h"

@@ -1,0 +1,435 @@
+/* Instance rows in the SQLite store: starting instances, claiming them
+ * (with leases, fenced by owner), the transitions the executor records, step
+ * runs and incidents, and the listings the command line reads. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "store_int.h"
+
+int sy_store_insert_instance(sy_store *st, const char *workflow,
+                             const char *def_hash, const char *step,
+                             const char *vars, int64_t now, int64_t *id) {
+  sqlite3_stmt *s = sy__stmt(st, Q_INSERT_INSTANCE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, workflow, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, def_hash, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, step, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 4, vars, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 5, now);
+  if ((rc = sy__exec_stmt(st, s, "insert instance"))) {
+    return rc;
+  }
+  if (id) {
+    *id = sqlite3_last_insert_rowid(st->db);
+  }
+  return 0;
+}
+
+static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
+  r->id = sqlite3_column_int64(s, 0);
+  r->workflow = (const char *)sqlite3_column_text(s, 1);
+  r->def_hash = (const char *)sqlite3_column_text(s, 2);
+  r->state = (const char *)sqlite3_column_text(s, 3);
+  r->step = (const char *)sqlite3_column_text(s, 4);
+  r->attempt = sqlite3_column_int(s, 5);
+  r->vars = (const char *)sqlite3_column_text(s, 6);
+  r->wake_at = sqlite3_column_int64(s, 7);
+  r->wait_seq = sqlite3_column_int(s, 8);
+  r->created_at = sqlite3_column_int64(s, 9);
+  r->updated_at = sqlite3_column_int64(s, 10);
+  r->ended_at = sqlite3_column_int64(s, 11);
+  r->generation = sqlite3_column_int(s, 12);
+  r->run_ms = sqlite3_column_int64(s, 13);
+  r->reruns = sqlite3_column_int64(s, 14);
+  r->claimed = sqlite3_column_int(s, 15);
+}
+
+/* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
+static int each_instance(sy_store *st, sqlite3_stmt *s, sy_instance_cb cb,
+                         void *ud, int *count) {
+  int rc, n = 0;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sy_instance_row r;
+    read_instance(s, &r);
+    n++;
+    if (cb(ud, &r)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    rc = sy__db_error(st, "read instances");
+  } else {
+    rc = 0;
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  if (count) {
+    *count = n;
+  }
+  return rc;
+}
+
+/* New instances as a claim reads them: each is shown to the caller as the
+ * running row it is about to become, and the id range they span is kept. */
+typedef struct {
+  sy_instance_cb cb;
+  void *ud;
+  int64_t lo, hi;
+} picked;
+
+static int pick_cb(void *ud, const sy_instance_row *row) {
+  picked *p = ud;
+  sy_instance_row r = *row;
+  r.state = SY_STATE_RUNNING;
+  p->lo = r.id < p->lo ? r.id : p->lo;
+  p->hi = r.id > p->hi ? r.id : p->hi;
+  return p->cb(p->ud, &r);
+}
+
+/* Claims new instances (ready, never asleep) with one range update. */
+static int claim_new(sy_store *st, const char *owner, int64_t lease_until,
+                     int64_t now, int limit, sy_instance_cb cb, void *ud) {
+  sqlite3_stmt *s = sy__stmt(st, Q_PICK_NEW), *u = sy__stmt(st, Q_CLAIM_NEW);
+  picked p = {cb, ud, INT64_MAX, INT64_MIN};
+  int rc, n = 0;
+  if (!s || !u) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int(s, 1, limit);
+  if ((rc = each_instance(st, s, pick_cb, &p, &n))) {
+    return rc;
+  }
+  if (n == 0) {
+    return 0;
+  }
+  sqlite3_bind_int64(u, 1, p.lo);
+  sqlite3_bind_int64(u, 2, p.hi);
+  sqlite3_bind_text(u, 3, owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(u, 4, lease_until);
+  sqlite3_bind_int64(u, 5, now);
+  if ((rc = sy__exec_stmt(st, u, "claim instances"))) {
+    return rc;
+  }
+  if (sqlite3_changes(st->db) != n) {
+    return sy_store_set_error(st, SY_ESTATE,
+                              "claim of instances %lld..%lld took %d rows, "
+                              "%d were read",
+                              (long long)p.lo, (long long)p.hi,
+                              sqlite3_changes(st->db), n);
+  }
+  return 0;
+}
+
+int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
+                   int64_t now, int limit, int expired, sy_instance_cb cb,
+                   void *ud) {
+  /* Due retries and interrupted sleeps first: they have waited already;
+   * then work abandoned by dead engines; then new instances. */
+  static const int order[] = {Q_CLAIM_DUE, Q_CLAIM_EXPIRED, Q_CLAIM_READY};
+  int rc, got = 0, n = 0;
+  if ((rc = sy_store_begin(st))) {
+    return rc;
+  }
+  for (int i = 0; i < 3 && got < limit; i++) {
+    sqlite3_stmt *s;
+    if (order[i] == Q_CLAIM_EXPIRED && !expired) {
+      continue;
+    }
+    if (!(s = sy__stmt(st, order[i]))) {
+      return SY_ESTORE;
+    }
+    sqlite3_bind_int64(s, 1, now);
+    sqlite3_bind_int(s, 2, limit - got);
+    sqlite3_bind_text(s, 3, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, lease_until);
+    if ((rc = each_instance(st, s, cb, ud, &n))) {
+      return rc;
+    }
+    got += n;
+  }
+  if (got < limit) {
+    return claim_new(st, owner, lease_until, now, limit - got, cb, ud);
+  }
+  return 0;
+}
+
+int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
+                   int64_t now) {
+  sqlite3_stmt *s = sy__stmt(st, Q_RENEW), *h = sy__stmt(st, Q_ENGINE_HEARTBEAT);
+  int rc;
+  if (!s || !h) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, lease_until);
+  if ((rc = sy__exec_stmt(st, s, "renew leases"))) {
+    return rc;
+  }
+  sqlite3_bind_text(h, 1, owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(h, 2, now);
+  return sy__exec_stmt(st, h, "heartbeat");
+}
+
+int sy_store_release(sy_store *st, const char *owner, int64_t now, int64_t *n) {
+  sqlite3_stmt *s = sy__stmt(st, Q_RELEASE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, now);
+  if ((rc = sy__exec_stmt(st, s, "release instances"))) {
+    return rc;
+  }
+  if (n) {
+    *n = sqlite3_changes(st->db);
+  }
+  return 0;
+}
+
+
+static int single_int(sy_store *st, int q, int64_t *out,
+                      const char *what) {
+  sqlite3_stmt *s = sy__stmt(st, q);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    *out = sqlite3_column_int64(s, 0);
+    rc = 0;
+  } else {
+    rc = sy__db_error(st, what);
+  }
+  sqlite3_reset(s);
+  return rc;
+}
+
+int sy_store_next_wake(sy_store *st, int64_t *wake_at) {
+  return single_int(st, Q_NEXT_WAKE, wake_at, "next wake-up");
+}
+
+int sy_store_count_active(sy_store *st, int64_t *n) {
+  return single_int(st, Q_COUNT_ACTIVE, n, "count active instances");
+}
+
+/* Both forms of the update take the same numbered parameters (the advance
+ * leaves some unused), so one binding serves either. */
+static void bind_update(sqlite3_stmt *s, const sy_instance_update *u) {
+  sqlite3_bind_int64(s, 1, u->id);
+  sqlite3_bind_text(s, 2, u->state, -1, SQLITE_STATIC);
+  sy__bind_text(s, 3, u->step);
+  sqlite3_bind_int(s, 4, u->attempt);
+  sy__bind_text(s, 5, u->vars);
+  sy__bind_opt_int(s, 6, u->wake_at);
+  sy__bind_opt_int(s, 7, u->wait_seq);
+  sqlite3_bind_int64(s, 8, u->now);
+  sy__bind_opt_int(s, 9, u->ended ? u->now : 0);
+  sy__bind_text(s, 10, u->owner);
+  sqlite3_bind_int(s, 11, u->new_generation);
+  sqlite3_bind_int64(s, 12, u->run_ms);
+  sqlite3_bind_int(s, 13, u->rerun);
+}
+
+int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
+  int advance = strcmp(u->state, SY_STATE_RUNNING) == 0 && !u->wake_at &&
+                !u->ended && !u->new_generation && u->owner;
+  sqlite3_stmt *s = sy__stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  bind_update(s, u);
+  if ((rc = sy__exec_stmt(st, s, "update instance"))) {
+    return rc;
+  }
+  if (advance && sqlite3_changes(st->db) == 0) {
+    /* A recorded wake-up to clear, or a lost lease: the general form
+     * tells them apart. */
+    if (!(s = sy__stmt(st, Q_UPDATE_INSTANCE))) {
+      return SY_ESTORE;
+    }
+    bind_update(s, u);
+    if ((rc = sy__exec_stmt(st, s, "update instance"))) {
+      return rc;
+    }
+  }
+  if (sqlite3_changes(st->db) == 0) {
+    return sy_store_set_error(st, SY_ESTATE,
+                              "instance %lld is no longer held by %s",
+                              (long long)u->id, u->owner ? u->owner : "nobody");
+  }
+  return 0;
+}
+
+int sy_store_insert_step_run(sy_store *st, int64_t instance_id,
+                             const char *step, int attempt, int64_t started,
+                             int64_t ended, const char *outcome,
+                             const char *error) {
+  sqlite3_stmt *s = sy__stmt(st, Q_INSERT_STEP_RUN);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, step, -1, SQLITE_STATIC);
+  sqlite3_bind_int(s, 3, attempt);
+  sqlite3_bind_int64(s, 4, started);
+  sqlite3_bind_int64(s, 5, ended);
+  sqlite3_bind_text(s, 6, outcome, -1, SQLITE_STATIC);
+  sy__bind_text(s, 7, error);
+  return sy__exec_stmt(st, s, "record step run");
+}
+
+int sy_store_insert_incident(sy_store *st, int64_t instance_id,
+                             const char *step, const char *error, int64_t now) {
+  sqlite3_stmt *s = sy__stmt(st, Q_INSERT_INCIDENT);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, step, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, error, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 4, now);
+  return sy__exec_stmt(st, s, "raise incident");
+}
+
+int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
+                          int *found) {
+  sqlite3_stmt *s = sy__stmt(st, Q_GET_INSTANCE);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, id);
+  return each_instance(st, s, cb, ud, found);
+}
+
+static void bind_filter(sqlite3_stmt *s, const sy_instance_filter *f) {
+  sy__bind_text(s, 1, f->state);
+  sy__bind_text(s, 2, f->workflow);
+  sqlite3_bind_int64(s, 3, f->after);
+}
+
+int sy_store_list_instances(sy_store *st, const sy_instance_filter *f,
+                            sy_instance_cb cb, void *ud) {
+  sqlite3_stmt *s = sy__stmt(st, Q_LIST_INSTANCES);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  bind_filter(s, f);
+  sqlite3_bind_int64(s, 4, f->limit > 0 ? f->limit : -1);
+  return each_instance(st, s, cb, ud, NULL);
+}
+
+int sy_store_count_instances(sy_store *st, const sy_instance_filter *f,
+                             int64_t *n) {
+  sqlite3_stmt *s = sy__stmt(st, Q_COUNT_INSTANCES);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  bind_filter(s, f);
+  return single_int(st, Q_COUNT_INSTANCES, n, "count instances");
+}
+
+int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
+                            sy_step_run_cb cb, void *ud) {
+  sqlite3_stmt *s = sy__stmt(st, Q_LIST_STEP_RUNS);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sy_step_run_row r = {
+        .id = sqlite3_column_int64(s, 0),
+        .instance_id = sqlite3_column_int64(s, 1),
+        .step = (const char *)sqlite3_column_text(s, 2),
+        .attempt = sqlite3_column_int(s, 3),
+        .started_at = sqlite3_column_int64(s, 4),
+        .ended_at = sqlite3_column_int64(s, 5),
+        .outcome = (const char *)sqlite3_column_text(s, 6),
+        .error = (const char *)sqlite3_column_text(s, 7),
+    };
+    if (cb(ud, &r)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "read step runs");
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc;
+}
+
+int sy_store_list_incidents(sy_store *st, int open_only, int64_t instance_id,
+                            sy_incident_cb cb, void *ud) {
+  sqlite3_stmt *s = sy__stmt(st, Q_LIST_INCIDENTS);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int(s, 1, open_only);
+  sqlite3_bind_int64(s, 2, instance_id);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sy_incident_row r = {
+        .id = sqlite3_column_int64(s, 0),
+        .instance_id = sqlite3_column_int64(s, 1),
+        .workflow = (const char *)sqlite3_column_text(s, 2),
+        .step = (const char *)sqlite3_column_text(s, 3),
+        .error = (const char *)sqlite3_column_text(s, 4),
+        .raised_at = sqlite3_column_int64(s, 5),
+        .resolved_at = sqlite3_column_int64(s, 6),
+        .resolution = (const char *)sqlite3_column_text(s, 7),
+    };
+    if (cb(ud, &r)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "read incidents");
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc;
+}
+
+int sy_store_resolve_incidents(sy_store *st, int64_t instance_id,
+                               const char *resolution, int64_t now,
+                               int64_t *n) {
+  sqlite3_stmt *s = sy__stmt(st, Q_RESOLVE_INCIDENTS);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_int64(s, 2, now);
+  sqlite3_bind_text(s, 3, resolution, -1, SQLITE_STATIC);
+  if ((rc = sy__exec_stmt(st, s, "resolve incidents"))) {
+    return rc;
+  }
+  if (n) {
+    *n = sqlite3_changes(st->db);
+  }
+  return 0;
+}
+
+int sy_store_count_by_state(sy_store *st, sy_count_cb cb, void *ud) {
+  sqlite3_stmt *s = sy__stmt(st, Q_COUNT_BY_STATE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    cb(ud, (const char *)sqlite3_column_text(s, 0),
+       (const char *)sqlite3_column_text(s, 1), sqlite3_column_int64(s, 2));
+  }
+  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "count instances");
+  sqlite3_reset(s);
+  return rc;
+}
+
