@@ -101,8 +101,17 @@ typedef struct sy_event {
  * the call completes (sy_api.done / done_json / fail). */
 typedef struct sy_api {
   int abi;
-  /* The engine's SQLite connection. Writes made during execute, a ctx call
-   * or on_event share the transaction that records the instance change. */
+  /* The engine's SQLite connection.
+   *
+   * Transactions are the engine's. Inside execute, a ctx call, on_event and
+   * before_commit, a plugin reads and writes within the engine's
+   * transaction (tx_begin opens it when it is not open yet), so that its
+   * rows change in the same commit as the instance change they belong to,
+   * or not at all: it never runs BEGIN, COMMIT, ROLLBACK, SAVEPOINT or
+   * RELEASE there. A failure is reported through the callback's result
+   * (api->fail, a non-zero return), and the engine rolls back. Only a
+   * command (sy_command.run), which runs outside any engine transaction,
+   * opens and ends transactions of its own, and checks what each returns. */
   sqlite3 *(*db)(sy_engine *e);
   /* Opens the loop turn's transaction if it is not open yet, and returns
    * its sequence number (> 0; a new one per transaction), or a negative
