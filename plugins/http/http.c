@@ -26,7 +26,6 @@ typedef struct http {
   sy_engine *e;
   CURLM *multi;
   uv_timer_t timer;
-  int timer_open;
   struct request *requests; /* in flight, for cancellation */
 } http;
 
@@ -288,7 +287,6 @@ static int http_init(const sy_api *api, sy_engine *e, void **state, char *err,
   h->e = e;
   uv_timer_init(api->loop(e), &h->timer);
   h->timer.data = h;
-  h->timer_open = 1;
   curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
   curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);

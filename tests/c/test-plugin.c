@@ -7,12 +7,12 @@
 static void test_loads_echo(void) {
   sy_plugins *p;
   char err[512] = "";
-  CHECK(sy_plugins_new(&p) == 0);
-  CHECK(sy_plugins_load_dir(p, SY_TEST_PLUGIN_DIR, err, sizeof err) == 0);
+  CHECK_EQ(sy_plugins_new(&p), 0);
+  CHECK_EQ(sy_plugins_load_dir(p, SY_TEST_PLUGIN_DIR, err, sizeof err), 0);
   CHECK(sy_plugins_node(p, "echo_node") != NULL);
   CHECK(sy_plugins_node(p, "nope") == NULL);
-  CHECK(sy_plugins_ctx_fn_count(p) == 1);
-  CHECK(strcmp(sy_plugins_ctx_fn(p, 0)->fn->name, "echo") == 0);
+  CHECK_EQ(sy_plugins_ctx_fn_count(p), 1);
+  CHECK_EQ(sy_plugins_ctx_fn(p, 0)->fn->name, "echo");
   CHECK(sy_plugins_command(p, "echo-cmd") != NULL);
   /* The same plugin twice is refused. */
   CHECK(sy_plugins_load_file(p, SY_TEST_PLUGIN_DIR "/test_echo.so", err,
@@ -25,7 +25,7 @@ static void test_abi_mismatch(void) {
   sy_plugins *p;
   char err[512] = "";
   char expect[64];
-  CHECK(sy_plugins_new(&p) == 0);
+  CHECK_EQ(sy_plugins_new(&p), 0);
   CHECK(sy_plugins_load_file(p, SY_TEST_PLUGIN_DIR "-badabi/test_badabi.so",
                              err, sizeof err) == SY_EPLUGIN);
   /* The message names both versions. */
@@ -40,12 +40,12 @@ static void test_abi_mismatch(void) {
 static void test_bad_files(void) {
   sy_plugins *p;
   char err[512] = "";
-  CHECK(sy_plugins_new(&p) == 0);
+  CHECK_EQ(sy_plugins_new(&p), 0);
   CHECK(sy_plugins_load_file(p, SY_TEST_TMP "/no-such-plugin.so", err,
                              sizeof err) == SY_EPLUGIN);
   CHECK_CONTAINS(err, "cannot load plugin");
   /* A shared object that is not a plugin. */
-  CHECK(sy_plugins_load_file(p, "libm.so.6", err, sizeof err) == SY_EPLUGIN);
+  CHECK_EQ(sy_plugins_load_file(p, "libm.so.6", err, sizeof err), SY_EPLUGIN);
   CHECK_CONTAINS(err, "does not export sy_plugin_entry");
   /* A missing directory is no error: no plugins. */
   CHECK(sy_plugins_load_dir(p, SY_TEST_TMP "/no-such-dir", err, sizeof err) ==
@@ -60,7 +60,7 @@ static void test_engine_refuses_bad_plugin_dir(void) {
   sy_engine_opts_init(&o);
   o.db_path = ":memory:";
   o.plugin_dir = SY_TEST_PLUGIN_DIR "-badabi";
-  CHECK(sy_engine_open(&e, &o, err, sizeof err) == SY_EPLUGIN);
+  CHECK_EQ(sy_engine_open(&e, &o, err, sizeof err), SY_EPLUGIN);
   CHECK(e == NULL);
   CHECK_CONTAINS(err, "this engine has ABI");
 }

@@ -3,8 +3,7 @@
  * vectors, Unleash compatibility and monotonicity of sticky buckets, the
  * spread of subjects, and the parsing and printing of rates.
  *
- * A standalone program: it stops at the first failed check, printing its
- * file:line, and exits non-zero. */
+ * A standalone program: it stops at the first failed check (check.h). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,19 +11,6 @@
 
 #include "check.h"
 #include "route.h"
-
-/* Like CHECK for two uint32_t values, printing both when they differ. */
-#define CHECK_U32(got, want)                                                  \
-  do {                                                                        \
-    uint32_t got_ = (got);                                                    \
-    uint32_t want_ = (want);                                                  \
-    if (got_ != want_) {                                                      \
-      fprintf(stderr, "%s:%d: check failed: %s == %s (0x%08lX != 0x%08lX)\n", \
-              __FILE__, __LINE__, #got, #want, (unsigned long)got_,           \
-              (unsigned long)want_);                                          \
-      exit(1);                                                                \
-    }                                                                         \
-  } while (0)
 
 /* splitmix64: a fixed, seedable source of test data, so every run checks
  * exactly the same keys and splits. */
@@ -47,12 +33,12 @@ static uint32_t hash_all_ways(const void *data, size_t len, uint32_t seed) {
 
   cv_murmur3_init(&whole, seed);
   cv_murmur3_update(&whole, data, len);
-  CHECK_U32(cv_murmur3_final(&whole), one);
+  CHECK_EQ(cv_murmur3_final(&whole), one);
   cv_murmur3_init(&bytes, seed);
   for (size_t i = 0; i < len; i++) {
     cv_murmur3_update(&bytes, p + i, 1);
   }
-  CHECK_U32(cv_murmur3_final(&bytes), one);
+  CHECK_EQ(cv_murmur3_final(&bytes), one);
   return one;
 }
 
@@ -67,7 +53,7 @@ static void check_alignments(const void *data, size_t len, uint32_t seed,
     if (len > 0) {
       memcpy(buf + off, data, len);
     }
-    CHECK_U32(cv_murmur3_32(buf + off, len, seed), want);
+    CHECK_EQ(cv_murmur3_32(buf + off, len, seed), want);
   }
 }
 
@@ -145,15 +131,15 @@ static void test_published_vectors(void) {
       fprintf(stderr, "vector %zu (len %zu, seed 0x%08lX)\n", i, v->len,
               (unsigned long)v->seed);
     }
-    CHECK_U32(got, v->want);
+    CHECK_EQ(got, v->want);
     check_alignments(v->data, v->len, v->seed, v->want);
   }
   /* 256 x 'a', seed 0x9747b28c -> 0x37405BDC (same Stack Overflow answer). */
   memset(a256, 'a', 256);
-  CHECK_U32(hash_all_ways(a256, 256, 0x9747b28cu), 0x37405BDCu);
+  CHECK_EQ(hash_all_ways(a256, 256, 0x9747b28cu), 0x37405BDCu);
   check_alignments(a256, 256, 0x9747b28cu, 0x37405BDCu);
   /* NULL is a valid key when the length is 0. */
-  CHECK_U32(cv_murmur3_32(NULL, 0, 1), 0x514E28B7u);
+  CHECK_EQ(cv_murmur3_32(NULL, 0, 1), 0x514E28B7u);
 }
 
 static void test_every_length(void) {
@@ -183,9 +169,9 @@ static void test_every_length(void) {
     src[i] = (unsigned char)(i + 1);
   }
   for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
-    CHECK(lens[i].len == i);
-    CHECK_U32(hash_all_ways(src, i, 0), lens[i].seed0);
-    CHECK_U32(hash_all_ways(src, i, 0x9747b28cu), lens[i].seed9747);
+    CHECK_EQ(lens[i].len, i);
+    CHECK_EQ(hash_all_ways(src, i, 0), lens[i].seed0);
+    CHECK_EQ(hash_all_ways(src, i, 0x9747b28cu), lens[i].seed9747);
     check_alignments(src, i, 0, lens[i].seed0);
   }
 }
@@ -207,7 +193,7 @@ static void test_incremental_splits(void) {
         cv_murmur3_update(&s, buf, i);
         cv_murmur3_update(&s, buf + i, j - i);
         cv_murmur3_update(&s, buf + j, len - j);
-        CHECK_U32(cv_murmur3_final(&s), want);
+        CHECK_EQ(cv_murmur3_final(&s), want);
       }
     }
   }
@@ -225,18 +211,18 @@ static void test_incremental_splits(void) {
       cv_murmur3_update(&s, buf + at, n);
       at += n;
     }
-    CHECK_U32(cv_murmur3_final(&s), cv_murmur3_32(buf, len, seed));
+    CHECK_EQ(cv_murmur3_final(&s), cv_murmur3_32(buf, len, seed));
   }
   /* final leaves the state alone: asking twice, or feeding more after
    * asking, gives the same answers as if final had not been called. */
   cv_murmur3_init(&s, 7);
   cv_murmur3_update(&s, buf, 6);
-  CHECK_U32(cv_murmur3_final(&s), cv_murmur3_32(buf, 6, 7));
-  CHECK_U32(cv_murmur3_final(&s), cv_murmur3_32(buf, 6, 7));
+  CHECK_EQ(cv_murmur3_final(&s), cv_murmur3_32(buf, 6, 7));
+  CHECK_EQ(cv_murmur3_final(&s), cv_murmur3_32(buf, 6, 7));
   cv_murmur3_update(&s, buf + 6, 11);
-  CHECK_U32(cv_murmur3_final(&s), cv_murmur3_32(buf, 17, 7));
+  CHECK_EQ(cv_murmur3_final(&s), cv_murmur3_32(buf, 17, 7));
   cv_murmur3_update(&s, NULL, 0);
-  CHECK_U32(cv_murmur3_final(&s), cv_murmur3_32(buf, 17, 7));
+  CHECK_EQ(cv_murmur3_final(&s), cv_murmur3_32(buf, 17, 7));
 }
 
 /* The specification of the bucket, restated independently of route.c's
@@ -280,20 +266,20 @@ static void test_bucket_basics(void) {
 
   /* Bucket values computed with the independent Python implementation:
    * h = mm3(b"gr1:123"); (h % 100) * 10000 + (h // 100) % 10000. */
-  CHECK_U32(bucket_of("gr1", "123"), 724211u);
-  CHECK_U32(bucket_of("groupX", "999"), 246061u);
-  CHECK_U32(bucket_of("verifymenow-v2", "user-42"), 546891u);
-  CHECK_U32(bucket_of("", ""), 309374u);
+  CHECK_EQ(bucket_of("gr1", "123"), 724211u);
+  CHECK_EQ(bucket_of("groupX", "999"), 246061u);
+  CHECK_EQ(bucket_of("verifymenow-v2", "user-42"), 546891u);
+  CHECK_EQ(bucket_of("", ""), 309374u);
   /* Unleash's own cross-client vectors: normalizedValue("123", "gr1") is 73
    * and normalizedValue("999", "groupX") is 25 (unleash-client-go,
    * internal/strategies/helpers_test.go; the same pair is asserted by
    * unleash-client-node). normalizedValue = h % 100 + 1 = bucket / 10000 + 1.
    */
-  CHECK_U32(bucket_of("gr1", "123") / 10000u + 1u, 73u);
-  CHECK_U32(bucket_of("groupX", "999") / 10000u + 1u, 25u);
+  CHECK_EQ(bucket_of("gr1", "123") / 10000u + 1u, 73u);
+  CHECK_EQ(bucket_of("groupX", "999") / 10000u + 1u, 25u);
   /* NULL with length 0, and keys that are not NUL-terminated. */
-  CHECK_U32(cv_bucket(NULL, 0, NULL, 0), bucket_of("", ""));
-  CHECK_U32(cv_bucket("gr1xx", 3, "123yy", 3), bucket_of("gr1", "123"));
+  CHECK_EQ(cv_bucket(NULL, 0, NULL, 0), bucket_of("", ""));
+  CHECK_EQ(cv_bucket("gr1xx", 3, "123yy", 3), bucket_of("gr1", "123"));
   /* A key far longer than any stack buffer would be: no truncation. */
   memset(longkey, 'k', sizeof longkey);
   {
@@ -305,7 +291,7 @@ static void test_bucket_basics(void) {
     cv_murmur3_update(&s, longkey, sizeof longkey);
     h = cv_murmur3_final(&s);
     b = cv_bucket("g", 1, longkey, sizeof longkey);
-    CHECK_U32(b, (h % 100u) * 10000u + (h / 100u) % 10000u);
+    CHECK_EQ(b, (h % 100u) * 10000u + (h / 100u) % 10000u);
     CHECK(b != cv_bucket("g", 1, longkey, sizeof longkey - 1));
   }
   /* Every bucket is below 100%, so a rate of 100% routes everyone. */
@@ -337,7 +323,7 @@ static void test_unleash_compat(void) {
           fprintf(stderr, "group '%s' key '%s' at %u%%\n", groups[g], key,
                   (unsigned)p);
         }
-        CHECK(ours == unleash);
+        CHECK_EQ(ours, unleash);
       }
     }
   }
@@ -377,7 +363,7 @@ static void test_monotonic(void) {
   memset(mono_routed, 0, sizeof mono_routed);
   mono_count = 0;
   mono_step(0);
-  CHECK(mono_count == 0);
+  CHECK_EQ(mono_count, 0);
 
   /* A typical ramp in coarse steps, then the whole range in 997 ppm steps
    * (a prime, so the steps fall at varied offsets within each percent). */
@@ -388,7 +374,7 @@ static void test_monotonic(void) {
   mono_step(250000u);
   mono_step(500000u);
   mono_step(1000000u);
-  CHECK(mono_count == MONO_KEYS);
+  CHECK_EQ(mono_count, MONO_KEYS);
 
   memset(mono_routed, 0, sizeof mono_routed);
   mono_count = 0;
@@ -398,7 +384,7 @@ static void test_monotonic(void) {
   }
   CHECK(last < CV_RATE_MAX_PPM);
   mono_step(CV_RATE_MAX_PPM);
-  CHECK(mono_count == MONO_KEYS);
+  CHECK_EQ(mono_count, MONO_KEYS);
 
   /* 1 ppm steps around a few points, each sweep starting from scratch. */
   for (size_t f = 0; f < sizeof fine_points / sizeof fine_points[0]; f++) {
@@ -647,14 +633,14 @@ static void test_rate_parse(void) {
     uint32_t ppm = 7;
     char small[8];
     CHECK(cv_rate_parse("bogus", &ppm, NULL, 0) == -1);
-    CHECK(cv_rate_parse("bogus", &ppm, small, 0) == -1);
+    CHECK_EQ(cv_rate_parse("bogus", &ppm, small, 0), -1);
     memset(small, 'z', sizeof small);
-    CHECK(cv_rate_parse("bogus", &ppm, small, sizeof small) == -1);
+    CHECK_EQ(cv_rate_parse("bogus", &ppm, small, sizeof small), -1);
     CHECK(memchr(small, '\0', sizeof small) != NULL);
-    CHECK(strlen(small) == sizeof small - 1);
-    CHECK(ppm == 7);
+    CHECK_EQ(strlen(small), sizeof small - 1);
+    CHECK_EQ(ppm, 7);
     CHECK(cv_rate_parse("5%", &ppm, NULL, 0) == 0);
-    CHECK(ppm == 50000u);
+    CHECK_EQ(ppm, 50000u);
   }
   /* A long hostile input is quoted back cut short and escaped. */
   {
@@ -663,7 +649,7 @@ static void test_rate_parse(void) {
     uint32_t ppm = 1;
     memset(longtext, '\x1b', sizeof longtext - 1);
     longtext[sizeof longtext - 1] = '\0';
-    CHECK(cv_rate_parse(longtext, &ppm, err, sizeof err) == -1);
+    CHECK_EQ(cv_rate_parse(longtext, &ppm, err, sizeof err), -1);
     CHECK(strchr(err, '\x1b') == NULL);
     CHECK(strstr(err, "...") != NULL);
     CHECK(strlen(err) < 200);
@@ -678,7 +664,7 @@ static void check_format(uint32_t ppm, const char *want) {
     fprintf(stderr, "format(%lu) = '%s', want '%s'\n", (unsigned long)ppm, buf,
             want);
   }
-  CHECK(strcmp(buf, want) == 0);
+  CHECK_EQ(buf, want);
 }
 
 static void test_rate_format(void) {
@@ -717,7 +703,7 @@ static void test_rate_format(void) {
     if (cv_rate_parse(buf, &back, err, sizeof err) != 0) {
       fprintf(stderr, "format(%lu) = '%s': %s\n", (unsigned long)ppm, buf, err);
     }
-    CHECK_U32(back, ppm);
+    CHECK_EQ(back, ppm);
   }
   /* The formatter's out-of-range output is refused by the parser. */
   cv_rate_format(1000001u, buf, sizeof buf);
@@ -726,10 +712,10 @@ static void test_rate_format(void) {
   /* Truncation keeps a terminated string; a zero-length buffer is left
    * alone. */
   cv_rate_format(2500u, buf, 3);
-  CHECK(strcmp(buf, "0.") == 0);
+  CHECK_EQ(buf, "0.");
   buf[0] = 'q';
   cv_rate_format(2500u, buf, 0);
-  CHECK(buf[0] == 'q');
+  CHECK_EQ(buf[0], 'q');
   cv_rate_format(2500u, NULL, 0);
 }
 

@@ -17,70 +17,14 @@
  * - Published values where they exist, named where they are used.
  *
  * The scripts were scratch files, not kept; the recipes above rebuild them.
- * Own main, no framework: prints file:line for each failure, exits 1. */
+ * The first failed check (check.h) prints file:line and both sides. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "check.h"
 #include "stats.h"
-
-static int failures;
-
-#define CHECK(expr)                                                            \
-  do {                                                                         \
-    if (!(expr)) {                                                             \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr); \
-      failures++;                                                              \
-    }                                                                          \
-  } while (0)
-
-/* |actual - expected| <= tol * max(1e-300, |expected|): relative closeness,
- * which also works for p-values far below 1. */
-#define CHECK_REL(actual, expected, tol)                                  \
-  do {                                                                    \
-    double a_ = (actual);                                                 \
-    double e_ = (expected);                                               \
-    double s_ = fabs(e_) > 1e-300 ? fabs(e_) : 1e-300;                    \
-    if (!(fabs(a_ - e_) <= (tol)*s_)) {                                   \
-      fprintf(stderr, "%s:%d: %s = %.17g, expected %.17g (rel tol %g)\n", \
-              __FILE__, __LINE__, #actual, a_, e_, (double)(tol));        \
-      failures++;                                                         \
-    }                                                                     \
-  } while (0)
-
-#define CHECK_ABS(actual, expected, tol)                                  \
-  do {                                                                    \
-    double a_ = (actual);                                                 \
-    double e_ = (expected);                                               \
-    if (!(fabs(a_ - e_) <= (tol))) {                                      \
-      fprintf(stderr, "%s:%d: %s = %.17g, expected %.17g (abs tol %g)\n", \
-              __FILE__, __LINE__, #actual, a_, e_, (double)(tol));        \
-      failures++;                                                         \
-    }                                                                     \
-  } while (0)
-
-#define CHECK_LONG(actual, expected)                                         \
-  do {                                                                       \
-    long a_ = (actual);                                                      \
-    long e_ = (expected);                                                    \
-    if (a_ != e_) {                                                          \
-      fprintf(stderr, "%s:%d: %s = %ld, expected %ld\n", __FILE__, __LINE__, \
-              #actual, a_, e_);                                              \
-      failures++;                                                            \
-    }                                                                        \
-  } while (0)
-
-#define CHECK_STR(actual, expected)                                      \
-  do {                                                                   \
-    const char *a_ = (actual);                                           \
-    const char *e_ = (expected);                                         \
-    if (strcmp(a_, e_) != 0) {                                           \
-      fprintf(stderr, "%s:%d: %s = \"%s\", expected \"%s\"\n", __FILE__, \
-              __LINE__, #actual, a_, e_);                                \
-      failures++;                                                        \
-    }                                                                    \
-  } while (0)
 
 /* 1.959963984540054 rounded as in the brief; the z of a 95% interval. */
 #define Z95 1.959963984540054
@@ -198,54 +142,54 @@ static void test_z(void) {
   /* Equal rates: z = 0, p = 1 (mpmath: z = 0.0, p = 1.0). */
   CHECK_REL(cv_two_proportion_z_p(1000, 5000000, 1000, 5000000, &z), 1.0,
             1e-15);
-  CHECK(z == 0.0);
+  CHECK_EQ(z, 0.0);
   /* Degenerate by the documented convention: pooled rate 0 or 1, or an
    * empty version, is no evidence: p = 1, z = 0. */
   z = 7.0;
-  CHECK(cv_two_proportion_z_p(0, 100, 0, 300, &z) == 1.0);
-  CHECK(z == 0.0);
+  CHECK_EQ(cv_two_proportion_z_p(0, 100, 0, 300, &z), 1.0);
+  CHECK_EQ(z, 0.0);
   z = 7.0;
-  CHECK(cv_two_proportion_z_p(100, 100, 300, 300, &z) == 1.0);
-  CHECK(z == 0.0);
+  CHECK_EQ(cv_two_proportion_z_p(100, 100, 300, 300, &z), 1.0);
+  CHECK_EQ(z, 0.0);
   CHECK(cv_two_proportion_z_p(0, 0, 3, 300, NULL) == 1.0);
   /* Invalid: NaN, z untouched. */
   z = 7.0;
   CHECK(isnan(cv_two_proportion_z_p(5, 4, 1, 10, &z)));
-  CHECK(z == 7.0);
+  CHECK_EQ(z, 7.0);
 }
 
 static void test_p_value_method(void) {
   cv_method m = CV_METHOD_NONE;
   /* Small total: Fisher (exact value as in test_fisher_small). */
   CHECK_REL(cv_p_value(10, 1000, 40, 1000, &m), 1.9009474943299076e-05, 1e-10);
-  CHECK(m == CV_METHOD_FISHER);
+  CHECK_EQ(m, CV_METHOD_FISHER);
   /* A total of 1000000 is still "small" (<= CV_FISHER_MAX_TOTAL): Fisher,
    * exact 0.16457540074566976 (lgamma: 1e-6). One more instance on each
    * side and it is the z-test, mpmath p = 0.1603592004493904. */
-  CHECK(CV_FISHER_MAX_TOTAL == 1000000L);
+  CHECK_EQ(CV_FISHER_MAX_TOTAL, 1000000L);
   CHECK_REL(cv_p_value(2500, 500000, 2600, 500000, &m), 0.16457540074566976,
             1e-6);
-  CHECK(m == CV_METHOD_FISHER);
+  CHECK_EQ(m, CV_METHOD_FISHER);
   CHECK_REL(cv_p_value(2500, 500001, 2600, 500001, &m), 0.1603592004493904,
             1e-9);
-  CHECK(m == CV_METHOD_Z);
+  CHECK_EQ(m, CV_METHOD_Z);
   /* Millions but an expected incident count below 5 (1 and 8 in 1e6 each:
    * expected 4.5): Fisher, exact as a Python Fraction would give; here only
    * the choice is checked. */
   cv_p_value(1, 1000000, 8, 1000000, &m);
-  CHECK(m == CV_METHOD_FISHER);
+  CHECK_EQ(m, CV_METHOD_FISHER);
   /* Millions, zero incidents: expected 0 < 5, Fisher, exact 1. */
   CHECK_REL(cv_p_value(0, 2000000, 0, 2000000, &m), 1.0, 0.0);
-  CHECK(m == CV_METHOD_FISHER);
+  CHECK_EQ(m, CV_METHOD_FISHER);
   /* Large counts go to the z-test: 2% vs 2.06% of 1e6, mpmath p =
    * 0.0026259070138061472 (Fisher's exact would be 0.0026691...). */
   CHECK_REL(cv_p_value(20000, 1000000, 20600, 1000000, &m),
             0.0026259070138061472, 1e-9);
-  CHECK(m == CV_METHOD_Z);
+  CHECK_EQ(m, CV_METHOD_Z);
   /* Invalid: NaN, method untouched. */
   m = CV_METHOD_Z;
   CHECK(isnan(cv_p_value(-1, 10, 1, 10, &m)));
-  CHECK(m == CV_METHOD_Z);
+  CHECK_EQ(m, CV_METHOD_Z);
   CHECK(isnan(cv_p_value(1, 10, 11, 10, NULL)));
 }
 
@@ -253,11 +197,11 @@ static void test_quantile(void) {
   /* Values from the brief (R's qnorm): qnorm(0.975) = 1.959963984540054,
    * qnorm(0.8) = 0.8416212335729143. mpmath for the double nearest 0.975:
    * 1.9599639845400539. */
-  CHECK_ABS(cv_norm_quantile(0.975), 1.959963984540054, 1e-15);
-  CHECK_ABS(cv_norm_quantile(0.8), 0.8416212335729143, 1e-15);
+  CHECK_NEAR(cv_norm_quantile(0.975), 1.959963984540054, 1e-15);
+  CHECK_NEAR(cv_norm_quantile(0.8), 0.8416212335729143, 1e-15);
   /* mpmath: 0, -0.52440051270804082, -1.9599639845400542,
    * -2.3263478740408411, 2.3263478740408408, 2.5758293035489005. */
-  CHECK(cv_norm_quantile(0.5) == 0.0);
+  CHECK_EQ(cv_norm_quantile(0.5), 0.0);
   CHECK_REL(cv_norm_quantile(0.3), -0.52440051270804082, 1e-15);
   CHECK_REL(cv_norm_quantile(0.025), -1.9599639845400542, 1e-15);
   CHECK_REL(cv_norm_quantile(0.01), -2.3263478740408411, 1e-15);
@@ -283,72 +227,72 @@ static void test_quantile(void) {
 
 static void test_sample_size(void) {
   /* 5% vs 10%, mpmath Fleiss: 434.432022439469 -> 435. */
-  CHECK_LONG(cv_sample_size_per_group(0.05, 0.10, 0.05, 0.8), 435);
+  CHECK_EQ(cv_sample_size_per_group(0.05, 0.10, 0.05, 0.8), 435);
   /* Symmetric in p1, p2. */
-  CHECK_LONG(cv_sample_size_per_group(0.10, 0.05, 0.05, 0.8), 435);
+  CHECK_EQ(cv_sample_size_per_group(0.10, 0.05, 0.05, 0.8), 435);
   /* The case of R's power.prop.test(p1 = .50, p2 = .75, power = .90)
    * example (with strict = FALSE it solves this same equation); mpmath
    * Fleiss: 76.7069284517775 -> 77. */
-  CHECK_LONG(cv_sample_size_per_group(0.5, 0.75, 0.05, 0.9), 77);
+  CHECK_EQ(cv_sample_size_per_group(0.5, 0.75, 0.05, 0.9), 77);
   /* mpmath: 2318.16467551204 -> 2319; 296.370222807438 -> 297. */
-  CHECK_LONG(cv_sample_size_per_group(0.01, 0.02, 0.05, 0.8), 2319);
-  CHECK_LONG(cv_sample_size_per_group(0.2, 0.1, 0.01, 0.8), 297);
+  CHECK_EQ(cv_sample_size_per_group(0.01, 0.02, 0.05, 0.8), 2319);
+  CHECK_EQ(cv_sample_size_per_group(0.2, 0.1, 0.01, 0.8), 297);
   /* From a zero or a full baseline, mpmath: 779.783558004723 -> 780 both. */
-  CHECK_LONG(cv_sample_size_per_group(0.0, 0.01, 0.05, 0.8), 780);
-  CHECK_LONG(cv_sample_size_per_group(1.0, 0.99, 0.05, 0.8), 780);
+  CHECK_EQ(cv_sample_size_per_group(0.0, 0.01, 0.05, 0.8), 780);
+  CHECK_EQ(cv_sample_size_per_group(1.0, 0.99, 0.05, 0.8), 780);
   /* The largest difference, mpmath: 1.92072941034706 -> 2. */
-  CHECK_LONG(cv_sample_size_per_group(0.0, 1.0, 0.05, 0.8), 2);
+  CHECK_EQ(cv_sample_size_per_group(0.0, 1.0, 0.05, 0.8), 2);
   /* mpmath: 55088.1083501892 -> 55089; 1646532.88729459 -> 1646533. */
-  CHECK_LONG(cv_sample_size_per_group(0.3, 0.31, 0.05, 0.95), 55089);
-  CHECK_LONG(cv_sample_size_per_group(0.001, 0.0011, 0.05, 0.8), 1646533);
+  CHECK_EQ(cv_sample_size_per_group(0.3, 0.31, 0.05, 0.95), 55089);
+  CHECK_EQ(cv_sample_size_per_group(0.001, 0.0011, 0.05, 0.8), 1646533);
   /* Invalid: -1. */
-  CHECK_LONG(cv_sample_size_per_group(0.1, 0.1, 0.05, 0.8), -1);
-  CHECK_LONG(cv_sample_size_per_group(-0.1, 0.1, 0.05, 0.8), -1);
-  CHECK_LONG(cv_sample_size_per_group(0.1, 1.1, 0.05, 0.8), -1);
-  CHECK_LONG(cv_sample_size_per_group(0.1, 0.2, 0.0, 0.8), -1);
-  CHECK_LONG(cv_sample_size_per_group(0.1, 0.2, 0.05, 1.0), -1);
-  CHECK_LONG(cv_sample_size_per_group(NAN, 0.2, 0.05, 0.8), -1);
+  CHECK_EQ(cv_sample_size_per_group(0.1, 0.1, 0.05, 0.8), -1);
+  CHECK_EQ(cv_sample_size_per_group(-0.1, 0.1, 0.05, 0.8), -1);
+  CHECK_EQ(cv_sample_size_per_group(0.1, 1.1, 0.05, 0.8), -1);
+  CHECK_EQ(cv_sample_size_per_group(0.1, 0.2, 0.0, 0.8), -1);
+  CHECK_EQ(cv_sample_size_per_group(0.1, 0.2, 0.05, 1.0), -1);
+  CHECK_EQ(cv_sample_size_per_group(NAN, 0.2, 0.05, 0.8), -1);
 }
 
 static void test_wilson(void) {
   double lo = -1.0;
   double hi = -1.0;
   /* mpmath score formula at z = 1.959963984540054. */
-  CHECK(cv_wilson(0, 10, Z95, &lo, &hi) == 0);
-  CHECK(lo == 0.0);
-  CHECK_ABS(hi, 0.27753279986288921, 1e-14);
-  CHECK(cv_wilson(10, 10, Z95, &lo, &hi) == 0);
-  CHECK_ABS(lo, 0.72246720013711079, 1e-14);
-  CHECK(hi == 1.0);
-  CHECK(cv_wilson(3, 10, Z95, &lo, &hi) == 0);
-  CHECK_ABS(lo, 0.10779126740630103, 1e-14);
-  CHECK_ABS(hi, 0.60322185253885465, 1e-14);
-  CHECK(cv_wilson(81, 263, Z95, &lo, &hi) == 0);
-  CHECK_ABS(lo, 0.25528851987827423, 1e-14);
-  CHECK_ABS(hi, 0.36620957698280006, 1e-14);
-  CHECK(cv_wilson(50, 100, Z95, &lo, &hi) == 0);
-  CHECK_ABS(lo, 0.40383153036599564, 1e-14);
-  CHECK_ABS(hi, 0.59616846963400436, 1e-14);
-  CHECK(cv_wilson(15, 148, Z95, &lo, &hi) == 0);
-  CHECK_ABS(lo, 0.062386399530736283, 1e-14);
-  CHECK_ABS(hi, 0.16048724172330803, 1e-14);
-  CHECK(cv_wilson(0, 1, Z95, &lo, &hi) == 0);
-  CHECK(lo == 0.0);
-  CHECK_ABS(hi, 0.79345068562276258, 1e-14);
+  CHECK_EQ(cv_wilson(0, 10, Z95, &lo, &hi), 0);
+  CHECK_EQ(lo, 0.0);
+  CHECK_NEAR(hi, 0.27753279986288921, 1e-14);
+  CHECK_EQ(cv_wilson(10, 10, Z95, &lo, &hi), 0);
+  CHECK_NEAR(lo, 0.72246720013711079, 1e-14);
+  CHECK_EQ(hi, 1.0);
+  CHECK_EQ(cv_wilson(3, 10, Z95, &lo, &hi), 0);
+  CHECK_NEAR(lo, 0.10779126740630103, 1e-14);
+  CHECK_NEAR(hi, 0.60322185253885465, 1e-14);
+  CHECK_EQ(cv_wilson(81, 263, Z95, &lo, &hi), 0);
+  CHECK_NEAR(lo, 0.25528851987827423, 1e-14);
+  CHECK_NEAR(hi, 0.36620957698280006, 1e-14);
+  CHECK_EQ(cv_wilson(50, 100, Z95, &lo, &hi), 0);
+  CHECK_NEAR(lo, 0.40383153036599564, 1e-14);
+  CHECK_NEAR(hi, 0.59616846963400436, 1e-14);
+  CHECK_EQ(cv_wilson(15, 148, Z95, &lo, &hi), 0);
+  CHECK_NEAR(lo, 0.062386399530736283, 1e-14);
+  CHECK_NEAR(hi, 0.16048724172330803, 1e-14);
+  CHECK_EQ(cv_wilson(0, 1, Z95, &lo, &hi), 0);
+  CHECK_EQ(lo, 0.0);
+  CHECK_NEAR(hi, 0.79345068562276258, 1e-14);
   /* One in a million, mpmath: 1.7652457674537149e-7, 5.6649118043114422e-6
    * (relative: the interval itself is tiny). */
-  CHECK(cv_wilson(1, 1000000, Z95, &lo, &hi) == 0);
+  CHECK_EQ(cv_wilson(1, 1000000, Z95, &lo, &hi), 0);
   CHECK_REL(lo, 1.7652457674537149e-7, 1e-9);
   CHECK_REL(hi, 5.6649118043114422e-6, 1e-9);
   /* n = 0: [0, 1] by definition. */
-  CHECK(cv_wilson(0, 0, Z95, &lo, &hi) == 0);
+  CHECK_EQ(cv_wilson(0, 0, Z95, &lo, &hi), 0);
   CHECK(lo == 0.0 && hi == 1.0);
   /* Invalid: -1, outputs untouched. */
   lo = hi = 42.0;
-  CHECK(cv_wilson(11, 10, Z95, &lo, &hi) == -1);
-  CHECK(cv_wilson(-1, 10, Z95, &lo, &hi) == -1);
-  CHECK(cv_wilson(1, 10, -1.0, &lo, &hi) == -1);
-  CHECK(cv_wilson(1, 10, INFINITY, &lo, &hi) == -1);
+  CHECK_EQ(cv_wilson(11, 10, Z95, &lo, &hi), -1);
+  CHECK_EQ(cv_wilson(-1, 10, Z95, &lo, &hi), -1);
+  CHECK_EQ(cv_wilson(1, 10, -1.0, &lo, &hi), -1);
+  CHECK_EQ(cv_wilson(1, 10, INFINITY, &lo, &hi), -1);
   CHECK(lo == 42.0 && hi == 42.0);
 }
 
@@ -360,10 +304,11 @@ static cv_comparison compare(long x1, long n1, long x2, long n2, double alpha,
   memset(&c, 0xAB, sizeof c);
   cv_verdict v = cv_compare(x1, n1, x2, n2, alpha, min_points, &c);
   if (v != expected || c.verdict != expected) {
-    fprintf(stderr, "%s:%d: cv_compare(%ld, %ld, %ld, %ld) = %s, expected %s\n",
-            __FILE__, __LINE__, x1, n1, x2, n2, cv_verdict_name(v),
-            cv_verdict_name(expected));
-    failures++;
+    sy_check_fail(__FILE__, __LINE__,
+                  "cv_compare(%ld, %ld, %ld, %ld) = %s, "
+                  "expected %s",
+                  x1, n1, x2, n2, cv_verdict_name(v),
+                  cv_verdict_name(expected));
   }
   return c;
 }
@@ -380,27 +325,27 @@ static void test_compare(void) {
   CHECK_REL(c.diff_points, 3.0, 1e-12);
   CHECK_REL(c.ratio, 4.0, 1e-12);
   CHECK_REL(c.p_value, 1.9009474943299076e-05, 1e-10);
-  CHECK(c.method == CV_METHOD_FISHER);
+  CHECK_EQ(c.method, CV_METHOD_FISHER);
   CHECK(c.needed_per_version == 0 && c.required_per_version == 0);
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf, "V2 worse");
+  CHECK_EQ(buf, "V2 worse");
 
   /* V2 clearly better: the mirror. */
   c = compare(40, 1000, 10, 1000, 0.05, 1.0, CV_V2_BETTER);
   CHECK_REL(c.diff_points, -3.0, 1e-12);
   CHECK_REL(c.ratio, 0.25, 1e-12);
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf, "V2 better");
+  CHECK_EQ(buf, "V2 better");
 
   /* Large counts through the z-test: 2% vs 2.1% of 1e6, mpmath p =
    * 6.0360239653792975e-7; and the mirror. */
   c = compare(20000, 1000000, 21000, 1000000, 0.05, 1.0, CV_V2_WORSE);
-  CHECK(c.method == CV_METHOD_Z);
+  CHECK_EQ(c.method, CV_METHOD_Z);
   CHECK_REL(c.p_value, 6.0360239653792975e-7, 1e-9);
   CHECK_REL(c.ratio, 1.05, 1e-12);
   CHECK_REL(c.diff_points, 0.1, 1e-9);
   c = compare(21000, 1000000, 20000, 1000000, 0.05, 1.0, CV_V2_BETTER);
-  CHECK(c.method == CV_METHOD_Z);
+  CHECK_EQ(c.method, CV_METHOD_Z);
 
   /* An early rollout, V2 on 200 instances: 0.5% of 10000 vs 2% of 200,
    * Fisher exact 0.021155677619131764: worse. */
@@ -421,55 +366,55 @@ static void test_compare(void) {
   CHECK_REL(c.p_value, 0.015749705522146423, 1e-10);
   c = compare(10, 1000, 25, 1000, 0.01, 1.0, CV_NOT_ENOUGH_DATA);
   CHECK_REL(c.effect_points, 1.5, 1e-9);
-  CHECK_LONG(c.required_per_version, 2530);
-  CHECK_LONG(c.needed_per_version, 1530);
+  CHECK_EQ(c.required_per_version, 2530);
+  CHECK_EQ(c.needed_per_version, 1530);
 
   /* Not enough data: 1% vs 1.2% of 1000, Fisher exact 0.8308794033409614;
    * pooled 1.1%, mpmath Fleiss(0.011, 0.021) = 2470.27598627 -> 2471. */
   c = compare(10, 1000, 12, 1000, 0.05, 1.0, CV_NOT_ENOUGH_DATA);
   CHECK_REL(c.p_value, 0.8308794033409614, 1e-10);
   CHECK_REL(c.effect_points, 1.0, 1e-12);
-  CHECK_LONG(c.required_per_version, 2471);
-  CHECK_LONG(c.needed_per_version, 1471);
+  CHECK_EQ(c.required_per_version, 2471);
+  CHECK_EQ(c.needed_per_version, 1471);
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf,
-            "not enough data yet: about 1471 more instances per version are "
-            "needed to detect a difference of 1 point");
+  CHECK_EQ(buf,
+           "not enough data yet: about 1471 more instances per version are "
+           "needed to detect a difference of 1 point");
 
   /* The same counts at 20x: 0.5% vs 0.525% of 20000, Fisher exact
    * 0.779488151040736; mpmath Fleiss(0.005125, 0.015125) = 1572.1260382
    * -> 1573 <= 20000: no significant difference. */
   c = compare(100, 20000, 105, 20000, 0.05, 1.0, CV_NO_SIGNIFICANT_DIFFERENCE);
   CHECK_REL(c.p_value, 0.779488151040736, 1e-9);
-  CHECK_LONG(c.required_per_version, 1573);
-  CHECK_LONG(c.needed_per_version, 0);
+  CHECK_EQ(c.required_per_version, 1573);
+  CHECK_EQ(c.needed_per_version, 0);
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf, "no significant difference");
+  CHECK_EQ(buf, "no significant difference");
   /* ... but not enough to detect 0.1 points: mpmath Fleiss(0.005125,
    * 0.005225) = 87802.0311447 -> 87803, 67803 more. */
   c = compare(100, 20000, 105, 20000, 0.05, 0.1, CV_NOT_ENOUGH_DATA);
-  CHECK_LONG(c.required_per_version, 87803);
-  CHECK_LONG(c.needed_per_version, 67803);
+  CHECK_EQ(c.required_per_version, 87803);
+  CHECK_EQ(c.needed_per_version, 67803);
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf,
-            "not enough data yet: about 67803 more instances per version are "
-            "needed to detect a difference of 0.1 points");
+  CHECK_EQ(buf,
+           "not enough data yet: about 67803 more instances per version are "
+           "needed to detect a difference of 0.1 points");
 
   /* 0.5% vs 0.56% of 100000, Fisher exact 0.06916850850969929;
    * Fleiss(0.0053, 0.0153) = 1599.03602915 -> 1600. */
   c = compare(500, 100000, 560, 100000, 0.05, 1.0,
               CV_NO_SIGNIFICANT_DIFFERENCE);
-  CHECK(c.method == CV_METHOD_FISHER);
+  CHECK_EQ(c.method, CV_METHOD_FISHER);
   CHECK_REL(c.p_value, 0.06916850850969929, 1e-8);
-  CHECK_LONG(c.required_per_version, 1600);
+  CHECK_EQ(c.required_per_version, 1600);
   /* No significant difference through the z-test: 0.2% vs 0.205% of 1e6,
    * mpmath p = 0.43159165694753826; Fleiss(0.002025, 0.012025) =
    * 1093.84098316 -> 1094. */
   c = compare(2000, 1000000, 2050, 1000000, 0.05, 1.0,
               CV_NO_SIGNIFICANT_DIFFERENCE);
-  CHECK(c.method == CV_METHOD_Z);
+  CHECK_EQ(c.method, CV_METHOD_Z);
   CHECK_REL(c.p_value, 0.43159165694753826, 1e-9);
-  CHECK_LONG(c.required_per_version, 1094);
+  CHECK_EQ(c.required_per_version, 1094);
 
   /* Observed difference larger than the minimum: 10% vs 15% of 100,
    * Fisher exact 0.39282961576017184; the effect is the observed 5 points,
@@ -477,29 +422,29 @@ static void test_compare(void) {
   c = compare(10, 100, 15, 100, 0.05, 1.0, CV_NOT_ENOUGH_DATA);
   CHECK_REL(c.p_value, 0.39282961576017184, 1e-10);
   CHECK_REL(c.effect_points, 5.0, 1e-9);
-  CHECK_LONG(c.needed_per_version, 700);
+  CHECK_EQ(c.needed_per_version, 700);
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf,
-            "not enough data yet: about 700 more instances per version are "
-            "needed to detect a difference of 5 points");
+  CHECK_EQ(buf,
+           "not enough data yet: about 700 more instances per version are "
+           "needed to detect a difference of 5 points");
 
   /* Tiny samples: 3 of 10 vs 7 of 10, Fisher exact 0.17889540799757517;
    * effect 40 points, Fleiss(0.5, 0.9) = 19.3808424416 -> 20, 10 more. */
   c = compare(3, 10, 7, 10, 0.05, 1.0, CV_NOT_ENOUGH_DATA);
   CHECK_REL(c.p_value, 0.17889540799757517, 1e-10);
-  CHECK_LONG(c.needed_per_version, 10);
+  CHECK_EQ(c.needed_per_version, 10);
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf,
-            "not enough data yet: about 10 more instances per version are "
-            "needed to detect a difference of 40 points");
+  CHECK_EQ(buf,
+           "not enough data yet: about 10 more instances per version are "
+           "needed to detect a difference of 40 points");
 
   /* Unequal sizes count by the smaller version: 0.5% of 10000 vs 1% of
    * 200, Fisher exact 0.2715131945620212; Fleiss(52/10200, 52/10200 +
    * 0.01) = 1567.9793865 -> 1568, so 1368 more. */
   c = compare(50, 10000, 2, 200, 0.05, 1.0, CV_NOT_ENOUGH_DATA);
   CHECK_REL(c.p_value, 0.2715131945620212, 1e-10);
-  CHECK_LONG(c.required_per_version, 1568);
-  CHECK_LONG(c.needed_per_version, 1368);
+  CHECK_EQ(c.required_per_version, 1568);
+  CHECK_EQ(c.needed_per_version, 1368);
 
   /* Zero incidents everywhere: rates 0, ratio undefined (NaN), Fisher 1;
    * Fleiss(0, 0.01) = 779.783558005 -> 780: enough at 1000, 680 short at
@@ -508,16 +453,16 @@ static void test_compare(void) {
   CHECK(c.rate_v1 == 0.0 && c.rate_v2 == 0.0 && c.diff_points == 0.0);
   CHECK(isnan(c.ratio));
   CHECK(c.p_value == 1.0 && c.method == CV_METHOD_FISHER);
-  CHECK_LONG(c.required_per_version, 780);
+  CHECK_EQ(c.required_per_version, 780);
   c = compare(0, 100, 0, 100, 0.05, 1.0, CV_NOT_ENOUGH_DATA);
-  CHECK_LONG(c.needed_per_version, 680);
+  CHECK_EQ(c.needed_per_version, 680);
 
   /* All incidents everywhere: ratio 1, Fisher 1; Fleiss(1, 0.99) = 780. */
   c = compare(1000, 1000, 1000, 1000, 0.05, 1.0, CV_NO_SIGNIFICANT_DIFFERENCE);
   CHECK(c.ratio == 1.0 && c.p_value == 1.0);
-  CHECK_LONG(c.required_per_version, 780);
+  CHECK_EQ(c.required_per_version, 780);
   c = compare(100, 100, 100, 100, 0.05, 1.0, CV_NOT_ENOUGH_DATA);
-  CHECK_LONG(c.needed_per_version, 680);
+  CHECK_EQ(c.needed_per_version, 680);
 
   /* V1 has no instances: no test, rates and ratio NaN where undefined;
    * baseline from V2 alone (5%): Fleiss(0.05, 0.06) = 8157.73144785 ->
@@ -525,16 +470,16 @@ static void test_compare(void) {
   c = compare(0, 0, 5, 100, 0.05, 1.0, CV_NOT_ENOUGH_DATA);
   CHECK(isnan(c.rate_v1) && c.rate_v2 == 0.05);
   CHECK(isnan(c.diff_points) && isnan(c.ratio) && isnan(c.p_value));
-  CHECK(c.method == CV_METHOD_NONE);
-  CHECK_LONG(c.needed_per_version, 8158);
+  CHECK_EQ(c.method, CV_METHOD_NONE);
+  CHECK_EQ(c.needed_per_version, 8158);
   /* No instances at all: baseline 50% (the worst case), Fleiss(0.5, 0.51)
    * = 39239.2952745 -> 39240. */
   c = compare(0, 0, 0, 0, 0.05, 1.0, CV_NOT_ENOUGH_DATA);
-  CHECK_LONG(c.needed_per_version, 39240);
+  CHECK_EQ(c.needed_per_version, 39240);
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf,
-            "not enough data yet: about 39240 more instances per version are "
-            "needed to detect a difference of 1 point");
+  CHECK_EQ(buf,
+           "not enough data yet: about 39240 more instances per version are "
+           "needed to detect a difference of 1 point");
 }
 
 static void test_compare_limits(void) {
@@ -542,20 +487,20 @@ static void test_compare_limits(void) {
    * points): no sample would do, by the documented convention LONG_MAX. */
   cv_comparison c =
       compare(10, 1000, 10, 1000, 0.05, 1e-20, CV_NOT_ENOUGH_DATA);
-  CHECK(c.required_per_version == LONG_MAX);
-  CHECK(c.needed_per_version == LONG_MAX - 1000);
+  CHECK_EQ(c.required_per_version, LONG_MAX);
+  CHECK_EQ(c.needed_per_version, LONG_MAX - 1000);
   /* Above 50 points from a 50% baseline both b + E and b - E leave [0, 1];
    * the target is then the far end, 0. mpmath Fleiss(0.5, 0) =
    * 10.5110637391707 -> 11, one more than the 10 there are. Fisher on 5 of
    * 10 each is 1. */
   c = compare(5, 10, 5, 10, 0.05, 60.0, CV_NOT_ENOUGH_DATA);
-  CHECK_LONG(c.required_per_version, 11);
-  CHECK_LONG(c.needed_per_version, 1);
+  CHECK_EQ(c.required_per_version, 11);
+  CHECK_EQ(c.needed_per_version, 1);
   char buf[160];
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf,
-            "not enough data yet: about 1 more instance per version is needed "
-            "to detect a difference of 60 points");
+  CHECK_EQ(buf,
+           "not enough data yet: about 1 more instance per version is needed "
+           "to detect a difference of 60 points");
 }
 
 static void test_invalid_and_text(void) {
@@ -563,26 +508,26 @@ static void test_invalid_and_text(void) {
   memset(&c, 0, sizeof c);
   c.verdict = CV_V2_WORSE;
   /* Invalid input returns CV_INVALID_INPUT and leaves *out alone. */
-  CHECK(cv_compare(11, 10, 1, 10, 0.05, 1.0, &c) == CV_INVALID_INPUT);
-  CHECK(cv_compare(-1, 10, 1, 10, 0.05, 1.0, &c) == CV_INVALID_INPUT);
-  CHECK(cv_compare(1, 10, 1, -10, 0.05, 1.0, &c) == CV_INVALID_INPUT);
-  CHECK(cv_compare(1, 10, 1, 10, 0.0, 1.0, &c) == CV_INVALID_INPUT);
-  CHECK(cv_compare(1, 10, 1, 10, 1.0, 1.0, &c) == CV_INVALID_INPUT);
-  CHECK(cv_compare(1, 10, 1, 10, 0.05, 0.0, &c) == CV_INVALID_INPUT);
-  CHECK(cv_compare(1, 10, 1, 10, 0.05, 101.0, &c) == CV_INVALID_INPUT);
-  CHECK(cv_compare(1, 10, 1, 10, 0.05, NAN, &c) == CV_INVALID_INPUT);
+  CHECK_EQ(cv_compare(11, 10, 1, 10, 0.05, 1.0, &c), CV_INVALID_INPUT);
+  CHECK_EQ(cv_compare(-1, 10, 1, 10, 0.05, 1.0, &c), CV_INVALID_INPUT);
+  CHECK_EQ(cv_compare(1, 10, 1, -10, 0.05, 1.0, &c), CV_INVALID_INPUT);
+  CHECK_EQ(cv_compare(1, 10, 1, 10, 0.0, 1.0, &c), CV_INVALID_INPUT);
+  CHECK_EQ(cv_compare(1, 10, 1, 10, 1.0, 1.0, &c), CV_INVALID_INPUT);
+  CHECK_EQ(cv_compare(1, 10, 1, 10, 0.05, 0.0, &c), CV_INVALID_INPUT);
+  CHECK_EQ(cv_compare(1, 10, 1, 10, 0.05, 101.0, &c), CV_INVALID_INPUT);
+  CHECK_EQ(cv_compare(1, 10, 1, 10, 0.05, NAN, &c), CV_INVALID_INPUT);
   CHECK(cv_compare(1, 10, 1, 10, 0.05, 1.0, NULL) == CV_INVALID_INPUT);
-  CHECK(c.verdict == CV_V2_WORSE);
+  CHECK_EQ(c.verdict, CV_V2_WORSE);
 
   char buf[128];
   CHECK(cv_verdict_text(NULL, buf, sizeof buf) == 13);
-  CHECK_STR(buf, "invalid input");
-  CHECK_STR(cv_verdict_name(CV_NO_SIGNIFICANT_DIFFERENCE),
-            "no significant difference");
-  CHECK_STR(cv_verdict_name(CV_NOT_ENOUGH_DATA), "not enough data yet");
-  CHECK_STR(cv_method_name(CV_METHOD_FISHER), "fisher");
-  CHECK_STR(cv_method_name(CV_METHOD_Z), "z");
-  CHECK_STR(cv_method_name(CV_METHOD_NONE), "none");
+  CHECK_EQ(buf, "invalid input");
+  CHECK_EQ(cv_verdict_name(CV_NO_SIGNIFICANT_DIFFERENCE),
+           "no significant difference");
+  CHECK_EQ(cv_verdict_name(CV_NOT_ENOUGH_DATA), "not enough data yet");
+  CHECK_EQ(cv_method_name(CV_METHOD_FISHER), "fisher");
+  CHECK_EQ(cv_method_name(CV_METHOD_Z), "z");
+  CHECK_EQ(cv_method_name(CV_METHOD_NONE), "none");
 
   /* Singulars and decimals in the sentence. */
   memset(&c, 0, sizeof c);
@@ -590,19 +535,19 @@ static void test_invalid_and_text(void) {
   c.needed_per_version = 1;
   c.effect_points = 2.5;
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf,
-            "not enough data yet: about 1 more instance per version is needed "
-            "to detect a difference of 2.5 points");
+  CHECK_EQ(buf,
+           "not enough data yet: about 1 more instance per version is needed "
+           "to detect a difference of 2.5 points");
   c.effect_points = 10.0 / 3.0;
   cv_verdict_text(&c, buf, sizeof buf);
-  CHECK_STR(buf,
-            "not enough data yet: about 1 more instance per version is needed "
-            "to detect a difference of 3.33 points");
+  CHECK_EQ(buf,
+           "not enough data yet: about 1 more instance per version is needed "
+           "to detect a difference of 3.33 points");
   /* Truncation is snprintf's: the full length comes back. */
   char small[8];
   int len = cv_verdict_text(&c, small, sizeof small);
   CHECK(len > (int)sizeof small);
-  CHECK_STR(small, "not eno");
+  CHECK_EQ(small, "not eno");
 }
 
 int main(void) {
@@ -616,10 +561,6 @@ int main(void) {
   test_compare();
   test_compare_limits();
   test_invalid_and_text();
-  if (failures != 0) {
-    fprintf(stderr, "test-stats: %d check(s) failed\n", failures);
-    return 1;
-  }
   printf("test-stats: all checks passed\n");
   return 0;
 }

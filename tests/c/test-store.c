@@ -11,7 +11,7 @@ static sy_store *open_store(void) {
   sy_store *st = NULL;
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_NORMAL};
-  CHECK(sy_store_open(&st, path, &o, err, sizeof err) == 0);
+  CHECK_EQ(sy_store_open(&st, path, &o, err, sizeof err), 0);
   return st;
 }
 
@@ -45,19 +45,19 @@ static void test_migrations(void) {
   sy_store *st = open_store();
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_FULL};
-  CHECK(scalar(st, "PRAGMA user_version") == 3);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 3);
   CHECK(scalar(st,
                "SELECT count(*) FROM sqlite_master WHERE name = "
                "'instances'") == 1);
   sy_store_close(st);
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
-  CHECK(scalar(st, "PRAGMA user_version") == 3);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 3);
   CHECK(sqlite3_exec(sy_store_db(st), "PRAGMA user_version = 99", NULL, NULL,
                      NULL) == SQLITE_OK);
   sy_store_close(st);
   /* A database from a newer switchyard is refused, not downgraded. */
-  CHECK(sy_store_open(&st, path, &o, err, sizeof err) == SY_ESTORE);
+  CHECK_EQ(sy_store_open(&st, path, &o, err, sizeof err), SY_ESTORE);
   CHECK_CONTAINS(err, "newer than this switchyard");
   unlink(path);
 }
@@ -76,13 +76,13 @@ static int64_t totals(sy_store *st, int64_t id) {
 static void test_migration_totals(void) {
   sy_store *st = open_store();
   int64_t a, b;
-  CHECK(sy_store_begin(st) == 0);
-  CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &a) == 0);
-  CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &b) == 0);
-  CHECK(sy_store_insert_step_run(st, a, "x", 1, 100, 130, "error", "e") == 0);
+  CHECK_EQ(sy_store_begin(st), 0);
+  CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &a), 0);
+  CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &b), 0);
+  CHECK_EQ(sy_store_insert_step_run(st, a, "x", 1, 100, 130, "error", "e"), 0);
   CHECK(sy_store_insert_step_run(st, a, "x", 2, 200, 205, "ok", NULL) == 0);
   CHECK(sy_store_insert_step_run(st, a, "y", 1, 300, 312, "ok", NULL) == 0);
-  CHECK(sy_store_commit(st) == 0);
+  CHECK_EQ(sy_store_commit(st), 0);
   CHECK(sqlite3_exec(sy_store_db(st),
                      "ALTER TABLE instances DROP COLUMN run_ms;"
                      "ALTER TABLE instances DROP COLUMN reruns;"
@@ -91,10 +91,10 @@ static void test_migration_totals(void) {
                      NULL, NULL, NULL) == SQLITE_OK);
   sy_store_close(st);
   st = open_store();
-  CHECK(scalar(st, "PRAGMA user_version") == 3);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 3);
   /* 30 + 5 + 12 ms, and one retried run (x, attempt 2) */
-  CHECK(totals(st, a) == 471);
-  CHECK(totals(st, b) == 0);
+  CHECK_EQ(totals(st, a), 471);
+  CHECK_EQ(totals(st, b), 0);
   sy_store_close(st);
   unlink(path);
 }
@@ -110,23 +110,23 @@ static void test_migration_claimed(void) {
   int64_t id;
   int got = 0;
   CHECK(sy_store_put_definition(st, "h", "wf", NULL, "src", 1) == 0);
-  CHECK(sy_store_begin(st) == 0);
+  CHECK_EQ(sy_store_begin(st), 0);
   for (int i = 0; i < 6; i++) {
     char sql[128];
-    CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &id) == 0);
+    CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &id), 0);
     snprintf(sql, sizeof sql,
              "UPDATE instances SET state = '%s' WHERE id = %lld", states[i],
              (long long)id);
     CHECK(sqlite3_exec(sy_store_db(st), sql, NULL, NULL, NULL) == SQLITE_OK);
   }
-  CHECK(sy_store_commit(st) == 0);
+  CHECK_EQ(sy_store_commit(st), 0);
   CHECK(sqlite3_exec(sy_store_db(st),
                      "ALTER TABLE instances DROP COLUMN claimed;"
                      "PRAGMA user_version = 2",
                      NULL, NULL, NULL) == SQLITE_OK);
   sy_store_close(st);
   st = open_store();
-  CHECK(scalar(st, "PRAGMA user_version") == 3);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 3);
   CHECK(scalar(st,
                "SELECT count(*) FROM instances WHERE claimed = 1 AND "
                "state IN ('ready', 'running', 'waiting', 'incident')") == 4);
@@ -134,10 +134,10 @@ static void test_migration_claimed(void) {
                "SELECT count(*) FROM instances WHERE claimed = 0 AND "
                "state IN ('completed', 'cancelled')") == 2);
   /* A new instance is read as never taken, and its claim marks it. */
-  CHECK(sy_store_insert_instance(st, "wf", "h", "x", "{}", 2, &id) == 0);
-  CHECK(sy_store_claim(st, "A", 31000, 1000, 10, 1, fresh_cb, &got) == 0);
-  CHECK(got == 1); /* the migrated ready one is not fresh: only the new */
-  CHECK(sy_store_commit(st) == 0);
+  CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "x", "{}", 2, &id), 0);
+  CHECK_EQ(sy_store_claim(st, "A", 31000, 1000, 10, 1, fresh_cb, &got), 0);
+  CHECK_EQ(got, 1); /* the migrated ready one is not fresh: only the new */
+  CHECK_EQ(sy_store_commit(st), 0);
   CHECK(scalar(st,
                "SELECT count(*) FROM instances WHERE claimed = 0 AND "
                "state NOT IN ('completed', 'cancelled')") == 0);
@@ -151,7 +151,7 @@ static void test_claims(void) {
   int got = 0;
   CHECK(sy_store_put_definition(st, "h", "wf", NULL, "src", 3) == 0);
   for (int i = 0; i < 5; i++) {
-    CHECK(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1000, &id) == 0);
+    CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1000, &id), 0);
   }
   /* One waiting and due, one waiting in the future. */
   CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 4,
@@ -167,18 +167,18 @@ static void test_claims(void) {
                                                            .wake_at = 99999,
                                                            .now = 1000}) == 0);
   CHECK(sy_store_count_active(st, &n) == 0 && n == 5);
-  CHECK(sy_store_claim(st, "A", 31000, 1000, 2, 1, count_cb, &got) == 0);
-  CHECK(got == 2);
+  CHECK_EQ(sy_store_claim(st, "A", 31000, 1000, 2, 1, count_cb, &got), 0);
+  CHECK_EQ(got, 2);
   /* The due one goes first, and the claim names its owner and lease. */
   CHECK(scalar(st,
                "SELECT state = 'running' AND owner = 'A' AND "
                "lease_until = 31000 FROM instances WHERE id = 4") == 1);
-  CHECK(sy_store_commit(st) == 0);
+  CHECK_EQ(sy_store_commit(st), 0);
   got = 0;
-  CHECK(sy_store_claim(st, "A", 31000, 1000, 10, 1, count_cb, &got) == 0);
-  CHECK(got == 2); /* ids 2 and 3; 5 is not due */
-  CHECK(sy_store_commit(st) == 0);
-  CHECK(scalar(st, "SELECT count(*) FROM instances WHERE owner = 'A'") == 4);
+  CHECK_EQ(sy_store_claim(st, "A", 31000, 1000, 10, 1, count_cb, &got), 0);
+  CHECK_EQ(got, 2); /* ids 2 and 3; 5 is not due */
+  CHECK_EQ(sy_store_commit(st), 0);
+  CHECK_EQ(scalar(st, "SELECT count(*) FROM instances WHERE owner = 'A'"), 4);
   CHECK(sy_store_next_wake(st, &wake) == 0 && wake == 99999);
   /* Fencing: an engine that does not hold an instance changes nothing. */
   CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 1,
@@ -198,18 +198,18 @@ static void test_claims(void) {
   CHECK(scalar(st, "SELECT owner IS NULL FROM instances WHERE id = 1") == 1);
   /* A renewed lease is not taken over; an expired one is. */
   got = 0;
-  CHECK(sy_store_renew(st, "A", 40000, 10000) == 0);
-  CHECK(sy_store_claim(st, "B", 70000, 35000, 10, 1, count_cb, &got) == 0);
-  CHECK(got == 0);
+  CHECK_EQ(sy_store_renew(st, "A", 40000, 10000), 0);
+  CHECK_EQ(sy_store_claim(st, "B", 70000, 35000, 10, 1, count_cb, &got), 0);
+  CHECK_EQ(got, 0);
   /* Expired, but not looked for: a claim without the scan leaves it. */
-  CHECK(sy_store_claim(st, "B", 90000, 45000, 10, 0, count_cb, &got) == 0);
-  CHECK(got == 0);
-  CHECK(sy_store_claim(st, "B", 90000, 45000, 10, 1, count_cb, &got) == 0);
-  CHECK(got == 3);
-  CHECK(scalar(st, "SELECT count(*) FROM instances WHERE owner = 'B'") == 3);
+  CHECK_EQ(sy_store_claim(st, "B", 90000, 45000, 10, 0, count_cb, &got), 0);
+  CHECK_EQ(got, 0);
+  CHECK_EQ(sy_store_claim(st, "B", 90000, 45000, 10, 1, count_cb, &got), 0);
+  CHECK_EQ(got, 3);
+  CHECK_EQ(scalar(st, "SELECT count(*) FROM instances WHERE owner = 'B'"), 3);
   /* Release: B's instances are ready again (5, waiting, is untouched). */
   CHECK(sy_store_release(st, "B", 50000, &n) == 0 && n == 3);
-  CHECK(sy_store_commit(st) == 0);
+  CHECK_EQ(sy_store_commit(st), 0);
   CHECK(scalar(st,
                "SELECT count(*) FROM instances WHERE state = 'ready' "
                "AND owner IS NULL") == 3);
@@ -221,12 +221,12 @@ static void test_rollback(void) {
   sy_store *st = open_store();
   int64_t id;
   CHECK(sy_store_put_definition(st, "h", "wf", NULL, "src", 3) == 0);
-  CHECK(sy_store_begin(st) == 0);
-  CHECK(sy_store_begin(st) == 0); /* nested begin is a no-op */
-  CHECK(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1, &id) == 0);
+  CHECK_EQ(sy_store_begin(st), 0);
+  CHECK_EQ(sy_store_begin(st), 0); /* nested begin is a no-op */
+  CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1, &id), 0);
   sy_store_rollback(st);
   CHECK(!sy_store_in_tx(st));
-  CHECK(scalar(st, "SELECT count(*) FROM instances") == 0);
+  CHECK_EQ(scalar(st, "SELECT count(*) FROM instances"), 0);
   /* An error carries SQLite's message. */
   CHECK(sy_store_get_definition(st, "nope", &(char *){NULL}, &(size_t){0},
                                 &(char *){NULL}) == SY_ENOTFOUND);
