@@ -112,35 +112,11 @@ static int opt_number(loader *ld, int line, const char *step, const char *key,
   return 0;
 }
 
-/* Validates the step spec on top of the stack into s. */
-static int compile_step(loader *ld, sy_step *s) {
-  sy_lua *h = ld->h;
-  lua_State *L = h->L;
-  int spec = lua_gettop(L), opts, rc = 0;
-  const char *kind;
-  const char *const *allowed;
-  const char *const *extra = NULL;
-  lua_getfield(L, spec, "line");
-  s->line = (int)lua_tointeger(L, -1);
-  lua_getfield(L, spec, "kind");
-  kind = lua_tostring(L, -1);
-  lua_getfield(L, spec, "opts");
-  opts = lua_gettop(L);
-  s->retries = 3;
-  s->backoff_initial = 1;
-  s->backoff_factor = 2;
-  s->backoff_max = 60;
-  if (strcmp(kind, "task") == 0) {
-    s->kind = SY_STEP_TASK;
-    allowed = task_options;
-  } else {
-    s->kind = SY_STEP_NODE;
-    s->node = sy_plugins_node(h->plugins, kind);
-    SY_ASSERT(s->node); /* dsl_index only makes specs of known types */
-    allowed = common_node_options;
-    extra = s->node->type->options;
-  }
-  /* Unknown options are errors: a typo must not silently do nothing. */
+/* Unknown options are errors: a typo must not silently do nothing. */
+static int check_option_names(loader *ld, const sy_step *s, int opts,
+                              const char *kind, const char *const *allowed,
+                              const char *const *extra) {
+  lua_State *L = ld->h->L;
   lua_pushnil(L);
   while (lua_next(L, opts)) {
     lua_pop(L, 1);
@@ -149,18 +125,24 @@ static int compile_step(loader *ld, sy_step *s) {
          !in_list(extra, lua_tostring(L, -1)))) {
       const char *key = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                        : luaL_typename(L, -1);
-      rc = load_error(ld, s->line, "step '%s': unknown option '%s' for %s",
-                      s->name, key, kind);
+      int rc = load_error(ld, s->line, "step '%s': unknown option '%s' for %s",
+                          s->name, key, kind);
       lua_pop(L, 1);
-      goto done;
+      return rc;
     }
   }
+  return 0;
+}
+
+/* run (a task's function) and next (a step name or a function). */
+static int compile_code(loader *ld, sy_step *s, int opts) {
+  lua_State *L = ld->h->L;
   if (s->kind == SY_STEP_TASK) {
     sy__rawfield(L, opts, "run");
     if (!lua_isfunction(L, -1)) {
-      rc = load_error(ld, s->line, "step '%s': run must be a function, got %s",
-                      s->name, luaL_typename(L, -1));
-      goto done;
+      return load_error(ld, s->line,
+                        "step '%s': run must be a function, got %s", s->name,
+                        luaL_typename(L, -1));
     }
     s->lua->run = luaL_ref(L, LUA_REGISTRYINDEX);
   }
@@ -171,87 +153,128 @@ static int compile_step(loader *ld, sy_step *s) {
   } else if (lua_isfunction(L, -1)) {
     s->lua->next = luaL_ref(L, LUA_REGISTRYINDEX);
   } else if (!lua_isnil(L, -1)) {
-    rc = load_error(ld, s->line,
-                    "step '%s': next must be a step name or a function, got %s",
-                    s->name, luaL_typename(L, -1));
-    goto done;
+    return load_error(
+        ld, s->line,
+        "step '%s': next must be a step name or a function, got %s", s->name,
+        luaL_typename(L, -1));
   } else {
     lua_pop(L, 1);
   }
+  return 0;
+}
+
+/* backoff: seconds, or {initial=, factor=, max=} (on top of the stack). */
+static int compile_backoff(loader *ld, sy_step *s) {
+  lua_State *L = ld->h->L;
+  static const char *const keys[] = {"initial", "factor", "max", NULL};
+  double *dst[] = {&s->backoff_initial, &s->backoff_factor, &s->backoff_max};
+  double mins[] = {0, 1, 0};
+  int rc;
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    return opt_number(ld, s->line, s->name, "backoff", 0, &s->backoff_initial);
+  }
+  if (lua_isnil(L, -1)) {
+    return 0;
+  }
+  if (!lua_istable(L, -1)) {
+    return load_error(ld, s->line,
+                      "step '%s': backoff must be seconds or a table "
+                      "{initial=, factor=, max=}, got %s",
+                      s->name, luaL_typename(L, -1));
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING || !in_list(keys, lua_tostring(L, -1))) {
+      lua_pop(L, 1);
+      return load_error(ld, s->line,
+                        "step '%s': backoff takes initial, factor and max",
+                        s->name);
+    }
+  }
+  for (int i = 0; i < 3; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "backoff.%s", keys[i]);
+    sy__rawfield(L, -1, keys[i]);
+    if ((rc = opt_number(ld, s->line, s->name, key, mins[i], dst[i]))) {
+      return rc;
+    }
+    lua_pop(L, 1);
+  }
+  if (s->backoff_max < s->backoff_initial) {
+    s->backoff_max = s->backoff_initial;
+  }
+  return 0;
+}
+
+/* retries, timeout and backoff. */
+static int compile_policy(loader *ld, sy_step *s, int opts) {
+  lua_State *L = ld->h->L;
+  int rc;
   sy__rawfield(L, opts, "retries");
   if (!lua_isnil(L, -1)) {
     if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 ||
         lua_tointeger(L, -1) > 1000) {
-      rc = load_error(ld, s->line,
-                      "step '%s': retries must be an integer from 0 to 1000",
-                      s->name);
-      goto done;
+      return load_error(ld, s->line,
+                        "step '%s': retries must be an integer from 0 to 1000",
+                        s->name);
     }
     s->retries = (int)lua_tointeger(L, -1);
   }
   lua_pop(L, 1);
   sy__rawfield(L, opts, "timeout");
   if ((rc = opt_number(ld, s->line, s->name, "timeout", 0, &s->timeout))) {
-    goto done;
+    return rc;
   }
   lua_pop(L, 1);
   sy__rawfield(L, opts, "backoff");
-  if (lua_type(L, -1) == LUA_TNUMBER) {
-    if ((rc = opt_number(ld, s->line, s->name, "backoff", 0,
-                         &s->backoff_initial))) {
-      goto done;
-    }
-  } else if (lua_istable(L, -1)) {
-    static const char *const keys[] = {"initial", "factor", "max"};
-    double *dst[] = {&s->backoff_initial, &s->backoff_factor, &s->backoff_max};
-    double mins[] = {0, 1, 0};
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-      lua_pop(L, 1);
-      if (lua_type(L, -1) != LUA_TSTRING ||
-          (strcmp(lua_tostring(L, -1), "initial") &&
-           strcmp(lua_tostring(L, -1), "factor") &&
-           strcmp(lua_tostring(L, -1), "max"))) {
-        lua_pop(L, 1);
-        rc = load_error(ld, s->line,
-                        "step '%s': backoff takes initial, factor and max",
-                        s->name);
-        goto done;
-      }
-    }
-    for (int i = 0; i < 3; i++) {
-      char key[32];
-      snprintf(key, sizeof key, "backoff.%s", keys[i]);
-      sy__rawfield(L, -1, keys[i]);
-      if ((rc = opt_number(ld, s->line, s->name, key, mins[i], dst[i]))) {
-        goto done;
-      }
-      lua_pop(L, 1);
-    }
-    if (s->backoff_max < s->backoff_initial) {
-      s->backoff_max = s->backoff_initial;
-    }
-  } else if (!lua_isnil(L, -1)) {
-    rc = load_error(ld, s->line,
-                    "step '%s': backoff must be seconds or a table "
-                    "{initial=, factor=, max=}, got %s",
-                    s->name, luaL_typename(L, -1));
-    goto done;
+  return compile_backoff(ld, s);
+}
+
+/* A node's own options go to its plugin's compile. */
+static int compile_node(loader *ld, sy_step *s, int opts) {
+  lua_State *L = ld->h->L;
+  char err[512] = "";
+  sy_opts o = {L, opts};
+  if (s->node->type->compile &&
+      s->node->type->compile(s->node->plugin->state, &o, &s->node_data, err,
+                             sizeof err)) {
+    return load_error(ld, s->line, "step '%s': %s", s->name, err);
   }
-  lua_pop(L, 1);
+  lua_pushvalue(L, opts);
+  s->lua->opts = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* Validates the step spec on top of the stack into s. */
+static int compile_step(loader *ld, sy_step *s) {
+  sy_lua *h = ld->h;
+  lua_State *L = h->L;
+  int spec = lua_gettop(L), opts, rc;
+  const char *kind;
+  const char *const *allowed = task_options, *const *extra = NULL;
+  lua_getfield(L, spec, "line");
+  s->line = (int)lua_tointeger(L, -1);
+  lua_getfield(L, spec, "kind");
+  kind = lua_tostring(L, -1);
+  lua_getfield(L, spec, "opts");
+  opts = lua_gettop(L);
+  s->retries = 3;
+  s->backoff_initial = 1;
+  s->backoff_factor = 2;
+  s->backoff_max = 60;
+  s->kind = strcmp(kind, "task") == 0 ? SY_STEP_TASK : SY_STEP_NODE;
   if (s->kind == SY_STEP_NODE) {
-    char err[512] = "";
-    sy_opts o = {L, opts};
-    if (s->node->type->compile &&
-        s->node->type->compile(s->node->plugin->state, &o, &s->node_data, err,
-                               sizeof err)) {
-      rc = load_error(ld, s->line, "step '%s': %s", s->name, err);
-      goto done;
-    }
-    lua_pushvalue(L, opts);
-    s->lua->opts = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->node = sy_plugins_node(h->plugins, kind);
+    SY_ASSERT(s->node); /* dsl_index only makes specs of known types */
+    allowed = common_node_options;
+    extra = s->node->type->options;
   }
-done:
+  if (!(rc = check_option_names(ld, s, opts, kind, allowed, extra)) &&
+      !(rc = compile_code(ld, s, opts)) &&
+      !(rc = compile_policy(ld, s, opts)) && s->kind == SY_STEP_NODE) {
+    rc = compile_node(ld, s, opts);
+  }
   lua_settop(L, spec);
   return rc;
 }
@@ -363,24 +386,19 @@ static int check_graph(loader *ld) {
   return 0;
 }
 
-/* Turns the workflow spec on top of the stack into ld->wf. */
-static int compile_workflow(loader *ld) {
-  sy_lua *h = ld->h;
-  lua_State *L = h->L;
+static const char *const workflow_options[] = {"name", "start", "steps",
+                                               "description", NULL};
+
+/* The workflow's options and name (opts at the given index). */
+static int compile_header(loader *ld, int opts, int line) {
+  lua_State *L = ld->h->L;
   sy_workflow *wf = ld->wf;
-  int spec = lua_gettop(L), opts, line, rc = 0, n = 0;
-  const char *start;
-  lua_getfield(L, spec, "line");
-  line = wf->line = (int)lua_tointeger(L, -1);
-  lua_getfield(L, spec, "opts");
-  opts = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, opts)) {
     const char *k;
     lua_pop(L, 1);
     k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
-    if (strcmp(k, "name") && strcmp(k, "start") && strcmp(k, "steps") &&
-        strcmp(k, "description")) {
+    if (!in_list(workflow_options, k)) {
       lua_pop(L, 1);
       return load_error(ld, line,
                         "unknown workflow option '%s' (expected name, start, "
@@ -394,7 +412,10 @@ static int compile_workflow(loader *ld) {
     return load_error(ld, line,
                       "workflow name must be a non-empty string (no NUL)");
   }
-  wf->name = strdup(lua_tostring(L, -1));
+  if (!(wf->name = strdup(lua_tostring(L, -1)))) {
+    return load_error(ld, line, "out of memory");
+  }
+  lua_pop(L, 1);
   for (const char *c = wf->name; *c; c++) {
     if (!(*c == '_' || *c == '-' || *c == '.' || (*c >= '0' && *c <= '9') ||
           (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z'))) {
@@ -404,7 +425,16 @@ static int compile_workflow(loader *ld) {
                         wf->name);
     }
   }
-  sy__rawfield(L, opts, "steps");
+  return 0;
+}
+
+/* The steps table on top of the stack: names and lines first (so errors
+ * come in file order), then each step compiled. */
+static int compile_steps(loader *ld, int line) {
+  sy_lua *h = ld->h;
+  lua_State *L = h->L;
+  sy_workflow *wf = ld->wf;
+  int n = 0, rc = 0;
   if (!lua_istable(L, -1)) {
     return load_error(ld, line, "steps must be a table of named steps, got %s",
                       luaL_typename(L, -1));
@@ -420,7 +450,6 @@ static int compile_workflow(loader *ld) {
   if (!(wf->steps = calloc((size_t)n, sizeof *wf->steps))) {
     return load_error(ld, line, "out of memory");
   }
-  /* First pass: collect names and lines, so errors come in file order. */
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     sy_step *s = &wf->steps[wf->nsteps];
@@ -456,10 +485,27 @@ static int compile_workflow(loader *ld) {
     rc = compile_step(ld, &wf->steps[i]);
     lua_pop(L, 1);
   }
-  if (rc) {
+  qsort(wf->steps, (size_t)wf->nsteps, sizeof *wf->steps, by_step_name);
+  return rc;
+}
+
+/* Turns the workflow spec on top of the stack into ld->wf. */
+static int compile_workflow(loader *ld) {
+  lua_State *L = ld->h->L;
+  sy_workflow *wf = ld->wf;
+  int spec = lua_gettop(L), opts, line, rc;
+  const char *start;
+  lua_getfield(L, spec, "line");
+  line = wf->line = (int)lua_tointeger(L, -1);
+  lua_getfield(L, spec, "opts");
+  opts = lua_gettop(L);
+  if ((rc = compile_header(ld, opts, line))) {
     return rc;
   }
-  qsort(wf->steps, (size_t)wf->nsteps, sizeof *wf->steps, by_step_name);
+  sy__rawfield(L, opts, "steps");
+  if ((rc = compile_steps(ld, line))) {
+    return rc;
+  }
   sy__rawfield(L, opts, "start");
   start = lua_tostring(L, -1);
   if (lua_type(L, -1) != LUA_TSTRING) {
@@ -492,72 +538,84 @@ static void hash_hex(const char *data, size_t len, char out[65]) {
   }
 }
 
+/* Runs the file in a fresh sandbox, under the limits; leaves the chunk,
+ * its environment and the spec it returned on the stack. */
+static int run_file(loader *ld, const char *source, size_t len) {
+  sy_lua *h = ld->h;
+  lua_State *L = h->L;
+  char chunkname[LUA_IDSIZE + 1];
+  char msg[900];
+  int env;
+  snprintf(chunkname, sizeof chunkname, "@%s", sy__chunk_base(ld->path));
+  if (luaL_loadbufferx(L, source, len, chunkname, "t") != LUA_OK) {
+    /* Lua's message already reads file:line: what. */
+    sy__error_message(L, ld->path, ld->diag->error, sizeof ld->diag->error);
+    return SY_ELOAD;
+  }
+  sy__push_sandbox(h);
+  env = lua_gettop(L);
+  lua_pushvalue(L, env);
+  lua_setupvalue(L, -3, 1);
+  lua_pushvalue(L, -2); /* the chunk, to call: chunk, env, chunk */
+  sy__limits_on(h, L, h->instructions);
+  if (lua_pcall(L, 0, 1, 0) == LUA_OK) {
+    sy__limits_off(h, L);
+    if (spec_is(h, L, -1, &h->workflow_mt)) {
+      return 0;
+    }
+    return load_error(ld, 0,
+                      "the file must return sy.workflow{...}, it returned %s",
+                      luaL_typename(L, -1));
+  }
+  sy__limits_off(h, L);
+  sy__error_message(L, ld->path, msg, sizeof msg);
+  /* Errors raised by the DSL carry no position: add the file's. */
+  if (strncmp(msg, ld->path, strlen(ld->path)) == 0) {
+    snprintf(ld->diag->error, sizeof ld->diag->error, "%s", msg);
+    return SY_ELOAD;
+  }
+  return load_error(ld, 0, "%s", msg);
+}
+
+/* Validation reads tables the file made: it runs protected and under the
+ * budget, so an error or a loop there is a load error too. */
+static int compile_spec(loader *ld) {
+  sy_lua *h = ld->h;
+  lua_State *L = h->L;
+  char msg[900];
+  int rc;
+  lua_pushcfunction(L, compile_protected);
+  lua_pushlightuserdata(L, ld);
+  lua_pushvalue(L, -3); /* the spec */
+  sy__limits_on(h, L, h->instructions);
+  rc = lua_pcall(L, 2, 0, 0);
+  sy__limits_off(h, L);
+  if (rc == LUA_OK) {
+    return ld->rc;
+  }
+  sy__error_message(L, ld->path, msg, sizeof msg);
+  lua_pop(L, 1);
+  if (!ld->diag->error[0]) {
+    load_error(ld, ld->wf->line, "%s", msg);
+  }
+  return SY_ELOAD;
+}
+
 int sy_workflow_load(sy_lua *h, const char *path, const char *source,
                      size_t len, sy_workflow **out, sy_diag *diag) {
   lua_State *L = h->L;
-  int top = lua_gettop(L), rc, env;
-  char chunkname[LUA_IDSIZE + 1];
+  int top = lua_gettop(L), rc;
   char hash[65] = "";
   loader ld = {h, path, diag, NULL, 0};
   diag->error[0] = diag->warnings[0] = '\0';
   if (!(ld.wf = calloc(1, sizeof *ld.wf))) {
     return load_error(&ld, 0, "out of memory");
   }
-  snprintf(chunkname, sizeof chunkname, "@%s", sy__chunk_base(path));
-  if (luaL_loadbufferx(L, source, len, chunkname, "t") != LUA_OK) {
-    /* Lua's message already reads file:line: what. */
-    sy__error_message(L, path, diag->error, sizeof diag->error);
-    rc = SY_ELOAD;
+  if ((rc = run_file(&ld, source, len)) || (rc = compile_spec(&ld))) {
     goto fail;
   }
-  sy__push_sandbox(h);
-  env = lua_gettop(L);
-  lua_pushvalue(L, env);
-  lua_setupvalue(L, -3, 1);
-  lua_pushvalue(L, -2); /* the chunk, to call */
-  sy__limits_on(h, L, h->instructions);
-  rc = lua_pcall(L, 0, 1, 0);
-  sy__limits_off(h, L);
-  if (rc != LUA_OK) {
-    char msg[900];
-    sy__error_message(L, path, msg, sizeof msg);
-    /* Errors raised by the DSL carry no position: add the file's. */
-    if (strncmp(msg, path, strlen(path)) == 0) {
-      snprintf(diag->error, sizeof diag->error, "%s", msg);
-    } else {
-      load_error(&ld, 0, "%s", msg);
-    }
-    rc = SY_ELOAD;
-    goto fail;
-  }
-  if (!spec_is(h, L, -1, &h->workflow_mt)) {
-    rc = load_error(&ld, 0,
-                    "the file must return sy.workflow{...}, it returned %s",
-                    luaL_typename(L, -1));
-    goto fail;
-  }
-  /* Validation reads tables the file made: run it protected and under
-   * the budget, so an error or a loop there is a load error too. */
-  lua_pushcfunction(L, compile_protected);
-  lua_pushlightuserdata(L, &ld);
-  lua_pushvalue(L, -3); /* the spec */
-  sy__limits_on(h, L, h->instructions);
-  rc = lua_pcall(L, 2, 0, 0);
-  sy__limits_off(h, L);
-  if (rc != LUA_OK) {
-    char msg[900];
-    sy__error_message(L, path, msg, sizeof msg);
-    lua_pop(L, 1);
-    if (!ld.diag->error[0]) {
-      load_error(&ld, ld.wf->line, "%s", msg);
-    }
-    rc = SY_ELOAD;
-    goto fail;
-  }
-  if ((rc = ld.rc)) {
-    goto fail;
-  }
-  lua_getmetatable(L, env);
+  /* The environment is read-only from now on. */
+  lua_getmetatable(L, top + 2);
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__sy_loading");
   lua_pop(L, 1);
@@ -653,4 +711,3 @@ int sy_opts_get(sy_opts *o, const char *key, sy_value *out) {
   lua_pop(o->L, 1);
   return 0;
 }
-

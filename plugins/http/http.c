@@ -321,18 +321,99 @@ static void fail_request(request *r, sy_call *c, json_t *args,
   json_decref(args);
 }
 
+/* One header of the step's table as a "Name: value" line on the request;
+ * a message in msg when it cannot be one. */
+static int add_header(request *r, const char *key, json_t *v, char *msg,
+                      size_t msglen) {
+  char num[64];
+  const char *val = json_string_value(v);
+  char *line;
+  if (json_is_integer(v)) {
+    snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
+    val = num;
+  } else if (json_is_real(v)) {
+    snprintf(num, sizeof num, "%.17g", json_real_value(v));
+    val = num;
+  } else if (json_is_boolean(v)) {
+    val = json_is_true(v) ? "true" : "false";
+  }
+  if (!val) {
+    snprintf(msg, msglen,
+             "ctx.http: header '%.100s' must be a string or a number", key);
+    return -1;
+  }
+  /* A line break would let a value smuggle in headers of its own. */
+  if (strpbrk(key, "\r\n:") || !*key || strpbrk(val, "\r\n") ||
+      (json_is_string(v) && strlen(val) != json_string_length(v))) {
+    snprintf(msg, msglen,
+             "ctx.http: header '%.100s' has a line break, NUL or colon in its "
+             "name or value",
+             key);
+    return -1;
+  }
+  if (!(line = malloc(strlen(key) + strlen(val) + 3))) {
+    snprintf(msg, msglen, "ctx.http: out of memory");
+    return -1;
+  }
+  sprintf(line, "%s: %s", key, val);
+  r->headers = curl_slist_append(r->headers, line);
+  free(line);
+  return 0;
+}
+
+/* The request's headers and body from the step's table a. */
+static int set_content(request *r, sy_call *c, json_t *a, char *msg,
+                       size_t msglen) {
+  json_t *hdrs = json_object_get(a, "headers"), *v;
+  const char *key;
+  char line[1024];
+  int has_idem = 0, has_type = 0;
+  if (hdrs && !json_is_object(hdrs)) {
+    snprintf(msg, msglen, "ctx.http: headers must be a table of name = value");
+    return -1;
+  }
+  json_object_foreach(hdrs, key, v) {
+    if (add_header(r, key, v, msg, msglen)) {
+      return -1;
+    }
+    has_idem |= strcasecmp(key, "idempotency-key") == 0;
+    has_type |= strcasecmp(key, "content-type") == 0;
+  }
+  if ((v = json_object_get(a, "json"))) {
+    r->body = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!has_type) { /* the step's own Content-Type wins */
+      r->headers =
+          curl_slist_append(r->headers, "Content-Type: application/json");
+    }
+  } else if ((v = json_object_get(a, "body")) && json_is_string(v)) {
+    r->body = strdup(json_string_value(v));
+  }
+  if (r->body) {
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->body);
+  }
+  /* The engine's key: a step re-run after a crash sends the same one, so
+   * the server can drop the duplicate; a retry sends a new one. */
+  if (!has_idem) {
+    snprintf(line, sizeof line, "Idempotency-Key: %.1000s",
+             r->h->api->idempotency_key(c));
+    r->headers = curl_slist_append(r->headers, line);
+  }
+  r->headers = curl_slist_append(r->headers, "Expect:");
+  curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
+  return 0;
+}
+
 /* Lua: ctx.http{ method = "POST", url = "...", headers = { k = v },
  *                body = "text" | json = { ... }, timeout = seconds }
  *      -> { status, headers, body, json } (raises on transport errors) */
 static void http_call(void *plugin, sy_call *c, const char *args_json) {
   http *h = plugin;
   const sy_api *api = h->api;
-  json_t *a = json_loads(args_json, 0, NULL), *hdrs, *v;
-  const char *url, *method, *key;
+  json_t *a = json_loads(args_json, 0, NULL);
+  const char *url, *method;
   request *r;
-  char line[1024], msg[256];
+  char msg[256];
   double timeout;
-  int has_idem = 0, has_type = 0;
   if (!json_is_object(a) || !(url = str(a, "url"))) {
     api->fail(c, "ctx.http: expected a table with at least url = \"...\"");
     json_decref(a);
@@ -366,71 +447,10 @@ static void http_call(void *plugin, sy_call *c, const char *args_json) {
   if (strcmp(method, "HEAD") == 0) {
     curl_easy_setopt(r->easy, CURLOPT_NOBODY, 1L);
   }
-  hdrs = json_object_get(a, "headers");
-  if (hdrs && !json_is_object(hdrs)) {
-    fail_request(r, c, a, "ctx.http: headers must be a table of name = value");
+  if (set_content(r, c, a, msg, sizeof msg)) {
+    fail_request(r, c, a, msg);
     return;
   }
-  json_object_foreach(hdrs, key, v) {
-    char num[64];
-    const char *val = json_string_value(v);
-    char *hl;
-    if (json_is_integer(v)) {
-      snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
-      val = num;
-    } else if (json_is_real(v)) {
-      snprintf(num, sizeof num, "%.17g", json_real_value(v));
-      val = num;
-    } else if (json_is_boolean(v)) {
-      val = json_is_true(v) ? "true" : "false";
-    }
-    if (!val) {
-      snprintf(msg, sizeof msg,
-               "ctx.http: header '%.100s' must be a string or a number", key);
-      fail_request(r, c, a, msg);
-      return;
-    }
-    /* A line break would let a value smuggle in headers of its own. */
-    if (strpbrk(key, "\r\n:") || !*key || strpbrk(val, "\r\n") ||
-        (json_is_string(v) && strlen(val) != json_string_length(v))) {
-      snprintf(msg, sizeof msg,
-               "ctx.http: header '%.100s' has a line break, NUL or colon in "
-               "its name or value",
-               key);
-      fail_request(r, c, a, msg);
-      return;
-    }
-    if (!(hl = malloc(strlen(key) + strlen(val) + 3))) {
-      fail_request(r, c, a, "ctx.http: out of memory");
-      return;
-    }
-    sprintf(hl, "%s: %s", key, val);
-    r->headers = curl_slist_append(r->headers, hl);
-    free(hl);
-    has_idem |= strcasecmp(key, "idempotency-key") == 0;
-    has_type |= strcasecmp(key, "content-type") == 0;
-  }
-  if ((v = json_object_get(a, "json"))) {
-    r->body = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!has_type) { /* the step's own Content-Type wins */
-      r->headers =
-          curl_slist_append(r->headers, "Content-Type: application/json");
-    }
-  } else if ((v = json_object_get(a, "body")) && json_is_string(v)) {
-    r->body = strdup(json_string_value(v));
-  }
-  if (r->body) {
-    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->body);
-  }
-  /* The engine's key: a step re-run after a crash sends the same one, so
-   * the server can drop the duplicate; a retry sends a new one. */
-  if (!has_idem) {
-    snprintf(line, sizeof line, "Idempotency-Key: %.1000s",
-             api->idempotency_key(c));
-    r->headers = curl_slist_append(r->headers, line);
-  }
-  r->headers = curl_slist_append(r->headers, "Expect:");
-  curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
   json_decref(a);
   if (curl_multi_add_handle(h->multi, r->easy) != CURLM_OK) {
     curl_easy_cleanup(r->easy);
