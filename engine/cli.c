@@ -24,14 +24,17 @@ static int cmd_lua(sy__cli *c) {
 }
 
 static const sy__cli_cmd cmd_lua_row = {
-    "lua", "SCRIPT [ARGS]",
+    "lua",
+    "SCRIPT [ARGS]",
     "run a Lua script with the switchyard.testing module (the test suite)",
-    NULL, cmd_lua, 0};
+    NULL,
+    cmd_lua,
+    0};
 
 static const sy__cli_cmd *const commands[] = {
-    &sy__cli_start,     &sy__cli_run,   &sy__cli_check,  &sy__cli_status,
-    &sy__cli_instances, &sy__cli_show,  &sy__cli_incidents,
-    &sy__cli_retry,     &sy__cli_cancel, &cmd_lua_row};
+    &sy__cli_start,     &sy__cli_run,  &sy__cli_check,     &sy__cli_status,
+    &sy__cli_instances, &sy__cli_show, &sy__cli_incidents, &sy__cli_retry,
+    &sy__cli_cancel,    &cmd_lua_row};
 #define NCOMMANDS (sizeof commands / sizeof *commands)
 
 /* ---------------------------------------------------------------------
@@ -144,8 +147,8 @@ static int set_global(sy__cli *c, const sy__cli_opt *g, char *v) {
       return 0;
     case G_SYNC:
       if (strcmp(v, "full") && strcmp(v, "normal")) {
-        return sy__cli_usage_error(
-            "--sync: expected full or normal, got '%s'", v);
+        return sy__cli_usage_error("--sync: expected full or normal, got '%s'",
+                                   v);
       }
       c->o.sync = strcmp(v, "full") == 0 ? SY_SYNC_FULL : SY_SYNC_NORMAL;
       return 0;
@@ -233,8 +236,7 @@ static int parse_globals(sy__cli *c, int argc, char **argv) {
     }
     if (g->has_arg && !v) {
       if (i + 1 == argc) {
-        return sy__cli_usage_error("--%s needs a value (%s)", g->name,
-                                   g->meta);
+        return sy__cli_usage_error("--%s needs a value (%s)", g->name, g->meta);
       }
       v = argv[++i];
     }
@@ -365,8 +367,7 @@ static void usage(FILE *f, const sy__cli *c) {
 }
 
 static void command_help(const sy__cli_cmd *cmd) {
-  printf("usage: switchyard [global options] %s %s\n\n", cmd->name,
-         cmd->args);
+  printf("usage: switchyard [global options] %s %s\n\n", cmd->name, cmd->args);
   print_wrapped(stdout, cmd->summary, 0);
   if (cmd->opts) {
     printf("\noptions:\n");

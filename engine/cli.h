@@ -96,8 +96,8 @@ int sy__cli_var_parse(const char *arg, sy__cli_var *out);
 char *sy__cli_expand(const char *tmpl, long long n);
 /* The vars of instance *n (n NULL: {n} kept as written), as compact JSON
  * text with sorted keys (malloc'd), or NULL with a message in err. */
-char *sy__cli_build_vars(const sy__cli_var *vars, int nvars,
-                         const long long *n, char *err, size_t errlen);
+char *sy__cli_build_vars(const sy__cli_var *vars, int nvars, const long long *n,
+                         char *err, size_t errlen);
 /* The vars of every instance as one text to put each number into, when
  * that gives what sy__cli_build_vars would; NULL with *err empty when it
  * would not, NULL with err set when the vars are bad. */

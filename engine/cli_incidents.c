@@ -13,14 +13,13 @@ int sy__cli_print_incident(void *ud, const sy_incident_row *r) {
   char t[32];
   if (arr) {
     json_array_append_new(
-        arr, json_pack("{s:I, s:I, s:s, s:s, s:s, s:I, s:o, s:s?}", "id",
-                       (json_int_t)r->id, "instance", (json_int_t)r->instance_id,
-                       "workflow", r->workflow, "step", r->step, "error",
-                       r->error, "raised_at", (json_int_t)r->raised_at,
-                       "resolved_at",
-                       r->resolved_at ? json_integer(r->resolved_at)
-                                      : json_null(),
-                       "resolution", r->resolution));
+        arr,
+        json_pack("{s:I, s:I, s:s, s:s, s:s, s:I, s:o, s:s?}", "id",
+                  (json_int_t)r->id, "instance", (json_int_t)r->instance_id,
+                  "workflow", r->workflow, "step", r->step, "error", r->error,
+                  "raised_at", (json_int_t)r->raised_at, "resolved_at",
+                  r->resolved_at ? json_integer(r->resolved_at) : json_null(),
+                  "resolution", r->resolution));
     return 0;
   }
   sy__cli_time(r->raised_at, t, sizeof t);
@@ -74,8 +73,12 @@ static int cmd_incidents(sy__cli *c) {
 }
 
 const sy__cli_cmd sy__cli_incidents = {
-    "incidents", "[--all]", "open incidents (with --all, resolved ones too)",
-    incidents_opts, cmd_incidents, SY__CLI_NEEDS_DB};
+    "incidents",
+    "[--all]",
+    "open incidents (with --all, resolved ones too)",
+    incidents_opts,
+    cmd_incidents,
+    SY__CLI_NEEDS_DB};
 
 /* retry ID and cancel ID. */
 static int change(sy__cli *c, int cancel) {
@@ -120,10 +123,13 @@ static int cmd_cancel(sy__cli *c) {
 }
 
 const sy__cli_cmd sy__cli_retry = {
-    "retry", "ID",
+    "retry",
+    "ID",
     "send an instance in an incident back to its step, with fresh retries",
-    NULL, cmd_retry, SY__CLI_NEEDS_DB | SY__CLI_WRITES};
+    NULL,
+    cmd_retry,
+    SY__CLI_NEEDS_DB | SY__CLI_WRITES};
 
 const sy__cli_cmd sy__cli_cancel = {
-    "cancel", "ID", "end an instance that no engine is running", NULL,
-    cmd_cancel, SY__CLI_NEEDS_DB | SY__CLI_WRITES};
+    "cancel", "ID",       "end an instance that no engine is running",
+    NULL,     cmd_cancel, SY__CLI_NEEDS_DB | SY__CLI_WRITES};

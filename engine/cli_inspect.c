@@ -103,8 +103,8 @@ static int cmd_status(sy__cli *c) {
 }
 
 const sy__cli_cmd sy__cli_status = {
-    "status", "", "instances per workflow and state", NULL, cmd_status,
-    SY__CLI_NEEDS_DB};
+    "status", "",         "instances per workflow and state",
+    NULL,     cmd_status, SY__CLI_NEEDS_DB};
 
 /* ---------------------------------------------------------------------
  * instances */
@@ -175,8 +175,8 @@ static int parse_instances(sy__cli *c, sy_instance_filter *f) {
         break;
       case O_AFTER:
         if (sy__cli_parse_int(v, 0, LLONG_MAX, &n)) {
-          return sy__cli_usage_error("--after: expected an instance id, got '%s'",
-                                     v);
+          return sy__cli_usage_error(
+              "--after: expected an instance id, got '%s'", v);
         }
         f->after = n;
         break;
@@ -228,9 +228,12 @@ static int cmd_instances(sy__cli *c) {
 }
 
 const sy__cli_cmd sy__cli_instances = {
-    "instances", "[--state S] [--workflow W] [--limit N] [--after ID]",
+    "instances",
+    "[--state S] [--workflow W] [--limit N] [--after ID]",
     "list instances, oldest first (a page of 100 unless --limit)",
-    instances_opts, cmd_instances, SY__CLI_NEEDS_DB};
+    instances_opts,
+    cmd_instances,
+    SY__CLI_NEEDS_DB};
 
 /* ---------------------------------------------------------------------
  * show */
@@ -338,5 +341,5 @@ static int cmd_show(sy__cli *c) {
 }
 
 const sy__cli_cmd sy__cli_show = {
-    "show", "ID", "an instance, its step history and incidents", NULL, cmd_show,
-    SY__CLI_NEEDS_DB};
+    "show", "ID",     "an instance, its step history and incidents",
+    NULL,   cmd_show, SY__CLI_NEEDS_DB};

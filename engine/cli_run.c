@@ -67,7 +67,6 @@ static int start_from(sy_engine *e, const sy_workflow *wf, const char *file,
   return rc;
 }
 
-
 typedef struct start_args {
   const char *name; /* workflow name or path */
   const char *from; /* --from FILE or "-" */
@@ -132,8 +131,8 @@ static int parse_start(sy__cli *c, start_args *a) {
 }
 
 /* Inserts the instances --var and --count describe. */
-static int start_vars(sy_engine *e, const sy_workflow *wf,
-                      const start_args *a, long long *started) {
+static int start_vars(sy_engine *e, const sy_workflow *wf, const start_args *a,
+                      long long *started) {
   char err[512];
   int rc = 0;
   char *tmpl = sy__cli_vars_template(a->vars, a->nvars, err, sizeof err);
@@ -142,9 +141,9 @@ static int start_vars(sy_engine *e, const sy_workflow *wf,
     return SY__EXIT_USAGE;
   }
   for (long long n = 1; n <= a->count && !rc; n++) {
-    char *json = tmpl ? sy__cli_expand(tmpl, n)
-                      : sy__cli_build_vars(a->vars, a->nvars, &n, err,
-                                           sizeof err);
+    char *json =
+        tmpl ? sy__cli_expand(tmpl, n)
+             : sy__cli_build_vars(a->vars, a->nvars, &n, err, sizeof err);
     int64_t id;
     if (!json) {
       fprintf(stderr, "switchyard: %s\n", tmpl ? "out of memory" : err);
@@ -206,9 +205,12 @@ static int cmd_start(sy__cli *c) {
 }
 
 const sy__cli_cmd sy__cli_start = {
-    "start", "WORKFLOW [--var k=v | --var k:=JSON]... [--count N] [--from FILE|-]",
+    "start",
+    "WORKFLOW [--var k=v | --var k:=JSON]... [--count N] [--from FILE|-]",
     "add instances (WORKFLOW: a name in --workflows, or a .lua path)",
-    start_opts, cmd_start, SY__CLI_WRITES};
+    start_opts,
+    cmd_start,
+    SY__CLI_WRITES};
 
 /* ---------------------------------------------------------------------
  * run */
@@ -266,8 +268,11 @@ static int cmd_run(sy__cli *c) {
 }
 
 const sy__cli_cmd sy__cli_run = {
-    "run", "[--until-idle] [--concurrency N]",
-    "run the engine (until SIGINT/SIGTERM, or until idle)", run_opts, cmd_run,
+    "run",
+    "[--until-idle] [--concurrency N]",
+    "run the engine (until SIGINT/SIGTERM, or until idle)",
+    run_opts,
+    cmd_run,
     SY__CLI_WRITES};
 
 /* ---------------------------------------------------------------------
@@ -328,5 +333,9 @@ static int cmd_check(sy__cli *c) {
 }
 
 const sy__cli_cmd sy__cli_check = {
-    "check", "WORKFLOW", "load and validate a workflow file, without a database",
-    NULL, cmd_check, 0};
+    "check",
+    "WORKFLOW",
+    "load and validate a workflow file, without a database",
+    NULL,
+    cmd_check,
+    0};

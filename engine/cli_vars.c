@@ -71,8 +71,8 @@ static size_t count_n(const char *s) {
 
 /* Builds the vars of instance *n from the --var arguments; with n NULL,
  * each {n} stays as written. */
-char *sy__cli_build_vars(const sy__cli_var *vars, int nvars,
-                         const long long *n, char *err, size_t errlen) {
+char *sy__cli_build_vars(const sy__cli_var *vars, int nvars, const long long *n,
+                         char *err, size_t errlen) {
   json_t *obj = json_object();
   char *text;
   for (int i = 0; i < nvars; i++) {

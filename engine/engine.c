@@ -60,7 +60,6 @@ uint64_t sy__random(sy_engine *e) {
   return x * 0x2545F4914F6CDD1DULL;
 }
 
-
 /* ---------------------------------------------------------------------
  * Definitions */
 
@@ -100,8 +99,8 @@ const sy_workflow *sy__def_by_hash(sy_engine *e, const char *hash) {
   }
   if (sy_workflow_load(e->lua, path ? path : hash, source, len, &loaded,
                        &diag)) {
-    sy__set_error(e, SY_ELOAD, "stored definition %.12s no longer loads: %s", hash,
-              diag.error);
+    sy__set_error(e, SY_ELOAD, "stored definition %.12s no longer loads: %s",
+                  hash, diag.error);
     loaded = NULL;
   }
   free(source);
@@ -269,4 +268,3 @@ void sy_engine_close(sy_engine *e) {
   }
   free(e);
 }
-

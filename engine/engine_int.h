@@ -24,7 +24,7 @@
  * default concurrency, so that Lua steps chained one after another (see
  * sy__handle_result) run in the turn their instance was taken. */
 #define SY__BATCH 1536
-#define SY__CHAIN_MAX 16 /* transitions of one instance in one transaction */
+#define SY__CHAIN_MAX 16   /* transitions of one instance in one transaction */
 #define SY__LEASE_MS 30000 /* how long a claim holds without renewal */
 
 typedef struct sy_inst sy_inst;
@@ -70,7 +70,7 @@ struct sy_inst {
   int64_t step_started;     /* wall clock, ms: what step_runs store */
   uint64_t step_started_ns; /* monotonic: what its duration is measured by */
   uint64_t sleep_until_ns;  /* monotonic: when its sleep may end */
-  int64_t run_ms, reruns; /* totals of its step runs (sy_event) */
+  int64_t run_ms, reruns;   /* totals of its step runs (sy_event) */
   int recorded_seq;
   int64_t recorded_wake;
   int timed_out;
@@ -142,8 +142,7 @@ typedef struct sy__orphan {
 } sy__orphan;
 
 /* engine.c */
-__attribute__((format(printf, 3, 4))) int sy__set_error(sy_engine *e,
-                                                        int code,
+__attribute__((format(printf, 3, 4))) int sy__set_error(sy_engine *e, int code,
                                                         const char *fmt, ...);
 /* A store failure mid-run leaves memory and database out of step: stops
  * the loop, with the store's message copied to the engine's. */

@@ -270,8 +270,8 @@ static void emit(sy_inst *in, sy_event_type type, int64_t now) {
 /* An engine that lost its lease records nothing: another one took the
  * instance over, and this one lets it go. */
 static void drop_taken(sy_inst *in) {
-  fprintf(stderr, "switchyard: dropping instance %lld: %s\n",
-          (long long)in->id, sy_store_errmsg(in->e->store));
+  fprintf(stderr, "switchyard: dropping instance %lld: %s\n", (long long)in->id,
+          sy_store_errmsg(in->e->store));
   sy__inst_free(in);
 }
 
@@ -373,8 +373,8 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
   sy_instance_update u = {
       .id = in->id, .attempt = in->attempt, .now = now, .owner = e->id};
   const char *outcome = r->status == SY_TASK_DONE ? "ok"
-                        : in->timed_out          ? "timeout"
-                                                 : "error";
+                        : in->timed_out           ? "timeout"
+                                                  : "error";
   int rc;
   step_ended(in);
   e->stats.steps++;

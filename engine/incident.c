@@ -50,11 +50,11 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
              : strcmp(row.state, SY_STATE_INCIDENT) != 0) {
     sy_store_rollback(st);
     return sy__set_error(e, SY_ESTATE,
-                     cancel ? "instance %lld is %s: only ready, waiting or "
-                              "incident instances can be cancelled"
-                            : "instance %lld is %s: only instances in an "
-                              "incident can be retried",
-                     (long long)id, row.state);
+                         cancel ? "instance %lld is %s: only ready, waiting or "
+                                  "incident instances can be cancelled"
+                                : "instance %lld is %s: only instances in an "
+                                  "incident can be retried",
+                         (long long)id, row.state);
   }
   {
     sy_instance_update u = {
@@ -87,7 +87,8 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
          sy_plugins_event(e->plugins, &resolved, NULL)) ||
         sy_plugins_event(e->plugins, &ev, NULL)) {
       sy_store_rollback(st);
-      return sy__set_error(e, SY_EPLUGIN, "a plugin failed to record the change");
+      return sy__set_error(e, SY_EPLUGIN,
+                           "a plugin failed to record the change");
     }
   }
   if (sy_plugins_before_commit(e->plugins)) {

@@ -14,7 +14,6 @@
 #define HOOK_EVERY 1000   /* instructions between two looks at the budget */
 #define JSON_MAX_DEPTH 64 /* of vars, as stored */
 
-
 struct sy_lua {
   lua_State *L;
   size_t used, limit;
@@ -80,8 +79,7 @@ void sy__limits_off(sy_lua *h, lua_State *co);
 const char *sy__chunk_base(const char *path);
 /* Copies the error on top of co into buf, positions in the workflow at
  * path (or NULL) given with the whole path. */
-void sy__error_message(lua_State *co, const char *path, char *buf,
-                       size_t len);
+void sy__error_message(lua_State *co, const char *path, char *buf, size_t len);
 /* Replaces the table on top of the stack by a read-only proxy of it. */
 void sy__make_read_only(lua_State *L, int loading);
 /* Pushes a fresh environment for a workflow file. */

@@ -208,7 +208,7 @@ static void push_json(lua_State *L, json_t *j) {
 
 /* Decodes text and pushes it; on failure pushes nothing and fills err. */
 int sy__push_json_text(lua_State *L, const char *text, int want_object,
-                          char *err, size_t errlen) {
+                       char *err, size_t errlen) {
   json_error_t je;
   json_t *j = json_loads(text, JSON_DECODE_ANY, &je);
   if (!j) {
@@ -316,8 +316,8 @@ int sy_vars_check(const char *text, char *err, size_t errlen) {
 }
 
 /* Encodes the value at idx; *out is malloc'd. */
-int sy__encode(lua_State *L, int idx, const char *root, char **out,
-                  char *err, size_t errlen) {
+int sy__encode(lua_State *L, int idx, const char *root, char **out, char *err,
+               size_t errlen) {
   jpath jp;
   json_t *j;
   int rc;
@@ -335,13 +335,10 @@ int sy__encode(lua_State *L, int idx, const char *root, char **out,
   return 0;
 }
 
-int sy_lua_encode(lua_State *L, int idx, char **out, char *err,
-                  size_t errlen) {
+int sy_lua_encode(lua_State *L, int idx, char **out, char *err, size_t errlen) {
   return sy__encode(L, idx, "value", out, err, errlen);
 }
 
-int sy_lua_push_json(lua_State *L, const char *text, char *err,
-                     size_t errlen) {
+int sy_lua_push_json(lua_State *L, const char *text, char *err, size_t errlen) {
   return sy__push_json_text(L, text, 0, err, errlen);
 }
-

@@ -113,8 +113,7 @@ static void expand_chunk(const char *msg, const char *path, char *buf,
 
 /* Copies the message on top of co into buf, whatever its type, with the
  * positions in the workflow at path (or NULL) given in full. */
-void sy__error_message(lua_State *co, const char *path, char *buf,
-                          size_t len) {
+void sy__error_message(lua_State *co, const char *path, char *buf, size_t len) {
   const char *msg = lua_tostring(co, -1);
   if (!msg) {
     msg = luaL_typename(co, -1);
@@ -125,7 +124,6 @@ void sy__error_message(lua_State *co, const char *path, char *buf,
     snprintf(buf, len, "%s", msg);
   }
 }
-
 
 /* ---------------------------------------------------------------------
  * The `switchyard` module and the sandbox */
@@ -427,7 +425,6 @@ void sy__push_sandbox(sy_lua *h) {
   lua_setfield(L, env, "load");
 }
 
-
 /* ---------------------------------------------------------------------
  * The state */
 
@@ -476,4 +473,3 @@ void sy_lua_free(sy_lua *h) {
   lua_close(h->L);
   free(h);
 }
-

@@ -76,7 +76,7 @@ static int ctx_call_cont(lua_State *L, int status, lua_KContext k) {
     return lua_error(L);
   }
   if (sy__push_json_text(L, t->call_json ? t->call_json : "null", 0, err,
-                     sizeof err)) {
+                         sizeof err)) {
     free(t->call_json);
     t->call_json = NULL;
     return luaL_error(L, "plugin returned %s", err);
@@ -132,7 +132,7 @@ static int ctx_index(lua_State *L) {
                       "ctx's own step runs");
   }
   lua_pushstring(L, sy_task_idempotency_key(h->current, 1, h->current->idem_key,
-                                             sizeof h->current->idem_key));
+                                            sizeof h->current->idem_key));
   return 1;
 }
 
@@ -158,7 +158,6 @@ void sy__ctx_metatable(sy_lua *h) {
   lua_setfield(L, -2, "__metatable");
   h->ctx_mt = luaL_ref(L, LUA_REGISTRYINDEX);
 }
-
 
 /* ---------------------------------------------------------------------
  * Node options and vars for plugins */
@@ -237,7 +236,6 @@ int sy_task_var_set_json(sy_task *t, const char *key, const char *json) {
   lua_pop(L, 1);
   return 0;
 }
-
 
 /* ---------------------------------------------------------------------
  * Tasks */
@@ -543,4 +541,3 @@ int sy_task_predicate(sy_task *t, const sy_step *step, const char *option,
   lua_pop(L, 1);
   return 0;
 }
-

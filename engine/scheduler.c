@@ -301,8 +301,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   uv_signal_start(&e->sigterm, signal_cb, SIGTERM);
   uv_check_start(&e->check, check_cb);
   uv_timer_start(&e->poll_timer, wake_cb, POLL_MS, POLL_MS);
-  uv_timer_start(&e->lease_timer, lease_cb, SY__LEASE_MS / 3,
-                 SY__LEASE_MS / 3);
+  uv_timer_start(&e->lease_timer, lease_cb, SY__LEASE_MS / 3, SY__LEASE_MS / 3);
   uv_idle_start(&e->idle, idle_cb);
   uv_run(&e->loop, UV_RUN_DEFAULT);
   /* Abandoned plugin calls may still be completing: let them. */
@@ -310,4 +309,3 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   }
   return e->fatal;
 }
-

@@ -92,12 +92,10 @@ static const char *const migrations[] = {
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
-
 #define INSTANCE_COLS                                                        \
   "id, workflow, def_hash, state, step, attempt, vars, wake_at, "            \
   "wait_seq, created_at, updated_at, ended_at, generation, run_ms, reruns, " \
   "claimed"
-
 
 static const char *const sql_text[Q__COUNT] = {
     [Q_BEGIN] = "BEGIN IMMEDIATE",
@@ -190,9 +188,10 @@ static const char *const sql_text[Q__COUNT] = {
                          " FROM instances WHERE (?1 IS NULL OR state = ?1) "
                          "AND (?2 IS NULL OR workflow = ?2) AND id > ?3 "
                          "ORDER BY id LIMIT ?4",
-    [Q_COUNT_INSTANCES] = "SELECT count(*) FROM instances "
-                          "WHERE (?1 IS NULL OR state = ?1) "
-                          "AND (?2 IS NULL OR workflow = ?2) AND id > ?3",
+    [Q_COUNT_INSTANCES] =
+        "SELECT count(*) FROM instances "
+        "WHERE (?1 IS NULL OR state = ?1) "
+        "AND (?2 IS NULL OR workflow = ?2) AND id > ?3",
     [Q_LIST_STEP_RUNS] =
         "SELECT id, instance_id, step, attempt, started_at, ended_at, "
         "outcome, error FROM step_runs WHERE instance_id = ?1 ORDER BY id",
@@ -206,7 +205,6 @@ static const char *const sql_text[Q__COUNT] = {
         "UPDATE incidents SET resolved_at = ?2, resolution = ?3 "
         "WHERE instance_id = ?1 AND resolved_at IS NULL",
 };
-
 
 int sy_store_set_error(sy_store *st, int code, const char *fmt, ...) {
   va_list ap;
@@ -294,7 +292,6 @@ static int exec_sql(sy_store *st, const char *sql) {
   }
   return 0;
 }
-
 
 static int user_version(sy_store *st) {
   sqlite3_stmt *s;
@@ -466,7 +463,6 @@ void sy_store_close(sy_store *st) {
   free(st);
 }
 
-
 int sy_store_begin(sy_store *st) {
   sqlite3_stmt *s;
   int rc;
@@ -519,7 +515,6 @@ void sy_store_rollback(sy_store *st) {
 int sy_store_in_tx(sy_store *st) {
   return st->in_tx;
 }
-
 
 int sy_store_put_definition(sy_store *st, const char *hash,
                             const char *workflow, const char *path,
@@ -576,7 +571,6 @@ int sy_store_get_definition(sy_store *st, const char *hash, char **source,
   sqlite3_clear_bindings(s);
   return rc;
 }
-
 
 int sy_store_engine_register(sy_store *st, const char *id, const char *host,
                              int64_t pid, int64_t now) {
@@ -645,4 +639,3 @@ int sy_store_engines_on_host(sy_store *st, const char *host, sy_engine_cb cb,
   free(rows);
   return rc;
 }
-

@@ -97,7 +97,6 @@ int sy_store_in_tx(sy_store *st);
 /* Sequence number of the open transaction (0 when none). */
 int64_t sy_store_tx_seq(sy_store *st);
 
-
 /* Definitions are kept by content hash so instances run on the definition
  * they started with. */
 int sy_store_put_definition(sy_store *st, const char *hash,

@@ -161,7 +161,8 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
 
 int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
                    int64_t now) {
-  sqlite3_stmt *s = sy__stmt(st, Q_RENEW), *h = sy__stmt(st, Q_ENGINE_HEARTBEAT);
+  sqlite3_stmt *s = sy__stmt(st, Q_RENEW),
+               *h = sy__stmt(st, Q_ENGINE_HEARTBEAT);
   int rc;
   if (!s || !h) {
     return SY_ESTORE;
@@ -193,9 +194,7 @@ int sy_store_release(sy_store *st, const char *owner, int64_t now, int64_t *n) {
   return 0;
 }
 
-
-static int single_int(sy_store *st, int q, int64_t *out,
-                      const char *what) {
+static int single_int(sy_store *st, int q, int64_t *out, const char *what) {
   sqlite3_stmt *s = sy__stmt(st, q);
   int rc;
   if (!s) {
@@ -241,7 +240,8 @@ static void bind_update(sqlite3_stmt *s, const sy_instance_update *u) {
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   int advance = strcmp(u->state, SY_STATE_RUNNING) == 0 && !u->wake_at &&
                 !u->ended && !u->new_generation && u->owner;
-  sqlite3_stmt *s = sy__stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
+  sqlite3_stmt *s =
+      sy__stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
   int rc;
   if (!s) {
     return SY_ESTORE;
@@ -432,4 +432,3 @@ int sy_store_count_by_state(sy_store *st, sy_count_cb cb, void *ud) {
   sqlite3_reset(s);
   return rc;
 }
-

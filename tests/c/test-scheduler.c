@@ -30,10 +30,10 @@ static struct {
   sqlite3 *db;
   sy_engine *engine;
   const sy_api *api;
-  int calls;          /* node executions and ctx calls */
-  int uncommitted;    /* ...that found the calling step not yet committed */
-  int max_running;    /* most rows claimed at once */
-  int stop_after;     /* stop the engine at this node execution (0: never) */
+  int calls;       /* node executions and ctx calls */
+  int uncommitted; /* ...that found the calling step not yet committed */
+  int max_running; /* most rows claimed at once */
+  int stop_after;  /* stop the engine at this node execution (0: never) */
 } probe;
 
 /* The calling instance's committed step, and how many rows are claimed. */
