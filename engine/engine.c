@@ -20,11 +20,21 @@ int sy__set_error(sy_engine *e, int code, const char *fmt, ...) {
   return code;
 }
 
-/* What was committed is consistent; the rest re-runs on restart. */
+/* What was committed is consistent; the rest re-runs on restart. The
+ * message is the store's for a store failure (copied here, the one place
+ * that turns them into the engine's), else the code's. */
 void sy__fatal(sy_engine *e, int rc) {
   if (!e->fatal) {
     e->fatal = rc ? rc : SY_ESTORE;
-    sy__set_error(e, e->fatal, "%s", sy_store_errmsg(e->store));
+    if (e->fatal == SY_ESTORE || e->fatal == SY_EBUSY) {
+      sy__set_error(e, e->fatal, "%s", sy_store_errmsg(e->store));
+    } else if (e->fatal == SY_EPLUGIN) {
+      sy__set_error(e, e->fatal,
+                    "a plugin failed to record a change (its own message, if "
+                    "any, is above); the turn was rolled back");
+    } else {
+      sy__set_error(e, e->fatal, "%s", sy_strerror(e->fatal));
+    }
     fprintf(stderr, "switchyard: stopping: %s\n", e->errmsg);
   }
   sy_engine_stop(e);
