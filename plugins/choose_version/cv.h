@@ -1,6 +1,10 @@
-/* choose_version's internal header: the router (flag cache, prepared
- * statements, decisions, counters) shared by the node, the ctx function,
- * the event hook and the `rollout` command. */
+/* choose_version's internal header: the plugin's state (cv_router: its
+ * prepared statements, flag cache and batched counters) and what its files
+ * share. sql.c holds every statement's text, indexed by the CVQ_* ids
+ * below; flags.c is the flag cache, decide.c the decisions, counters.c the
+ * per-version counters, events.c the event hook; commands.c, rollout.c and
+ * report.c are the CLI commands; plugin.c registers it all. The pure
+ * routing core (route.h) and the statistics (stats.h) need none of this. */
 #ifndef CV_H
 #define CV_H
 
@@ -8,42 +12,26 @@
 
 #include "route.h"
 
-typedef enum { CV_V1 = 1, CV_V2 = 2 } cv_version;
-
-typedef enum {
-  CV_STRATEGY_STICKY,
-  CV_STRATEGY_RANDOM,
-  CV_STRATEGY_EVERY_NTH
-} cv_strategy;
-
-typedef enum {
-  CV_OVERRIDE_NONE,
-  CV_OVERRIDE_ALLOW,  /* force V2 */
-  CV_OVERRIDE_OPT_OUT /* force V1 */
-} cv_override;
-
-/* A flag as cached from cv_flags. */
-typedef struct cv_flag {
-  char *name;
-  int exists;
-  int retired;
-  int killed;
-  uint32_t rate_ppm;
-  char *group;
-  int64_t ramp_id; /* audit row that started the current ramp step */
-  int64_t overrides;
-  int64_t checked_tx; /* transaction in which the row was last validated */
-  struct cv_flag *next;
-} cv_flag;
-
+/* The statements of sql.c, by what runs them. */
 enum {
+  /* schema (sql.c) */
+  CVQ_META_EXISTS,
+  CVQ_SCHEMA_VERSION,
+  CVQ_SET_SCHEMA_VERSION,
+  /* a command's own transactions (commands.c) */
+  CVQ_BEGIN_READ,
+  CVQ_BEGIN_WRITE,
+  CVQ_COMMIT,
+  CVQ_ROLLBACK,
+  /* routing (flags.c, decide.c) */
   CVQ_DATA_VERSION,
   CVQ_FLAG,
   CVQ_OVERRIDE,
+  CVQ_NTH,
   CVQ_GET_DECISION,
   CVQ_PUT_DECISION,
+  /* counters and events (counters.c, events.c) */
   CVQ_COUNTERS_ADD,
-  CVQ_NTH,
   CVQ_DECISIONS_OF,
   CVQ_EV_COMPLETED,
   CVQ_EV_INCIDENT,
@@ -52,6 +40,26 @@ enum {
   CVQ_EV_COMPLETED_KEY, /* the same three, for one decision by its key */
   CVQ_EV_INCIDENT_KEY,
   CVQ_EV_CANCELLED_KEY,
+  /* `rollout` (rollout.c) */
+  CVQ_FLAG_ROW,
+  CVQ_FLAG_LIST,
+  CVQ_FLAG_CREATE,
+  CVQ_FLAG_UNRETIRE,
+  CVQ_FLAG_SET_GROUP,
+  CVQ_FLAG_DESCRIBE,
+  CVQ_FLAG_SET_RATE,
+  CVQ_FLAG_SET_KILLED,
+  CVQ_FLAG_RETIRE,
+  CVQ_AUDIT_ADD,
+  CVQ_AUDIT_OF,
+  CVQ_OVERRIDE_PUT,
+  CVQ_OVERRIDE_DELETE,
+  CVQ_OVERRIDES_OF,
+  CVQ_COUNTERS_OF,
+  /* `report` (report.c) */
+  CVQ_FLAG_KNOWN,
+  CVQ_RAMPS,
+  CVQ_REPORT_DECISIONS,
   CVQ__COUNT
 };
 
@@ -65,49 +73,53 @@ typedef struct cv_delta {
   struct cv_delta *next;
 } cv_delta;
 
+struct cv_cached_flag; /* flags.c */
+
+/* The plugin's state, one per engine. errmsg holds the last failure's
+ * message without the plugin's name (SQLite's own, for a database error,
+ * copied where it happened); plugin.c and the commands add who says it. */
 typedef struct cv_router {
   const sy_api *api;
   sy_engine *e;
   sqlite3 *db;
-  sqlite3_stmt *stmt[CVQ__COUNT];
-  cv_flag *flags;
+  sqlite3_stmt *stmt[CVQ__COUNT]; /* prepared on first use (sql.c) */
+  struct cv_cached_flag *flags;
   cv_delta *deltas;
   int64_t checked_tx; /* transaction in which data_version was read */
   int64_t data_version;
   char errmsg[512];
 } cv_router;
 
-/* The inputs of one decision, and what it decided. */
-typedef struct cv_request {
-  const char *flag;
-  const char *key; /* subject, NULL when the strategy needs none */
-  size_t key_len;
-  cv_strategy strategy;
-  int eligible;    /* result of the node's predicate (1 when there is none) */
-  uint64_t random; /* from the engine's seedable generator */
-  int missing_key; /* the key var is absent and the node says "v1" */
-  int64_t now_ms;  /* the time of the decision */
-  /* The instance's step-run totals at that time (sy_api.totals): the
-   * branch's own are what they grow by until the instance ends. */
-  int64_t run_ms, reruns;
-} cv_request;
+/* sql.c: creates or migrates the plugin's tables (inside the transaction
+ * the engine opened for init). 0, or -1 with a message in err. */
+int cv_schema(cv_router *r, char *err, size_t errlen);
+/* Prepares statement q (SQLITE_PREPARE_PERSISTENT) into r->stmt[q]; NULL
+ * with r->errmsg when it cannot. Call it through cv_stmt. */
+sqlite3_stmt *cv_prepare(cv_router *r, int q);
+/* Statement q, prepared once: the hot path pays one load. */
+static inline sqlite3_stmt *cv_stmt(cv_router *r, int q) {
+  return r->stmt[q] ? r->stmt[q] : cv_prepare(r, q);
+}
+/* A failed step of s (NULL once it is reset): copies SQLite's message to
+ * r->errmsg first, so the first error sticks, then resets s. Returns -1. */
+int cv_db_fail(cv_router *r, sqlite3_stmt *s);
+/* Steps s, bound by the caller, to its end and resets it: 0, or -1 with
+ * r->errmsg. */
+int cv_step_done(cv_router *r, sqlite3_stmt *s);
+/* Runs statement q, which has no parameters and returns no rows. */
+int cv_exec(cv_router *r, int q);
+void cv_finalize_all(cv_router *r);
 
-typedef struct cv_decision {
-  cv_version version;
-  const char *reason;
-  uint32_t bucket; /* sticky only; UINT32_MAX when not computed */
-  uint32_t rate_ppm;
-  int64_t ramp_id;
-  int reused; /* recorded earlier for this instance */
-} cv_decision;
+/* flags.c: the cached row of a flag for transaction tx (sy_api.tx_begin),
+ * re-read when another connection changed the database since the last
+ * transaction that asked; NULL with r->errmsg on failure. */
+const cv_flag *cv_flag_get(cv_router *r, const char *name, int64_t tx);
+void cv_flags_free(cv_router *r);
 
-int cv_schema(sqlite3 *db, char *err, size_t errlen);
-int cv_router_init(cv_router *r, const sy_api *api, sy_engine *e);
-void cv_router_free(cv_router *r);
-
-/* The decisions recorded for a fresh instance (sy_api.fresh) while it is in
- * the engine's memory, kept in its memo (sy_api.memo): all the decisions it
- * has, so that its events update them by key without looking them up. */
+/* decide.c. The decisions recorded for a fresh instance (sy_api.fresh)
+ * while it is in the engine's memory, kept in its memo (sy_api.memo): all
+ * the decisions it has, so that its events update them by key without
+ * looking them up. */
 typedef struct cv_memo {
   struct cv_memo *next;
   int v2;
@@ -125,21 +137,39 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
               const char *step, const cv_request *req, const char *forced,
               void **memo, cv_decision *out);
 /* The routing choice alone, for a transaction tx (see sy_api.tx_begin):
- * the cached flag (re-read when another connection changed the database),
- * the subject's override, the every_nth counter, then precedence. */
+ * the cached flag, the subject's override, the every_nth counter, then
+ * cv_precedence. */
 int cv_route(cv_router *r, int64_t tx, const cv_request *req, cv_decision *out);
-/* The pure precedence rule of DESIGN.md for a flag row and inputs. */
-void cv_precedence(const cv_flag *f, cv_override ov, const cv_request *req,
-                   uint64_t random, int64_t nth, cv_decision *out);
-int cv_on_event(cv_router *r, const sy_event *ev);
+
+/* counters.c: the batched changes of one (workflow, flag, version) in the
+ * open transaction, created at zero when new; NULL with r->errmsg. */
+cv_delta *cv_delta_of(cv_router *r, const char *workflow, const char *flag,
+                      int v2);
+/* What an event does to the counters of one decision, given the incidents
+ * it had recorded before it. */
+void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open);
 /* Writes the counter changes batched in the transaction (before_commit). */
 int cv_flush_counters(cv_router *r);
+void cv_discard_counters(cv_router *r);
 
-/* For the commands: a bad-input message naming the command (exit 2), and
- * a time in ms as ISO 8601 UTC ("-" for 0). */
+/* events.c: applies an instance event to its decisions and counters. */
+int cv_on_event(cv_router *r, const sy_event *ev);
+
+/* commands.c, for the commands: a bad-input message naming the command
+ * (returns exit code 2); a database failure, SQLite's message in r->errmsg,
+ * saying what failed (returns 1); a time in ms as ISO 8601 UTC ("-" for
+ * 0). */
 __attribute__((format(printf, 2, 3))) int cv_usage_error(const char *cmd,
                                                          const char *fmt, ...);
+int cv_cmd_db_error(cv_router *r, const char *cmd, const char *what);
 void cv_fmt_time(int64_t ms, char *buf, size_t len);
+/* A command's own transaction: write takes the write lock at once (BEGIN
+ * IMMEDIATE). cv_cmd_begin returns 0, or 1 after saying why;
+ * cv_cmd_end(rc) rolls back when rc is not 0 and commits otherwise, and
+ * returns the command's exit code: rc, or 1 when the commit failed (it is
+ * then rolled back). Only commands call these (plugin.h, sy_api.db). */
+int cv_cmd_begin(cv_router *r, const char *cmd, int write);
+int cv_cmd_end(cv_router *r, const char *cmd, int rc);
 
 /* The `rollout` and `report` commands. */
 int cv_cmd_rollout(void *plugin, int argc, char **argv);

@@ -1,6 +1,8 @@
 /* The choose_version plugin: the `sy.choose_version{}` node, the
- * `ctx.version()` function, the event hook that keeps per-version counters,
- * and the `rollout` and `report` commands. See cv.h and router.c. */
+ * `ctx.version()` function, the event and commit hooks that keep
+ * per-version counters, and the `rollout` and `report` commands, in the
+ * versioned table the engine loads; the plugin's state (cv_router) is made
+ * and freed here. See cv.h for where each part lives. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,17 @@ static const char *const node_options[] = {
     "flag", "key", "v1", "v2", "strategy", "eligible", "on_missing_key", NULL};
 static const char *const node_step_options[] = {"v1", "v2", NULL};
 
+static void cv_fini(void *state) {
+  cv_router *r = state;
+  if (!r) {
+    return;
+  }
+  cv_discard_counters(r);
+  cv_flags_free(r);
+  cv_finalize_all(r);
+  free(r);
+}
+
 static int cv_init(const sy_api *api, sy_engine *e, void **state, char *err,
                    size_t errlen) {
   cv_router *r = calloc(1, sizeof *r);
@@ -28,18 +41,22 @@ static int cv_init(const sy_api *api, sy_engine *e, void **state, char *err,
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  if (cv_schema(api->db(e), err, errlen)) {
-    free(r);
+  r->api = api;
+  r->e = e;
+  r->db = api->db(e);
+  if (cv_schema(r, err, errlen)) {
+    cv_fini(r);
     return -1;
   }
-  cv_router_init(r, api, e);
   *state = r;
   return 0;
 }
 
-static void cv_fini(void *state) {
-  cv_router_free(state);
-  free(state);
+/* Fails call c with the router's last error, saying whose it is. */
+static void fail_call(cv_router *r, sy_call *c) {
+  char msg[sizeof r->errmsg + 32];
+  snprintf(msg, sizeof msg, "choose_version: %s", r->errmsg);
+  r->api->fail(c, msg);
 }
 
 static int opt_string(cv_router *r, sy_opts *o, const char *key, int required,
@@ -256,7 +273,7 @@ static void execute(void *plugin, sy_call *c) {
   }
   if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
                 force, memo, &d)) {
-    api->fail(c, r->errmsg);
+    fail_call(r, c);
     return;
   }
   api->done(c, d.version == CV_V2 ? n->v2 : n->v1);
@@ -308,7 +325,7 @@ static void fn_version(void *plugin, sy_call *c, const char *args) {
   }
   if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
                 forced(r, req.flag), memo, &d)) {
-    api->fail(c, r->errmsg);
+    fail_call(r, c);
   } else {
     api->done_json(c, d.version == CV_V2 ? "\"v2\"" : "\"v1\"");
   }
@@ -323,7 +340,7 @@ static void free_memo(void *plugin, void *memo) {
 static int on_event(void *plugin, const sy_event *ev) {
   cv_router *r = plugin;
   if (cv_on_event(r, ev)) {
-    r->api->log(r->e, "%s", r->errmsg);
+    r->api->log(r->e, "choose_version: %s", r->errmsg);
     return -1;
   }
   return 0;
@@ -332,7 +349,7 @@ static int on_event(void *plugin, const sy_event *ev) {
 static int before_commit(void *plugin) {
   cv_router *r = plugin;
   if (cv_flush_counters(r)) {
-    r->api->log(r->e, "%s", r->errmsg);
+    r->api->log(r->e, "choose_version: %s", r->errmsg);
     return -1;
   }
   return 0;

@@ -1,20 +1,19 @@
 /* `switchyard report FLAG`: is V2 better or worse than V1, and how sure are
  * we? Reads cv_decisions (one row per routed instance, kept up to date by
- * the event hook) and the audit trail; the statistics are in stats.c.
- * The JSON output's schema is "switchyard.report/1", documented in the
- * README; fields are only ever added to it. */
+ * the event hook) and the audit trail, in one read transaction; the
+ * statistics are in stats.c, the SQL in sql.c. The JSON output's schema is
+ * "switchyard.report/1", documented in the README; fields are only ever
+ * added to it. */
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cv.h"
 #include "stats.h"
 
-#define EXIT_USAGE 2
+#define CMD "report"
 
 static const char report_usage[] =
     "usage: switchyard report FLAG [options]\n"
@@ -30,7 +29,7 @@ static const char report_usage[] =
     "  --fail-if-worse        exit 1 when V2 is significantly worse\n"
     "  --json                 machine-readable (schema switchyard.report/1)\n";
 
-#define usage_error(...) cv_usage_error("report", __VA_ARGS__)
+#define usage_error(...) cv_usage_error(CMD, __VA_ARGS__)
 
 /* Days since 1970-01-01 of a civil date (proleptic Gregorian). */
 static int64_t days_from_civil(int64_t y, int m, int d) {
@@ -177,21 +176,6 @@ typedef struct query {
   int64_t since, until; /* ms; since 0 / until INT64_MAX when open */
 } query;
 
-static void bind_query(sqlite3_stmt *s, const query *q) {
-  sqlite3_bind_text(s, 1, q->flag, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 2, q->since);
-  sqlite3_bind_int64(s, 3, q->until);
-  if (q->workflow) {
-    sqlite3_bind_text(s, 4, q->workflow, -1, SQLITE_STATIC);
-  } else {
-    sqlite3_bind_null(s, 4);
-  }
-}
-
-#define WHERE_DECISIONS                                          \
-  " FROM cv_decisions WHERE flag = ?1 AND decided_at >= ?2 AND " \
-  "decided_at < ?3 AND (?4 IS NULL OR workflow = ?4)"
-
 /* A ramp step: the period one rate (and kill state) held. */
 typedef struct ramp {
   int64_t id, started_at, ended_at; /* ended_at 0: still current */
@@ -203,53 +187,50 @@ typedef struct ramp {
   int64_t instances[2], with_incidents[2];
 } ramp;
 
-static int load_ramps(sqlite3 *db, const query *q, ramp **out, int *count) {
-  sqlite3_stmt *s;
+static int load_ramps(cv_router *r, const query *q, ramp **out, int *count) {
+  sqlite3_stmt *s = cv_stmt(r, CVQ_RAMPS);
   ramp *rs = NULL;
   int n = 0, cap = 0, rc;
+  if (!s) {
+    return -1;
+  }
   /* Ramp 0 holds what was decided before the first change on record. */
   if (!(rs = calloc(1, sizeof *rs))) {
+    snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
     return -1;
   }
   cap = 1;
   snprintf(rs[0].change, sizeof rs[0].change, "initial");
   n = 1;
-  if (sqlite3_prepare_v2(db,
-                         "SELECT id, what, rate_ppm, killed, at, "
-                         "coalesce(actor, ''), coalesce(reason, '') "
-                         "FROM cv_audit WHERE flag = ?1 AND what IN ('rate', "
-                         "'kill', 'unkill', 'group') ORDER BY id",
-                         -1, &s, NULL) != SQLITE_OK) {
-    free(rs);
-    return -1;
-  }
   sqlite3_bind_text(s, 1, q->flag, -1, SQLITE_STATIC);
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    ramp *r;
+    ramp *p;
     if (n == cap) {
       ramp *nr = realloc(rs, (size_t)(cap *= 2) * sizeof *rs);
       if (!nr) {
-        rc = SQLITE_NOMEM;
-        break;
+        snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+        sqlite3_reset(s);
+        free(rs);
+        return -1;
       }
       rs = nr;
     }
-    r = &rs[n++];
-    memset(r, 0, sizeof *r);
-    r->id = sqlite3_column_int64(s, 0);
-    snprintf(r->change, sizeof r->change, "%s", sqlite3_column_text(s, 1));
-    r->rate = (uint32_t)sqlite3_column_int64(s, 2);
-    r->killed = sqlite3_column_int(s, 3);
-    r->started_at = sqlite3_column_int64(s, 4);
-    snprintf(r->actor, sizeof r->actor, "%s", sqlite3_column_text(s, 5));
-    snprintf(r->reason, sizeof r->reason, "%s", sqlite3_column_text(s, 6));
-    rs[n - 2].ended_at = r->started_at;
+    p = &rs[n++];
+    memset(p, 0, sizeof *p);
+    p->id = sqlite3_column_int64(s, 0);
+    snprintf(p->change, sizeof p->change, "%s", sqlite3_column_text(s, 1));
+    p->rate = (uint32_t)sqlite3_column_int64(s, 2);
+    p->killed = sqlite3_column_int(s, 3);
+    p->started_at = sqlite3_column_int64(s, 4);
+    snprintf(p->actor, sizeof p->actor, "%s", sqlite3_column_text(s, 5));
+    snprintf(p->reason, sizeof p->reason, "%s", sqlite3_column_text(s, 6));
+    rs[n - 2].ended_at = p->started_at;
   }
-  sqlite3_finalize(s);
   if (rc != SQLITE_DONE) {
     free(rs);
-    return -1;
+    return cv_db_fail(r, s);
   }
+  sqlite3_reset(s);
   *out = rs;
   *count = n;
   return 0;
@@ -275,51 +256,64 @@ static ramp *find_ramp(ramp *rs, int n, int64_t id, int *hint) {
   return NULL;
 }
 
+/* Counts one decision (a row of CVQ_REPORT_DECISIONS) in its version's
+ * numbers and its ramp step's; -1 when out of memory. */
+static int count_row(sqlite3_stmt *s, vstats v[2], ramp *rs, int nr,
+                     int *hint) {
+  int vi = sqlite3_column_int(s, 0);
+  vstats *x = &v[vi];
+  const unsigned char *outcome = sqlite3_column_text(s, 2);
+  int64_t incidents = sqlite3_column_int64(s, 3);
+  ramp *p = find_ramp(rs, nr, sqlite3_column_int64(s, 1), hint);
+  x->routed++;
+  x->incidents += incidents;
+  x->with_incidents += incidents > 0;
+  x->with_open += sqlite3_column_int64(s, 4) > 0;
+  x->retries += sqlite3_column_int64(s, 5);
+  if (!outcome) {
+    /* Not ended: in flight unless it waits in an incident. */
+    x->in_flight += sqlite3_column_int64(s, 4) == 0;
+  } else if (outcome[0] == 'c' && outcome[1] == 'o') {
+    x->completed++;
+    if (push(&x->branch, sqlite3_column_int64(s, 6)) ||
+        push(&x->steps, sqlite3_column_int64(s, 7))) {
+      return -1;
+    }
+  } else {
+    x->cancelled++;
+  }
+  if (p) {
+    p->instances[vi]++;
+    p->with_incidents[vi] += incidents > 0;
+  }
+  return 0;
+}
+
 /* One pass over the flag's decisions in the window (a contiguous range of
  * the table's clustered key) fills the per-version numbers, the latency
  * samples and the ramp steps' counts. */
-static int scan(sqlite3 *db, const query *q, vstats v[2], ramp *rs, int nr) {
-  sqlite3_stmt *s;
+static int scan(cv_router *r, const query *q, vstats v[2], ramp *rs, int nr) {
+  sqlite3_stmt *s = cv_stmt(r, CVQ_REPORT_DECISIONS);
   int rc, hint = 0;
-  if (sqlite3_prepare_v2(db,
-                         "SELECT version = 'v2', coalesce(ramp_id, 0), "
-                         "outcome, incidents, open_incidents, retries, "
-                         "branch_ms, step_ms" WHERE_DECISIONS,
-                         -1, &s, NULL) != SQLITE_OK) {
+  if (!s) {
     return -1;
   }
-  bind_query(s, q);
+  sqlite3_bind_text(s, 1, q->flag, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, q->since);
+  sqlite3_bind_int64(s, 3, q->until);
+  sqlite3_bind_text(s, 4, q->workflow, -1, SQLITE_STATIC); /* NULL: all */
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    int vi = sqlite3_column_int(s, 0);
-    vstats *x = &v[vi];
-    const unsigned char *outcome = sqlite3_column_text(s, 2);
-    int64_t incidents = sqlite3_column_int64(s, 3);
-    ramp *r = find_ramp(rs, nr, sqlite3_column_int64(s, 1), &hint);
-    x->routed++;
-    x->incidents += incidents;
-    x->with_incidents += incidents > 0;
-    x->with_open += sqlite3_column_int64(s, 4) > 0;
-    x->retries += sqlite3_column_int64(s, 5);
-    if (!outcome) {
-      /* Not ended: in flight unless it waits in an incident. */
-      x->in_flight += sqlite3_column_int64(s, 4) == 0;
-    } else if (outcome[0] == 'c' && outcome[1] == 'o') {
-      x->completed++;
-      if (push(&x->branch, sqlite3_column_int64(s, 6)) ||
-          push(&x->steps, sqlite3_column_int64(s, 7))) {
-        rc = SQLITE_NOMEM;
-        break;
-      }
-    } else {
-      x->cancelled++;
-    }
-    if (r) {
-      r->instances[vi]++;
-      r->with_incidents[vi] += incidents > 0;
+    if (count_row(s, v, rs, nr, &hint)) {
+      snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+      sqlite3_reset(s);
+      return -1;
     }
   }
-  sqlite3_finalize(s);
-  return rc == SQLITE_DONE ? 0 : -1;
+  if (rc != SQLITE_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sqlite3_reset(s);
+  return 0;
 }
 
 static json_t *num(double v) {
@@ -388,13 +382,11 @@ static void fmt_pct(double v, char *buf, size_t len) {
   }
 }
 
-static void print_table(const query *q, const vstats v[2],
-                        const cv_comparison *cmp, const ramp *rs, int nr,
-                        const char *verdict) {
-  const char *names[2] = {"v1", "v2"};
-  char a[32], b[32], c[32], t1[32], t2[32];
-  printf("flag %s%s%s\n", q->flag, q->workflow ? ", workflow " : "",
-         q->workflow ? q->workflow : "");
+/* The per-version numbers, side by side. */
+static void print_versions(const vstats v[2]) {
+  static const double ps[] = {0.50, 0.95, 0.99};
+  static const char *const pl[] = {"p50", "p95", "p99"};
+  char rate[2][32], ci[2][48], b[32], c[32], label[48];
   printf("\n%-34s %16s %16s\n", "", "v1", "v2");
 #define ROW(label, field)                                       \
   printf("%-34s %16lld %16lld\n", label, (long long)v[0].field, \
@@ -407,49 +399,38 @@ static void print_table(const query *q, const vstats v[2],
   ROW("  with an open incident", with_open);
   ROW("incidents in total", incidents);
 #undef ROW
-  {
-    char ci[2][48];
-    for (int i = 0; i < 2; i++) {
-      double lo, hi;
-      fmt_pct(rate_of(&v[i]), a, sizeof a);
-      if (v[i].routed && !cv_wilson(v[i].with_incidents, v[i].routed,
-                                    1.959963984540054, &lo, &hi)) {
-        snprintf(ci[i], sizeof ci[i], "%.2f-%.2f%%", lo * 100, hi * 100);
-      } else {
-        snprintf(ci[i], sizeof ci[i], "-");
-      }
-      if (i == 0) {
-        snprintf(b, sizeof b, "%s", a);
-      } else {
-        snprintf(c, sizeof c, "%s", a);
-      }
+  for (int i = 0; i < 2; i++) {
+    double lo, hi;
+    fmt_pct(rate_of(&v[i]), rate[i], sizeof rate[i]);
+    if (v[i].routed && !cv_wilson(v[i].with_incidents, v[i].routed,
+                                  1.959963984540054, &lo, &hi)) {
+      snprintf(ci[i], sizeof ci[i], "%.2f-%.2f%%", lo * 100, hi * 100);
+    } else {
+      snprintf(ci[i], sizeof ci[i], "-");
     }
-    printf("%-34s %16s %16s\n", "incident rate", b, c);
-    printf("%-34s %16s %16s\n", "  95% interval (Wilson)", ci[0], ci[1]);
   }
-  {
-    static const double ps[] = {0.50, 0.95, 0.99};
-    static const char *const pl[] = {"p50", "p95", "p99"};
-    for (int k = 0; k < 3; k++) {
-      char label[48];
-      snprintf(label, sizeof label, "branch latency %s", pl[k]);
-      fmt_ms(percentile(&v[0].branch, ps[k]), b, sizeof b);
-      fmt_ms(percentile(&v[1].branch, ps[k]), c, sizeof c);
-      printf("%-34s %16s %16s\n", label, b, c);
-    }
-    for (int k = 0; k < 3; k++) {
-      char label[48];
-      snprintf(label, sizeof label, "time in branch steps %s", pl[k]);
-      fmt_ms(percentile(&v[0].steps, ps[k]), b, sizeof b);
-      fmt_ms(percentile(&v[1].steps, ps[k]), c, sizeof c);
-      printf("%-34s %16s %16s\n", label, b, c);
-    }
+  printf("%-34s %16s %16s\n", "incident rate", rate[0], rate[1]);
+  printf("%-34s %16s %16s\n", "  95% interval (Wilson)", ci[0], ci[1]);
+  for (int k = 0; k < 3; k++) {
+    snprintf(label, sizeof label, "branch latency %s", pl[k]);
+    fmt_ms(percentile(&v[0].branch, ps[k]), b, sizeof b);
+    fmt_ms(percentile(&v[1].branch, ps[k]), c, sizeof c);
+    printf("%-34s %16s %16s\n", label, b, c);
+  }
+  for (int k = 0; k < 3; k++) {
+    snprintf(label, sizeof label, "time in branch steps %s", pl[k]);
+    fmt_ms(percentile(&v[0].steps, ps[k]), b, sizeof b);
+    fmt_ms(percentile(&v[1].steps, ps[k]), c, sizeof c);
+    printf("%-34s %16s %16s\n", label, b, c);
   }
   for (int i = 0; i < 2; i++) {
     snprintf(i ? c : b, 32, "%.3f",
              v[i].routed ? (double)v[i].retries / (double)v[i].routed : 0.0);
   }
   printf("%-34s %16s %16s\n", "retries per instance", b, c);
+}
+
+static void print_comparison(const cv_comparison *cmp, const char *verdict) {
   printf("\nv2 against v1\n");
   if (isfinite(cmp->diff_points)) {
     printf("  difference of incident rates  %+.2f points\n", cmp->diff_points);
@@ -465,193 +446,244 @@ static void print_table(const query *q, const vstats v[2],
                                            : "two-proportion z-test");
   }
   printf("  verdict                       %s\n", verdict);
+}
+
+/* Whether ramp step i is shown: it overlaps the window, and the period
+ * before the first change only when something was decided in it. */
+static int ramp_shown(const query *q, const ramp *rs, int i) {
+  const ramp *p = &rs[i];
+  if (i == 0 && !p->instances[0] && !p->instances[1]) {
+    return 0;
+  }
+  return !((p->ended_at && p->ended_at <= q->since) ||
+           p->started_at >= q->until);
+}
+
+static void print_ramps(const query *q, const ramp *rs, int nr) {
+  char rate[CV_RATE_FORMAT_MAX], t1[32], t2[32];
   printf("\nramp steps\n");
   printf("%-20s %-8s %-9s %10s %10s %10s %10s\n", "from (UTC)", "change",
          "rate", "v1 inst.", "v1 w/inc.", "v2 inst.", "v2 w/inc.");
   for (int i = 0; i < nr; i++) {
-    const ramp *r = &rs[i];
-    if (i == 0 && !r->instances[0] && !r->instances[1]) {
+    const ramp *p = &rs[i];
+    if (!ramp_shown(q, rs, i)) {
       continue;
     }
-    if (r->ended_at && r->ended_at <= q->since) {
-      continue;
-    }
-    if (r->started_at >= q->until) {
-      continue;
-    }
-    cv_fmt_time(r->started_at, t1, sizeof t1);
-    cv_rate_format(r->rate, a, sizeof a);
-    snprintf(t2, sizeof t2, "%.16s%s", a, r->killed ? " KILL" : "");
+    cv_fmt_time(p->started_at, t1, sizeof t1);
+    cv_rate_format(p->rate, rate, sizeof rate);
+    snprintf(t2, sizeof t2, "%.16s%s", rate, p->killed ? " KILL" : "");
     printf("%-20s %-8s %-9s %10lld %10lld %10lld %10lld\n",
-           i == 0 ? "(before changes)" : t1, r->change, t2,
-           (long long)r->instances[0], (long long)r->with_incidents[0],
-           (long long)r->instances[1], (long long)r->with_incidents[1]);
+           i == 0 ? "(before changes)" : t1, p->change, t2,
+           (long long)p->instances[0], (long long)p->with_incidents[0],
+           (long long)p->instances[1], (long long)p->with_incidents[1]);
   }
-  (void)names;
+}
+
+static void print_table(const query *q, const vstats v[2],
+                        const cv_comparison *cmp, const ramp *rs, int nr,
+                        const char *verdict) {
+  printf("flag %s%s%s\n", q->flag, q->workflow ? ", workflow " : "",
+         q->workflow ? q->workflow : "");
+  print_versions(v);
+  print_comparison(cmp, verdict);
+  print_ramps(q, rs, nr);
 }
 
 static json_t *ramps_json(const query *q, const ramp *rs, int nr) {
   json_t *arr = json_array();
   for (int i = 0; i < nr; i++) {
-    const ramp *r = &rs[i];
+    const ramp *p = &rs[i];
     char rate[CV_RATE_FORMAT_MAX];
-    if (i == 0 && !r->instances[0] && !r->instances[1]) {
+    if (!ramp_shown(q, rs, i)) {
       continue;
     }
-    if ((r->ended_at && r->ended_at <= q->since) || r->started_at >= q->until) {
-      continue;
-    }
-    cv_rate_format(r->rate, rate, sizeof rate);
+    cv_rate_format(p->rate, rate, sizeof rate);
     json_array_append_new(
         arr, json_pack(
                  "{s:I, s:s, s:o, s:o, s:s, s:I, s:b, s:s, s:s, "
                  "s:{s:I, s:I}, s:{s:I, s:I}}",
-                 "id", (json_int_t)r->id, "change", r->change, "started_at",
-                 i == 0 ? json_null() : json_integer(r->started_at), "ended_at",
-                 r->ended_at ? json_integer(r->ended_at) : json_null(), "rate",
-                 rate, "rate_ppm", (json_int_t)r->rate, "killed", r->killed,
-                 "actor", r->actor, "reason", r->reason, "v1", "instances",
-                 (json_int_t)r->instances[0], "with_incidents",
-                 (json_int_t)r->with_incidents[0], "v2", "instances",
-                 (json_int_t)r->instances[1], "with_incidents",
-                 (json_int_t)r->with_incidents[1]));
+                 "id", (json_int_t)p->id, "change", p->change, "started_at",
+                 i == 0 ? json_null() : json_integer(p->started_at), "ended_at",
+                 p->ended_at ? json_integer(p->ended_at) : json_null(), "rate",
+                 rate, "rate_ppm", (json_int_t)p->rate, "killed", p->killed,
+                 "actor", p->actor, "reason", p->reason, "v1", "instances",
+                 (json_int_t)p->instances[0], "with_incidents",
+                 (json_int_t)p->with_incidents[0], "v2", "instances",
+                 (json_int_t)p->instances[1], "with_incidents",
+                 (json_int_t)p->with_incidents[1]));
   }
   return arr;
 }
 
-int cv_cmd_report(void *plugin, int argc, char **argv) {
-  cv_router *r = plugin;
-  query q = {.since = 0, .until = INT64_MAX};
-  double alpha = 0.05, min_effect = 1.0;
-  int json = 0, fail_if_worse = 0, rc = 0, nr = 0;
-  int64_t now = r->api->now_ms(r->e);
-  vstats v[2];
-  cv_comparison cmp;
-  ramp *rs = NULL;
-  char verdict[256];
-  memset(v, 0, sizeof v);
+/* The options of a report; 0, or the exit code (2, or 0 after --help). */
+typedef struct options {
+  query q;
+  double alpha, min_effect;
+  int json, fail_if_worse, help;
+} options;
+
+static int parse_options(int argc, char **argv, int64_t now, options *o) {
+  memset(o, 0, sizeof *o);
+  o->q.until = INT64_MAX;
+  o->alpha = 0.05;
+  o->min_effect = 1.0;
   for (int i = 1; i < argc; i++) {
-    const char *o = argv[i];
+    const char *a = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-    if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
-      fputs(report_usage, stdout);
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      o->help = 1;
       return 0;
-    } else if (strcmp(o, "--json") == 0) {
-      json = 1;
-    } else if (strcmp(o, "--fail-if-worse") == 0) {
-      fail_if_worse = 1;
-    } else if (strcmp(o, "--since") == 0 || strcmp(o, "--until") == 0) {
-      if (!val || parse_time(val, now, o[2] == 's' ? &q.since : &q.until)) {
+    } else if (strcmp(a, "--json") == 0) {
+      o->json = 1;
+    } else if (strcmp(a, "--fail-if-worse") == 0) {
+      o->fail_if_worse = 1;
+    } else if (strcmp(a, "--since") == 0 || strcmp(a, "--until") == 0) {
+      if (!val ||
+          parse_time(val, now, a[2] == 's' ? &o->q.since : &o->q.until)) {
         return usage_error(
             "%s: expected a date (2026-11-23), a UTC time "
             "(2026-11-23T14:00:00Z) or an age (15m, 2h, 7d), "
             "got '%s'",
-            o, val ? val : "nothing");
+            a, val ? val : "nothing");
       }
       i++;
-    } else if (strcmp(o, "--workflow") == 0) {
+    } else if (strcmp(a, "--workflow") == 0) {
       if (!val || !*val) {
         return usage_error("--workflow needs a name");
       }
-      q.workflow = val;
+      o->q.workflow = val;
       i++;
-    } else if (strcmp(o, "--alpha") == 0) {
-      if (parse_double(val, 0, 0.5, &alpha)) {
+    } else if (strcmp(a, "--alpha") == 0) {
+      if (parse_double(val, 0, 0.5, &o->alpha)) {
         return usage_error(
             "--alpha: expected a number between 0 and 0.5, "
             "got '%s'",
             val ? val : "nothing");
       }
       i++;
-    } else if (strcmp(o, "--min-effect") == 0) {
-      if (parse_double(val, 0, 100, &min_effect)) {
+    } else if (strcmp(a, "--min-effect") == 0) {
+      if (parse_double(val, 0, 100, &o->min_effect)) {
         return usage_error(
             "--min-effect: expected percentage points between "
             "0 and 100, got '%s'",
             val ? val : "nothing");
       }
       i++;
-    } else if (o[0] == '-' && o[1]) {
-      return usage_error("unknown option '%s'", o);
-    } else if (!q.flag) {
-      q.flag = o;
+    } else if (a[0] == '-' && a[1]) {
+      return usage_error("unknown option '%s'", a);
+    } else if (!o->q.flag) {
+      o->q.flag = a;
     } else {
-      return usage_error("unexpected argument '%s'", o);
+      return usage_error("unexpected argument '%s'", a);
     }
   }
-  if (!q.flag) {
+  if (!o->q.flag) {
     return usage_error("which flag?");
   }
-  if (q.since >= q.until) {
+  if (o->q.since >= o->q.until) {
     return usage_error("--since must come before --until");
   }
-  {
-    sqlite3_stmt *s;
-    int known = 0;
-    if (sqlite3_prepare_v2(r->db,
-                           "SELECT 1 FROM cv_flags WHERE name = ?1 UNION ALL "
-                           "SELECT 1 FROM cv_decisions WHERE flag = ?1 LIMIT 1",
-                           -1, &s, NULL) == SQLITE_OK) {
-      sqlite3_bind_text(s, 1, q.flag, -1, SQLITE_STATIC);
-      known = sqlite3_step(s) == SQLITE_ROW;
-      sqlite3_finalize(s);
-    }
-    if (!known) {
-      return usage_error("no flag '%s' (and no decisions for it)", q.flag);
-    }
+  return 0;
+}
+
+/* Whether the flag has a row or decisions: 0 (in *known), or 1 after
+ * saying why not. */
+static int flag_known(cv_router *r, const char *flag, int *known) {
+  sqlite3_stmt *s = cv_stmt(r, CVQ_FLAG_KNOWN);
+  int rc;
+  if (!s) {
+    return cv_cmd_db_error(r, CMD, "read flag");
   }
+  sqlite3_bind_text(s, 1, flag, -1, SQLITE_STATIC);
+  if ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE) {
+    cv_db_fail(r, s);
+    return cv_cmd_db_error(r, CMD, "read flag");
+  }
+  *known = rc == SQLITE_ROW;
+  sqlite3_reset(s);
+  return 0;
+}
+
+/* Prints the report as JSON: 0, or 1 after saying why not. */
+static int print_json_report(const options *o, int64_t now, const vstats v[2],
+                             const cv_comparison *cmp, const char *verdict,
+                             const ramp *rs, int nr) {
+  const query *q = &o->q;
+  json_t *j = json_pack(
+      "{s:s, s:s, s:o, s:o, s:o, s:I, s:f, s:f, s:{s:o, s:o}, "
+      "s:{s:o, s:o, s:o, s:s, s:s, s:s, s:o}, s:o}",
+      "schema", "switchyard.report/1", "flag", q->flag, "workflow",
+      q->workflow ? json_string(q->workflow) : json_null(), "since",
+      q->since ? json_integer(q->since) : json_null(), "until",
+      q->until != INT64_MAX ? json_integer(q->until) : json_null(),
+      "generated_at", (json_int_t)now, "alpha", o->alpha, "min_effect_points",
+      o->min_effect, "versions", "v1", version_json(&v[0]), "v2",
+      version_json(&v[1]), "comparison", "difference_points",
+      num(cmp->diff_points), "ratio",
+      isinf(cmp->ratio) ? json_string("inf") : num(cmp->ratio), "p_value",
+      num(cmp->p_value), "test", cv_method_name(cmp->method), "verdict",
+      verdict_key(cmp->verdict), "verdict_text", verdict, "needed_per_version",
+      cmp->verdict == CV_NOT_ENOUGH_DATA && cmp->needed_per_version >= 0
+          ? json_integer(cmp->needed_per_version)
+          : json_null(),
+      "ramp_steps", ramps_json(q, rs, nr));
+  char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
+                                     JSON_REAL_PRECISION(10))
+                 : NULL;
+  json_decref(j);
+  if (!text) {
+    fprintf(stderr, "switchyard report: cannot encode the report\n");
+    return 1;
+  }
+  puts(text);
+  free(text);
+  return 0;
+}
+
+int cv_cmd_report(void *plugin, int argc, char **argv) {
+  cv_router *r = plugin;
+  int64_t now = r->api->now_ms(r->e);
+  options o;
+  vstats v[2];
+  cv_comparison cmp;
+  ramp *rs = NULL;
+  char verdict[256];
+  int rc, nr = 0, known;
+  if ((rc = parse_options(argc, argv, now, &o)) || o.help) {
+    if (o.help) {
+      fputs(report_usage, stdout);
+    }
+    return rc;
+  }
+  if ((rc = flag_known(r, o.q.flag, &known))) {
+    return rc;
+  }
+  if (!known) {
+    return usage_error("no flag '%s' (and no decisions for it)", o.q.flag);
+  }
+  memset(v, 0, sizeof v);
   /* One read transaction, so every number comes from the same snapshot. */
-  sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL);
-  if (load_ramps(r->db, &q, &rs, &nr) || scan(r->db, &q, v, rs, nr)) {
-    fprintf(stderr, "switchyard report: %s\n", sqlite3_errmsg(r->db));
-    rc = 1;
-    goto done;
+  if ((rc = cv_cmd_begin(r, CMD, 0))) {
+    return rc;
   }
-  cv_compare(v[0].with_incidents, v[0].routed, v[1].with_incidents, v[1].routed,
-             alpha, min_effect, &cmp);
-  cv_verdict_text(&cmp, verdict, sizeof verdict);
-  if (json) {
-    json_t *j = json_pack(
-        "{s:s, s:s, s:o, s:o, s:o, s:I, s:f, s:f, s:{s:o, s:o}, "
-        "s:{s:o, s:o, s:o, s:s, s:s, s:s, s:o}, s:o}",
-        "schema", "switchyard.report/1", "flag", q.flag, "workflow",
-        q.workflow ? json_string(q.workflow) : json_null(), "since",
-        q.since ? json_integer(q.since) : json_null(), "until",
-        q.until != INT64_MAX ? json_integer(q.until) : json_null(),
-        "generated_at", (json_int_t)now, "alpha", alpha, "min_effect_points",
-        min_effect, "versions", "v1", version_json(&v[0]), "v2",
-        version_json(&v[1]), "comparison", "difference_points",
-        num(cmp.diff_points), "ratio",
-        isinf(cmp.ratio) ? json_string("inf") : num(cmp.ratio), "p_value",
-        num(cmp.p_value), "test",
-        cmp.method == CV_METHOD_FISHER ? "fisher"
-        : cmp.method == CV_METHOD_Z    ? "z"
-                                       : "none",
-        "verdict", verdict_key(cmp.verdict), "verdict_text", verdict,
-        "needed_per_version",
-        cmp.verdict == CV_NOT_ENOUGH_DATA && cmp.needed_per_version >= 0
-            ? json_integer(cmp.needed_per_version)
-            : json_null(),
-        "ramp_steps", ramps_json(&q, rs, nr));
-    char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
-                                       JSON_REAL_PRECISION(10))
-                   : NULL;
-    if (!text) {
-      fprintf(stderr, "switchyard report: cannot encode the report\n");
-      rc = 1;
-    } else {
-      puts(text);
-      free(text);
-    }
-    json_decref(j);
+  if (load_ramps(r, &o.q, &rs, &nr) || scan(r, &o.q, v, rs, nr)) {
+    rc = cv_cmd_end(r, CMD, cv_cmd_db_error(r, CMD, "read decisions"));
   } else {
-    print_table(&q, v, &cmp, rs, nr, verdict);
+    rc = cv_cmd_end(r, CMD, 0);
   }
-  if (!rc && fail_if_worse && cmp.verdict == CV_V2_WORSE) {
-    rc = 1;
+  if (!rc) {
+    cv_compare(v[0].with_incidents, v[0].routed, v[1].with_incidents,
+               v[1].routed, o.alpha, o.min_effect, &cmp);
+    cv_verdict_text(&cmp, verdict, sizeof verdict);
+    if (o.json) {
+      rc = print_json_report(&o, now, v, &cmp, verdict, rs, nr);
+    } else {
+      print_table(&o.q, v, &cmp, rs, nr, verdict);
+    }
+    if (!rc && o.fail_if_worse && cmp.verdict == CV_V2_WORSE) {
+      rc = 1;
+    }
   }
-done:
-  sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
   for (int i = 0; i < 2; i++) {
     free(v[i].branch.v);
     free(v[i].steps.v);

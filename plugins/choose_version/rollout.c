@@ -1,18 +1,19 @@
 /* `switchyard rollout ...`: the commands a team ramps a migration with.
- * Every change is one transaction that also appends to the audit trail;
- * bad input changes nothing and exits 2. */
+ * Every change is one transaction of its own (the write lock taken at its
+ * start) that also appends to the audit trail; bad input changes nothing
+ * and exits 2, a database failure changes nothing and exits 1. Its SQL is
+ * in sql.c with the rest of the plugin's. */
 #include <jansson.h>
 #include <pwd.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cv.h"
 
 #define EXIT_USAGE 2
+#define CMD "rollout"
 
 static const char rollout_usage[] =
     "usage: switchyard rollout COMMAND ...\n"
@@ -38,22 +39,8 @@ typedef struct args {
   int npos;
 } args;
 
-#define usage_error(...) cv_usage_error("rollout", __VA_ARGS__)
-
-int cv_usage_error(const char *cmd, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "switchyard %s: ", cmd);
-  vfprintf(stderr, fmt, ap);
-  fprintf(stderr, "\n(see switchyard %s --help)\n", cmd);
-  va_end(ap);
-  return EXIT_USAGE;
-}
-
-static int db_error(cv_router *r, const char *what) {
-  fprintf(stderr, "switchyard rollout: %s: %s\n", what, sqlite3_errmsg(r->db));
-  return 1;
-}
+#define usage_error(...) cv_usage_error(CMD, __VA_ARGS__)
+#define db_error(r, what) cv_cmd_db_error(r, CMD, what)
 
 static const char *login_name(void) {
   struct passwd *pw = getpwuid(geteuid());
@@ -121,115 +108,111 @@ typedef struct flag_row {
   int64_t created_at, updated_at;
 } flag_row;
 
+/* Fills f from a row of CVQ_FLAG_ROW or CVQ_FLAG_LIST (the name, column
+ * 0, is the caller's). */
+static void flag_row_from(sqlite3_stmt *s, flag_row *f) {
+  memset(f, 0, sizeof *f);
+  f->exists = 1;
+  f->rate = (uint32_t)sqlite3_column_int64(s, 1);
+  f->killed = sqlite3_column_int(s, 2);
+  f->retired = sqlite3_column_type(s, 3) != SQLITE_NULL;
+  f->retired_at = sqlite3_column_int64(s, 3);
+  snprintf(f->group, sizeof f->group, "%s", sqlite3_column_text(s, 4));
+  snprintf(f->description, sizeof f->description, "%s",
+           sqlite3_column_text(s, 5));
+  snprintf(f->owner, sizeof f->owner, "%s", sqlite3_column_text(s, 6));
+  f->created_at = sqlite3_column_int64(s, 7);
+  f->updated_at = sqlite3_column_int64(s, 8);
+}
+
+/* 0 (f->exists says whether there is a row), or 1 after saying why. */
 static int read_flag(cv_router *r, const char *name, flag_row *f) {
-  sqlite3_stmt *s;
+  sqlite3_stmt *s = cv_stmt(r, CVQ_FLAG_ROW);
   int rc;
   memset(f, 0, sizeof *f);
-  if (sqlite3_prepare_v2(r->db,
-                         "SELECT rate_ppm, killed, retired_at, "
-                         "coalesce(hash_group, name), coalesce(description, "
-                         "''), coalesce(owner, ''), created_at, updated_at "
-                         "FROM cv_flags WHERE name = ?1",
-                         -1, &s, NULL) != SQLITE_OK) {
+  if (!s) {
     return db_error(r, "read flag");
   }
   sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
-  rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) {
-    f->exists = 1;
-    f->rate = (uint32_t)sqlite3_column_int64(s, 0);
-    f->killed = sqlite3_column_int(s, 1);
-    f->retired = sqlite3_column_type(s, 2) != SQLITE_NULL;
-    f->retired_at = sqlite3_column_int64(s, 2);
-    snprintf(f->group, sizeof f->group, "%s", sqlite3_column_text(s, 3));
-    snprintf(f->description, sizeof f->description, "%s",
-             sqlite3_column_text(s, 4));
-    snprintf(f->owner, sizeof f->owner, "%s", sqlite3_column_text(s, 5));
-    f->created_at = sqlite3_column_int64(s, 6);
-    f->updated_at = sqlite3_column_int64(s, 7);
-    rc = SQLITE_DONE;
+  if ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    flag_row_from(s, f);
+  } else if (rc != SQLITE_DONE) {
+    cv_db_fail(r, s);
+    return db_error(r, "read flag");
   }
-  sqlite3_finalize(s);
-  return rc == SQLITE_DONE ? 0 : db_error(r, "read flag");
+  sqlite3_reset(s);
+  return 0;
 }
 
 static int64_t now_ms(cv_router *r) {
   return r->api->now_ms(r->e);
 }
 
-static int audit(cv_router *r, const char *flag, const char *what,
-                 const char *subject, const char *old_value,
-                 const char *new_value, const flag_row *after, const args *a) {
-  sqlite3_stmt *s;
-  int rc;
-  if (sqlite3_prepare_v2(
-          r->db,
-          "INSERT INTO cv_audit(flag, what, subject, old_value, new_value, "
-          "rate_ppm, killed, reason, actor, at) "
-          "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-          -1, &s, NULL) != SQLITE_OK) {
-    return db_error(r, "audit");
+/* Statement q with the flag's name bound as ?1, for the caller to bind
+ * the rest and hand to run_change; NULL (with r->errmsg) when it cannot be
+ * prepared, which run_change then reports. */
+static sqlite3_stmt *on_flag(cv_router *r, int q, const char *flag) {
+  sqlite3_stmt *s = cv_stmt(r, q);
+  if (s) {
+    sqlite3_bind_text(s, 1, flag, -1, SQLITE_STATIC);
   }
-  sqlite3_bind_text(s, 1, flag, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, what, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, subject, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 4, old_value, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 5, new_value, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 6, after->rate);
-  sqlite3_bind_int(s, 7, after->killed);
-  sqlite3_bind_text(s, 8, a->reason, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 9, a->actor, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 10, now_ms(r));
-  rc = sqlite3_step(s);
-  sqlite3_finalize(s);
-  return rc == SQLITE_DONE ? 0 : db_error(r, "audit");
+  return s;
 }
 
-/* Runs sql with up to three text parameters and the time as ?9. */
-static int run_sql(cv_router *r, const char *sql, const char *p1,
-                   const char *p2, const char *p3) {
-  sqlite3_stmt *s;
-  int rc;
-  if (sqlite3_prepare_v2(r->db, sql, -1, &s, NULL) != SQLITE_OK) {
-    return db_error(r, "update");
-  }
-  sqlite3_bind_text(s, 1, p1, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, p2, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, p3, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 9, now_ms(r));
-  rc = sqlite3_step(s);
-  sqlite3_finalize(s);
-  return rc == SQLITE_DONE ? 0 : db_error(r, "update");
-}
-
-static int begin(cv_router *r) {
-  if (sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    return db_error(r, "begin");
+/* Runs a change from on_flag: 0, or 1 after saying why. */
+static int run_change(cv_router *r, sqlite3_stmt *s, const char *what) {
+  if (!s || cv_step_done(r, s)) {
+    return db_error(r, what);
   }
   return 0;
 }
 
-static int finish(cv_router *r, int rc) {
-  if (rc) {
-    sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
-    return rc;
+/* Appends a change to the audit trail, with the flag's state after it. */
+static int audit(cv_router *r, const char *flag, const char *what,
+                 const char *subject, const char *old_value,
+                 const char *new_value, const flag_row *after, const args *a) {
+  sqlite3_stmt *s = on_flag(r, CVQ_AUDIT_ADD, flag);
+  if (s) {
+    sqlite3_bind_text(s, 2, what, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, subject, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, old_value, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, new_value, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 6, after->rate);
+    sqlite3_bind_int(s, 7, after->killed);
+    sqlite3_bind_text(s, 8, a->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 9, a->actor, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 10, now_ms(r));
   }
-  if (sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = db_error(r, "commit");
-    sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
-  }
-  return rc;
+  return run_change(r, s, "audit");
 }
 
-void cv_fmt_time(int64_t ms, char *buf, size_t len) {
-  time_t t = (time_t)(ms / 1000);
-  struct tm tm;
-  if (!ms) {
-    snprintf(buf, len, "-");
-    return;
+/* A change of the flag's row to text (?2; NULL sets NULL), at ?3 now. */
+static int set_text(cv_router *r, int q, const char *flag, const char *text) {
+  sqlite3_stmt *s = on_flag(r, q, flag);
+  if (s) {
+    sqlite3_bind_text(s, 2, text, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, now_ms(r));
   }
-  gmtime_r(&t, &tm);
-  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return run_change(r, s, "update");
+}
+
+/* A change of the flag's row to a number (?2), at ?3 now. */
+static int set_number(cv_router *r, int q, const char *flag, int64_t num) {
+  sqlite3_stmt *s = on_flag(r, q, flag);
+  if (s) {
+    sqlite3_bind_int64(s, 2, num);
+    sqlite3_bind_int64(s, 3, now_ms(r));
+  }
+  return run_change(r, s, "update");
+}
+
+/* A change of the flag's row whose one value is the time (?2, now). */
+static int set_now(cv_router *r, int q, const char *flag) {
+  sqlite3_stmt *s = on_flag(r, q, flag);
+  if (s) {
+    sqlite3_bind_int64(s, 2, now_ms(r));
+  }
+  return run_change(r, s, "update");
 }
 
 /* Checks the flag argument and reads its row; must_exist for commands on
@@ -265,88 +248,96 @@ static int need_reason(const args *a, const char *cmd) {
   return 0;
 }
 
-static int cmd_set(cv_router *r, const args *a) {
-  flag_row f, after;
-  uint32_t ppm;
-  char err[256], oldr[CV_RATE_FORMAT_MAX], newr[CV_RATE_FORMAT_MAX];
+/* What `set` is asked, checked against the flag as it is (f): 0, or the
+ * exit code after saying what is wrong. */
+static int set_checks(cv_router *r, const args *a, flag_row *f, uint32_t *ppm) {
+  char err[256];
   int rc;
   if (a->npos < 2 && a->npos >= 1) {
     return usage_error("set %s: which rate? (e.g. 5%%, 0.25%%, 2500ppm)",
                        a->pos[0]);
   }
-  if ((rc = flag_arg(r, a, 2, &f, 0)) || (rc = need_reason(a, "set"))) {
+  if ((rc = flag_arg(r, a, 2, f, 0)) || (rc = need_reason(a, "set"))) {
     return rc;
   }
-  if (cv_rate_parse(a->pos[1], &ppm, err, sizeof err)) {
+  if (cv_rate_parse(a->pos[1], ppm, err, sizeof err)) {
     return usage_error("%s", err);
   }
   if (a->group && !cv_flag_name_valid(a->group)) {
     return usage_error("bad --group '%s'", a->group);
   }
-  if (a->group && f.exists && strcmp(a->group, f.group) != 0 && !a->force) {
+  if (a->group && f->exists && strcmp(a->group, f->group) != 0 && !a->force) {
     return usage_error(
         "changing the hash group of '%s' (%s -> %s) reshuffles "
         "its cohorts: subjects on v2 may go back to v1; add "
         "--force to do it",
-        a->pos[0], f.group, a->group);
+        a->pos[0], f->group, a->group);
   }
-  if (f.retired && !a->force) {
+  if (f->retired && !a->force) {
     char t[32];
-    cv_fmt_time(f.retired_at, t, sizeof t);
+    cv_fmt_time(f->retired_at, t, sizeof t);
     return usage_error(
         "flag '%s' was retired on %s; reusing its name takes "
         "--force",
         a->pos[0], t);
   }
-  if ((rc = begin(r)) || (rc = read_flag(r, a->pos[0], &f))) {
-    return finish(r, rc ? rc : 1);
-  }
-  after = f;
+  return 0;
+}
+
+/* The writes of `set` on flag row f, in the open transaction, each with
+ * its audit row: create or unretire, group, description and owner, rate.
+ * oldr and newr are the rates as text. */
+static int set_writes(cv_router *r, const args *a, const flag_row *f,
+                      uint32_t ppm, const char *oldr, const char *newr) {
+  const char *name = a->pos[0];
+  flag_row after = *f;
+  int rc = 0;
   after.rate = ppm;
   after.retired = 0;
-  if (!f.exists) {
+  if (!f->exists) {
     after.killed = 0;
-    rc = run_sql(r,
-                 "INSERT INTO cv_flags(name, hash_group, created_at, "
-                 "updated_at) VALUES(?1, ?2, ?9, ?9)",
-                 a->pos[0], a->group, NULL) ||
-         audit(r, a->pos[0], "create", NULL, NULL, a->pos[0], &f, a);
-  } else if (f.retired) {
-    rc = run_sql(r,
-                 "UPDATE cv_flags SET retired_at = NULL, killed = 0, "
-                 "nth_counter = 0, updated_at = ?9 WHERE name = ?1",
-                 a->pos[0], NULL, NULL) ||
-         audit(r, a->pos[0], "unretire", NULL, "retired", "active", &after, a);
+    rc = set_text(r, CVQ_FLAG_CREATE, name, a->group) ||
+         audit(r, name, "create", NULL, NULL, name, f, a);
+  } else if (f->retired) {
+    rc = set_now(r, CVQ_FLAG_UNRETIRE, name) ||
+         audit(r, name, "unretire", NULL, "retired", "active", &after, a);
     after.killed = 0;
   }
-  if (!rc && a->group && f.exists && strcmp(a->group, f.group) != 0) {
-    rc = run_sql(r,
-                 "UPDATE cv_flags SET hash_group = ?2, updated_at = ?9 "
-                 "WHERE name = ?1",
-                 a->pos[0], a->group, NULL) ||
-         audit(r, a->pos[0], "group", NULL, f.group, a->group, &after, a);
+  if (!rc && a->group && f->exists && strcmp(a->group, f->group) != 0) {
+    rc = set_text(r, CVQ_FLAG_SET_GROUP, name, a->group) ||
+         audit(r, name, "group", NULL, f->group, a->group, &after, a);
   }
-  if (!rc && a->description) {
-    rc = run_sql(r, "UPDATE cv_flags SET description = ?2 WHERE name = ?1",
-                 a->pos[0], a->description, NULL);
+  if (!rc && (a->description || a->owner)) {
+    sqlite3_stmt *s = on_flag(r, CVQ_FLAG_DESCRIBE, name);
+    if (s) {
+      sqlite3_bind_text(s, 2, a->description, -1, SQLITE_STATIC);
+      sqlite3_bind_text(s, 3, a->owner, -1, SQLITE_STATIC);
+    }
+    rc = run_change(r, s, "update");
   }
-  if (!rc && a->owner) {
-    rc = run_sql(r, "UPDATE cv_flags SET owner = ?2 WHERE name = ?1", a->pos[0],
-                 a->owner, NULL);
+  if (!rc && (ppm != f->rate || !f->exists || f->retired)) {
+    rc = set_number(r, CVQ_FLAG_SET_RATE, name, ppm) ||
+         audit(r, name, "rate", NULL, f->exists ? oldr : NULL, newr, &after, a);
+  }
+  return rc;
+}
+
+static int cmd_set(cv_router *r, const args *a) {
+  flag_row f;
+  uint32_t ppm;
+  char oldr[CV_RATE_FORMAT_MAX], newr[CV_RATE_FORMAT_MAX];
+  int rc;
+  if ((rc = set_checks(r, a, &f, &ppm)) || (rc = cv_cmd_begin(r, CMD, 1))) {
+    return rc;
+  }
+  /* Read again under the write lock: the row the writes start from. */
+  if ((rc = read_flag(r, a->pos[0], &f))) {
+    return cv_cmd_end(r, CMD, rc);
   }
   cv_rate_format(f.exists && !f.retired ? f.rate : 0, oldr, sizeof oldr);
   cv_rate_format(ppm, newr, sizeof newr);
-  if (!rc && (ppm != f.rate || !f.exists || f.retired)) {
-    char ppm_text[32];
-    snprintf(ppm_text, sizeof ppm_text, "%u", ppm);
-    rc = run_sql(r,
-                 "UPDATE cv_flags SET rate_ppm = CAST(?2 AS INTEGER), "
-                 "updated_at = ?9 WHERE name = ?1",
-                 a->pos[0], ppm_text, NULL) ||
-         audit(r, a->pos[0], "rate", NULL, f.exists ? oldr : NULL, newr, &after,
-               a);
-  }
-  if ((rc = finish(r, rc))) {
+  rc = set_writes(r, a, &f, ppm, oldr, newr);
+  if ((rc = cv_cmd_end(r, CMD, rc))) {
     return rc;
   }
   if (ppm == f.rate && f.exists && !f.retired) {
@@ -376,18 +367,13 @@ static int cmd_kill(cv_router *r, const args *a, int kill) {
   }
   after = f;
   after.killed = kill;
-  if ((rc = begin(r))) {
+  if ((rc = cv_cmd_begin(r, CMD, 1))) {
     return rc;
   }
-  rc = run_sql(r,
-               kill ? "UPDATE cv_flags SET killed = 1, updated_at = ?9 WHERE "
-                      "name = ?1"
-                    : "UPDATE cv_flags SET killed = 0, updated_at = ?9 WHERE "
-                      "name = ?1",
-               a->pos[0], NULL, NULL) ||
+  rc = set_number(r, CVQ_FLAG_SET_KILLED, a->pos[0], kill) ||
        audit(r, a->pos[0], cmd, NULL, kill ? "off" : "on", kill ? "on" : "off",
              &after, a);
-  if ((rc = finish(r, rc))) {
+  if ((rc = cv_cmd_end(r, CMD, rc))) {
     return rc;
   }
   printf("%s: kill switch %s%s\n", a->pos[0], kill ? "ON" : "off",
@@ -407,15 +393,12 @@ static int cmd_retire(cv_router *r, const args *a) {
   after = f;
   after.rate = 0;
   after.retired = 1;
-  if ((rc = begin(r))) {
+  if ((rc = cv_cmd_begin(r, CMD, 1))) {
     return rc;
   }
-  rc = run_sql(r,
-               "UPDATE cv_flags SET retired_at = ?9, rate_ppm = 0, "
-               "updated_at = ?9 WHERE name = ?1",
-               a->pos[0], NULL, NULL) ||
+  rc = set_now(r, CVQ_FLAG_RETIRE, a->pos[0]) ||
        audit(r, a->pos[0], "retire", NULL, "active", "retired", &after, a);
-  if ((rc = finish(r, rc))) {
+  if ((rc = cv_cmd_end(r, CMD, rc))) {
     return rc;
   }
   printf("%s: retired (decisions now go to v1; the name stays reserved)\n",
@@ -423,10 +406,31 @@ static int cmd_retire(cv_router *r, const args *a) {
   return 0;
 }
 
+/* The override a subject has now ("none" without one): 0, or 1 after
+ * saying why. */
+static int read_override(cv_router *r, const args *a, char *old, size_t len) {
+  sqlite3_stmt *s = on_flag(r, CVQ_OVERRIDE, a->pos[0]);
+  int rc;
+  snprintf(old, len, "none");
+  if (!s) {
+    return db_error(r, "read override");
+  }
+  sqlite3_bind_text(s, 2, a->pos[1], -1, SQLITE_STATIC);
+  if ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    snprintf(old, len, "%s", sqlite3_column_text(s, 0));
+  } else if (rc != SQLITE_DONE) {
+    cv_db_fail(r, s);
+    return db_error(r, "read override");
+  }
+  sqlite3_reset(s);
+  return 0;
+}
+
+/* kind: "allow" or "opt-out" sets an override, NULL clears it. */
 static int cmd_override(cv_router *r, const args *a, const char *kind) {
   flag_row f;
   sqlite3_stmt *s;
-  char old[16] = "none";
+  char old[16];
   int rc;
   const char *cmd = kind ? kind : "clear";
   if (a->npos == 1) {
@@ -438,52 +442,31 @@ static int cmd_override(cv_router *r, const args *a, const char *kind) {
   if (!*a->pos[1]) {
     return usage_error("%s: empty subject", cmd);
   }
-  if ((rc = begin(r))) {
+  if ((rc = cv_cmd_begin(r, CMD, 1))) {
     return rc;
   }
-  if (sqlite3_prepare_v2(r->db,
-                         "SELECT kind FROM cv_overrides WHERE flag = ?1 AND "
-                         "subject = ?2",
-                         -1, &s, NULL) != SQLITE_OK) {
-    return finish(r, db_error(r, "read override"));
+  if ((rc = read_override(r, a, old, sizeof old))) {
+    return cv_cmd_end(r, CMD, rc);
   }
-  sqlite3_bind_text(s, 1, a->pos[0], -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, a->pos[1], -1, SQLITE_STATIC);
-  if (sqlite3_step(s) == SQLITE_ROW) {
-    snprintf(old, sizeof old, "%s", sqlite3_column_text(s, 0));
-  }
-  sqlite3_finalize(s);
   if (!kind && strcmp(old, "none") == 0) {
-    finish(r, 1);
+    cv_cmd_end(r, CMD, 1);
     return usage_error("%s has no override for subject '%s'", a->pos[0],
                        a->pos[1]);
   }
-  if (kind) {
-    sqlite3_stmt *ins;
-    if (sqlite3_prepare_v2(
-            r->db,
-            "INSERT OR REPLACE INTO cv_overrides(flag, subject, kind, actor, "
-            "reason, created_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-            -1, &ins, NULL) != SQLITE_OK) {
-      return finish(r, db_error(r, "override"));
-    }
-    sqlite3_bind_text(ins, 1, a->pos[0], -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 2, a->pos[1], -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 3, kind, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 4, a->actor, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 5, a->reason, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(ins, 6, now_ms(r));
-    rc = sqlite3_step(ins) == SQLITE_DONE ? 0 : db_error(r, "override");
-    sqlite3_finalize(ins);
-  } else {
-    rc = run_sql(r, "DELETE FROM cv_overrides WHERE flag = ?1 AND subject = ?2",
-                 a->pos[0], a->pos[1], NULL);
+  s = on_flag(r, kind ? CVQ_OVERRIDE_PUT : CVQ_OVERRIDE_DELETE, a->pos[0]);
+  if (s) {
+    sqlite3_bind_text(s, 2, a->pos[1], -1, SQLITE_STATIC);
   }
-  if (!rc) {
-    rc = audit(r, a->pos[0], kind ? "override" : "clear", a->pos[1], old,
-               kind ? kind : "none", &f, a);
+  if (s && kind) {
+    sqlite3_bind_text(s, 3, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, a->actor, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, a->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 6, now_ms(r));
   }
-  if ((rc = finish(r, rc))) {
+  rc = run_change(r, s, kind ? "override" : "update") ||
+       audit(r, a->pos[0], kind ? "override" : "clear", a->pos[1], old,
+             kind ? kind : "none", &f, a);
+  if ((rc = cv_cmd_end(r, CMD, rc))) {
     return rc;
   }
   printf("%s: subject '%s' %s\n", a->pos[0], a->pos[1],
@@ -513,74 +496,78 @@ static void print_json(json_t *j) {
   json_decref(j);
 }
 
+static void print_flag(const char *name, const flag_row *f) {
+  char rate[CV_RATE_FORMAT_MAX], t1[32], t2[32];
+  cv_rate_format(f->rate, rate, sizeof rate);
+  cv_fmt_time(f->created_at, t1, sizeof t1);
+  cv_fmt_time(f->updated_at, t2, sizeof t2);
+  printf("flag         %s%s\n", name, f->retired ? " (retired)" : "");
+  printf("rate         %s (%u ppm)\n", rate, f->rate);
+  printf("kill switch  %s\n", f->killed ? "ON (everything goes to v1)" : "off");
+  printf("hash group   %s\n", f->group);
+  if (*f->owner) {
+    printf("owner        %s\n", f->owner);
+  }
+  if (*f->description) {
+    printf("description  %s\n", f->description);
+  }
+  printf("created      %s   updated %s\n", t1, t2);
+}
+
+/* One row of CVQ_COUNTERS_OF, appended to counters (JSON) or printed. */
+static void counters_row(sqlite3_stmt *s, json_t *counters) {
+  if (counters) {
+    json_array_append_new(
+        counters,
+        json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "workflow",
+                  sqlite3_column_text(s, 0), "version",
+                  sqlite3_column_text(s, 1), "routed",
+                  (json_int_t)sqlite3_column_int64(s, 2), "in_flight",
+                  (json_int_t)sqlite3_column_int64(s, 3), "completed",
+                  (json_int_t)sqlite3_column_int64(s, 4), "cancelled",
+                  (json_int_t)sqlite3_column_int64(s, 5), "with_incidents",
+                  (json_int_t)sqlite3_column_int64(s, 6), "incidents",
+                  (json_int_t)sqlite3_column_int64(s, 7), "open_incidents",
+                  (json_int_t)sqlite3_column_int64(s, 8)));
+  } else {
+    printf("%-20s %-7s %9lld %9lld %9lld %9lld %14lld %9lld\n",
+           sqlite3_column_text(s, 0), sqlite3_column_text(s, 1),
+           sqlite3_column_int64(s, 2), sqlite3_column_int64(s, 3),
+           sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5),
+           sqlite3_column_int64(s, 6), sqlite3_column_int64(s, 8));
+  }
+}
+
 static int cmd_get(cv_router *r, const args *a) {
   flag_row f;
   sqlite3_stmt *s;
   json_t *j = NULL, *counters = NULL;
-  char rate[CV_RATE_FORMAT_MAX], t1[32], t2[32];
   int rc;
   if ((rc = flag_arg(r, a, 1, &f, 1))) {
     return rc;
   }
-  cv_rate_format(f.rate, rate, sizeof rate);
+  if (!(s = on_flag(r, CVQ_COUNTERS_OF, a->pos[0]))) {
+    return db_error(r, "read counters");
+  }
   if (a->json) {
     j = flag_json(a->pos[0], &f);
     counters = json_array();
   } else {
-    cv_fmt_time(f.created_at, t1, sizeof t1);
-    cv_fmt_time(f.updated_at, t2, sizeof t2);
-    printf("flag         %s%s\n", a->pos[0], f.retired ? " (retired)" : "");
-    printf("rate         %s (%u ppm)\n", rate, f.rate);
-    printf("kill switch  %s\n",
-           f.killed ? "ON (everything goes to v1)" : "off");
-    printf("hash group   %s\n", f.group);
-    if (*f.owner) {
-      printf("owner        %s\n", f.owner);
-    }
-    if (*f.description) {
-      printf("description  %s\n", f.description);
-    }
-    printf("created      %s   updated %s\n", t1, t2);
-  }
-  if (sqlite3_prepare_v2(r->db,
-                         "SELECT workflow, version, routed, in_flight, "
-                         "completed, cancelled, with_incidents, incidents, "
-                         "open_incidents FROM cv_counters WHERE flag = ?1 "
-                         "ORDER BY workflow, version",
-                         -1, &s, NULL) != SQLITE_OK) {
-    json_decref(j);
-    json_decref(counters);
-    return db_error(r, "read counters");
-  }
-  sqlite3_bind_text(s, 1, a->pos[0], -1, SQLITE_STATIC);
-  if (!a->json) {
+    print_flag(a->pos[0], &f);
     printf("\n%-20s %-7s %9s %9s %9s %9s %14s %9s\n", "WORKFLOW", "VERSION",
            "ROUTED", "IN FLIGHT", "COMPLETED", "CANCELLED", "WITH INCIDENTS",
            "OPEN INC.");
   }
-  while (sqlite3_step(s) == SQLITE_ROW) {
-    if (a->json) {
-      json_array_append_new(
-          counters,
-          json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "workflow",
-                    sqlite3_column_text(s, 0), "version",
-                    sqlite3_column_text(s, 1), "routed",
-                    (json_int_t)sqlite3_column_int64(s, 2), "in_flight",
-                    (json_int_t)sqlite3_column_int64(s, 3), "completed",
-                    (json_int_t)sqlite3_column_int64(s, 4), "cancelled",
-                    (json_int_t)sqlite3_column_int64(s, 5), "with_incidents",
-                    (json_int_t)sqlite3_column_int64(s, 6), "incidents",
-                    (json_int_t)sqlite3_column_int64(s, 7), "open_incidents",
-                    (json_int_t)sqlite3_column_int64(s, 8)));
-    } else {
-      printf("%-20s %-7s %9lld %9lld %9lld %9lld %14lld %9lld\n",
-             sqlite3_column_text(s, 0), sqlite3_column_text(s, 1),
-             sqlite3_column_int64(s, 2), sqlite3_column_int64(s, 3),
-             sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5),
-             sqlite3_column_int64(s, 6), sqlite3_column_int64(s, 8));
-    }
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    counters_row(s, counters);
   }
-  sqlite3_finalize(s);
+  if (rc != SQLITE_DONE) {
+    cv_db_fail(r, s);
+    json_decref(j);
+    json_decref(counters);
+    return db_error(r, "read counters");
+  }
+  sqlite3_reset(s);
   if (a->json) {
     json_object_set_new(j, "counters", counters);
     print_json(j);
@@ -590,29 +577,24 @@ static int cmd_get(cv_router *r, const args *a) {
 
 static int cmd_list(cv_router *r, const args *a) {
   sqlite3_stmt *s;
-  json_t *arr = a->json ? json_array() : NULL;
+  json_t *arr;
+  int rc;
   if (a->npos) {
-    json_decref(arr);
     return usage_error("list takes no arguments");
   }
-  if (sqlite3_prepare_v2(r->db, "SELECT name FROM cv_flags ORDER BY name", -1,
-                         &s, NULL) != SQLITE_OK) {
-    json_decref(arr);
+  if (!(s = cv_stmt(r, CVQ_FLAG_LIST))) {
     return db_error(r, "list flags");
   }
+  arr = a->json ? json_array() : NULL;
   if (!a->json) {
     printf("%-32s %-10s %-6s %-8s %s\n", "FLAG", "RATE", "KILL", "STATE",
            "UPDATED");
   }
-  while (sqlite3_step(s) == SQLITE_ROW) {
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
     flag_row f;
     const char *name = (const char *)sqlite3_column_text(s, 0);
     char rate[CV_RATE_FORMAT_MAX], t[32];
-    if (read_flag(r, name, &f)) {
-      sqlite3_finalize(s);
-      json_decref(arr);
-      return 1;
-    }
+    flag_row_from(s, &f);
     if (a->json) {
       json_array_append_new(arr, flag_json(name, &f));
       continue;
@@ -622,14 +604,65 @@ static int cmd_list(cv_router *r, const args *a) {
     printf("%-32s %-10s %-6s %-8s %s\n", name, rate, f.killed ? "ON" : "off",
            f.retired ? "retired" : "active", t);
   }
-  sqlite3_finalize(s);
+  if (rc != SQLITE_DONE) {
+    cv_db_fail(r, s);
+    json_decref(arr);
+    return db_error(r, "list flags");
+  }
+  sqlite3_reset(s);
   if (a->json) {
     print_json(arr);
   }
   return 0;
 }
 
-static int cmd_history(cv_router *r, const args *a, int overrides) {
+/* One row of CVQ_OVERRIDES_OF, appended to arr (JSON) or printed. */
+static void override_row(sqlite3_stmt *s, json_t *arr) {
+  const unsigned char *reason = sqlite3_column_text(s, 3);
+  char t[32];
+  if (arr) {
+    json_array_append_new(
+        arr,
+        json_pack("{s:s, s:s, s:s?, s:s?, s:I}", "subject",
+                  sqlite3_column_text(s, 0), "kind", sqlite3_column_text(s, 1),
+                  "actor", sqlite3_column_text(s, 2), "reason", reason, "at",
+                  (json_int_t)sqlite3_column_int64(s, 4)));
+    return;
+  }
+  cv_fmt_time(sqlite3_column_int64(s, 4), t, sizeof t);
+  printf("%-24s %-8s %s  by %s%s%s\n", sqlite3_column_text(s, 0),
+         sqlite3_column_text(s, 1), t, sqlite3_column_text(s, 2),
+         reason ? ": " : "", reason ? (const char *)reason : "");
+}
+
+/* One row of CVQ_AUDIT_OF, appended to arr (JSON) or printed. */
+static void audit_row(sqlite3_stmt *s, json_t *arr) {
+  const unsigned char *subject = sqlite3_column_text(s, 2);
+  const unsigned char *oldv = sqlite3_column_text(s, 3);
+  const unsigned char *reason = sqlite3_column_text(s, 5);
+  char t[32];
+  if (arr) {
+    json_array_append_new(
+        arr, json_pack("{s:I, s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:I}", "id",
+                       (json_int_t)sqlite3_column_int64(s, 0), "what",
+                       sqlite3_column_text(s, 1), "subject", subject, "old",
+                       oldv, "new", sqlite3_column_text(s, 4), "reason", reason,
+                       "actor", sqlite3_column_text(s, 6), "at",
+                       (json_int_t)sqlite3_column_int64(s, 7)));
+    return;
+  }
+  cv_fmt_time(sqlite3_column_int64(s, 7), t, sizeof t);
+  printf("%s  %-8s %s%s%s%s -> %s  by %s%s%s\n", t, sqlite3_column_text(s, 1),
+         subject ? "subject " : "", subject ? (const char *)subject : "",
+         subject ? ": " : "", oldv ? (const char *)oldv : "-",
+         sqlite3_column_text(s, 4), sqlite3_column_text(s, 6),
+         reason ? ": " : "", reason ? (const char *)reason : "");
+}
+
+/* Lists the rows statement q (CVQ_AUDIT_OF or CVQ_OVERRIDES_OF) has for
+ * the flag argument, one by one through row. */
+static int list_of_flag(cv_router *r, const args *a, int q,
+                        void (*row)(sqlite3_stmt *, json_t *)) {
   flag_row f;
   sqlite3_stmt *s;
   json_t *arr = NULL;
@@ -637,70 +670,33 @@ static int cmd_history(cv_router *r, const args *a, int overrides) {
   if ((rc = flag_arg(r, a, 1, &f, 1))) {
     return rc;
   }
-  if (sqlite3_prepare_v2(
-          r->db,
-          overrides ? "SELECT subject, kind, actor, reason, created_at FROM "
-                      "cv_overrides WHERE flag = ?1 ORDER BY subject"
-                    : "SELECT id, what, subject, old_value, new_value, reason, "
-                      "actor, at FROM cv_audit WHERE flag = ?1 ORDER BY id",
-          -1, &s, NULL) != SQLITE_OK) {
+  if (!(s = on_flag(r, q, a->pos[0]))) {
     return db_error(r, "read history");
   }
-  sqlite3_bind_text(s, 1, a->pos[0], -1, SQLITE_STATIC);
   if (a->json) {
     arr = json_array();
   }
-  while (sqlite3_step(s) == SQLITE_ROW) {
-    char t[32];
-    if (overrides) {
-      cv_fmt_time(sqlite3_column_int64(s, 4), t, sizeof t);
-      if (a->json) {
-        json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s?, s:s?, s:I}", "subject",
-                           sqlite3_column_text(s, 0), "kind",
-                           sqlite3_column_text(s, 1), "actor",
-                           sqlite3_column_text(s, 2), "reason",
-                           sqlite3_column_text(s, 3), "at",
-                           (json_int_t)sqlite3_column_int64(s, 4)));
-      } else {
-        printf("%-24s %-8s %s  by %s%s%s\n", sqlite3_column_text(s, 0),
-               sqlite3_column_text(s, 1), t, sqlite3_column_text(s, 2),
-               sqlite3_column_text(s, 3) ? ": " : "",
-               sqlite3_column_text(s, 3)
-                   ? (const char *)sqlite3_column_text(s, 3)
-                   : "");
-      }
-      continue;
-    }
-    cv_fmt_time(sqlite3_column_int64(s, 7), t, sizeof t);
-    if (a->json) {
-      json_array_append_new(
-          arr,
-          json_pack("{s:I, s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:I}", "id",
-                    (json_int_t)sqlite3_column_int64(s, 0), "what",
-                    sqlite3_column_text(s, 1), "subject",
-                    sqlite3_column_text(s, 2), "old", sqlite3_column_text(s, 3),
-                    "new", sqlite3_column_text(s, 4), "reason",
-                    sqlite3_column_text(s, 5), "actor",
-                    sqlite3_column_text(s, 6), "at",
-                    (json_int_t)sqlite3_column_int64(s, 7)));
-    } else {
-      const unsigned char *subject = sqlite3_column_text(s, 2);
-      const unsigned char *oldv = sqlite3_column_text(s, 3);
-      const unsigned char *reason = sqlite3_column_text(s, 5);
-      printf("%s  %-8s %s%s%s%s -> %s  by %s%s%s\n", t,
-             sqlite3_column_text(s, 1), subject ? "subject " : "",
-             subject ? (const char *)subject : "", subject ? ": " : "",
-             oldv ? (const char *)oldv : "-", sqlite3_column_text(s, 4),
-             sqlite3_column_text(s, 6), reason ? ": " : "",
-             reason ? (const char *)reason : "");
-    }
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    row(s, arr);
   }
-  sqlite3_finalize(s);
+  if (rc != SQLITE_DONE) {
+    cv_db_fail(r, s);
+    json_decref(arr);
+    return db_error(r, "read history");
+  }
+  sqlite3_reset(s);
   if (a->json) {
     print_json(arr);
   }
   return 0;
+}
+
+static int cmd_history(cv_router *r, const args *a) {
+  return list_of_flag(r, a, CVQ_AUDIT_OF, audit_row);
+}
+
+static int cmd_overrides(cv_router *r, const args *a) {
+  return list_of_flag(r, a, CVQ_OVERRIDES_OF, override_row);
 }
 
 int cv_cmd_rollout(void *plugin, int argc, char **argv) {
@@ -731,10 +727,10 @@ int cv_cmd_rollout(void *plugin, int argc, char **argv) {
     return cmd_retire(r, &a);
   }
   if (strcmp(cmd, "history") == 0) {
-    return cmd_history(r, &a, 0);
+    return cmd_history(r, &a);
   }
   if (strcmp(cmd, "overrides") == 0) {
-    return cmd_history(r, &a, 1);
+    return cmd_overrides(r, &a);
   }
   if (strcmp(cmd, "allow") == 0) {
     return cmd_override(r, &a, "allow");

@@ -1,6 +1,7 @@
-/* route.c: sticky bucketing and rate text for choose_version. It decides who
- * goes to V2, so it is exact integer arithmetic only: the same subject must
- * land in the same bucket on every machine, forever, and match Unleash. */
+/* route.c: sticky bucketing, the precedence rule and rate text for
+ * choose_version. It decides who goes to V2, so it is exact integer
+ * arithmetic only: the same subject must land in the same bucket on every
+ * machine, forever, and match Unleash. */
 #include "route.h"
 
 #include <inttypes.h>
@@ -234,16 +235,19 @@ static int cv_rate_fail_at(char *err, size_t errlen, const char *text,
 
 #define CV_RATE_EXAMPLES "expected e.g. 5%, 0.25% or 2500ppm"
 
-int cv_rate_parse(const char *text, uint32_t *ppm, char *err, size_t errlen) {
-  const char *p = text;
-  uint32_t whole = 0; /* integer part, saturated above CV_RATE_MAX_PPM */
-  uint32_t frac = 0;  /* the first 4 decimals, as typed */
-  size_t nwhole = 0;
-  size_t nfrac = 0;
-  int has_dot = 0;
-  int finer = 0; /* a non-zero decimal beyond the 4th */
-  int unit;
+/* A rate's number as typed, before its unit. */
+typedef struct cv_rate_number {
+  uint32_t whole; /* integer part, saturated above CV_RATE_MAX_PPM */
+  uint32_t frac;  /* the first 4 decimals, as typed */
+  size_t nwhole;
+  size_t nfrac;
+  int has_dot;
+  int finer; /* a non-zero decimal beyond the 4th */
+} cv_rate_number;
 
+/* What the text must be as a whole, before it is read: something, with no
+ * whitespace and no sign. */
+static int cv_rate_check_text(const char *text, char *err, size_t errlen) {
   if (text == NULL) {
     return cv_rate_fail(err, errlen, "", "no rate given; " CV_RATE_EXAMPLES);
   }
@@ -260,50 +264,57 @@ int cv_rate_parse(const char *text, uint32_t *ppm, char *err, size_t errlen) {
                           "5% or 2500ppm");
     }
   }
-  if (*p == '-') {
+  if (*text == '-') {
     return cv_rate_fail(err, errlen, text, "a rate cannot be negative");
   }
-  if (*p == '+') {
+  if (*text == '+') {
     return cv_rate_fail(err, errlen, text,
                         "a rate takes no sign; " CV_RATE_EXAMPLES);
   }
+  return 0;
+}
 
+/* Reads the number text starts with into *n and sets *end after it; -1
+ * (with err) when there is no well-formed number. */
+static int cv_rate_read_number(const char *text, cv_rate_number *n,
+                               const char **end, char *err, size_t errlen) {
+  const char *p = text;
+  memset(n, 0, sizeof *n);
   /* Saturating keeps any number of digits from overflowing while still
    * telling "too large" apart from every valid value. */
-  for (; cv_is_digit(*p); p++, nwhole++) {
-    if (whole <= CV_RATE_MAX_PPM) {
-      whole = whole * 10u + (uint32_t)(*p - '0');
+  for (; cv_is_digit(*p); p++, n->nwhole++) {
+    if (n->whole <= CV_RATE_MAX_PPM) {
+      n->whole = n->whole * 10u + (uint32_t)(*p - '0');
     }
   }
   if (*p == '.') {
-    has_dot = 1;
+    n->has_dot = 1;
     p++;
-    for (; cv_is_digit(*p); p++, nfrac++) {
-      if (nfrac < 4) {
-        frac = frac * 10u + (uint32_t)(*p - '0');
+    for (; cv_is_digit(*p); p++, n->nfrac++) {
+      if (n->nfrac < 4) {
+        n->frac = n->frac * 10u + (uint32_t)(*p - '0');
       } else if (*p != '0') {
-        finer = 1;
+        n->finer = 1;
       }
     }
-    if (nwhole == 0 && nfrac == 0) {
+    if (n->nwhole == 0 && n->nfrac == 0) {
       return cv_rate_fail(err, errlen, text, "not a number; " CV_RATE_EXAMPLES);
     }
     /* ".5%" and "5.%" are unambiguous, but refusing them keeps one spelling
      * per value in scripts, logs and the audit trail. */
-    if (nwhole == 0) {
+    if (n->nwhole == 0) {
       return cv_rate_fail(err, errlen, text,
                           "write a digit before '.', e.g. 0.5%");
     }
-    if (nfrac == 0) {
+    if (n->nfrac == 0) {
       return cv_rate_fail(err, errlen, text,
                           "write a digit after '.', e.g. 5% or 5.5%");
     }
-  } else if (*p == ',' && nwhole > 0) {
+  } else if (*p == ',' && n->nwhole > 0) {
     return cv_rate_fail(err, errlen, text,
                         "use '.' as the decimal separator, e.g. 0.5%");
   }
-
-  if (nwhole == 0) {
+  if (n->nwhole == 0) {
     if (*p == '%') {
       return cv_rate_fail(err, errlen, text, "no number before '%'");
     }
@@ -314,12 +325,18 @@ int cv_rate_parse(const char *text, uint32_t *ppm, char *err, size_t errlen) {
      * number. */
     return cv_rate_fail(err, errlen, text, "not a number; " CV_RATE_EXAMPLES);
   }
+  *end = p;
+  return 0;
+}
 
+/* Reads the unit at p, which must end the text. */
+static int cv_rate_read_unit(const char *text, const char *p, int *unit,
+                             char *err, size_t errlen) {
   if (*p == '%') {
-    unit = CV_UNIT_PERCENT;
+    *unit = CV_UNIT_PERCENT;
     p++;
   } else if (cv_is_ppm(p)) {
-    unit = CV_UNIT_PPM;
+    *unit = CV_UNIT_PPM;
     p += 3;
   } else if (*p == '\0') {
     /* "0.05" could be a fraction (5%) or a percentage (0.05%); guessing
@@ -334,33 +351,50 @@ int cv_rate_parse(const char *text, uint32_t *ppm, char *err, size_t errlen) {
   if (*p != '\0') {
     return cv_rate_fail_at(err, errlen, text, p, " after the unit");
   }
+  return 0;
+}
 
+/* The rate n in unit, in ppm, when it is one. */
+static int cv_rate_to_ppm(const char *text, const cv_rate_number *n, int unit,
+                          uint32_t *ppm, char *err, size_t errlen) {
+  uint32_t frac = n->frac;
   if (unit == CV_UNIT_PPM) {
-    if (has_dot) {
+    if (n->has_dot) {
       return cv_rate_fail(err, errlen, text,
                           "ppm takes a whole number, e.g. 2500ppm");
     }
-    if (whole > CV_RATE_MAX_PPM) {
+    if (n->whole > CV_RATE_MAX_PPM) {
       return cv_rate_fail(err, errlen, text,
                           "above the maximum of 1000000ppm (100%)");
     }
-    *ppm = whole;
+    *ppm = n->whole;
     return 0;
   }
-
-  if (whole > 100 || (whole == 100 && (frac > 0 || finer))) {
+  if (n->whole > 100 || (n->whole == 100 && (frac > 0 || n->finer))) {
     return cv_rate_fail(err, errlen, text, "above the maximum of 100%");
   }
-  if (finer) {
+  if (n->finer) {
     return cv_rate_fail(err, errlen, text,
                         "finer than 1 ppm; use at most 4 decimals "
                         "(0.0001% = 1ppm)");
   }
-  for (size_t i = nfrac; i < 4; i++) {
+  for (size_t i = n->nfrac; i < 4; i++) {
     frac *= 10u;
   }
-  *ppm = whole * 10000u + frac;
+  *ppm = n->whole * 10000u + frac;
   return 0;
+}
+
+int cv_rate_parse(const char *text, uint32_t *ppm, char *err, size_t errlen) {
+  cv_rate_number n;
+  const char *end = NULL;
+  int unit = CV_UNIT_PERCENT; /* set by cv_rate_read_unit on success */
+  if (cv_rate_check_text(text, err, errlen) ||
+      cv_rate_read_number(text, &n, &end, err, errlen) ||
+      cv_rate_read_unit(text, end, &unit, err, errlen)) {
+    return -1;
+  }
+  return cv_rate_to_ppm(text, &n, unit, ppm, err, errlen);
 }
 
 void cv_rate_format(uint32_t ppm, char *buf, size_t len) {
@@ -393,4 +427,42 @@ int cv_flag_name_valid(const char *s) {
     }
   }
   return 1;
+}
+
+void cv_precedence(const cv_flag *f, cv_override ov, const cv_request *req,
+                   uint64_t random, int64_t nth, cv_decision *out) {
+  out->bucket = UINT32_MAX;
+  out->rate_ppm = f->exists ? f->rate_ppm : 0;
+  out->ramp_id = f->ramp_id;
+  out->version = CV_V1;
+  if (!f->exists) {
+    out->reason = "no_flag"; /* new code ships dark */
+  } else if (f->retired) {
+    out->reason = "retired";
+  } else if (f->killed) {
+    out->reason = "kill_switch";
+  } else if (req->missing_key) {
+    out->reason = "missing_key";
+  } else if (ov == CV_OVERRIDE_OPT_OUT) {
+    out->reason = "opt_out";
+  } else if (!req->eligible) {
+    out->reason = "not_eligible";
+  } else if (ov == CV_OVERRIDE_ALLOW) {
+    out->version = CV_V2;
+    out->reason = "allow";
+  } else if (req->strategy == CV_STRATEGY_STICKY) {
+    out->bucket = cv_bucket(f->group, strlen(f->group), req->key, req->key_len);
+    out->version = out->bucket < f->rate_ppm ? CV_V2 : CV_V1;
+    out->reason = "rollout";
+  } else if (req->strategy == CV_STRATEGY_RANDOM) {
+    out->version = random % CV_RATE_MAX_PPM < f->rate_ppm ? CV_V2 : CV_V1;
+    out->reason = "random";
+  } else {
+    /* The n-th instance goes to V2 when floor(n * rate) steps up: exactly
+     * rate of every million, spread evenly (25% = every 4th). */
+    int64_t a = nth * (int64_t)f->rate_ppm / CV_RATE_MAX_PPM;
+    int64_t b = (nth + 1) * (int64_t)f->rate_ppm / CV_RATE_MAX_PPM;
+    out->version = b > a ? CV_V2 : CV_V1;
+    out->reason = "every_nth";
+  }
 }

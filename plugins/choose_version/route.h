@@ -1,6 +1,8 @@
 /* route.h: the pure routing core of the choose_version plugin - the sticky
- * bucket hash and the parsing and printing of rates - kept free of SQLite,
- * Lua and libuv so it can be unit-tested and benchmarked on its own.
+ * bucket hash, the precedence rule that turns a flag's row and a request
+ * into a decision, and the parsing and printing of rates - kept free of
+ * SQLite, Lua, libuv and the engine so it can be unit-tested and
+ * benchmarked on its own.
  *
  * Rates are integers in parts per million (0..CV_RATE_MAX_PPM) everywhere;
  * percentages exist only at the edges, as text a user types or reads. */
@@ -75,5 +77,65 @@ int cv_flag_name_valid(const char *name);
  * (and still NUL-terminated when len > 0) if buf is shorter than
  * CV_RATE_FORMAT_MAX. cv_rate_parse reads back every string it writes. */
 void cv_rate_format(uint32_t ppm, char *buf, size_t len);
+
+typedef enum { CV_V1 = 1, CV_V2 = 2 } cv_version;
+
+typedef enum {
+  CV_STRATEGY_STICKY,
+  CV_STRATEGY_RANDOM,
+  CV_STRATEGY_EVERY_NTH
+} cv_strategy;
+
+typedef enum {
+  CV_OVERRIDE_NONE,
+  CV_OVERRIDE_ALLOW,  /* force V2 */
+  CV_OVERRIDE_OPT_OUT /* force V1 */
+} cv_override;
+
+/* A flag's row as routing sees it. exists is 0 when the flag has no row;
+ * the other fields are then 0 (name aside). The strings belong to whoever
+ * filled the struct in (the router's flag cache). */
+typedef struct cv_flag {
+  char *name;
+  int exists;
+  int retired;
+  int killed;
+  uint32_t rate_ppm;
+  char *group;       /* the hash group: the flag's name unless set */
+  int64_t ramp_id;   /* audit row that started the current ramp step */
+  int64_t overrides; /* subjects with an override (0: none to look up) */
+} cv_flag;
+
+/* The inputs of one decision, and what it decided. */
+typedef struct cv_request {
+  const char *flag;
+  const char *key; /* subject, NULL when the strategy needs none */
+  size_t key_len;
+  cv_strategy strategy;
+  int eligible;    /* result of the node's predicate (1 when there is none) */
+  uint64_t random; /* from the engine's seedable generator */
+  int missing_key; /* the key var is absent and the node says "v1" */
+  int64_t now_ms;  /* the time of the decision */
+  /* The instance's step-run totals at that time (sy_api.totals): the
+   * branch's own are what they grow by until the instance ends. */
+  int64_t run_ms, reruns;
+} cv_request;
+
+typedef struct cv_decision {
+  cv_version version;
+  const char *reason; /* a static string */
+  uint32_t bucket;    /* sticky only; UINT32_MAX when not computed */
+  uint32_t rate_ppm;
+  int64_t ramp_id;
+} cv_decision;
+
+/* The precedence rule of DESIGN.md ("Routing"), first match wins: no row
+ * or a retired flag, the kill switch, a missing key, an opt-out, not
+ * eligible -> V1; an allow override -> V2; then the strategy: sticky
+ * (the subject's bucket against the rate), random (the draw `random`
+ * against the rate) or every_nth (nth, the flag's durable counter before
+ * this decision). Fills every field of *out. */
+void cv_precedence(const cv_flag *f, cv_override ov, const cv_request *req,
+                   uint64_t random, int64_t nth, cv_decision *out);
 
 #endif

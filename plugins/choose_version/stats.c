@@ -84,6 +84,37 @@ static double fisher_tail(long long from, long long end, int step, double t,
   return sum;
 }
 
+/* The sum (relative to the observed table's probability) over the tables
+ * on one side of the mode that are no more likely than the observed one
+ * (lv <= thr). Given that the table at the edge of the support is one of
+ * them (lv(edge) = lv_edge <= thr), they form one interval from edge to
+ * some k no further in than inner, the side's table nearest the mode;
+ * bisection finds k, and the tail is summed from k back to edge. */
+static double fisher_side(long long edge, long long inner, double lv_edge,
+                          double thr, double lv_obs, double r1, double r2,
+                          double c1) {
+  long long k = inner;
+  double lvk = fisher_lv(inner, r1, r2, c1);
+  if (lvk > thr) {
+    long long in = edge; /* lv(in) <= thr < lv(out) */
+    long long out = inner;
+    lvk = lv_edge;
+    while ((out > in ? out - in : in - out) > 1) {
+      long long mid = in < out ? in + (out - in) / 2 : out + (in - out) / 2;
+      double lvm = fisher_lv(mid, r1, r2, c1);
+      if (lvm <= thr) {
+        in = mid;
+        lvk = lvm;
+      } else {
+        out = mid;
+      }
+    }
+    k = in;
+  }
+  return fisher_tail(k, edge, edge < inner ? -1 : +1, exp(lvk - lv_obs), r1, r2,
+                     c1);
+}
+
 double cv_fisher_exact_two_sided(long a, long b, long c, long d) {
   if (!count_ok(a, CV_COUNT_MAX) || !count_ok(b, CV_COUNT_MAX) ||
       !count_ok(c, CV_COUNT_MAX) || !count_ok(d, CV_COUNT_MAX)) {
@@ -120,48 +151,11 @@ double cv_fisher_exact_two_sided(long a, long b, long c, long d) {
 
   double lv = fisher_lv(lo, dr1, dr2, dc1);
   if (lv <= thr) {
-    long long k = mode; /* the last x in [lo, mode] with lv(x) <= thr */
-    double lvk = fisher_lv(mode, dr1, dr2, dc1);
-    if (lvk > thr) {
-      long long in = lo; /* lv(in) <= thr < lv(out) */
-      long long out = mode;
-      lvk = lv;
-      while (out - in > 1) {
-        long long mid = in + (out - in) / 2;
-        double lvm = fisher_lv(mid, dr1, dr2, dc1);
-        if (lvm <= thr) {
-          in = mid;
-          lvk = lvm;
-        } else {
-          out = mid;
-        }
-      }
-      k = in;
-    }
-    sum += fisher_tail(k, lo, -1, exp(lvk - lv_obs), dr1, dr2, dc1);
+    sum += fisher_side(lo, mode, lv, thr, lv_obs, dr1, dr2, dc1);
   }
-
   lv = fisher_lv(hi, dr1, dr2, dc1);
   if (mode < hi && lv <= thr) {
-    long long k = mode + 1; /* the first x in (mode, hi] with lv(x) <= thr */
-    double lvk = fisher_lv(k, dr1, dr2, dc1);
-    if (lvk > thr) {
-      long long out = k; /* lv(out) > thr >= lv(in) */
-      long long in = hi;
-      lvk = lv;
-      while (in - out > 1) {
-        long long mid = out + (in - out) / 2;
-        double lvm = fisher_lv(mid, dr1, dr2, dc1);
-        if (lvm <= thr) {
-          in = mid;
-          lvk = lvm;
-        } else {
-          out = mid;
-        }
-      }
-      k = in;
-    }
-    sum += fisher_tail(k, hi, +1, exp(lvk - lv_obs), dr1, dr2, dc1);
+    sum += fisher_side(hi, mode + 1, lv, thr, lv_obs, dr1, dr2, dc1);
   }
 
   /* log P(observed) = log(r1! r2! c1! c2! / n!) + lv_obs. Adding it in log

@@ -130,7 +130,7 @@ cv_verdict cv_compare(long x1, long n1, long x2, long n2, double alpha,
  * "not enough data yet", "invalid input". */
 const char *cv_verdict_name(cv_verdict v);
 
-/* "fisher", "z" or "none". */
+/* "fisher", "z" or "none": the report's JSON names the test so. */
 const char *cv_method_name(cv_method m);
 
 /* The plain sentence for a comparison, e.g. "not enough data yet: about 640

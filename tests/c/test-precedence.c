@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "cv.h"
+#include "route.h"
 
 static cv_flag flag(uint32_t rate, int killed) {
   cv_flag f;

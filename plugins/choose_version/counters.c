@@ -1,0 +1,102 @@
+/* Per-version counters (cv_counters): how many instances each (workflow,
+ * flag, version) routed, has in flight, completed, cancelled, and how
+ * their incidents stand. Changes are batched in memory for the open
+ * transaction, one cv_delta per key, and written in one upsert per key
+ * just before the engine commits (before_commit), so that a busy turn
+ * writes each counter row once rather than once per decision or event. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cv.h"
+
+void cv_discard_counters(cv_router *r) {
+  while (r->deltas) {
+    cv_delta *d = r->deltas;
+    r->deltas = d->next;
+    free(d->workflow);
+    free(d->flag);
+    free(d);
+  }
+}
+
+cv_delta *cv_delta_of(cv_router *r, const char *workflow, const char *flag,
+                      int v2) {
+  cv_delta *d;
+  for (d = r->deltas; d; d = d->next) {
+    if (d->v2 == v2 && strcmp(d->flag, flag) == 0 &&
+        strcmp(d->workflow, workflow) == 0) {
+      return d;
+    }
+  }
+  if (!(d = calloc(1, sizeof *d)) || !(d->workflow = strdup(workflow)) ||
+      !(d->flag = strdup(flag))) {
+    if (d) {
+      free(d->workflow);
+      free(d);
+    }
+    snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+    return NULL;
+  }
+  d->v2 = v2;
+  d->next = r->deltas;
+  r->deltas = d;
+  return d;
+}
+
+void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open) {
+  /* An instance waiting in an incident is not in flight; a retry puts it
+   * back. */
+  switch (type) {
+    case SY_EVENT_COMPLETED:
+      d->completed++;
+      d->in_flight--;
+      break;
+    case SY_EVENT_INCIDENT:
+      d->incidents++;
+      d->open_incidents++;
+      d->in_flight--;
+      d->with_incidents += incidents == 0;
+      break;
+    case SY_EVENT_INCIDENT_RESOLVED:
+      if (open > 0) {
+        d->open_incidents--;
+        d->in_flight++;
+      }
+      break;
+    default:
+      d->cancelled++;
+      d->in_flight--;
+  }
+}
+
+/* The batch is dropped whatever happens: on a failure the engine rolls
+ * the transaction back, and the changes with it. */
+int cv_flush_counters(cv_router *r) {
+  sqlite3_stmt *s;
+  if (!r->deltas) {
+    return 0;
+  }
+  if (!(s = cv_stmt(r, CVQ_COUNTERS_ADD))) {
+    cv_discard_counters(r);
+    return -1;
+  }
+  for (cv_delta *d = r->deltas; d; d = d->next) {
+    sqlite3_bind_text(s, 1, d->workflow, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, d->flag, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, d->v2 ? "v2" : "v1", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, d->routed);
+    sqlite3_bind_int64(s, 5, d->in_flight);
+    sqlite3_bind_int64(s, 6, d->completed);
+    sqlite3_bind_int64(s, 7, d->cancelled);
+    sqlite3_bind_int64(s, 8, d->with_incidents);
+    sqlite3_bind_int64(s, 9, d->incidents);
+    sqlite3_bind_int64(s, 10, d->open_incidents);
+    if (cv_step_done(r, s)) {
+      cv_discard_counters(r);
+      return -1;
+    }
+  }
+  cv_discard_counters(r);
+  return 0;
+}

@@ -1,0 +1,395 @@
+/* choose_version's SQL, all of it: the migrations of its tables, and every
+ * statement it runs (the node's, the event hook's, the commands') in one
+ * table indexed by the CVQ_* ids of cv.h, each prepared once, on first use,
+ * into the router's cache; then bind -> step -> reset, the first error
+ * copied where it happens. The statements keep to what SQLite and
+ * PostgreSQL both accept wherever that costs nothing (ON CONFLICT ... DO
+ * UPDATE with a target, RETURNING, CASE rather than boolean columns), so
+ * that moving them onto a database-neutral statement API changes no text;
+ * the few that cannot say so where they are. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cv.h"
+
+/* Migrations of the plugin's own tables, tracked in cv_meta: each moves
+ * the schema from version i to i + 1. Never edit a released one: add one. */
+static const char *const migrations[] = {
+    "CREATE TABLE cv_flags("
+    "  name TEXT PRIMARY KEY,"
+    "  rate_ppm INTEGER NOT NULL DEFAULT 0,"
+    "  killed INTEGER NOT NULL DEFAULT 0,"
+    "  hash_group TEXT,"
+    "  description TEXT,"
+    "  owner TEXT,"
+    "  nth_counter INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  retired_at INTEGER);"
+    "CREATE TABLE cv_overrides("
+    "  flag TEXT NOT NULL,"
+    "  subject TEXT NOT NULL,"
+    "  kind TEXT NOT NULL CHECK(kind IN ('allow', 'opt-out')),"
+    "  actor TEXT, reason TEXT, created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY(flag, subject));"
+    /* Every change of a flag; rate and kill-switch changes start ramp
+     * steps. old/new values are text as a user would type them. */
+    "CREATE TABLE cv_audit("
+    "  id INTEGER PRIMARY KEY,"
+    "  flag TEXT NOT NULL,"
+    "  what TEXT NOT NULL,"
+    "  subject TEXT,"
+    "  old_value TEXT, new_value TEXT,"
+    "  rate_ppm INTEGER, killed INTEGER,"
+    "  reason TEXT, actor TEXT, at INTEGER NOT NULL);"
+    "CREATE INDEX cv_audit_flag ON cv_audit(flag, id);"
+    "CREATE TABLE cv_decisions("
+    "  instance_id INTEGER NOT NULL,"
+    "  flag TEXT NOT NULL,"
+    "  workflow TEXT NOT NULL,"
+    "  step TEXT NOT NULL,"
+    "  subject TEXT,"
+    "  version TEXT NOT NULL CHECK(version IN ('v1', 'v2')),"
+    "  reason TEXT NOT NULL,"
+    "  bucket INTEGER,"
+    "  rate_ppm INTEGER NOT NULL,"
+    "  ramp_id INTEGER,"
+    "  decided_at INTEGER NOT NULL,"
+    /* What happened after the decision, kept up to date by the event hook
+     * so that a report reads this one table: */
+    "  outcome TEXT," /* completed, cancelled */
+    "  ended_at INTEGER,"
+    "  branch_ms INTEGER," /* decision to end of the instance */
+    "  step_ms INTEGER,"   /* time spent in the branch's step runs */
+    "  retries INTEGER NOT NULL DEFAULT 0," /* retried runs in the branch */
+    "  incidents INTEGER NOT NULL DEFAULT 0,"
+    "  open_incidents INTEGER NOT NULL DEFAULT 0,"
+    /* Clustered by flag and time: a report reads one contiguous range. */
+    "  PRIMARY KEY(flag, decided_at, instance_id)) WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX cv_decisions_instance ON cv_decisions(instance_id, "
+    "flag);"
+    "CREATE TABLE cv_counters("
+    "  workflow TEXT NOT NULL, flag TEXT NOT NULL, version TEXT NOT NULL,"
+    "  routed INTEGER NOT NULL DEFAULT 0,"
+    "  in_flight INTEGER NOT NULL DEFAULT 0,"
+    "  completed INTEGER NOT NULL DEFAULT 0,"
+    "  cancelled INTEGER NOT NULL DEFAULT 0,"
+    "  with_incidents INTEGER NOT NULL DEFAULT 0,"
+    "  incidents INTEGER NOT NULL DEFAULT 0,"
+    "  open_incidents INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY(workflow, flag, version));",
+    /* 2: the instance's step-run totals (instances.run_ms, reruns) when
+     * it was decided, so that the branch's step time and retries are a
+     * subtraction at the event instead of a scan of the history. For
+     * instances still in flight, what the branch has already run is taken
+     * out of the base, so that nothing is counted twice or lost. */
+    "ALTER TABLE cv_decisions ADD COLUMN base_run_ms INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "ALTER TABLE cv_decisions ADD COLUMN base_reruns INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "UPDATE cv_decisions SET "
+    "  base_run_ms = (SELECT i.run_ms FROM instances i "
+    "                 WHERE i.id = cv_decisions.instance_id) - "
+    "    (SELECT coalesce(sum(r.ended_at - r.started_at), 0) "
+    "     FROM step_runs r WHERE r.instance_id = cv_decisions.instance_id "
+    "     AND r.started_at >= cv_decisions.decided_at "
+    "     AND r.step <> cv_decisions.step),"
+    "  base_reruns = (SELECT i.reruns FROM instances i "
+    "                 WHERE i.id = cv_decisions.instance_id) - "
+    "    (SELECT count(*) FROM step_runs r "
+    "     WHERE r.instance_id = cv_decisions.instance_id "
+    "     AND r.started_at >= cv_decisions.decided_at "
+    "     AND r.step <> cv_decisions.step AND r.attempt > 1) "
+    "WHERE outcome IS NULL;",
+};
+#define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
+
+/* Where the schema version is kept; created before the migrations run. */
+static const char cv_meta_table[] =
+    "CREATE TABLE cv_meta(key TEXT PRIMARY KEY, value INTEGER)";
+
+/* The changes of a flag that start a ramp step: a decision records the
+ * latest as its ramp (CVQ_FLAG), a report lists them (CVQ_RAMPS). */
+#define RAMP_CHANGES "what IN ('rate', 'kill', 'unkill', 'group')"
+
+/* A flag's row as the rollout command shows it, name first. */
+#define FLAG_ROW_COLS                                                \
+  "name, rate_ppm, killed, retired_at, coalesce(hash_group, name), " \
+  "coalesce(description, ''), coalesce(owner, ''), created_at, updated_at"
+
+/* What an event does to a decision's row (events.c binds ?1 the instance,
+ * then the event's values each statement uses, in this order, then for a
+ * decision by key its flag and decided_at). The branch's step time and
+ * retries are the instance's totals at the event less those at the
+ * decision. Every parameter number is used: PostgreSQL refuses a gap. */
+#define EV_COMPLETED                                               \
+  "UPDATE cv_decisions SET outcome = 'completed', ended_at = ?2, " \
+  "branch_ms = ?2 - decided_at, step_ms = ?3 - base_run_ms, "      \
+  "retries = ?4 - base_reruns "
+#define EV_INCIDENT                                     \
+  "UPDATE cv_decisions SET incidents = incidents + 1, " \
+  "open_incidents = open_incidents + 1, retries = ?2 - base_reruns "
+#define EV_CANCELLED \
+  "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
+/* By key (flag, decided_at): the table's own order, one seek. */
+#define BY_KEY(flag, at)                           \
+  "WHERE flag = ?" #flag " AND decided_at = ?" #at \
+  " AND "                                          \
+  "instance_id = ?1"
+
+static const char *const sql_text[CVQ__COUNT] = {
+    /* sqlite_schema is SQLite's catalog (PostgreSQL would ask
+     * to_regclass('cv_meta')): like the migrations, schema work is the one
+     * place where each database needs its own text. */
+    [CVQ_META_EXISTS] = "SELECT 1 FROM sqlite_schema WHERE name = 'cv_meta'",
+    [CVQ_SCHEMA_VERSION] =
+        "SELECT value FROM cv_meta WHERE key = 'schema_version'",
+    [CVQ_SET_SCHEMA_VERSION] =
+        "INSERT INTO cv_meta(key, value) VALUES('schema_version', ?1) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+
+    /* Only commands run these (plugin.h: the engine owns the transactions
+     * of everything else). BEGIN IMMEDIATE takes SQLite's write lock at
+     * once, so that what a change read stays true until it commits; it is
+     * SQLite's, and PostgreSQL's BEGIN needs no such word. */
+    [CVQ_BEGIN_READ] = "BEGIN",
+    [CVQ_BEGIN_WRITE] = "BEGIN IMMEDIATE",
+    [CVQ_COMMIT] = "COMMIT",
+    [CVQ_ROLLBACK] = "ROLLBACK",
+
+    /* SQLite's count of other connections' commits, asked once per
+     * transaction to know when the flag cache is stale: SQLite's alone,
+     * PostgreSQL's counterpart is LISTEN/NOTIFY with a change counter
+     * (DESIGN.md, "Store backends"). */
+    [CVQ_DATA_VERSION] = "PRAGMA data_version",
+    [CVQ_FLAG] =
+        "SELECT rate_ppm, killed, coalesce(hash_group, name), "
+        "CASE WHEN retired_at IS NULL THEN 0 ELSE 1 END, "
+        "(SELECT count(*) FROM cv_overrides WHERE flag = ?1), "
+        "(SELECT max(id) FROM cv_audit WHERE flag = ?1 AND " RAMP_CHANGES
+        ") FROM cv_flags WHERE name = ?1",
+    /* Also the rollout command's, for the override it replaces. */
+    [CVQ_OVERRIDE] =
+        "SELECT kind FROM cv_overrides WHERE flag = ?1 AND subject = ?2",
+    [CVQ_NTH] =
+        "UPDATE cv_flags SET nth_counter = nth_counter + 1 WHERE name = ?1 "
+        "RETURNING nth_counter - 1",
+    [CVQ_GET_DECISION] =
+        "SELECT version, reason, bucket, rate_ppm, ramp_id FROM cv_decisions "
+        "WHERE instance_id = ?1 AND flag = ?2",
+    /* A decision recorded earlier for the instance wins: nothing is
+     * written, and the caller reads that one instead. */
+    [CVQ_PUT_DECISION] =
+        "INSERT INTO cv_decisions(instance_id, flag, workflow, step, subject, "
+        "version, reason, bucket, rate_ppm, ramp_id, decided_at, "
+        "base_run_ms, base_reruns) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
+        "ON CONFLICT(instance_id, flag) DO NOTHING",
+
+    /* The target's columns are qualified: unqualified, PostgreSQL would
+     * not know them from excluded's. */
+    [CVQ_COUNTERS_ADD] =
+        "INSERT INTO cv_counters(workflow, flag, version, routed, in_flight, "
+        "completed, cancelled, with_incidents, incidents, open_incidents) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+        "ON CONFLICT(workflow, flag, version) DO UPDATE SET "
+        "routed = cv_counters.routed + excluded.routed, "
+        "in_flight = cv_counters.in_flight + excluded.in_flight, "
+        "completed = cv_counters.completed + excluded.completed, "
+        "cancelled = cv_counters.cancelled + excluded.cancelled, "
+        "with_incidents = cv_counters.with_incidents + "
+        "excluded.with_incidents, "
+        "incidents = cv_counters.incidents + excluded.incidents, "
+        "open_incidents = cv_counters.open_incidents + excluded.open_incidents",
+    /* The decisions an event concerns, read before the update: RETURNING
+     * would buffer its rows in a temporary table at every event, which
+     * costs more than reading them twice. */
+    [CVQ_DECISIONS_OF] =
+        "SELECT flag, workflow, version, incidents, open_incidents "
+        "FROM cv_decisions WHERE instance_id = ?1",
+    [CVQ_EV_COMPLETED] = EV_COMPLETED "WHERE instance_id = ?1",
+    [CVQ_EV_INCIDENT] = EV_INCIDENT "WHERE instance_id = ?1",
+    [CVQ_EV_RESOLVED] =
+        "UPDATE cv_decisions SET open_incidents = open_incidents - 1 "
+        "WHERE instance_id = ?1 AND open_incidents > 0",
+    [CVQ_EV_CANCELLED] = EV_CANCELLED "WHERE instance_id = ?1",
+    [CVQ_EV_COMPLETED_KEY] = EV_COMPLETED BY_KEY(5, 6),
+    [CVQ_EV_INCIDENT_KEY] = EV_INCIDENT BY_KEY(3, 4),
+    [CVQ_EV_CANCELLED_KEY] = EV_CANCELLED BY_KEY(3, 4),
+
+    [CVQ_FLAG_ROW] = "SELECT " FLAG_ROW_COLS " FROM cv_flags WHERE name = ?1",
+    [CVQ_FLAG_LIST] = "SELECT " FLAG_ROW_COLS " FROM cv_flags ORDER BY name",
+    [CVQ_FLAG_CREATE] =
+        "INSERT INTO cv_flags(name, hash_group, created_at, updated_at) "
+        "VALUES(?1, ?2, ?3, ?3)",
+    [CVQ_FLAG_UNRETIRE] =
+        "UPDATE cv_flags SET retired_at = NULL, killed = 0, nth_counter = 0, "
+        "updated_at = ?2 WHERE name = ?1",
+    [CVQ_FLAG_SET_GROUP] =
+        "UPDATE cv_flags SET hash_group = ?2, updated_at = ?3 WHERE name = ?1",
+    /* NULL leaves a field as it is. */
+    [CVQ_FLAG_DESCRIBE] =
+        "UPDATE cv_flags SET description = coalesce(?2, description), "
+        "owner = coalesce(?3, owner) WHERE name = ?1",
+    [CVQ_FLAG_SET_RATE] =
+        "UPDATE cv_flags SET rate_ppm = ?2, updated_at = ?3 WHERE name = ?1",
+    [CVQ_FLAG_SET_KILLED] =
+        "UPDATE cv_flags SET killed = ?2, updated_at = ?3 WHERE name = ?1",
+    [CVQ_FLAG_RETIRE] =
+        "UPDATE cv_flags SET retired_at = ?2, rate_ppm = 0, updated_at = ?2 "
+        "WHERE name = ?1",
+    [CVQ_AUDIT_ADD] =
+        "INSERT INTO cv_audit(flag, what, subject, old_value, new_value, "
+        "rate_ppm, killed, reason, actor, at) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    [CVQ_AUDIT_OF] =
+        "SELECT id, what, subject, old_value, new_value, reason, actor, at "
+        "FROM cv_audit WHERE flag = ?1 ORDER BY id",
+    [CVQ_OVERRIDE_PUT] =
+        "INSERT INTO cv_overrides(flag, subject, kind, actor, reason, "
+        "created_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6) "
+        "ON CONFLICT(flag, subject) DO UPDATE SET kind = excluded.kind, "
+        "actor = excluded.actor, reason = excluded.reason, "
+        "created_at = excluded.created_at",
+    [CVQ_OVERRIDE_DELETE] =
+        "DELETE FROM cv_overrides WHERE flag = ?1 AND subject = ?2",
+    [CVQ_OVERRIDES_OF] =
+        "SELECT subject, kind, actor, reason, created_at FROM cv_overrides "
+        "WHERE flag = ?1 ORDER BY subject",
+    [CVQ_COUNTERS_OF] =
+        "SELECT workflow, version, routed, in_flight, completed, cancelled, "
+        "with_incidents, incidents, open_incidents FROM cv_counters "
+        "WHERE flag = ?1 ORDER BY workflow, version",
+
+    [CVQ_FLAG_KNOWN] =
+        "SELECT 1 FROM cv_flags WHERE name = ?1 UNION ALL "
+        "SELECT 1 FROM cv_decisions WHERE flag = ?1 LIMIT 1",
+    [CVQ_RAMPS] =
+        "SELECT id, what, rate_ppm, killed, at, coalesce(actor, ''), "
+        "coalesce(reason, '') FROM cv_audit WHERE flag = ?1 "
+        "AND " RAMP_CHANGES " ORDER BY id",
+    /* The window is [?2, ?3) (0 and INT64_MAX when open), so that it stays
+     * a range of the table's key; ?4 NULL: every workflow (the CAST tells
+     * PostgreSQL the parameter's type where it first meets it). */
+    [CVQ_REPORT_DECISIONS] =
+        "SELECT CASE WHEN version = 'v2' THEN 1 ELSE 0 END, "
+        "coalesce(ramp_id, 0), outcome, incidents, open_incidents, retries, "
+        "branch_ms, step_ms FROM cv_decisions WHERE flag = ?1 "
+        "AND decided_at >= ?2 AND decided_at < ?3 "
+        "AND (CAST(?4 AS TEXT) IS NULL OR workflow = ?4)",
+};
+
+/* Statements are prepared on first use, so that a command never pays for
+ * (or fails on) the node's statements, nor the node for the commands'. */
+sqlite3_stmt *cv_prepare(cv_router *r, int q) {
+  if (!r->stmt[q] &&
+      sqlite3_prepare_v3(r->db, sql_text[q], -1, SQLITE_PREPARE_PERSISTENT,
+                         &r->stmt[q], NULL) != SQLITE_OK) {
+    snprintf(r->errmsg, sizeof r->errmsg, "%s", sqlite3_errmsg(r->db));
+    return NULL;
+  }
+  return r->stmt[q];
+}
+
+int cv_db_fail(cv_router *r, sqlite3_stmt *s) {
+  snprintf(r->errmsg, sizeof r->errmsg, "%s", sqlite3_errmsg(r->db));
+  if (s) {
+    sqlite3_reset(s);
+  }
+  return -1;
+}
+
+int cv_step_done(cv_router *r, sqlite3_stmt *s) {
+  if (sqlite3_step(s) != SQLITE_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sqlite3_reset(s);
+  return 0;
+}
+
+int cv_exec(cv_router *r, int q) {
+  sqlite3_stmt *s = cv_stmt(r, q);
+  return s ? cv_step_done(r, s) : -1;
+}
+
+void cv_finalize_all(cv_router *r) {
+  for (int i = 0; i < CVQ__COUNT; i++) {
+    sqlite3_finalize(r->stmt[i]);
+    r->stmt[i] = NULL;
+  }
+}
+
+/* The schema version cv_meta records (0 when it has none yet). */
+static int schema_version(cv_router *r, int *version) {
+  sqlite3_stmt *s;
+  int rc, have_meta;
+  *version = 0;
+  /* Only read when the tables are there, so that commands that only read
+   * never need the write lock. */
+  if (!(s = cv_stmt(r, CVQ_META_EXISTS))) {
+    return -1;
+  }
+  if ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE) {
+    return cv_db_fail(r, s);
+  }
+  have_meta = rc == SQLITE_ROW;
+  sqlite3_reset(s);
+  if (!have_meta) {
+    char *msg = NULL;
+    if (sqlite3_exec(r->db, cv_meta_table, NULL, NULL, &msg) != SQLITE_OK) {
+      snprintf(r->errmsg, sizeof r->errmsg, "%s",
+               msg ? msg : sqlite3_errmsg(r->db));
+      sqlite3_free(msg);
+      return -1;
+    }
+  }
+  if (!(s = cv_stmt(r, CVQ_SCHEMA_VERSION))) {
+    return -1;
+  }
+  if ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE) {
+    return cv_db_fail(r, s);
+  }
+  if (rc == SQLITE_ROW) {
+    *version = sqlite3_column_int(s, 0);
+  }
+  sqlite3_reset(s);
+  return 0;
+}
+
+static int migrate(cv_router *r, int version) {
+  char *msg = NULL;
+  sqlite3_stmt *s;
+  if (sqlite3_exec(r->db, migrations[version], NULL, NULL, &msg) != SQLITE_OK) {
+    snprintf(r->errmsg, sizeof r->errmsg, "%s",
+             msg ? msg : sqlite3_errmsg(r->db));
+    sqlite3_free(msg);
+    return -1;
+  }
+  if (!(s = cv_stmt(r, CVQ_SET_SCHEMA_VERSION))) {
+    return -1;
+  }
+  sqlite3_bind_int(s, 1, version + 1);
+  return cv_step_done(r, s);
+}
+
+int cv_schema(cv_router *r, char *err, size_t errlen) {
+  int version;
+  if (schema_version(r, &version)) {
+    snprintf(err, errlen, "%s", r->errmsg);
+    return -1;
+  }
+  if (version > CV_SCHEMA_VERSION) {
+    snprintf(err, errlen,
+             "choose_version tables are at version %d, newer than this "
+             "plugin (%d)",
+             version, CV_SCHEMA_VERSION);
+    return -1;
+  }
+  for (; version < CV_SCHEMA_VERSION; version++) {
+    if (migrate(r, version)) {
+      snprintf(err, errlen, "%s", r->errmsg);
+      return -1;
+    }
+  }
+  return 0;
+}
