@@ -197,7 +197,7 @@ static int cmd_start(sy__cli *c) {
     }
   }
   if (rc) {
-    sy_store_rollback(st);
+    sy_engine_rollback(e);
   }
   sy_engine_close(e);
   free(a.vars);

@@ -40,6 +40,11 @@ void sy__fatal(sy_engine *e, int rc) {
   sy_engine_stop(e);
 }
 
+void sy_engine_rollback(sy_engine *e) {
+  sy_store_rollback(e->store);
+  sy_plugins_rolled_back(e->plugins);
+}
+
 const char *sy_engine_errmsg(sy_engine *e) {
   return e->errmsg;
 }

@@ -58,6 +58,10 @@ const char *sy_engine_errmsg(sy_engine *e);
  * engine owns the result. */
 int sy_engine_load_workflow(sy_engine *e, const char *name_or_path,
                             const sy_workflow **out, sy_diag *diag);
+/* Rolls back the open transaction, and tells the plugins, which drop what
+ * they batched for it. Every rollback of a transaction in which plugins
+ * may have written goes through here. */
+void sy_engine_rollback(sy_engine *e);
 /* Adds an instance (inside the caller's transaction, if one is open). */
 int sy_engine_start(sy_engine *e, const sy_workflow *wf, const char *vars_json,
                     int64_t *id);

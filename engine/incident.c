@@ -37,18 +37,18 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
     return sy__set_error(e, rc, "%s", sy_store_errmsg(st));
   }
   if ((rc = sy_store_get_instance(st, id, copy_row, &row, &found))) {
-    sy_store_rollback(st);
+    sy_engine_rollback(e);
     return sy__set_error(e, rc, "%s", sy_store_errmsg(st));
   }
   if (!row.found) {
-    sy_store_rollback(st);
+    sy_engine_rollback(e);
     return sy__set_error(e, SY_ENOTFOUND, "no instance %lld", (long long)id);
   }
   if (cancel ? (strcmp(row.state, SY_STATE_COMPLETED) == 0 ||
                 strcmp(row.state, SY_STATE_CANCELLED) == 0 ||
                 strcmp(row.state, SY_STATE_RUNNING) == 0)
              : strcmp(row.state, SY_STATE_INCIDENT) != 0) {
-    sy_store_rollback(st);
+    sy_engine_rollback(e);
     return sy__set_error(e, SY_ESTATE,
                          cancel ? "instance %lld is %s: only ready, waiting or "
                                   "incident instances can be cancelled"
@@ -78,7 +78,7 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
     if ((rc = sy_store_update_instance(st, &u)) ||
         (rc = sy_store_resolve_incidents(
              st, id, cancel ? "cancelled" : "retried", now, &n))) {
-      sy_store_rollback(st);
+      sy_engine_rollback(e);
       return sy__set_error(e, rc, "%s", sy_store_errmsg(st));
     }
     /* A cancelled incident is both resolved and cancelled. */
@@ -86,13 +86,13 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
     if ((cancel && was_incident &&
          sy_plugins_event(e->plugins, &resolved, NULL)) ||
         sy_plugins_event(e->plugins, &ev, NULL)) {
-      sy_store_rollback(st);
+      sy_engine_rollback(e);
       return sy__set_error(e, SY_EPLUGIN,
                            "a plugin failed to record the change");
     }
   }
   if (sy_plugins_before_commit(e->plugins)) {
-    sy_store_rollback(st);
+    sy_engine_rollback(e);
     return sy__set_error(e, SY_EPLUGIN, "a plugin failed to record the change");
   }
   if ((rc = sy_store_commit(st))) {

@@ -321,6 +321,15 @@ void sy_plugins_free_memos(sy_plugins *p, void **memos) {
   free(memos);
 }
 
+void sy_plugins_rolled_back(sy_plugins *p) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    if (lp->initialized && lp->def->rolled_back) {
+      lp->def->rolled_back(lp->state);
+    }
+  }
+}
+
 int sy_plugins_before_commit(sy_plugins *p) {
   for (int i = 0; i < p->nplugins; i++) {
     sy_loaded_plugin *lp = p->plugins[i];

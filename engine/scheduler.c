@@ -190,7 +190,7 @@ static void wind_down(sy_engine *e) {
       sy__fatal(e, SY_ESTORE);
     }
   } else {
-    sy_store_rollback(e->store);
+    sy_engine_rollback(e);
   }
   close_handles(e);
 }
@@ -200,7 +200,7 @@ static void check_cb(uv_check_t *h) {
   int rc;
   if (!e->fatal && sy_store_in_tx(e->store)) {
     if (sy_plugins_before_commit(e->plugins)) {
-      sy_store_rollback(e->store);
+      sy_engine_rollback(e);
       sy__fatal(e, SY_EPLUGIN);
     } else if ((rc = sy_store_commit(e->store))) {
       sy__fatal(e, rc);
@@ -282,7 +282,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
                                      sy_now_ms())) ||
       (rc = sy_store_engines_on_host(e->store, e->host, reap_dead, e)) ||
       (rc = sy_store_commit(e->store))) {
-    sy_store_rollback(e->store);
+    sy_engine_rollback(e);
     return sy__set_error(e, rc, "recovery: %s", sy_store_errmsg(e->store));
   }
   uv_idle_init(&e->loop, &e->idle);

@@ -355,6 +355,10 @@ static int before_commit(void *plugin) {
   return 0;
 }
 
+static void rolled_back(void *plugin) {
+  cv_discard_counters(plugin);
+}
+
 static const sy_node_type nodes[] = {{.name = "choose_version",
                                       .compile = compile,
                                       .free_node = free_node,
@@ -389,7 +393,8 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .commands = commands,
                                   .on_event = on_event,
                                   .before_commit = before_commit,
-                                  .free_memo = free_memo};
+                                  .free_memo = free_memo,
+                                  .rolled_back = rolled_back};
 
 const sy_plugin_def *cv_plugin_def(void) {
   return &def;

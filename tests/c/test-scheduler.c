@@ -10,7 +10,9 @@
  * - timers: a sleep lasts at least what was asked, a retry runs no sooner
  *   than its backoff's due time;
  * - stopping: instances in flight go back to the database at once (ready,
- *   or waiting for a recorded wake-up), and the next run finishes them.
+ *   or waiting for a recorded wake-up), and the next run finishes them;
+ * - rollbacks: what a plugin batched for a transaction the engine rolled
+ *   back is dropped, not written into the next one.
  *
  * Each check reads what was committed; none depends on how fast this
  * machine is. */
@@ -34,6 +36,8 @@ static struct {
   int uncommitted; /* ...that found the calling step not yet committed */
   int max_running; /* most rows claimed at once */
   int stop_after;  /* stop the engine at this node execution (0: never) */
+  int64_t fail_cancel_of; /* on_event fails this instance's cancellation */
+  int batched;            /* events counted, written before each commit */
 } probe;
 
 /* The calling instance's committed step, and how many rows are claimed. */
@@ -61,12 +65,49 @@ static void look(sy_call *c) {
 
 static int probe_init(const sy_api *api, sy_engine *e, void **state, char *err,
                       size_t errlen) {
-  (void)err;
-  (void)errlen;
   probe.api = api;
   probe.engine = e;
   *state = &probe;
+  if (sqlite3_exec(api->db(e),
+                   "CREATE TABLE IF NOT EXISTS probe_counts(n INTEGER)", NULL,
+                   NULL, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "%s", sqlite3_errmsg(api->db(e)));
+    return SY_ESTORE;
+  }
   return 0;
+}
+
+/* Counts events in memory, as a plugin that batches its writes does. */
+static int probe_event(void *plugin, const sy_event *ev) {
+  (void)plugin;
+  if (ev->type == SY_EVENT_CANCELLED &&
+      ev->instance_id == probe.fail_cancel_of) {
+    return SY_EPLUGIN;
+  }
+  probe.batched++;
+  return 0;
+}
+
+static int probe_before_commit(void *plugin) {
+  sqlite3_stmt *s;
+  (void)plugin;
+  if (!probe.batched) {
+    return 0;
+  }
+  CHECK_EQ(
+      sqlite3_prepare_v2(probe.api->db(probe.engine),
+                         "INSERT INTO probe_counts VALUES(?1)", -1, &s, NULL),
+      SQLITE_OK);
+  sqlite3_bind_int(s, 1, probe.batched);
+  CHECK_EQ(sqlite3_step(s), SQLITE_DONE);
+  sqlite3_finalize(s);
+  probe.batched = 0;
+  return 0;
+}
+
+static void probe_rolled_back(void *plugin) {
+  (void)plugin;
+  probe.batched = 0;
 }
 
 static void probe_fini(void *state) {
@@ -101,7 +142,10 @@ static const sy_plugin_def probe_def = {.abi = SY_PLUGIN_ABI,
                                         .init = probe_init,
                                         .fini = probe_fini,
                                         .nodes = probe_nodes,
-                                        .ctx_fns = probe_fns};
+                                        .ctx_fns = probe_fns,
+                                        .on_event = probe_event,
+                                        .before_commit = probe_before_commit,
+                                        .rolled_back = probe_rolled_back};
 static const sy_plugin_def *const statics[] = {&probe_def};
 
 static const char workflow[] =
@@ -119,6 +163,7 @@ static const char workflow[] =
     "    after = sy.task {\n"
     "      run = function(ctx)\n"
     "        if ctx.vars.flaky and ctx.attempt == 1 then error('once') end\n"
+    "        if ctx.vars.doomed then error('doomed') end\n"
     "        ctx.sleep(ctx.vars.nap or 0)\n"
     "      end,\n"
     "      retries = 1, backoff = 0.05 },\n"
@@ -261,6 +306,31 @@ static void test_stop_hands_back(void) {
   CHECK_EQ(scalar("SELECT count(*) FROM step_runs WHERE step = 'node'"), 10);
 }
 
+static void test_rollback_drops_batch(void) {
+  sy_engine *e;
+  fresh_db();
+  e = open_engine();
+  open_probe();
+  start(e, 1, "{\"doomed\":true}");
+  CHECK_EQ(sy_engine_run(e, 1), 0);
+  CHECK_EQ(scalar("SELECT count(*) FROM instances WHERE state = 'incident'"),
+           1);
+  start(e, 1, "{}"); /* instance 2, ready */
+  CHECK_EQ(scalar("SELECT count(*) FROM probe_counts"), 1); /* the incident */
+  /* Cancelling the incident reports its resolution (counted), then its
+   * cancellation, which the plugin refuses: all of it is rolled back. */
+  probe.batched = 0;
+  probe.fail_cancel_of = 1;
+  CHECK_EQ(sy_engine_cancel(e, 1), SY_EPLUGIN);
+  CHECK_EQ(scalar("SELECT state = 'incident' FROM instances WHERE id = 1"), 1);
+  /* The next change commits its own count, and only that. */
+  CHECK_EQ(sy_engine_cancel(e, 2), 0);
+  sy_engine_close(e);
+  /* one for the incident, one for the cancellation that committed */
+  CHECK_EQ(scalar("SELECT count(*) FROM probe_counts"), 2);
+  CHECK_EQ(scalar("SELECT sum(n) FROM probe_counts"), 2);
+}
+
 int main(void) {
   FILE *f;
   snprintf(dir, sizeof dir, "%s/test-scheduler.XXXXXX", SY_TEST_TMP);
@@ -273,6 +343,7 @@ int main(void) {
   test_claims_and_commits();
   test_timers();
   test_stop_hands_back();
+  test_rollback_drops_batch();
   fresh_db();
   unlink(wf_path);
   rmdir(dir);

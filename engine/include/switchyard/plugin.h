@@ -255,6 +255,11 @@ typedef struct sy_plugin_def {
   int (*before_commit)(void *plugin);
   /* Frees a memo the plugin set (sy_api.memo); required if it sets any. */
   void (*free_memo)(void *plugin, void *memo);
+  /* Optional: the engine rolled back a transaction in which the plugin may
+   * have written (a failure somewhere): drop whatever was batched in memory
+   * for it (what before_commit would have flushed), so that it is not
+   * written into the next one. */
+  void (*rolled_back)(void *plugin);
 } sy_plugin_def;
 
 /* The one symbol a plugin exports. */
