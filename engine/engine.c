@@ -228,6 +228,10 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
+  if ((rc = sy_plugins_add(e->plugins, &sy__builtins, "(built in)", err,
+                           errlen))) {
+    goto fail;
+  }
   for (int i = 0; i < o->nstatic_plugins; i++) {
     if ((rc = sy_plugins_add(e->plugins, o->static_plugins[i], "(linked in)",
                              err, errlen))) {

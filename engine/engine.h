@@ -76,7 +76,7 @@ int sy_engine_retry(sy_engine *e, int64_t id);
 int sy_engine_cancel(sy_engine *e, int64_t id);
 
 typedef struct sy_run_stats {
-  int64_t steps, completed, incidents, retries;
+  int64_t steps, completed, incidents, retries, parked;
 } sy_run_stats;
 void sy_engine_stats(sy_engine *e, sy_run_stats *s);
 

@@ -29,7 +29,14 @@
 
 typedef struct sy_inst sy_inst;
 
-typedef struct sy_inst sy_inst;
+/* The journal of an instance's current step run, in memory (journal.c). */
+typedef struct sy__journal {
+  sy_journal_entry *v; /* v[i] is call #i+1; strings owned */
+  int n, cap;
+  int written;  /* the first `written` are in the database */
+  int loaded;   /* the database's entries are in v (or there are none) */
+  size_t bytes; /* answers held, for the bound */
+} sy__journal;
 
 typedef enum {
   PH_READY,    /* in the run queue: start its step */
@@ -51,6 +58,8 @@ struct sy_call {
   char *held_args;
   sy_call *next_held;
   int seq;       /* ctx calls: the n-th of its step run */
+  uint64_t hash; /* and what it asked (sy__journal_hash) */
+  char *what;    /* the same, for messages */
   char key[340]; /* idempotency key, when it needs a suffix */
   int completed;
   char *next;
@@ -68,12 +77,20 @@ struct sy_inst {
   sy_task *task;
   phase ph;
   int64_t step_started;     /* wall clock, ms: what step_runs store */
+  int64_t segment_started;  /* and since it last started or went on */
   uint64_t step_started_ns; /* monotonic: what its duration is measured by */
+  int64_t ran_before_ms;    /* the step run ran this long before it parked */
+  int resumed;              /* it went on after a park */
   uint64_t sleep_until_ns;  /* monotonic: when its sleep may end */
-  int64_t run_ms, reruns;   /* totals of its step runs (sy_event) */
-  int recorded_seq;
-  int64_t recorded_wake;
+  sy_journal_entry sleep;   /* the sleep it is in (its what: sleep_what) */
+  char sleep_what[48];
+  int sleep_new;          /* not from the journal: journal it when over */
+  int64_t run_ms, reruns; /* totals of its step runs (sy_event) */
   int timed_out;
+  sy__journal journal;
+  sy_inst *journal_next; /* in the engine's list of unwritten journals */
+  int journal_listed;
+  char *diverged;     /* a replay asked for something else: why */
   int fresh;          /* no engine had taken it before (sy_api.fresh) */
   int64_t chained_tx; /* the open transaction holds its last transition */
   int chained;        /* and this many of its transitions */
@@ -106,6 +123,7 @@ struct sy_engine {
   sy_inst *all;
   sy_call *live_calls; /* incl. abandoned ones still owed a completion */
   sy_call *held_head, *held_tail; /* ctx calls waiting for the commit */
+  sy_inst *journal_dirty;         /* instances with journal entries to write */
   struct sy__orphan *orphans;     /* claimed rows whose definition is gone */
   int in_memory;
   /* handles */
@@ -175,6 +193,32 @@ void sy__inst_free(sy_inst *in);
 void sy__execute(sy_inst *in);
 /* Records the outcome of a step run and moves the instance on. */
 void sy__handle_result(sy_inst *in, sy_task_result *r);
+
+/* journal.c */
+/* Of what a ctx call asked: its function's name and its arguments. */
+uint64_t sy__journal_hash(const char *name, const char *args);
+/* Before a step run starts: the entries it had (a park, a crash). */
+int sy__journal_load(sy_inst *in);
+/* Call #seq of the step run as journaled, or NULL. */
+const sy_journal_entry *sy__journal_at(const sy_inst *in, int seq);
+/* Whether j's answer fits in the journal; else why, in err. */
+int sy__journal_fits(const sy_inst *in, const sy_journal_entry *j, char *err,
+                     size_t errlen);
+/* Adds call #n+1 (copied), to be written before the turn's commit. */
+int sy__journal_add(sy_inst *in, const sy_journal_entry *j);
+/* Writes the instance's unwritten entries now (it parks). */
+int sy__journal_write(sy_inst *in);
+/* Before each commit: every step run's unwritten entries. */
+int sy__journal_flush(sy_engine *e);
+/* The step run ended: its rows go in the transaction of its transition. */
+int sy__journal_end(sy_inst *in);
+void sy__journal_free(sy_inst *in);
+/* A replay asked for `now` where call #seq was `was`: the step run fails. */
+void sy__journal_diverged(sy_inst *in, int seq, const char *was,
+                          const char *now);
+
+/* builtins.c: the engine's own ctx functions (ctx.now). */
+extern const sy_plugin_def sy__builtins;
 
 /* scheduler.c */
 /* Makes sure the loop gets a turn that runs the queue and commits. */

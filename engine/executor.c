@@ -11,9 +11,9 @@
 
 #include "engine_int.h"
 
-/* Sleeps shorter than this are not recorded: after a crash the step re-runs
- * and sleeps them again, which costs less than a write per short sleep. */
-#define RECORD_SLEEP_MS 1000
+/* A sleep at least this long parks: the instance leaves memory and its row
+ * waits for the due time; a shorter one waits on a timer. */
+#define PARK_MS 1000
 
 /* ---------------------------------------------------------------------
  * Queues and memory */
@@ -74,6 +74,7 @@ void sy__inst_free(sy_inst *in) {
   }
   e->in_memory--;
   sy_plugins_free_memos(e->plugins, in->memos);
+  sy__journal_free(in);
   sy_task_free(in->task);
   if (in->handles_open) {
     uv_close((uv_handle_t *)&in->sleep_timer, inst_handle_closed);
@@ -124,8 +125,6 @@ int sy__claim_cb(void *ud, const sy_instance_row *row) {
   in->run_ms = row->run_ms;
   in->reruns = row->reruns;
   in->fresh = !row->claimed;
-  in->recorded_seq = row->wait_seq;
-  in->recorded_wake = row->wake_at;
   if (sy_task_new(e->lua, &in->task, wf, row->id, row->vars, err, sizeof err)) {
     SY_ASSERT(!"stored vars are always a JSON object");
   }
@@ -173,8 +172,14 @@ static uint64_t ms_until(uint64_t when_ns) {
 static void sleep_cb(uv_timer_t *t) {
   sy_inst *in = t->data;
   uint64_t left = ms_until(in->sleep_until_ns);
+  int rc;
   if (left) {
     uv_timer_start(&in->sleep_timer, sleep_cb, left, 0);
+    return;
+  }
+  /* Over: a step run again after this turn's commit does not sleep it. */
+  if (in->sleep_new && (rc = sy__journal_add(in, &in->sleep))) {
+    sy__fatal(in->e, rc);
     return;
   }
   in->ph = PH_RESUME;
@@ -224,8 +229,24 @@ void sy__execute(sy_inst *in) {
   }
   in->ph = PH_RUNNING;
   in->timed_out = 0;
-  in->step_started = sy_now_ms();
+  in->step_started = in->segment_started = sy_now_ms();
   in->step_started_ns = sy_mono_ns();
+  in->ran_before_ms = 0;
+  in->resumed = 0;
+  if (sy__journal_load(in)) {
+    sy__fatal(in->e, SY_ESTORE);
+    return;
+  }
+  /* A step run that parked goes on: it started when it first did, and
+   * had run this long (its latest park says). */
+  for (int i = in->journal.n - 1; i >= 0; i--) {
+    if (in->journal.v[i].started_at) {
+      in->step_started = in->journal.v[i].started_at;
+      in->ran_before_ms = in->journal.v[i].ran_ms;
+      in->resumed = 1;
+      break;
+    }
+  }
   if (in->step->timeout > 0) {
     ensure_handles(in);
     uv_timer_start(&in->timeout_timer, timeout_cb,
@@ -275,40 +296,85 @@ static void drop_taken(sy_inst *in) {
   sy__inst_free(in);
 }
 
-/* ctx.sleep: parks the step on its timer. A long sleep records its due
- * time, so that after a restart the step, re-run from its start, finds
- * the sleeps it had finished over at once and the interrupted one still
- * due when it was. */
+/* The step run has run this long, parks before it included. */
+static int64_t ran_ms(const sy_inst *in, uint64_t now_ns) {
+  return in->ran_before_ms +
+         (int64_t)((now_ns - in->step_started_ns) / 1000000);
+}
+
+/* The instance leaves memory until its sleep is over: the journal (this
+ * sleep included) and the row's due time are written in this turn's
+ * transaction, and a claim takes it back when it is due. */
+static void park(sy_inst *in, int64_t now) {
+  sy_engine *e = in->e;
+  sy_instance_update u = {.id = in->id,
+                          .state = SY_STATE_WAITING,
+                          .step = in->step->name,
+                          .attempt = in->attempt,
+                          .wake_at = in->sleep.due_at,
+                          .now = now,
+                          .owner = e->id};
+  int rc;
+  in->sleep.started_at = in->step_started;
+  in->sleep.ran_ms = ran_ms(in, sy_mono_ns());
+  if ((in->sleep_new && (rc = sy__journal_add(in, &in->sleep))) ||
+      (rc = sy__journal_write(in))) {
+    sy__fatal(e, rc);
+    return;
+  }
+  if ((rc = sy_store_update_instance(e->store, &u)) == SY_ESTATE) {
+    drop_taken(in);
+    return;
+  }
+  if (rc) {
+    sy__fatal(e, rc);
+    return;
+  }
+  e->stats.parked++;
+  e->maybe_work = 1;
+  sy__inst_free(in);
+}
+
+/* ctx.sleep, call #seq of the step run. A step run again from its start
+ * finds its sleeps in the journal: one that is over returns at once, one
+ * that is not keeps the due time it was given. A long sleep parks, unless
+ * the step's timeout would end it first; a short one waits on a timer. */
 static void start_sleep(sy_inst *in, const sy_task_result *r, int64_t now) {
   sy_engine *e = in->e;
-  int64_t due = now + r->sleep_ms;
-  int rc;
-  if (in->recorded_seq && r->sleep_seq < in->recorded_seq) {
-    due = now;
-  } else if (in->recorded_seq && r->sleep_seq == in->recorded_seq) {
-    due = in->recorded_wake;
-  } else if (r->sleep_ms >= RECORD_SLEEP_MS) {
-    sy_instance_update u = {.id = in->id,
-                            .state = SY_STATE_RUNNING,
-                            .step = in->step->name,
-                            .attempt = in->attempt,
-                            .wake_at = due,
-                            .wait_seq = r->sleep_seq,
-                            .now = now,
-                            .owner = e->id};
-    if ((rc = sy_store_update_instance(e->store, &u)) == SY_ESTATE) {
-      drop_taken(in);
-      return;
-    }
-    if (rc) {
-      sy__fatal(e, rc);
-      return;
-    }
+  const sy_journal_entry *j = sy__journal_at(in, r->seq);
+  uint64_t now_ns = sy_mono_ns(), due_ns;
+  snprintf(in->sleep_what, sizeof in->sleep_what, "ctx.sleep(%.3f)",
+           (double)r->sleep_ms / 1000);
+  in->sleep =
+      (sy_journal_entry){.seq = r->seq,
+                         .kind = SY_JOURNAL_SLEEP,
+                         .hash = sy__journal_hash("sleep", in->sleep_what),
+                         .what = in->sleep_what,
+                         .due_at = now + r->sleep_ms};
+  in->sleep_new = !j;
+  if (j && (j->kind != SY_JOURNAL_SLEEP || j->hash != in->sleep.hash)) {
+    sy_task_result fail = {.status = SY_TASK_ERROR};
+    sy__journal_diverged(in, r->seq, j->what, in->sleep_what);
+    sy_task_abort(in->task);
+    snprintf(fail.error, sizeof fail.error, "%s", in->diverged);
+    sy__handle_result(in, &fail);
+    return;
+  }
+  if (j) {
+    in->sleep.due_at = j->due_at;
+  }
+  due_ns =
+      now_ns +
+      (uint64_t)(in->sleep.due_at > now ? in->sleep.due_at - now : 0) * 1000000;
+  if (in->sleep.due_at - now >= PARK_MS &&
+      (in->step->timeout <= 0 ||
+       due_ns < in->step_started_ns + (uint64_t)(in->step->timeout * 1e9))) {
+    park(in, now);
+    return;
   }
   ensure_handles(in);
   in->ph = PH_SLEEPING;
-  in->sleep_until_ns =
-      sy_mono_ns() + (uint64_t)(due > now ? due - now : 0) * 1000000;
+  in->sleep_until_ns = due_ns;
   /* Timers count from the loop's cached time, which may be this whole
    * turn old: refresh it so a sleep never ends early. */
   uv_update_time(&e->loop);
@@ -353,7 +419,6 @@ static void go_next(sy_inst *in, const char *next) {
   int64_t tx = sy_store_tx_seq(e->store);
   in->step = sy_workflow_step(in->wf, next);
   in->attempt = 1;
-  in->recorded_seq = 0;
   in->chained = in->chained_tx == tx ? in->chained + 1 : 1;
   in->chained_tx = tx;
   /* A bounded chain, so that a loop of Lua steps cannot take every turn
@@ -364,6 +429,22 @@ static void go_next(sy_inst *in, const char *next) {
     return;
   }
   commit_queue_push(e, in);
+}
+
+static int record_run(const sy_inst *in, const sy_task_result *r,
+                      const char *outcome, int64_t now, int64_t run_ms) {
+  /* A run that never parked lasted what it ran (so that sums over the
+   * history equal the totals); one that parked, until now. */
+  sy_step_run_row row = {
+      .instance_id = in->id,
+      .step = in->step->name,
+      .attempt = in->attempt,
+      .started_at = in->step_started,
+      .ended_at = in->resumed ? now : in->step_started + run_ms,
+      .outcome = outcome,
+      .error = r->status == SY_TASK_ERROR ? r->error : NULL,
+      .run_ms = run_ms};
+  return sy_store_insert_step_run(in->e->store, &row);
 }
 
 /* The step run ended (done or failed): record it and move on. */
@@ -378,12 +459,12 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
   int rc;
   step_ended(in);
   e->stats.steps++;
-  /* A duration from the monotonic clock (the wall clock may step), whole
-   * milliseconds rounded down: a run that slept 50 ms lasted at least 50.
-   * Stored as the run's start plus that; should the wall clock have fallen
-   * behind, the instance's times follow the run's end, so that nothing
-   * reads as having ended before its last step run did. */
-  u.run_ms = (int64_t)((now_ns - in->step_started_ns) / 1000000);
+  /* How long it ran, on the monotonic clock (the wall clock may step),
+   * whole milliseconds rounded down: a run that slept 50 ms ran at least
+   * 50; parked time is not running time. Should the wall clock have fallen
+   * behind, the run's end and the instance's times follow what it ran, so
+   * that nothing reads as having ended before its last step run did. */
+  u.run_ms = ran_ms(in, now_ns);
   if (in->step_started + u.run_ms > now) {
     u.now = now = in->step_started + u.run_ms;
   }
@@ -398,10 +479,8 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
     drop_taken(in);
     return;
   }
-  if (rc || (rc = sy_store_insert_step_run(
-                 e->store, in->id, in->step->name, in->attempt,
-                 in->step_started, in->step_started + u.run_ms, outcome,
-                 r->status == SY_TASK_ERROR ? r->error : NULL))) {
+  if (rc || (rc = record_run(in, r, outcome, now, u.run_ms)) ||
+      (rc = sy__journal_end(in))) {
     sy__fatal(e, rc);
     return;
   }
@@ -442,6 +521,17 @@ void sy__handle_result(sy_inst *in, sy_task_result *r) {
     free(r->vars_json);
     sy__fatal(e, rc);
     return;
+  }
+  if (in->diverged && r->status != SY_TASK_ERROR) {
+    /* A replay asked for something else: whatever the step did with the
+     * error it got (pcall), its run fails, and the retry starts afresh. */
+    free(r->vars_json);
+    sy_task_abort(in->task);
+    memset(r, 0, sizeof *r);
+    r->status = SY_TASK_ERROR;
+  }
+  if (in->diverged) {
+    snprintf(r->error, sizeof r->error, "%s", in->diverged);
   }
   if (r->status == SY_TASK_CALL) {
     in->ph = PH_CALL;

@@ -27,6 +27,7 @@ struct sy_lua {
   char step_mt;     /* its address marks step specs (see make_spec) */
   char workflow_mt; /* and this one workflow specs */
   int ctx_mt;       /* metatable of ctx tables (methods) */
+  uint64_t rng[4];  /* math.random's state outside steps (loading) */
 };
 
 struct sy_opts {
@@ -44,7 +45,6 @@ struct sy_task {
   int co_idle; /* finished cleanly: reusable for the next step */
   const sy_step *step;
   int attempt;
-  int sleep_seq;
   int64_t budget_left;
   enum { PENDING_NONE, PENDING_SLEEP, PENDING_CALL } pending;
   int64_t sleep_ms;
@@ -59,6 +59,7 @@ struct sy_task {
    * node step that touched nothing keeps the stored vars unencoded). */
   int vars_dirty;
   char idem_key[320]; /* made when asked for */
+  uint64_t rng[4];    /* math.random's state in this step run */
 };
 
 /* A step's Lua values, kept in the registry (LUA_NOREF when absent). */
@@ -99,5 +100,13 @@ int sy__encode(lua_State *L, int idx, const char *root, char **out, char *err,
 void sy__ctx_metatable(sy_lua *h);
 /* A Lua value as plugins see it. */
 void sy__read_value(lua_State *L, int idx, sy_value *out);
+/* Seeds the step run's math.random from its idempotency key, so that a
+ * step run again from its start draws the same numbers. */
+void sy__seed_random(sy_task *t);
+/* A generator's state from a 64-bit seed. */
+void sy__random_seed(uint64_t s[4], uint64_t x);
+/* math.random and math.randomseed of the sandbox (per step run). */
+int sy__math_random(lua_State *L);
+int sy__math_randomseed(lua_State *L);
 
 #endif

@@ -355,7 +355,10 @@ static void copy_lib(lua_State *L, int env, const char *lib,
   lua_pop(L, 1);
 }
 
-static void copy_whole_lib(lua_State *L, int env, const char *lib) {
+/* Copies library `lib` whole, with the functions of `own` (may be NULL) in
+ * place of the library's of the same names. */
+static void copy_whole_lib(lua_State *L, int env, const char *lib,
+                           const luaL_Reg *own) {
   lua_getglobal(L, lib);
   lua_newtable(L);
   lua_pushnil(L);
@@ -363,6 +366,9 @@ static void copy_whole_lib(lua_State *L, int env, const char *lib) {
     lua_pushvalue(L, -2);
     lua_insert(L, -2);
     lua_settable(L, -4);
+  }
+  if (own) {
+    luaL_setfuncs(L, own, 0);
   }
   sy__make_read_only(L, 0);
   lua_setfield(L, env, lib);
@@ -372,6 +378,12 @@ static void copy_whole_lib(lua_State *L, int env, const char *lib) {
 /* Pushes a new environment built from the allow list. */
 void sy__push_sandbox(sy_lua *h) {
   lua_State *L = h->L;
+  /* A step's random numbers are its own, seeded from its idempotency key:
+   * a step run again from its start (after a park or a crash) draws the
+   * same ones, whatever other steps drew meanwhile. */
+  static const luaL_Reg math_fns[] = {{"random", sy__math_random},
+                                      {"randomseed", sy__math_randomseed},
+                                      {NULL, NULL}};
   static const char *const base[] = {
       "assert",       "error",        "ipairs",   "next",   "pairs",
       "pcall",        "rawequal",     "rawget",   "rawlen", "rawset",
@@ -396,10 +408,10 @@ void sy__push_sandbox(sy_lua *h) {
   lua_setfield(L, env, "setmetatable");
   copy_lib(L, env, "string", string_fns);
   copy_lib(L, env, "os", os_fns);
-  copy_whole_lib(L, env, "table");
-  copy_whole_lib(L, env, "math");
-  copy_whole_lib(L, env, "utf8");
-  copy_whole_lib(L, env, "coroutine");
+  copy_whole_lib(L, env, "table", NULL);
+  copy_whole_lib(L, env, "math", math_fns);
+  copy_whole_lib(L, env, "utf8", NULL);
+  copy_whole_lib(L, env, "coroutine", NULL);
   lua_pushcfunction(L, sandbox_print);
   lua_setfield(L, env, "print");
   /* the module */
@@ -440,6 +452,7 @@ int sy_lua_new(sy_lua **out, const sy_lua_limits *limits, sy_plugins *plugins,
   h->plugins = plugins;
   h->ctx_call = ctx_call;
   h->ud = ud;
+  sy__random_seed(h->rng, 0);
   if (!(L = lua_newstate(l_alloc, h))) {
     free(h);
     return SY_ENOMEM;

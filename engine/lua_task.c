@@ -48,7 +48,8 @@ static int ctx_log(lua_State *L) {
   return 0;
 }
 
-/* Lua: ctx.sleep(seconds) parks the step on a timer. */
+/* Lua: ctx.sleep(seconds) waits: on a timer, or parked in the database for
+ * a long one. It is a ctx call like the others, numbered with them. */
 static int ctx_sleep(lua_State *L) {
   sy_task *t = running_task(L, "ctx.sleep");
   double s = luaL_checknumber(L, 1);
@@ -56,7 +57,7 @@ static int ctx_sleep(lua_State *L) {
                 "seconds must be a finite number >= 0");
   t->pending = PENDING_SLEEP;
   t->sleep_ms = (int64_t)(s * 1000.0 + 0.5);
-  t->sleep_seq++;
+  t->call_seq++;
   return lua_yield(L, 0);
 }
 
@@ -326,8 +327,8 @@ void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
   lua_State *L = t->h->L;
   t->step = step;
   t->attempt = attempt;
-  t->sleep_seq = 0;
   t->call_seq = 0;
+  sy__seed_random(t);
   t->vars_dirty = step->kind == SY_STEP_TASK;
   t->budget_left = t->h->instructions;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
@@ -434,7 +435,7 @@ static void resume(sy_task *t, int nargs, sy_task_result *r) {
     if (t->pending == PENDING_SLEEP) {
       r->status = SY_TASK_SLEEP;
       r->sleep_ms = t->sleep_ms;
-      r->sleep_seq = t->sleep_seq;
+      r->seq = t->call_seq;
       return;
     }
     if (t->pending == PENDING_CALL) {
@@ -539,5 +540,100 @@ int sy_task_predicate(sy_task *t, const sy_step *step, const char *option,
   luaL_unref(L, LUA_REGISTRYINDEX, ref);
   *out = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------
+ * math.random: xoshiro256** per step run, as Lua 5.4's own generator, with
+ * Lua's argument rules. */
+
+static uint64_t rotl(uint64_t x, int n) {
+  return (x << n) | (x >> (64 - n));
+}
+
+static uint64_t next_random(uint64_t s[4]) {
+  uint64_t out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = rotl(s[3], 45);
+  return out;
+}
+
+void sy__random_seed(uint64_t s[4], uint64_t x) {
+  for (int i = 0; i < 4; i++) { /* splitmix64 */
+    uint64_t z = (x += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    s[i] = z ^ (z >> 31);
+  }
+}
+
+void sy__seed_random(sy_task *t) {
+  char key[320];
+  uint64_t h = 14695981039346656037u; /* FNV-1a */
+  for (const char *p = sy_task_idempotency_key(t, 1, key, sizeof key); *p;
+       p++) {
+    h = (h ^ (unsigned char)*p) * 1099511628211u;
+  }
+  sy__random_seed(t->rng, h);
+}
+
+static uint64_t *random_state(lua_State *L) {
+  sy_lua *h = sy__host(L);
+  return h->current ? h->current->rng : h->rng;
+}
+
+/* Lua: math.random([m [, n]]) -> a float in [0, 1), or an integer in
+ * [1, m] or [m, n]; math.random(0) -> an integer of 64 random bits. */
+int sy__math_random(lua_State *L) {
+  uint64_t *s = random_state(L), r = next_random(s), lim, mask;
+  lua_Integer low, up;
+  switch (lua_gettop(L)) {
+    case 0:
+      lua_pushnumber(L, (lua_Number)(r >> 11) * 0x1.0p-53);
+      return 1;
+    case 1:
+      low = 1;
+      up = luaL_checkinteger(L, 1);
+      if (up == 0) {
+        lua_pushinteger(L, (lua_Integer)r);
+        return 1;
+      }
+      break;
+    case 2:
+      low = luaL_checkinteger(L, 1);
+      up = luaL_checkinteger(L, 2);
+      break;
+    default:
+      return luaL_error(L, "wrong number of arguments");
+  }
+  luaL_argcheck(L, low <= up, lua_gettop(L), "interval is empty");
+  /* a uniform draw in [0, lim]: mask to the bits lim needs, reject above */
+  lim = (uint64_t)up - (uint64_t)low;
+  for (mask = lim; mask & (mask + 1); mask |= mask >> 1) {
+  }
+  while ((r &= mask) > lim) {
+    r = next_random(s);
+  }
+  lua_pushinteger(L, (lua_Integer)((uint64_t)low + r));
+  return 1;
+}
+
+/* Lua: math.randomseed([n]): the step run's generator from n, or back to
+ * its idempotency key's seed. */
+int sy__math_randomseed(lua_State *L) {
+  sy_lua *h = sy__host(L);
+  if (lua_isnoneornil(L, 1)) {
+    if (h->current) {
+      sy__seed_random(h->current);
+    } else {
+      sy__random_seed(h->rng, 0);
+    }
+    return 0;
+  }
+  sy__random_seed(random_state(L), (uint64_t)luaL_checkinteger(L, 1));
   return 0;
 }

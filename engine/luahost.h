@@ -63,7 +63,7 @@ typedef enum {
   SY_TASK_DONE,  /* finished: next (NULL = end of instance), vars_json
                     (NULL when a node step left vars as they were) */
   SY_TASK_ERROR, /* raised: error */
-  SY_TASK_SLEEP, /* ctx.sleep: sleep_ms, sleep_seq */
+  SY_TASK_SLEEP, /* ctx.sleep: sleep_ms, seq */
   SY_TASK_CALL   /* parked on a plugin call (ctx.<fn>) */
 } sy_task_status;
 
@@ -73,7 +73,7 @@ typedef struct sy_task_result {
   char *vars_json;  /* malloc'd on DONE, or NULL: unchanged */
   char error[1024];
   int64_t sleep_ms;
-  int sleep_seq;
+  int seq; /* SLEEP: the sleep's number among the step run's ctx calls */
 } sy_task_result;
 
 /* How ctx.<plugin fn>(...) reaches the engine: it starts the plugin call

@@ -88,7 +88,7 @@ static void api_totals(sy_call *c, int64_t now_ms, int64_t *run_ms,
   sy_inst *in = c->inst;
   *run_ms = *reruns = 0;
   if (in) {
-    *run_ms = in->run_ms + (now_ms - in->step_started);
+    *run_ms = in->run_ms + in->ran_before_ms + (now_ms - in->segment_started);
     *reruns = in->reruns + (in->attempt > 1);
   }
 }
@@ -162,6 +162,7 @@ static void call_unlink(sy_engine *e, sy_call *c) {
 
 static void call_free(sy_call *c) {
   call_unlink(c->e, c);
+  free(c->what);
   free(c->held_args);
   free(c->next);
   free(c->error);
@@ -184,6 +185,32 @@ static sy_call *call_new(sy_engine *e, sy_inst *in) {
   return c;
 }
 
+/* A ctx call's answer goes into the step run's journal, so that the step,
+ * run again, gets it without calling again. One that does not fit fails
+ * the call instead. */
+static void journal_answer(sy_call *c) {
+  sy_inst *in = c->inst;
+  char err[512];
+  sy_journal_entry j = {.seq = c->seq,
+                        .kind = SY_JOURNAL_CALL,
+                        .hash = c->hash,
+                        .what = c->what,
+                        .result = c->error ? NULL : c->next,
+                        .error = c->error};
+  int rc;
+  if (!sy__journal_fits(in, &j, err, sizeof err)) {
+    free(c->next);
+    c->next = NULL;
+    free(c->error);
+    c->error = strdup(err);
+    j.result = NULL;
+    j.error = c->error;
+  }
+  if ((rc = sy__journal_add(in, &j))) {
+    sy__fatal(in->e, rc);
+  }
+}
+
 /* Hands the outcome of a completed call to its instance. A ctx call's
  * result goes to the step's coroutine, which goes on where it stopped: at
  * once if it had not yielded yet (the plugin answered within the call),
@@ -193,6 +220,7 @@ static void deliver(sy_call *c) {
   sy_task_result r;
   in->call = NULL;
   if (c->fn) {
+    journal_answer(c);
     sy_task_call_done(in->task, c->next, c->error);
     call_free(c);
     if (in->ph == PH_CALL) {
@@ -301,17 +329,55 @@ int sy__call_node(sy_inst *in) {
   return 0;
 }
 
+/* "ctx.http {\"url\": ...}", cut to a length a message can hold. */
+static char *describe(const char *name, const char *args_json) {
+  char buf[160];
+  int n = snprintf(buf, sizeof buf, "ctx.%s %s", name,
+                   args_json ? args_json : "null");
+  if (n >= (int)sizeof buf) {
+    memcpy(buf + sizeof buf - 4, "...", 4);
+  }
+  return strdup(buf);
+}
+
 int sy__ctx_call(void *ud, sy_task *t, const sy_ctx_fn_entry *fn,
                  const char *args_json, char *err, size_t errlen) {
   sy_engine *e = ud;
   sy_inst *in = sy_task_owner(t);
-  sy_call *c = call_new(e, in);
+  const sy_journal_entry *j;
+  sy_call *c;
+  if (in->diverged) { /* the step run has failed: nothing more runs */
+    snprintf(err, errlen, "%s", in->diverged);
+    return SY_ESTATE;
+  }
+  c = call_new(e, in);
   if (!c) {
     snprintf(err, errlen, "out of memory");
     return SY_ENOMEM;
   }
   c->fn = fn;
   c->seq = sy_task_call_seq(t);
+  c->hash = sy__journal_hash(fn->fn->name, args_json);
+  if (!(c->what = describe(fn->fn->name, args_json))) {
+    in->call = NULL;
+    call_free(c);
+    snprintf(err, errlen, "out of memory");
+    return SY_ENOMEM;
+  }
+  if ((j = sy__journal_at(in, c->seq))) {
+    /* Run again from its start: the step gets what it got the first time,
+     * if it asks the same. */
+    int same = j->kind == SY_JOURNAL_CALL && j->hash == c->hash;
+    if (same) {
+      sy_task_call_done(t, j->result, j->error);
+    } else {
+      sy__journal_diverged(in, c->seq, j->what, c->what);
+      snprintf(err, errlen, "%s", in->diverged ? in->diverged : "diverged");
+    }
+    in->call = NULL;
+    call_free(c);
+    return same ? 0 : SY_ESTATE;
+  }
   if (in->chained_tx && in->chained_tx == sy_store_tx_seq(e->store)) {
     /* The step before this one is not committed yet: the plugin, which
      * may reach outside, hears of the call once it is (sy__issue_held). */

@@ -199,9 +199,12 @@ static void check_cb(uv_check_t *h) {
   sy_engine *e = h->data;
   int rc;
   if (!e->fatal && sy_store_in_tx(e->store)) {
-    if (sy_plugins_before_commit(e->plugins)) {
+    if ((rc = sy__journal_flush(e))) {
+      sy__fatal(e, rc);
       sy_engine_rollback(e);
+    } else if (sy_plugins_before_commit(e->plugins)) {
       sy__fatal(e, SY_EPLUGIN);
+      sy_engine_rollback(e);
     } else if ((rc = sy_store_commit(e->store))) {
       sy__fatal(e, rc);
     }

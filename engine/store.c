@@ -89,13 +89,33 @@ static const char *const migrations[] = {
     "ALTER TABLE instances ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;"
     "UPDATE instances SET claimed = 1 "
     "WHERE state NOT IN ('completed', 'cancelled');",
+    /* 4: the step journal. Every ctx call of the step run an instance is
+     * in (ctx.sleep included), numbered, with what it answered, so that the
+     * step, run again from its start after a park or a crash, gets the
+     * answers of the calls it had made without making them again. Rows go
+     * when the step's transition commits. The journal replaces the one
+     * recorded sleep (wait_seq). A step run keeps how long it ran: one that
+     * parked lasted longer than it ran. */
+    "CREATE TABLE journal("
+    "  instance_id INTEGER NOT NULL,"
+    "  seq INTEGER NOT NULL,"  /* the call's number in its step run */
+    "  kind INTEGER NOT NULL," /* 1: a call, 2: a sleep */
+    "  hash INTEGER NOT NULL," /* of what was asked: replays compare */
+    "  what TEXT NOT NULL,"    /* the same, for messages */
+    "  result TEXT,"           /* a call's answer (JSON) */
+    "  error TEXT,"            /* or the error it raised */
+    "  due_at INTEGER,"        /* a sleep's end */
+    "  started_at INTEGER,"    /* a parked step run: when it started */
+    "  ran_ms INTEGER,"        /* and how long it had run */
+    "  PRIMARY KEY(instance_id, seq)) WITHOUT ROWID;"
+    "ALTER TABLE instances DROP COLUMN wait_seq;"
+    "ALTER TABLE step_runs ADD COLUMN run_ms INTEGER;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
-#define INSTANCE_COLS                                                        \
-  "id, workflow, def_hash, state, step, attempt, vars, wake_at, "            \
-  "wait_seq, created_at, updated_at, ended_at, generation, run_ms, reruns, " \
-  "claimed"
+#define INSTANCE_COLS                                             \
+  "id, workflow, def_hash, state, step, attempt, vars, wake_at, " \
+  "created_at, updated_at, ended_at, generation, run_ms, reruns, claimed"
 
 static const char *const sql_text[Q__COUNT] = {
     [Q_BEGIN] = "BEGIN IMMEDIATE",
@@ -161,7 +181,7 @@ static const char *const sql_text[Q__COUNT] = {
      * instance leaving 'running' is no one's any more. */
     [Q_UPDATE_INSTANCE] =
         "UPDATE instances SET state = ?2, step = ?3, attempt = ?4, "
-        "vars = coalesce(?5, vars), wake_at = ?6, wait_seq = ?7, "
+        "vars = coalesce(?5, vars), wake_at = ?6, "
         "updated_at = ?8, ended_at = ?9, generation = generation + ?11, "
         "run_ms = run_ms + ?12, reruns = reruns + ?13, "
         "owner = CASE WHEN ?2 = 'running' THEN owner END, "
@@ -173,12 +193,21 @@ static const char *const sql_text[Q__COUNT] = {
      * wake_at is known to be NULL already, so it is not assigned). */
     [Q_ADVANCE_INSTANCE] =
         "UPDATE instances SET step = ?3, attempt = ?4, "
-        "vars = coalesce(?5, vars), wait_seq = NULL, updated_at = ?8, "
+        "vars = coalesce(?5, vars), updated_at = ?8, "
         "run_ms = run_ms + ?12, reruns = reruns + ?13 "
         "WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
     [Q_INSERT_STEP_RUN] =
         "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
-        "ended_at, outcome, error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "ended_at, outcome, error, run_ms) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [Q_JOURNAL_PUT] =
+        "INSERT INTO journal(instance_id, seq, kind, hash, what, result, "
+        "error, due_at, started_at, ran_ms) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    [Q_JOURNAL_READ] =
+        "SELECT seq, kind, hash, what, result, error, due_at, started_at, "
+        "ran_ms FROM journal WHERE instance_id = ?1 ORDER BY seq",
+    [Q_JOURNAL_CLEAR] = "DELETE FROM journal WHERE instance_id = ?1",
     [Q_INSERT_INCIDENT] =
         "INSERT INTO incidents(instance_id, step, error, raised_at) "
         "VALUES(?1, ?2, ?3, ?4)",
@@ -194,7 +223,8 @@ static const char *const sql_text[Q__COUNT] = {
         "AND (?2 IS NULL OR workflow = ?2) AND id > ?3",
     [Q_LIST_STEP_RUNS] =
         "SELECT id, instance_id, step, attempt, started_at, ended_at, "
-        "outcome, error FROM step_runs WHERE instance_id = ?1 ORDER BY id",
+        "outcome, error, coalesce(run_ms, ended_at - started_at) "
+        "FROM step_runs WHERE instance_id = ?1 ORDER BY id",
     [Q_LIST_INCIDENTS] =
         "SELECT n.id, n.instance_id, i.workflow, n.step, n.error, "
         "n.raised_at, n.resolved_at, n.resolution "

@@ -42,7 +42,6 @@ typedef struct sy_instance_row {
   int attempt;
   const char *vars;
   int64_t wake_at; /* 0 when none */
-  int wait_seq;    /* 0 when none */
   int64_t created_at, updated_at, ended_at;
   int generation; /* incident retries so far */
   int64_t run_ms; /* time spent in step runs so far */
@@ -58,6 +57,7 @@ typedef struct sy_step_run_row {
   int64_t started_at, ended_at;
   const char *outcome; /* ok, error, timeout */
   const char *error;   /* NULL when ok */
+  int64_t run_ms;      /* time it ran: less than it lasted if it parked */
 } sy_step_run_row;
 
 typedef struct sy_incident_row {
@@ -143,7 +143,6 @@ typedef struct sy_instance_update {
   int attempt;
   const char *vars; /* NULL keeps the stored vars */
   int64_t wake_at;  /* 0 for none */
-  int wait_seq;     /* 0 for none */
   int64_t now;
   int ended;
   const char *owner;  /* the engine holding it; NULL for commands */
@@ -153,10 +152,30 @@ typedef struct sy_instance_update {
 } sy_instance_update;
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u);
 
-int sy_store_insert_step_run(sy_store *st, int64_t instance_id,
-                             const char *step, int attempt, int64_t started,
-                             int64_t ended, const char *outcome,
-                             const char *error);
+int sy_store_insert_step_run(sy_store *st, const sy_step_run_row *r);
+
+/* The step journal of an instance's current step run (see the schema's
+ * migration 4): each ctx call, numbered, with what it answered. */
+typedef enum { SY_JOURNAL_CALL = 1, SY_JOURNAL_SLEEP = 2 } sy_journal_kind;
+typedef struct sy_journal_entry {
+  int seq;            /* 1 for the step run's first ctx call */
+  int kind;           /* sy_journal_kind */
+  uint64_t hash;      /* of what was asked */
+  const char *what;   /* the same, for messages */
+  const char *result; /* a call's answer, JSON (NULL: none) */
+  const char *error;  /* the error it raised (NULL: none) */
+  int64_t due_at;     /* a sleep's end (0: none) */
+  int64_t started_at; /* a parked step run: its start (0: none) */
+  int64_t ran_ms;     /* and how long it had run when it parked */
+} sy_journal_entry;
+typedef int (*sy_journal_cb)(void *ud, const sy_journal_entry *j);
+int sy_store_journal_put(sy_store *st, int64_t instance_id,
+                         const sy_journal_entry *j);
+/* The entries in call order; a non-zero return of cb stops and is
+ * returned. */
+int sy_store_journal_read(sy_store *st, int64_t instance_id, sy_journal_cb cb,
+                          void *ud);
+int sy_store_journal_clear(sy_store *st, int64_t instance_id);
 int sy_store_insert_incident(sy_store *st, int64_t instance_id,
                              const char *step, const char *error, int64_t now);
 

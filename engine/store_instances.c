@@ -39,14 +39,13 @@ static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
   r->attempt = sqlite3_column_int(s, 5);
   r->vars = (const char *)sqlite3_column_text(s, 6);
   r->wake_at = sqlite3_column_int64(s, 7);
-  r->wait_seq = sqlite3_column_int(s, 8);
-  r->created_at = sqlite3_column_int64(s, 9);
-  r->updated_at = sqlite3_column_int64(s, 10);
-  r->ended_at = sqlite3_column_int64(s, 11);
-  r->generation = sqlite3_column_int(s, 12);
-  r->run_ms = sqlite3_column_int64(s, 13);
-  r->reruns = sqlite3_column_int64(s, 14);
-  r->claimed = sqlite3_column_int(s, 15);
+  r->created_at = sqlite3_column_int64(s, 8);
+  r->updated_at = sqlite3_column_int64(s, 9);
+  r->ended_at = sqlite3_column_int64(s, 10);
+  r->generation = sqlite3_column_int(s, 11);
+  r->run_ms = sqlite3_column_int64(s, 12);
+  r->reruns = sqlite3_column_int64(s, 13);
+  r->claimed = sqlite3_column_int(s, 14);
 }
 
 /* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
@@ -228,7 +227,6 @@ static void bind_update(sqlite3_stmt *s, const sy_instance_update *u) {
   sqlite3_bind_int(s, 4, u->attempt);
   sy__bind_text(s, 5, u->vars);
   sy__bind_opt_int(s, 6, u->wake_at);
-  sy__bind_opt_int(s, 7, u->wait_seq);
   sqlite3_bind_int64(s, 8, u->now);
   sy__bind_opt_int(s, 9, u->ended ? u->now : 0);
   sy__bind_text(s, 10, u->owner);
@@ -269,22 +267,80 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   return 0;
 }
 
-int sy_store_insert_step_run(sy_store *st, int64_t instance_id,
-                             const char *step, int attempt, int64_t started,
-                             int64_t ended, const char *outcome,
-                             const char *error) {
+int sy_store_insert_step_run(sy_store *st, const sy_step_run_row *r) {
   sqlite3_stmt *s = sy__stmt(st, Q_INSERT_STEP_RUN);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, step, -1, SQLITE_STATIC);
-  sqlite3_bind_int(s, 3, attempt);
-  sqlite3_bind_int64(s, 4, started);
-  sqlite3_bind_int64(s, 5, ended);
-  sqlite3_bind_text(s, 6, outcome, -1, SQLITE_STATIC);
-  sy__bind_text(s, 7, error);
+  sqlite3_bind_int64(s, 1, r->instance_id);
+  sqlite3_bind_text(s, 2, r->step, -1, SQLITE_STATIC);
+  sqlite3_bind_int(s, 3, r->attempt);
+  sqlite3_bind_int64(s, 4, r->started_at);
+  sqlite3_bind_int64(s, 5, r->ended_at);
+  sqlite3_bind_text(s, 6, r->outcome, -1, SQLITE_STATIC);
+  sy__bind_text(s, 7, r->error);
+  sqlite3_bind_int64(s, 8, r->run_ms);
   return sy__exec_stmt(st, s, "record step run");
+}
+
+int sy_store_journal_put(sy_store *st, int64_t instance_id,
+                         const sy_journal_entry *j) {
+  sqlite3_stmt *s = sy__stmt(st, Q_JOURNAL_PUT);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_int(s, 2, j->seq);
+  sqlite3_bind_int(s, 3, j->kind);
+  sqlite3_bind_int64(s, 4, (int64_t)j->hash);
+  sqlite3_bind_text(s, 5, j->what, -1, SQLITE_STATIC);
+  sy__bind_text(s, 6, j->result);
+  sy__bind_text(s, 7, j->error);
+  sy__bind_opt_int(s, 8, j->due_at);
+  sy__bind_opt_int(s, 9, j->started_at);
+  sy__bind_opt_int(s, 10, j->ran_ms);
+  return sy__exec_stmt(st, s, "journal a call");
+}
+
+int sy_store_journal_read(sy_store *st, int64_t instance_id, sy_journal_cb cb,
+                          void *ud) {
+  sqlite3_stmt *s = sy__stmt(st, Q_JOURNAL_READ);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sy_journal_entry j = {
+        .seq = sqlite3_column_int(s, 0),
+        .kind = sqlite3_column_int(s, 1),
+        .hash = (uint64_t)sqlite3_column_int64(s, 2),
+        .what = (const char *)sqlite3_column_text(s, 3),
+        .result = (const char *)sqlite3_column_text(s, 4),
+        .error = (const char *)sqlite3_column_text(s, 5),
+        .due_at = sqlite3_column_int64(s, 6),
+        .started_at = sqlite3_column_int64(s, 7),
+        .ran_ms = sqlite3_column_int64(s, 8),
+    };
+    if ((rc = cb(ud, &j))) {
+      sqlite3_reset(s);
+      sqlite3_clear_bindings(s);
+      return rc;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "read the journal");
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc;
+}
+
+int sy_store_journal_clear(sy_store *st, int64_t instance_id) {
+  sqlite3_stmt *s = sy__stmt(st, Q_JOURNAL_CLEAR);
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  return sy__exec_stmt(st, s, "clear the journal");
 }
 
 int sy_store_insert_incident(sy_store *st, int64_t instance_id,
@@ -355,6 +411,7 @@ int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
         .ended_at = sqlite3_column_int64(s, 5),
         .outcome = (const char *)sqlite3_column_text(s, 6),
         .error = (const char *)sqlite3_column_text(s, 7),
+        .run_ms = sqlite3_column_int64(s, 8),
     };
     if (cb(ud, &r)) {
       rc = SQLITE_DONE;

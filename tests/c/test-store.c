@@ -45,14 +45,14 @@ static void test_migrations(void) {
   sy_store *st = open_store();
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_FULL};
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 3);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 4);
   CHECK(scalar(st,
                "SELECT count(*) FROM sqlite_master WHERE name = "
                "'instances'") == 1);
   sy_store_close(st);
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 3);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 4);
   CHECK(sqlite3_exec(sy_store_db(st), "PRAGMA user_version = 99", NULL, NULL,
                      NULL) == SQLITE_OK);
   sy_store_close(st);
@@ -71,6 +71,25 @@ static int64_t totals(sy_store *st, int64_t id) {
   return scalar(st, sql);
 }
 
+/* What migration 4 did (the journal), undone to make an older schema. */
+#define UNDO_4                                         \
+  "DROP TABLE journal;"                                \
+  "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" \
+  "ALTER TABLE step_runs DROP COLUMN run_ms;"
+
+static int step_run(sy_store *st, int64_t id, const char *step, int attempt,
+                    int64_t started, int64_t ended, const char *error) {
+  sy_step_run_row r = {.instance_id = id,
+                       .step = step,
+                       .attempt = attempt,
+                       .started_at = started,
+                       .ended_at = ended,
+                       .outcome = error ? "error" : "ok",
+                       .error = error,
+                       .run_ms = ended - started};
+  return sy_store_insert_step_run(st, &r);
+}
+
 /* A database of schema 1 (no step-run totals on instances) gets them from
  * its history when opened. */
 static void test_migration_totals(void) {
@@ -79,19 +98,19 @@ static void test_migration_totals(void) {
   CHECK_EQ(sy_store_begin(st), 0);
   CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &a), 0);
   CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "x", "{}", 1, &b), 0);
-  CHECK_EQ(sy_store_insert_step_run(st, a, "x", 1, 100, 130, "error", "e"), 0);
-  CHECK(sy_store_insert_step_run(st, a, "x", 2, 200, 205, "ok", NULL) == 0);
-  CHECK(sy_store_insert_step_run(st, a, "y", 1, 300, 312, "ok", NULL) == 0);
+  CHECK_EQ(step_run(st, a, "x", 1, 100, 130, "e"), 0);
+  CHECK_EQ(step_run(st, a, "x", 2, 200, 205, NULL), 0);
+  CHECK_EQ(step_run(st, a, "y", 1, 300, 312, NULL), 0);
   CHECK_EQ(sy_store_commit(st), 0);
   CHECK(sqlite3_exec(sy_store_db(st),
-                     "ALTER TABLE instances DROP COLUMN run_ms;"
-                     "ALTER TABLE instances DROP COLUMN reruns;"
-                     "ALTER TABLE instances DROP COLUMN claimed;"
-                     "PRAGMA user_version = 1",
+                     UNDO_4 "ALTER TABLE instances DROP COLUMN run_ms;"
+                            "ALTER TABLE instances DROP COLUMN reruns;"
+                            "ALTER TABLE instances DROP COLUMN claimed;"
+                            "PRAGMA user_version = 1",
                      NULL, NULL, NULL) == SQLITE_OK);
   sy_store_close(st);
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 3);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 4);
   /* 30 + 5 + 12 ms, and one retried run (x, attempt 2) */
   CHECK_EQ(totals(st, a), 471);
   CHECK_EQ(totals(st, b), 0);
@@ -121,12 +140,12 @@ static void test_migration_claimed(void) {
   }
   CHECK_EQ(sy_store_commit(st), 0);
   CHECK(sqlite3_exec(sy_store_db(st),
-                     "ALTER TABLE instances DROP COLUMN claimed;"
-                     "PRAGMA user_version = 2",
+                     UNDO_4 "ALTER TABLE instances DROP COLUMN claimed;"
+                            "PRAGMA user_version = 2",
                      NULL, NULL, NULL) == SQLITE_OK);
   sy_store_close(st);
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 3);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 4);
   CHECK(scalar(st,
                "SELECT count(*) FROM instances WHERE claimed = 1 AND "
                "state IN ('ready', 'running', 'waiting', 'incident')") == 4);

@@ -698,10 +698,10 @@ describe("SIGTERM", function()
       env:ok("start", "sleepy", "--count", tostring(n), "--var",
         "nap:=" .. nap)
       local p = env:spawn("run")
-      -- every instance is in its long sleep, recorded with its due time
+      -- every instance is parked in its long sleep, with its due time
       local asleep = H.poll(20, 0.05, function()
         return env:scalar("select count(*) from instances where step = 'nap' "
-          .. "and state = 'running' and wake_at is not null") == n
+          .. "and state = 'waiting' and wake_at is not null") == n
       end)
       assert.is_truthy(asleep, "instances never all reached their sleep")
       local due = {}
@@ -870,33 +870,39 @@ describe("more of the CLI", function()
     assert.is_truthy(lines[3]:find("%[cancelled%]$"), lines[3])
   end)
 
-  it("cancel stops a ready and a waiting instance for good", function()
-    local ready = tonumber((env:ok("start", "sleepy")):match("%d+"))
-    env:ok("cancel", tostring(ready))
-    local waiting = tonumber((env:ok("start", "sleepy", "--var", "nap:=30"))
-      :match("%d+"))
-    local p = env:spawn("run")
-    assert(H.poll(20, 0.05, function()
-      return env:scalar("select count(*) from instances where id = " ..
-        waiting .. " and wake_at is not null") == 1
-    end), "never asleep")
-    local code, _, err = env:run("cancel", tostring(waiting))
-    assert.are.equal(2, code, "cancel of a running instance")
-    has(err, "is running")
-    H.signal(p, "TERM")
-    assert.are.equal(0, H.wait_exit(p, 10))
-    assert.are.equal("waiting", show_json(env, waiting).state)
-    env:ok("cancel", tostring(waiting))
-    env:ok("run", "--until-idle")
-    for _, id in ipairs({ ready, waiting }) do
-      local s = show_json(env, id)
-      assert.are.equal("cancelled", s.state)
-      assert.is_number(s.ended_at)
-      assert.is_nil(s.vars.finished)
-    end
-    assert.are.equal(0, #show_json(env, ready).history)
-    assert.are.equal("begin", (steps_of(show_json(env, waiting).history)))
-  end)
+  it("cancel stops a ready and a parked instance for good, not a running one",
+    function()
+      local ready = tonumber((env:ok("start", "sleepy")):match("%d+"))
+      env:ok("cancel", tostring(ready))
+      local parked = tonumber((env:ok("start", "sleepy", "--var", "nap:=30"))
+        :match("%d+"))
+      -- a sleep its step's timeout would end first stays in memory: running
+      local held = tonumber((env:ok("start", H.fixtures .. "/held.lua"))
+        :match("%d+"))
+      local p = env:spawn("run")
+      assert(H.poll(20, 0.05, function()
+        return env:scalar("select count(*) from instances where (id = " ..
+          parked .. " and state = 'waiting' and wake_at is not null) or (id = "
+          .. held .. " and state = 'running' and step = 'hold')") == 2
+      end), "never asleep")
+      -- parked: no engine holds it, so it can go while the engine runs
+      env:ok("cancel", tostring(parked))
+      local code, _, err = env:run("cancel", tostring(held))
+      assert.are.equal(2, code, "cancel of a running instance")
+      has(err, "is running")
+      H.signal(p, "TERM")
+      assert.are.equal(0, H.wait_exit(p, 10))
+      env:ok("cancel", tostring(held))
+      env:ok("run", "--until-idle")
+      for _, id in ipairs({ ready, parked, held }) do
+        local s = show_json(env, id)
+        assert.are.equal("cancelled", s.state)
+        assert.is_number(s.ended_at)
+        assert.is_nil(s.vars.finished)
+      end
+      assert.are.equal(0, #show_json(env, ready).history)
+      assert.are.equal("begin", (steps_of(show_json(env, parked).history)))
+    end)
 
   it("a running engine picks up instances started after it", function()
     local p = env:spawn("--sync", "normal", "run")
@@ -992,7 +998,7 @@ describe("more of the CLI", function()
       local p = env:spawn("run")
       assert(H.poll(20, 0.05, function()
         return env:scalar("select count(*) from instances where step = " ..
-          "'nap' and state = 'running' and wake_at is not null") == n
+          "'nap' and state = 'waiting' and wake_at is not null") == n
       end), "never all asleep")
       local code, _, err = env:run("run", "--until-idle")
       H.signal(p, "TERM")

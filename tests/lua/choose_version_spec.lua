@@ -811,7 +811,10 @@ describe("a decision's step time and retries", function()
     e:close()
     -- Back to the schema before the step-run totals existed: the decisions
     -- of instances in flight must carry what their branch has run.
-    sqlite3(db, "ALTER TABLE cv_decisions DROP COLUMN base_run_ms;" ..
+    sqlite3(db, "DROP TABLE journal;" ..
+      "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" ..
+      "ALTER TABLE step_runs DROP COLUMN run_ms;" ..
+      "ALTER TABLE cv_decisions DROP COLUMN base_run_ms;" ..
       "ALTER TABLE cv_decisions DROP COLUMN base_reruns;" ..
       "UPDATE cv_meta SET value = 1 WHERE key = 'schema_version';" ..
       "ALTER TABLE instances DROP COLUMN run_ms;" ..

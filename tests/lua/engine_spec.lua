@@ -171,27 +171,37 @@ describe("timeouts and sleeps", function()
     cleanup(e, db)
   end)
 
-  it("a sleep interrupted by a stop keeps its due time and is not slept twice",
-     function()
+  it("a long sleep parks: the row waits for its due time, and the step goes "
+     .. "on after it without sleeping twice", function()
     local e, db = new_engine()
     local id = assert(e:start(FIX .. "napper.lua", {}))
     e:run { for_ms = 300 }
     local i = e:instance(id)
-    -- stopped mid-sleep: waiting for the recorded due time, step not done
+    -- parked mid-sleep: waiting for the due time, the step not done, the
+    -- sleep in the step run's journal
     assert.are.equal("waiting", i.state)
     assert.are.equal("nap", i.step)
     assert.is_nil(i.vars.woke)
     local due = i.wake_at
     assert.is_true(due > 0)
+    local j = e:sql("SELECT seq, kind, due_at FROM journal WHERE instance_id "
+                    .. "= ?1", id)
+    assert.are.same({ { seq = 1, kind = 2, due_at = due } }, j)
     e:run()
     i = e:instance(id)
     assert.are.equal("completed", i.state)
     assert.is_true(i.vars.woke)
-    -- the step re-ran from its start once (at-least-once) after the due time
-    local rows = e:sql("SELECT started_at FROM step_runs WHERE instance_id = ?1 "
-                       .. "AND step = 'nap'", id)
+    -- one step run, from before the park to after the due time; it ran for
+    -- a moment on each side of the park, and was run again once to go on
+    local rows = e:sql("SELECT started_at, ended_at, run_ms FROM step_runs "
+                       .. "WHERE instance_id = ?1 AND step = 'nap'", id)
     assert.are.equal(1, #rows)
-    assert.is_true(rows[1].started_at >= due)
+    assert.is_true(rows[1].started_at < due and rows[1].ended_at >= due)
+    assert.is_true(rows[1].run_ms < rows[1].ended_at - rows[1].started_at)
+    -- run again from its start with the vars it started with: what the
+    -- first run did to vars before parking is not kept
+    assert.are.equal(1, i.vars.runs)
+    assert.are.same({}, e:sql("SELECT * FROM journal"))
     cleanup(e, db)
   end)
 end)

@@ -142,8 +142,8 @@ typedef struct sy_api {
   /* A seedable generator owned by the engine: deterministic under a seed. */
   uint64_t (*random)(sy_call *c);
   /* The instance's totals as sy_event gives them, at time now_ms (from
-   * now_ms): the current step run counts up to then, and as a retry if it
-   * is one. */
+   * now_ms): the current step run counts as far as it has run by then
+   * (parked time not included), and as a retry if it is one. */
   void (*totals)(sy_call *c, int64_t now_ms, int64_t *run_ms, int64_t *reruns);
 
   /* Whether the instance is fresh: no engine had taken it before this one,
