@@ -92,8 +92,8 @@ int sy__push_json_text(lua_State *L, const char *text, int want_object,
                        char *err, size_t errlen);
 /* Encodes the value at idx as JSON text (malloc'd); errors name where in
  * `root` the offending value is. */
-int sy__encode(lua_State *L, int idx, const char *root, char **out, char *err,
-               size_t errlen);
+int sy__encode(lua_State *L, int idx, const char *root, int canonical,
+               char **out, char *err, size_t errlen);
 
 /* lua_task.c */
 /* Makes the metatable every ctx shares (its methods), kept in h->ctx_mt. */

@@ -316,8 +316,8 @@ int sy_vars_check(const char *text, char *err, size_t errlen) {
 }
 
 /* Encodes the value at idx; *out is malloc'd. */
-int sy__encode(lua_State *L, int idx, const char *root, char **out, char *err,
-               size_t errlen) {
+int sy__encode(lua_State *L, int idx, const char *root, int canonical,
+               char **out, char *err, size_t errlen) {
   jpath jp;
   json_t *j;
   int rc;
@@ -326,7 +326,8 @@ int sy__encode(lua_State *L, int idx, const char *root, char **out, char *err,
   if ((rc = to_json(L, idx, &j, &jp, err, errlen))) {
     return rc;
   }
-  *out = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+  *out = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY |
+                          (canonical ? JSON_SORT_KEYS : 0));
   json_decref(j);
   if (!*out) {
     snprintf(err, errlen, "%s: out of memory", root);
@@ -336,7 +337,7 @@ int sy__encode(lua_State *L, int idx, const char *root, char **out, char *err,
 }
 
 int sy_lua_encode(lua_State *L, int idx, char **out, char *err, size_t errlen) {
-  return sy__encode(L, idx, "value", out, err, errlen);
+  return sy__encode(L, idx, "value", 0, out, err, errlen);
 }
 
 int sy_lua_push_json(lua_State *L, const char *text, char *err, size_t errlen) {

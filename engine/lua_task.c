@@ -96,7 +96,9 @@ static int ctx_plugin_call(lua_State *L) {
   char err[512];
   int rc;
   lua_settop(L, 1);
-  if (sy__encode(L, 1, "argument", &args, err, sizeof err)) {
+  /* Canonical (keys sorted): Lua's table order differs from one state to
+   * the next, and a replay compares the arguments with the journal's. */
+  if (sy__encode(L, 1, "argument", 1, &args, err, sizeof err)) {
     return luaL_error(L, "ctx.%s: %s", fn->fn->name, err);
   }
   t->call_done = 0;
@@ -411,7 +413,8 @@ static void finish(sy_task *t, const sy_step *step, const char *next,
     r->status = SY_TASK_ERROR;
     return;
   }
-  if (sy__encode(L, -1, "vars", &r->vars_json, r->error, sizeof r->error)) {
+  if (sy__encode(L, -1, "vars", 0, &r->vars_json, r->error,
+                 sizeof r->error)) {
     lua_pop(L, 1);
     r->status = SY_TASK_ERROR;
     return;
