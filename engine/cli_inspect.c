@@ -238,21 +238,29 @@ const sy__cli_cmd sy__cli_instances = {
 /* ---------------------------------------------------------------------
  * show */
 
+/* A step run: its times, and how long it ran (less than it lasted when it
+ * parked: the rest is marked parked). */
 static int print_step_run(void *ud, const sy_step_run_row *r) {
   json_t *arr = ud;
+  int64_t lasted = r->ended_at - r->started_at;
   if (arr) {
     json_array_append_new(
-        arr, json_pack("{s:s, s:i, s:I, s:I, s:I, s:s, s:s?}", "step", r->step,
-                       "attempt", r->attempt, "started_at",
+        arr, json_pack("{s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:s, s:s?}",
+                       "step", r->step, "attempt", r->attempt, "started_at",
                        (json_int_t)r->started_at, "ended_at",
                        (json_int_t)r->ended_at, "duration_ms",
-                       (json_int_t)(r->ended_at - r->started_at), "outcome",
-                       r->outcome, "error", r->error));
+                       (json_int_t)lasted, "run_ms", (json_int_t)r->run_ms,
+                       "parked_ms", (json_int_t)(lasted - r->run_ms),
+                       "outcome", r->outcome, "error", r->error));
   } else {
-    char t[32];
+    char t[32], parked[80] = "";
     sy__cli_time(r->started_at, t, sizeof t);
-    printf("  %s  %-20s attempt %-3d %6lld ms  %s%s%s\n", t, r->step,
-           r->attempt, (long long)(r->ended_at - r->started_at), r->outcome,
+    if (lasted > r->run_ms) {
+      snprintf(parked, sizeof parked, " (ran %lld ms, parked %lld ms)",
+               (long long)r->run_ms, (long long)(lasted - r->run_ms));
+    }
+    printf("  %s  %-20s attempt %-3d %6lld ms%s  %s%s%s\n", t, r->step,
+           r->attempt, (long long)lasted, parked, r->outcome,
            r->error ? ": " : "", r->error ? r->error : "");
   }
   return 0;

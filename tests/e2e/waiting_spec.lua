@@ -99,8 +99,12 @@ describe("waiting", function()
       for _, path in ipairs({ "/one", "/two", "/three", "/four" }) do
         assert.are.equal(1, count(by, path), path)
       end
-      -- one step run, no journal left
+      -- one step run, marked parked for most of it; no journal left
       assert.are.equal(1, #s.history)
+      local run = s.history[1]
+      assert.are.equal(run.duration_ms, run.run_ms + run.parked_ms)
+      assert.is_true(run.parked_ms >= 1000, "parked " .. run.parked_ms)
+      has(env:ok("show", tostring(id)), "parked " .. run.parked_ms .. " ms")
       assert.are.equal(0, env:scalar("select count(*) from journal"))
     end)
 
