@@ -245,13 +245,13 @@ static int print_step_run(void *ud, const sy_step_run_row *r) {
   int64_t lasted = r->ended_at - r->started_at;
   if (arr) {
     json_array_append_new(
-        arr, json_pack("{s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:s, s:s?}",
-                       "step", r->step, "attempt", r->attempt, "started_at",
+        arr, json_pack("{s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:s, s:s?}", "step",
+                       r->step, "attempt", r->attempt, "started_at",
                        (json_int_t)r->started_at, "ended_at",
                        (json_int_t)r->ended_at, "duration_ms",
                        (json_int_t)lasted, "run_ms", (json_int_t)r->run_ms,
-                       "parked_ms", (json_int_t)(lasted - r->run_ms),
-                       "outcome", r->outcome, "error", r->error));
+                       "parked_ms", (json_int_t)(lasted - r->run_ms), "outcome",
+                       r->outcome, "error", r->error));
   } else {
     char t[32], parked[80] = "";
     sy__cli_time(r->started_at, t, sizeof t);

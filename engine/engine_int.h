@@ -206,6 +206,9 @@ int sy__journal_fits(const sy_inst *in, const sy_journal_entry *j, char *err,
                      size_t errlen);
 /* Adds call #n+1 (copied), to be written before the turn's commit. */
 int sy__journal_add(sy_inst *in, const sy_journal_entry *j);
+/* The same, taking j's strings (malloc'd) as they are; returns the entry
+ * as journaled, or NULL when out of memory (the strings are freed). */
+const sy_journal_entry *sy__journal_adopt(sy_inst *in, sy_journal_entry *j);
 /* Writes the instance's unwritten entries now (it parks). */
 int sy__journal_write(sy_inst *in);
 /* Before each commit: every step run's unwritten entries. */

@@ -46,9 +46,7 @@ static size_t entry_size(const sy_journal_entry *j) {
          (j->error ? strlen(j->error) : 0);
 }
 
-/* Appends a copy of j (its strings duplicated). */
-static int append(sy__journal *jr, const sy_journal_entry *j) {
-  sy_journal_entry *e;
+static int grow(sy__journal *jr) {
   if (jr->n == jr->cap) {
     int cap = jr->cap ? jr->cap * 2 : 4;
     sy_journal_entry *v = realloc(jr->v, (size_t)cap * sizeof *v);
@@ -57,6 +55,15 @@ static int append(sy__journal *jr, const sy_journal_entry *j) {
     }
     jr->v = v;
     jr->cap = cap;
+  }
+  return 0;
+}
+
+/* Appends a copy of j (its strings duplicated). */
+static int append(sy__journal *jr, const sy_journal_entry *j) {
+  sy_journal_entry *e;
+  if (grow(jr)) {
+    return SY_ENOMEM;
   }
   e = &jr->v[jr->n];
   *e = *j;
@@ -115,13 +122,10 @@ int sy__journal_fits(const sy_inst *in, const sy_journal_entry *j, char *err,
   return 1;
 }
 
-int sy__journal_add(sy_inst *in, const sy_journal_entry *j) {
+/* Lists the instance's journal as one to write before the commit. */
+static int mark(sy_inst *in) {
   sy_engine *e = in->e;
   int rc;
-  SY_ASSERT(j->seq == in->journal.n + 1);
-  if ((rc = append(&in->journal, j))) {
-    return rc;
-  }
   if (!in->journal_listed) {
     in->journal_listed = 1;
     in->journal_next = e->journal_dirty;
@@ -133,6 +137,28 @@ int sy__journal_add(sy_inst *in, const sy_journal_entry *j) {
   }
   sy__kick(e);
   return 0;
+}
+
+int sy__journal_add(sy_inst *in, const sy_journal_entry *j) {
+  int rc;
+  SY_ASSERT(j->seq == in->journal.n + 1);
+  if ((rc = append(&in->journal, j))) {
+    return rc;
+  }
+  return mark(in);
+}
+
+const sy_journal_entry *sy__journal_adopt(sy_inst *in, sy_journal_entry *j) {
+  sy__journal *jr = &in->journal;
+  SY_ASSERT(j->seq == jr->n + 1);
+  if (grow(jr)) {
+    entry_free(j);
+    return NULL;
+  }
+  jr->v[jr->n] = *j;
+  jr->bytes += entry_size(j);
+  jr->n++;
+  return mark(in) ? NULL : &jr->v[jr->n - 1];
 }
 
 int sy__journal_write(sy_inst *in) {

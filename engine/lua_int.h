@@ -60,6 +60,7 @@ struct sy_task {
   int vars_dirty;
   char idem_key[320]; /* made when asked for */
   uint64_t rng[4];    /* math.random's state in this step run */
+  int rng_seeded;     /* it drew in this step run: rng is seeded */
 };
 
 /* A step's Lua values, kept in the registry (LUA_NOREF when absent). */

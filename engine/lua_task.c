@@ -330,7 +330,7 @@ void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
   t->step = step;
   t->attempt = attempt;
   t->call_seq = 0;
-  sy__seed_random(t);
+  t->rng_seeded = 0; /* seeded when the step first draws */
   t->vars_dirty = step->kind == SY_STEP_TASK;
   t->budget_left = t->h->instructions;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
@@ -413,8 +413,7 @@ static void finish(sy_task *t, const sy_step *step, const char *next,
     r->status = SY_TASK_ERROR;
     return;
   }
-  if (sy__encode(L, -1, "vars", 0, &r->vars_json, r->error,
-                 sizeof r->error)) {
+  if (sy__encode(L, -1, "vars", 0, &r->vars_json, r->error, sizeof r->error)) {
     lua_pop(L, 1);
     r->status = SY_TASK_ERROR;
     return;
@@ -576,6 +575,7 @@ void sy__random_seed(uint64_t s[4], uint64_t x) {
 
 void sy__seed_random(sy_task *t) {
   char key[320];
+  t->rng_seeded = 1;
   uint64_t h = 14695981039346656037u; /* FNV-1a */
   for (const char *p = sy_task_idempotency_key(t, 1, key, sizeof key); *p;
        p++) {
@@ -586,7 +586,14 @@ void sy__seed_random(sy_task *t) {
 
 static uint64_t *random_state(lua_State *L) {
   sy_lua *h = sy__host(L);
-  return h->current ? h->current->rng : h->rng;
+  sy_task *t = h->current;
+  if (!t) {
+    return h->rng;
+  }
+  if (!t->rng_seeded) {
+    sy__seed_random(t);
+  }
+  return t->rng;
 }
 
 /* Lua: math.random([m [, n]]) -> a float in [0, 1), or an integer in

@@ -188,27 +188,31 @@ static sy_call *call_new(sy_engine *e, sy_inst *in) {
 /* A ctx call's answer goes into the step run's journal, so that the step,
  * run again, gets it without calling again. One that does not fit fails
  * the call instead. */
-static void journal_answer(sy_call *c) {
+static const sy_journal_entry *journal_answer(sy_call *c) {
   sy_inst *in = c->inst;
   char err[512];
+  const sy_journal_entry *got;
   sy_journal_entry j = {.seq = c->seq,
                         .kind = SY_JOURNAL_CALL,
                         .hash = c->hash,
                         .what = c->what,
                         .result = c->error ? NULL : c->next,
                         .error = c->error};
-  int rc;
   if (!sy__journal_fits(in, &j, err, sizeof err)) {
     free(c->next);
-    c->next = NULL;
     free(c->error);
-    c->error = strdup(err);
     j.result = NULL;
-    j.error = c->error;
+    j.error = strdup(err);
+  } else if (c->error) {
+    free(c->next);
   }
-  if ((rc = sy__journal_add(in, &j))) {
-    sy__fatal(in->e, rc);
+  /* The strings go to the journal as they are: most entries are never
+   * written (the step ends in the turn), and copying each would cost. */
+  c->what = c->next = c->error = NULL;
+  if (!(got = sy__journal_adopt(in, &j))) {
+    sy__fatal(in->e, SY_ENOMEM);
   }
+  return got;
 }
 
 /* Hands the outcome of a completed call to its instance. A ctx call's
@@ -220,8 +224,9 @@ static void deliver(sy_call *c) {
   sy_task_result r;
   in->call = NULL;
   if (c->fn) {
-    journal_answer(c);
-    sy_task_call_done(in->task, c->next, c->error);
+    const sy_journal_entry *j = journal_answer(c);
+    sy_task_call_done(in->task, j ? j->result : NULL,
+                      j ? j->error : "out of memory");
     call_free(c);
     if (in->ph == PH_CALL) {
       in->ph = PH_RESUME;
@@ -329,15 +334,27 @@ int sy__call_node(sy_inst *in) {
   return 0;
 }
 
-/* "ctx.http {\"url\": ...}", cut to a length a message can hold. */
+/* "ctx.http {\"url\": ...}", cut to a length a message can hold. Made
+ * for every call (without printf: it is on the path of every call). */
 static char *describe(const char *name, const char *args_json) {
-  char buf[160];
-  int n = snprintf(buf, sizeof buf, "ctx.%s %s", name,
-                   args_json ? args_json : "null");
-  if (n >= (int)sizeof buf) {
-    memcpy(buf + sizeof buf - 4, "...", 4);
+  enum { MAX = 160 };
+  const char *args = args_json ? args_json : "null";
+  size_t n = strlen(name), a = strlen(args);
+  char *out = malloc(MAX);
+  if (!out) {
+    return NULL;
   }
-  return strdup(buf);
+  n = n < MAX - 16 ? n : MAX - 16;
+  memcpy(out, "ctx.", 4);
+  memcpy(out + 4, name, n);
+  out[4 + n] = ' ';
+  if (a > MAX - 6 - n) { /* cut, and marked so */
+    memcpy(out + 5 + n, args, MAX - 9 - n);
+    memcpy(out + MAX - 4, "...", 4);
+  } else {
+    memcpy(out + 5 + n, args, a + 1);
+  }
+  return out;
 }
 
 int sy__ctx_call(void *ud, sy_task *t, const sy_ctx_fn_entry *fn,
