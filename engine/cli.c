@@ -32,9 +32,9 @@ static const sy__cli_cmd cmd_lua_row = {
     0};
 
 static const sy__cli_cmd *const commands[] = {
-    &sy__cli_start,     &sy__cli_run,  &sy__cli_check,     &sy__cli_status,
-    &sy__cli_instances, &sy__cli_show, &sy__cli_incidents, &sy__cli_retry,
-    &sy__cli_cancel,    &cmd_lua_row};
+    &sy__cli_start,     &sy__cli_run,    &sy__cli_check,     &sy__cli_status,
+    &sy__cli_instances, &sy__cli_show,   &sy__cli_incidents, &sy__cli_retry,
+    &sy__cli_cancel,    &sy__cli_signal, &cmd_lua_row};
 #define NCOMMANDS (sizeof commands / sizeof *commands)
 
 /* ---------------------------------------------------------------------

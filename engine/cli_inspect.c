@@ -17,14 +17,15 @@ static const char *const all_states[6] = {
 json_t *sy__cli_instance_json(const sy_instance_row *r) {
   json_error_t je;
   json_t *vars = json_loads(r->vars, 0, &je);
-  return json_pack("{s:I, s:s, s:s, s:s?, s:i, s:o, s:I, s:I, s:o?, s:s}", "id",
-                   (json_int_t)r->id, "workflow", r->workflow, "state",
-                   r->state, "step", r->step, "attempt", r->attempt, "vars",
-                   vars ? vars : json_null(), "created_at",
-                   (json_int_t)r->created_at, "updated_at",
-                   (json_int_t)r->updated_at, "ended_at",
-                   r->ended_at ? json_integer(r->ended_at) : NULL, "definition",
-                   r->def_hash);
+  return json_pack(
+      "{s:I, s:s, s:s, s:s?, s:i, s:o, s:I, s:I, s:o?, s:s, s:o?, s:s?}", "id",
+      (json_int_t)r->id, "workflow", r->workflow, "state", r->state, "step",
+      r->step, "attempt", r->attempt, "vars", vars ? vars : json_null(),
+      "created_at", (json_int_t)r->created_at, "updated_at",
+      (json_int_t)r->updated_at, "ended_at",
+      r->ended_at ? json_integer(r->ended_at) : NULL, "definition", r->def_hash,
+      "wake_at", r->wake_at ? json_integer(r->wake_at) : NULL, "waiting_for",
+      r->wait_signal);
 }
 
 /* ---------------------------------------------------------------------
@@ -284,8 +285,27 @@ static int show_row(void *ud, const sy_instance_row *r) {
   return 1;
 }
 
+/* A signal in the instance's inbox: not taken (yet, or ever, if the
+ * instance has ended). */
+static int print_signal(void *ud, const char *name, const char *vars,
+                        int64_t sent_at) {
+  json_t *arr = ud;
+  char t[32];
+  if (arr) {
+    json_t *v = json_loads(vars, 0, NULL);
+    json_array_append_new(
+        arr, json_pack("{s:s, s:o, s:I}", "name", name, "vars",
+                       v ? v : json_null(), "sent_at", (json_int_t)sent_at));
+    return 0;
+  }
+  sy__cli_time(sent_at, t, sizeof t);
+  printf("  %s  %-20s %s\n", t, name, vars);
+  return 0;
+}
+
 static int show_history(sy_store *st, int64_t id, json_t *obj) {
   json_t *runs = obj ? json_array() : NULL, *inc = obj ? json_array() : NULL;
+  json_t *sig = obj ? json_array() : NULL;
   int rc;
   if (!obj) {
     printf("history\n");
@@ -298,9 +318,16 @@ static int show_history(sy_store *st, int64_t id, json_t *obj) {
     rc = sy_store_list_incidents(st, 0, id, sy__cli_print_incident,
                                  obj ? inc : NULL);
   }
+  if (!rc && !obj) {
+    printf("signals queued (not taken)\n");
+  }
+  if (!rc) {
+    rc = sy_store_list_signals(st, id, print_signal, sig);
+  }
   if (obj) {
     json_object_set_new(obj, "history", runs);
     json_object_set_new(obj, "incidents", inc);
+    json_object_set_new(obj, "signals", sig);
   }
   return rc;
 }

@@ -71,6 +71,20 @@ int sy_engine_start(sy_engine *e, const sy_workflow *wf, const char *vars_json,
 int sy_engine_run(sy_engine *e, int until_idle);
 void sy_engine_stop(sy_engine *e);
 
+/* Where a signal goes: an instance by id, or the live instance (all of
+ * them, with all) whose top-level var reads as value. */
+typedef struct sy_signal_target {
+  int64_t instance;
+  const char *var, *value; /* var NULL: by id */
+  int all;
+} sy_signal_target;
+/* Queues signal `name` with its vars (a JSON object) for the target, in
+ * one transaction; *sent instances got it, *woke of them were parked
+ * waiting for it and are due now. SY_ENOTFOUND: no such instance, or none
+ * matches; SY_ESTATE: it has ended; SY_EINVAL: several match, all unset. */
+int sy_engine_signal(sy_engine *e, const sy_signal_target *to, const char *name,
+                     const char *vars, int *sent, int *woke);
+
 /* An incident's instance continues at its step with a fresh retry budget. */
 int sy_engine_retry(sy_engine *e, int64_t id);
 int sy_engine_cancel(sy_engine *e, int64_t id);

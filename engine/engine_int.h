@@ -90,11 +90,13 @@ struct sy_inst {
   sy__journal journal;
   sy_inst *journal_next; /* in the engine's list of unwritten journals */
   int journal_listed;
-  char *diverged;     /* a replay asked for something else: why */
-  int fresh;          /* no engine had taken it before (sy_api.fresh) */
-  int64_t chained_tx; /* the open transaction holds its last transition */
-  int chained;        /* and this many of its transitions */
-  void **memos;       /* plugins' memos, one slot per plugin; NULL until set */
+  char *diverged;      /* a replay asked for something else: why */
+  char *parked_signal; /* claimed while parked waiting for this signal, */
+  int64_t parked_wake; /* with this timeout's end (0: none) */
+  int fresh;           /* no engine had taken it before (sy_api.fresh) */
+  int64_t chained_tx;  /* the open transaction holds its last transition */
+  int chained;         /* and this many of its transitions */
+  void **memos;        /* plugins' memos, one slot per plugin; NULL until set */
   sy_call *call;
   uv_timer_t sleep_timer;
   uv_timer_t timeout_timer;

@@ -75,6 +75,7 @@ void sy__inst_free(sy_inst *in) {
   e->in_memory--;
   sy_plugins_free_memos(e->plugins, in->memos);
   sy__journal_free(in);
+  free(in->parked_signal);
   sy_task_free(in->task);
   if (in->handles_open) {
     uv_close((uv_handle_t *)&in->sleep_timer, inst_handle_closed);
@@ -125,6 +126,12 @@ int sy__claim_cb(void *ud, const sy_instance_row *row) {
   in->run_ms = row->run_ms;
   in->reruns = row->reruns;
   in->fresh = !row->claimed;
+  in->parked_wake = row->wake_at;
+  if (row->wait_signal && !(in->parked_signal = strdup(row->wait_signal))) {
+    free(in);
+    sy__fatal(e, SY_ENOMEM);
+    return 1;
+  }
   if (sy_task_new(e->lua, &in->task, wf, row->id, row->vars, err, sizeof err)) {
     SY_ASSERT(!"stored vars are always a JSON object");
   }
@@ -381,6 +388,96 @@ static void start_sleep(sy_inst *in, const sy_task_result *r, int64_t now) {
   uv_timer_start(&in->sleep_timer, sleep_cb, ms_until(in->sleep_until_ns), 0);
 }
 
+/* The answer of a ctx call the engine gives itself (a signal): the step
+ * goes on with it, before anything else queued. */
+static void answer(sy_inst *in, const char *json) {
+  sy_task_call_done(in->task, json, NULL);
+  in->ph = PH_RESUME;
+  run_queue_push_front(in->e, in);
+}
+
+/* Parks the instance until a signal named `name` comes, or deadline (0:
+ * never): the journal is written, the row waits naming the signal. */
+static void park_for_signal(sy_inst *in, int64_t now, const char *name,
+                            int64_t deadline) {
+  sy_engine *e = in->e;
+  sy_instance_update u = {.id = in->id,
+                          .state = SY_STATE_WAITING,
+                          .step = in->step->name,
+                          .attempt = in->attempt,
+                          .wake_at = deadline,
+                          .wait_signal = name,
+                          .now = now,
+                          .owner = e->id};
+  int rc;
+  if ((rc = sy__journal_write(in))) {
+    sy__fatal(e, rc);
+    return;
+  }
+  if ((rc = sy_store_update_instance(e->store, &u)) == SY_ESTATE) {
+    drop_taken(in);
+    return;
+  }
+  if (rc) {
+    sy__fatal(e, rc);
+    return;
+  }
+  e->stats.parked++;
+  e->maybe_work = 1;
+  sy__inst_free(in);
+}
+
+/* ctx.wait_signal, call #seq of the step run: from the journal when the
+ * step is run again; else the oldest signal of that name in the inbox;
+ * else nil if its timeout is over; else it parks. A step claimed back
+ * from such a park keeps the deadline it parked with. */
+static void start_wait(sy_inst *in, const sy_task_result *r, int64_t now) {
+  const sy_journal_entry *j = sy__journal_at(in, r->seq);
+  char what[300];
+  char *vars = NULL;
+  int64_t deadline = r->timeout_ms < 0 ? 0 : now + r->timeout_ms;
+  sy_journal_entry got = {.seq = r->seq, .kind = SY_JOURNAL_SIGNAL};
+  int rc;
+  snprintf(what, sizeof what, "ctx.wait_signal(%s, %lld ms)", r->signal,
+           (long long)r->timeout_ms);
+  got.what = what;
+  got.hash = sy__journal_hash("wait_signal", what);
+  if (j) {
+    if (j->kind != SY_JOURNAL_SIGNAL || j->hash != got.hash) {
+      sy_task_result fail = {.status = SY_TASK_ERROR};
+      sy__journal_diverged(in, r->seq, j->what, what);
+      sy_task_abort(in->task);
+      snprintf(fail.error, sizeof fail.error, "%s", in->diverged);
+      sy__handle_result(in, &fail);
+      return;
+    }
+    answer(in, j->result ? j->result : "null");
+    return;
+  }
+  if (in->parked_signal && strcmp(in->parked_signal, r->signal) == 0) {
+    deadline = in->parked_wake; /* as it parked */
+    free(in->parked_signal);
+    in->parked_signal = NULL;
+  }
+  rc = sy_store_signal_take(in->e->store, in->id, r->signal, &vars);
+  if (rc && rc != SY_ENOTFOUND) {
+    sy__fatal(in->e, rc);
+    return;
+  }
+  if (!vars && r->timeout_ms != 0 && (!deadline || deadline > now)) {
+    park_for_signal(in, now, r->signal, deadline);
+    return;
+  }
+  got.result = vars; /* NULL: the timeout is over */
+  if ((rc = sy__journal_add(in, &got))) {
+    free(vars);
+    sy__fatal(in->e, rc);
+    return;
+  }
+  answer(in, vars ? vars : "null");
+  free(vars);
+}
+
 /* Where a step run sends the instance: its next step, its end, a retry
  * after the step's backoff, or an incident. Vars are kept only when the
  * step succeeded. */
@@ -537,6 +634,8 @@ void sy__handle_result(sy_inst *in, sy_task_result *r) {
     in->ph = PH_CALL;
   } else if (r->status == SY_TASK_SLEEP) {
     start_sleep(in, r, now);
+  } else if (r->status == SY_TASK_SIGNAL) {
+    start_wait(in, r, now);
   } else {
     end_step_run(in, r, now, now_ns);
   }

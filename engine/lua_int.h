@@ -46,8 +46,10 @@ struct sy_task {
   const sy_step *step;
   int attempt;
   int64_t budget_left;
-  enum { PENDING_NONE, PENDING_SLEEP, PENDING_CALL } pending;
+  enum { PENDING_NONE, PENDING_SLEEP, PENDING_CALL, PENDING_SIGNAL } pending;
   int64_t sleep_ms;
+  char *signal;       /* ctx.wait_signal: the name, */
+  int64_t timeout_ms; /* and how long (-1: no timeout) */
   /* result of the parked plugin call */
   int call_done;
   char *call_json;

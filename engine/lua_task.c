@@ -116,6 +116,39 @@ static int ctx_plugin_call(lua_State *L) {
   return lua_yieldk(L, 0, 0, ctx_call_cont);
 }
 
+/* Lua: ctx.wait_signal(name [, {timeout = seconds}]) -> the signal's vars,
+ * or nil when the timeout passed first. It takes the oldest signal of that
+ * name sent to the instance (sent before it waited, or while); the step
+ * parks until one comes. A ctx call like the others: numbered, journaled. */
+static int ctx_wait_signal(lua_State *L) {
+  sy_task *t = running_task(L, "ctx.wait_signal");
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  double timeout = -1;
+  luaL_argcheck(L, len > 0 && len < 256 && strlen(name) == len, 1,
+                "a signal name: 1 to 255 bytes, no NUL");
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (sy__rawfield(L, 2, "timeout") != LUA_TNIL) {
+      timeout = lua_tonumber(L, -1);
+      luaL_argcheck(L,
+                    lua_type(L, -1) == LUA_TNUMBER && timeout >= 0 &&
+                        isfinite(timeout) && timeout < 1e9,
+                    2, "timeout must be a number of seconds >= 0");
+    }
+    lua_pop(L, 1);
+  }
+  free(t->signal);
+  if (!(t->signal = strdup(name))) {
+    return luaL_error(L, "ctx.wait_signal: out of memory");
+  }
+  t->timeout_ms = timeout < 0 ? -1 : (int64_t)(timeout * 1000.0 + 0.5);
+  t->call_done = 0;
+  t->call_seq++;
+  t->pending = PENDING_SIGNAL;
+  return lua_yieldk(L, 0, 0, ctx_call_cont);
+}
+
 /* ctx.idempotency_key is made when a step reads it, not at every step: most
  * steps never do. Its ctx must be the running step's own. */
 static int ctx_index(lua_State *L) {
@@ -148,6 +181,8 @@ void sy__ctx_metatable(sy_lua *h) {
   lua_setfield(L, -2, "log");
   lua_pushcfunction(L, ctx_sleep);
   lua_setfield(L, -2, "sleep");
+  lua_pushcfunction(L, ctx_wait_signal);
+  lua_setfield(L, -2, "wait_signal");
   for (int i = 0; i < n; i++) {
     const sy_ctx_fn_entry *fn = sy_plugins_ctx_fn(h->plugins, i);
     lua_pushlightuserdata(L, (void *)fn);
@@ -293,6 +328,7 @@ void sy_task_free(sy_task *t) {
   luaL_unref(t->h->L, LUA_REGISTRYINDEX, t->ctx_ref);
   free(t->call_json);
   free(t->call_error);
+  free(t->signal);
   free(t);
 }
 
@@ -442,6 +478,13 @@ static void resume(sy_task *t, int nargs, sy_task_result *r) {
     }
     if (t->pending == PENDING_CALL) {
       r->status = SY_TASK_CALL;
+      return;
+    }
+    if (t->pending == PENDING_SIGNAL) {
+      r->status = SY_TASK_SIGNAL;
+      r->signal = t->signal;
+      r->timeout_ms = t->timeout_ms;
+      r->seq = t->call_seq;
       return;
     }
     snprintf(r->error, sizeof r->error,

@@ -64,7 +64,9 @@ typedef enum {
                     (NULL when a node step left vars as they were) */
   SY_TASK_ERROR, /* raised: error */
   SY_TASK_SLEEP, /* ctx.sleep: sleep_ms, seq */
-  SY_TASK_CALL   /* parked on a plugin call (ctx.<fn>) */
+  SY_TASK_CALL,  /* parked on a plugin call (ctx.<fn>) */
+  SY_TASK_SIGNAL /* ctx.wait_signal: signal, timeout_ms (-1: none), seq;
+                    answered with sy_task_call_done (vars, or null) */
 } sy_task_status;
 
 typedef struct sy_task_result {
@@ -73,7 +75,9 @@ typedef struct sy_task_result {
   char *vars_json;  /* malloc'd on DONE, or NULL: unchanged */
   char error[1024];
   int64_t sleep_ms;
-  int seq; /* SLEEP: the sleep's number among the step run's ctx calls */
+  const char *signal; /* SIGNAL: its name (the task's, until it resumes) */
+  int64_t timeout_ms;
+  int seq; /* SLEEP, SIGNAL: its number among the step run's ctx calls */
 } sy_task_result;
 
 /* How ctx.<plugin fn>(...) reaches the engine: it starts the plugin call

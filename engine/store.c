@@ -109,13 +109,26 @@ static const char *const migrations[] = {
     "  ran_ms INTEGER,"        /* and how long it had run */
     "  PRIMARY KEY(instance_id, seq)) WITHOUT ROWID;"
     "ALTER TABLE instances DROP COLUMN wait_seq;"
-    "ALTER TABLE step_runs ADD COLUMN run_ms INTEGER;",
+    "ALTER TABLE step_runs ADD COLUMN run_ms INTEGER;"
+    /* Signals: an inbox per instance, kept until a ctx.wait_signal of the
+     * instance takes the oldest of its name. An instance parked waiting
+     * for one names it (wait_signal); its wake_at is its timeout's end,
+     * NULL for none, and a signal sent makes it due at once. */
+    "CREATE TABLE signals("
+    "  id INTEGER PRIMARY KEY,"
+    "  instance_id INTEGER NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  vars TEXT NOT NULL,"
+    "  sent_at INTEGER NOT NULL);"
+    "CREATE INDEX signals_inbox ON signals(instance_id, name, id);"
+    "ALTER TABLE instances ADD COLUMN wait_signal TEXT;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
-#define INSTANCE_COLS                                             \
-  "id, workflow, def_hash, state, step, attempt, vars, wake_at, " \
-  "created_at, updated_at, ended_at, generation, run_ms, reruns, claimed"
+#define INSTANCE_COLS                                              \
+  "id, workflow, def_hash, state, step, attempt, vars, wake_at, "  \
+  "created_at, updated_at, ended_at, generation, run_ms, reruns, " \
+  "claimed, wait_signal"
 
 static const char *const sql_text[Q__COUNT] = {
     [Q_BEGIN] = "BEGIN IMMEDIATE",
@@ -173,15 +186,35 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_COUNT_BY_STATE] =
         "SELECT workflow, state, count(*) FROM instances "
         "GROUP BY workflow, state ORDER BY workflow, state",
+    /* Work that will happen without anyone's help: an instance waiting for
+     * a signal with no timeout is not (--until-idle leaves it waiting). */
     [Q_COUNT_ACTIVE] =
-        "SELECT count(*) FROM instances "
-        "WHERE state IN ('ready', 'running', 'waiting')",
+        "SELECT count(*) FROM instances WHERE state IN ('ready', 'running') "
+        "OR (state = 'waiting' AND wake_at IS NOT NULL)",
+    [Q_SIGNAL_PUT] =
+        "INSERT INTO signals(instance_id, name, vars, sent_at) "
+        "VALUES(?1, ?2, ?3, ?4)",
+    /* An instance parked waiting for this signal is due at once. */
+    [Q_SIGNAL_WAKE] =
+        "UPDATE instances SET wake_at = ?3 WHERE id = ?1 AND "
+        "state = 'waiting' AND wait_signal = ?2",
+    [Q_SIGNAL_TAKE] =
+        "DELETE FROM signals WHERE id = (SELECT id FROM signals WHERE "
+        "instance_id = ?1 AND name = ?2 ORDER BY id LIMIT 1) RETURNING vars",
+    [Q_SIGNAL_LIST] =
+        "SELECT name, vars, sent_at FROM signals WHERE instance_id = ?1 "
+        "ORDER BY id",
+    /* --where VAR=VALUE: live instances whose var has that value. */
+    [Q_FIND_LIVE] =
+        "SELECT id, state FROM instances WHERE state NOT IN ('completed', "
+        "'cancelled') AND CAST(json_extract(vars, '$.' || ?1) AS TEXT) = ?2 "
+        "ORDER BY id LIMIT ?3",
     /* Fenced by owner: an engine whose lease was taken over changes
      * nothing (NULL owner for commands on instances no engine holds). An
      * instance leaving 'running' is no one's any more. */
     [Q_UPDATE_INSTANCE] =
         "UPDATE instances SET state = ?2, step = ?3, attempt = ?4, "
-        "vars = coalesce(?5, vars), wake_at = ?6, "
+        "vars = coalesce(?5, vars), wake_at = ?6, wait_signal = ?7, "
         "updated_at = ?8, ended_at = ?9, generation = generation + ?11, "
         "run_ms = run_ms + ?12, reruns = reruns + ?13, "
         "owner = CASE WHEN ?2 = 'running' THEN owner END, "
@@ -193,7 +226,7 @@ static const char *const sql_text[Q__COUNT] = {
      * wake_at is known to be NULL already, so it is not assigned). */
     [Q_ADVANCE_INSTANCE] =
         "UPDATE instances SET step = ?3, attempt = ?4, "
-        "vars = coalesce(?5, vars), updated_at = ?8, "
+        "vars = coalesce(?5, vars), wait_signal = NULL, updated_at = ?8, "
         "run_ms = run_ms + ?12, reruns = reruns + ?13 "
         "WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
     [Q_INSERT_STEP_RUN] =

@@ -47,6 +47,7 @@ typedef struct sy_instance_row {
   int64_t run_ms; /* time spent in step runs so far */
   int64_t reruns; /* step runs that were retries (attempt > 1) */
   int claimed;    /* an engine took it before (read before a new claim) */
+  const char *wait_signal; /* parked waiting for this signal; NULL: none */
 } sy_instance_row;
 
 typedef struct sy_step_run_row {
@@ -141,8 +142,9 @@ typedef struct sy_instance_update {
   const char *state;
   const char *step;
   int attempt;
-  const char *vars; /* NULL keeps the stored vars */
-  int64_t wake_at;  /* 0 for none */
+  const char *vars;        /* NULL keeps the stored vars */
+  int64_t wake_at;         /* 0 for none */
+  const char *wait_signal; /* parked waiting for this signal, or NULL */
   int64_t now;
   int ended;
   const char *owner;  /* the engine holding it; NULL for commands */
@@ -156,7 +158,11 @@ int sy_store_insert_step_run(sy_store *st, const sy_step_run_row *r);
 
 /* The step journal of an instance's current step run (see the schema's
  * migration 4): each ctx call, numbered, with what it answered. */
-typedef enum { SY_JOURNAL_CALL = 1, SY_JOURNAL_SLEEP = 2 } sy_journal_kind;
+typedef enum {
+  SY_JOURNAL_CALL = 1,  /* a plugin's ctx function */
+  SY_JOURNAL_SLEEP = 2, /* ctx.sleep */
+  SY_JOURNAL_SIGNAL = 3 /* ctx.wait_signal, answered (result: vars or null) */
+} sy_journal_kind;
 typedef struct sy_journal_entry {
   int seq;            /* 1 for the step run's first ctx call */
   int kind;           /* sy_journal_kind */
@@ -176,6 +182,23 @@ int sy_store_journal_put(sy_store *st, int64_t instance_id,
 int sy_store_journal_read(sy_store *st, int64_t instance_id, sy_journal_cb cb,
                           void *ud);
 int sy_store_journal_clear(sy_store *st, int64_t instance_id);
+
+/* Signals. send queues one for the instance and makes it due at once if it
+ * is parked waiting for that name (*woke then 1). take removes the oldest
+ * of that name and gives its vars (malloc'd), or SY_ENOTFOUND. */
+int sy_store_signal_send(sy_store *st, int64_t instance_id, const char *name,
+                         const char *vars, int64_t now, int *woke);
+int sy_store_signal_take(sy_store *st, int64_t instance_id, const char *name,
+                         char **vars);
+typedef int (*sy_signal_cb)(void *ud, const char *name, const char *vars,
+                            int64_t sent_at);
+int sy_store_list_signals(sy_store *st, int64_t instance_id, sy_signal_cb cb,
+                          void *ud);
+/* Live instances (not ended) whose top-level var `var` reads as `value`
+ * (as text), in id order, at most `limit`: cb(ud, id, state). */
+typedef int (*sy_live_cb)(void *ud, int64_t id, const char *state);
+int sy_store_find_live(sy_store *st, const char *var, const char *value,
+                       int limit, sy_live_cb cb, void *ud);
 int sy_store_insert_incident(sy_store *st, int64_t instance_id,
                              const char *step, const char *error, int64_t now);
 

@@ -46,6 +46,7 @@ static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
   r->run_ms = sqlite3_column_int64(s, 12);
   r->reruns = sqlite3_column_int64(s, 13);
   r->claimed = sqlite3_column_int(s, 14);
+  r->wait_signal = (const char *)sqlite3_column_text(s, 15);
 }
 
 /* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
@@ -227,6 +228,7 @@ static void bind_update(sqlite3_stmt *s, const sy_instance_update *u) {
   sqlite3_bind_int(s, 4, u->attempt);
   sy__bind_text(s, 5, u->vars);
   sy__bind_opt_int(s, 6, u->wake_at);
+  sy__bind_text(s, 7, u->wait_signal);
   sqlite3_bind_int64(s, 8, u->now);
   sy__bind_opt_int(s, 9, u->ended ? u->now : 0);
   sy__bind_text(s, 10, u->owner);
@@ -487,5 +489,101 @@ int sy_store_count_by_state(sy_store *st, sy_count_cb cb, void *ud) {
   }
   rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "count instances");
   sqlite3_reset(s);
+  return rc;
+}
+
+int sy_store_signal_send(sy_store *st, int64_t instance_id, const char *name,
+                         const char *vars, int64_t now, int *woke) {
+  sqlite3_stmt *s = sy__stmt(st, Q_SIGNAL_PUT);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, vars, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 4, now);
+  if ((rc = sy__exec_stmt(st, s, "queue a signal")) ||
+      !(s = sy__stmt(st, Q_SIGNAL_WAKE))) {
+    return rc ? rc : SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 3, now);
+  if ((rc = sy__exec_stmt(st, s, "wake a waiting instance"))) {
+    return rc;
+  }
+  *woke = sqlite3_changes(st->db) > 0;
+  return 0;
+}
+
+int sy_store_signal_take(sy_store *st, int64_t instance_id, const char *name,
+                         char **vars) {
+  sqlite3_stmt *s = sy__stmt(st, Q_SIGNAL_TAKE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    *vars = strdup((const char *)sqlite3_column_text(s, 0));
+    rc = *vars ? 0 : SY_ENOMEM;
+    /* the DELETE is done once the statement has run to its end */
+    if (!rc && sqlite3_step(s) != SQLITE_DONE) {
+      free(*vars);
+      rc = sy__db_error(st, "take a signal");
+    }
+  } else {
+    rc = rc == SQLITE_DONE ? SY_ENOTFOUND : sy__db_error(st, "take a signal");
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc;
+}
+
+int sy_store_list_signals(sy_store *st, int64_t instance_id, sy_signal_cb cb,
+                          void *ud) {
+  sqlite3_stmt *s = sy__stmt(st, Q_SIGNAL_LIST);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_int64(s, 1, instance_id);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (cb(ud, (const char *)sqlite3_column_text(s, 0),
+           (const char *)sqlite3_column_text(s, 1),
+           sqlite3_column_int64(s, 2))) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "list signals");
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc;
+}
+
+int sy_store_find_live(sy_store *st, const char *var, const char *value,
+                       int limit, sy_live_cb cb, void *ud) {
+  sqlite3_stmt *s = sy__stmt(st, Q_FIND_LIVE);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sqlite3_bind_text(s, 1, var, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, value, -1, SQLITE_STATIC);
+  sqlite3_bind_int(s, 3, limit);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (cb(ud, sqlite3_column_int64(s, 0),
+           (const char *)sqlite3_column_text(s, 1))) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "find instances");
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
   return rc;
 }

@@ -74,6 +74,8 @@ static int64_t totals(sy_store *st, int64_t id) {
 /* What migration 4 did (the journal), undone to make an older schema. */
 #define UNDO_4                                         \
   "DROP TABLE journal;"                                \
+  "DROP TABLE signals;"                                \
+  "ALTER TABLE instances DROP COLUMN wait_signal;"     \
   "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" \
   "ALTER TABLE step_runs DROP COLUMN run_ms;"
 

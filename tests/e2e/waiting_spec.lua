@@ -4,6 +4,8 @@
 -- gets the answers of the calls it had made without making them again;
 -- only a call whose answer was not committed is made again, with the same
 -- idempotency key; a replay that asks for something else fails the run).
+-- Signals: ctx.wait_signal takes the oldest signal of its name, sent before
+-- or while it waits; `switchyard signal` queues one durably.
 -- The engine is the real binary; calls go to the echo server
 -- (tests/fixtures/http/echo_server.py), which logs every request it gets.
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests/e2e"
@@ -182,5 +184,118 @@ describe("waiting", function()
     assert.are.equal(sent.r, s.vars.r)
     assert.are.equal(sent.t, s.vars.t)
     assert.are_not.equal(s.vars.r, s.vars.after)
+  end)
+
+  -- ---------------------------------------------------------------------
+  -- signals
+
+  local function start_review(...)
+    return tonumber((env:ok("start", FIX .. "/review.lua", ...)):match("%d+"))
+  end
+
+  it("a signal sent before the instance waits is kept until it does",
+    function()
+      local id = start_review("--var", "case=c1")
+      local out = env:ok("signal", "reviewed", "--instance", tostring(id),
+        "--var", "by=alice", "--var", "verdict=ok")
+      has(out, "kept until it waits for it")
+      env:ok("run", "--until-idle")
+      local s = show(env, id)
+      assert.are.equal("completed", s.state)
+      assert.are.equal("alice", s.vars.by)
+      assert.are.equal("ok", s.vars.verdict)
+      assert.are.same({}, s.signals)
+    end)
+
+  it("a signal wakes an instance parked waiting for it, and survives kill -9",
+    function()
+      local id = start_review("--var", "case=c2")
+      local p = env:spawn("run")
+      assert(H.poll(20, 0.05, function()
+        return env:scalar("select count(*) from instances where id = " .. id ..
+          " and state = 'waiting' and wait_signal = 'reviewed' and wake_at " ..
+          "is null") == 1
+      end), "never parked waiting for the signal")
+      H.signal(p, "KILL")
+      H.wait_exit(p, 10)
+      -- no engine runs: the signal waits in the database, the instance is due
+      local out = env:ok("signal", "reviewed", "--where", "case=c2", "--var",
+        "by=bob")
+      has(out, "sent to 1 instance (1 waiting for it, due now)")
+      assert.are.equal(1, env:scalar("select count(*) from signals"))
+      env:ok("run", "--until-idle")
+      local s = show(env, id)
+      assert.are.equal("completed", s.state)
+      assert.are.equal("bob", s.vars.by)
+      assert.are.equal(0, env:scalar("select count(*) from signals"))
+    end)
+
+  it("a wait with a timeout returns nil when no signal comes", function()
+    local id = start_review("--var", "case=c3", "--var", "timeout:=1")
+    env:ok("run", "--until-idle")
+    local s = show(env, id)
+    assert.are.equal("completed", s.state)
+    assert.is_true(s.vars.timed_out)
+  end)
+
+  it("run --until-idle leaves an instance waiting for a signal with no " ..
+    "timeout", function()
+    local id = start_review("--var", "case=c4")
+    env:ok("run", "--until-idle")
+    local s = show(env, id)
+    assert.are.equal("waiting", s.state)
+    assert.are.equal("reviewed", s.waiting_for)
+  end)
+
+  it("refuses a signal for no instance, several, or an ended one: exit 2, " ..
+    "nothing changed", function()
+    local a = start_review("--var", "team=x")
+    start_review("--var", "team=x")
+    local ended = tonumber((env:ok("start", "hello", "--var",
+      "user_id=u")):match("%d+"))
+    env:ok("run", "--until-idle")
+    local before = env:snapshot()
+    local cases = {
+      { { "--where", "team=x" }, "more than one live instance has team = 'x'" },
+      { { "--where", "team=nobody" }, "no live instance has team = 'nobody'" },
+      { { "--instance", "999" }, "no instance 999" },
+      { { "--instance", tostring(ended) }, "is completed" },
+      { { "--where", "team-x" }, "--where: expected VAR=VALUE" },
+      { { "--where", "a.b=1" }, "--where: expected VAR=VALUE" },
+      { {}, "name the instance with --instance ID or --where" },
+      { { "--instance", tostring(a), "--where", "team=x" },
+        "name the instance with --instance ID or --where" },
+    }
+    for _, c in ipairs(cases) do
+      local args = { "signal", "reviewed" }
+      for _, x in ipairs(c[1]) do
+        args[#args + 1] = x
+      end
+      local code, _, err = env:run(table.unpack(args))
+      assert.are.equal(2, code, table.concat(args, " ") .. ": " .. err)
+      has(err, c[2], table.concat(args, " "))
+    end
+    assert.are.equal(before, env:snapshot(), "the database changed")
+    -- --all sends to every one that matches
+    has(env:ok("signal", "reviewed", "--where", "team=x", "--all", "--var",
+      "by=carol"), "sent to 2 instances (2 waiting for it, due now)")
+    env:ok("run", "--until-idle")
+    assert.are.equal(2, env:scalar("select count(*) from instances where " ..
+      "workflow = 'review' and state = 'completed' and " ..
+      "json_extract(vars, '$.by') = 'carol'"))
+  end)
+
+  it("show lists the signals an instance never took", function()
+    local id = start_review("--var", "case=c5", "--var", "timeout:=0")
+    env:ok("signal", "escalated", "--instance", tostring(id), "--var",
+      "level:=2")
+    env:ok("run", "--until-idle")
+    local s = show(env, id)
+    assert.are.equal("completed", s.state)
+    assert.is_true(s.vars.timed_out)
+    assert.are.equal(1, #s.signals)
+    assert.are.equal("escalated", s.signals[1].name)
+    assert.are.same({ level = 2 }, s.signals[1].vars)
+    has(env:ok("show", tostring(id)), "signals queued (not taken)")
   end)
 end)

@@ -811,7 +811,8 @@ describe("a decision's step time and retries", function()
     e:close()
     -- Back to the schema before the step-run totals existed: the decisions
     -- of instances in flight must carry what their branch has run.
-    sqlite3(db, "DROP TABLE journal;" ..
+    sqlite3(db, "DROP TABLE journal; DROP TABLE signals;" ..
+      "ALTER TABLE instances DROP COLUMN wait_signal;" ..
       "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" ..
       "ALTER TABLE step_runs DROP COLUMN run_ms;" ..
       "ALTER TABLE cv_decisions DROP COLUMN base_run_ms;" ..
