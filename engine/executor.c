@@ -309,104 +309,18 @@ static int64_t ran_ms(const sy_inst *in, uint64_t now_ns) {
          (int64_t)((now_ns - in->step_started_ns) / 1000000);
 }
 
-/* The instance leaves memory until its sleep is over: the journal (this
- * sleep included) and the row's due time are written in this turn's
- * transaction, and a claim takes it back when it is due. */
-static void park(sy_inst *in, int64_t now) {
+/* The instance leaves memory until wake_at (0: no time), or until signal
+ * `signal` comes (NULL: none): the journal and the row are written in this
+ * turn's transaction, and a claim takes it back when it is due. */
+static void park(sy_inst *in, int64_t now, int64_t wake_at,
+                 const char *signal) {
   sy_engine *e = in->e;
   sy_instance_update u = {.id = in->id,
                           .state = SY_STATE_WAITING,
                           .step = in->step->name,
                           .attempt = in->attempt,
-                          .wake_at = in->sleep.due_at,
-                          .now = now,
-                          .owner = e->id};
-  int rc;
-  in->sleep.started_at = in->step_started;
-  in->sleep.ran_ms = ran_ms(in, sy_mono_ns());
-  if ((in->sleep_new && (rc = sy__journal_add(in, &in->sleep))) ||
-      (rc = sy__journal_write(in))) {
-    sy__fatal(e, rc);
-    return;
-  }
-  if ((rc = sy_store_update_instance(e->store, &u)) == SY_ESTATE) {
-    drop_taken(in);
-    return;
-  }
-  if (rc) {
-    sy__fatal(e, rc);
-    return;
-  }
-  e->stats.parked++;
-  e->maybe_work = 1;
-  sy__inst_free(in);
-}
-
-/* ctx.sleep, call #seq of the step run. A step run again from its start
- * finds its sleeps in the journal: one that is over returns at once, one
- * that is not keeps the due time it was given. A long sleep parks, unless
- * the step's timeout would end it first; a short one waits on a timer. */
-static void start_sleep(sy_inst *in, const sy_task_result *r, int64_t now) {
-  sy_engine *e = in->e;
-  const sy_journal_entry *j = sy__journal_at(in, r->seq);
-  uint64_t now_ns = sy_mono_ns(), due_ns;
-  snprintf(in->sleep_what, sizeof in->sleep_what, "ctx.sleep(%.3f)",
-           (double)r->sleep_ms / 1000);
-  in->sleep =
-      (sy_journal_entry){.seq = r->seq,
-                         .kind = SY_JOURNAL_SLEEP,
-                         .hash = sy__journal_hash("sleep", in->sleep_what),
-                         .what = in->sleep_what,
-                         .due_at = now + r->sleep_ms};
-  in->sleep_new = !j;
-  if (j && (j->kind != SY_JOURNAL_SLEEP || j->hash != in->sleep.hash)) {
-    sy_task_result fail = {.status = SY_TASK_ERROR};
-    sy__journal_diverged(in, r->seq, j->what, in->sleep_what);
-    sy_task_abort(in->task);
-    snprintf(fail.error, sizeof fail.error, "%s", in->diverged);
-    sy__handle_result(in, &fail);
-    return;
-  }
-  if (j) {
-    in->sleep.due_at = j->due_at;
-  }
-  due_ns =
-      now_ns +
-      (uint64_t)(in->sleep.due_at > now ? in->sleep.due_at - now : 0) * 1000000;
-  if (in->sleep.due_at - now >= PARK_MS &&
-      (in->step->timeout <= 0 ||
-       due_ns < in->step_started_ns + (uint64_t)(in->step->timeout * 1e9))) {
-    park(in, now);
-    return;
-  }
-  ensure_handles(in);
-  in->ph = PH_SLEEPING;
-  in->sleep_until_ns = due_ns;
-  /* Timers count from the loop's cached time, which may be this whole
-   * turn old: refresh it so a sleep never ends early. */
-  uv_update_time(&e->loop);
-  uv_timer_start(&in->sleep_timer, sleep_cb, ms_until(in->sleep_until_ns), 0);
-}
-
-/* The answer of a ctx call the engine gives itself (a signal): the step
- * goes on with it, before anything else queued. */
-static void answer(sy_inst *in, const char *json) {
-  sy_task_call_done(in->task, json, NULL);
-  in->ph = PH_RESUME;
-  run_queue_push_front(in->e, in);
-}
-
-/* Parks the instance until a signal named `name` comes, or deadline (0:
- * never): the journal is written, the row waits naming the signal. */
-static void park_for_signal(sy_inst *in, int64_t now, const char *name,
-                            int64_t deadline) {
-  sy_engine *e = in->e;
-  sy_instance_update u = {.id = in->id,
-                          .state = SY_STATE_WAITING,
-                          .step = in->step->name,
-                          .attempt = in->attempt,
-                          .wake_at = deadline,
-                          .wait_signal = name,
+                          .wake_at = wake_at,
+                          .wait_signal = signal,
                           .now = now,
                           .owner = e->id};
   int rc;
@@ -427,6 +341,80 @@ static void park_for_signal(sy_inst *in, int64_t now, const char *name,
   sy__inst_free(in);
 }
 
+/* A sleep parks: the journal has it (with how long the step run had run,
+ * to go on counting after the park). */
+static void park_sleep(sy_inst *in, int64_t now) {
+  int rc;
+  in->sleep.started_at = in->step_started;
+  in->sleep.ran_ms = ran_ms(in, sy_mono_ns());
+  if (in->sleep_new && (rc = sy__journal_add(in, &in->sleep))) {
+    sy__fatal(in->e, rc);
+    return;
+  }
+  park(in, now, in->sleep.due_at, NULL);
+}
+
+/* A replay asked for `now` where the journal has call #seq: the step run
+ * fails, naming both. */
+static void fail_diverged(sy_inst *in, int seq, const char *was,
+                          const char *now) {
+  sy_task_result fail = {.status = SY_TASK_ERROR};
+  sy__journal_diverged(in, seq, was, now);
+  sy_task_abort(in->task);
+  snprintf(fail.error, sizeof fail.error, "%s", in->diverged);
+  sy__handle_result(in, &fail);
+}
+
+/* ctx.sleep, call #seq of the step run. A step run again from its start
+ * finds its sleeps in the journal: one that is over returns at once, one
+ * that is not keeps the due time it was given. A long sleep parks, unless
+ * the step's timeout would end it first; a short one waits on a timer. */
+static void start_sleep(sy_inst *in, const sy_task_result *r, int64_t now) {
+  sy_engine *e = in->e;
+  const sy_journal_entry *j = sy__journal_at(in, r->seq);
+  uint64_t now_ns = sy_mono_ns(), due_ns;
+  snprintf(in->sleep_what, sizeof in->sleep_what, "ctx.sleep(%.3f)",
+           (double)r->sleep_ms / 1000);
+  in->sleep =
+      (sy_journal_entry){.seq = r->seq,
+                         .kind = SY_JOURNAL_SLEEP,
+                         .hash = sy__journal_hash("sleep", in->sleep_what),
+                         .what = in->sleep_what,
+                         .due_at = now + r->sleep_ms};
+  in->sleep_new = !j;
+  if (j && (j->kind != SY_JOURNAL_SLEEP || j->hash != in->sleep.hash)) {
+    fail_diverged(in, r->seq, j->what, in->sleep_what);
+    return;
+  }
+  if (j) {
+    in->sleep.due_at = j->due_at;
+  }
+  due_ns =
+      now_ns +
+      (uint64_t)(in->sleep.due_at > now ? in->sleep.due_at - now : 0) * 1000000;
+  if (in->sleep.due_at - now >= PARK_MS &&
+      (in->step->timeout <= 0 ||
+       due_ns < in->step_started_ns + (uint64_t)(in->step->timeout * 1e9))) {
+    park_sleep(in, now);
+    return;
+  }
+  ensure_handles(in);
+  in->ph = PH_SLEEPING;
+  in->sleep_until_ns = due_ns;
+  /* Timers count from the loop's cached time, which may be this whole
+   * turn old: refresh it so a sleep never ends early. */
+  uv_update_time(&e->loop);
+  uv_timer_start(&in->sleep_timer, sleep_cb, ms_until(in->sleep_until_ns), 0);
+}
+
+/* The answer of a ctx call the engine gives itself (a signal): the step
+ * goes on with it, before anything else queued. */
+static void answer(sy_inst *in, const char *json) {
+  sy_task_call_done(in->task, json, NULL);
+  in->ph = PH_RESUME;
+  run_queue_push_front(in->e, in);
+}
+
 /* ctx.wait_signal, call #seq of the step run: from the journal when the
  * step is run again; else the oldest signal of that name in the inbox;
  * else nil if its timeout is over; else it parks. A step claimed back
@@ -444,11 +432,7 @@ static void start_wait(sy_inst *in, const sy_task_result *r, int64_t now) {
   got.hash = sy__journal_hash("wait_signal", what);
   if (j) {
     if (j->kind != SY_JOURNAL_SIGNAL || j->hash != got.hash) {
-      sy_task_result fail = {.status = SY_TASK_ERROR};
-      sy__journal_diverged(in, r->seq, j->what, what);
-      sy_task_abort(in->task);
-      snprintf(fail.error, sizeof fail.error, "%s", in->diverged);
-      sy__handle_result(in, &fail);
+      fail_diverged(in, r->seq, j->what, what);
       return;
     }
     answer(in, j->result ? j->result : "null");
@@ -465,7 +449,7 @@ static void start_wait(sy_inst *in, const sy_task_result *r, int64_t now) {
     return;
   }
   if (!vars && r->timeout_ms != 0 && (!deadline || deadline > now)) {
-    park_for_signal(in, now, r->signal, deadline);
+    park(in, now, deadline, r->signal);
     return;
   }
   got.result = vars; /* NULL: the timeout is over */
