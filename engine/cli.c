@@ -84,6 +84,15 @@ int sy__cli_usage_error(const char *fmt, ...) {
   return SY__EXIT_USAGE;
 }
 
+int sy__cli_add_var(sy__cli_var *vars, int *n, const char *arg) {
+  if (sy__cli_var_parse(arg, &vars[*n])) {
+    return sy__cli_usage_error(
+        "--var: expected KEY=VALUE or KEY:=JSON, got '%s'", arg);
+  }
+  (*n)++;
+  return 0;
+}
+
 int sy__cli_parse_int(const char *s, long long min, long long max,
                       long long *out) {
   char *end;

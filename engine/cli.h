@@ -93,6 +93,9 @@ typedef struct sy__cli_var {
 } sy__cli_var;
 /* Splits arg (kept, not copied); -1 when it is neither form. */
 int sy__cli_var_parse(const char *arg, sy__cli_var *out);
+/* The same as the option --var: vars[*n] and one more, or the usage error
+ * (its exit code). */
+int sy__cli_add_var(sy__cli_var *vars, int *n, const char *arg);
 /* tmpl with each {n} replaced by n; malloc'd, NULL when out of memory. */
 char *sy__cli_expand(const char *tmpl, long long n);
 /* The vars of instance *n (n NULL: {n} kept as written), as compact JSON

@@ -89,15 +89,13 @@ static const sy__cli_opt start_opts[] = {
 
 static int parse_start(sy__cli *c, start_args *a) {
   const char *v;
-  int key;
+  int key, rc;
   while ((key = sy__cli_next(c, &v)) > 0) {
     switch (key) {
       case O_VAR:
-        if (sy__cli_var_parse(v, &a->vars[a->nvars])) {
-          return sy__cli_usage_error(
-              "--var: expected KEY=VALUE or KEY:=JSON, got '%s'", v);
+        if ((rc = sy__cli_add_var(a->vars, &a->nvars, v))) {
+          return rc;
         }
-        a->nvars++;
         break;
       case O_COUNT:
         if (sy__cli_parse_int(v, 1, 100000000, &a->count)) {

@@ -79,11 +79,9 @@ static int parse_signal(sy__cli *c, signal_args *a) {
         a->to.all = 1;
         break;
       case O_VAR:
-        if (sy__cli_var_parse(v, &a->vars[a->nvars])) {
-          return sy__cli_usage_error(
-              "--var: expected KEY=VALUE or KEY:=JSON, got '%s'", v);
+        if ((rc = sy__cli_add_var(a->vars, &a->nvars, v))) {
+          return rc;
         }
-        a->nvars++;
         break;
       default:
         if (a->name) {
