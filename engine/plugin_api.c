@@ -357,62 +357,63 @@ static char *describe(const char *name, const char *args_json) {
   return out;
 }
 
+/* The call #seq of a step run again from its start: what it got the first
+ * time, if it asks the same; else the run has diverged. */
+static int replay(sy_inst *in, sy_task *t, const sy_journal_entry *j,
+                  const sy_ctx_fn_entry *fn, const char *args_json,
+                  uint64_t hash, char *err, size_t errlen) {
+  char *what;
+  if (j->kind == SY_JOURNAL_CALL && j->hash == hash) {
+    sy_task_call_done(t, j->result, j->error);
+    return 0;
+  }
+  what = describe(fn->fn->name, args_json);
+  sy__journal_diverged(in, j->seq, j->what, what ? what : fn->fn->name);
+  free(what);
+  snprintf(err, errlen, "%s", in->diverged ? in->diverged : "diverged");
+  return SY_ESTATE;
+}
+
 int sy__ctx_call(void *ud, sy_task *t, const sy_ctx_fn_entry *fn,
                  const char *args_json, char *err, size_t errlen) {
   sy_engine *e = ud;
   sy_inst *in = sy_task_owner(t);
+  int seq = sy_task_call_seq(t);
+  uint64_t hash = sy__journal_hash(fn->fn->name, args_json);
+  /* Held when the step before this one is not committed yet: the plugin,
+   * which may reach outside, hears of the call once it is
+   * (sy__issue_held). */
+  int held = in->chained_tx && in->chained_tx == sy_store_tx_seq(e->store);
   const sy_journal_entry *j;
   sy_call *c;
   if (in->diverged) { /* the step run has failed: nothing more runs */
     snprintf(err, errlen, "%s", in->diverged);
     return SY_ESTATE;
   }
-  c = call_new(e, in);
-  if (!c) {
+  if ((j = sy__journal_at(in, seq))) {
+    return replay(in, t, j, fn, args_json, hash, err, errlen);
+  }
+  if (!(c = call_new(e, in)) ||
+      !(c->what = describe(fn->fn->name, args_json)) ||
+      (held && !(c->held_args = strdup(args_json)))) {
+    if (c) {
+      in->call = NULL;
+      call_free(c);
+    }
     snprintf(err, errlen, "out of memory");
     return SY_ENOMEM;
   }
   c->fn = fn;
-  c->seq = sy_task_call_seq(t);
-  c->hash = sy__journal_hash(fn->fn->name, args_json);
-  if (!(c->what = describe(fn->fn->name, args_json))) {
-    in->call = NULL;
-    call_free(c);
-    snprintf(err, errlen, "out of memory");
-    return SY_ENOMEM;
-  }
-  if ((j = sy__journal_at(in, c->seq))) {
-    /* Run again from its start: the step gets what it got the first time,
-     * if it asks the same. */
-    int same = j->kind == SY_JOURNAL_CALL && j->hash == c->hash;
-    if (same) {
-      sy_task_call_done(t, j->result, j->error);
-    } else {
-      sy__journal_diverged(in, c->seq, j->what, c->what);
-      snprintf(err, errlen, "%s", in->diverged ? in->diverged : "diverged");
-    }
-    in->call = NULL;
-    call_free(c);
-    return same ? 0 : SY_ESTATE;
-  }
-  if (in->chained_tx && in->chained_tx == sy_store_tx_seq(e->store)) {
-    /* The step before this one is not committed yet: the plugin, which
-     * may reach outside, hears of the call once it is (sy__issue_held). */
-    if (!(c->held_args = strdup(args_json))) {
-      in->call = NULL;
-      call_free(c);
-      snprintf(err, errlen, "out of memory");
-      return SY_ENOMEM;
-    }
-    if (e->held_tail) {
-      e->held_tail->next_held = c;
-    } else {
-      e->held_head = c;
-    }
+  c->seq = seq;
+  c->hash = hash;
+  if (!held) {
+    invoke(c, args_json);
+  } else if (e->held_tail) {
+    e->held_tail->next_held = c;
     e->held_tail = c;
-    return 0;
+  } else {
+    e->held_head = e->held_tail = c;
   }
-  invoke(c, args_json);
   return 0;
 }
 
