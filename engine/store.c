@@ -223,10 +223,12 @@ static const char *const sql_text[Q__COUNT] = {
     /* The common transition, running to running at the next step: it
      * leaves the indexed columns alone, so no index is rewritten (SQLite
      * rewrites an index whose column is assigned, even to its own value:
-     * wake_at is known to be NULL already, so it is not assigned). */
+     * wake_at is known to be NULL already, so it is not assigned). A row
+     * that waited for a signal was woken with a wake_at, so it takes the
+     * general form, which clears wait_signal. */
     [Q_ADVANCE_INSTANCE] =
         "UPDATE instances SET step = ?3, attempt = ?4, "
-        "vars = coalesce(?5, vars), wait_signal = NULL, updated_at = ?8, "
+        "vars = coalesce(?5, vars), updated_at = ?8, "
         "run_ms = run_ms + ?12, reruns = reruns + ?13 "
         "WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
     [Q_INSERT_STEP_RUN] =
