@@ -55,6 +55,9 @@ static int find_targets(sy_engine *e, const sy_signal_target *to, targets *t) {
       return sy__set_error(e, SY_ENOTFOUND, "no instance %lld",
                            (long long)to->instance);
     }
+    if (t->n != 1) {
+      return sy__set_error(e, SY_ENOMEM, "out of memory");
+    }
     if (t->ended) {
       return sy__set_error(e, SY_ESTATE,
                            "instance %lld is %s: a signal could never be "
