@@ -17,15 +17,16 @@ static const char *const all_states[6] = {
 json_t *sy__cli_instance_json(const sy_instance_row *r) {
   json_error_t je;
   json_t *vars = json_loads(r->vars, 0, &je);
+  json_t *caught = r->caught ? json_loads(r->caught, 0, &je) : NULL;
   return json_pack(
-      "{s:I, s:s, s:s, s:s?, s:i, s:o, s:I, s:I, s:o?, s:s, s:o?, s:s?}", "id",
-      (json_int_t)r->id, "workflow", r->workflow, "state", r->state, "step",
-      r->step, "attempt", r->attempt, "vars", vars ? vars : json_null(),
+      "{s:I, s:s, s:s, s:s?, s:i, s:o, s:I, s:I, s:o?, s:s, s:o?, s:s?, s:o?}",
+      "id", (json_int_t)r->id, "workflow", r->workflow, "state", r->state,
+      "step", r->step, "attempt", r->attempt, "vars", vars ? vars : json_null(),
       "created_at", (json_int_t)r->created_at, "updated_at",
       (json_int_t)r->updated_at, "ended_at",
       r->ended_at ? json_integer(r->ended_at) : NULL, "definition", r->def_hash,
       "wake_at", r->wake_at ? json_integer(r->wake_at) : NULL, "waiting_for",
-      r->wait_signal);
+      r->wait_signal, "handling", caught);
 }
 
 /* ---------------------------------------------------------------------
@@ -246,23 +247,31 @@ static int print_step_run(void *ud, const sy_step_run_row *r) {
   int64_t lasted = r->ended_at - r->started_at;
   if (arr) {
     json_array_append_new(
-        arr, json_pack("{s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:s, s:s?}", "step",
-                       r->step, "attempt", r->attempt, "started_at",
-                       (json_int_t)r->started_at, "ended_at",
-                       (json_int_t)r->ended_at, "duration_ms",
-                       (json_int_t)lasted, "run_ms", (json_int_t)r->run_ms,
-                       "parked_ms", (json_int_t)(lasted - r->run_ms), "outcome",
-                       r->outcome, "error", r->error));
+        arr,
+        json_pack("{s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:s, s:s?, s:s?, "
+                  "s:s?}",
+                  "step", r->step, "attempt", r->attempt, "started_at",
+                  (json_int_t)r->started_at, "ended_at",
+                  (json_int_t)r->ended_at, "duration_ms", (json_int_t)lasted,
+                  "run_ms", (json_int_t)r->run_ms, "parked_ms",
+                  (json_int_t)(lasted - r->run_ms), "outcome", r->outcome,
+                  "error", r->error, "code", r->code, "caught_by", r->handler));
   } else {
-    char t[32], parked[80] = "";
+    char t[32], parked[80] = "", code[SY_CODE_MAX + 4] = "", handler[300] = "";
     sy__cli_time(r->started_at, t, sizeof t);
     if (lasted > r->run_ms) {
       snprintf(parked, sizeof parked, " (ran %lld ms, parked %lld ms)",
                (long long)r->run_ms, (long long)(lasted - r->run_ms));
     }
-    printf("  %s  %-20s attempt %-3d %6lld ms%s  %s%s%s\n", t, r->step,
-           r->attempt, (long long)lasted, parked, r->outcome,
-           r->error ? ": " : "", r->error ? r->error : "");
+    if (r->code) {
+      snprintf(code, sizeof code, " [%s]", r->code);
+    }
+    if (r->handler) {
+      snprintf(handler, sizeof handler, " -> caught by %.256s", r->handler);
+    }
+    printf("  %s  %-20s attempt %-3d %6lld ms%s  %s%s%s%s%s\n", t, r->step,
+           r->attempt, (long long)lasted, parked, r->outcome, code,
+           r->error ? ": " : "", r->error ? r->error : "", handler);
   }
   return 0;
 }
@@ -282,6 +291,9 @@ static int show_row(void *ud, const sy_instance_row *r) {
          r->step ? r->step : "", r->attempt);
   printf("created  %s   ended %s\n", t1, t2);
   printf("vars     %s\n", r->vars);
+  if (r->caught) {
+    printf("handling %s\n", r->caught); /* its step's ctx.error */
+  }
   return 1;
 }
 

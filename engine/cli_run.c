@@ -255,9 +255,9 @@ static int cmd_run(sy__cli *c) {
   sy_engine_stats(e, &s);
   fprintf(stderr,
           "switchyard: %lld step runs, %lld instances completed, %lld "
-          "retries, %lld incidents, %lld parked\n",
+          "retries, %lld incidents, %lld errors caught, %lld parked\n",
           (long long)s.steps, (long long)s.completed, (long long)s.retries,
-          (long long)s.incidents, (long long)s.parked);
+          (long long)s.incidents, (long long)s.caught, (long long)s.parked);
   if (rc) {
     fprintf(stderr, "switchyard: %s\n", sy_engine_errmsg(e));
   }

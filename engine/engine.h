@@ -91,6 +91,7 @@ int sy_engine_cancel(sy_engine *e, int64_t id);
 
 typedef struct sy_run_stats {
   int64_t steps, completed, incidents, retries, parked;
+  int64_t caught; /* errors a handler step took */
 } sy_run_stats;
 void sy_engine_stats(sy_engine *e, sy_run_stats *s);
 

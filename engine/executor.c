@@ -5,6 +5,7 @@
  * and moves the instance on: to its next step (at once for a Lua step, in
  * the same transaction; after the commit for a node), to a sleep, to a
  * retry after its backoff, to an incident, or to its end. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,9 @@ int sy__claim_cb(void *ud, const sy_instance_row *row) {
   if (sy_task_new(e->lua, &in->task, wf, row->id, row->vars, err, sizeof err)) {
     SY_ASSERT(!"stored vars are always a JSON object");
   }
+  if (row->caught && sy_task_set_error(in->task, row->caught)) {
+    SY_ASSERT(!"a stored error is always a JSON object");
+  }
   sy_task_set_owner(in->task, in);
   sy_task_set_generation(in->task, row->generation);
   in->next_all = e->all;
@@ -200,6 +204,7 @@ static void time_out(sy_inst *in) {
   r.status = SY_TASK_ERROR;
   snprintf(r.error, sizeof r.error, "step '%s' timed out after %gs",
            in->step->name, in->step->timeout);
+  snprintf(r.code, sizeof r.code, "%s", SY_CODE_TIMEOUT);
   in->timed_out = 1;
   if (in->call) {
     sy__abandon_call(in->call);
@@ -281,8 +286,10 @@ static int64_t backoff_ms(const sy_step *s, int attempt) {
   return (int64_t)(d * 1000.0);
 }
 
-static void emit(sy_inst *in, sy_event_type type, int64_t now) {
+static void emit(sy_inst *in, sy_event_type type, int64_t now,
+                 const char *code) {
   sy_event ev = {.type = type,
+                 .code = code,
                  .instance_id = in->id,
                  .workflow = in->wf->name,
                  .step = in->step->name,
@@ -463,13 +470,16 @@ static void start_wait(sy_inst *in, const sy_task_result *r, int64_t now) {
 }
 
 /* Where a step run sends the instance: its next step, its end, a retry
- * after the step's backoff, or an incident. Vars are kept only when the
- * step succeeded. */
-static void plan_transition(const sy_inst *in, const sy_task_result *r,
-                            sy_instance_update *u) {
+ * after the step's backoff (while it has attempts left, for the codes it
+ * retries), a handler step (catch), or an incident. Vars are kept only
+ * when the step succeeded. Returns the handler, or NULL. */
+static const char *plan_transition(const sy_inst *in, const sy_task_result *r,
+                                   sy_instance_update *u) {
+  const char *code = r->code[0] ? r->code : NULL, *handler;
   u->step = in->step->name;
   if (r->status == SY_TASK_DONE) {
     u->vars = r->vars_json;
+    u->leaves_step = 1;
     if (r->next) {
       u->state = SY_STATE_RUNNING;
       u->step = r->next;
@@ -479,16 +489,41 @@ static void plan_transition(const sy_inst *in, const sy_task_result *r,
       u->step = NULL;
       u->ended = 1;
     }
-  } else if (in->attempt <= in->step->retries) {
+    return NULL;
+  }
+  if (in->attempt <= in->step->retries &&
+      sy_step_retries_code(in->step, code)) {
     u->state = SY_STATE_WAITING;
     u->attempt = in->attempt + 1;
     u->wake_at = u->now + backoff_ms(in->step, in->attempt);
     if (u->wake_at <= u->now) {
       u->wake_at = u->now + 1; /* strictly later: 'waiting' needs a due time */
     }
-  } else {
-    u->state = SY_STATE_INCIDENT;
+    return NULL;
   }
+  if ((handler = sy_step_handler(in->step, code))) {
+    /* The handler starts from the vars the failed run started with: the
+     * instance leaves memory (whatever the run did to its vars there goes
+     * with it), and a claim reads them back. */
+    u->state = SY_STATE_READY;
+    u->step = handler;
+    u->attempt = 1;
+    u->leaves_step = 1;
+    return handler;
+  }
+  u->state = SY_STATE_INCIDENT;
+  return NULL;
+}
+
+/* ctx.error of a handler step: the error, where it came from. */
+static char *caught_json(const sy_inst *in, const sy_task_result *r) {
+  json_t *j =
+      json_pack("{s:o, s:s, s:s, s:i}", "code",
+                r->code[0] ? json_string(r->code) : json_null(), "message",
+                r->error, "step", in->step->name, "attempt", in->attempt);
+  char *text = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(j);
+  return text;
 }
 
 /* The step succeeded and names a next one. A Lua step follows at once, in
@@ -513,7 +548,8 @@ static void go_next(sy_inst *in, const char *next) {
 }
 
 static int record_run(const sy_inst *in, const sy_task_result *r,
-                      const char *outcome, int64_t now, int64_t run_ms) {
+                      const char *outcome, const char *handler, int64_t now,
+                      int64_t run_ms) {
   /* A run that never parked lasted what it ran (so that sums over the
    * history equal the totals); one that parked, until now. */
   sy_step_run_row row = {
@@ -524,7 +560,9 @@ static int record_run(const sy_inst *in, const sy_task_result *r,
       .ended_at = in->resumed ? now : in->step_started + run_ms,
       .outcome = outcome,
       .error = r->status == SY_TASK_ERROR ? r->error : NULL,
-      .run_ms = run_ms};
+      .run_ms = run_ms,
+      .code = r->status == SY_TASK_ERROR && r->code[0] ? r->code : NULL,
+      .handler = handler};
   return sy_store_insert_step_run(in->e->store, &row);
 }
 
@@ -537,6 +575,8 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
   const char *outcome = r->status == SY_TASK_DONE ? "ok"
                         : in->timed_out           ? "timeout"
                                                   : "error";
+  const char *handler;
+  char *caught = NULL;
   int rc;
   step_ended(in);
   e->stats.steps++;
@@ -552,26 +592,38 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
   u.rerun = in->attempt > 1;
   in->run_ms += u.run_ms;
   in->reruns += u.rerun;
-  plan_transition(in, r, &u);
+  handler = plan_transition(in, r, &u);
+  if (handler && !(caught = caught_json(in, r))) {
+    free(r->vars_json);
+    sy__fatal(e, SY_ENOMEM);
+    return;
+  }
+  u.caught = caught;
   /* The instance row first: the update is fenced by owner. */
   rc = sy_store_update_instance(e->store, &u);
   free(r->vars_json); /* written (SQLite copied it) or not to be */
+  free(caught);
   if (rc == SY_ESTATE) {
     drop_taken(in);
     return;
   }
-  if (rc || (rc = record_run(in, r, outcome, now, u.run_ms)) ||
+  if (rc || (rc = record_run(in, r, outcome, handler, now, u.run_ms)) ||
       (rc = sy__journal_end(in))) {
     sy__fatal(e, rc);
     return;
   }
   if (r->status == SY_TASK_DONE && r->next) {
+    sy_task_set_error(in->task, NULL); /* the handler's error is behind */
     go_next(in, r->next);
     return;
   }
   if (r->status == SY_TASK_DONE) {
     e->stats.completed++;
-    emit(in, SY_EVENT_COMPLETED, now);
+    emit(in, SY_EVENT_COMPLETED, now, NULL);
+  } else if (handler) {
+    e->stats.caught++;
+    e->maybe_work = 1;
+    emit(in, SY_EVENT_CAUGHT, now, r->code[0] ? r->code : NULL);
   } else if (strcmp(u.state, SY_STATE_WAITING) == 0) {
     e->stats.retries++;
     e->maybe_work = 1;
@@ -581,7 +633,7 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
     return;
   } else {
     e->stats.incidents++;
-    emit(in, SY_EVENT_INCIDENT, now);
+    emit(in, SY_EVENT_INCIDENT, now, r->code[0] ? r->code : NULL);
   }
   sy__inst_free(in);
 }
@@ -613,6 +665,7 @@ void sy__handle_result(sy_inst *in, sy_task_result *r) {
   }
   if (in->diverged) {
     snprintf(r->error, sizeof r->error, "%s", in->diverged);
+    r->code[0] = '\0';
   }
   if (r->status == SY_TASK_CALL) {
     in->ph = PH_CALL;

@@ -63,6 +63,7 @@ struct sy_task {
   char idem_key[320]; /* made when asked for */
   uint64_t rng[4];    /* math.random's state in this step run */
   int rng_seeded;     /* it drew in this step run: rng is seeded */
+  int has_error;      /* ctx.error is set (its step handles an error) */
 };
 
 /* A step's Lua values, kept in the registry (LUA_NOREF when absent). */
@@ -82,8 +83,11 @@ void sy__limits_off(sy_lua *h, lua_State *co);
 /* The name Lua knows a workflow file by (see lua_sandbox.c). */
 const char *sy__chunk_base(const char *path);
 /* Copies the error on top of co into buf, positions in the workflow at
- * path (or NULL) given with the whole path. */
-void sy__error_message(lua_State *co, const char *path, char *buf, size_t len);
+ * path (or NULL) given with the whole path; a table raised as
+ * error({code = ..., message = ...}) gives its message, and its code into
+ * code when that is not NULL (SY_CODE_MAX + 1 bytes; "" for none). */
+void sy__error_message(lua_State *co, const char *path, char *buf, size_t len,
+                       char *code);
 /* Replaces the table on top of the stack by a read-only proxy of it. */
 void sy__make_read_only(lua_State *L, int loading);
 /* Pushes a fresh environment for a workflow file. */

@@ -111,13 +111,61 @@ static void expand_chunk(const char *msg, const char *path, char *buf,
   buf[used < len ? used : len - 1] = '\0';
 }
 
+/* A table raised as error({code = ..., message = ...}): its message,
+ * placed where error() was called when co's stack still shows it (a
+ * coroutine that stopped on the error), into tmp; its code into code
+ * (when asked), "" when it has none. A code that is not one is said in
+ * the message. */
+static const char *table_error(lua_State *co, char *tmp, size_t len,
+                               char *code) {
+  lua_Debug ar;
+  const char *msg = NULL, *c = NULL;
+  size_t used = 0;
+  if (sy__rawfield(co, -1, "message") == LUA_TSTRING ||
+      lua_type(co, -1) == LUA_TNUMBER) {
+    msg = lua_tostring(co, -1);
+  }
+  if (sy__rawfield(co, -2, "code") == LUA_TSTRING &&
+      strlen(lua_tostring(co, -1)) == lua_rawlen(co, -1) &&
+      sy_error_code_valid(lua_tostring(co, -1))) {
+    c = lua_tostring(co, -1);
+  }
+  if (lua_getstack(co, 1, &ar) && lua_getinfo(co, "Sl", &ar) &&
+      ar.currentline > 0) {
+    used = (size_t)snprintf(tmp, len, "%s:%d: ", ar.short_src, ar.currentline);
+  }
+  if (used < len && !c && !lua_isnil(co, -1)) {
+    snprintf(tmp + used, len - used,
+             "%s (its code is not one: 1 to %d letters, digits, '_', '-', "
+             "'.' or ':')",
+             msg ? msg : "error with a code", SY_CODE_MAX);
+  } else if (used < len) {
+    snprintf(tmp + used, len - used, "%s",
+             msg ? msg
+             : c ? c
+                 : "error object is a table without code or "
+                   "message");
+  }
+  if (code) {
+    snprintf(code, SY_CODE_MAX + 1, "%s", c ? c : "");
+  }
+  lua_pop(co, 2); /* the strings stay alive in the error table */
+  return tmp;
+}
+
 /* Copies the message on top of co into buf, whatever its type, with the
- * positions in the workflow at path (or NULL) given in full. */
-void sy__error_message(lua_State *co, const char *path, char *buf, size_t len) {
-  const char *msg = lua_tostring(co, -1);
+ * positions in the workflow at path (or NULL) given in full; and its code,
+ * when code is not NULL ("" when it has none). */
+void sy__error_message(lua_State *co, const char *path, char *buf, size_t len,
+                       char *code) {
+  char tmp[1024];
+  const char *msg = lua_istable(co, -1) ? table_error(co, tmp, sizeof tmp, code)
+                                        : lua_tostring(co, -1);
+  if (code && !lua_istable(co, -1)) {
+    code[0] = '\0';
+  }
   if (!msg) {
-    msg = luaL_typename(co, -1);
-    snprintf(buf, len, "error object is a %s value", msg);
+    snprintf(buf, len, "error object is a %s value", luaL_typename(co, -1));
   } else if (path) {
     expand_chunk(msg, path, buf, len);
   } else {

@@ -361,6 +361,25 @@ int sy_task_call_seq(sy_task *t) {
   return t->call_seq;
 }
 
+int sy_task_set_error(sy_task *t, const char *json) {
+  lua_State *L = t->h->L;
+  char err[256];
+  if (!json && !t->has_error) {
+    return 0;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
+  if (!json) {
+    lua_pushnil(L);
+  } else if (sy__push_json_text(L, json, 1, err, sizeof err)) {
+    lua_pop(L, 1);
+    return SY_EINVAL;
+  }
+  lua_setfield(L, -2, "error");
+  lua_pop(L, 1);
+  t->has_error = json != NULL;
+  return 0;
+}
+
 void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
   lua_State *L = t->h->L;
   t->step = step;
@@ -394,7 +413,7 @@ static int call_with_ctx(sy_task *t, int fn_ref, char *err, size_t errlen) {
   sy__limits_off(h, co);
   h->current = outer;
   if (rc != LUA_OK) {
-    sy__error_message(co, t->wf->path, err, errlen);
+    sy__error_message(co, t->wf->path, err, errlen, NULL);
     lua_pop(L, 1);
     return SY_ELUA;
   }
@@ -504,7 +523,7 @@ static void resume(sy_task *t, int nargs, sy_task_result *r) {
     finish(t, t->step, NULL, r);
     return;
   }
-  sy__error_message(t->co, t->wf->path, r->error, sizeof r->error);
+  sy__error_message(t->co, t->wf->path, r->error, sizeof r->error, r->code);
   if (rc == LUA_ERRMEM) {
     snprintf(r->error, sizeof r->error,
              "memory limit of the Lua state exceeded (%zu bytes)", h->limit);

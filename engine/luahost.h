@@ -26,6 +26,27 @@ typedef struct sy_lua_limits {
 
 typedef enum { SY_STEP_TASK, SY_STEP_NODE } sy_step_kind;
 
+/* Error codes: what error({code = ...}) raises, what retry_on, no_retry
+ * and catch name. 1 to SY_CODE_MAX bytes of letters, digits, '_', '-',
+ * '.' and ':'. The engine gives one code itself: "timeout", to a step run
+ * its step's timeout ended. */
+#define SY_CODE_MAX 64
+#define SY_CODE_TIMEOUT "timeout"
+int sy_error_code_valid(const char *code);
+
+/* Which errors a step retries while it has attempts left: every one (the
+ * default), only the codes listed (retry_on), or all but them
+ * (no_retry). */
+typedef enum { SY_RETRY_ALL, SY_RETRY_ONLY, SY_RETRY_EXCEPT } sy_retry_rule;
+
+/* Where a step's error goes once it is not retried: a handler step, which
+ * runs with the error in ctx.error (catch = {code = "step", ["*"] =
+ * "step"}). code NULL is "*": any error no other entry names. */
+typedef struct sy_catch {
+  char *code;
+  char *step;
+} sy_catch;
+
 typedef struct sy_step {
   char *name;
   sy_step_kind kind;
@@ -34,6 +55,11 @@ typedef struct sy_step {
   int retries;
   double backoff_initial, backoff_factor, backoff_max; /* seconds */
   double timeout;                                      /* seconds, 0: none */
+  sy_retry_rule retry_rule;
+  char **retry_codes; /* the codes retry_on or no_retry lists */
+  int nretry_codes;
+  sy_catch *catches;
+  int ncatches;
   /* node steps */
   const sy_node_entry *node;
   void *node_data;
@@ -74,6 +100,7 @@ typedef struct sy_task_result {
   const char *next; /* points into the definition */
   char *vars_json;  /* malloc'd on DONE, or NULL: unchanged */
   char error[1024];
+  char code[SY_CODE_MAX + 1]; /* ERROR: its code, "" for none */
   int64_t sleep_ms;
   const char *signal; /* SIGNAL: its name (the task's, until it resumes) */
   int64_t timeout_ms;
@@ -97,6 +124,12 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
                      size_t len, sy_workflow **out, sy_diag *diag);
 void sy_workflow_free(sy_lua *h, sy_workflow *wf);
 const sy_step *sy_workflow_step(const sy_workflow *wf, const char *name);
+/* Whether the step's rules retry an error of this code (NULL: an error
+ * without one), attempts left aside. */
+int sy_step_retries_code(const sy_step *s, const char *code);
+/* The step that handles an error of this code (NULL: none) once it is not
+ * retried, or NULL: an incident. */
+const char *sy_step_handler(const sy_step *s, const char *code);
 /* Reads a workflow file and loads it. */
 int sy_workflow_load_file(sy_lua *h, const char *path, sy_workflow **out,
                           sy_diag *diag);
@@ -124,6 +157,9 @@ const char *sy_task_idempotency_key(sy_task *t, int call, char *buf,
 int sy_task_call_seq(sy_task *t);
 void sy_task_set_owner(sy_task *t, void *owner);
 
+/* The error the task's step handles, as ctx.error: JSON text of an object
+ * (NULL: none). Returns 0, or SY_EINVAL for text that is not one. */
+int sy_task_set_error(sy_task *t, const char *json);
 /* Makes step the task's current step (ctx.step, ctx.attempt, a fresh
  * instruction budget); sy_task_start does it for task steps. */
 void sy_task_set_step(sy_task *t, const sy_step *step, int attempt);

@@ -122,13 +122,20 @@ static const char *const migrations[] = {
     "  sent_at INTEGER NOT NULL);"
     "CREATE INDEX signals_inbox ON signals(instance_id, name, id);"
     "ALTER TABLE instances ADD COLUMN wait_signal TEXT;",
+    /* 5: error handlers. A step's error that is not retried may go to a
+     * handler step (catch), which runs with the error as ctx.error: the
+     * instance keeps it (caught, JSON) until that step run moves on. A
+     * step run records its error's code, and the handler it went to. */
+    "ALTER TABLE instances ADD COLUMN caught TEXT;"
+    "ALTER TABLE step_runs ADD COLUMN code TEXT;"
+    "ALTER TABLE step_runs ADD COLUMN handler TEXT;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
 #define INSTANCE_COLS                                              \
   "id, workflow, def_hash, state, step, attempt, vars, wake_at, "  \
   "created_at, updated_at, ended_at, generation, run_ms, reruns, " \
-  "claimed, wait_signal"
+  "claimed, wait_signal, caught"
 
 static const char *const sql_text[Q__COUNT] = {
     [Q_BEGIN] = "BEGIN IMMEDIATE",
@@ -211,12 +218,14 @@ static const char *const sql_text[Q__COUNT] = {
         "ORDER BY id LIMIT ?3",
     /* Fenced by owner: an engine whose lease was taken over changes
      * nothing (NULL owner for commands on instances no engine holds). An
-     * instance leaving 'running' is no one's any more. */
+     * instance leaving 'running' is no one's any more; one whose step run
+     * moved on (?15) holds the error its next step handles, or none. */
     [Q_UPDATE_INSTANCE] =
         "UPDATE instances SET state = ?2, step = ?3, attempt = ?4, "
         "vars = coalesce(?5, vars), wake_at = ?6, wait_signal = ?7, "
         "updated_at = ?8, ended_at = ?9, generation = generation + ?11, "
         "run_ms = run_ms + ?12, reruns = reruns + ?13, "
+        "caught = CASE WHEN ?15 = 1 THEN ?14 ELSE caught END, "
         "owner = CASE WHEN ?2 = 'running' THEN owner END, "
         "lease_until = CASE WHEN ?2 = 'running' THEN lease_until END "
         "WHERE id = ?1 AND owner IS ?10",
@@ -229,12 +238,12 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_ADVANCE_INSTANCE] =
         "UPDATE instances SET step = ?3, attempt = ?4, "
         "vars = coalesce(?5, vars), updated_at = ?8, "
-        "run_ms = run_ms + ?12, reruns = reruns + ?13 "
+        "run_ms = run_ms + ?12, reruns = reruns + ?13, caught = ?14 "
         "WHERE id = ?1 AND owner IS ?10 AND wake_at IS NULL",
     [Q_INSERT_STEP_RUN] =
         "INSERT INTO step_runs(instance_id, step, attempt, started_at, "
-        "ended_at, outcome, error, run_ms) "
-        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "ended_at, outcome, error, run_ms, code, handler) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     [Q_JOURNAL_PUT] =
         "INSERT INTO journal(instance_id, seq, kind, hash, what, result, "
         "error, due_at, started_at, ran_ms) "
@@ -258,8 +267,8 @@ static const char *const sql_text[Q__COUNT] = {
         "AND (?2 IS NULL OR workflow = ?2) AND id > ?3",
     [Q_LIST_STEP_RUNS] =
         "SELECT id, instance_id, step, attempt, started_at, ended_at, "
-        "outcome, error, coalesce(run_ms, ended_at - started_at) "
-        "FROM step_runs WHERE instance_id = ?1 ORDER BY id",
+        "outcome, error, coalesce(run_ms, ended_at - started_at), code, "
+        "handler FROM step_runs WHERE instance_id = ?1 ORDER BY id",
     [Q_LIST_INCIDENTS] =
         "SELECT n.id, n.instance_id, i.workflow, n.step, n.error, "
         "n.raised_at, n.resolved_at, n.resolution "

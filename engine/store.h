@@ -48,6 +48,7 @@ typedef struct sy_instance_row {
   int64_t reruns; /* step runs that were retries (attempt > 1) */
   int claimed;    /* an engine took it before (read before a new claim) */
   const char *wait_signal; /* parked waiting for this signal; NULL: none */
+  const char *caught;      /* the error its step handles (JSON); NULL: none */
 } sy_instance_row;
 
 typedef struct sy_step_run_row {
@@ -59,6 +60,8 @@ typedef struct sy_step_run_row {
   const char *outcome; /* ok, error, timeout */
   const char *error;   /* NULL when ok */
   int64_t run_ms;      /* time it ran: less than it lasted if it parked */
+  const char *code;    /* the error's code (NULL: none) */
+  const char *handler; /* the step that handles the error (NULL: none) */
 } sy_step_run_row;
 
 typedef struct sy_incident_row {
@@ -151,6 +154,11 @@ typedef struct sy_instance_update {
   int new_generation; /* 1: an incident retry starts a new generation */
   int64_t run_ms;     /* the step run this update records: its duration, */
   int rerun;          /* and 1 if it was a retry */
+  /* 1: the step run ended and the instance moves on (to its next step,
+   * its end, or a handler step): the error the next step handles becomes
+   * `caught` (JSON; NULL: none). 0 keeps the one it has. */
+  int leaves_step;
+  const char *caught;
 } sy_instance_update;
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u);
 

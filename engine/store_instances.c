@@ -47,6 +47,7 @@ static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
   r->reruns = sqlite3_column_int64(s, 13);
   r->claimed = sqlite3_column_int(s, 14);
   r->wait_signal = (const char *)sqlite3_column_text(s, 15);
+  r->caught = (const char *)sqlite3_column_text(s, 16);
 }
 
 /* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
@@ -235,6 +236,8 @@ static void bind_update(sqlite3_stmt *s, const sy_instance_update *u) {
   sqlite3_bind_int(s, 11, u->new_generation);
   sqlite3_bind_int64(s, 12, u->run_ms);
   sqlite3_bind_int(s, 13, u->rerun);
+  sy__bind_text(s, 14, u->caught);
+  sqlite3_bind_int(s, 15, u->leaves_step);
 }
 
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
@@ -282,6 +285,8 @@ int sy_store_insert_step_run(sy_store *st, const sy_step_run_row *r) {
   sqlite3_bind_text(s, 6, r->outcome, -1, SQLITE_STATIC);
   sy__bind_text(s, 7, r->error);
   sqlite3_bind_int64(s, 8, r->run_ms);
+  sy__bind_text(s, 9, r->code);
+  sy__bind_text(s, 10, r->handler);
   return sy__exec_stmt(st, s, "record step run");
 }
 
@@ -414,6 +419,8 @@ int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
         .outcome = (const char *)sqlite3_column_text(s, 6),
         .error = (const char *)sqlite3_column_text(s, 7),
         .run_ms = sqlite3_column_int64(s, 8),
+        .code = (const char *)sqlite3_column_text(s, 9),
+        .handler = (const char *)sqlite3_column_text(s, 10),
     };
     if (cb(ud, &r)) {
       rc = SQLITE_DONE;

@@ -80,9 +80,11 @@ static int spec_is(sy_lua *h, lua_State *L, int idx, char *mt) {
 }
 
 static const char *const task_options[] = {
-    "run", "next", "retries", "backoff", "timeout", "description", NULL};
+    "run",      "next",  "retries",     "backoff",  "timeout",
+    "retry_on", "catch", "description", "no_retry", NULL};
 static const char *const common_node_options[] = {
-    "next", "retries", "backoff", "timeout", "description", NULL};
+    "next",     "retries", "backoff",     "timeout", "retry_on",
+    "no_retry", "catch",   "description", NULL};
 
 static int in_list(const char *const *list, const char *s) {
   for (; list && *list; list++) {
@@ -231,6 +233,172 @@ static int compile_policy(loader *ld, sy_step *s, int opts) {
   return compile_backoff(ld, s);
 }
 
+int sy_error_code_valid(const char *code) {
+  size_t n = 0;
+  for (const char *c = code; *c; c++, n++) {
+    if (!(*c == '_' || *c == '-' || *c == '.' || *c == ':' ||
+          (*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') ||
+          (*c >= 'A' && *c <= 'Z'))) {
+      return 0;
+    }
+  }
+  return n > 0 && n <= SY_CODE_MAX;
+}
+
+/* The code at the top of the stack, as option `key` of step s names it
+ * (into *out, malloc'd); "*" only where star is allowed (NULL then). */
+static int read_code(loader *ld, sy_step *s, const char *key, int star,
+                     char **out) {
+  lua_State *L = ld->h->L;
+  const char *c = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  *out = NULL;
+  if (c && star && strcmp(c, "*") == 0) {
+    return 0;
+  }
+  if (!c || strlen(c) != lua_rawlen(L, -1) || !sy_error_code_valid(c)) {
+    return load_error(ld, s->line,
+                      "step '%s': %s: an error code is 1 to %d letters, "
+                      "digits, '_', '-', '.' or ':'%s, got %s%s%s",
+                      s->name, key, SY_CODE_MAX, star ? " (or \"*\")" : "",
+                      c ? "'" : "", c ? c : luaL_typename(L, -1), c ? "'" : "");
+  }
+  if (!(*out = strdup(c))) {
+    return load_error(ld, s->line, "out of memory");
+  }
+  return 0;
+}
+
+/* retry_on or no_retry (on top of the stack): a list of codes. */
+static int compile_retry_codes(loader *ld, sy_step *s, const char *key) {
+  lua_State *L = ld->h->L;
+  lua_Integer n;
+  int rc;
+  if (!lua_istable(L, -1) || (n = (lua_Integer)lua_rawlen(L, -1)) == 0) {
+    return load_error(
+        ld, s->line, "step '%s': %s must be a list of error codes, got %s",
+        s->name, key,
+        lua_istable(L, -1) ? "an empty table" : luaL_typename(L, -1));
+  }
+  if (n > 1000 ||
+      !(s->retry_codes = calloc((size_t)n, sizeof *s->retry_codes))) {
+    return load_error(ld, s->line, "step '%s': %s: too many codes", s->name,
+                      key);
+  }
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    rc = read_code(ld, s, key, 0, &s->retry_codes[s->nretry_codes]);
+    lua_pop(L, 1);
+    if (rc) {
+      return rc;
+    }
+    s->nretry_codes++;
+  }
+  return 0;
+}
+
+/* catch (on top of the stack): {code = "step", ["*"] = "step"}. */
+static int compile_catch(loader *ld, sy_step *s) {
+  lua_State *L = ld->h->L;
+  int n = 0, rc;
+  if (!lua_istable(L, -1)) {
+    return load_error(ld, s->line,
+                      "step '%s': catch must be a table {code = \"step\", "
+                      "[\"*\"] = \"step\"}, got %s",
+                      s->name, luaL_typename(L, -1));
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    n++;
+    lua_pop(L, 1);
+  }
+  if (n == 0) {
+    return load_error(ld, s->line, "step '%s': catch is empty", s->name);
+  }
+  if (n > 1000 || !(s->catches = calloc((size_t)n, sizeof *s->catches))) {
+    return load_error(ld, s->line, "step '%s': catch: too many entries",
+                      s->name);
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    sy_catch *c = &s->catches[s->ncatches];
+    lua_pushvalue(L, -2);
+    rc = read_code(ld, s, "catch", 1, &c->code);
+    lua_pop(L, 1);
+    if (!rc && (lua_type(L, -1) != LUA_TSTRING ||
+                strlen(lua_tostring(L, -1)) != lua_rawlen(L, -1))) {
+      rc = load_error(ld, s->line,
+                      "step '%s': catch['%s'] must name a step, got %s",
+                      s->name, c->code ? c->code : "*", luaL_typename(L, -1));
+    } else if (!rc && strcmp(lua_tostring(L, -1), s->name) == 0) {
+      rc = load_error(ld, s->line,
+                      "step '%s': catch['%s'] names the step itself (its "
+                      "retries are what runs it again)",
+                      s->name, c->code ? c->code : "*");
+    } else if (!rc && !(c->step = strdup(lua_tostring(L, -1)))) {
+      rc = load_error(ld, s->line, "out of memory");
+    }
+    s->ncatches++; /* freed with the step, whatever happened */
+    lua_pop(L, 1);
+    if (rc) {
+      return rc; /* the caller resets the stack */
+    }
+  }
+  return 0;
+}
+
+/* retry_on, no_retry and catch. */
+static int compile_errors(loader *ld, sy_step *s, int opts) {
+  lua_State *L = ld->h->L;
+  int on = sy__rawfield(L, opts, "retry_on") != LUA_TNIL;
+  int except = sy__rawfield(L, opts, "no_retry") != LUA_TNIL;
+  int rc = 0;
+  if (on && except) {
+    return load_error(ld, s->line,
+                      "step '%s': retry_on and no_retry exclude each other "
+                      "(retry_on lists the only codes retried)",
+                      s->name);
+  }
+  if (on || except) {
+    s->retry_rule = on ? SY_RETRY_ONLY : SY_RETRY_EXCEPT;
+    if (on) {
+      lua_pop(L, 1); /* no_retry's nil: retry_on's list on top */
+    }
+    rc = compile_retry_codes(ld, s, on ? "retry_on" : "no_retry");
+  }
+  if (!rc && sy__rawfield(L, opts, "catch") != LUA_TNIL) {
+    rc = compile_catch(ld, s);
+  }
+  lua_settop(L, opts);
+  return rc;
+}
+
+int sy_step_retries_code(const sy_step *s, const char *code) {
+  int listed = 0;
+  for (int i = 0; code && i < s->nretry_codes && !listed; i++) {
+    listed = strcmp(s->retry_codes[i], code) == 0;
+  }
+  switch (s->retry_rule) {
+    case SY_RETRY_ONLY:
+      return listed;
+    case SY_RETRY_EXCEPT:
+      return !listed;
+    default:
+      return 1;
+  }
+}
+
+const char *sy_step_handler(const sy_step *s, const char *code) {
+  const char *any = NULL;
+  for (int i = 0; i < s->ncatches; i++) {
+    if (!s->catches[i].code) {
+      any = s->catches[i].step;
+    } else if (code && strcmp(s->catches[i].code, code) == 0) {
+      return s->catches[i].step;
+    }
+  }
+  return any;
+}
+
 /* A node's own options go to its plugin's compile. */
 static int compile_node(loader *ld, sy_step *s, int opts) {
   lua_State *L = ld->h->L;
@@ -272,7 +440,8 @@ static int compile_step(loader *ld, sy_step *s) {
   }
   if (!(rc = check_option_names(ld, s, opts, kind, allowed, extra)) &&
       !(rc = compile_code(ld, s, opts)) &&
-      !(rc = compile_policy(ld, s, opts)) && s->kind == SY_STEP_NODE) {
+      !(rc = compile_policy(ld, s, opts)) &&
+      !(rc = compile_errors(ld, s, opts)) && s->kind == SY_STEP_NODE) {
     rc = compile_node(ld, s, opts);
   }
   lua_settop(L, spec);
@@ -293,21 +462,37 @@ const sy_step *sy_workflow_step(const sy_workflow *wf, const char *name) {
   return bsearch(&key, wf->steps, (size_t)wf->nsteps, sizeof key, by_step_name);
 }
 
-/* Node options that name steps, for reference checks and reachability. */
+/* Node option i that names a step ("" when left out). */
 static const char *node_step_ref(sy_lua *h, const sy_step *s, int i) {
-  const char *const *so = s->node->type->step_options;
-  const char *v = NULL;
-  if (!so) {
-    return NULL;
+  const char *v;
+  lua_rawgeti(h->L, LUA_REGISTRYINDEX, s->lua->opts);
+  sy__rawfield(h->L, -1, s->node->type->step_options[i]);
+  v = lua_tostring(h->L, -1);
+  lua_pop(h->L, 2); /* the string stays alive in the options table */
+  return v ? v : "";
+}
+
+/* The k-th step name s refers to (its next, its node's options that name
+ * steps, its catch targets), "" for a node option left out, NULL past the
+ * last; what says which option names it. */
+static const char *step_ref(sy_lua *h, const sy_step *s, int k, char *what,
+                            size_t len) {
+  const char *const *so =
+      s->kind == SY_STEP_NODE ? s->node->type->step_options : NULL;
+  if (s->next && k-- == 0) {
+    snprintf(what, len, "next");
+    return s->next;
   }
-  for (int k = 0; so[k]; k++) {
-    if (k == i) {
-      lua_rawgeti(h->L, LUA_REGISTRYINDEX, s->lua->opts);
-      sy__rawfield(h->L, -1, so[k]);
-      v = lua_tostring(h->L, -1);
-      lua_pop(h->L, 2); /* the string stays alive in the options table */
-      return v ? v : "";
+  for (int i = 0; so && so[i]; i++) {
+    if (k-- == 0) {
+      snprintf(what, len, "%s", so[i]);
+      return node_step_ref(h, s, i);
     }
+  }
+  if (k < s->ncatches) {
+    snprintf(what, len, "catch['%s']",
+             s->catches[k].code ? s->catches[k].code : "*");
+    return s->catches[k].step;
   }
   return NULL;
 }
@@ -316,56 +501,51 @@ static int check_graph(loader *ld) {
   sy_workflow *wf = ld->wf;
   char *seen = calloc((size_t)wf->nsteps, 1);
   int *stack = malloc(sizeof(int) * (size_t)(wf->nsteps + 1));
-  int sp = 0, dynamic = 0;
+  int sp = 0, dynamic = 0, rc = 0;
+  char what[SY_CODE_MAX + 16];
   if (!seen || !stack) {
     free(seen);
     free(stack);
     return load_error(ld, 0, "out of memory");
   }
-  for (int i = 0; i < wf->nsteps; i++) {
+  for (int i = 0; i < wf->nsteps && !rc; i++) {
     const sy_step *s = &wf->steps[i];
     const char *ref;
-    if (s->next && !sy_workflow_step(wf, s->next)) {
-      free(seen);
-      free(stack);
-      return load_error(ld, s->line, "step '%s': next step '%s' does not exist",
-                        s->name, s->next);
-    }
-    for (int k = 0;
-         s->kind == SY_STEP_NODE && (ref = node_step_ref(ld->h, s, k)) != NULL;
+    for (int k = 0; !rc && (ref = step_ref(ld->h, s, k, what, sizeof what));
          k++) {
-      if (*ref && !sy_workflow_step(wf, ref)) {
-        free(seen);
-        free(stack);
-        return load_error(ld, s->line,
-                          "step '%s': %s names step '%s', which does not exist",
-                          s->name, s->node->type->step_options[k], ref);
+      if (!*ref || sy_workflow_step(wf, ref)) {
+        continue;
       }
+      rc = strcmp(what, "next") == 0
+               ? load_error(ld, s->line,
+                            "step '%s': next step '%s' does not exist", s->name,
+                            ref)
+               : load_error(ld, s->line,
+                            "step '%s': %s names step '%s', which does not "
+                            "exist",
+                            s->name, what, ref);
     }
+  }
+  if (rc) {
+    free(seen);
+    free(stack);
+    return rc;
   }
   /* Reachability from start; a `next` function may go anywhere. */
   stack[sp++] = (int)(wf->start - wf->steps);
   seen[stack[0]] = 1;
   while (sp > 0) {
     const sy_step *s = &wf->steps[stack[--sp]];
-    const char *targets[16];
-    int nt = 0;
     const char *ref;
     if (s->lua->next != LUA_NOREF) {
       dynamic = 1;
     }
-    if (s->next) {
-      targets[nt++] = s->next;
-    }
-    for (int k = 0; s->kind == SY_STEP_NODE && nt < 16 &&
-                    (ref = node_step_ref(ld->h, s, k)) != NULL;
-         k++) {
-      if (*ref) {
-        targets[nt++] = ref;
+    for (int k = 0; (ref = step_ref(ld->h, s, k, what, sizeof what)); k++) {
+      int j;
+      if (!*ref) {
+        continue;
       }
-    }
-    for (int k = 0; k < nt; k++) {
-      int j = (int)(sy_workflow_step(wf, targets[k]) - wf->steps);
+      j = (int)(sy_workflow_step(wf, ref) - wf->steps);
       if (!seen[j]) {
         seen[j] = 1;
         stack[sp++] = j;
@@ -549,7 +729,8 @@ static int run_file(loader *ld, const char *source, size_t len) {
   snprintf(chunkname, sizeof chunkname, "@%s", sy__chunk_base(ld->path));
   if (luaL_loadbufferx(L, source, len, chunkname, "t") != LUA_OK) {
     /* Lua's message already reads file:line: what. */
-    sy__error_message(L, ld->path, ld->diag->error, sizeof ld->diag->error);
+    sy__error_message(L, ld->path, ld->diag->error, sizeof ld->diag->error,
+                      NULL);
     return SY_ELOAD;
   }
   sy__push_sandbox(h);
@@ -568,7 +749,7 @@ static int run_file(loader *ld, const char *source, size_t len) {
                       luaL_typename(L, -1));
   }
   sy__limits_off(h, L);
-  sy__error_message(L, ld->path, msg, sizeof msg);
+  sy__error_message(L, ld->path, msg, sizeof msg, NULL);
   /* Errors raised by the DSL carry no position: add the file's. */
   if (strncmp(msg, ld->path, strlen(ld->path)) == 0) {
     snprintf(ld->diag->error, sizeof ld->diag->error, "%s", msg);
@@ -593,7 +774,7 @@ static int compile_spec(loader *ld) {
   if (rc == LUA_OK) {
     return ld->rc;
   }
-  sy__error_message(L, ld->path, msg, sizeof msg);
+  sy__error_message(L, ld->path, msg, sizeof msg, NULL);
   lua_pop(L, 1);
   if (!ld->diag->error[0]) {
     load_error(ld, ld->wf->line, "%s", msg);
@@ -692,6 +873,15 @@ void sy_workflow_free(sy_lua *h, sy_workflow *wf) {
     if (s->node && s->node_data && s->node->type->free_node) {
       s->node->type->free_node(s->node->plugin->state, s->node_data);
     }
+    for (int k = 0; k < s->nretry_codes; k++) {
+      free(s->retry_codes[k]);
+    }
+    for (int k = 0; k < s->ncatches; k++) {
+      free(s->catches[k].code);
+      free(s->catches[k].step);
+    }
+    free(s->retry_codes);
+    free(s->catches);
     free(s->name);
     free(s->next);
   }

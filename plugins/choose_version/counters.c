@@ -64,9 +64,13 @@ void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open) {
         d->in_flight++;
       }
       break;
-    default:
+    case SY_EVENT_CAUGHT: /* it goes on, at a handler step */
+      d->caught++;
+      break;
+    case SY_EVENT_CANCELLED:
       d->cancelled++;
       d->in_flight--;
+      break;
   }
 }
 
@@ -92,6 +96,7 @@ int cv_flush_counters(cv_router *r) {
     sqlite3_bind_int64(s, 8, d->with_incidents);
     sqlite3_bind_int64(s, 9, d->incidents);
     sqlite3_bind_int64(s, 10, d->open_incidents);
+    sqlite3_bind_int64(s, 11, d->caught);
     if (cv_step_done(r, s)) {
       cv_discard_counters(r);
       return -1;

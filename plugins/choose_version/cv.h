@@ -37,9 +37,11 @@ enum {
   CVQ_EV_INCIDENT,
   CVQ_EV_RESOLVED,
   CVQ_EV_CANCELLED,
-  CVQ_EV_COMPLETED_KEY, /* the same three, for one decision by its key */
+  CVQ_EV_CAUGHT,
+  CVQ_EV_COMPLETED_KEY, /* the same four, for one decision by its key */
   CVQ_EV_INCIDENT_KEY,
   CVQ_EV_CANCELLED_KEY,
+  CVQ_EV_CAUGHT_KEY,
   /* `rollout` (rollout.c) */
   CVQ_FLAG_ROW,
   CVQ_FLAG_LIST,
@@ -69,7 +71,7 @@ typedef struct cv_delta {
   char *workflow, *flag;
   int v2;
   int64_t routed, in_flight, completed, cancelled, with_incidents, incidents,
-      open_incidents;
+      open_incidents, caught;
   struct cv_delta *next;
 } cv_delta;
 

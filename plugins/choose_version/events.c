@@ -1,6 +1,6 @@
-/* The event hook: what an instance's completion, incident, retry or
- * cancellation does to the decisions it has (their outcome, times,
- * retries and incidents in cv_decisions, which reports read) and to the
+/* The event hook: what an instance's completion, incident, retry,
+ * cancellation or caught error does to the decisions it has (their outcome,
+ * times, retries and incidents in cv_decisions, which reports read) and to the
  * per-version counters. It runs inside the engine's transaction that
  * records the event, so the decisions and counters never disagree with
  * the instance rows. */
@@ -23,17 +23,18 @@ static int bind_event(sqlite3_stmt *u, const sy_event *ev) {
     case SY_EVENT_INCIDENT:
       sqlite3_bind_int64(u, i++, ev->reruns);
       break;
-    case SY_EVENT_INCIDENT_RESOLVED:
-      break;
-    default:
+    case SY_EVENT_CANCELLED:
       sqlite3_bind_int64(u, i++, ev->time_ms);
+      break;
+    default: /* RESOLVED, CAUGHT: the instance alone */
+      break;
   }
   return i;
 }
 
 /* A fresh instance's event: its memo holds every decision it has, none
- * with an incident yet (an incident is the last event of a stay in
- * memory), so each is updated by its key, with no lookup. */
+ * with an incident yet (an incident, like a caught error, is the last event of
+ * a stay in memory), so each is updated by its key, with no lookup. */
 static int fresh_event(cv_router *r, const sy_event *ev, int q) {
   sqlite3_stmt *u = cv_stmt(r, q);
   int i;
@@ -84,9 +85,16 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
       q = CVQ_EV_RESOLVED;
       by_key = -1;
       break;
-    default:
+    case SY_EVENT_CANCELLED:
       q = CVQ_EV_CANCELLED;
       by_key = CVQ_EV_CANCELLED_KEY;
+      break;
+    case SY_EVENT_CAUGHT:
+      q = CVQ_EV_CAUGHT;
+      by_key = CVQ_EV_CAUGHT_KEY;
+      break;
+    default: /* an event this plugin does not count */
+      return 0;
   }
   if (ev->fresh && by_key >= 0) {
     return fresh_event(r, ev, by_key);

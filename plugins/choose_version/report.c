@@ -104,6 +104,7 @@ typedef struct latency {
 typedef struct vstats {
   int64_t routed, completed, cancelled, in_flight;
   int64_t with_incidents, with_open, incidents, retries;
+  int64_t caught, with_caught; /* errors handler steps took, and where */
   latency branch, steps;
 } vstats;
 
@@ -270,6 +271,8 @@ static int count_row(sqlite3_stmt *s, vstats v[2], ramp *rs, int nr,
   x->with_incidents += incidents > 0;
   x->with_open += sqlite3_column_int64(s, 4) > 0;
   x->retries += sqlite3_column_int64(s, 5);
+  x->caught += sqlite3_column_int64(s, 8);
+  x->with_caught += sqlite3_column_int64(s, 8) > 0;
   if (!outcome) {
     /* Not ended: in flight unless it waits in an incident. */
     x->in_flight += sqlite3_column_int64(s, 4) == 0;
@@ -335,7 +338,7 @@ static json_t *version_json(const vstats *v) {
   cv_wilson(v->with_incidents, v->routed, 1.959963984540054, &lo, &hi);
   return json_pack(
       "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:[o,o], "
-      "s:{s:o, s:o}, s:o}",
+      "s:I, s:I, s:{s:o, s:o}, s:o}",
       "routed", (json_int_t)v->routed, "completed", (json_int_t)v->completed,
       "in_flight", (json_int_t)v->in_flight, "cancelled",
       (json_int_t)v->cancelled, "instances_with_incidents",
@@ -344,8 +347,10 @@ static json_t *version_json(const vstats *v) {
       (json_int_t)(v->with_incidents - v->with_open), "incidents",
       (json_int_t)v->incidents, "incident_rate", num(rate_of(v)),
       "incident_rate_ci95", num(v->routed ? lo : NAN),
-      num(v->routed ? hi : NAN), "latency_ms", "branch", lat_json(&v->branch),
-      "steps", lat_json(&v->steps), "retries_per_instance",
+      num(v->routed ? hi : NAN), "caught_errors", (json_int_t)v->caught,
+      "instances_with_caught_errors", (json_int_t)v->with_caught, "latency_ms",
+      "branch", lat_json(&v->branch), "steps", lat_json(&v->steps),
+      "retries_per_instance",
       num(v->routed ? (double)v->retries / (double)v->routed : NAN));
 }
 
@@ -398,6 +403,8 @@ static void print_versions(const vstats v[2]) {
   ROW("instances with incidents", with_incidents);
   ROW("  with an open incident", with_open);
   ROW("incidents in total", incidents);
+  ROW("errors caught by a handler", caught);
+  ROW("  instances with one", with_caught);
 #undef ROW
   for (int i = 0; i < 2; i++) {
     double lo, hi;

@@ -519,8 +519,8 @@ static void counters_row(sqlite3_stmt *s, json_t *counters) {
   if (counters) {
     json_array_append_new(
         counters,
-        json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "workflow",
-                  sqlite3_column_text(s, 0), "version",
+        json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                  "workflow", sqlite3_column_text(s, 0), "version",
                   sqlite3_column_text(s, 1), "routed",
                   (json_int_t)sqlite3_column_int64(s, 2), "in_flight",
                   (json_int_t)sqlite3_column_int64(s, 3), "completed",
@@ -528,13 +528,15 @@ static void counters_row(sqlite3_stmt *s, json_t *counters) {
                   (json_int_t)sqlite3_column_int64(s, 5), "with_incidents",
                   (json_int_t)sqlite3_column_int64(s, 6), "incidents",
                   (json_int_t)sqlite3_column_int64(s, 7), "open_incidents",
-                  (json_int_t)sqlite3_column_int64(s, 8)));
+                  (json_int_t)sqlite3_column_int64(s, 8), "caught",
+                  (json_int_t)sqlite3_column_int64(s, 9)));
   } else {
-    printf("%-20s %-7s %9lld %9lld %9lld %9lld %14lld %9lld\n",
+    printf("%-20s %-7s %9lld %9lld %9lld %9lld %14lld %9lld %9lld\n",
            sqlite3_column_text(s, 0), sqlite3_column_text(s, 1),
            sqlite3_column_int64(s, 2), sqlite3_column_int64(s, 3),
            sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5),
-           sqlite3_column_int64(s, 6), sqlite3_column_int64(s, 8));
+           sqlite3_column_int64(s, 6), sqlite3_column_int64(s, 8),
+           sqlite3_column_int64(s, 9));
   }
 }
 
@@ -554,9 +556,9 @@ static int cmd_get(cv_router *r, const args *a) {
     counters = json_array();
   } else {
     print_flag(a->pos[0], &f);
-    printf("\n%-20s %-7s %9s %9s %9s %9s %14s %9s\n", "WORKFLOW", "VERSION",
+    printf("\n%-20s %-7s %9s %9s %9s %9s %14s %9s %9s\n", "WORKFLOW", "VERSION",
            "ROUTED", "IN FLIGHT", "COMPLETED", "CANCELLED", "WITH INCIDENTS",
-           "OPEN INC.");
+           "OPEN INC.", "CAUGHT");
   }
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
     counters_row(s, counters);

@@ -101,6 +101,10 @@ static const char *const migrations[] = {
     "     AND r.started_at >= cv_decisions.decided_at "
     "     AND r.step <> cv_decisions.step AND r.attempt > 1) "
     "WHERE outcome IS NULL;",
+    /* 3: errors of the branch a handler step took (catch) rather than an
+     * incident, per decision and per version. */
+    "ALTER TABLE cv_decisions ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE cv_counters ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;",
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -131,6 +135,7 @@ static const char cv_meta_table[] =
   "open_incidents = open_incidents + 1, retries = ?2 - base_reruns "
 #define EV_CANCELLED \
   "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
+#define EV_CAUGHT "UPDATE cv_decisions SET caught = caught + 1 "
 /* By key (flag, decided_at): the table's own order, one seek. */
 #define BY_KEY(flag, at)                           \
   "WHERE flag = ?" #flag " AND decided_at = ?" #at \
@@ -190,8 +195,8 @@ static const char *const sql_text[CVQ__COUNT] = {
      * not know them from excluded's. */
     [CVQ_COUNTERS_ADD] =
         "INSERT INTO cv_counters(workflow, flag, version, routed, in_flight, "
-        "completed, cancelled, with_incidents, incidents, open_incidents) "
-        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+        "completed, cancelled, with_incidents, incidents, open_incidents, "
+        "caught) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
         "ON CONFLICT(workflow, flag, version) DO UPDATE SET "
         "routed = cv_counters.routed + excluded.routed, "
         "in_flight = cv_counters.in_flight + excluded.in_flight, "
@@ -200,7 +205,9 @@ static const char *const sql_text[CVQ__COUNT] = {
         "with_incidents = cv_counters.with_incidents + "
         "excluded.with_incidents, "
         "incidents = cv_counters.incidents + excluded.incidents, "
-        "open_incidents = cv_counters.open_incidents + excluded.open_incidents",
+        "open_incidents = cv_counters.open_incidents + "
+        "excluded.open_incidents, "
+        "caught = cv_counters.caught + excluded.caught",
     /* The decisions an event concerns, read before the update: RETURNING
      * would buffer its rows in a temporary table at every event, which
      * costs more than reading them twice. */
@@ -213,9 +220,11 @@ static const char *const sql_text[CVQ__COUNT] = {
         "UPDATE cv_decisions SET open_incidents = open_incidents - 1 "
         "WHERE instance_id = ?1 AND open_incidents > 0",
     [CVQ_EV_CANCELLED] = EV_CANCELLED "WHERE instance_id = ?1",
+    [CVQ_EV_CAUGHT] = EV_CAUGHT "WHERE instance_id = ?1",
     [CVQ_EV_COMPLETED_KEY] = EV_COMPLETED BY_KEY(5, 6),
     [CVQ_EV_INCIDENT_KEY] = EV_INCIDENT BY_KEY(3, 4),
     [CVQ_EV_CANCELLED_KEY] = EV_CANCELLED BY_KEY(3, 4),
+    [CVQ_EV_CAUGHT_KEY] = EV_CAUGHT BY_KEY(2, 3),
 
     [CVQ_FLAG_ROW] = "SELECT " FLAG_ROW_COLS " FROM cv_flags WHERE name = ?1",
     [CVQ_FLAG_LIST] = "SELECT " FLAG_ROW_COLS " FROM cv_flags ORDER BY name",
@@ -258,7 +267,7 @@ static const char *const sql_text[CVQ__COUNT] = {
         "WHERE flag = ?1 ORDER BY subject",
     [CVQ_COUNTERS_OF] =
         "SELECT workflow, version, routed, in_flight, completed, cancelled, "
-        "with_incidents, incidents, open_incidents FROM cv_counters "
+        "with_incidents, incidents, open_incidents, caught FROM cv_counters "
         "WHERE flag = ?1 ORDER BY workflow, version",
 
     [CVQ_FLAG_KNOWN] =
@@ -274,7 +283,7 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_REPORT_DECISIONS] =
         "SELECT CASE WHEN version = 'v2' THEN 1 ELSE 0 END, "
         "coalesce(ramp_id, 0), outcome, incidents, open_incidents, retries, "
-        "branch_ms, step_ms FROM cv_decisions WHERE flag = ?1 "
+        "branch_ms, step_ms, caught FROM cv_decisions WHERE flag = ?1 "
         "AND decided_at >= ?2 AND decided_at < ?3 "
         "AND (CAST(?4 AS TEXT) IS NULL OR workflow = ?4)",
 };

@@ -45,14 +45,14 @@ static void test_migrations(void) {
   sy_store *st = open_store();
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_FULL};
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 4);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
   CHECK(scalar(st,
                "SELECT count(*) FROM sqlite_master WHERE name = "
                "'instances'") == 1);
   sy_store_close(st);
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 4);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
   CHECK(sqlite3_exec(sy_store_db(st), "PRAGMA user_version = 99", NULL, NULL,
                      NULL) == SQLITE_OK);
   sy_store_close(st);
@@ -71,8 +71,14 @@ static int64_t totals(sy_store *st, int64_t id) {
   return scalar(st, sql);
 }
 
-/* What migration 4 did (the journal), undone to make an older schema. */
+/* What migrations 5 (error handlers) and 4 (the journal) did, undone to
+ * make an older schema. */
+#define UNDO_5                                \
+  "ALTER TABLE instances DROP COLUMN caught;" \
+  "ALTER TABLE step_runs DROP COLUMN code;"   \
+  "ALTER TABLE step_runs DROP COLUMN handler;"
 #define UNDO_4                                         \
+  UNDO_5                                               \
   "DROP TABLE journal;"                                \
   "DROP TABLE signals;"                                \
   "ALTER TABLE instances DROP COLUMN wait_signal;"     \
@@ -112,7 +118,7 @@ static void test_migration_totals(void) {
                      NULL, NULL, NULL) == SQLITE_OK);
   sy_store_close(st);
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 4);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
   /* 30 + 5 + 12 ms, and one retried run (x, attempt 2) */
   CHECK_EQ(totals(st, a), 471);
   CHECK_EQ(totals(st, b), 0);
@@ -147,7 +153,7 @@ static void test_migration_claimed(void) {
                      NULL, NULL, NULL) == SQLITE_OK);
   sy_store_close(st);
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 4);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
   CHECK(scalar(st,
                "SELECT count(*) FROM instances WHERE claimed = 1 AND "
                "state IN ('ready', 'running', 'waiting', 'incident')") == 4);

@@ -199,6 +199,12 @@ describe("switchyard rejects bad input with exit 2 and an untouched db", functio
     { "node_unknown.lua", 6, "unknown node type 'no_such_node'" },
     { "load_error.lua", 3, "boom while loading" },
     { "sandbox.lua", 3, "execute" },
+    { "catch_missing.lua", 6,
+      "catch['document_rejected'] names step 'manual_reveiw', which does " ..
+      "not exist" },
+    { "catch_self.lua", 6, "catch['*'] names the step itself" },
+    { "retry_both.lua", 6, "retry_on and no_retry exclude each other" },
+    { "code_bad.lua", 6, "no_retry: an error code is 1 to 64" },
     -- A plain table has no line of its own: the file is named.
     { "not_a_workflow.lua", nil, "must return sy.workflow" },
   }

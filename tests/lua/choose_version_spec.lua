@@ -811,7 +811,12 @@ describe("a decision's step time and retries", function()
     e:close()
     -- Back to the schema before the step-run totals existed: the decisions
     -- of instances in flight must carry what their branch has run.
-    sqlite3(db, "DROP TABLE journal; DROP TABLE signals;" ..
+    sqlite3(db, "ALTER TABLE instances DROP COLUMN caught;" ..
+      "ALTER TABLE step_runs DROP COLUMN code;" ..
+      "ALTER TABLE step_runs DROP COLUMN handler;" ..
+      "ALTER TABLE cv_decisions DROP COLUMN caught;" ..
+      "ALTER TABLE cv_counters DROP COLUMN caught;" ..
+      "DROP TABLE journal; DROP TABLE signals;" ..
       "ALTER TABLE instances DROP COLUMN wait_signal;" ..
       "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" ..
       "ALTER TABLE step_runs DROP COLUMN run_ms;" ..

@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 4
+#define SY_PLUGIN_ABI 5
 
 /* Error codes: negative, from one list so that a code, its name and its
  * message never drift apart. sy_api functions that return an int return 0
@@ -74,7 +74,10 @@ typedef enum {
   SY_EVENT_COMPLETED = 1,
   SY_EVENT_INCIDENT = 2,          /* an incident was raised */
   SY_EVENT_INCIDENT_RESOLVED = 3, /* retried by a user: it runs again */
-  SY_EVENT_CANCELLED = 4
+  SY_EVENT_CANCELLED = 4,
+  /* a step's error went to a handler step (catch) instead of an incident:
+   * the instance goes on, at that step */
+  SY_EVENT_CAUGHT = 5
 } sy_event_type;
 
 /* run_ms and reruns are the instance's totals so far, as the event records
@@ -86,6 +89,9 @@ typedef struct sy_event {
   int64_t instance_id;
   const char *workflow;
   const char *step;
+  /* INCIDENT and CAUGHT: the error's code (error({code = ...}), "timeout"
+   * for a step's timeout), or NULL when it has none. */
+  const char *code;
   int64_t time_ms;
   int64_t run_ms;
   int64_t reruns;
