@@ -298,4 +298,41 @@ describe("waiting", function()
     assert.are.same({ level = 2 }, s.signals[1].vars)
     has(env:ok("show", tostring(id)), "signals queued (not taken)")
   end)
+
+  it("the report's time in branch steps leaves parked time out; branch " ..
+    "latency keeps it", function()
+      env:ok("rollout", "set", "naps", "50%", "--reason", "parked time")
+      env:ok("start", FIX .. "/routed_nap.lua", "--count", "20", "--var",
+        "user_id=u{n}")
+      env:ok("run", "--until-idle")
+      assert.are.equal(20, env:scalar("select count(*) from instances " ..
+        "where state = 'completed'"))
+      -- every branch step parked once, for 1.2 s
+      assert.are.equal(20, env:scalar("select count(*) from step_runs " ..
+        "where step like 'nap_%' and ended_at - started_at >= 1200 " ..
+        "and run_ms < 1000"))
+      local report = H.decode((env:ok("report", "naps", "--json")))
+      for _, v in ipairs({ "v1", "v2" }) do
+        local lat = report.versions[v].latency_ms
+        assert.is_true(lat.branch.count > 0, v .. " routed nothing")
+        -- recounts of the history: the branch step's run_ms, and the
+        -- decision to the end
+        local runs = env:sql("select r.run_ms, i.ended_at - d.decided_at " ..
+          "from cv_decisions d join step_runs r on r.instance_id = " ..
+          "d.instance_id and r.step = 'nap_" .. v .. "' join instances i " ..
+          "on i.id = d.instance_id where d.version = '" .. v .. "'")
+        local max_run, min_branch = 0, math.huge
+        for _, r in ipairs(runs) do
+          max_run = math.max(max_run, tonumber(r[1]))
+          min_branch = math.min(min_branch, tonumber(r[2]))
+        end
+        assert.are.equal(lat.branch.count, #runs)
+        assert.is_true(lat.steps.p99 <= max_run + 50, string.format(
+          "%s: steps p99 %s ms, the branch steps ran at most %d ms", v,
+          lat.steps.p99, max_run))
+        assert.is_true(lat.branch.p50 >= 1200, string.format(
+          "%s: branch p50 %s ms, under the 1.2 s park", v, lat.branch.p50))
+        assert.is_true(min_branch >= 1200)
+      end
+    end)
 end)

@@ -302,6 +302,31 @@ describe("plugins", function()
   end)
 end)
 
+describe("the step journal's bounds", function()
+  it("an answer past 16 MiB, or past 32 MiB for the step run, fails its " ..
+     "call in the step, and a replay gives the same failure", function()
+    local e, db = new_engine { plugins = PLUGINS }
+    local id = assert(e:start(FIX .. "bigjournal.lua", {}))
+    e:run()
+    local i = e:instance(id)
+    assert.are.equal("completed", i.state)
+    -- the step parked once and ran again from its start: one step run
+    assert.are.equal("big#1:ok", outcomes(e:history(id)))
+    assert.matches("does not fit the step's journal", i.vars.first, 1, true)
+    assert.matches("at most 16 MiB an answer", i.vars.first, 1, true)
+    assert.matches("(17825800 bytes)", i.vars.first, 1, true)
+    -- two answers of 12 MiB (and 8 bytes of JSON) held, and the first
+    -- call's error: a third answer would pass 32 MiB
+    assert.matches("does not fit the step's journal", i.vars.fourth, 1, true)
+    assert.matches("(12582920 bytes)", i.vars.fourth, 1, true)
+    local held = tonumber(i.vars.fourth:match("(%d+) bytes held"))
+    assert.is_true(held > 2 * 12582920 and held < 2 * 12582920 + 1024, held)
+    assert.is_true(held + 12582920 > 32 * 1048576)
+    assert.are.same({ 12 * 1048576, 12 * 1048576 }, i.vars.sizes)
+    cleanup(e, db)
+  end)
+end)
+
 describe("chaining", function()
   it("a loop of Lua steps does not starve the other instances", function()
     local e, db = new_engine { concurrency = 8 }
