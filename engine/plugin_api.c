@@ -18,8 +18,28 @@
 /* ---------------------------------------------------------------------
  * Services (sy_api) */
 
-static sqlite3 *api_db(sy_engine *e) {
-  return sy_store_db(e->store);
+static sy_stmt *api_prepare(sy_engine *e, const sy_sql *q) {
+  return sy_store_prepare(e->store, q);
+}
+static int api_exec(sy_engine *e, const sy_sql *script) {
+  return sy_store_exec_script(e->store, script);
+}
+static const char *api_errmsg(sy_engine *e) {
+  return sy_store_errmsg(e->store);
+}
+static int api_begin(sy_engine *e, int write) {
+  return sy_store_begin_as(e->store, write);
+}
+static int api_commit(sy_engine *e) {
+  return sy_store_commit(e->store);
+}
+static void api_rollback(sy_engine *e) {
+  sy_store_rollback(e->store);
+}
+static int64_t api_data_version(sy_engine *e) {
+  int64_t v;
+  int rc = sy_store_data_version(e->store, &v);
+  return rc ? rc : v;
 }
 static int64_t api_tx_begin(sy_engine *e) {
   int rc = sy_store_begin(e->store);
@@ -294,7 +314,13 @@ static void api_fail(sy_call *c, const char *message) {
 void sy__api_init(sy_api *a) {
   *a = (sy_api){
       .abi = SY_PLUGIN_ABI,
-      .db = api_db,
+      .prepare = api_prepare,
+      .exec = api_exec,
+      .errmsg = api_errmsg,
+      .begin = api_begin,
+      .commit = api_commit,
+      .rollback = api_rollback,
+      .data_version = api_data_version,
       .tx_begin = api_tx_begin,
       .loop = api_loop,
       .now_ms = api_now_ms,

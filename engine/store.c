@@ -139,6 +139,10 @@ static const char *const migrations[] = {
 
 static const char *const sql_text[Q__COUNT] = {
     [Q_BEGIN] = "BEGIN IMMEDIATE",
+    /* A command that only reads, in one snapshot: no write lock. */
+    [Q_BEGIN_READ] = "BEGIN",
+    /* Other connections' commits, counted (plugins' caches). */
+    [Q_DATA_VERSION] = "PRAGMA data_version",
     [Q_COMMIT] = "COMMIT",
     [Q_ROLLBACK] = "ROLLBACK",
     [Q_PUT_DEF] =
@@ -538,12 +542,16 @@ void sy_store_close(sy_store *st) {
 }
 
 int sy_store_begin(sy_store *st) {
+  return sy_store_begin_as(st, 1);
+}
+
+int sy_store_begin_as(sy_store *st, int write) {
   sqlite3_stmt *s;
   int rc;
   if (st->in_tx) {
     return 0;
   }
-  if (!(s = sy__stmt(st, Q_BEGIN))) {
+  if (!(s = sy__stmt(st, write ? Q_BEGIN : Q_BEGIN_READ))) {
     return SY_ESTORE;
   }
   if ((rc = sy__exec_stmt(st, s, "begin"))) {

@@ -11,8 +11,16 @@
 #include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <switchyard/plugin.h>
 
 typedef struct sy_store sy_store;
+
+/* Plugins' statements (plugin.h, "Statements"; store_stmt.c): prepare
+ * one (NULL with the error recorded), run a script, read the count of
+ * other connections' commits. */
+sy_stmt *sy_store_prepare(sy_store *st, const sy_sql *q);
+int sy_store_exec_script(sy_store *st, const sy_sql *script);
+int sy_store_data_version(sy_store *st, int64_t *v);
 
 typedef enum { SY_SYNC_FULL, SY_SYNC_NORMAL } sy_sync_mode;
 
@@ -95,6 +103,9 @@ __attribute__((format(printf, 3, 4))) int sy_store_set_error(sy_store *st,
 /* Transactions. begin is a no-op inside an open one (so batched writers can
  * call it freely); commit and rollback close it. */
 int sy_store_begin(sy_store *st);
+/* The same, or (write 0) a transaction that only reads, in one snapshot,
+ * without taking the write lock. */
+int sy_store_begin_as(sy_store *st, int write);
 int sy_store_commit(sy_store *st);
 void sy_store_rollback(sy_store *st);
 int sy_store_in_tx(sy_store *st);

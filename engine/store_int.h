@@ -10,6 +10,8 @@
 
 enum {
   Q_BEGIN,
+  Q_BEGIN_READ,
+  Q_DATA_VERSION,
   Q_COMMIT,
   Q_ROLLBACK,
   Q_PUT_DEF,

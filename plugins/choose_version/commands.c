@@ -39,29 +39,23 @@ void cv_fmt_time(int64_t ms, char *buf, size_t len) {
 }
 
 int cv_cmd_begin(cv_router *r, const char *cmd, int write) {
-  if (cv_exec(r, write ? CVQ_BEGIN_WRITE : CVQ_BEGIN_READ)) {
+  if (r->api->begin(r->e, write)) {
+    cv_db_fail(r, NULL);
     return cv_cmd_db_error(r, cmd, "begin");
   }
   return 0;
 }
 
-/* SQLite rolls a transaction back by itself after some errors (a full
- * disk, an I/O error); a ROLLBACK is only sent while one is still open,
- * so that its "no transaction is active" does not hide the first error. */
-static void rollback(cv_router *r, const char *cmd) {
-  if (!sqlite3_get_autocommit(r->db) && cv_exec(r, CVQ_ROLLBACK)) {
-    cv_cmd_db_error(r, cmd, "rollback");
-  }
-}
-
+/* A failed commit is rolled back by the engine, a transaction SQLite
+ * already ended (a full disk) is left alone: the first error stands. */
 int cv_cmd_end(cv_router *r, const char *cmd, int rc) {
   if (rc) {
-    rollback(r, cmd);
+    r->api->rollback(r->e);
     return rc;
   }
-  if (cv_exec(r, CVQ_COMMIT)) {
+  if (r->api->commit(r->e)) {
+    cv_db_fail(r, NULL);
     rc = cv_cmd_db_error(r, cmd, "commit");
-    rollback(r, cmd);
   }
   return rc;
 }

@@ -77,7 +77,7 @@ void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open) {
 /* The batch is dropped whatever happens: on a failure the engine rolls
  * the transaction back, and the changes with it. */
 int cv_flush_counters(cv_router *r) {
-  sqlite3_stmt *s;
+  sy_stmt *s;
   if (!r->deltas) {
     return 0;
   }
@@ -86,17 +86,17 @@ int cv_flush_counters(cv_router *r) {
     return -1;
   }
   for (cv_delta *d = r->deltas; d; d = d->next) {
-    sqlite3_bind_text(s, 1, d->workflow, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, d->flag, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, d->v2 ? "v2" : "v1", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 4, d->routed);
-    sqlite3_bind_int64(s, 5, d->in_flight);
-    sqlite3_bind_int64(s, 6, d->completed);
-    sqlite3_bind_int64(s, 7, d->cancelled);
-    sqlite3_bind_int64(s, 8, d->with_incidents);
-    sqlite3_bind_int64(s, 9, d->incidents);
-    sqlite3_bind_int64(s, 10, d->open_incidents);
-    sqlite3_bind_int64(s, 11, d->caught);
+    sy_stmt_bind_text(s, 1, d->workflow);
+    sy_stmt_bind_text(s, 2, d->flag);
+    sy_stmt_bind_text(s, 3, d->v2 ? "v2" : "v1");
+    sy_stmt_bind_int(s, 4, d->routed);
+    sy_stmt_bind_int(s, 5, d->in_flight);
+    sy_stmt_bind_int(s, 6, d->completed);
+    sy_stmt_bind_int(s, 7, d->cancelled);
+    sy_stmt_bind_int(s, 8, d->with_incidents);
+    sy_stmt_bind_int(s, 9, d->incidents);
+    sy_stmt_bind_int(s, 10, d->open_incidents);
+    sy_stmt_bind_int(s, 11, d->caught);
     if (cv_step_done(r, s)) {
       cv_discard_counters(r);
       return -1;

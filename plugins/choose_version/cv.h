@@ -18,13 +18,7 @@ enum {
   CVQ_META_EXISTS,
   CVQ_SCHEMA_VERSION,
   CVQ_SET_SCHEMA_VERSION,
-  /* a command's own transactions (commands.c) */
-  CVQ_BEGIN_READ,
-  CVQ_BEGIN_WRITE,
-  CVQ_COMMIT,
-  CVQ_ROLLBACK,
   /* routing (flags.c, decide.c) */
-  CVQ_DATA_VERSION,
   CVQ_FLAG,
   CVQ_OVERRIDE,
   CVQ_NTH,
@@ -78,13 +72,12 @@ typedef struct cv_delta {
 struct cv_cached_flag; /* flags.c */
 
 /* The plugin's state, one per engine. errmsg holds the last failure's
- * message without the plugin's name (SQLite's own, for a database error,
+ * message without the plugin's name (the database's own, for a database error,
  * copied where it happened); plugin.c and the commands add who says it. */
 typedef struct cv_router {
   const sy_api *api;
   sy_engine *e;
-  sqlite3 *db;
-  sqlite3_stmt *stmt[CVQ__COUNT]; /* prepared on first use (sql.c) */
+  sy_stmt *stmt[CVQ__COUNT]; /* prepared on first use (sql.c) */
   struct cv_cached_flag *flags;
   cv_delta *deltas;
   int64_t checked_tx; /* transaction in which data_version was read */
@@ -95,21 +88,20 @@ typedef struct cv_router {
 /* sql.c: creates or migrates the plugin's tables (inside the transaction
  * the engine opened for init). 0, or -1 with a message in err. */
 int cv_schema(cv_router *r, char *err, size_t errlen);
-/* Prepares statement q (SQLITE_PREPARE_PERSISTENT) into r->stmt[q]; NULL
+/* Prepares statement q (sy_api.prepare) into r->stmt[q]; NULL
  * with r->errmsg when it cannot. Call it through cv_stmt. */
-sqlite3_stmt *cv_prepare(cv_router *r, int q);
+sy_stmt *cv_prepare(cv_router *r, int q);
 /* Statement q, prepared once: the hot path pays one load. */
-static inline sqlite3_stmt *cv_stmt(cv_router *r, int q) {
+static inline sy_stmt *cv_stmt(cv_router *r, int q) {
   return r->stmt[q] ? r->stmt[q] : cv_prepare(r, q);
 }
-/* A failed step of s (NULL once it is reset): copies SQLite's message to
- * r->errmsg first, so the first error sticks, then resets s. Returns -1. */
-int cv_db_fail(cv_router *r, sqlite3_stmt *s);
+/* A failed step of s: copies the database's message to r->errmsg first,
+ * so the first error sticks, then resets s (s NULL: the engine's message,
+ * after a failed sy_api call). Returns -1. */
+int cv_db_fail(cv_router *r, sy_stmt *s);
 /* Steps s, bound by the caller, to its end and resets it: 0, or -1 with
  * r->errmsg. */
-int cv_step_done(cv_router *r, sqlite3_stmt *s);
-/* Runs statement q, which has no parameters and returns no rows. */
-int cv_exec(cv_router *r, int q);
+int cv_step_done(cv_router *r, sy_stmt *s);
 void cv_finalize_all(cv_router *r);
 
 /* flags.c: the cached row of a flag for transaction tx (sy_api.tx_begin),
@@ -158,18 +150,18 @@ void cv_discard_counters(cv_router *r);
 int cv_on_event(cv_router *r, const sy_event *ev);
 
 /* commands.c, for the commands: a bad-input message naming the command
- * (returns exit code 2); a database failure, SQLite's message in r->errmsg,
- * saying what failed (returns 1); a time in ms as ISO 8601 UTC ("-" for
- * 0). */
+ * (returns exit code 2); a database failure, the database's message in
+ * r->errmsg, saying what failed (returns 1); a time in ms as ISO 8601 UTC ("-"
+ * for 0). */
 __attribute__((format(printf, 2, 3))) int cv_usage_error(const char *cmd,
                                                          const char *fmt, ...);
 int cv_cmd_db_error(cv_router *r, const char *cmd, const char *what);
 void cv_fmt_time(int64_t ms, char *buf, size_t len);
-/* A command's own transaction: write takes the write lock at once (BEGIN
- * IMMEDIATE). cv_cmd_begin returns 0, or 1 after saying why;
+/* A command's own transaction (sy_api.begin): write takes the write lock
+ * at once. cv_cmd_begin returns 0, or 1 after saying why;
  * cv_cmd_end(rc) rolls back when rc is not 0 and commits otherwise, and
  * returns the command's exit code: rc, or 1 when the commit failed (it is
- * then rolled back). Only commands call these (plugin.h, sy_api.db). */
+ * then rolled back). Only commands call these (plugin.h, sy_api). */
 int cv_cmd_begin(cv_router *r, const char *cmd, int write);
 int cv_cmd_end(cv_router *r, const char *cmd, int rc);
 

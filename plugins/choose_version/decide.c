@@ -12,7 +12,7 @@
 
 static int get_override(cv_router *r, const cv_flag *f, const cv_request *req,
                         cv_override *ov) {
-  sqlite3_stmt *s;
+  sy_stmt *s;
   int rc;
   *ov = CV_OVERRIDE_NONE;
   /* Most flags have no overrides: skip the lookup then. */
@@ -22,62 +22,59 @@ static int get_override(cv_router *r, const cv_flag *f, const cv_request *req,
   if (!(s = cv_stmt(r, CVQ_OVERRIDE))) {
     return -1;
   }
-  sqlite3_bind_text(s, 1, f->name, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, req->key, (int)req->key_len, SQLITE_STATIC);
-  rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) {
-    *ov = strcmp((const char *)sqlite3_column_text(s, 0), "allow") == 0
-              ? CV_OVERRIDE_ALLOW
-              : CV_OVERRIDE_OPT_OUT;
-  } else if (rc != SQLITE_DONE) {
+  sy_stmt_bind_text(s, 1, f->name);
+  sy_stmt_bind_textn(s, 2, req->key, req->key_len);
+  rc = sy_stmt_step(s);
+  if (rc == SY_ROW) {
+    *ov = strcmp(sy_stmt_column_text(s, 0), "allow") == 0 ? CV_OVERRIDE_ALLOW
+                                                          : CV_OVERRIDE_OPT_OUT;
+  } else if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
 }
 
 static int next_nth(cv_router *r, const cv_flag *f, int64_t *nth) {
-  sqlite3_stmt *s = cv_stmt(r, CVQ_NTH);
+  sy_stmt *s = cv_stmt(r, CVQ_NTH);
   int rc;
   if (!s) {
     return -1;
   }
-  sqlite3_bind_text(s, 1, f->name, -1, SQLITE_STATIC);
-  if (sqlite3_step(s) != SQLITE_ROW) {
+  sy_stmt_bind_text(s, 1, f->name);
+  if (sy_stmt_step(s) != SY_ROW) {
     return cv_db_fail(r, s);
   }
-  *nth = sqlite3_column_int64(s, 0);
+  *nth = sy_stmt_column_int(s, 0);
   /* Run the RETURNING statement to its end, so the update completes. */
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
   }
-  if (rc != SQLITE_DONE) {
+  if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
 }
 
 /* The decision recorded for the instance, if any (*found). */
 static int recorded(cv_router *r, int64_t instance_id, const char *flag,
                     cv_decision *out, int *found) {
-  sqlite3_stmt *s = cv_stmt(r, CVQ_GET_DECISION);
+  sy_stmt *s = cv_stmt(r, CVQ_GET_DECISION);
   int rc;
   *found = 0;
   if (!s) {
     return -1;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, flag, -1, SQLITE_STATIC);
-  rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) {
+  sy_stmt_bind_int(s, 1, instance_id);
+  sy_stmt_bind_text(s, 2, flag);
+  rc = sy_stmt_step(s);
+  if (rc == SY_ROW) {
     static const char *const reasons[] = {
         "no_flag", "retired", "kill_switch", "opt_out", "not_eligible", "allow",
         "rollout", "random",  "every_nth",   "forced",  "missing_key"};
-    const char *reason = (const char *)sqlite3_column_text(s, 1);
+    const char *reason = sy_stmt_column_text(s, 1);
     *found = 1;
-    out->version = strcmp((const char *)sqlite3_column_text(s, 0), "v2") == 0
-                       ? CV_V2
-                       : CV_V1;
+    out->version = strcmp(sy_stmt_column_text(s, 0), "v2") == 0 ? CV_V2 : CV_V1;
     /* Point at a static string: the statement's text dies at reset. */
     out->reason = "recorded";
     for (size_t i = 0; i < sizeof reasons / sizeof *reasons; i++) {
@@ -85,15 +82,15 @@ static int recorded(cv_router *r, int64_t instance_id, const char *flag,
         out->reason = reasons[i];
       }
     }
-    out->bucket = sqlite3_column_type(s, 2) == SQLITE_NULL
+    out->bucket = sy_stmt_column_null(s, 2)
                       ? UINT32_MAX
-                      : (uint32_t)sqlite3_column_int64(s, 2);
-    out->rate_ppm = (uint32_t)sqlite3_column_int64(s, 3);
-    out->ramp_id = sqlite3_column_int64(s, 4);
-  } else if (rc != SQLITE_DONE) {
+                      : (uint32_t)sy_stmt_column_int(s, 2);
+    out->rate_ppm = (uint32_t)sy_stmt_column_int(s, 3);
+    out->ramp_id = sy_stmt_column_int(s, 4);
+  } else if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
 }
 
@@ -129,37 +126,37 @@ static int remember(cv_router *r, void **memo, const char *workflow,
 static int record(cv_router *r, int64_t instance_id, const char *workflow,
                   const char *step, const cv_request *req, void **memo,
                   const cv_decision *d) {
-  sqlite3_stmt *s = cv_stmt(r, CVQ_PUT_DECISION);
+  sy_stmt *s = cv_stmt(r, CVQ_PUT_DECISION);
   const char *v = d->version == CV_V2 ? "v2" : "v1";
   cv_delta *c;
   if (!s) {
     return -1;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, req->flag, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, workflow, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 4, step, -1, SQLITE_STATIC);
+  sy_stmt_bind_int(s, 1, instance_id);
+  sy_stmt_bind_text(s, 2, req->flag);
+  sy_stmt_bind_text(s, 3, workflow);
+  sy_stmt_bind_text(s, 4, step);
   if (req->key) {
-    sqlite3_bind_text(s, 5, req->key, (int)req->key_len, SQLITE_STATIC);
+    sy_stmt_bind_textn(s, 5, req->key, req->key_len);
   } else {
-    sqlite3_bind_null(s, 5);
+    sy_stmt_bind_text(s, 5, NULL);
   }
-  sqlite3_bind_text(s, 6, v, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 7, d->reason, -1, SQLITE_STATIC);
+  sy_stmt_bind_text(s, 6, v);
+  sy_stmt_bind_text(s, 7, d->reason);
   if (d->bucket != UINT32_MAX) {
-    sqlite3_bind_int64(s, 8, d->bucket);
+    sy_stmt_bind_int(s, 8, d->bucket);
   } else {
-    sqlite3_bind_null(s, 8);
+    sy_stmt_bind_text(s, 8, NULL);
   }
-  sqlite3_bind_int64(s, 9, d->rate_ppm);
-  sqlite3_bind_int64(s, 10, d->ramp_id);
-  sqlite3_bind_int64(s, 11, req->now_ms);
-  sqlite3_bind_int64(s, 12, req->run_ms);
-  sqlite3_bind_int64(s, 13, req->reruns);
+  sy_stmt_bind_int(s, 9, d->rate_ppm);
+  sy_stmt_bind_int(s, 10, d->ramp_id);
+  sy_stmt_bind_int(s, 11, req->now_ms);
+  sy_stmt_bind_int(s, 12, req->run_ms);
+  sy_stmt_bind_int(s, 13, req->reruns);
   if (cv_step_done(r, s)) {
     return -1;
   }
-  if (sqlite3_changes(r->db) == 0) {
+  if (sy_stmt_changes(s) == 0) {
     return 1; /* decided before: nothing counted */
   }
   if (memo && remember(r, memo, workflow, req, v[1] == '2')) {

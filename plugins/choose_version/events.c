@@ -11,20 +11,20 @@
 /* Binds an event to its statement u (sql.c, EV_*): ?1 the instance, then
  * what the statement uses of the event's time and totals. Returns the
  * next parameter's number, where a decision's key goes. */
-static int bind_event(sqlite3_stmt *u, const sy_event *ev) {
+static int bind_event(sy_stmt *u, const sy_event *ev) {
   int i = 1;
-  sqlite3_bind_int64(u, i++, ev->instance_id);
+  sy_stmt_bind_int(u, i++, ev->instance_id);
   switch (ev->type) {
     case SY_EVENT_COMPLETED:
-      sqlite3_bind_int64(u, i++, ev->time_ms);
-      sqlite3_bind_int64(u, i++, ev->run_ms);
-      sqlite3_bind_int64(u, i++, ev->reruns);
+      sy_stmt_bind_int(u, i++, ev->time_ms);
+      sy_stmt_bind_int(u, i++, ev->run_ms);
+      sy_stmt_bind_int(u, i++, ev->reruns);
       break;
     case SY_EVENT_INCIDENT:
-      sqlite3_bind_int64(u, i++, ev->reruns);
+      sy_stmt_bind_int(u, i++, ev->reruns);
       break;
     case SY_EVENT_CANCELLED:
-      sqlite3_bind_int64(u, i++, ev->time_ms);
+      sy_stmt_bind_int(u, i++, ev->time_ms);
       break;
     default: /* RESOLVED, CAUGHT: the instance alone */
       break;
@@ -36,7 +36,7 @@ static int bind_event(sqlite3_stmt *u, const sy_event *ev) {
  * with an incident yet (an incident, like a caught error, is the last event of
  * a stay in memory), so each is updated by its key, with no lookup. */
 static int fresh_event(cv_router *r, const sy_event *ev, int q) {
-  sqlite3_stmt *u = cv_stmt(r, q);
+  sy_stmt *u = cv_stmt(r, q);
   int i;
   if (!u) {
     return -1;
@@ -48,12 +48,12 @@ static int fresh_event(cv_router *r, const sy_event *ev, int q) {
     }
     cv_count_event(d, ev->type, 0, 0);
     i = bind_event(u, ev);
-    sqlite3_bind_text(u, i, m->flag, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(u, i + 1, m->decided_at);
+    sy_stmt_bind_text(u, i, m->flag);
+    sy_stmt_bind_int(u, i + 1, m->decided_at);
     if (cv_step_done(r, u)) {
       return -1;
     }
-    if (sqlite3_changes(r->db) != 1) {
+    if (sy_stmt_changes(u) != 1) {
       snprintf(r->errmsg, sizeof r->errmsg,
                "the decision of instance %lld for %s is not where it was "
                "recorded",
@@ -68,7 +68,7 @@ static int fresh_event(cv_router *r, const sy_event *ev, int q) {
  * (instances that never met a choose_version node cost one indexed read
  * that finds nothing). */
 int cv_on_event(cv_router *r, const sy_event *ev) {
-  sqlite3_stmt *s, *u;
+  sy_stmt *s, *u;
   int q, by_key, rc, n = 0;
   /* The statement by instance, and by key (-1: no fresh instance has the
    * event, which comes from a command). */
@@ -102,25 +102,24 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
   if (!(s = cv_stmt(r, CVQ_DECISIONS_OF))) {
     return -1;
   }
-  sqlite3_bind_int64(s, 1, ev->instance_id);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    const char *version = (const char *)sqlite3_column_text(s, 2);
-    int incidents = sqlite3_column_int(s, 3);
-    int open = sqlite3_column_int(s, 4);
-    cv_delta *d =
-        cv_delta_of(r, (const char *)sqlite3_column_text(s, 1),
-                    (const char *)sqlite3_column_text(s, 0), version[1] == '2');
+  sy_stmt_bind_int(s, 1, ev->instance_id);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    const char *version = sy_stmt_column_text(s, 2);
+    int incidents = (int)sy_stmt_column_int(s, 3);
+    int open = (int)sy_stmt_column_int(s, 4);
+    cv_delta *d = cv_delta_of(r, sy_stmt_column_text(s, 1),
+                              sy_stmt_column_text(s, 0), version[1] == '2');
     if (!d) {
-      sqlite3_reset(s);
+      sy_stmt_reset(s);
       return -1;
     }
     n++;
     cv_count_event(d, ev->type, incidents, open);
   }
-  if (rc != SQLITE_DONE) {
+  if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   /* Instances never routed by a choose_version node: nothing to do. */
   if (n == 0) {
     return 0;

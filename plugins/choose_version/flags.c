@@ -2,7 +2,7 @@
  * so that a decision in a transaction that changed nothing costs no query.
  * A row is trusted for the rest of the transaction that read or checked
  * it: while the engine's transaction is open no other connection writes.
- * At the first use in a new transaction, SQLite's data_version says whether
+ * At the first use in a new transaction, the engine's data_version says whether
  * another connection committed meanwhile; only then are rows read again. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,20 +19,14 @@ struct cv_cached_flag {
 /* Another connection changed the database since we last looked? Asked at
  * most once per engine transaction: while it is open nobody else writes. */
 static int db_changed(cv_router *r, int64_t tx, int *changed) {
-  sqlite3_stmt *s;
   int64_t v;
   *changed = 0;
   if (tx == r->checked_tx) {
     return 0;
   }
-  if (!(s = cv_stmt(r, CVQ_DATA_VERSION))) {
-    return -1;
+  if ((v = r->api->data_version(r->e)) < 0) {
+    return cv_db_fail(r, NULL);
   }
-  if (sqlite3_step(s) != SQLITE_ROW) {
-    return cv_db_fail(r, s);
-  }
-  v = sqlite3_column_int64(s, 0);
-  sqlite3_reset(s);
   *changed = v != r->data_version;
   r->data_version = v;
   r->checked_tx = tx;
@@ -40,35 +34,35 @@ static int db_changed(cv_router *r, int64_t tx, int *changed) {
 }
 
 static int load_flag(cv_router *r, cv_flag *f) {
-  sqlite3_stmt *s = cv_stmt(r, CVQ_FLAG);
+  sy_stmt *s = cv_stmt(r, CVQ_FLAG);
   int rc;
   if (!s) {
     return -1;
   }
-  sqlite3_bind_text(s, 1, f->name, -1, SQLITE_STATIC);
-  rc = sqlite3_step(s);
+  sy_stmt_bind_text(s, 1, f->name);
+  rc = sy_stmt_step(s);
   free(f->group);
   f->group = NULL;
-  if (rc == SQLITE_ROW) {
+  if (rc == SY_ROW) {
     f->exists = 1;
-    f->rate_ppm = (uint32_t)sqlite3_column_int64(s, 0);
-    f->killed = sqlite3_column_int(s, 1);
-    f->retired = sqlite3_column_int(s, 3);
-    f->overrides = sqlite3_column_int64(s, 4);
-    f->ramp_id = sqlite3_column_int64(s, 5);
-    if (!(f->group = strdup((const char *)sqlite3_column_text(s, 2)))) {
-      sqlite3_reset(s);
+    f->rate_ppm = (uint32_t)sy_stmt_column_int(s, 0);
+    f->killed = (int)sy_stmt_column_int(s, 1);
+    f->retired = (int)sy_stmt_column_int(s, 3);
+    f->overrides = sy_stmt_column_int(s, 4);
+    f->ramp_id = sy_stmt_column_int(s, 5);
+    if (!(f->group = strdup(sy_stmt_column_text(s, 2)))) {
+      sy_stmt_reset(s);
       snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
       return -1; /* not marked checked: read again next time */
     }
-  } else if (rc == SQLITE_DONE) {
+  } else if (rc == SY_DONE) {
     f->exists = f->killed = f->retired = 0;
     f->rate_ppm = 0;
     f->overrides = f->ramp_id = 0;
   } else {
     return cv_db_fail(r, s);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
 }
 

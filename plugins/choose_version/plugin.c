@@ -43,7 +43,6 @@ static int cv_init(const sy_api *api, sy_engine *e, void **state, char *err,
   }
   r->api = api;
   r->e = e;
-  r->db = api->db(e);
   if (cv_schema(r, err, errlen)) {
     cv_fini(r);
     return -1;

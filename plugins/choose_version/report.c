@@ -189,7 +189,7 @@ typedef struct ramp {
 } ramp;
 
 static int load_ramps(cv_router *r, const query *q, ramp **out, int *count) {
-  sqlite3_stmt *s = cv_stmt(r, CVQ_RAMPS);
+  sy_stmt *s = cv_stmt(r, CVQ_RAMPS);
   ramp *rs = NULL;
   int n = 0, cap = 0, rc;
   if (!s) {
@@ -203,14 +203,14 @@ static int load_ramps(cv_router *r, const query *q, ramp **out, int *count) {
   cap = 1;
   snprintf(rs[0].change, sizeof rs[0].change, "initial");
   n = 1;
-  sqlite3_bind_text(s, 1, q->flag, -1, SQLITE_STATIC);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  sy_stmt_bind_text(s, 1, q->flag);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     ramp *p;
     if (n == cap) {
       ramp *nr = realloc(rs, (size_t)(cap *= 2) * sizeof *rs);
       if (!nr) {
         snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
-        sqlite3_reset(s);
+        sy_stmt_reset(s);
         free(rs);
         return -1;
       }
@@ -218,20 +218,20 @@ static int load_ramps(cv_router *r, const query *q, ramp **out, int *count) {
     }
     p = &rs[n++];
     memset(p, 0, sizeof *p);
-    p->id = sqlite3_column_int64(s, 0);
-    snprintf(p->change, sizeof p->change, "%s", sqlite3_column_text(s, 1));
-    p->rate = (uint32_t)sqlite3_column_int64(s, 2);
-    p->killed = sqlite3_column_int(s, 3);
-    p->started_at = sqlite3_column_int64(s, 4);
-    snprintf(p->actor, sizeof p->actor, "%s", sqlite3_column_text(s, 5));
-    snprintf(p->reason, sizeof p->reason, "%s", sqlite3_column_text(s, 6));
+    p->id = sy_stmt_column_int(s, 0);
+    snprintf(p->change, sizeof p->change, "%s", sy_stmt_column_text(s, 1));
+    p->rate = (uint32_t)sy_stmt_column_int(s, 2);
+    p->killed = (int)sy_stmt_column_int(s, 3);
+    p->started_at = sy_stmt_column_int(s, 4);
+    snprintf(p->actor, sizeof p->actor, "%s", sy_stmt_column_text(s, 5));
+    snprintf(p->reason, sizeof p->reason, "%s", sy_stmt_column_text(s, 6));
     rs[n - 2].ended_at = p->started_at;
   }
-  if (rc != SQLITE_DONE) {
+  if (rc != SY_DONE) {
     free(rs);
     return cv_db_fail(r, s);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   *out = rs;
   *count = n;
   return 0;
@@ -259,27 +259,26 @@ static ramp *find_ramp(ramp *rs, int n, int64_t id, int *hint) {
 
 /* Counts one decision (a row of CVQ_REPORT_DECISIONS) in its version's
  * numbers and its ramp step's; -1 when out of memory. */
-static int count_row(sqlite3_stmt *s, vstats v[2], ramp *rs, int nr,
-                     int *hint) {
-  int vi = sqlite3_column_int(s, 0);
+static int count_row(sy_stmt *s, vstats v[2], ramp *rs, int nr, int *hint) {
+  int vi = (int)sy_stmt_column_int(s, 0);
   vstats *x = &v[vi];
-  const unsigned char *outcome = sqlite3_column_text(s, 2);
-  int64_t incidents = sqlite3_column_int64(s, 3);
-  ramp *p = find_ramp(rs, nr, sqlite3_column_int64(s, 1), hint);
+  const char *outcome = sy_stmt_column_text(s, 2);
+  int64_t incidents = sy_stmt_column_int(s, 3);
+  ramp *p = find_ramp(rs, nr, sy_stmt_column_int(s, 1), hint);
   x->routed++;
   x->incidents += incidents;
   x->with_incidents += incidents > 0;
-  x->with_open += sqlite3_column_int64(s, 4) > 0;
-  x->retries += sqlite3_column_int64(s, 5);
-  x->caught += sqlite3_column_int64(s, 8);
-  x->with_caught += sqlite3_column_int64(s, 8) > 0;
+  x->with_open += sy_stmt_column_int(s, 4) > 0;
+  x->retries += sy_stmt_column_int(s, 5);
+  x->caught += sy_stmt_column_int(s, 8);
+  x->with_caught += sy_stmt_column_int(s, 8) > 0;
   if (!outcome) {
     /* Not ended: in flight unless it waits in an incident. */
-    x->in_flight += sqlite3_column_int64(s, 4) == 0;
+    x->in_flight += sy_stmt_column_int(s, 4) == 0;
   } else if (outcome[0] == 'c' && outcome[1] == 'o') {
     x->completed++;
-    if (push(&x->branch, sqlite3_column_int64(s, 6)) ||
-        push(&x->steps, sqlite3_column_int64(s, 7))) {
+    if (push(&x->branch, sy_stmt_column_int(s, 6)) ||
+        push(&x->steps, sy_stmt_column_int(s, 7))) {
       return -1;
     }
   } else {
@@ -296,26 +295,26 @@ static int count_row(sqlite3_stmt *s, vstats v[2], ramp *rs, int nr,
  * the table's clustered key) fills the per-version numbers, the latency
  * samples and the ramp steps' counts. */
 static int scan(cv_router *r, const query *q, vstats v[2], ramp *rs, int nr) {
-  sqlite3_stmt *s = cv_stmt(r, CVQ_REPORT_DECISIONS);
+  sy_stmt *s = cv_stmt(r, CVQ_REPORT_DECISIONS);
   int rc, hint = 0;
   if (!s) {
     return -1;
   }
-  sqlite3_bind_text(s, 1, q->flag, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 2, q->since);
-  sqlite3_bind_int64(s, 3, q->until);
-  sqlite3_bind_text(s, 4, q->workflow, -1, SQLITE_STATIC); /* NULL: all */
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  sy_stmt_bind_text(s, 1, q->flag);
+  sy_stmt_bind_int(s, 2, q->since);
+  sy_stmt_bind_int(s, 3, q->until);
+  sy_stmt_bind_text(s, 4, q->workflow); /* NULL: all */
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     if (count_row(s, v, rs, nr, &hint)) {
       snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
-      sqlite3_reset(s);
+      sy_stmt_reset(s);
       return -1;
     }
   }
-  if (rc != SQLITE_DONE) {
+  if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
 }
 
@@ -596,18 +595,18 @@ static int parse_options(int argc, char **argv, int64_t now, options *o) {
 /* Whether the flag has a row or decisions: 0 (in *known), or 1 after
  * saying why not. */
 static int flag_known(cv_router *r, const char *flag, int *known) {
-  sqlite3_stmt *s = cv_stmt(r, CVQ_FLAG_KNOWN);
+  sy_stmt *s = cv_stmt(r, CVQ_FLAG_KNOWN);
   int rc;
   if (!s) {
     return cv_cmd_db_error(r, CMD, "read flag");
   }
-  sqlite3_bind_text(s, 1, flag, -1, SQLITE_STATIC);
-  if ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE) {
+  sy_stmt_bind_text(s, 1, flag);
+  if ((rc = sy_stmt_step(s)) != SY_ROW && rc != SY_DONE) {
     cv_db_fail(r, s);
     return cv_cmd_db_error(r, CMD, "read flag");
   }
-  *known = rc == SQLITE_ROW;
-  sqlite3_reset(s);
+  *known = rc == SY_ROW;
+  sy_stmt_reset(s);
   return 0;
 }
 
@@ -655,7 +654,7 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
   cv_comparison cmp;
   ramp *rs = NULL;
   char verdict[256];
-  int rc, nr = 0, known;
+  int rc, nr = 0, known = 0;
   if ((rc = parse_options(argc, argv, now, &o)) || o.help) {
     if (o.help) {
       fputs(report_usage, stdout);

@@ -110,37 +110,37 @@ typedef struct flag_row {
 
 /* Fills f from a row of CVQ_FLAG_ROW or CVQ_FLAG_LIST (the name, column
  * 0, is the caller's). */
-static void flag_row_from(sqlite3_stmt *s, flag_row *f) {
+static void flag_row_from(sy_stmt *s, flag_row *f) {
   memset(f, 0, sizeof *f);
   f->exists = 1;
-  f->rate = (uint32_t)sqlite3_column_int64(s, 1);
-  f->killed = sqlite3_column_int(s, 2);
-  f->retired = sqlite3_column_type(s, 3) != SQLITE_NULL;
-  f->retired_at = sqlite3_column_int64(s, 3);
-  snprintf(f->group, sizeof f->group, "%s", sqlite3_column_text(s, 4));
+  f->rate = (uint32_t)sy_stmt_column_int(s, 1);
+  f->killed = (int)sy_stmt_column_int(s, 2);
+  f->retired = !sy_stmt_column_null(s, 3);
+  f->retired_at = sy_stmt_column_int(s, 3);
+  snprintf(f->group, sizeof f->group, "%s", sy_stmt_column_text(s, 4));
   snprintf(f->description, sizeof f->description, "%s",
-           sqlite3_column_text(s, 5));
-  snprintf(f->owner, sizeof f->owner, "%s", sqlite3_column_text(s, 6));
-  f->created_at = sqlite3_column_int64(s, 7);
-  f->updated_at = sqlite3_column_int64(s, 8);
+           sy_stmt_column_text(s, 5));
+  snprintf(f->owner, sizeof f->owner, "%s", sy_stmt_column_text(s, 6));
+  f->created_at = sy_stmt_column_int(s, 7);
+  f->updated_at = sy_stmt_column_int(s, 8);
 }
 
 /* 0 (f->exists says whether there is a row), or 1 after saying why. */
 static int read_flag(cv_router *r, const char *name, flag_row *f) {
-  sqlite3_stmt *s = cv_stmt(r, CVQ_FLAG_ROW);
+  sy_stmt *s = cv_stmt(r, CVQ_FLAG_ROW);
   int rc;
   memset(f, 0, sizeof *f);
   if (!s) {
     return db_error(r, "read flag");
   }
-  sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
-  if ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  sy_stmt_bind_text(s, 1, name);
+  if ((rc = sy_stmt_step(s)) == SY_ROW) {
     flag_row_from(s, f);
-  } else if (rc != SQLITE_DONE) {
+  } else if (rc != SY_DONE) {
     cv_db_fail(r, s);
     return db_error(r, "read flag");
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
 }
 
@@ -151,16 +151,16 @@ static int64_t now_ms(cv_router *r) {
 /* Statement q with the flag's name bound as ?1, for the caller to bind
  * the rest and hand to run_change; NULL (with r->errmsg) when it cannot be
  * prepared, which run_change then reports. */
-static sqlite3_stmt *on_flag(cv_router *r, int q, const char *flag) {
-  sqlite3_stmt *s = cv_stmt(r, q);
+static sy_stmt *on_flag(cv_router *r, int q, const char *flag) {
+  sy_stmt *s = cv_stmt(r, q);
   if (s) {
-    sqlite3_bind_text(s, 1, flag, -1, SQLITE_STATIC);
+    sy_stmt_bind_text(s, 1, flag);
   }
   return s;
 }
 
 /* Runs a change from on_flag: 0, or 1 after saying why. */
-static int run_change(cv_router *r, sqlite3_stmt *s, const char *what) {
+static int run_change(cv_router *r, sy_stmt *s, const char *what) {
   if (!s || cv_step_done(r, s)) {
     return db_error(r, what);
   }
@@ -171,46 +171,46 @@ static int run_change(cv_router *r, sqlite3_stmt *s, const char *what) {
 static int audit(cv_router *r, const char *flag, const char *what,
                  const char *subject, const char *old_value,
                  const char *new_value, const flag_row *after, const args *a) {
-  sqlite3_stmt *s = on_flag(r, CVQ_AUDIT_ADD, flag);
+  sy_stmt *s = on_flag(r, CVQ_AUDIT_ADD, flag);
   if (s) {
-    sqlite3_bind_text(s, 2, what, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, subject, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 4, old_value, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 5, new_value, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 6, after->rate);
-    sqlite3_bind_int(s, 7, after->killed);
-    sqlite3_bind_text(s, 8, a->reason, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 9, a->actor, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 10, now_ms(r));
+    sy_stmt_bind_text(s, 2, what);
+    sy_stmt_bind_text(s, 3, subject);
+    sy_stmt_bind_text(s, 4, old_value);
+    sy_stmt_bind_text(s, 5, new_value);
+    sy_stmt_bind_int(s, 6, after->rate);
+    sy_stmt_bind_int(s, 7, after->killed);
+    sy_stmt_bind_text(s, 8, a->reason);
+    sy_stmt_bind_text(s, 9, a->actor);
+    sy_stmt_bind_int(s, 10, now_ms(r));
   }
   return run_change(r, s, "audit");
 }
 
 /* A change of the flag's row to text (?2; NULL sets NULL), at ?3 now. */
 static int set_text(cv_router *r, int q, const char *flag, const char *text) {
-  sqlite3_stmt *s = on_flag(r, q, flag);
+  sy_stmt *s = on_flag(r, q, flag);
   if (s) {
-    sqlite3_bind_text(s, 2, text, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 3, now_ms(r));
+    sy_stmt_bind_text(s, 2, text);
+    sy_stmt_bind_int(s, 3, now_ms(r));
   }
   return run_change(r, s, "update");
 }
 
 /* A change of the flag's row to a number (?2), at ?3 now. */
 static int set_number(cv_router *r, int q, const char *flag, int64_t num) {
-  sqlite3_stmt *s = on_flag(r, q, flag);
+  sy_stmt *s = on_flag(r, q, flag);
   if (s) {
-    sqlite3_bind_int64(s, 2, num);
-    sqlite3_bind_int64(s, 3, now_ms(r));
+    sy_stmt_bind_int(s, 2, num);
+    sy_stmt_bind_int(s, 3, now_ms(r));
   }
   return run_change(r, s, "update");
 }
 
 /* A change of the flag's row whose one value is the time (?2, now). */
 static int set_now(cv_router *r, int q, const char *flag) {
-  sqlite3_stmt *s = on_flag(r, q, flag);
+  sy_stmt *s = on_flag(r, q, flag);
   if (s) {
-    sqlite3_bind_int64(s, 2, now_ms(r));
+    sy_stmt_bind_int(s, 2, now_ms(r));
   }
   return run_change(r, s, "update");
 }
@@ -308,10 +308,10 @@ static int set_writes(cv_router *r, const args *a, const flag_row *f,
          audit(r, name, "group", NULL, f->group, a->group, &after, a);
   }
   if (!rc && (a->description || a->owner)) {
-    sqlite3_stmt *s = on_flag(r, CVQ_FLAG_DESCRIBE, name);
+    sy_stmt *s = on_flag(r, CVQ_FLAG_DESCRIBE, name);
     if (s) {
-      sqlite3_bind_text(s, 2, a->description, -1, SQLITE_STATIC);
-      sqlite3_bind_text(s, 3, a->owner, -1, SQLITE_STATIC);
+      sy_stmt_bind_text(s, 2, a->description);
+      sy_stmt_bind_text(s, 3, a->owner);
     }
     rc = run_change(r, s, "update");
   }
@@ -409,27 +409,27 @@ static int cmd_retire(cv_router *r, const args *a) {
 /* The override a subject has now ("none" without one): 0, or 1 after
  * saying why. */
 static int read_override(cv_router *r, const args *a, char *old, size_t len) {
-  sqlite3_stmt *s = on_flag(r, CVQ_OVERRIDE, a->pos[0]);
+  sy_stmt *s = on_flag(r, CVQ_OVERRIDE, a->pos[0]);
   int rc;
   snprintf(old, len, "none");
   if (!s) {
     return db_error(r, "read override");
   }
-  sqlite3_bind_text(s, 2, a->pos[1], -1, SQLITE_STATIC);
-  if ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    snprintf(old, len, "%s", sqlite3_column_text(s, 0));
-  } else if (rc != SQLITE_DONE) {
+  sy_stmt_bind_text(s, 2, a->pos[1]);
+  if ((rc = sy_stmt_step(s)) == SY_ROW) {
+    snprintf(old, len, "%s", sy_stmt_column_text(s, 0));
+  } else if (rc != SY_DONE) {
     cv_db_fail(r, s);
     return db_error(r, "read override");
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
 }
 
 /* kind: "allow" or "opt-out" sets an override, NULL clears it. */
 static int cmd_override(cv_router *r, const args *a, const char *kind) {
   flag_row f;
-  sqlite3_stmt *s;
+  sy_stmt *s;
   char old[16];
   int rc;
   const char *cmd = kind ? kind : "clear";
@@ -455,13 +455,13 @@ static int cmd_override(cv_router *r, const args *a, const char *kind) {
   }
   s = on_flag(r, kind ? CVQ_OVERRIDE_PUT : CVQ_OVERRIDE_DELETE, a->pos[0]);
   if (s) {
-    sqlite3_bind_text(s, 2, a->pos[1], -1, SQLITE_STATIC);
+    sy_stmt_bind_text(s, 2, a->pos[1]);
   }
   if (s && kind) {
-    sqlite3_bind_text(s, 3, kind, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 4, a->actor, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 5, a->reason, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 6, now_ms(r));
+    sy_stmt_bind_text(s, 3, kind);
+    sy_stmt_bind_text(s, 4, a->actor);
+    sy_stmt_bind_text(s, 5, a->reason);
+    sy_stmt_bind_int(s, 6, now_ms(r));
   }
   rc = run_change(r, s, kind ? "override" : "update") ||
        audit(r, a->pos[0], kind ? "override" : "clear", a->pos[1], old,
@@ -515,34 +515,37 @@ static void print_flag(const char *name, const flag_row *f) {
 }
 
 /* One row of CVQ_COUNTERS_OF, appended to counters (JSON) or printed. */
-static void counters_row(sqlite3_stmt *s, json_t *counters) {
+static void counters_row(sy_stmt *s, json_t *counters) {
   if (counters) {
     json_array_append_new(
         counters,
         json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                  "workflow", sqlite3_column_text(s, 0), "version",
-                  sqlite3_column_text(s, 1), "routed",
-                  (json_int_t)sqlite3_column_int64(s, 2), "in_flight",
-                  (json_int_t)sqlite3_column_int64(s, 3), "completed",
-                  (json_int_t)sqlite3_column_int64(s, 4), "cancelled",
-                  (json_int_t)sqlite3_column_int64(s, 5), "with_incidents",
-                  (json_int_t)sqlite3_column_int64(s, 6), "incidents",
-                  (json_int_t)sqlite3_column_int64(s, 7), "open_incidents",
-                  (json_int_t)sqlite3_column_int64(s, 8), "caught",
-                  (json_int_t)sqlite3_column_int64(s, 9)));
+                  "workflow", sy_stmt_column_text(s, 0), "version",
+                  sy_stmt_column_text(s, 1), "routed",
+                  (json_int_t)sy_stmt_column_int(s, 2), "in_flight",
+                  (json_int_t)sy_stmt_column_int(s, 3), "completed",
+                  (json_int_t)sy_stmt_column_int(s, 4), "cancelled",
+                  (json_int_t)sy_stmt_column_int(s, 5), "with_incidents",
+                  (json_int_t)sy_stmt_column_int(s, 6), "incidents",
+                  (json_int_t)sy_stmt_column_int(s, 7), "open_incidents",
+                  (json_int_t)sy_stmt_column_int(s, 8), "caught",
+                  (json_int_t)sy_stmt_column_int(s, 9)));
   } else {
     printf("%-20s %-7s %9lld %9lld %9lld %9lld %14lld %9lld %9lld\n",
-           sqlite3_column_text(s, 0), sqlite3_column_text(s, 1),
-           sqlite3_column_int64(s, 2), sqlite3_column_int64(s, 3),
-           sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5),
-           sqlite3_column_int64(s, 6), sqlite3_column_int64(s, 8),
-           sqlite3_column_int64(s, 9));
+           sy_stmt_column_text(s, 0), sy_stmt_column_text(s, 1),
+           (long long)sy_stmt_column_int(s, 2),
+           (long long)sy_stmt_column_int(s, 3),
+           (long long)sy_stmt_column_int(s, 4),
+           (long long)sy_stmt_column_int(s, 5),
+           (long long)sy_stmt_column_int(s, 6),
+           (long long)sy_stmt_column_int(s, 8),
+           (long long)sy_stmt_column_int(s, 9));
   }
 }
 
 static int cmd_get(cv_router *r, const args *a) {
   flag_row f;
-  sqlite3_stmt *s;
+  sy_stmt *s;
   json_t *j = NULL, *counters = NULL;
   int rc;
   if ((rc = flag_arg(r, a, 1, &f, 1))) {
@@ -560,16 +563,16 @@ static int cmd_get(cv_router *r, const args *a) {
            "ROUTED", "IN FLIGHT", "COMPLETED", "CANCELLED", "WITH INCIDENTS",
            "OPEN INC.", "CAUGHT");
   }
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     counters_row(s, counters);
   }
-  if (rc != SQLITE_DONE) {
+  if (rc != SY_DONE) {
     cv_db_fail(r, s);
     json_decref(j);
     json_decref(counters);
     return db_error(r, "read counters");
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   if (a->json) {
     json_object_set_new(j, "counters", counters);
     print_json(j);
@@ -578,7 +581,7 @@ static int cmd_get(cv_router *r, const args *a) {
 }
 
 static int cmd_list(cv_router *r, const args *a) {
-  sqlite3_stmt *s;
+  sy_stmt *s;
   json_t *arr;
   int rc;
   if (a->npos) {
@@ -592,9 +595,9 @@ static int cmd_list(cv_router *r, const args *a) {
     printf("%-32s %-10s %-6s %-8s %s\n", "FLAG", "RATE", "KILL", "STATE",
            "UPDATED");
   }
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     flag_row f;
-    const char *name = (const char *)sqlite3_column_text(s, 0);
+    const char *name = sy_stmt_column_text(s, 0);
     char rate[CV_RATE_FORMAT_MAX], t[32];
     flag_row_from(s, &f);
     if (a->json) {
@@ -606,12 +609,12 @@ static int cmd_list(cv_router *r, const args *a) {
     printf("%-32s %-10s %-6s %-8s %s\n", name, rate, f.killed ? "ON" : "off",
            f.retired ? "retired" : "active", t);
   }
-  if (rc != SQLITE_DONE) {
+  if (rc != SY_DONE) {
     cv_db_fail(r, s);
     json_decref(arr);
     return db_error(r, "list flags");
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   if (a->json) {
     print_json(arr);
   }
@@ -619,54 +622,54 @@ static int cmd_list(cv_router *r, const args *a) {
 }
 
 /* One row of CVQ_OVERRIDES_OF, appended to arr (JSON) or printed. */
-static void override_row(sqlite3_stmt *s, json_t *arr) {
-  const unsigned char *reason = sqlite3_column_text(s, 3);
+static void override_row(sy_stmt *s, json_t *arr) {
+  const char *reason = sy_stmt_column_text(s, 3);
   char t[32];
   if (arr) {
     json_array_append_new(
         arr,
         json_pack("{s:s, s:s, s:s?, s:s?, s:I}", "subject",
-                  sqlite3_column_text(s, 0), "kind", sqlite3_column_text(s, 1),
-                  "actor", sqlite3_column_text(s, 2), "reason", reason, "at",
-                  (json_int_t)sqlite3_column_int64(s, 4)));
+                  sy_stmt_column_text(s, 0), "kind", sy_stmt_column_text(s, 1),
+                  "actor", sy_stmt_column_text(s, 2), "reason", reason, "at",
+                  (json_int_t)sy_stmt_column_int(s, 4)));
     return;
   }
-  cv_fmt_time(sqlite3_column_int64(s, 4), t, sizeof t);
-  printf("%-24s %-8s %s  by %s%s%s\n", sqlite3_column_text(s, 0),
-         sqlite3_column_text(s, 1), t, sqlite3_column_text(s, 2),
+  cv_fmt_time(sy_stmt_column_int(s, 4), t, sizeof t);
+  printf("%-24s %-8s %s  by %s%s%s\n", sy_stmt_column_text(s, 0),
+         sy_stmt_column_text(s, 1), t, sy_stmt_column_text(s, 2),
          reason ? ": " : "", reason ? (const char *)reason : "");
 }
 
 /* One row of CVQ_AUDIT_OF, appended to arr (JSON) or printed. */
-static void audit_row(sqlite3_stmt *s, json_t *arr) {
-  const unsigned char *subject = sqlite3_column_text(s, 2);
-  const unsigned char *oldv = sqlite3_column_text(s, 3);
-  const unsigned char *reason = sqlite3_column_text(s, 5);
+static void audit_row(sy_stmt *s, json_t *arr) {
+  const char *subject = sy_stmt_column_text(s, 2);
+  const char *oldv = sy_stmt_column_text(s, 3);
+  const char *reason = sy_stmt_column_text(s, 5);
   char t[32];
   if (arr) {
     json_array_append_new(
         arr, json_pack("{s:I, s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:I}", "id",
-                       (json_int_t)sqlite3_column_int64(s, 0), "what",
-                       sqlite3_column_text(s, 1), "subject", subject, "old",
-                       oldv, "new", sqlite3_column_text(s, 4), "reason", reason,
-                       "actor", sqlite3_column_text(s, 6), "at",
-                       (json_int_t)sqlite3_column_int64(s, 7)));
+                       (json_int_t)sy_stmt_column_int(s, 0), "what",
+                       sy_stmt_column_text(s, 1), "subject", subject, "old",
+                       oldv, "new", sy_stmt_column_text(s, 4), "reason", reason,
+                       "actor", sy_stmt_column_text(s, 6), "at",
+                       (json_int_t)sy_stmt_column_int(s, 7)));
     return;
   }
-  cv_fmt_time(sqlite3_column_int64(s, 7), t, sizeof t);
-  printf("%s  %-8s %s%s%s%s -> %s  by %s%s%s\n", t, sqlite3_column_text(s, 1),
+  cv_fmt_time(sy_stmt_column_int(s, 7), t, sizeof t);
+  printf("%s  %-8s %s%s%s%s -> %s  by %s%s%s\n", t, sy_stmt_column_text(s, 1),
          subject ? "subject " : "", subject ? (const char *)subject : "",
          subject ? ": " : "", oldv ? (const char *)oldv : "-",
-         sqlite3_column_text(s, 4), sqlite3_column_text(s, 6),
+         sy_stmt_column_text(s, 4), sy_stmt_column_text(s, 6),
          reason ? ": " : "", reason ? (const char *)reason : "");
 }
 
 /* Lists the rows statement q (CVQ_AUDIT_OF or CVQ_OVERRIDES_OF) has for
  * the flag argument, one by one through row. */
 static int list_of_flag(cv_router *r, const args *a, int q,
-                        void (*row)(sqlite3_stmt *, json_t *)) {
+                        void (*row)(sy_stmt *, json_t *)) {
   flag_row f;
-  sqlite3_stmt *s;
+  sy_stmt *s;
   json_t *arr = NULL;
   int rc;
   if ((rc = flag_arg(r, a, 1, &f, 1))) {
@@ -678,15 +681,15 @@ static int list_of_flag(cv_router *r, const args *a, int q,
   if (a->json) {
     arr = json_array();
   }
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     row(s, arr);
   }
-  if (rc != SQLITE_DONE) {
+  if (rc != SY_DONE) {
     cv_db_fail(r, s);
     json_decref(arr);
     return db_error(r, "read history");
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   if (a->json) {
     print_json(arr);
   }

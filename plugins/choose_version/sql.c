@@ -2,11 +2,10 @@
  * statement it runs (the node's, the event hook's, the commands') in one
  * table indexed by the CVQ_* ids of cv.h, each prepared once, on first use,
  * into the router's cache; then bind -> step -> reset, the first error
- * copied where it happens. The statements keep to what SQLite and
- * PostgreSQL both accept wherever that costs nothing (ON CONFLICT ... DO
- * UPDATE with a target, RETURNING, CASE rather than boolean columns), so
- * that moving them onto a database-neutral statement API changes no text;
- * the few that cannot say so where they are. */
+ * copied where it happens, all through the engine's statement API
+ * (plugin.h). The statements keep to what SQLite and PostgreSQL both
+ * accept (ON CONFLICT ... DO UPDATE with a target, RETURNING, CASE rather
+ * than boolean columns); the few that cannot say so where they are. */
 #include <stdio.h>
 #include <string.h>
 
@@ -143,9 +142,9 @@ static const char cv_meta_table[] =
   "instance_id = ?1"
 
 static const char *const sql_text[CVQ__COUNT] = {
-    /* sqlite_schema is SQLite's catalog (PostgreSQL would ask
-     * to_regclass('cv_meta')): like the migrations, schema work is the one
-     * place where each database needs its own text. */
+    /* sqlite_schema is SQLite's catalog: like the migrations, schema work
+     * is where each database needs its own text (sy_sql.pg; PostgreSQL's
+     * come with its backend). */
     [CVQ_META_EXISTS] = "SELECT 1 FROM sqlite_schema WHERE name = 'cv_meta'",
     [CVQ_SCHEMA_VERSION] =
         "SELECT value FROM cv_meta WHERE key = 'schema_version'",
@@ -153,20 +152,6 @@ static const char *const sql_text[CVQ__COUNT] = {
         "INSERT INTO cv_meta(key, value) VALUES('schema_version', ?1) "
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
 
-    /* Only commands run these (plugin.h: the engine owns the transactions
-     * of everything else). BEGIN IMMEDIATE takes SQLite's write lock at
-     * once, so that what a change read stays true until it commits; it is
-     * SQLite's, and PostgreSQL's BEGIN needs no such word. */
-    [CVQ_BEGIN_READ] = "BEGIN",
-    [CVQ_BEGIN_WRITE] = "BEGIN IMMEDIATE",
-    [CVQ_COMMIT] = "COMMIT",
-    [CVQ_ROLLBACK] = "ROLLBACK",
-
-    /* SQLite's count of other connections' commits, asked once per
-     * transaction to know when the flag cache is stale: SQLite's alone,
-     * PostgreSQL's counterpart is LISTEN/NOTIFY with a change counter
-     * (DESIGN.md, "Store backends"). */
-    [CVQ_DATA_VERSION] = "PRAGMA data_version",
     [CVQ_FLAG] =
         "SELECT rate_ppm, killed, coalesce(hash_group, name), "
         "CASE WHEN retired_at IS NULL THEN 0 ELSE 1 END, "
@@ -290,47 +275,52 @@ static const char *const sql_text[CVQ__COUNT] = {
 
 /* Statements are prepared on first use, so that a command never pays for
  * (or fails on) the node's statements, nor the node for the commands'. */
-sqlite3_stmt *cv_prepare(cv_router *r, int q) {
-  if (!r->stmt[q] &&
-      sqlite3_prepare_v3(r->db, sql_text[q], -1, SQLITE_PREPARE_PERSISTENT,
-                         &r->stmt[q], NULL) != SQLITE_OK) {
-    snprintf(r->errmsg, sizeof r->errmsg, "%s", sqlite3_errmsg(r->db));
+sy_stmt *cv_prepare(cv_router *r, int q) {
+  sy_sql text = {sql_text[q], NULL};
+  if (!r->stmt[q] && !(r->stmt[q] = r->api->prepare(r->e, &text))) {
+    snprintf(r->errmsg, sizeof r->errmsg, "%s", r->api->errmsg(r->e));
     return NULL;
   }
   return r->stmt[q];
 }
 
-int cv_db_fail(cv_router *r, sqlite3_stmt *s) {
-  snprintf(r->errmsg, sizeof r->errmsg, "%s", sqlite3_errmsg(r->db));
+int cv_db_fail(cv_router *r, sy_stmt *s) {
+  snprintf(r->errmsg, sizeof r->errmsg, "%s",
+           s ? sy_stmt_error(s) : r->api->errmsg(r->e));
   if (s) {
-    sqlite3_reset(s);
+    sy_stmt_reset(s);
   }
   return -1;
 }
 
-int cv_step_done(cv_router *r, sqlite3_stmt *s) {
-  if (sqlite3_step(s) != SQLITE_DONE) {
+int cv_step_done(cv_router *r, sy_stmt *s) {
+  if (sy_stmt_step(s) != SY_DONE) {
     return cv_db_fail(r, s);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
-}
-
-int cv_exec(cv_router *r, int q) {
-  sqlite3_stmt *s = cv_stmt(r, q);
-  return s ? cv_step_done(r, s) : -1;
 }
 
 void cv_finalize_all(cv_router *r) {
   for (int i = 0; i < CVQ__COUNT; i++) {
-    sqlite3_finalize(r->stmt[i]);
+    sy_stmt_finalize(r->stmt[i]);
     r->stmt[i] = NULL;
   }
 }
 
+/* Runs a script (a migration): 0, or -1 with r->errmsg. */
+static int run_script(cv_router *r, const char *sql) {
+  sy_sql script = {sql, NULL};
+  if (r->api->exec(r->e, &script)) {
+    snprintf(r->errmsg, sizeof r->errmsg, "%s", r->api->errmsg(r->e));
+    return -1;
+  }
+  return 0;
+}
+
 /* The schema version cv_meta records (0 when it has none yet). */
 static int schema_version(cv_router *r, int *version) {
-  sqlite3_stmt *s;
+  sy_stmt *s;
   int rc, have_meta;
   *version = 0;
   /* Only read when the tables are there, so that commands that only read
@@ -338,46 +328,36 @@ static int schema_version(cv_router *r, int *version) {
   if (!(s = cv_stmt(r, CVQ_META_EXISTS))) {
     return -1;
   }
-  if ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE) {
+  if ((rc = sy_stmt_step(s)) != SY_ROW && rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
-  have_meta = rc == SQLITE_ROW;
-  sqlite3_reset(s);
-  if (!have_meta) {
-    char *msg = NULL;
-    if (sqlite3_exec(r->db, cv_meta_table, NULL, NULL, &msg) != SQLITE_OK) {
-      snprintf(r->errmsg, sizeof r->errmsg, "%s",
-               msg ? msg : sqlite3_errmsg(r->db));
-      sqlite3_free(msg);
-      return -1;
-    }
+  have_meta = rc == SY_ROW;
+  sy_stmt_reset(s);
+  if (!have_meta && run_script(r, cv_meta_table)) {
+    return -1;
   }
   if (!(s = cv_stmt(r, CVQ_SCHEMA_VERSION))) {
     return -1;
   }
-  if ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE) {
+  if ((rc = sy_stmt_step(s)) != SY_ROW && rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
-  if (rc == SQLITE_ROW) {
-    *version = sqlite3_column_int(s, 0);
+  if (rc == SY_ROW) {
+    *version = (int)sy_stmt_column_int(s, 0);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return 0;
 }
 
 static int migrate(cv_router *r, int version) {
-  char *msg = NULL;
-  sqlite3_stmt *s;
-  if (sqlite3_exec(r->db, migrations[version], NULL, NULL, &msg) != SQLITE_OK) {
-    snprintf(r->errmsg, sizeof r->errmsg, "%s",
-             msg ? msg : sqlite3_errmsg(r->db));
-    sqlite3_free(msg);
+  sy_stmt *s;
+  if (run_script(r, migrations[version])) {
     return -1;
   }
   if (!(s = cv_stmt(r, CVQ_SET_SCHEMA_VERSION))) {
     return -1;
   }
-  sqlite3_bind_int(s, 1, version + 1);
+  sy_stmt_bind_int(s, 1, version + 1);
   return cv_step_done(r, s);
 }
 

@@ -68,10 +68,10 @@ static int probe_init(const sy_api *api, sy_engine *e, void **state, char *err,
   probe.api = api;
   probe.engine = e;
   *state = &probe;
-  if (sqlite3_exec(api->db(e),
-                   "CREATE TABLE IF NOT EXISTS probe_counts(n INTEGER)", NULL,
-                   NULL, NULL) != SQLITE_OK) {
-    snprintf(err, errlen, "%s", sqlite3_errmsg(api->db(e)));
+  if (api->exec(e, &(sy_sql){"CREATE TABLE IF NOT EXISTS probe_counts("
+                             "n INTEGER)",
+                             NULL})) {
+    snprintf(err, errlen, "%s", api->errmsg(e));
     return SY_ESTORE;
   }
   return 0;
@@ -89,18 +89,17 @@ static int probe_event(void *plugin, const sy_event *ev) {
 }
 
 static int probe_before_commit(void *plugin) {
-  sqlite3_stmt *s;
+  sy_stmt *s;
   (void)plugin;
   if (!probe.batched) {
     return 0;
   }
-  CHECK_EQ(
-      sqlite3_prepare_v2(probe.api->db(probe.engine),
-                         "INSERT INTO probe_counts VALUES(?1)", -1, &s, NULL),
-      SQLITE_OK);
-  sqlite3_bind_int(s, 1, probe.batched);
-  CHECK_EQ(sqlite3_step(s), SQLITE_DONE);
-  sqlite3_finalize(s);
+  s = probe.api->prepare(
+      probe.engine, &(sy_sql){"INSERT INTO probe_counts VALUES(?1)", NULL});
+  CHECK(s != NULL);
+  sy_stmt_bind_int(s, 1, probe.batched);
+  CHECK_EQ(sy_stmt_step(s), SY_DONE);
+  sy_stmt_finalize(s);
   probe.batched = 0;
   return 0;
 }

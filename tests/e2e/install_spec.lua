@@ -117,7 +117,8 @@ describe("an installed switchyard", function()
       local pcdir = prefix .. "/share/pkgconfig"
       local requires = must(pkg_config(pcdir,
         "--print-requires switchyard-plugin"))
-      has(requires, "sqlite3")
+      -- plugins reach the database through the statement API alone
+      assert.is_nil(requires:find("sqlite3", 1, true), requires)
       has(requires, "libuv")
       local plugindir = must(pkg_config(pcdir,
         "--variable=plugindir switchyard-plugin")):gsub("\n$", "")
@@ -169,6 +170,9 @@ describe("an installed switchyard", function()
       assert.are.same({ by = "stamp", instance = id, attempt = 1 },
         inst.vars.stamped)                               -- sy.stamp
       assert.are.equal("v2", inst.vars.branch)           -- choose_version
+      -- the stamp's own row, written through the statement API
+      assert.are.equal(id .. "|1", must("sqlite3 " .. H.q(db) ..
+        " 'SELECT instance_id, attempt FROM stamp_log'"):gsub("\n$", ""))
     end)
 
   it("packages as a .deb under /usr that depends on its runtime libraries",

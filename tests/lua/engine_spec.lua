@@ -9,6 +9,9 @@ local function new_engine(opts)
   opts = opts or {}
   local db = os.tmpname()
   opts.db = db
+  -- the test plugin reads the database on a connection of its own
+  opts.settings = opts.settings or {}
+  opts.settings["echo.db"] = db
   local e = T.engine(opts)
   return e, db
 end
@@ -238,6 +241,22 @@ describe("plugins", function()
     -- 1 completed, 2 incident, 3 incident resolved, 4 cancelled
     table.sort(got)
     assert.are.same({ bad .. ":2", bad .. ":3", bad .. ":4", good .. ":1" }, got)
+    cleanup(e, db)
+  end)
+
+  it("tells a plugin of an error a handler caught, with its code", function()
+    local e, db = new_engine { plugins = PLUGINS }
+    local id = assert(e:start("tests/fixtures/handlers/handled.lua",
+                              { case = "rejected", user = "ann" }))
+    e:run()
+    assert.are.equal("completed", e:instance(id).state)
+    local got = {}
+    for _, r in ipairs(e:sql("SELECT type, step, code FROM echo_events " ..
+                             "WHERE instance_id = " .. id .. " ORDER BY rowid")) do
+      got[#got + 1] = string.format("%d %s %s", r.type, r.step, tostring(r.code))
+    end
+    -- 5 caught (at the step that raised), then 1 completed
+    assert.are.same({ "5 verify document_rejected", "1 done nil" }, got)
     cleanup(e, db)
   end)
 

@@ -3,6 +3,7 @@
  * its own table written in the engine's transaction, an event hook, and a
  * memo for fresh instances (it holds the instance's id, which the event
  * hook records, so a test sees which memo reached which event). */
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 typedef struct echo {
   const sy_api *api;
   sy_engine *e;
+  sy_stmt *insert; /* into echo_events */
 } echo;
 
 typedef struct echo_node {
@@ -35,21 +37,22 @@ static const char *const node_step_options[] = {"then", NULL};
 
 static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
                      size_t errlen) {
+  static const sy_sql table = {
+      "CREATE TABLE IF NOT EXISTS echo_events("
+      "instance_id INTEGER, type INTEGER, step TEXT, fresh INTEGER, "
+      "memo INTEGER, code TEXT)",
+      NULL};
+  static const sy_sql insert = {
+      "INSERT INTO echo_events VALUES(?1, ?2, ?3, ?4, ?5, ?6)", NULL};
   echo *p = calloc(1, sizeof *p);
-  char *msg = NULL;
   if (!p) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
   p->api = api;
   p->e = e;
-  if (sqlite3_exec(api->db(e),
-                   "CREATE TABLE IF NOT EXISTS echo_events("
-                   "instance_id INTEGER, type INTEGER, step TEXT, "
-                   "fresh INTEGER, memo INTEGER)",
-                   NULL, NULL, &msg) != SQLITE_OK) {
-    snprintf(err, errlen, "%s", msg);
-    sqlite3_free(msg);
+  if (api->exec(e, &table) || !(p->insert = api->prepare(e, &insert))) {
+    snprintf(err, errlen, "%s", api->errmsg(e));
     free(p);
     return -1;
   }
@@ -58,7 +61,9 @@ static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
 }
 
 static void echo_fini(void *state) {
-  free(state);
+  echo *p = state;
+  sy_stmt_finalize(p->insert);
+  free(p);
 }
 
 static int compile(void *plugin, sy_opts *o, void **data, char *err,
@@ -164,13 +169,15 @@ static void cancel(void *plugin, sy_call *c) {
 }
 
 /* The instance's step as committed, read on a connection of its own (what
- * another process sees), as a JSON string. */
+ * another process sees: the database file is the setting echo.db), as a
+ * JSON string. */
 static void committed_step(echo *p, sy_call *c, char *json, size_t len) {
-  const char *path = sqlite3_db_filename(p->api->db(p->e), "main");
+  const char *path = p->api->setting(p->e, "echo.db");
   sqlite3 *db = NULL;
   sqlite3_stmt *s;
   snprintf(json, len, "null");
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+  if (path &&
+      sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
       sqlite3_prepare_v2(db, "SELECT step FROM instances WHERE id = ?1", -1, &s,
                          NULL) == SQLITE_OK) {
     sqlite3_bind_int64(s, 1, p->api->instance_id(c));
@@ -203,23 +210,21 @@ static void fn_echo(void *plugin, sy_call *c, const char *args) {
 
 static int on_event(void *plugin, const sy_event *ev) {
   echo *p = plugin;
-  sqlite3_stmt *s;
+  sy_stmt *s = p->insert;
   int rc;
-  if (sqlite3_prepare_v2(p->api->db(p->e),
-                         "INSERT INTO echo_events VALUES(?1, ?2, ?3, ?4, ?5)",
-                         -1, &s, NULL) != SQLITE_OK) {
-    return -1;
-  }
-  sqlite3_bind_int64(s, 1, ev->instance_id);
-  sqlite3_bind_int(s, 2, ev->type);
-  sqlite3_bind_text(s, 3, ev->step, -1, SQLITE_STATIC);
-  sqlite3_bind_int(s, 4, ev->fresh);
+  sy_stmt_bind_int(s, 1, ev->instance_id);
+  sy_stmt_bind_int(s, 2, ev->type);
+  sy_stmt_bind_text(s, 3, ev->step);
+  sy_stmt_bind_int(s, 4, ev->fresh);
   if (ev->memo) {
-    sqlite3_bind_int64(s, 5, *(const int64_t *)ev->memo);
+    sy_stmt_bind_int(s, 5, *(const int64_t *)ev->memo);
+  } else {
+    sy_stmt_bind_text(s, 5, NULL);
   }
-  rc = sqlite3_step(s);
-  sqlite3_finalize(s);
-  return rc == SQLITE_DONE ? 0 : -1;
+  sy_stmt_bind_text(s, 6, ev->code);
+  rc = sy_stmt_step(s);
+  sy_stmt_reset(s);
+  return rc == SY_DONE ? 0 : -1;
 }
 
 static int cmd_echo(void *plugin, int argc, char **argv) {

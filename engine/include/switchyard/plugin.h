@@ -13,12 +13,11 @@
 #ifndef SWITCHYARD_PLUGIN_H
 #define SWITCHYARD_PLUGIN_H
 
-#include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 5
+#define SY_PLUGIN_ABI 6
 
 /* Error codes: negative, from one list so that a code, its name and its
  * message never drift apart. sy_api functions that return an int return 0
@@ -44,8 +43,95 @@ enum {
 };
 
 typedef struct sy_engine sy_engine; /* the running engine (opaque) */
-typedef struct sy_call sy_call;     /* one node execution or ctx call */
-typedef struct sy_opts sy_opts;     /* a node's options, at load time */
+
+/* ---------------------------------------------------------------------
+ * Statements: how a plugin reads and writes the engine's database,
+ * whichever backend holds it. A plugin never sees a database handle.
+ *
+ * A plugin keeps its SQL in one table and prepares each statement once
+ * (sy_api.prepare), with ?N placeholders (?1, ?2, ...; every number used),
+ * in the subset SQLite and PostgreSQL both accept (INSERT ... ON CONFLICT
+ * (...) DO UPDATE, RETURNING, CTEs, CASE rather than boolean columns);
+ * where the two must differ, sy_sql carries a second text. Then, each time:
+ * bind, step until SY_DONE (reading columns while it gives SY_ROW),
+ * reset. Every call goes through the statement's own methods, so a
+ * backend is chosen per statement and a plugin links against nothing.
+ * Text columns are valid until the next step or reset of the statement. */
+typedef struct sy_sql {
+  const char *sql; /* the text both accept */
+  const char *pg;  /* PostgreSQL's, where it differs; NULL: sql */
+} sy_sql;
+
+typedef struct sy_stmt sy_stmt;
+typedef struct sy_stmt_methods {
+  int (*step)(sy_stmt *s);
+  void (*reset)(sy_stmt *s); /* bindings stay as they were */
+  void (*finalize)(sy_stmt *s);
+  void (*bind_int)(sy_stmt *s, int i, int64_t v);
+  void (*bind_double)(sy_stmt *s, int i, double v);
+  /* v NULL: SQL NULL; len < 0: up to its NUL. The text is not copied: it
+   * must stay valid until the statement is reset or bound again. */
+  void (*bind_text)(sy_stmt *s, int i, const char *v, int64_t len);
+  int (*column_null)(sy_stmt *s, int col);
+  int64_t (*column_int)(sy_stmt *s, int col);
+  double (*column_double)(sy_stmt *s, int col);
+  const char *(*column_text)(sy_stmt *s, int col); /* NULL: SQL NULL */
+  int64_t (*changes)(sy_stmt *s);   /* rows its last step changed */
+  const char *(*error)(sy_stmt *s); /* the database's message */
+} sy_stmt_methods;
+struct sy_stmt {
+  const sy_stmt_methods *m; /* the backend's; what follows is its own */
+};
+
+/* sy_step's results besides errors (negative SY_E*: SY_EBUSY when the
+ * database was locked, SY_ESTORE otherwise, message in sy_stmt_error). */
+#define SY_DONE 0
+#define SY_ROW 1
+
+static inline int sy_stmt_step(sy_stmt *s) {
+  return s->m->step(s);
+}
+static inline void sy_stmt_reset(sy_stmt *s) {
+  s->m->reset(s);
+}
+static inline void sy_stmt_finalize(sy_stmt *s) {
+  if (s) {
+    s->m->finalize(s);
+  }
+}
+static inline void sy_stmt_bind_int(sy_stmt *s, int i, int64_t v) {
+  s->m->bind_int(s, i, v);
+}
+static inline void sy_stmt_bind_double(sy_stmt *s, int i, double v) {
+  s->m->bind_double(s, i, v);
+}
+static inline void sy_stmt_bind_text(sy_stmt *s, int i, const char *v) {
+  s->m->bind_text(s, i, v, -1);
+}
+static inline void sy_stmt_bind_textn(sy_stmt *s, int i, const char *v,
+                                      size_t len) {
+  s->m->bind_text(s, i, v, (int64_t)len);
+}
+static inline int sy_stmt_column_null(sy_stmt *s, int col) {
+  return s->m->column_null(s, col);
+}
+static inline int64_t sy_stmt_column_int(sy_stmt *s, int col) {
+  return s->m->column_int(s, col);
+}
+static inline double sy_stmt_column_double(sy_stmt *s, int col) {
+  return s->m->column_double(s, col);
+}
+static inline const char *sy_stmt_column_text(sy_stmt *s, int col) {
+  return s->m->column_text(s, col);
+}
+static inline int64_t sy_stmt_changes(sy_stmt *s) {
+  return s->m->changes(s);
+}
+static inline const char *sy_stmt_error(sy_stmt *s) {
+  return s->m->error(s);
+}
+typedef struct sy_call sy_call; /* one node execution or ctx call */
+typedef struct sy_opts sy_opts; /* a node's options, at load time */
 
 /* A scalar read from the instance's vars or a node's options. Strings point
  * into engine memory valid until the callback that read them returns. */
@@ -107,7 +193,7 @@ typedef struct sy_event {
  * the call completes (sy_api.done / done_json / fail). */
 typedef struct sy_api {
   int abi;
-  /* The engine's SQLite connection.
+  /* The engine's database (see Statements above).
    *
    * Transactions are the engine's. Inside execute, a ctx call, on_event and
    * before_commit, a plugin reads and writes within the engine's
@@ -117,8 +203,25 @@ typedef struct sy_api {
    * RELEASE there. A failure is reported through the callback's result
    * (api->fail, a non-zero return), and the engine rolls back. Only a
    * command (sy_command.run), which runs outside any engine transaction,
-   * opens and ends transactions of its own, and checks what each returns. */
-  sqlite3 *(*db)(sy_engine *e);
+   * opens and ends transactions of its own (begin, commit, rollback), and
+   * checks what each returns.
+   *
+   * prepare returns a statement to keep until fini (sy_finalize), or NULL
+   * with the reason in errmsg. exec runs a script of statements without
+   * parameters or rows (a migration), 0 or an SY_E* code with errmsg. */
+  sy_stmt *(*prepare)(sy_engine *e, const sy_sql *q);
+  int (*exec)(sy_engine *e, const sy_sql *script);
+  const char *(*errmsg)(sy_engine *e);
+  /* A command's transaction: write takes the write lock at once, so that
+   * what it reads stays true until it commits. 0 or an SY_E* code. */
+  int (*begin)(sy_engine *e, int write);
+  int (*commit)(sy_engine *e);
+  void (*rollback)(sy_engine *e); /* a no-op when none is open */
+  /* A number that changes whenever another connection (another engine, a
+   * command) has committed a change since it was last read: read in a
+   * transaction, it says whether what a plugin cached before it is stale
+   * (a negative SY_E* code when it cannot be read). */
+  int64_t (*data_version)(sy_engine *e);
   /* Opens the loop turn's transaction if it is not open yet, and returns
    * its sequence number (> 0; a new one per transaction), or a negative
    * error. While it is open no other connection can write, so a plugin may
