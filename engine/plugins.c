@@ -200,13 +200,14 @@ int sy_plugins_load_dir(sy_plugins *p, const char *dir, char *err,
   return rc;
 }
 
-/* One try at every plugin's init inside one transaction opened by begin. */
-static int init_all(sy_plugins *p, const sy_api *api, sy_engine *e, sqlite3 *db,
-                    const char *begin, char *err, size_t errlen) {
+/* One try at every plugin's init inside one transaction (write: one that
+ * takes the write lock at once). */
+static int init_all(sy_plugins *p, const sy_api *api, sy_engine *e,
+                    sy_store *st, int write, char *err, size_t errlen) {
   int rc;
-  if ((rc = sqlite3_exec(db, begin, NULL, NULL, NULL)) != SQLITE_OK) {
-    snprintf(err, errlen, "%s", sqlite3_errmsg(db));
-    return rc == SQLITE_BUSY ? SY_EBUSY : SY_ESTORE;
+  if ((rc = sy_store_begin_as(st, write))) {
+    snprintf(err, errlen, "%s", sy_store_errmsg(st));
+    return rc;
   }
   for (int i = 0; i < p->nplugins; i++) {
     sy_loaded_plugin *lp = p->plugins[i];
@@ -215,20 +216,17 @@ static int init_all(sy_plugins *p, const sy_api *api, sy_engine *e, sqlite3 *db,
       continue;
     }
     if (lp->def->init(api, e, &lp->state, msg, sizeof msg)) {
-      int busy = sqlite3_errcode(db) == SQLITE_BUSY;
+      int busy = sy_store_busy(st);
       snprintf(err, errlen, "plugin %s: %s", lp->def->name, msg);
-      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      sy_store_rollback(st);
       return busy ? SY_EBUSY : SY_EPLUGIN;
     }
     lp->initialized = 1;
   }
-  rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-  if (rc != SQLITE_OK) {
-    snprintf(err, errlen, "%s", sqlite3_errmsg(db));
-    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    return rc == SQLITE_BUSY ? SY_EBUSY : SY_ESTORE;
+  if ((rc = sy_store_commit(st))) {
+    snprintf(err, errlen, "%s", sy_store_errmsg(st));
   }
-  return 0;
+  return rc;
 }
 
 int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
@@ -243,10 +241,10 @@ int sy_plugins_init(sy_plugins *p, const sy_api *api, sy_engine *e,
    * which SQLite refuses at once, without the busy handler, when another
    * process wrote meanwhile; then every init runs again under the write
    * lock, taken with the busy handler's patience. */
-  rc = init_all(p, api, e, sy_store_db(st), "BEGIN", err, errlen);
+  rc = init_all(p, api, e, st, 0, err, errlen);
   if (rc == SY_EBUSY) {
     sy_plugins_fini(p);
-    rc = init_all(p, api, e, sy_store_db(st), "BEGIN IMMEDIATE", err, errlen);
+    rc = init_all(p, api, e, st, 1, err, errlen);
   }
   return rc;
 }

@@ -1,8 +1,8 @@
-/* The SQLite store (see store.h): one connection per engine, its schema
- * and forward migrations, every statement's text (in one table, prepared
- * once into a cache indexed by an enum, so the hot path never re-parses),
- * transactions, definitions and the registry of engines. Instance rows
- * are in store_instances.c. */
+/* The store (see store.h): its schema and forward migrations, every
+ * statement's text (in one table, prepared once into a cache indexed by an
+ * enum, so the hot path never re-parses), transactions, definitions and
+ * the registry of engines. Instance rows are in store_instances.c; the
+ * connection and the statements' backend in store_sqlite.c. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +15,7 @@
 
 /* Each migration moves the schema from version i to i+1; user_version
  * records where a database is. Never edit a released migration: add one. */
-static const char *const migrations[] = {
+const char *const sy__migrations[] = {
     /* 1: instances, their history, incidents, pinned definitions. */
     "CREATE TABLE definitions("
     "  hash TEXT PRIMARY KEY,"
@@ -130,7 +130,8 @@ static const char *const migrations[] = {
     "ALTER TABLE step_runs ADD COLUMN code TEXT;"
     "ALTER TABLE step_runs ADD COLUMN handler TEXT;",
 };
-#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+const int sy__schema_version =
+    (int)(sizeof sy__migrations / sizeof sy__migrations[0]);
 
 #define INSTANCE_COLS                                              \
   "id, workflow, def_hash, state, step, attempt, vars, wake_at, "  \
@@ -292,253 +293,38 @@ int sy_store_set_error(sy_store *st, int code, const char *fmt, ...) {
   return code;
 }
 
-int sy__db_error(sy_store *st, const char *what) {
-  int rc = sqlite3_errcode(st->db);
-  int sys = sqlite3_system_errno(st->db);
-  /* SQLite's words for an I/O failure ("disk I/O error") hide the cause
-   * the operating system gave (no space left, read-only file system). */
-  if (sys && (rc == SQLITE_IOERR || rc == SQLITE_FULL ||
-              rc == SQLITE_CANTOPEN || rc == SQLITE_READONLY)) {
-    sy_store_set_error(st, 0, "%s: %s (%s)", what, sqlite3_errmsg(st->db),
-                       strerror(sys));
-  } else {
-    sy_store_set_error(st, 0, "%s: %s", what, sqlite3_errmsg(st->db));
-  }
-  return (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? SY_EBUSY : SY_ESTORE;
-}
-
 const char *sy_store_errmsg(sy_store *st) {
   return st->errmsg;
 }
 
-sqlite3 *sy_store_db(sy_store *st) {
-  return st->db;
-}
-
 /* Statements are prepared on first use so a read-only listing command never
  * pays for (or fails on) statements it does not run. */
-sqlite3_stmt *sy__stmt(sy_store *st, int q) {
+sy_stmt *sy__stmt(sy_store *st, int q) {
   if (!st->stmt[q]) {
-    if (sqlite3_prepare_v3(st->db, sql_text[q], -1, SQLITE_PREPARE_PERSISTENT,
-                           &st->stmt[q], NULL) != SQLITE_OK) {
-      sy__db_error(st, "prepare");
-      return NULL;
-    }
+    st->stmt[q] = sy_store_prepare(st, &(sy_sql){sql_text[q], NULL});
   }
   return st->stmt[q];
 }
 
-int sy__exec_stmt(sy_store *st, sqlite3_stmt *s, const char *what) {
-  int rc = sqlite3_step(s);
-  int rrc = sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
-  if (rc != SQLITE_DONE || rrc != SQLITE_OK) {
+int sy__exec_stmt(sy_store *st, sy_stmt *s, const char *what) {
+  int rc = sy_stmt_step(s);
+  sy_stmt_reset(s);
+  if (rc != SY_DONE) {
     return sy__db_error(st, what);
   }
   return 0;
 }
 
-void sy__bind_text(sqlite3_stmt *s, int i, const char *v) {
+void sy__bind_text(sy_stmt *s, int i, const char *v) {
+  sy_stmt_bind_text(s, i, v);
+}
+
+void sy__bind_opt_int(sy_stmt *s, int i, int64_t v) {
   if (v) {
-    sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+    sy_stmt_bind_int(s, i, v);
   } else {
-    sqlite3_bind_null(s, i);
+    sy_stmt_bind_text(s, i, NULL);
   }
-}
-
-void sy__bind_opt_int(sqlite3_stmt *s, int i, int64_t v) {
-  if (v) {
-    sqlite3_bind_int64(s, i, v);
-  } else {
-    sqlite3_bind_null(s, i);
-  }
-}
-
-static int exec_sql(sy_store *st, const char *sql) {
-  char *msg = NULL;
-  if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-    int rc = sqlite3_errcode(st->db), sys = sqlite3_system_errno(st->db);
-    if (sys && (rc == SQLITE_IOERR || rc == SQLITE_FULL ||
-                rc == SQLITE_CANTOPEN || rc == SQLITE_READONLY)) {
-      sy_store_set_error(st, 0, "%s (%s)", msg ? msg : sqlite3_errmsg(st->db),
-                         strerror(sys));
-    } else {
-      sy_store_set_error(st, 0, "%s", msg ? msg : sqlite3_errmsg(st->db));
-    }
-    sqlite3_free(msg);
-    return (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? SY_EBUSY : SY_ESTORE;
-  }
-  return 0;
-}
-
-static int user_version(sy_store *st) {
-  sqlite3_stmt *s;
-  int version = 0;
-  if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) ==
-      SQLITE_OK) {
-    if (sqlite3_step(s) == SQLITE_ROW) {
-      version = sqlite3_column_int(s, 0);
-    }
-    sqlite3_finalize(s);
-  }
-  return version;
-}
-
-/* Waiting for another writer: SQLite's own handler backs off to 100 ms
- * between tries, so a waiter rarely lands in the short gaps a busy engine
- * leaves between its transactions. Try every millisecond instead. */
-static int busy_wait(void *ud, int tries) {
-  sy_store *st = ud;
-  struct timespec ms = {0, 1000000};
-  uint64_t now = sy_mono_ns();
-  if (tries == 0) {
-    st->busy_since = now;
-  }
-  if (now - st->busy_since >= (uint64_t)st->busy_timeout_ms * 1000000) {
-    return 0;
-  }
-  nanosleep(&ms, NULL);
-  return 1;
-}
-
-static int migrate(sy_store *st) {
-  int version, rc;
-  /* Up to date (the common case): no write lock, so commands that only
-   * read work while another process writes. */
-  if (user_version(st) == SCHEMA_VERSION) {
-    return 0;
-  }
-  if ((rc = exec_sql(st, "BEGIN IMMEDIATE"))) {
-    return rc;
-  }
-  version = user_version(st); /* again, under the lock */
-  if (version > SCHEMA_VERSION) {
-    exec_sql(st, "ROLLBACK");
-    return sy_store_set_error(st, SY_ESTORE,
-                              "database schema version %d is newer than this "
-                              "switchyard (%d): upgrade switchyard",
-                              version, SCHEMA_VERSION);
-  }
-  for (; version < SCHEMA_VERSION; version++) {
-    char pragma[64];
-    rc = exec_sql(st, migrations[version]);
-    if (rc) {
-      exec_sql(st, "ROLLBACK");
-      return rc;
-    }
-    snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", version + 1);
-    if ((rc = exec_sql(st, pragma))) {
-      exec_sql(st, "ROLLBACK");
-      return rc;
-    }
-  }
-  if ((rc = exec_sql(st, "COMMIT")) && !sqlite3_get_autocommit(st->db)) {
-    exec_sql(st, "ROLLBACK");
-  }
-  return rc;
-}
-
-/* Switching a new file to WAL and creating its schema race with any other
- * process opening the same new file. In that window SQLite answers
- * SQLITE_BUSY without calling the busy handler where waiting could
- * deadlock (a reader of the rollback journal asking to write, a WAL
- * snapshot gone stale), so the whole step is retried here until the busy
- * timeout, rather than failing a `start` that met a `run` just opening. */
-static int open_for_writing(sy_store *st) {
-  uint64_t since = sy_mono_ns();
-  struct timespec ms = {0, 1000000};
-  int rc;
-  for (;;) {
-    rc = exec_sql(st, "PRAGMA journal_mode = WAL");
-    if (!rc) {
-      rc = migrate(st);
-    }
-    if (rc != SY_EBUSY ||
-        sy_mono_ns() - since >= (uint64_t)st->busy_timeout_ms * 1000000) {
-      return rc;
-    }
-    nanosleep(&ms, NULL);
-  }
-}
-
-/* Each connection belongs to one store, used on one thread (the loop's),
- * so SQLite's own locking buys nothing: without it, and without its
- * memory statistics (a global mutex around every allocation), a busy
- * engine runs about a tenth fewer instructions. Configuration is global and
- * must precede SQLite's initialization; should something have initialized
- * SQLite first, the calls fail harmlessly and the defaults stay. */
-static void configure_sqlite(void) {
-  sqlite3_config(SQLITE_CONFIG_MULTITHREAD);
-  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
-}
-
-int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
-                  char *err, size_t errlen) {
-  static uv_once_t once = UV_ONCE_INIT;
-  sy_store *st = calloc(1, sizeof *st);
-  int flags = SQLITE_OPEN_NOMUTEX |
-              (opts->read_only ? SQLITE_OPEN_READONLY
-                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-  int rc;
-  uv_once(&once, configure_sqlite);
-  if (!st) {
-    snprintf(err, errlen, "out of memory");
-    return SY_ENOMEM;
-  }
-  if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
-    int sys = st->db ? sqlite3_system_errno(st->db) : 0;
-    snprintf(err, errlen, "cannot open database %s: %s%s%s%s", path,
-             st->db ? sqlite3_errmsg(st->db) : "out of memory", sys ? " (" : "",
-             sys ? strerror(sys) : "", sys ? ")" : "");
-    sy_store_close(st);
-    return SY_ESTORE;
-  }
-  /* A file we may not write is opened read-only by SQLite without a word;
-   * say so now, before WAL files are made with the file's mode. */
-  if (opts->expect_write && sqlite3_db_readonly(st->db, "main") == 1) {
-    snprintf(err, errlen,
-             "database %s is read-only (check its permissions "
-             "and its directory's)",
-             path);
-    sy_store_close(st);
-    return SY_ESTORE;
-  }
-  sqlite3_extended_result_codes(st->db, 0);
-  st->busy_timeout_ms =
-      opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000;
-  sqlite3_busy_handler(st->db, busy_wait, st);
-  /* 64 MiB of page cache: the working set of a busy engine (the tail of
-   * the instance and step-run tables, the indexes) stays in memory. */
-  rc = exec_sql(st, "PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536");
-  if (!rc) {
-    rc = exec_sql(st, opts->sync == SY_SYNC_NORMAL
-                          ? "PRAGMA synchronous = NORMAL"
-                          : "PRAGMA synchronous = FULL");
-  }
-  if (!rc && !opts->read_only) {
-    rc = open_for_writing(st);
-  }
-  if (rc) {
-    snprintf(err, errlen, "database %s: %s", path, st->errmsg);
-    sy_store_close(st);
-    return rc;
-  }
-  *out = st;
-  return 0;
-}
-
-void sy_store_close(sy_store *st) {
-  if (!st) {
-    return;
-  }
-  if (st->in_tx) {
-    sy_store_rollback(st);
-  }
-  for (int i = 0; i < Q__COUNT; i++) {
-    sqlite3_finalize(st->stmt[i]);
-  }
-  sqlite3_close(st->db);
-  free(st);
 }
 
 int sy_store_begin(sy_store *st) {
@@ -546,7 +332,7 @@ int sy_store_begin(sy_store *st) {
 }
 
 int sy_store_begin_as(sy_store *st, int write) {
-  sqlite3_stmt *s;
+  sy_stmt *s;
   int rc;
   if (st->in_tx) {
     return 0;
@@ -567,7 +353,7 @@ int64_t sy_store_tx_seq(sy_store *st) {
 }
 
 int sy_store_commit(sy_store *st) {
-  sqlite3_stmt *s;
+  sy_stmt *s;
   int rc;
   if (!st->in_tx) {
     return 0;
@@ -576,9 +362,9 @@ int sy_store_commit(sy_store *st) {
     return SY_ESTORE;
   }
   rc = sy__exec_stmt(st, s, "commit");
-  /* A failed COMMIT may leave the transaction open (SQLITE_BUSY): roll it
-   * back so the caller's in-memory view and the database agree again. */
-  if (rc && !sqlite3_get_autocommit(st->db)) {
+  /* A failed COMMIT may leave the transaction open (a busy database): roll
+   * it back so the caller's in-memory view and the database agree again. */
+  if (rc && sy__tx_open(st)) {
     sy_store_rollback(st);
   }
   st->in_tx = 0;
@@ -586,10 +372,10 @@ int sy_store_commit(sy_store *st) {
 }
 
 void sy_store_rollback(sy_store *st) {
-  sqlite3_stmt *s = sy__stmt(st, Q_ROLLBACK);
-  if (s && !sqlite3_get_autocommit(st->db)) {
-    sqlite3_step(s);
-    sqlite3_reset(s);
+  sy_stmt *s = sy__stmt(st, Q_ROLLBACK);
+  if (s && sy__tx_open(st)) {
+    sy_stmt_step(s);
+    sy_stmt_reset(s);
   }
   st->in_tx = 0;
 }
@@ -601,21 +387,21 @@ int sy_store_in_tx(sy_store *st) {
 int sy_store_put_definition(sy_store *st, const char *hash,
                             const char *workflow, const char *path,
                             const char *source, size_t len) {
-  sqlite3_stmt *s = sy__stmt(st, Q_PUT_DEF);
+  sy_stmt *s = sy__stmt(st, Q_PUT_DEF);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_text(s, 1, hash, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, workflow, -1, SQLITE_STATIC);
+  sy_stmt_bind_text(s, 1, hash);
+  sy_stmt_bind_text(s, 2, workflow);
   sy__bind_text(s, 3, path);
-  sqlite3_bind_text(s, 4, source, (int)len, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 5, sy_now_ms());
+  sy_stmt_bind_textn(s, 4, source, len);
+  sy_stmt_bind_int(s, 5, sy_now_ms());
   return sy__exec_stmt(st, s, "store definition");
 }
 
-static char *dup_column(sqlite3_stmt *s, int col, size_t *len) {
-  const unsigned char *t = sqlite3_column_text(s, col);
-  size_t n = (size_t)sqlite3_column_bytes(s, col);
+static char *dup_column(sy_stmt *s, int col, size_t *len) {
+  const char *t = sy_stmt_column_text(s, col);
+  size_t n = t ? (size_t)sy_stmt_column_bytes(s, col) : 0;
   char *copy;
   if (!t) {
     return NULL;
@@ -633,52 +419,51 @@ static char *dup_column(sqlite3_stmt *s, int col, size_t *len) {
 
 int sy_store_get_definition(sy_store *st, const char *hash, char **source,
                             size_t *len, char **path) {
-  sqlite3_stmt *s = sy__stmt(st, Q_GET_DEF);
+  sy_stmt *s = sy__stmt(st, Q_GET_DEF);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_text(s, 1, hash, -1, SQLITE_STATIC);
-  rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) {
+  sy_stmt_bind_text(s, 1, hash);
+  rc = sy_stmt_step(s);
+  if (rc == SY_ROW) {
     *source = dup_column(s, 0, len);
     *path = dup_column(s, 1, NULL);
     rc = *source ? 0 : SY_ENOMEM;
-  } else if (rc == SQLITE_DONE) {
+  } else if (rc == SY_DONE) {
     rc = sy_store_set_error(st, SY_ENOTFOUND, "no definition %s", hash);
   } else {
     rc = sy__db_error(st, "read definition");
   }
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  sy_stmt_reset(s);
   return rc;
 }
 
 int sy_store_engine_register(sy_store *st, const char *id, const char *host,
                              int64_t pid, int64_t now) {
-  sqlite3_stmt *s = sy__stmt(st, Q_ENGINE_REGISTER);
+  sy_stmt *s = sy__stmt(st, Q_ENGINE_REGISTER);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, host, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 3, pid);
-  sqlite3_bind_int64(s, 4, now);
+  sy_stmt_bind_text(s, 1, id);
+  sy_stmt_bind_text(s, 2, host);
+  sy_stmt_bind_int(s, 3, pid);
+  sy_stmt_bind_int(s, 4, now);
   return sy__exec_stmt(st, s, "register engine");
 }
 
 int sy_store_engine_delete(sy_store *st, const char *id) {
-  sqlite3_stmt *s = sy__stmt(st, Q_ENGINE_DELETE);
+  sy_stmt *s = sy__stmt(st, Q_ENGINE_DELETE);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+  sy_stmt_bind_text(s, 1, id);
   return sy__exec_stmt(st, s, "unregister engine");
 }
 
 int sy_store_engines_on_host(sy_store *st, const char *host, sy_engine_cb cb,
                              void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_ENGINES_ON_HOST);
+  sy_stmt *s = sy__stmt(st, Q_ENGINES_ON_HOST);
   struct {
     char *id;
     int64_t pid;
@@ -689,8 +474,8 @@ int sy_store_engines_on_host(sy_store *st, const char *host, sy_engine_cb cb,
     return SY_ESTORE;
   }
   /* Copied out first: the callback writes to the table being read. */
-  sqlite3_bind_text(s, 1, host, -1, SQLITE_STATIC);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  sy_stmt_bind_text(s, 1, host);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     if (n == cap) {
       if (!(grown = realloc(rows, (cap * 2 + 8) * sizeof *rows))) {
         rc = sy_store_set_error(st, SY_ENOMEM, "list engines: out of memory");
@@ -699,19 +484,18 @@ int sy_store_engines_on_host(sy_store *st, const char *host, sy_engine_cb cb,
       rows = grown;
       cap = cap * 2 + 8;
     }
-    if (!(rows[n].id = strdup((const char *)sqlite3_column_text(s, 0)))) {
+    if (!(rows[n].id = strdup(sy_stmt_column_text(s, 0)))) {
       rc = sy_store_set_error(st, SY_ENOMEM, "list engines: out of memory");
       break;
     }
-    rows[n++].pid = sqlite3_column_int64(s, 1);
+    rows[n++].pid = sy_stmt_column_int(s, 1);
   }
-  if (rc == SQLITE_DONE) {
+  if (rc == SY_DONE) {
     rc = 0;
   } else if (rc != SY_ENOMEM) {
     rc = sy__db_error(st, "list engines");
   }
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  sy_stmt_reset(s);
   for (size_t i = 0; i < n; i++) {
     if (!rc) {
       rc = cb(ud, rows[i].id, rows[i].pid);

@@ -1,14 +1,15 @@
-/* The durable store: one SQLite connection per engine, its schema and
- * migrations, and every SQL statement the engine runs (prepared once).
+/* The durable store: one database connection per engine, its schema and
+ * migrations, and every SQL statement the engine runs (prepared once, run
+ * through the statement API of plugin.h, whose backend is SQLite's:
+ * store_sqlite.c). Nothing above the store speaks SQL.
  *
  * Writes go into a batch transaction the scheduler opens lazily and commits
  * once per loop turn (group commit); the CLI's one-off changes use
  * sy_store_begin/commit directly. Errors return SY_E* codes and leave the
- * SQLite message in sy_store_errmsg(). */
+ * database's message in sy_store_errmsg(). */
 #ifndef SY_STORE_H
 #define SY_STORE_H
 
-#include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <switchyard/plugin.h>
@@ -21,6 +22,8 @@ typedef struct sy_store sy_store;
 sy_stmt *sy_store_prepare(sy_store *st, const sy_sql *q);
 int sy_store_exec_script(sy_store *st, const sy_sql *script);
 int sy_store_data_version(sy_store *st, int64_t *v);
+/* Whether the database's last failure was a lock another process held. */
+int sy_store_busy(sy_store *st);
 
 typedef enum { SY_SYNC_FULL, SY_SYNC_NORMAL } sy_sync_mode;
 
@@ -92,7 +95,6 @@ typedef int (*sy_incident_cb)(void *ud, const sy_incident_row *row);
 int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
                   char *err, size_t errlen);
 void sy_store_close(sy_store *st);
-sqlite3 *sy_store_db(sy_store *st);
 const char *sy_store_errmsg(sy_store *st);
 /* Records a message for the caller, as SQLite does for its own errors. */
 __attribute__((format(printf, 3, 4))) int sy_store_set_error(sy_store *st,

@@ -11,65 +11,64 @@
 int sy_store_insert_instance(sy_store *st, const char *workflow,
                              const char *def_hash, const char *step,
                              const char *vars, int64_t now, int64_t *id) {
-  sqlite3_stmt *s = sy__stmt(st, Q_INSERT_INSTANCE);
+  sy_stmt *s = sy__stmt(st, Q_INSERT_INSTANCE);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_text(s, 1, workflow, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, def_hash, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, step, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 4, vars, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 5, now);
+  sy_stmt_bind_text(s, 1, workflow);
+  sy_stmt_bind_text(s, 2, def_hash);
+  sy_stmt_bind_text(s, 3, step);
+  sy_stmt_bind_text(s, 4, vars);
+  sy_stmt_bind_int(s, 5, now);
   if ((rc = sy__exec_stmt(st, s, "insert instance"))) {
     return rc;
   }
   if (id) {
-    *id = sqlite3_last_insert_rowid(st->db);
+    *id = sy__last_insert_id(st);
   }
   return 0;
 }
 
-static void read_instance(sqlite3_stmt *s, sy_instance_row *r) {
-  r->id = sqlite3_column_int64(s, 0);
-  r->workflow = (const char *)sqlite3_column_text(s, 1);
-  r->def_hash = (const char *)sqlite3_column_text(s, 2);
-  r->state = (const char *)sqlite3_column_text(s, 3);
-  r->step = (const char *)sqlite3_column_text(s, 4);
-  r->attempt = sqlite3_column_int(s, 5);
-  r->vars = (const char *)sqlite3_column_text(s, 6);
-  r->wake_at = sqlite3_column_int64(s, 7);
-  r->created_at = sqlite3_column_int64(s, 8);
-  r->updated_at = sqlite3_column_int64(s, 9);
-  r->ended_at = sqlite3_column_int64(s, 10);
-  r->generation = sqlite3_column_int(s, 11);
-  r->run_ms = sqlite3_column_int64(s, 12);
-  r->reruns = sqlite3_column_int64(s, 13);
-  r->claimed = sqlite3_column_int(s, 14);
-  r->wait_signal = (const char *)sqlite3_column_text(s, 15);
-  r->caught = (const char *)sqlite3_column_text(s, 16);
+static void read_instance(sy_stmt *s, sy_instance_row *r) {
+  r->id = sy_stmt_column_int(s, 0);
+  r->workflow = sy_stmt_column_text(s, 1);
+  r->def_hash = sy_stmt_column_text(s, 2);
+  r->state = sy_stmt_column_text(s, 3);
+  r->step = sy_stmt_column_text(s, 4);
+  r->attempt = (int)sy_stmt_column_int(s, 5);
+  r->vars = sy_stmt_column_text(s, 6);
+  r->wake_at = sy_stmt_column_int(s, 7);
+  r->created_at = sy_stmt_column_int(s, 8);
+  r->updated_at = sy_stmt_column_int(s, 9);
+  r->ended_at = sy_stmt_column_int(s, 10);
+  r->generation = (int)sy_stmt_column_int(s, 11);
+  r->run_ms = sy_stmt_column_int(s, 12);
+  r->reruns = sy_stmt_column_int(s, 13);
+  r->claimed = (int)sy_stmt_column_int(s, 14);
+  r->wait_signal = sy_stmt_column_text(s, 15);
+  r->caught = sy_stmt_column_text(s, 16);
 }
 
 /* Steps a SELECT of INSTANCE_COLS through cb; resets it either way. */
-static int each_instance(sy_store *st, sqlite3_stmt *s, sy_instance_cb cb,
-                         void *ud, int *count) {
+static int each_instance(sy_store *st, sy_stmt *s, sy_instance_cb cb, void *ud,
+                         int *count) {
   int rc, n = 0;
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     sy_instance_row r;
     read_instance(s, &r);
     n++;
     if (cb(ud, &r)) {
-      rc = SQLITE_DONE;
+      rc = SY_DONE;
       break;
     }
   }
-  if (rc != SQLITE_DONE) {
+  if (rc != SY_DONE) {
     rc = sy__db_error(st, "read instances");
   } else {
     rc = 0;
   }
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  sy_stmt_reset(s);
   if (count) {
     *count = n;
   }
@@ -96,33 +95,33 @@ static int pick_cb(void *ud, const sy_instance_row *row) {
 /* Claims new instances (ready, never asleep) with one range update. */
 static int claim_new(sy_store *st, const char *owner, int64_t lease_until,
                      int64_t now, int limit, sy_instance_cb cb, void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_PICK_NEW), *u = sy__stmt(st, Q_CLAIM_NEW);
+  sy_stmt *s = sy__stmt(st, Q_PICK_NEW), *u = sy__stmt(st, Q_CLAIM_NEW);
   picked p = {cb, ud, INT64_MAX, INT64_MIN};
   int rc, n = 0;
   if (!s || !u) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int(s, 1, limit);
+  sy_stmt_bind_int(s, 1, limit);
   if ((rc = each_instance(st, s, pick_cb, &p, &n))) {
     return rc;
   }
   if (n == 0) {
     return 0;
   }
-  sqlite3_bind_int64(u, 1, p.lo);
-  sqlite3_bind_int64(u, 2, p.hi);
-  sqlite3_bind_text(u, 3, owner, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(u, 4, lease_until);
-  sqlite3_bind_int64(u, 5, now);
+  sy_stmt_bind_int(u, 1, p.lo);
+  sy_stmt_bind_int(u, 2, p.hi);
+  sy_stmt_bind_text(u, 3, owner);
+  sy_stmt_bind_int(u, 4, lease_until);
+  sy_stmt_bind_int(u, 5, now);
   if ((rc = sy__exec_stmt(st, u, "claim instances"))) {
     return rc;
   }
-  if (sqlite3_changes(st->db) != n) {
+  if (sy_stmt_changes(u) != n) {
     return sy_store_set_error(st, SY_ESTATE,
-                              "claim of instances %lld..%lld took %d rows, "
+                              "claim of instances %lld..%lld took %lld rows, "
                               "%d were read",
                               (long long)p.lo, (long long)p.hi,
-                              sqlite3_changes(st->db), n);
+                              (long long)sy_stmt_changes(u), n);
   }
   return 0;
 }
@@ -138,17 +137,17 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
     return rc;
   }
   for (int i = 0; i < 3 && got < limit; i++) {
-    sqlite3_stmt *s;
+    sy_stmt *s;
     if (order[i] == Q_CLAIM_EXPIRED && !expired) {
       continue;
     }
     if (!(s = sy__stmt(st, order[i]))) {
       return SY_ESTORE;
     }
-    sqlite3_bind_int64(s, 1, now);
-    sqlite3_bind_int(s, 2, limit - got);
-    sqlite3_bind_text(s, 3, owner, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 4, lease_until);
+    sy_stmt_bind_int(s, 1, now);
+    sy_stmt_bind_int(s, 2, limit - got);
+    sy_stmt_bind_text(s, 3, owner);
+    sy_stmt_bind_int(s, 4, lease_until);
     if ((rc = each_instance(st, s, cb, ud, &n))) {
       return rc;
     }
@@ -162,53 +161,52 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
 
 int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
                    int64_t now) {
-  sqlite3_stmt *s = sy__stmt(st, Q_RENEW),
-               *h = sy__stmt(st, Q_ENGINE_HEARTBEAT);
+  sy_stmt *s = sy__stmt(st, Q_RENEW), *h = sy__stmt(st, Q_ENGINE_HEARTBEAT);
   int rc;
   if (!s || !h) {
     return SY_ESTORE;
   }
-  sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 2, lease_until);
+  sy_stmt_bind_text(s, 1, owner);
+  sy_stmt_bind_int(s, 2, lease_until);
   if ((rc = sy__exec_stmt(st, s, "renew leases"))) {
     return rc;
   }
-  sqlite3_bind_text(h, 1, owner, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(h, 2, now);
+  sy_stmt_bind_text(h, 1, owner);
+  sy_stmt_bind_int(h, 2, now);
   return sy__exec_stmt(st, h, "heartbeat");
 }
 
 int sy_store_release(sy_store *st, const char *owner, int64_t now, int64_t *n) {
-  sqlite3_stmt *s = sy__stmt(st, Q_RELEASE);
+  sy_stmt *s = sy__stmt(st, Q_RELEASE);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 2, now);
+  sy_stmt_bind_text(s, 1, owner);
+  sy_stmt_bind_int(s, 2, now);
   if ((rc = sy__exec_stmt(st, s, "release instances"))) {
     return rc;
   }
   if (n) {
-    *n = sqlite3_changes(st->db);
+    *n = sy_stmt_changes(s);
   }
   return 0;
 }
 
 static int single_int(sy_store *st, int q, int64_t *out, const char *what) {
-  sqlite3_stmt *s = sy__stmt(st, q);
+  sy_stmt *s = sy__stmt(st, q);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) {
-    *out = sqlite3_column_int64(s, 0);
+  rc = sy_stmt_step(s);
+  if (rc == SY_ROW) {
+    *out = sy_stmt_column_int(s, 0);
     rc = 0;
   } else {
     rc = sy__db_error(st, what);
   }
-  sqlite3_reset(s);
+  sy_stmt_reset(s);
   return rc;
 }
 
@@ -222,29 +220,28 @@ int sy_store_count_active(sy_store *st, int64_t *n) {
 
 /* Both forms of the update take the same numbered parameters (the advance
  * leaves some unused), so one binding serves either. */
-static void bind_update(sqlite3_stmt *s, const sy_instance_update *u) {
-  sqlite3_bind_int64(s, 1, u->id);
-  sqlite3_bind_text(s, 2, u->state, -1, SQLITE_STATIC);
+static void bind_update(sy_stmt *s, const sy_instance_update *u) {
+  sy_stmt_bind_int(s, 1, u->id);
+  sy_stmt_bind_text(s, 2, u->state);
   sy__bind_text(s, 3, u->step);
-  sqlite3_bind_int(s, 4, u->attempt);
+  sy_stmt_bind_int(s, 4, u->attempt);
   sy__bind_text(s, 5, u->vars);
   sy__bind_opt_int(s, 6, u->wake_at);
   sy__bind_text(s, 7, u->wait_signal);
-  sqlite3_bind_int64(s, 8, u->now);
+  sy_stmt_bind_int(s, 8, u->now);
   sy__bind_opt_int(s, 9, u->ended ? u->now : 0);
   sy__bind_text(s, 10, u->owner);
-  sqlite3_bind_int(s, 11, u->new_generation);
-  sqlite3_bind_int64(s, 12, u->run_ms);
-  sqlite3_bind_int(s, 13, u->rerun);
+  sy_stmt_bind_int(s, 11, u->new_generation);
+  sy_stmt_bind_int(s, 12, u->run_ms);
+  sy_stmt_bind_int(s, 13, u->rerun);
   sy__bind_text(s, 14, u->caught);
-  sqlite3_bind_int(s, 15, u->leaves_step);
+  sy_stmt_bind_int(s, 15, u->leaves_step);
 }
 
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   int advance = strcmp(u->state, SY_STATE_RUNNING) == 0 && !u->wake_at &&
                 !u->ended && !u->new_generation && u->owner;
-  sqlite3_stmt *s =
-      sy__stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
+  sy_stmt *s = sy__stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
   int rc;
   if (!s) {
     return SY_ESTORE;
@@ -253,7 +250,7 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   if ((rc = sy__exec_stmt(st, s, "update instance"))) {
     return rc;
   }
-  if (advance && sqlite3_changes(st->db) == 0) {
+  if (advance && sy_stmt_changes(s) == 0) {
     /* A recorded wake-up to clear, or a lost lease: the general form
      * tells them apart. */
     if (!(s = sy__stmt(st, Q_UPDATE_INSTANCE))) {
@@ -264,7 +261,7 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
       return rc;
     }
   }
-  if (sqlite3_changes(st->db) == 0) {
+  if (sy_stmt_changes(s) == 0) {
     return sy_store_set_error(st, SY_ESTATE,
                               "instance %lld is no longer held by %s",
                               (long long)u->id, u->owner ? u->owner : "nobody");
@@ -273,18 +270,18 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
 }
 
 int sy_store_insert_step_run(sy_store *st, const sy_step_run_row *r) {
-  sqlite3_stmt *s = sy__stmt(st, Q_INSERT_STEP_RUN);
+  sy_stmt *s = sy__stmt(st, Q_INSERT_STEP_RUN);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, r->instance_id);
-  sqlite3_bind_text(s, 2, r->step, -1, SQLITE_STATIC);
-  sqlite3_bind_int(s, 3, r->attempt);
-  sqlite3_bind_int64(s, 4, r->started_at);
-  sqlite3_bind_int64(s, 5, r->ended_at);
-  sqlite3_bind_text(s, 6, r->outcome, -1, SQLITE_STATIC);
+  sy_stmt_bind_int(s, 1, r->instance_id);
+  sy_stmt_bind_text(s, 2, r->step);
+  sy_stmt_bind_int(s, 3, r->attempt);
+  sy_stmt_bind_int(s, 4, r->started_at);
+  sy_stmt_bind_int(s, 5, r->ended_at);
+  sy_stmt_bind_text(s, 6, r->outcome);
   sy__bind_text(s, 7, r->error);
-  sqlite3_bind_int64(s, 8, r->run_ms);
+  sy_stmt_bind_int(s, 8, r->run_ms);
   sy__bind_text(s, 9, r->code);
   sy__bind_text(s, 10, r->handler);
   return sy__exec_stmt(st, s, "record step run");
@@ -292,15 +289,15 @@ int sy_store_insert_step_run(sy_store *st, const sy_step_run_row *r) {
 
 int sy_store_journal_put(sy_store *st, int64_t instance_id,
                          const sy_journal_entry *j) {
-  sqlite3_stmt *s = sy__stmt(st, Q_JOURNAL_PUT);
+  sy_stmt *s = sy__stmt(st, Q_JOURNAL_PUT);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_int(s, 2, j->seq);
-  sqlite3_bind_int(s, 3, j->kind);
-  sqlite3_bind_int64(s, 4, (int64_t)j->hash);
-  sqlite3_bind_text(s, 5, j->what, -1, SQLITE_STATIC);
+  sy_stmt_bind_int(s, 1, instance_id);
+  sy_stmt_bind_int(s, 2, j->seq);
+  sy_stmt_bind_int(s, 3, j->kind);
+  sy_stmt_bind_int(s, 4, (int64_t)j->hash);
+  sy_stmt_bind_text(s, 5, j->what);
   sy__bind_text(s, 6, j->result);
   sy__bind_text(s, 7, j->error);
   sy__bind_opt_int(s, 8, j->due_at);
@@ -311,88 +308,86 @@ int sy_store_journal_put(sy_store *st, int64_t instance_id,
 
 int sy_store_journal_read(sy_store *st, int64_t instance_id, sy_journal_cb cb,
                           void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_JOURNAL_READ);
+  sy_stmt *s = sy__stmt(st, Q_JOURNAL_READ);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  sy_stmt_bind_int(s, 1, instance_id);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     sy_journal_entry j = {
-        .seq = sqlite3_column_int(s, 0),
-        .kind = sqlite3_column_int(s, 1),
-        .hash = (uint64_t)sqlite3_column_int64(s, 2),
-        .what = (const char *)sqlite3_column_text(s, 3),
-        .result = (const char *)sqlite3_column_text(s, 4),
-        .error = (const char *)sqlite3_column_text(s, 5),
-        .due_at = sqlite3_column_int64(s, 6),
-        .started_at = sqlite3_column_int64(s, 7),
-        .ran_ms = sqlite3_column_int64(s, 8),
+        .seq = (int)sy_stmt_column_int(s, 0),
+        .kind = (int)sy_stmt_column_int(s, 1),
+        .hash = (uint64_t)sy_stmt_column_int(s, 2),
+        .what = sy_stmt_column_text(s, 3),
+        .result = sy_stmt_column_text(s, 4),
+        .error = sy_stmt_column_text(s, 5),
+        .due_at = sy_stmt_column_int(s, 6),
+        .started_at = sy_stmt_column_int(s, 7),
+        .ran_ms = sy_stmt_column_int(s, 8),
     };
     if ((rc = cb(ud, &j))) {
-      sqlite3_reset(s);
-      sqlite3_clear_bindings(s);
+      sy_stmt_reset(s);
       return rc;
     }
   }
-  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "read the journal");
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  rc = rc == SY_DONE ? 0 : sy__db_error(st, "read the journal");
+  sy_stmt_reset(s);
   return rc;
 }
 
 int sy_store_journal_clear(sy_store *st, int64_t instance_id) {
-  sqlite3_stmt *s = sy__stmt(st, Q_JOURNAL_CLEAR);
+  sy_stmt *s = sy__stmt(st, Q_JOURNAL_CLEAR);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
+  sy_stmt_bind_int(s, 1, instance_id);
   return sy__exec_stmt(st, s, "clear the journal");
 }
 
 int sy_store_insert_incident(sy_store *st, int64_t instance_id,
                              const char *step, const char *error, int64_t now) {
-  sqlite3_stmt *s = sy__stmt(st, Q_INSERT_INCIDENT);
+  sy_stmt *s = sy__stmt(st, Q_INSERT_INCIDENT);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, step, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, error, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 4, now);
+  sy_stmt_bind_int(s, 1, instance_id);
+  sy_stmt_bind_text(s, 2, step);
+  sy_stmt_bind_text(s, 3, error);
+  sy_stmt_bind_int(s, 4, now);
   return sy__exec_stmt(st, s, "raise incident");
 }
 
 int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
                           int *found) {
-  sqlite3_stmt *s = sy__stmt(st, Q_GET_INSTANCE);
+  sy_stmt *s = sy__stmt(st, Q_GET_INSTANCE);
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, id);
+  sy_stmt_bind_int(s, 1, id);
   return each_instance(st, s, cb, ud, found);
 }
 
-static void bind_filter(sqlite3_stmt *s, const sy_instance_filter *f) {
+static void bind_filter(sy_stmt *s, const sy_instance_filter *f) {
   sy__bind_text(s, 1, f->state);
   sy__bind_text(s, 2, f->workflow);
-  sqlite3_bind_int64(s, 3, f->after);
+  sy_stmt_bind_int(s, 3, f->after);
 }
 
 int sy_store_list_instances(sy_store *st, const sy_instance_filter *f,
                             sy_instance_cb cb, void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_LIST_INSTANCES);
+  sy_stmt *s = sy__stmt(st, Q_LIST_INSTANCES);
   if (!s) {
     return SY_ESTORE;
   }
   bind_filter(s, f);
-  sqlite3_bind_int64(s, 4, f->limit > 0 ? f->limit : -1);
+  sy_stmt_bind_int(s, 4, f->limit > 0 ? f->limit : -1);
   return each_instance(st, s, cb, ud, NULL);
 }
 
 int sy_store_count_instances(sy_store *st, const sy_instance_filter *f,
                              int64_t *n) {
-  sqlite3_stmt *s = sy__stmt(st, Q_COUNT_INSTANCES);
+  sy_stmt *s = sy__stmt(st, Q_COUNT_INSTANCES);
   if (!s) {
     return SY_ESTORE;
   }
@@ -402,195 +397,188 @@ int sy_store_count_instances(sy_store *st, const sy_instance_filter *f,
 
 int sy_store_list_step_runs(sy_store *st, int64_t instance_id,
                             sy_step_run_cb cb, void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_LIST_STEP_RUNS);
+  sy_stmt *s = sy__stmt(st, Q_LIST_STEP_RUNS);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  sy_stmt_bind_int(s, 1, instance_id);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     sy_step_run_row r = {
-        .id = sqlite3_column_int64(s, 0),
-        .instance_id = sqlite3_column_int64(s, 1),
-        .step = (const char *)sqlite3_column_text(s, 2),
-        .attempt = sqlite3_column_int(s, 3),
-        .started_at = sqlite3_column_int64(s, 4),
-        .ended_at = sqlite3_column_int64(s, 5),
-        .outcome = (const char *)sqlite3_column_text(s, 6),
-        .error = (const char *)sqlite3_column_text(s, 7),
-        .run_ms = sqlite3_column_int64(s, 8),
-        .code = (const char *)sqlite3_column_text(s, 9),
-        .handler = (const char *)sqlite3_column_text(s, 10),
+        .id = sy_stmt_column_int(s, 0),
+        .instance_id = sy_stmt_column_int(s, 1),
+        .step = sy_stmt_column_text(s, 2),
+        .attempt = (int)sy_stmt_column_int(s, 3),
+        .started_at = sy_stmt_column_int(s, 4),
+        .ended_at = sy_stmt_column_int(s, 5),
+        .outcome = sy_stmt_column_text(s, 6),
+        .error = sy_stmt_column_text(s, 7),
+        .run_ms = sy_stmt_column_int(s, 8),
+        .code = sy_stmt_column_text(s, 9),
+        .handler = sy_stmt_column_text(s, 10),
     };
     if (cb(ud, &r)) {
-      rc = SQLITE_DONE;
+      rc = SY_DONE;
       break;
     }
   }
-  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "read step runs");
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  rc = rc == SY_DONE ? 0 : sy__db_error(st, "read step runs");
+  sy_stmt_reset(s);
   return rc;
 }
 
 int sy_store_list_incidents(sy_store *st, int open_only, int64_t instance_id,
                             sy_incident_cb cb, void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_LIST_INCIDENTS);
+  sy_stmt *s = sy__stmt(st, Q_LIST_INCIDENTS);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int(s, 1, open_only);
-  sqlite3_bind_int64(s, 2, instance_id);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  sy_stmt_bind_int(s, 1, open_only);
+  sy_stmt_bind_int(s, 2, instance_id);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     sy_incident_row r = {
-        .id = sqlite3_column_int64(s, 0),
-        .instance_id = sqlite3_column_int64(s, 1),
-        .workflow = (const char *)sqlite3_column_text(s, 2),
-        .step = (const char *)sqlite3_column_text(s, 3),
-        .error = (const char *)sqlite3_column_text(s, 4),
-        .raised_at = sqlite3_column_int64(s, 5),
-        .resolved_at = sqlite3_column_int64(s, 6),
-        .resolution = (const char *)sqlite3_column_text(s, 7),
+        .id = sy_stmt_column_int(s, 0),
+        .instance_id = sy_stmt_column_int(s, 1),
+        .workflow = sy_stmt_column_text(s, 2),
+        .step = sy_stmt_column_text(s, 3),
+        .error = sy_stmt_column_text(s, 4),
+        .raised_at = sy_stmt_column_int(s, 5),
+        .resolved_at = sy_stmt_column_int(s, 6),
+        .resolution = sy_stmt_column_text(s, 7),
     };
     if (cb(ud, &r)) {
-      rc = SQLITE_DONE;
+      rc = SY_DONE;
       break;
     }
   }
-  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "read incidents");
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  rc = rc == SY_DONE ? 0 : sy__db_error(st, "read incidents");
+  sy_stmt_reset(s);
   return rc;
 }
 
 int sy_store_resolve_incidents(sy_store *st, int64_t instance_id,
                                const char *resolution, int64_t now,
                                int64_t *n) {
-  sqlite3_stmt *s = sy__stmt(st, Q_RESOLVE_INCIDENTS);
+  sy_stmt *s = sy__stmt(st, Q_RESOLVE_INCIDENTS);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_int64(s, 2, now);
-  sqlite3_bind_text(s, 3, resolution, -1, SQLITE_STATIC);
+  sy_stmt_bind_int(s, 1, instance_id);
+  sy_stmt_bind_int(s, 2, now);
+  sy_stmt_bind_text(s, 3, resolution);
   if ((rc = sy__exec_stmt(st, s, "resolve incidents"))) {
     return rc;
   }
   if (n) {
-    *n = sqlite3_changes(st->db);
+    *n = sy_stmt_changes(s);
   }
   return 0;
 }
 
 int sy_store_count_by_state(sy_store *st, sy_count_cb cb, void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_COUNT_BY_STATE);
+  sy_stmt *s = sy__stmt(st, Q_COUNT_BY_STATE);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    cb(ud, (const char *)sqlite3_column_text(s, 0),
-       (const char *)sqlite3_column_text(s, 1), sqlite3_column_int64(s, 2));
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    cb(ud, sy_stmt_column_text(s, 0), sy_stmt_column_text(s, 1),
+       sy_stmt_column_int(s, 2));
   }
-  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "count instances");
-  sqlite3_reset(s);
+  rc = rc == SY_DONE ? 0 : sy__db_error(st, "count instances");
+  sy_stmt_reset(s);
   return rc;
 }
 
 int sy_store_signal_send(sy_store *st, int64_t instance_id, const char *name,
                          const char *vars, int64_t now, int *woke) {
-  sqlite3_stmt *s = sy__stmt(st, Q_SIGNAL_PUT);
+  sy_stmt *s = sy__stmt(st, Q_SIGNAL_PUT);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 3, vars, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 4, now);
+  sy_stmt_bind_int(s, 1, instance_id);
+  sy_stmt_bind_text(s, 2, name);
+  sy_stmt_bind_text(s, 3, vars);
+  sy_stmt_bind_int(s, 4, now);
   if ((rc = sy__exec_stmt(st, s, "queue a signal")) ||
       !(s = sy__stmt(st, Q_SIGNAL_WAKE))) {
     return rc ? rc : SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 3, now);
+  sy_stmt_bind_int(s, 1, instance_id);
+  sy_stmt_bind_text(s, 2, name);
+  sy_stmt_bind_int(s, 3, now);
   if ((rc = sy__exec_stmt(st, s, "wake a waiting instance"))) {
     return rc;
   }
-  *woke = sqlite3_changes(st->db) > 0;
+  *woke = sy_stmt_changes(s) > 0;
   return 0;
 }
 
 int sy_store_signal_take(sy_store *st, int64_t instance_id, const char *name,
                          char **vars) {
-  sqlite3_stmt *s = sy__stmt(st, Q_SIGNAL_TAKE);
+  sy_stmt *s = sy__stmt(st, Q_SIGNAL_TAKE);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
-  rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) {
-    *vars = strdup((const char *)sqlite3_column_text(s, 0));
+  sy_stmt_bind_int(s, 1, instance_id);
+  sy_stmt_bind_text(s, 2, name);
+  rc = sy_stmt_step(s);
+  if (rc == SY_ROW) {
+    *vars = strdup(sy_stmt_column_text(s, 0));
     rc = *vars ? 0 : SY_ENOMEM;
     /* the DELETE is done once the statement has run to its end */
-    if (!rc && sqlite3_step(s) != SQLITE_DONE) {
+    if (!rc && sy_stmt_step(s) != SY_DONE) {
       free(*vars);
       rc = sy__db_error(st, "take a signal");
     }
   } else {
-    rc = rc == SQLITE_DONE ? SY_ENOTFOUND : sy__db_error(st, "take a signal");
+    rc = rc == SY_DONE ? SY_ENOTFOUND : sy__db_error(st, "take a signal");
   }
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  sy_stmt_reset(s);
   return rc;
 }
 
 int sy_store_list_signals(sy_store *st, int64_t instance_id, sy_signal_cb cb,
                           void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_SIGNAL_LIST);
+  sy_stmt *s = sy__stmt(st, Q_SIGNAL_LIST);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_int64(s, 1, instance_id);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    if (cb(ud, (const char *)sqlite3_column_text(s, 0),
-           (const char *)sqlite3_column_text(s, 1),
-           sqlite3_column_int64(s, 2))) {
-      rc = SQLITE_DONE;
+  sy_stmt_bind_int(s, 1, instance_id);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    if (cb(ud, sy_stmt_column_text(s, 0), sy_stmt_column_text(s, 1),
+           sy_stmt_column_int(s, 2))) {
+      rc = SY_DONE;
       break;
     }
   }
-  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "list signals");
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  rc = rc == SY_DONE ? 0 : sy__db_error(st, "list signals");
+  sy_stmt_reset(s);
   return rc;
 }
 
 int sy_store_find_live(sy_store *st, const char *var, const char *value,
                        int limit, sy_live_cb cb, void *ud) {
-  sqlite3_stmt *s = sy__stmt(st, Q_FIND_LIVE);
+  sy_stmt *s = sy__stmt(st, Q_FIND_LIVE);
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
-  sqlite3_bind_text(s, 1, var, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, value, -1, SQLITE_STATIC);
-  sqlite3_bind_int(s, 3, limit);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    if (cb(ud, sqlite3_column_int64(s, 0),
-           (const char *)sqlite3_column_text(s, 1))) {
-      rc = SQLITE_DONE;
+  sy_stmt_bind_text(s, 1, var);
+  sy_stmt_bind_text(s, 2, value);
+  sy_stmt_bind_int(s, 3, limit);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    if (cb(ud, sy_stmt_column_int(s, 0), sy_stmt_column_text(s, 1))) {
+      rc = SY_DONE;
       break;
     }
   }
-  rc = rc == SQLITE_DONE ? 0 : sy__db_error(st, "find instances");
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  rc = rc == SY_DONE ? 0 : sy__db_error(st, "find instances");
+  sy_stmt_reset(s);
   return rc;
 }

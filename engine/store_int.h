@@ -1,8 +1,10 @@
-/* Internals of the SQLite store, shared by store.c (the connection, its
- * schema and migrations, transactions, definitions, the engines' registry)
- * and store_instances.c (instance rows: starts, claims, leases,
- * transitions, step runs, incidents, listings). Every statement's text is
- * in store.c's one table, indexed by the enum below and prepared once. */
+/* Internals of the store, shared by store.c (the schema and its
+ * migrations, every statement's text, transactions, definitions, the
+ * engines' registry), store_instances.c (instance rows: starts, claims,
+ * leases, transitions, step runs, incidents, listings) and the backend,
+ * store_sqlite.c (the connection, its errors, statements). Every
+ * statement's text is in store.c's one table, indexed by the enum below,
+ * prepared once, and run through the statement API (plugin.h). */
 #ifndef SY_STORE_INT_H
 #define SY_STORE_INT_H
 
@@ -53,24 +55,38 @@ enum {
 };
 
 struct sy_store {
-  sqlite3 *db;
+  struct sqlite3 *db; /* the backend's connection (store_sqlite.c) */
   int busy_timeout_ms;
   uint64_t busy_since; /* monotonic, ns */
-  sqlite3_stmt *stmt[Q__COUNT];
+  sy_stmt *stmt[Q__COUNT];
   int in_tx;
   int64_t tx_seq;
   char errmsg[512];
 };
 
+/* The schema's migrations (store.c): each moves it from version i to
+ * i + 1; the backend runs those a database lacks. */
+extern const char *const sy__migrations[];
+extern const int sy__schema_version;
+
 /* The statement q, prepared on first use; NULL with the error recorded. */
-sqlite3_stmt *sy__stmt(sy_store *st, int q);
-/* Turns an SQLite failure into an SY_E code, keeping SQLite's message. */
-int sy__db_error(sy_store *st, const char *what);
+sy_stmt *sy__stmt(sy_store *st, int q);
 /* Steps a statement that returns no rows (bindings made), then resets it. */
-int sy__exec_stmt(sy_store *st, sqlite3_stmt *s, const char *what);
+int sy__exec_stmt(sy_store *st, sy_stmt *s, const char *what);
 /* Binds text, or NULL for a NULL pointer. */
-void sy__bind_text(sqlite3_stmt *s, int i, const char *v);
+void sy__bind_text(sy_stmt *s, int i, const char *v);
 /* Binds an integer, or NULL for 0. */
-void sy__bind_opt_int(sqlite3_stmt *s, int i, int64_t v);
+void sy__bind_opt_int(sy_stmt *s, int i, int64_t v);
+
+/* The backend (store_sqlite.c). */
+/* Records the database's last failure as the store's error, saying what
+ * failed; returns SY_EBUSY (locked) or SY_ESTORE. */
+int sy__db_error(sy_store *st, const char *what);
+/* The id of the row the connection inserted last (RETURNING would cost
+ * SQLite a third more per instance started). */
+int64_t sy__last_insert_id(sy_store *st);
+/* Whether the connection has a transaction open (the database may end one
+ * by itself after some failures). */
+int sy__tx_open(sy_store *st);
 
 #endif

@@ -324,50 +324,54 @@ static int t_cancel(lua_State *L) {
   return change(L, 1);
 }
 
-/* Lua: e:sql(query, ...) -> rows (each a table by column name) */
+/* Lua: e:sql(query, ...) -> rows (each a table by column name), through
+ * the statement API as a plugin would. Bound strings stay on the stack,
+ * alive, until the statement is finalized. */
 static int t_sql(lua_State *L) {
   test_engine *t = check_engine(L);
-  sqlite3 *db = sy_store_db(sy_engine_store(t->e));
-  sqlite3_stmt *s;
+  sy_store *st = sy_engine_store(t->e);
+  sy_stmt *s = sy_store_prepare(st, &(sy_sql){luaL_checkstring(L, 2), NULL});
+  char err[512];
   int rc, n = 0;
-  if (sqlite3_prepare_v2(db, luaL_checkstring(L, 2), -1, &s, NULL)) {
-    return luaL_error(L, "sql: %s", sqlite3_errmsg(db));
+  if (!s) {
+    return luaL_error(L, "sql: %s", sy_store_errmsg(st));
   }
   for (int i = 3; i <= lua_gettop(L); i++) {
     if (lua_isnil(L, i)) {
-      sqlite3_bind_null(s, i - 2);
+      sy_stmt_bind_text(s, i - 2, NULL);
     } else if (lua_isinteger(L, i)) {
-      sqlite3_bind_int64(s, i - 2, lua_tointeger(L, i));
+      sy_stmt_bind_int(s, i - 2, lua_tointeger(L, i));
     } else if (lua_type(L, i) == LUA_TNUMBER) {
-      sqlite3_bind_double(s, i - 2, lua_tonumber(L, i));
+      sy_stmt_bind_double(s, i - 2, lua_tonumber(L, i));
     } else {
-      sqlite3_bind_text(s, i - 2, luaL_checkstring(L, i), -1, SQLITE_TRANSIENT);
+      sy_stmt_bind_text(s, i - 2, luaL_checkstring(L, i));
     }
   }
   lua_newtable(L);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     lua_newtable(L);
-    for (int c = 0; c < sqlite3_column_count(s); c++) {
-      switch (sqlite3_column_type(s, c)) {
-        case SQLITE_INTEGER:
-          lua_pushinteger(L, sqlite3_column_int64(s, c));
+    for (int c = 0; c < sy_stmt_column_count(s); c++) {
+      switch (sy_stmt_column_type(s, c)) {
+        case SY_COL_INT:
+          lua_pushinteger(L, sy_stmt_column_int(s, c));
           break;
-        case SQLITE_FLOAT:
-          lua_pushnumber(L, sqlite3_column_double(s, c));
+        case SY_COL_DOUBLE:
+          lua_pushnumber(L, sy_stmt_column_double(s, c));
           break;
-        case SQLITE_NULL:
+        case SY_COL_NULL:
           lua_pushnil(L);
           break;
         default:
-          lua_pushstring(L, (const char *)sqlite3_column_text(s, c));
+          lua_pushstring(L, sy_stmt_column_text(s, c));
       }
-      lua_setfield(L, -2, sqlite3_column_name(s, c));
+      lua_setfield(L, -2, sy_stmt_column_name(s, c));
     }
     lua_rawseti(L, -2, ++n);
   }
-  sqlite3_finalize(s);
-  if (rc != SQLITE_DONE) {
-    return luaL_error(L, "sql: %s", sqlite3_errmsg(db));
+  snprintf(err, sizeof err, "%s", rc == SY_DONE ? "" : sy_store_errmsg(st));
+  sy_stmt_finalize(s);
+  if (rc != SY_DONE) {
+    return luaL_error(L, "sql: %s", err);
   }
   return 1;
 }

@@ -6,6 +6,7 @@
  *   - recorded: the whole decision the node makes (choice, decision row and
  *     counter upsert in the transaction).
  * It prints figures (medians of several rounds); it never fails a build. */
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

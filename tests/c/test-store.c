@@ -16,14 +16,19 @@ static sy_store *open_store(void) {
 }
 
 static int64_t scalar(sy_store *st, const char *sql) {
-  sqlite3_stmt *s;
+  sy_stmt *s = sy_store_prepare(st, &(sy_sql){sql, NULL});
   int64_t v = -1;
-  CHECK(sqlite3_prepare_v2(sy_store_db(st), sql, -1, &s, NULL) == SQLITE_OK);
-  if (sqlite3_step(s) == SQLITE_ROW) {
-    v = sqlite3_column_int64(s, 0);
+  CHECK(s != NULL);
+  if (sy_stmt_step(s) == SY_ROW) {
+    v = sy_stmt_column_int(s, 0);
   }
-  sqlite3_finalize(s);
+  sy_stmt_finalize(s);
   return v;
+}
+
+/* Runs a script on the store's connection (0 on success). */
+static int script(sy_store *st, const char *sql) {
+  return sy_store_exec_script(st, &(sy_sql){sql, NULL});
 }
 
 static int count_cb(void *ud, const sy_instance_row *r) {
@@ -53,8 +58,7 @@ static void test_migrations(void) {
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
   CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
-  CHECK(sqlite3_exec(sy_store_db(st), "PRAGMA user_version = 99", NULL, NULL,
-                     NULL) == SQLITE_OK);
+  CHECK(script(st, "PRAGMA user_version = 99") == 0);
   sy_store_close(st);
   /* A database from a newer switchyard is refused, not downgraded. */
   CHECK_EQ(sy_store_open(&st, path, &o, err, sizeof err), SY_ESTORE);
@@ -110,12 +114,10 @@ static void test_migration_totals(void) {
   CHECK_EQ(step_run(st, a, "x", 2, 200, 205, NULL), 0);
   CHECK_EQ(step_run(st, a, "y", 1, 300, 312, NULL), 0);
   CHECK_EQ(sy_store_commit(st), 0);
-  CHECK(sqlite3_exec(sy_store_db(st),
-                     UNDO_4 "ALTER TABLE instances DROP COLUMN run_ms;"
-                            "ALTER TABLE instances DROP COLUMN reruns;"
-                            "ALTER TABLE instances DROP COLUMN claimed;"
-                            "PRAGMA user_version = 1",
-                     NULL, NULL, NULL) == SQLITE_OK);
+  CHECK(script(st, UNDO_4 "ALTER TABLE instances DROP COLUMN run_ms;"
+                          "ALTER TABLE instances DROP COLUMN reruns;"
+                          "ALTER TABLE instances DROP COLUMN claimed;"
+                          "PRAGMA user_version = 1") == 0);
   sy_store_close(st);
   st = open_store();
   CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
@@ -144,13 +146,11 @@ static void test_migration_claimed(void) {
     snprintf(sql, sizeof sql,
              "UPDATE instances SET state = '%s' WHERE id = %lld", states[i],
              (long long)id);
-    CHECK(sqlite3_exec(sy_store_db(st), sql, NULL, NULL, NULL) == SQLITE_OK);
+    CHECK(script(st, sql) == 0);
   }
   CHECK_EQ(sy_store_commit(st), 0);
-  CHECK(sqlite3_exec(sy_store_db(st),
-                     UNDO_4 "ALTER TABLE instances DROP COLUMN claimed;"
-                            "PRAGMA user_version = 2",
-                     NULL, NULL, NULL) == SQLITE_OK);
+  CHECK(script(st, UNDO_4 "ALTER TABLE instances DROP COLUMN claimed;"
+                          "PRAGMA user_version = 2") == 0);
   sy_store_close(st);
   st = open_store();
   CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);

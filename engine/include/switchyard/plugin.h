@@ -76,12 +76,20 @@ typedef struct sy_stmt_methods {
   int64_t (*column_int)(sy_stmt *s, int col);
   double (*column_double)(sy_stmt *s, int col);
   const char *(*column_text)(sy_stmt *s, int col); /* NULL: SQL NULL */
+  int64_t (*column_bytes)(sy_stmt *s, int col);    /* of the text */
+  /* For tools that read any query: its columns, their names, and the type
+   * of a column's value in the current row (SY_COL_*). */
+  int (*column_count)(sy_stmt *s);
+  const char *(*column_name)(sy_stmt *s, int col);
+  int (*column_type)(sy_stmt *s, int col);
   int64_t (*changes)(sy_stmt *s);   /* rows its last step changed */
   const char *(*error)(sy_stmt *s); /* the database's message */
 } sy_stmt_methods;
 struct sy_stmt {
   const sy_stmt_methods *m; /* the backend's; what follows is its own */
 };
+
+enum { SY_COL_NULL, SY_COL_INT, SY_COL_DOUBLE, SY_COL_TEXT };
 
 /* sy_step's results besides errors (negative SY_E*: SY_EBUSY when the
  * database was locked, SY_ESTORE otherwise, message in sy_stmt_error). */
@@ -123,6 +131,18 @@ static inline double sy_stmt_column_double(sy_stmt *s, int col) {
 }
 static inline const char *sy_stmt_column_text(sy_stmt *s, int col) {
   return s->m->column_text(s, col);
+}
+static inline int64_t sy_stmt_column_bytes(sy_stmt *s, int col) {
+  return s->m->column_bytes(s, col);
+}
+static inline int sy_stmt_column_count(sy_stmt *s) {
+  return s->m->column_count(s);
+}
+static inline const char *sy_stmt_column_name(sy_stmt *s, int col) {
+  return s->m->column_name(s, col);
+}
+static inline int sy_stmt_column_type(sy_stmt *s, int col) {
+  return s->m->column_type(s, col);
 }
 static inline int64_t sy_stmt_changes(sy_stmt *s) {
   return s->m->changes(s);
