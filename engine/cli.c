@@ -430,9 +430,15 @@ void sy__cli_print_json(json_t *j) {
 
 /* Commands that only read or change existing instances must not leave an
  * empty database behind a mistyped --db. */
-static int need_db(const sy__cli *c) {
+static int db_exists(const char *where) {
   struct stat sb;
-  if (strcmp(c->o.db_path, ":memory:") == 0 || stat(c->o.db_path, &sb) == 0) {
+  /* A server's database is there or not; the connection says which. */
+  return sy_store_on_server(where) || strcmp(where, ":memory:") == 0 ||
+         stat(where, &sb) == 0;
+}
+
+static int need_db(const sy__cli *c) {
+  if (db_exists(c->o.db_path)) {
     return 0;
   }
   fprintf(stderr, "switchyard: no database at %s (--db)\n", c->o.db_path);
@@ -455,8 +461,7 @@ static int run_plugin_command(sy__cli *c) {
   sy_engine *e;
   const sy_command_entry *pc;
   const char *cmd = c->argv[0], *db_path = c->o.db_path;
-  struct stat sb;
-  int exists = strcmp(db_path, ":memory:") == 0 || stat(db_path, &sb) == 0;
+  int exists = db_exists(db_path);
   int rc, may_create = 0;
   if (!exists) {
     c->o.db_path = ":memory:";

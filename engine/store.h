@@ -22,6 +22,11 @@ typedef struct sy_store sy_store;
 sy_stmt *sy_store_prepare(sy_store *st, const sy_sql *q);
 int sy_store_exec_script(sy_store *st, const sy_sql *script);
 int sy_store_data_version(sy_store *st, int64_t *v);
+/* Whether `where` names a database on a server (postgresql://...,
+ * postgres://...) rather than a SQLite file. */
+int sy_store_on_server(const char *where);
+/* Which backend holds the database: "sqlite" or "postgresql". */
+const char *sy_store_backend(sy_store *st);
 /* Whether the database's last failure was a lock another process held. */
 int sy_store_busy(sy_store *st);
 

@@ -11,9 +11,6 @@
 #include "store.h"
 
 enum {
-  Q_BEGIN,
-  Q_BEGIN_READ,
-  Q_DATA_VERSION,
   Q_COMMIT,
   Q_ROLLBACK,
   Q_PUT_DEF,
@@ -54,8 +51,36 @@ enum {
   Q__COUNT
 };
 
+/* A database backend: the connection and its statements. The store's
+ * logic and SQL (store.c, store_instances.c) are the same on every one;
+ * a statement whose text must differ gives a second (sy_sql.pg). */
+typedef struct sy__backend {
+  const char *name;
+  int postgres; /* its statements take sy_sql.pg where there is one */
+  int (*open)(sy_store *st, const char *where, const sy_store_opts *o,
+              char *err, size_t errlen);
+  void (*close)(sy_store *st);
+  sy_stmt *(*prepare)(sy_store *st, const char *sql);
+  int (*exec)(sy_store *st, const char *script);
+  /* write: takes the database's write lock at once (one writer at a time,
+   * as SQLite has it). */
+  int (*begin)(sy_store *st, int write);
+  int (*tx_open)(sy_store *st);
+  int (*data_version)(sy_store *st, int64_t *v);
+  int (*busy)(sy_store *st);
+  int64_t (*last_insert_id)(sy_store *st);
+  int (*db_error)(sy_store *st, const char *what);
+} sy__backend;
+extern const sy__backend sy__sqlite, sy__postgres;
+
 struct sy_store {
-  struct sqlite3 *db; /* the backend's connection (store_sqlite.c) */
+  const sy__backend *b;
+  struct sqlite3 *db;  /* SQLite's connection (store_sqlite.c) */
+  struct pg_conn *pg;  /* or PostgreSQL's (store_pg.c) */
+  int64_t pg_version;  /* its data_version (store_pg.c) */
+  int64_t pg_prepared; /* statements it prepared (their names) */
+  int pg_busy;         /* its last failure was a lock's wait */
+  sy_stmt *own[3];     /* the backend's own statements, prepared once */
   int busy_timeout_ms;
   uint64_t busy_since; /* monotonic, ns */
   sy_stmt *stmt[Q__COUNT];
@@ -67,6 +92,7 @@ struct sy_store {
 /* The schema's migrations (store.c): each moves it from version i to
  * i + 1; the backend runs those a database lacks. */
 extern const char *const sy__migrations[];
+extern const char *const sy__pg_migrations[]; /* PostgreSQL's texts */
 extern const int sy__schema_version;
 
 /* The statement q, prepared on first use; NULL with the error recorded. */
@@ -78,15 +104,15 @@ void sy__bind_text(sy_stmt *s, int i, const char *v);
 /* Binds an integer, or NULL for 0. */
 void sy__bind_opt_int(sy_stmt *s, int i, int64_t v);
 
-/* The backend (store_sqlite.c). */
+/* The backend's, through st->b. */
 /* Records the database's last failure as the store's error, saying what
  * failed; returns SY_EBUSY (locked) or SY_ESTORE. */
 int sy__db_error(sy_store *st, const char *what);
-/* The id of the row the connection inserted last (RETURNING would cost
- * SQLite a third more per instance started). */
-int64_t sy__last_insert_id(sy_store *st);
 /* Whether the connection has a transaction open (the database may end one
  * by itself after some failures). */
 int sy__tx_open(sy_store *st);
+/* The id of the instance the connection inserted last (RETURNING would
+ * cost SQLite a third more per instance started). */
+int64_t sy__last_insert_id(sy_store *st);
 
 #endif

@@ -22,6 +22,8 @@ typedef struct lite_stmt {
   sy_store *store;
 } lite_stmt;
 
+static int lite_db_error(sy_store *st, const char *what);
+
 static sqlite3_stmt *st_of(sy_stmt *s) {
   return ((lite_stmt *)s)->st;
 }
@@ -34,7 +36,7 @@ static int lite_step(sy_stmt *s) {
     case SQLITE_DONE:
       return SY_DONE;
     default:
-      return sy__db_error(l->store, "statement");
+      return lite_db_error(l->store, "statement");
   }
 }
 
@@ -133,54 +135,7 @@ static const sy_stmt_methods lite_methods = {
     .error = lite_error,
 };
 
-sy_stmt *sy_store_prepare(sy_store *st, const sy_sql *q) {
-  lite_stmt *l = calloc(1, sizeof *l);
-  if (!l) {
-    sy_store_set_error(st, SY_ENOMEM, "out of memory");
-    return NULL;
-  }
-  /* Kept for the engine's life: SQLite plans it for many runs. */
-  if (sqlite3_prepare_v3(st->db, q->sql, -1, SQLITE_PREPARE_PERSISTENT, &l->st,
-                         NULL) != SQLITE_OK) {
-    sy__db_error(st, "prepare");
-    free(l);
-    return NULL;
-  }
-  l->base.m = &lite_methods;
-  l->store = st;
-  return &l->base;
-}
-
-int sy_store_exec_script(sy_store *st, const sy_sql *script) {
-  char *msg = NULL;
-  if (sqlite3_exec(st->db, script->sql, NULL, NULL, &msg) != SQLITE_OK) {
-    int rc = sy__db_error(st, "run script");
-    if (msg) {
-      sy_store_set_error(st, rc, "%s", msg);
-      sqlite3_free(msg);
-    }
-    return rc;
-  }
-  return 0;
-}
-
-int sy_store_data_version(sy_store *st, int64_t *v) {
-  sy_stmt *s = sy__stmt(st, Q_DATA_VERSION);
-  int rc;
-  if (!s) {
-    return SY_ESTORE;
-  }
-  if ((rc = sy_stmt_step(s)) == SY_ROW) {
-    *v = sy_stmt_column_int(s, 0);
-    rc = 0;
-  } else {
-    rc = sy__db_error(st, "read data_version");
-  }
-  sy_stmt_reset(s);
-  return rc;
-}
-
-int sy__db_error(sy_store *st, const char *what) {
+static int lite_db_error(sy_store *st, const char *what) {
   int rc = sqlite3_errcode(st->db);
   int sys = sqlite3_system_errno(st->db);
   /* SQLite's words for an I/O failure ("disk I/O error") hide the cause
@@ -195,7 +150,57 @@ int sy__db_error(sy_store *st, const char *what) {
   return (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? SY_EBUSY : SY_ESTORE;
 }
 
-static int exec_sql(sy_store *st, const char *sql) {
+static sy_stmt *lite_prepare(sy_store *st, const char *sql) {
+  lite_stmt *l = calloc(1, sizeof *l);
+  if (!l) {
+    sy_store_set_error(st, SY_ENOMEM, "out of memory");
+    return NULL;
+  }
+  /* Kept for the engine's life: SQLite plans it for many runs. */
+  if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &l->st,
+                         NULL) != SQLITE_OK) {
+    lite_db_error(st, "prepare");
+    free(l);
+    return NULL;
+  }
+  l->base.m = &lite_methods;
+  l->store = st;
+  return &l->base;
+}
+
+/* One of the backend's own statements (st->own[k]), prepared once. */
+static sy_stmt *own(sy_store *st, int k, const char *sql) {
+  if (!st->own[k]) {
+    st->own[k] = lite_prepare(st, sql);
+  }
+  return st->own[k];
+}
+
+/* BEGIN IMMEDIATE takes the write lock at once, so that what a writer
+ * reads stays true until it commits; BEGIN reads in one snapshot. */
+static int lite_begin(sy_store *st, int write) {
+  sy_stmt *s = write ? own(st, 0, "BEGIN IMMEDIATE") : own(st, 1, "BEGIN");
+  return s ? sy__exec_stmt(st, s, "begin") : SY_ESTORE;
+}
+
+/* Other connections' commits, counted. */
+static int lite_data_version(sy_store *st, int64_t *v) {
+  sy_stmt *s = own(st, 2, "PRAGMA data_version");
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  if ((rc = sy_stmt_step(s)) == SY_ROW) {
+    *v = sy_stmt_column_int(s, 0);
+    rc = 0;
+  } else {
+    rc = lite_db_error(st, "read data_version");
+  }
+  sy_stmt_reset(s);
+  return rc;
+}
+
+static int lite_exec(sy_store *st, const char *sql) {
   char *msg = NULL;
   if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
     int rc = sqlite3_errcode(st->db), sys = sqlite3_system_errno(st->db);
@@ -249,12 +254,12 @@ static int migrate(sy_store *st) {
   if (user_version(st) == sy__schema_version) {
     return 0;
   }
-  if ((rc = exec_sql(st, "BEGIN IMMEDIATE"))) {
+  if ((rc = lite_exec(st, "BEGIN IMMEDIATE"))) {
     return rc;
   }
   version = user_version(st); /* again, under the lock */
   if (version > sy__schema_version) {
-    exec_sql(st, "ROLLBACK");
+    lite_exec(st, "ROLLBACK");
     return sy_store_set_error(st, SY_ESTORE,
                               "database schema version %d is newer than this "
                               "switchyard (%d): upgrade switchyard",
@@ -262,19 +267,19 @@ static int migrate(sy_store *st) {
   }
   for (; version < sy__schema_version; version++) {
     char pragma[64];
-    rc = exec_sql(st, sy__migrations[version]);
+    rc = lite_exec(st, sy__migrations[version]);
     if (rc) {
-      exec_sql(st, "ROLLBACK");
+      lite_exec(st, "ROLLBACK");
       return rc;
     }
     snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", version + 1);
-    if ((rc = exec_sql(st, pragma))) {
-      exec_sql(st, "ROLLBACK");
+    if ((rc = lite_exec(st, pragma))) {
+      lite_exec(st, "ROLLBACK");
       return rc;
     }
   }
-  if ((rc = exec_sql(st, "COMMIT")) && !sqlite3_get_autocommit(st->db)) {
-    exec_sql(st, "ROLLBACK");
+  if ((rc = lite_exec(st, "COMMIT")) && !sqlite3_get_autocommit(st->db)) {
+    lite_exec(st, "ROLLBACK");
   }
   return rc;
 }
@@ -290,7 +295,7 @@ static int open_for_writing(sy_store *st) {
   struct timespec ms = {0, 1000000};
   int rc;
   for (;;) {
-    rc = exec_sql(st, "PRAGMA journal_mode = WAL");
+    rc = lite_exec(st, "PRAGMA journal_mode = WAL");
     if (!rc) {
       rc = migrate(st);
     }
@@ -313,25 +318,19 @@ static void configure_sqlite(void) {
   sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 }
 
-int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
-                  char *err, size_t errlen) {
+static int lite_open(sy_store *st, const char *path, const sy_store_opts *opts,
+                     char *err, size_t errlen) {
   static uv_once_t once = UV_ONCE_INIT;
-  sy_store *st = calloc(1, sizeof *st);
   int flags = SQLITE_OPEN_NOMUTEX |
               (opts->read_only ? SQLITE_OPEN_READONLY
                                : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   int rc;
   uv_once(&once, configure_sqlite);
-  if (!st) {
-    snprintf(err, errlen, "out of memory");
-    return SY_ENOMEM;
-  }
   if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
     int sys = st->db ? sqlite3_system_errno(st->db) : 0;
     snprintf(err, errlen, "cannot open database %s: %s%s%s%s", path,
              st->db ? sqlite3_errmsg(st->db) : "out of memory", sys ? " (" : "",
              sys ? strerror(sys) : "", sys ? ")" : "");
-    sy_store_close(st);
     return SY_ESTORE;
   }
   /* A file we may not write is opened read-only by SQLite without a word;
@@ -341,56 +340,54 @@ int sy_store_open(sy_store **out, const char *path, const sy_store_opts *opts,
              "database %s is read-only (check its permissions "
              "and its directory's)",
              path);
-    sy_store_close(st);
     return SY_ESTORE;
   }
   sqlite3_extended_result_codes(st->db, 0);
-  st->busy_timeout_ms =
-      opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000;
   sqlite3_busy_handler(st->db, busy_wait, st);
   /* 64 MiB of page cache: the working set of a busy engine (the tail of
    * the instance and step-run tables, the indexes) stays in memory. */
-  rc = exec_sql(st, "PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536");
+  rc = lite_exec(st, "PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536");
   if (!rc) {
-    rc = exec_sql(st, opts->sync == SY_SYNC_NORMAL
-                          ? "PRAGMA synchronous = NORMAL"
-                          : "PRAGMA synchronous = FULL");
+    rc = lite_exec(st, opts->sync == SY_SYNC_NORMAL
+                           ? "PRAGMA synchronous = NORMAL"
+                           : "PRAGMA synchronous = FULL");
   }
   if (!rc && !opts->read_only) {
     rc = open_for_writing(st);
   }
   if (rc) {
     snprintf(err, errlen, "database %s: %s", path, st->errmsg);
-    sy_store_close(st);
-    return rc;
   }
-  *out = st;
-  return 0;
+  return rc;
 }
 
-void sy_store_close(sy_store *st) {
-  if (!st) {
-    return;
-  }
-  if (st->in_tx) {
-    sy_store_rollback(st);
-  }
-  for (int i = 0; i < Q__COUNT; i++) {
-    sy_stmt_finalize(st->stmt[i]);
-  }
+static void lite_close(sy_store *st) {
   sqlite3_close(st->db);
-  free(st);
 }
 
-int sy__tx_open(sy_store *st) {
+static int lite_tx_open(sy_store *st) {
   return !sqlite3_get_autocommit(st->db);
 }
 
-int sy_store_busy(sy_store *st) {
+static int lite_busy(sy_store *st) {
   int rc = sqlite3_errcode(st->db);
   return rc == SQLITE_BUSY || rc == SQLITE_LOCKED;
 }
 
-int64_t sy__last_insert_id(sy_store *st) {
+static int64_t lite_last_insert_id(sy_store *st) {
   return sqlite3_last_insert_rowid(st->db);
 }
+
+const sy__backend sy__sqlite = {
+    .name = "sqlite",
+    .open = lite_open,
+    .close = lite_close,
+    .prepare = lite_prepare,
+    .exec = lite_exec,
+    .begin = lite_begin,
+    .tx_open = lite_tx_open,
+    .data_version = lite_data_version,
+    .busy = lite_busy,
+    .last_insert_id = lite_last_insert_id,
+    .db_error = lite_db_error,
+};

@@ -1,0 +1,543 @@
+/* The PostgreSQL backend of the store (--db postgresql://...): libpq, one
+ * connection per engine. Statements are the store's and plugins' own texts
+ * (?N placeholders become $N), prepared once on the server, run with their
+ * parameters as text; a row-returning one reads its whole result, then
+ * hands it out row by row.
+ *
+ * This first version keeps SQLite's model, so that every rule the engine
+ * relies on holds unchanged: a write transaction takes one advisory lock,
+ * so writers take turns as they do on a SQLite file (what a writer reads
+ * stays true until it commits), and data_version changes at every look
+ * (a plugin's cache is read again each transaction). Calls block the loop
+ * for their round trip. Claims with SKIP LOCKED, libpq on the loop and
+ * LISTEN/NOTIFY come next (issue 15). */
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "store_int.h"
+
+/* The advisory lock every write transaction takes (any constant: the
+ * database is the engine's). */
+#define WRITE_LOCK "7275627973776974" /* "switchy" */
+
+typedef struct pg_stmt {
+  sy_stmt base;
+  sy_store *store;
+  char name[32];
+  int nparams;
+  const char **values; /* bound (text; NULL: SQL NULL) */
+  char (*num)[32];     /* storage of bound numbers */
+  char **owned;        /* copies of texts bound with a shorter length */
+  PGresult *res;
+  int row, nrows;
+  int64_t changes;
+} pg_stmt;
+
+/* ---------------------------------------------------------------------
+ * Errors */
+
+/* SQLSTATEs that mean "another holds what we want; try again later". */
+static int busy_state(const char *state) {
+  return state && (strcmp(state, "55P03") == 0 || /* lock_not_available */
+                   strcmp(state, "40001") == 0 || /* serialization_failure */
+                   strcmp(state, "40P01") == 0);  /* deadlock_detected */
+}
+
+/* A failed result (or a connection failure, res NULL): the message,
+ * without libpq's trailing newline, as the store's error. */
+static int pg_fail(sy_store *st, PGresult *res, const char *what) {
+  const char *msg = res ? PQresultErrorMessage(res) : "";
+  size_t n;
+  if (!*msg) {
+    msg = PQerrorMessage(st->pg);
+  }
+  n = strlen(msg);
+  while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) {
+    n--;
+  }
+  st->pg_busy = res ? busy_state(PQresultErrorField(res, PG_DIAG_SQLSTATE)) : 0;
+  sy_store_set_error(st, 0, "%s: %.*s", what, (int)n, msg);
+  return st->pg_busy ? SY_EBUSY : SY_ESTORE;
+}
+
+static int pg_db_error(sy_store *st, const char *what) {
+  /* The message of the failure is already recorded: prefix what failed. */
+  char msg[sizeof st->errmsg];
+  snprintf(msg, sizeof msg, "%s", st->errmsg);
+  sy_store_set_error(st, 0, "%s: %s", what, msg);
+  return st->pg_busy ? SY_EBUSY : SY_ESTORE;
+}
+
+/* ---------------------------------------------------------------------
+ * Statements */
+
+#define MAX_PARAMS 64
+
+/* ?N becomes $N and a bare ? the next number, outside quotes; the count of
+ * parameters is the largest number met, and used[] says which were (a
+ * statement may take a parameter it does not use: one binding serving two
+ * statements). */
+static char *convert(const char *sql, int *nparams, char used[MAX_PARAMS]) {
+  size_t len = strlen(sql);
+  char *out = malloc(len * 2 + 1), *o = out;
+  int next = 1, max = 0;
+  char quote = 0;
+  if (!out) {
+    return NULL;
+  }
+  memset(used, 0, MAX_PARAMS);
+  for (const char *p = sql; *p; p++) {
+    if (quote) {
+      quote = *p == quote ? 0 : quote;
+      *o++ = *p;
+    } else if (*p == '\'' || *p == '"') {
+      quote = *p;
+      *o++ = *p;
+    } else if (*p == '?') {
+      int n = 0;
+      if (p[1] >= '0' && p[1] <= '9') {
+        while (p[1] >= '0' && p[1] <= '9') {
+          n = n * 10 + (*++p - '0');
+        }
+      } else {
+        n = next;
+      }
+      if (n < 1 || n > MAX_PARAMS) {
+        free(out);
+        return NULL;
+      }
+      used[n - 1] = 1;
+      next = n + 1;
+      max = n > max ? n : max;
+      o += sprintf(o, "$%d", n);
+    } else {
+      *o++ = *p;
+    }
+  }
+  *o = '\0';
+  *nparams = max;
+  return out;
+}
+
+static int pg_step(sy_stmt *s) {
+  pg_stmt *p = (pg_stmt *)s;
+  sy_store *st = p->store;
+  if (!p->res) {
+    ExecStatusType status;
+    p->res =
+        PQexecPrepared(st->pg, p->name, p->nparams, p->values, NULL, NULL, 0);
+    status = p->res ? PQresultStatus(p->res) : PGRES_FATAL_ERROR;
+    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+      int rc = pg_fail(st, p->res, "statement");
+      PQclear(p->res);
+      p->res = NULL;
+      return rc;
+    }
+    p->nrows = PQntuples(p->res);
+    p->changes = strtoll(PQcmdTuples(p->res), NULL, 10);
+    p->row = -1;
+  }
+  return ++p->row < p->nrows ? SY_ROW : SY_DONE;
+}
+
+static void pg_reset(sy_stmt *s) {
+  pg_stmt *p = (pg_stmt *)s;
+  PQclear(p->res);
+  p->res = NULL;
+}
+
+static void pg_finalize(sy_stmt *s) {
+  pg_stmt *p = (pg_stmt *)s;
+  char sql[64];
+  PQclear(p->res);
+  if (p->store->pg && PQstatus(p->store->pg) == CONNECTION_OK &&
+      PQtransactionStatus(p->store->pg) == PQTRANS_IDLE) {
+    snprintf(sql, sizeof sql, "DEALLOCATE %s", p->name);
+    PQclear(PQexec(p->store->pg, sql));
+  }
+  for (int k = 0; k < p->nparams; k++) {
+    free(p->owned[k]);
+  }
+  free(p->values);
+  free(p->num);
+  free(p->owned);
+  free(p);
+}
+
+static int param(pg_stmt *p, int i) {
+  return i >= 1 && i <= p->nparams ? i - 1 : -1;
+}
+
+static void pg_bind_int(sy_stmt *s, int i, int64_t v) {
+  pg_stmt *p = (pg_stmt *)s;
+  int k = param(p, i);
+  if (k >= 0) {
+    snprintf(p->num[k], sizeof p->num[k], "%lld", (long long)v);
+    p->values[k] = p->num[k];
+  }
+}
+
+static void pg_bind_double(sy_stmt *s, int i, double v) {
+  pg_stmt *p = (pg_stmt *)s;
+  int k = param(p, i);
+  if (k >= 0) {
+    snprintf(p->num[k], sizeof p->num[k], "%.17g", v);
+    p->values[k] = p->num[k];
+  }
+}
+
+/* PostgreSQL's text holds no NUL: a text is sent up to its NUL, and one
+ * bound with a length shorter than that is sent as a copy of its part. */
+static void pg_bind_text(sy_stmt *s, int i, const char *v, int64_t len) {
+  pg_stmt *p = (pg_stmt *)s;
+  int k = param(p, i);
+  if (k < 0) {
+    return;
+  }
+  free(p->owned[k]);
+  p->owned[k] = NULL;
+  if (v && len >= 0 && strnlen(v, (size_t)len + 1) > (size_t)len &&
+      (p->owned[k] = strndup(v, (size_t)len))) {
+    v = p->owned[k];
+  }
+  p->values[k] = v;
+}
+
+static const char *value(sy_stmt *s, int col) {
+  pg_stmt *p = (pg_stmt *)s;
+  if (!p->res || p->row < 0 || p->row >= p->nrows ||
+      PQgetisnull(p->res, p->row, col)) {
+    return NULL;
+  }
+  return PQgetvalue(p->res, p->row, col);
+}
+
+static int pg_column_null(sy_stmt *s, int col) {
+  return value(s, col) == NULL;
+}
+
+static int64_t pg_column_int(sy_stmt *s, int col) {
+  const char *v = value(s, col);
+  if (!v) {
+    return 0;
+  }
+  if (v[0] == 't' || v[0] == 'f') { /* a boolean */
+    return v[0] == 't';
+  }
+  return strtoll(v, NULL, 10);
+}
+
+static double pg_column_double(sy_stmt *s, int col) {
+  const char *v = value(s, col);
+  return v ? strtod(v, NULL) : 0;
+}
+
+static const char *pg_column_text(sy_stmt *s, int col) {
+  return value(s, col);
+}
+
+static int64_t pg_column_bytes(sy_stmt *s, int col) {
+  pg_stmt *p = (pg_stmt *)s;
+  return value(s, col) ? PQgetlength(p->res, p->row, col) : 0;
+}
+
+static int pg_column_count(sy_stmt *s) {
+  pg_stmt *p = (pg_stmt *)s;
+  return p->res ? PQnfields(p->res) : 0;
+}
+
+static const char *pg_column_name(sy_stmt *s, int col) {
+  pg_stmt *p = (pg_stmt *)s;
+  return p->res ? PQfname(p->res, col) : NULL;
+}
+
+/* Type OIDs of pg_type.h. */
+enum {
+  BOOLOID = 16,
+  INT8OID = 20,
+  INT2OID = 21,
+  INT4OID = 23,
+  FLOAT4OID = 700,
+  FLOAT8OID = 701,
+  NUMERICOID = 1700
+};
+
+static int pg_column_type(sy_stmt *s, int col) {
+  pg_stmt *p = (pg_stmt *)s;
+  const char *v = value(s, col);
+  if (!v) {
+    return SY_COL_NULL;
+  }
+  switch (PQftype(p->res, col)) {
+    case BOOLOID:
+    case INT2OID:
+    case INT4OID:
+    case INT8OID:
+      return SY_COL_INT;
+    case NUMERICOID: /* sum() of integers */
+      return strchr(v, '.') ? SY_COL_DOUBLE : SY_COL_INT;
+    case FLOAT4OID:
+    case FLOAT8OID:
+      return SY_COL_DOUBLE;
+    default:
+      return SY_COL_TEXT;
+  }
+}
+
+static int64_t pg_changes(sy_stmt *s) {
+  return ((pg_stmt *)s)->changes;
+}
+
+static const char *pg_error(sy_stmt *s) {
+  return ((pg_stmt *)s)->store->errmsg;
+}
+
+static const sy_stmt_methods pg_methods = {
+    .step = pg_step,
+    .reset = pg_reset,
+    .finalize = pg_finalize,
+    .bind_int = pg_bind_int,
+    .bind_double = pg_bind_double,
+    .bind_text = pg_bind_text,
+    .column_null = pg_column_null,
+    .column_int = pg_column_int,
+    .column_double = pg_column_double,
+    .column_text = pg_column_text,
+    .column_bytes = pg_column_bytes,
+    .column_count = pg_column_count,
+    .column_name = pg_column_name,
+    .column_type = pg_column_type,
+    .changes = pg_changes,
+    .error = pg_error,
+};
+
+static sy_stmt *pg_prepare(sy_store *st, const char *sql) {
+  pg_stmt *p = calloc(1, sizeof *p);
+  char *text = NULL, used[MAX_PARAMS];
+  Oid types[MAX_PARAMS];
+  PGresult *res;
+  int n = 0;
+  if (p && !(text = convert(sql, &n, used))) {
+    sy_store_set_error(st, SY_EINVAL,
+                       "prepare: parameters are ?1 to ?%d: %.60s", MAX_PARAMS,
+                       sql);
+    goto fail;
+  }
+  /* A parameter the text does not use has no type to infer: text. */
+  for (int k = 0; k < n; k++) {
+    types[k] = used[k] ? 0 : 25;
+  }
+  if (!p || (n && (!(p->values = calloc((size_t)n, sizeof *p->values)) ||
+                   !(p->num = calloc((size_t)n, sizeof *p->num)) ||
+                   !(p->owned = calloc((size_t)n, sizeof *p->owned))))) {
+    sy_store_set_error(st, SY_ENOMEM, "out of memory");
+    goto fail;
+  }
+  p->base.m = &pg_methods;
+  p->store = st;
+  p->nparams = n;
+  snprintf(p->name, sizeof p->name, "sy%lld", (long long)++st->pg_prepared);
+  res = PQprepare(st->pg, p->name, text, n, types);
+  if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+    char what[96];
+    snprintf(what, sizeof what, "prepare \"%.60s%s\"", sql,
+             strlen(sql) > 60 ? "..." : "");
+    pg_fail(st, res, what);
+    PQclear(res);
+    goto fail;
+  }
+  PQclear(res);
+  free(text);
+  return &p->base;
+fail:
+  free(text);
+  if (p) {
+    free(p->values);
+    free(p->num);
+    free(p->owned);
+    free(p);
+  }
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------
+ * The connection */
+
+static int pg_exec(sy_store *st, const char *script) {
+  PGresult *res;
+  ExecStatusType status;
+  if (!*script) {
+    return 0; /* a migration with nothing left to do here */
+  }
+  res = PQexec(st->pg, script);
+  status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+    int rc = pg_fail(st, res, "run");
+    PQclear(res);
+    return rc;
+  }
+  PQclear(res);
+  return 0;
+}
+
+static int pg_tx_open(sy_store *st) {
+  PGTransactionStatusType t = PQtransactionStatus(st->pg);
+  return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
+}
+
+/* Writers take turns, as on SQLite: the lock is the transaction's, let go
+ * at its end; waiting for it is bounded by lock_timeout (the busy
+ * timeout), past which the wait fails as busy. A reader sees one
+ * snapshot. */
+static int pg_begin(sy_store *st, int write) {
+  int rc =
+      pg_exec(st, write ? "BEGIN; SELECT pg_advisory_xact_lock(" WRITE_LOCK ")"
+                        : "BEGIN ISOLATION LEVEL REPEATABLE READ");
+  if (rc && pg_tx_open(st)) {
+    PQclear(PQexec(st->pg, "ROLLBACK")); /* the BEGIN, not the lock */
+  }
+  return rc;
+}
+
+/* Conservative until LISTEN/NOTIFY: changed at every look. */
+static int pg_data_version(sy_store *st, int64_t *v) {
+  *v = ++st->pg_version;
+  return 0;
+}
+
+static int pg_busy(sy_store *st) {
+  return st->pg_busy;
+}
+
+static int64_t pg_last_insert_id(sy_store *st) {
+  PGresult *res = PQexec(st->pg, "SELECT lastval()");
+  int64_t id = 0;
+  if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+    id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+  }
+  PQclear(res);
+  return id;
+}
+
+/* The schema's version, in a table of its own (0: none yet). */
+static int schema_version(sy_store *st, int *version) {
+  PGresult *res =
+      PQexec(st->pg, "SELECT value FROM sy_meta WHERE key = 'schema_version'");
+  *version = 0;
+  if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+    int rc = pg_fail(st, res, "read the schema version");
+    PQclear(res);
+    return rc;
+  }
+  if (PQntuples(res) == 1) {
+    *version = atoi(PQgetvalue(res, 0, 0));
+  }
+  PQclear(res);
+  return 0;
+}
+
+static int migrate(sy_store *st) {
+  int version, rc;
+  char sql[128];
+  if ((rc = pg_exec(st,
+                    "CREATE TABLE IF NOT EXISTS sy_meta(key TEXT "
+                    "PRIMARY KEY, value BIGINT NOT NULL)")) ||
+      (rc = schema_version(st, &version))) {
+    return rc;
+  }
+  if (version == sy__schema_version) {
+    return 0;
+  }
+  if ((rc = pg_begin(st, 1)) || (rc = schema_version(st, &version))) {
+    pg_exec(st, "ROLLBACK");
+    return rc;
+  }
+  if (version > sy__schema_version) {
+    pg_exec(st, "ROLLBACK");
+    return sy_store_set_error(st, SY_ESTORE,
+                              "database schema version %d is newer than this "
+                              "switchyard (%d): upgrade switchyard",
+                              version, sy__schema_version);
+  }
+  for (; version < sy__schema_version; version++) {
+    if ((rc = pg_exec(st, sy__pg_migrations[version]))) {
+      pg_exec(st, "ROLLBACK");
+      return rc;
+    }
+  }
+  snprintf(sql, sizeof sql,
+           "INSERT INTO sy_meta VALUES('schema_version', %d) ON CONFLICT(key) "
+           "DO UPDATE SET value = excluded.value",
+           sy__schema_version);
+  if ((rc = pg_exec(st, sql)) || (rc = pg_exec(st, "COMMIT"))) {
+    pg_exec(st, "ROLLBACK");
+  }
+  return rc;
+}
+
+/* The URL as a person gave it, its password (if any) left out. */
+static void shown(const char *where, char *buf, size_t len) {
+  const char *at = strchr(where, '@'), *scheme = strstr(where, "://");
+  const char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
+  if (at && colon && colon < at) {
+    snprintf(buf, len, "%.*s:***%s", (int)(colon - where), where, at);
+  } else {
+    snprintf(buf, len, "%s", where);
+  }
+}
+
+static int pg_open(sy_store *st, const char *where, const sy_store_opts *opts,
+                   char *err, size_t errlen) {
+  char url[512], sql[96];
+  int rc;
+  shown(where, url, sizeof url);
+  st->pg = PQconnectdb(where);
+  if (!st->pg || PQstatus(st->pg) != CONNECTION_OK) {
+    const char *msg = st->pg ? PQerrorMessage(st->pg) : "out of memory";
+    size_t n = strlen(msg);
+    while (n && msg[n - 1] == '\n') {
+      n--;
+    }
+    snprintf(err, errlen, "cannot open database %s: %.*s", url, (int)n, msg);
+    return SY_ESTORE;
+  }
+  /* Quiet notices ("relation already exists, skipping"); a bounded wait
+   * for the write lock, as SQLite's busy timeout. */
+  snprintf(sql, sizeof sql,
+           "SET client_min_messages = warning; SET lock_timeout = %d",
+           st->busy_timeout_ms);
+  rc = pg_exec(st, sql);
+  if (!rc && opts->sync == SY_SYNC_NORMAL) {
+    rc = pg_exec(st, "SET synchronous_commit = off");
+  }
+  if (!rc && !opts->read_only) {
+    rc = migrate(st);
+  }
+  if (rc) {
+    snprintf(err, errlen, "database %s: %s", url, st->errmsg);
+  }
+  return rc;
+}
+
+static void pg_close(sy_store *st) {
+  PQfinish(st->pg);
+  st->pg = NULL;
+}
+
+const sy__backend sy__postgres = {
+    .name = "postgresql",
+    .postgres = 1,
+    .open = pg_open,
+    .close = pg_close,
+    .prepare = pg_prepare,
+    .exec = pg_exec,
+    .begin = pg_begin,
+    .tx_open = pg_tx_open,
+    .data_version = pg_data_version,
+    .busy = pg_busy,
+    .last_insert_id = pg_last_insert_id,
+    .db_error = pg_db_error,
+};

@@ -1,0 +1,256 @@
+-- The engine on PostgreSQL (--db postgresql://...): a throwaway cluster of
+-- the test's own (tests/pg/cluster.sh: a temporary data directory, a Unix
+-- socket in it, no TCP port), stopped at the end whatever happened; each
+-- test on a database of its own. What is asserted is what the SQLite
+-- tests assert, read with psql: every instance completed or in an
+-- incident, each step run exactly once across kills, counters equal to a
+-- recount, and each subject routed to the version SQLite gives it.
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests/e2e"
+local H = dofile(here .. "/helpers.lua")
+local A = dofile(H.repo .. "/tests/fixtures/faults/lib/audit.lua")(H)
+
+local CLUSTER = H.repo .. "/tests/pg/cluster.sh"
+local FAULTS = H.repo .. "/tests/fixtures/faults"
+local HANDLERS = H.repo .. "/tests/fixtures/handlers"
+local WAITING = H.repo .. "/tests/fixtures/waiting"
+
+local function has(haystack, needle, what)
+  assert(haystack:find(needle, 1, true),
+    string.format("%s: expected to find %q in:\n%s", what or "output",
+      needle, haystack))
+end
+
+local cluster_dir, base_url
+local ndb = 0
+
+-- Rows of a query on url, with psql: a list of lists of strings.
+local function psql(url, query)
+  local out = H.capture("psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 " ..
+    H.q(url) .. " -c " .. H.q(query) .. " 2>&1")
+  local rows = {}
+  for line in (out .. "\n"):gmatch("(.-)\n") do
+    if line ~= "" then
+      local row = {}
+      for field in (line .. "|"):gmatch("(.-)|") do
+        row[#row + 1] = field
+      end
+      rows[#rows + 1] = row
+    end
+  end
+  return rows, out
+end
+
+local function scalar(url, query)
+  local rows, out = psql(url, query)
+  assert(rows[1], "no row from: " .. query .. "\n" .. out)
+  return tonumber(rows[1][1]) or rows[1][1]
+end
+
+-- A test environment whose database is a new one of the cluster.
+local function pg_env(opts)
+  ndb = ndb + 1
+  local name = "t" .. ndb
+  local _, out = psql(base_url, "CREATE DATABASE " .. name)
+  local env = H.env(opts)
+  env.db = base_url:gsub("/switchyard%?", "/" .. name .. "?")
+  env.url = env.db
+  assert(scalar(env.url, "SELECT 1") == 1, out)
+  return env
+end
+
+local function states(url)
+  local t = {}
+  for _, r in ipairs(psql(url, "SELECT state, count(*) FROM instances " ..
+    "GROUP BY state")) do
+    t[r[1]] = tonumber(r[2])
+  end
+  return t
+end
+
+local function start_routed(env, n)
+  env:ok("rollout", "set", A.FLAG, "50%", "--reason", "postgres test")
+  local out = env:ok("start", "routed", "--count", tostring(n), "--var",
+    "user_id=u{n}", "--var", "n:={n}")
+  has(out, "started " .. n .. " instances")
+end
+
+-- What every per-version counter must equal (A.RECOUNT, in PostgreSQL's
+-- words: a boolean does not sum).
+local RECOUNT = [[
+  SELECT d.workflow, d.flag, d.version, count(*),
+    sum(CASE WHEN i.state = 'completed' THEN 1 ELSE 0 END),
+    sum(CASE WHEN i.state = 'cancelled' THEN 1 ELSE 0 END),
+    sum(CASE WHEN i.state NOT IN ('completed', 'cancelled', 'incident')
+        THEN 1 ELSE 0 END),
+    sum(CASE WHEN EXISTS (SELECT 1 FROM incidents n
+        WHERE n.instance_id = d.instance_id) THEN 1 ELSE 0 END),
+    sum((SELECT count(*) FROM incidents n
+         WHERE n.instance_id = d.instance_id)),
+    sum((SELECT count(*) FROM incidents n
+         WHERE n.instance_id = d.instance_id AND n.resolved_at IS NULL))
+  FROM cv_decisions d JOIN instances i ON i.id = d.instance_id
+  GROUP BY d.workflow, d.flag, d.version
+  ORDER BY d.workflow, d.flag, d.version]]
+
+local function rows_text(rows)
+  local t = {}
+  for _, r in ipairs(rows) do
+    t[#t + 1] = table.concat(r, "|")
+  end
+  return table.concat(t, "\n")
+end
+
+-- The checks of a finished routed run of n instances.
+local function check_routed(url, n)
+  local st = states(url)
+  local permanent = 0
+  for k = 1, n do
+    permanent = permanent + (A.permanent(k) and 1 or 0)
+  end
+  assert.are.equal(n - permanent, st.completed or 0)
+  assert.are.equal(permanent, st.incident or 0)
+  -- every step run exactly once, across every kill
+  assert.are.equal(A.expected_runs(n),
+    scalar(url, "SELECT count(*) FROM step_runs"))
+  -- each step of each instance recorded its own run once
+  assert.are.equal(0, scalar(url, "SELECT count(*) FROM instances WHERE " ..
+    "vars NOT LIKE '%1%'")) -- (cheap sanity: vars were written)
+  assert.are.equal(n, scalar(url, "SELECT count(DISTINCT instance_id) " ..
+    "FROM cv_decisions"))
+  assert.are.equal(n, scalar(url, "SELECT count(*) FROM cv_decisions"))
+  assert.are.equal(rows_text(psql(url, RECOUNT)), rows_text(psql(url,
+    "SELECT workflow, flag, version, routed, completed, cancelled, " ..
+    "in_flight, with_incidents, incidents, open_incidents FROM cv_counters " ..
+    "ORDER BY workflow, flag, version")))
+end
+
+describe("on PostgreSQL", function()
+  setup(function()
+    cluster_dir = H.tmpdir()
+    local out = H.capture(H.q(CLUSTER) .. " start " .. H.q(cluster_dir) ..
+      " 2>&1")
+    base_url = out:match("(postgresql://%S+)")
+    assert(base_url, "the cluster did not start:\n" .. out)
+  end)
+
+  teardown(function()
+    H.reap()
+    if cluster_dir then
+      H.exec(H.q(CLUSTER) .. " stop " .. H.q(cluster_dir) ..
+        " >/dev/null 2>&1")
+      H.rmdir(cluster_dir)
+    end
+  end)
+
+  after_each(function()
+    H.reap()
+  end)
+
+  it("runs instances to their end, with their history", function()
+    local env = pg_env({ workflows = H.workflows })
+    env:ok("start", "hello", "--count", "50", "--var", "user_id=u{n}")
+    env:ok("run", "--until-idle")
+    assert.are.same({ completed = 50 }, states(env.url))
+    local inst = H.decode((env:ok("--json", "show", "1")))
+    assert.are.equal("completed", inst.state)
+    assert.are.equal(3, #inst.history)
+    assert.are.equal("hi u1", inst.vars.greeting)
+    has(env:ok("instances", "--state", "completed", "--limit", "0"),
+      "hello", "instances")
+    H.rmdir(env.dir)
+  end)
+
+  it("routes each subject to the version SQLite gives it, and reports the " ..
+    "same numbers", function()
+      local N = 600
+      local pg = pg_env({ workflows = FAULTS })
+      local lite = H.env({ workflows = FAULTS })
+      for _, env in ipairs({ pg, lite }) do
+        start_routed(env, N)
+        env:ok("run", "--until-idle")
+      end
+      check_routed(pg.url, N)
+      local function versions(rows)
+        local t = {}
+        for _, r in ipairs(rows) do
+          t[#t + 1] = r[1] .. "=" .. r[2]
+        end
+        table.sort(t)
+        return table.concat(t, " ")
+      end
+      local q = "SELECT subject, version FROM cv_decisions"
+      assert.are.equal(versions(lite:sql(q)), versions(psql(pg.url, q)))
+      local a = H.decode((pg:ok("report", A.FLAG, "--json")))
+      local b = H.decode((lite:ok("report", A.FLAG, "--json")))
+      for _, v in ipairs({ "v1", "v2" }) do
+        for _, k in ipairs({ "routed", "completed", "in_flight", "cancelled",
+          "instances_with_incidents", "incidents", "caught_errors" }) do
+          assert.are.equal(b.versions[v][k], a.versions[v][k], v .. "." .. k)
+        end
+      end
+      assert.are.equal(b.comparison.verdict, a.comparison.verdict)
+      H.rmdir(pg.dir)
+      H.rmdir(lite.dir)
+    end)
+
+  it("loses nothing and runs nothing twice across kills -9", function()
+    local N, KILLS = 2000, 6
+    local env = pg_env({ workflows = FAULTS })
+    start_routed(env, N)
+    math.randomseed(1515)
+    for k = 1, KILLS do
+      -- killed after a number of new step runs, or once done
+      local runs = math.random(200, 800)
+      local before = scalar(env.url, "SELECT count(*) FROM step_runs")
+      local p = env:spawn("run", "--concurrency",
+        tostring(({ 16, 64, 512 })[math.random(3)]))
+      H.poll(30, 0.01, function()
+        return H.exit_code(p) or scalar(env.url, "SELECT count(*) FROM " ..
+          "step_runs") >= before + runs
+      end)
+      H.signal(p, "KILL")
+      assert.are.equal(137, H.wait_exit(p, 10), H.read(p.log) or "")
+      -- a sound database after each kill: one decision per instance
+      assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM (SELECT " ..
+        "instance_id FROM cv_decisions GROUP BY instance_id " ..
+        "HAVING count(*) > 1) x"))
+    end
+    local p = env:spawn("run", "--until-idle")
+    assert.are.equal(0, H.wait_exit(p, 120), H.read(p.log) or "")
+    check_routed(env.url, N)
+    -- each restart removed the row of the engine killed before it
+    assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM engines"))
+    H.rmdir(env.dir)
+  end)
+
+  it("holds a waiting process: a signal, and an error handler", function()
+    local env = pg_env({ workflows = H.workflows })
+    local id = tonumber((env:ok("start", WAITING .. "/review.lua", "--var",
+      "case=c1")):match("%d+"))
+    env:ok("run", "--until-idle")
+    assert.are.same({ waiting = 1 }, states(env.url))
+    env:ok("signal", "reviewed", "--where", "case=c1", "--var", "by=ann",
+      "--var", "verdict=approved")
+    local h = tonumber((env:ok("start", HANDLERS .. "/handled.lua", "--var",
+      "case=rejected", "--var", "user=bo")):match("%d+"))
+    env:ok("run", "--until-idle")
+    local inst = H.decode((env:ok("--json", "show", tostring(id))))
+    assert.are.equal("completed", inst.state)
+    assert.are.equal("approved", inst.vars.verdict)
+    inst = H.decode((env:ok("--json", "show", tostring(h))))
+    assert.are.equal("completed", inst.state)
+    assert.are.equal("document_rejected", inst.vars.handled.code)
+    H.rmdir(env.dir)
+  end)
+
+  it("says which database it cannot reach, and exits 1", function()
+    local env = H.env({ workflows = H.workflows })
+    local url = "postgresql://nobody@/nowhere?host=" .. cluster_dir ..
+        "/no-such-socket-dir"
+    env.db = url
+    local code, _, err = env:run("status")
+    assert.are.equal(1, code)
+    has(err, "cannot open database " .. url, "stderr")
+    H.rmdir(env.dir)
+  end)
+end)

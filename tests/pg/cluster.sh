@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster for the tests, private to one directory:
+#   tests/pg/cluster.sh start DIR   initdb in DIR/data, listen on no TCP port,
+#                                   only on a Unix socket in DIR; prints the
+#                                   URL of its database "switchyard"
+#   tests/pg/cluster.sh stop DIR    stops it (fast), whatever state it is in
+# PostgreSQL refuses to run as root: as root the cluster runs as the
+# 'postgres' user the Debian package creates, and DIR is handed to it.
+set -euo pipefail
+cmd=${1:?start or stop}
+dir=$(cd "${2:?a directory}" && pwd)
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$bin/initdb" ] || { echo "cluster.sh: no PostgreSQL server (scripts/setup installs it)" >&2; exit 1; }
+as=()
+user=$(id -un)
+if [ "$(id -u)" -eq 0 ]; then
+  as=(runuser -u postgres --)
+  user=postgres
+fi
+case $cmd in
+  start)
+    [ "$(id -u)" -ne 0 ] || chown postgres "$dir"
+    "${as[@]}" "$bin/initdb" -D "$dir/data" -U "$user" --auth=trust \
+      --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 ||
+      { cat "$dir/initdb.log" >&2; exit 1; }
+    "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-c listen_addresses='' -k $dir -c fsync=off -c max_connections=50" \
+      start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+    "${as[@]}" "$bin/createdb" -h "$dir" -U "$user" switchyard
+    echo "postgresql://$user@/switchyard?host=$dir"
+    ;;
+  stop)
+    if [ -f "$dir/data/postmaster.pid" ]; then
+      "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 60 stop >/dev/null || true
+    fi
+    ;;
+  *)
+    echo "usage: cluster.sh start|stop DIR" >&2; exit 2 ;;
+esac
