@@ -61,7 +61,7 @@ typedef struct sy__cli_cmd {
 extern const sy__cli_cmd sy__cli_start, sy__cli_run, sy__cli_check;
 extern const sy__cli_cmd sy__cli_status, sy__cli_instances, sy__cli_show;
 extern const sy__cli_cmd sy__cli_incidents, sy__cli_retry, sy__cli_cancel;
-extern const sy__cli_cmd sy__cli_signal;
+extern const sy__cli_cmd sy__cli_signal, sy__cli_db;
 
 /* The next option or operand of the command: returns its key (1 for an
  * operand) with *val its value (or NULL), 0 at the end, or -1 after

@@ -25,6 +25,15 @@ int sy_store_data_version(sy_store *st, int64_t *v);
 /* Whether `where` names a database on a server (postgresql://...,
  * postgres://...) rather than a SQLite file. */
 int sy_store_on_server(const char *where);
+/* Copies every table of `from` into `to`, which must be empty (its schema
+ * made: opened by an engine with the same plugins), in one transaction;
+ * refuses a source whose instances an engine holds (leases not expired at
+ * now). cb sees each table's rows in both after the copy. 0, or an SY_E*
+ * code with the reason in err (SY_ESTATE: refused; nothing written). */
+typedef void (*sy_copy_cb)(void *ud, const char *table, int64_t from_rows,
+                           int64_t to_rows);
+int sy_store_copy(sy_store *from, sy_store *to, int64_t now, sy_copy_cb cb,
+                  void *ud, char *err, size_t errlen);
 /* Which backend holds the database: "sqlite" or "postgresql". */
 const char *sy_store_backend(sy_store *st);
 /* Whether the database's last failure was a lock another process held. */

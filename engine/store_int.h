@@ -70,6 +70,10 @@ typedef struct sy__backend {
   int (*busy)(sy_store *st);
   int64_t (*last_insert_id)(sy_store *st);
   int (*db_error)(sy_store *st, const char *what);
+  /* For db copy: the query listing the database's tables, and what to do
+   * once a table was filled with rows copied as they were (ids included). */
+  const char *tables_sql;
+  int (*copied)(sy_store *st, const char *table);
 } sy__backend;
 extern const sy__backend sy__sqlite, sy__postgres;
 

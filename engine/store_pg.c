@@ -527,6 +527,35 @@ static void pg_close(sy_store *st) {
   st->pg = NULL;
 }
 
+/* A table whose id is an identity column had its ids given: the
+ * sequence behind it must go on from the largest. */
+static int pg_copied(sy_store *st, const char *table) {
+  const char *params[1] = {table};
+  PGresult *res = PQexecParams(
+      st->pg,
+      "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+      "current_schema() AND table_name = $1 AND column_name = 'id' AND "
+      "is_identity = 'YES'",
+      1, NULL, params, NULL, NULL, 0);
+  char sql[256];
+  int identity, rc = 0;
+  if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+    rc = pg_fail(st, res, "read the columns");
+    PQclear(res);
+    return rc;
+  }
+  identity = PQntuples(res) == 1;
+  PQclear(res);
+  if (identity) {
+    snprintf(sql, sizeof sql,
+             "SELECT setval(pg_get_serial_sequence('\"%s\"', 'id'), max(id)) "
+             "FROM \"%s\" HAVING max(id) IS NOT NULL",
+             table, table);
+    rc = pg_exec(st, sql);
+  }
+  return rc;
+}
+
 const sy__backend sy__postgres = {
     .name = "postgresql",
     .postgres = 1,
@@ -540,4 +569,8 @@ const sy__backend sy__postgres = {
     .busy = pg_busy,
     .last_insert_id = pg_last_insert_id,
     .db_error = pg_db_error,
+    .tables_sql =
+        "SELECT tablename FROM pg_catalog.pg_tables WHERE "
+        "schemaname = current_schema()",
+    .copied = pg_copied,
 };

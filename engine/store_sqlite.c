@@ -378,6 +378,13 @@ static int64_t lite_last_insert_id(sy_store *st) {
   return sqlite3_last_insert_rowid(st->db);
 }
 
+/* Rowids continue from the largest: nothing to do after a copy. */
+static int lite_copied(sy_store *st, const char *table) {
+  (void)st;
+  (void)table;
+  return 0;
+}
+
 const sy__backend sy__sqlite = {
     .name = "sqlite",
     .open = lite_open,
@@ -390,4 +397,8 @@ const sy__backend sy__sqlite = {
     .busy = lite_busy,
     .last_insert_id = lite_last_insert_id,
     .db_error = lite_db_error,
+    .tables_sql =
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND "
+        "name NOT LIKE 'sqlite_%'",
+    .copied = lite_copied,
 };

@@ -243,6 +243,77 @@ describe("on PostgreSQL", function()
     H.rmdir(env.dir)
   end)
 
+  it("db copy moves a SQLite database with work in flight to PostgreSQL, " ..
+    "which then reports what SQLite does", function()
+      local lite = H.env({ workflows = FAULTS })
+      -- a ramp history, incidents, and instances not started yet
+      lite:ok("rollout", "set", A.FLAG, "20%", "--reason", "first step")
+      lite:ok("start", "routed", "--count", "300", "--var", "user_id=u{n}",
+        "--var", "n:={n}")
+      lite:ok("run", "--until-idle")
+      lite:ok("rollout", "set", A.FLAG, "60%", "--reason", "second step")
+      local batch = lite:path("batch.jsonl")
+      local lines = {}
+      for n = 301, 500 do
+        lines[#lines + 1] = string.format('{"n":%d,"user_id":"u%d"}', n, n)
+      end
+      H.write(batch, table.concat(lines, "\n") .. "\n")
+      lite:ok("start", "routed", "--from", batch)
+      assert.is_true(#lite:sql("SELECT 1 FROM incidents") > 0)
+      local pg = pg_env({ workflows = FAULTS })
+      local out = pg:ok("db", "copy", lite.db, pg.url)
+      has(out, "instances                         500          500  ok", "copy")
+      has(out, "the counts of every table equal", "copy")
+      -- a second copy into the same database is refused, changing nothing
+      local code, _, err = pg:run("db", "copy", lite.db, pg.url)
+      assert.are.equal(2, code)
+      has(err, "the destination is not empty", "stderr")
+      assert.are.equal(500, scalar(pg.url, "SELECT count(*) FROM instances"))
+      -- both run the rest; their reports agree
+      lite:ok("run", "--until-idle")
+      pg:ok("run", "--until-idle")
+      check_routed(pg.url, 500)
+      local a = H.decode((lite:ok("report", A.FLAG, "--json")))
+      local b = H.decode((pg:ok("report", A.FLAG, "--json")))
+      for _, v in ipairs({ "v1", "v2" }) do
+        for _, k in ipairs({ "routed", "completed", "in_flight",
+          "instances_with_incidents", "incidents" }) do
+          assert.are.equal(a.versions[v][k], b.versions[v][k], v .. "." .. k)
+        end
+      end
+      assert.are.equal(#a.ramp_steps, #b.ramp_steps)
+      for i, r in ipairs(a.ramp_steps) do
+        assert.are.same(r.v1, b.ramp_steps[i].v1)
+        assert.are.same(r.v2, b.ramp_steps[i].v2)
+      end
+      -- new instances go on from the copied ids
+      assert.are.equal("501\n", (pg:ok("start", "routed", "--var",
+        "user_id=x", "--var", "n:=1")))
+      -- and back: PostgreSQL to a new SQLite file
+      local back = lite:path("back.db")
+      has(pg:ok("db", "copy", pg.url, back), "counts of every table equal",
+        "copy back")
+      H.rmdir(lite.dir)
+      H.rmdir(pg.dir)
+    end)
+
+  it("db copy refuses a source an engine is running on", function()
+    local env = pg_env({ workflows = FAULTS })
+    start_routed(env, 3000)
+    local p = env:spawn("run", "--concurrency", "8")
+    assert(H.poll(30, 0.01, function()
+      return scalar(env.url, "SELECT count(*) FROM instances WHERE " ..
+        "state = 'running'") > 0
+    end), "the engine never claimed")
+    local dest = env:path("copy.db")
+    local code, _, err = env:run("db", "copy", env.url, dest)
+    assert.are.equal(2, code)
+    has(err, "an engine holds", "stderr")
+    H.signal(p, "KILL")
+    H.wait_exit(p, 10)
+    H.rmdir(env.dir)
+  end)
+
   it("says which database it cannot reach, and exits 1", function()
     local env = H.env({ workflows = H.workflows })
     local url = "postgresql://nobody@/nowhere?host=" .. cluster_dir ..
