@@ -28,7 +28,8 @@ static void now_call(void *state, sy_call *c, const char *args_json) {
   char json[32];
   (void)state;
   (void)args_json;
-  snprintf(json, sizeof json, "%.3f", (double)sy_now_ms() / 1000.0);
+  snprintf(json, sizeof json, "%.3f",
+           (double)api->now_ms(api->engine(c)) / 1000.0);
   api->done_json(c, json);
 }
 

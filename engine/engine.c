@@ -163,11 +163,25 @@ int sy_engine_load_workflow(sy_engine *e, const char *name_or_path,
   return 0;
 }
 
+int sy__sync_clock(sy_engine *e) {
+  int64_t before = sy_now_ms() + e->skew_ms, server, after;
+  int rc = sy_store_clock(e->store, &server);
+  if (rc == SY_ENOTFOUND) {
+    return 0;
+  }
+  if (rc) {
+    return rc;
+  }
+  after = sy_now_ms() + e->skew_ms;
+  /* The server read its clock about halfway through the round trip. */
+  e->clock_offset_ms = server - (before + after) / 2;
+  return 0;
+}
+
 int sy_engine_start(sy_engine *e, const sy_workflow *wf, const char *vars_json,
                     int64_t *id) {
-  int rc =
-      sy_store_insert_instance(e->store, wf->name, wf->hash, wf->start->name,
-                               vars_json, sy_now_ms(), id);
+  int rc = sy_store_insert_instance(e->store, wf->name, wf->hash,
+                                    wf->start->name, vars_json, sy__now(e), id);
   if (rc) {
     return sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
   }
@@ -243,6 +257,15 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
     goto fail;
   }
   if ((rc = sy_store_open(&e->store, o->db_path, &so, err, errlen))) {
+    goto fail;
+  }
+  for (int i = 0; i < o->nsettings; i++) {
+    if (strcmp(o->settings[i].key, "clock.skew_ms") == 0) {
+      e->skew_ms = strtoll(o->settings[i].value, NULL, 10);
+    }
+  }
+  if ((rc = sy__sync_clock(e))) {
+    snprintf(err, errlen, "%s", sy_store_errmsg(e->store));
     goto fail;
   }
   if (!o->read_only &&

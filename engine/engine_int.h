@@ -141,6 +141,13 @@ struct sy_engine {
   int fatal;
   uint64_t rng;
   char id[40]; /* this engine, as owner of its leases */
+  /* The engine's time is its host's clock, set right by the database
+   * server's when there is one (sy__now): leases and due times of
+   * engines on several hosts are then compared on one clock. skew_ms
+   * puts the host's clock wrong on purpose (the test-only setting
+   * clock.skew_ms); clock_offset_ms is the server's clock less the
+   * host's, measured at open and at every lease renewal. */
+  int64_t skew_ms, clock_offset_ms;
   char host[256];
   uv_timer_t lease_timer;
   uv_timer_t breathe_timer;
@@ -228,5 +235,12 @@ extern const sy_plugin_def sy__builtins;
 /* scheduler.c */
 /* Makes sure the loop gets a turn that runs the queue and commits. */
 void sy__kick(sy_engine *e);
+
+/* The engine's time, ms since the epoch (see clock_offset_ms). */
+static inline int64_t sy__now(const sy_engine *e) {
+  return sy_now_ms() + e->skew_ms + e->clock_offset_ms;
+}
+/* Measures clock_offset_ms again (a no-op on a database file). */
+int sy__sync_clock(sy_engine *e);
 
 #endif

@@ -241,7 +241,7 @@ void sy__execute(sy_inst *in) {
   }
   in->ph = PH_RUNNING;
   in->timed_out = 0;
-  in->step_started = in->segment_started = sy_now_ms();
+  in->step_started = in->segment_started = sy__now(in->e);
   in->step_started_ns = sy_mono_ns();
   in->ran_before_ms = 0;
   in->resumed = 0;
@@ -640,7 +640,7 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
 
 void sy__handle_result(sy_inst *in, sy_task_result *r) {
   sy_engine *e = in->e;
-  int64_t now = sy_now_ms();
+  int64_t now = sy__now(e);
   uint64_t now_ns = sy_mono_ns();
   int rc;
   if (e->fatal) {

@@ -31,7 +31,7 @@ static int copy_row(void *ud, const sy_instance_row *r) {
 static int change_instance(sy_engine *e, int64_t id, int cancel) {
   sy_store *st = e->store;
   row_copy row = {0};
-  int64_t now = sy_now_ms(), n;
+  int64_t now = sy__now(e), n;
   int rc, found = 0;
   if ((rc = sy_store_begin(st))) {
     return sy__set_error(e, rc, "%s", sy_store_errmsg(st));

@@ -53,8 +53,7 @@ static uv_loop_t *api_loop(sy_engine *e) {
   return &e->loop;
 }
 static int64_t api_now_ms(sy_engine *e) {
-  (void)e;
-  return sy_now_ms();
+  return sy__now(e);
 }
 static const char *api_setting(sy_engine *e, const char *key) {
   for (int i = 0; i < e->o.nsettings; i++) {

@@ -99,7 +99,7 @@ static void claim(sy_engine *e) {
   if (!can_claim(e)) {
     return;
   }
-  int64_t now = sy_now_ms();
+  int64_t now = sy__now(e);
   /* Finding expired leases reads every running row (ours included): once
    * a second is soon enough for leases that last LEASE_MS. */
   uint64_t mono = sy_mono_ns();
@@ -139,7 +139,7 @@ static void settle(sy_engine *e) {
     return;
   }
   if (wake) {
-    int64_t now = sy_now_ms();
+    int64_t now = sy__now(e);
     uv_timer_start(&e->wake_timer, wake_cb,
                    (uint64_t)(wake > now ? wake - now : 0), 0);
     return;
@@ -185,7 +185,7 @@ static void wind_down(sy_engine *e) {
     /* Our instances go back to ready (or waiting, if asleep) at once,
      * rather than when our leases expire. */
     if (sy_store_begin(e->store) ||
-        sy_store_release(e->store, e->id, sy_now_ms(), &n) ||
+        sy_store_release(e->store, e->id, sy__now(e), &n) ||
         sy_store_engine_delete(e->store, e->id) || sy_store_commit(e->store)) {
       sy__fatal(e, SY_ESTORE);
     }
@@ -254,7 +254,7 @@ static int reap_dead(void *ud, const char *id, int64_t pid) {
       (pid != (int64_t)uv_os_getpid() && uv_kill((int)pid, 0) != UV_ESRCH)) {
     return 0;
   }
-  if ((rc = sy_store_release(e->store, id, sy_now_ms(), &n)) ||
+  if ((rc = sy_store_release(e->store, id, sy__now(e), &n)) ||
       (rc = sy_store_engine_delete(e->store, id))) {
     return rc;
   }
@@ -263,8 +263,13 @@ static int reap_dead(void *ud, const char *id, int64_t pid) {
 
 static void lease_cb(uv_timer_t *t) {
   sy_engine *e = t->data;
-  int64_t now = sy_now_ms();
+  int64_t now;
   int rc;
+  if ((rc = sy__sync_clock(e))) {
+    sy__fatal(e, rc);
+    return;
+  }
+  now = sy__now(e);
   if ((rc = sy_store_begin(e->store)) ||
       (rc = sy_store_renew(e->store, e->id, now + SY__LEASE_MS, now))) {
     sy__fatal(e, rc);
@@ -282,7 +287,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
    * host held; other engines' work is claimed when their leases expire. */
   if ((rc = sy_store_begin(e->store)) ||
       (rc = sy_store_engine_register(e->store, e->id, e->host, uv_os_getpid(),
-                                     sy_now_ms())) ||
+                                     sy__now(e))) ||
       (rc = sy_store_engines_on_host(e->store, e->host, reap_dead, e)) ||
       (rc = sy_store_commit(e->store))) {
     sy_engine_rollback(e);

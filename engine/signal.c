@@ -90,7 +90,7 @@ int sy_engine_signal(sy_engine *e, const sy_signal_target *to, const char *name,
                      const char *vars, int *sent, int *woke) {
   sy_store *st = e->store;
   targets t = {0};
-  int64_t now = sy_now_ms();
+  int64_t now = sy__now(e);
   int rc, w;
   *sent = *woke = 0;
   if ((rc = sy_store_begin(st))) {

@@ -478,6 +478,10 @@ void sy_store_close(sy_store *st) {
   free(st);
 }
 
+int sy_store_clock(sy_store *st, int64_t *ms) {
+  return st->b->clock ? st->b->clock(st, ms) : SY_ENOTFOUND;
+}
+
 const char *sy_store_backend(sy_store *st) {
   return st->b->name;
 }

@@ -34,6 +34,9 @@ typedef void (*sy_copy_cb)(void *ud, const char *table, int64_t from_rows,
                            int64_t to_rows);
 int sy_store_copy(sy_store *from, sy_store *to, int64_t now, sy_copy_cb cb,
                   void *ud, char *err, size_t errlen);
+/* The database server's clock (ms since the epoch), which every engine
+ * sharing it reads alike; SY_ENOTFOUND for a file on this host. */
+int sy_store_clock(sy_store *st, int64_t *ms);
 /* Which backend holds the database: "sqlite" or "postgresql". */
 const char *sy_store_backend(sy_store *st);
 /* Whether the database's last failure was a lock another process held. */

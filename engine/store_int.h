@@ -74,6 +74,9 @@ typedef struct sy__backend {
    * once a table was filled with rows copied as they were (ids included). */
   const char *tables_sql;
   int (*copied)(sy_store *st, const char *table);
+  /* The database's clock, in ms since the epoch; NULL when the database
+   * is a file on this host, whose clock is the engine's own. */
+  int (*clock)(sy_store *st, int64_t *ms);
 } sy__backend;
 extern const sy__backend sy__sqlite, sy__postgres;
 

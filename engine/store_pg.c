@@ -556,6 +556,19 @@ static int pg_copied(sy_store *st, const char *table) {
   return rc;
 }
 
+static int pg_clock(sy_store *st, int64_t *ms) {
+  PGresult *res = PQexec(
+      st->pg, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
+  int rc = 0;
+  if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+    rc = pg_fail(st, res, "read the server's clock");
+  } else {
+    *ms = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+  }
+  PQclear(res);
+  return rc;
+}
+
 const sy__backend sy__postgres = {
     .name = "postgresql",
     .postgres = 1,
@@ -573,4 +586,5 @@ const sy__backend sy__postgres = {
         "SELECT tablename FROM pg_catalog.pg_tables WHERE "
         "schemaname = current_schema()",
     .copied = pg_copied,
+    .clock = pg_clock,
 };

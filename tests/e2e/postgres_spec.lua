@@ -314,10 +314,38 @@ describe("on PostgreSQL", function()
     H.rmdir(env.dir)
   end)
 
+  it("an engine whose host clock is ten minutes ahead steals no live lease",
+    function()
+      local env = pg_env({ workflows = H.repo .. "/tests/fixtures/pg" })
+      env:ok("start", "busy", "--count", "20")
+      local a = env:spawn("run")
+      assert(H.poll(30, 0.01, function()
+        return scalar(env.url, "SELECT count(*) FROM instances WHERE " ..
+          "state = 'running'") == 20
+      end), "the first engine never held them all")
+      -- the second looks for expired leases once a second, while the
+      -- first engine's steps run for about three
+      local b = env:spawn("--set", "clock.skew_ms=600000", "run")
+      assert(H.poll(30, 0.02, function()
+        return scalar(env.url, "SELECT count(*) FROM instances WHERE " ..
+          "state = 'completed'") == 20
+      end), "not done: " .. (H.read(a.log) or ""))
+      H.signal(a, "TERM")
+      H.signal(b, "TERM")
+      assert.are.equal(0, H.wait_exit(a, 10))
+      assert.are.equal(0, H.wait_exit(b, 10))
+      local la, lb = H.read(a.log), H.read(b.log)
+      assert.is_nil(la:find("dropping instance", 1, true), la)
+      has(la, "20 step runs, 20 instances completed", "first engine")
+      has(lb, "0 step runs", "the engine with the wrong clock")
+      assert.are.equal(20, scalar(env.url, "SELECT count(*) FROM step_runs"))
+      H.rmdir(env.dir)
+    end)
+
   it("says which database it cannot reach, and exits 1", function()
     local env = H.env({ workflows = H.workflows })
     local url = "postgresql://nobody@/nowhere?host=" .. cluster_dir ..
-        "/no-such-socket-dir"
+        "/no-such-dir"
     env.db = url
     local code, _, err = env:run("status")
     assert.are.equal(1, code)

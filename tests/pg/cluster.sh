@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster for the tests, private to one directory:
 #   tests/pg/cluster.sh start DIR   initdb in DIR/data, listen on no TCP port,
-#                                   only on a Unix socket in DIR; prints the
-#                                   URL of its database "switchyard"
-#   tests/pg/cluster.sh stop DIR    stops it (fast), whatever state it is in
+#                                   only on a Unix socket in a short directory
+#                                   of its own under /tmp (a socket's path is
+#                                   at most 107 bytes, DIR may be deep);
+#                                   prints the URL of its database
+#                                   "switchyard"
+#   tests/pg/cluster.sh stop DIR    stops it (fast), whatever state it is in,
+#                                   and removes the socket's directory
 # PostgreSQL refuses to run as root: as root the cluster runs as the
 # 'postgres' user the Debian package creates, and DIR is handed to it.
 set -euo pipefail
@@ -19,19 +23,26 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 case $cmd in
   start)
-    [ "$(id -u)" -ne 0 ] || chown postgres "$dir"
+    sock=$(mktemp -d /tmp/sy-pg.XXXXXX)
+    echo "$sock" >"$dir/socket-dir"
+    if [ "$(id -u)" -eq 0 ]; then
+      chown postgres "$dir" "$sock"
+    fi
     "${as[@]}" "$bin/initdb" -D "$dir/data" -U "$user" --auth=trust \
       --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 ||
       { cat "$dir/initdb.log" >&2; exit 1; }
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-c listen_addresses='' -k $dir -c fsync=off -c max_connections=50" \
+      -o "-c listen_addresses='' -k $sock -c fsync=off -c max_connections=50" \
       start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
-    "${as[@]}" "$bin/createdb" -h "$dir" -U "$user" switchyard
-    echo "postgresql://$user@/switchyard?host=$dir"
+    "${as[@]}" "$bin/createdb" -h "$sock" -U "$user" switchyard
+    echo "postgresql://$user@/switchyard?host=$sock"
     ;;
   stop)
     if [ -f "$dir/data/postmaster.pid" ]; then
       "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 60 stop >/dev/null || true
+    fi
+    if [ -f "$dir/socket-dir" ]; then
+      rm -rf "$(cat "$dir/socket-dir")"
     fi
     ;;
   *)
