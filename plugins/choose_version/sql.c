@@ -102,8 +102,8 @@ static const char *const migrations[] = {
     "WHERE outcome IS NULL;",
     /* 3: errors of the branch a handler step took (catch) rather than an
      * incident, per decision and per version. */
-    "ALTER TABLE cv_decisions ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE cv_counters ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;",
+    ("ALTER TABLE cv_decisions ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE cv_counters ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;"),
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -217,9 +217,10 @@ static const char cv_meta_table[] =
 
 /* PostgreSQL's texts where the two databases differ. */
 static const char *const pg_text[CVQ__COUNT] = {
-    [CVQ_META_EXISTS] = "SELECT 1 FROM pg_catalog.pg_tables WHERE "
-                        "tablename = 'cv_meta' AND "
-                        "schemaname = current_schema()",
+    [CVQ_META_EXISTS] =
+        "SELECT 1 FROM pg_catalog.pg_tables WHERE "
+        "tablename = 'cv_meta' AND "
+        "schemaname = current_schema()",
 };
 
 static const char *const sql_text[CVQ__COUNT] = {

@@ -64,7 +64,7 @@ fi
 grep -E 'warning:' "$build/libs.log" >&2 || true
 
 # --- The targets.
-deps=(lua5.4 libuv sqlite3 jansson libcrypto)
+deps=(lua5.4 libuv sqlite3 libpq jansson libcrypto)
 read -ra dep_cflags <<<"$(pkg-config --cflags "${deps[@]}")"
 read -ra dep_libs <<<"$(pkg-config --libs "${deps[@]}")"
 out=$build/fuzz
