@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cli.h"
 #include "error.h"
@@ -222,6 +223,43 @@ static const sy__cli_opt run_opts[] = {
      "instances in memory at once (512)"},
     {NULL, 0, 0, NULL, NULL}};
 
+static void add_stats(sy_run_stats *sum, sy_engine *e) {
+  sy_run_stats s;
+  sy_engine_stats(e, &s);
+  sum->steps += s.steps;
+  sum->completed += s.completed;
+  sum->retries += s.retries;
+  sum->incidents += s.incidents;
+  sum->caught += s.caught;
+  sum->parked += s.parked;
+}
+
+/* A database server that went away (restarted, failed over, the network
+ * cut): the engine is opened again, after 0.1 s, then twice as long each
+ * try up to 5 s, until it is back (or a signal ends the process). The new
+ * engine takes back at once what the old one held (reap_dead: the same
+ * process under another identity). */
+static int reconnect(sy__cli *c, sy_engine **e) {
+  struct timespec wait = {0, 100000000};
+  char err[1024];
+  for (;;) {
+    nanosleep(&wait, NULL);
+    if (!sy_engine_open(e, &c->o, err, sizeof err)) {
+      fprintf(stderr, "switchyard: reconnected\n");
+      return 0;
+    }
+    fprintf(stderr, "switchyard: %s; trying again\n", err);
+    wait.tv_nsec *= 2;
+    if (wait.tv_nsec >= 1000000000) {
+      wait.tv_sec += wait.tv_nsec / 1000000000;
+      wait.tv_nsec %= 1000000000;
+    }
+    if (wait.tv_sec >= 5) {
+      wait = (struct timespec){5, 0};
+    }
+  }
+}
+
 static int cmd_run(sy__cli *c) {
   int until_idle = 0, rc, key;
   long long conc;
@@ -251,8 +289,20 @@ static int cmd_run(sy__cli *c) {
   if ((rc = sy__cli_open(c, &e))) {
     return rc;
   }
-  rc = sy_engine_run(e, until_idle);
-  sy_engine_stats(e, &s);
+  memset(&s, 0, sizeof s);
+  while ((rc = sy_engine_run(e, until_idle)) &&
+         sy_store_connection_lost(sy_engine_store(e))) {
+    add_stats(&s, e);
+    fprintf(stderr,
+            "switchyard: lost the database connection (%s); what this "
+            "engine held will run again, as after a crash\n",
+            sy_engine_errmsg(e));
+    sy_engine_close(e);
+    if (reconnect(c, &e)) {
+      return 1;
+    }
+  }
+  add_stats(&s, e);
   fprintf(stderr,
           "switchyard: %lld step runs, %lld instances completed, %lld "
           "retries, %lld incidents, %lld errors caught, %lld parked\n",

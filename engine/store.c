@@ -482,6 +482,10 @@ int sy_store_clock(sy_store *st, int64_t *ms) {
   return st->b->clock ? st->b->clock(st, ms) : SY_ENOTFOUND;
 }
 
+int sy_store_connection_lost(sy_store *st) {
+  return st->b->lost && st->b->lost(st);
+}
+
 const char *sy_store_backend(sy_store *st) {
   return st->b->name;
 }

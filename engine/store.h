@@ -37,6 +37,9 @@ int sy_store_copy(sy_store *from, sy_store *to, int64_t now, sy_copy_cb cb,
 /* The database server's clock (ms since the epoch), which every engine
  * sharing it reads alike; SY_ENOTFOUND for a file on this host. */
 int sy_store_clock(sy_store *st, int64_t *ms);
+/* Whether the connection to a database server was lost (a server
+ * restarted or gone): the store is then good for nothing but closing. */
+int sy_store_connection_lost(sy_store *st);
 /* Which backend holds the database: "sqlite" or "postgresql". */
 const char *sy_store_backend(sy_store *st);
 /* Whether the database's last failure was a lock another process held. */

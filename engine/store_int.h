@@ -77,6 +77,8 @@ typedef struct sy__backend {
   /* The database's clock, in ms since the epoch; NULL when the database
    * is a file on this host, whose clock is the engine's own. */
   int (*clock)(sy_store *st, int64_t *ms);
+  /* Whether the connection is gone; NULL: a file never goes. */
+  int (*lost)(sy_store *st);
 } sy__backend;
 extern const sy__backend sy__sqlite, sy__postgres;
 

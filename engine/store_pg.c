@@ -46,6 +46,29 @@ static int busy_state(const char *state) {
                    strcmp(state, "40P01") == 0);  /* deadlock_detected */
 }
 
+/* libpq's messages run over several lines ("...\n\tThis probably
+ * means..."): one line, for a log. */
+static void one_line(char *m) {
+  char *w = m;
+  for (const char *r = m; *r; r++) {
+    if (*r == '\n' || *r == '\t') {
+      if (w > m && w[-1] != ' ') {
+        *w++ = ' ';
+      }
+    } else {
+      *w++ = *r;
+    }
+  }
+  *w = '\0';
+}
+
+/* Notices (and the server's last words on a connection it ends) are not
+ * the engine's to print: what fails is said by the failure. */
+static void quiet(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
 /* A failed result (or a connection failure, res NULL): the message,
  * without libpq's trailing newline, as the store's error. */
 static int pg_fail(sy_store *st, PGresult *res, const char *what) {
@@ -60,6 +83,7 @@ static int pg_fail(sy_store *st, PGresult *res, const char *what) {
   }
   st->pg_busy = res ? busy_state(PQresultErrorField(res, PG_DIAG_SQLSTATE)) : 0;
   sy_store_set_error(st, 0, "%s: %.*s", what, (int)n, msg);
+  one_line(st->errmsg);
   return st->pg_busy ? SY_EBUSY : SY_ESTORE;
 }
 
@@ -504,6 +528,7 @@ static int pg_open(sy_store *st, const char *where, const sy_store_opts *opts,
     snprintf(err, errlen, "cannot open database %s: %.*s", url, (int)n, msg);
     return SY_ESTORE;
   }
+  PQsetNoticeProcessor(st->pg, quiet, NULL);
   /* Quiet notices ("relation already exists, skipping"); a bounded wait
    * for the write lock, as SQLite's busy timeout. */
   snprintf(sql, sizeof sql,
@@ -569,6 +594,10 @@ static int pg_clock(sy_store *st, int64_t *ms) {
   return rc;
 }
 
+static int pg_lost(sy_store *st) {
+  return PQstatus(st->pg) == CONNECTION_BAD;
+}
+
 const sy__backend sy__postgres = {
     .name = "postgresql",
     .postgres = 1,
@@ -587,4 +616,5 @@ const sy__backend sy__postgres = {
         "schemaname = current_schema()",
     .copied = pg_copied,
     .clock = pg_clock,
+    .lost = pg_lost,
 };

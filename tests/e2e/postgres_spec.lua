@@ -342,6 +342,29 @@ describe("on PostgreSQL", function()
       H.rmdir(env.dir)
     end)
 
+  it("a lost connection: the engine reconnects, and what it held runs " ..
+    "again as after a crash, once", function()
+      local N = 2000
+      local env = pg_env({ workflows = FAULTS })
+      start_routed(env, N)
+      local p = env:spawn("run", "--until-idle")
+      assert(H.poll(30, 0.01, function()
+        return H.exit_code(p) or scalar(env.url, "SELECT count(*) FROM " ..
+          "step_runs") >= 1000
+      end))
+      assert.is_nil(H.exit_code(p), "done before the cut")
+      -- the server ends the engine's connection (a restart, a failover)
+      assert.are.equal("t", scalar(env.url, "SELECT bool_and(" ..
+        "pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = " ..
+        "current_database() AND pid <> pg_backend_pid()"))
+      assert.are.equal(0, H.wait_exit(p, 120), H.read(p.log) or "")
+      local log = H.read(p.log)
+      has(log, "lost the database connection", "run's log")
+      has(log, "reconnected", "run's log")
+      check_routed(env.url, N)
+      H.rmdir(env.dir)
+    end)
+
   it("says which database it cannot reach, and exits 1", function()
     local env = H.env({ workflows = H.workflows })
     local url = "postgresql://nobody@/nowhere?host=" .. cluster_dir ..
