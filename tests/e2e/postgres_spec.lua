@@ -365,6 +365,38 @@ describe("on PostgreSQL", function()
       H.rmdir(env.dir)
     end)
 
+  it("a rate set by another process reaches the next decision after its " ..
+    "commit", function()
+      local env = pg_env({ workflows = FAULTS })
+      env:ok("rollout", "set", A.FLAG, "0%", "--reason", "all on v1")
+      env:ok("start", "routed", "--count", "3000", "--var", "user_id=u{n}",
+        "--var", "n:={n}")
+      local p = env:spawn("run", "--concurrency", "16")
+      assert(H.poll(30, 0.01, function()
+        return scalar(env.url, "SELECT count(*) FROM cv_decisions") >= 200
+      end), "no decisions")
+      env:ok("rollout", "set", A.FLAG, "100%", "--reason", "all on v2")
+      local change = psql(env.url, "SELECT id, at FROM cv_audit WHERE " ..
+        "new_value = '100%'")[1]
+      assert(H.poll(30, 0.01, function()
+        return scalar(env.url, "SELECT count(*) FROM cv_decisions WHERE " ..
+          "decided_at > " .. change[2]) >= 200
+      end), "no decisions after the change")
+      H.signal(p, "TERM")
+      assert.are.equal(0, H.wait_exit(p, 20))
+      -- Decided after the commit (50 ms for the two processes' clocks,
+      -- both set by the server's): the new rate, the new ramp step.
+      local late = psql(env.url, "SELECT count(*), sum(CASE WHEN rate_ppm " ..
+        "= 1000000 AND ramp_id = " .. change[1] .. " AND version = 'v2' " ..
+        "THEN 1 ELSE 0 END) FROM cv_decisions WHERE decided_at > " ..
+        (tonumber(change[2]) + 50))[1]
+      assert.is_true(tonumber(late[1]) > 0)
+      assert.are.equal(late[1], late[2])
+      assert.is_true(scalar(env.url, "SELECT count(*) FROM cv_decisions " ..
+        "WHERE rate_ppm = 0 AND version = 'v1'") >= 200)
+      H.rmdir(env.dir)
+    end)
+
   it("says which database it cannot reach, and exits 1", function()
     local env = H.env({ workflows = H.workflows })
     local url = "postgresql://nobody@/nowhere?host=" .. cluster_dir ..
