@@ -55,7 +55,8 @@ enum {
 };
 
 static const sy__cli_opt globals[] = {
-    {"db", required_argument, G_DB, "PATH", "database file (switchyard.db)"},
+    {"db", required_argument, G_DB, "PATH|URL",
+     "SQLite file (switchyard.db), or postgresql://user@host/db"},
     {"workflows", required_argument, G_WORKFLOWS, "DIR",
      "workflow files (workflows)"},
     {"plugins", required_argument, G_PLUGINS, "DIR",
