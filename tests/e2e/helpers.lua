@@ -231,6 +231,12 @@ end
 -- returned handle has pid (of switchyard itself: sh execs it), log (stdout
 -- and stderr) and rcfile (written with the exit code when it ends).
 function Env:spawn(...)
+  return self:spawn_in({}, ...)
+end
+
+-- The same, the engine started by a command that execs it (prefix: its
+-- words, e.g. { "ip", "netns", "exec", NS }): the pid stays the engine's.
+function Env:spawn_in(prefix, ...)
   self.n = self.n + 1
   local base = self:path(string.format("bg%d", self.n))
   local p = { pidfile = base .. ".pid", log = base .. ".log",
@@ -239,8 +245,13 @@ function Env:spawn(...)
   for _, a in ipairs(self:argv(...)) do
     words[#words + 1] = H.q(a)
   end
+  local pre = {}
+  for _, w in ipairs(prefix) do
+    pre[#pre + 1] = H.q(w) .. " "
+  end
   local inner = "sh -c 'echo $$ > \"$1\"; shift; exec \"$@\"' sh " ..
-      H.q(p.pidfile) .. " " .. H.q(H.bin) .. " " .. table.concat(words, " ")
+      H.q(p.pidfile) .. " " .. table.concat(pre) .. H.q(H.bin) .. " " ..
+      table.concat(words, " ")
   local cmd = "( " .. inner .. " </dev/null >" .. H.q(p.log) ..
       " 2>&1; echo $? > " .. H.q(p.rcfile .. ".tmp") .. "; mv " ..
       H.q(p.rcfile .. ".tmp") .. " " .. H.q(p.rcfile) ..

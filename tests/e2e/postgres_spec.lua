@@ -397,6 +397,105 @@ describe("on PostgreSQL", function()
       H.rmdir(env.dir)
     end)
 
+  -- Three hosts: three network namespaces, each with a host name of its
+  -- own and a veth pair to the namespace where a second cluster listens on
+  -- TCP (private addresses only). Root only (ip netns).
+  it("three engines on three hosts over TCP, one killed -9: every instance " ..
+    "once, each subject on SQLite's version", function()
+      if not H.capture("id -u"):match("^0") then
+        pending("needs root: ip netns")
+        return
+      end
+      -- names unique to this run (a shell's pid), within 15 characters
+      local N = 20000
+      local tag = string.format("%05d", tonumber(H.capture("echo $$")) % 100000)
+      local nets, cleanup = {}, {}
+      finally(function()
+        for i = #cleanup, 1, -1 do
+          H.exec(cleanup[i] .. " >/dev/null 2>&1")
+        end
+      end)
+      local function sh(cmd)
+        local out = H.capture(cmd .. " 2>&1; echo rc=$?")
+        assert(out:match("rc=0%s*$"), cmd .. ":\n" .. out)
+      end
+      for k = 1, 3 do
+        local n = { ns = "sy" .. tag .. "h" .. k, hv = "sy" .. tag .. "v" .. k,
+                    nv = "sy" .. tag .. "n" .. k,
+                    server = "10.231." .. k .. ".1",
+                    me = "10.231." .. k .. ".2" }
+        nets[k] = n
+        sh("ip netns add " .. n.ns)
+        cleanup[#cleanup + 1] = "ip netns del " .. n.ns
+        sh("ip link add " .. n.hv .. " type veth peer name " .. n.nv)
+        cleanup[#cleanup + 1] = "ip link del " .. n.hv
+        sh("ip link set " .. n.nv .. " netns " .. n.ns)
+        sh("ip addr add " .. n.server .. "/24 dev " .. n.hv)
+        sh("ip link set " .. n.hv .. " up")
+        sh("ip netns exec " .. n.ns .. " ip addr add " .. n.me .. "/24 dev " ..
+          n.nv)
+        sh("ip netns exec " .. n.ns .. " ip link set " .. n.nv .. " up")
+        sh("ip netns exec " .. n.ns .. " ip link set lo up")
+      end
+      local dir = H.tmpdir()
+      local out = H.capture(H.q(CLUSTER) .. " start " .. H.q(dir) .. " " ..
+        nets[1].server .. "," .. nets[2].server .. "," .. nets[3].server ..
+        " 2>&1")
+      cleanup[#cleanup + 1] = H.q(CLUSTER) .. " stop " .. H.q(dir) ..
+          "; rm -rf " .. H.q(dir)
+      local socket_url = assert(out:match("(postgresql://%S+)"), out)
+      psql(socket_url, "CREATE DATABASE hosts")
+      local env = H.env({ workflows = FAULTS })
+      env.db = socket_url:gsub("/switchyard%?", "/hosts?")
+      env.url = env.db
+      start_routed(env, N)
+      local engines = {}
+      for k = 1, 3 do
+        engines[k] = env:spawn_in({ "ip", "netns", "exec", nets[k].ns,
+          "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
+          "host" .. k }, "--db",
+          "postgresql://postgres@" .. nets[k].server .. "/hosts", "run")
+      end
+      -- all three at work, then one killed mid-run
+      assert(H.poll(60, 0.05, function()
+        return scalar(env.url, "SELECT count(*) FROM engines") == 3 and
+            scalar(env.url, "SELECT count(*) FROM step_runs") >= 20000
+      end), "the engines did not get going:\n" .. (H.read(engines[2].log)
+        or ""))
+      H.signal(engines[2], "KILL")
+      assert.are.equal(137, H.wait_exit(engines[2], 10))
+      -- its instances wait for their leases to expire (30 s), then the
+      -- others take them over
+      assert(H.poll(120, 0.2, function()
+        local st = states(env.url)
+        return (st.completed or 0) + (st.incident or 0) == N
+      end), "not done: " .. H.json.encode(states(env.url)))
+      for _, k in ipairs({ 1, 3 }) do
+        H.signal(engines[k], "TERM")
+        assert.are.equal(0, H.wait_exit(engines[k], 20))
+        local steps = tonumber((H.read(engines[k].log) or ""):match(
+          "(%d+) step runs"))
+        assert.is_true(steps and steps > 0, "engine " .. k .. " ran nothing")
+      end
+      check_routed(env.url, N)
+      -- the version of each subject: what one engine on SQLite gives it
+      local lite = H.env({ workflows = FAULTS })
+      start_routed(lite, N)
+      lite:ok("run", "--until-idle")
+      local function versions(rows)
+        local t = {}
+        for _, r in ipairs(rows) do
+          t[#t + 1] = r[1] .. "=" .. r[2]
+        end
+        table.sort(t)
+        return table.concat(t, " ")
+      end
+      local q = "SELECT subject, version FROM cv_decisions"
+      assert.are.equal(versions(lite:sql(q)), versions(psql(env.url, q)))
+      H.rmdir(lite.dir)
+      H.rmdir(env.dir)
+    end)
+
   it("says which database it cannot reach, and exits 1", function()
     local env = H.env({ workflows = H.workflows })
     local url = "postgresql://nobody@/nowhere?host=" .. cluster_dir ..

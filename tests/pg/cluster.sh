@@ -6,6 +6,11 @@
 #                                   at most 107 bytes, DIR may be deep);
 #                                   prints the URL of its database
 #                                   "switchyard"
+#   tests/pg/cluster.sh start DIR ADDRS
+#                                   the same, and TCP on these addresses
+#                                   (comma-separated: private ones, as a
+#                                   test's veth pairs), trusting the
+#                                   networks they are on
 #   tests/pg/cluster.sh stop DIR    stops it (fast), whatever state it is in,
 #                                   and removes the socket's directory
 # PostgreSQL refuses to run as root: as root the cluster runs as the
@@ -31,8 +36,12 @@ case $cmd in
     "${as[@]}" "$bin/initdb" -D "$dir/data" -U "$user" --auth=trust \
       --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 ||
       { cat "$dir/initdb.log" >&2; exit 1; }
+    listen=${3:-}
+    if [ -n "$listen" ]; then
+      echo "host all all samenet trust" >>"$dir/data/pg_hba.conf"
+    fi
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-c listen_addresses='' -k $sock -c fsync=off -c max_connections=50" \
+      -o "-c listen_addresses='$listen' -k $sock -c fsync=off -c max_connections=50" \
       start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
     "${as[@]}" "$bin/createdb" -h "$sock" -U "$user" switchyard
     echo "postgresql://$user@/switchyard?host=$sock"
