@@ -419,10 +419,6 @@ int sy__exec_stmt(sy_store *st, sy_stmt *s, const char *what) {
   return 0;
 }
 
-void sy__bind_text(sy_stmt *s, int i, const char *v) {
-  sy_stmt_bind_text(s, i, v);
-}
-
 void sy__bind_opt_int(sy_stmt *s, int i, int64_t v) {
   if (v) {
     sy_stmt_bind_int(s, i, v);
@@ -581,7 +577,7 @@ int sy_store_put_definition(sy_store *st, const char *hash,
   }
   sy_stmt_bind_text(s, 1, hash);
   sy_stmt_bind_text(s, 2, workflow);
-  sy__bind_text(s, 3, path);
+  sy_stmt_bind_text(s, 3, path);
   sy_stmt_bind_textn(s, 4, source, len);
   sy_stmt_bind_int(s, 5, sy_now_ms());
   return sy__exec_stmt(st, s, "store definition");

@@ -223,18 +223,18 @@ int sy_store_count_active(sy_store *st, int64_t *n) {
 static void bind_update(sy_stmt *s, const sy_instance_update *u) {
   sy_stmt_bind_int(s, 1, u->id);
   sy_stmt_bind_text(s, 2, u->state);
-  sy__bind_text(s, 3, u->step);
+  sy_stmt_bind_text(s, 3, u->step);
   sy_stmt_bind_int(s, 4, u->attempt);
-  sy__bind_text(s, 5, u->vars);
+  sy_stmt_bind_text(s, 5, u->vars);
   sy__bind_opt_int(s, 6, u->wake_at);
-  sy__bind_text(s, 7, u->wait_signal);
+  sy_stmt_bind_text(s, 7, u->wait_signal);
   sy_stmt_bind_int(s, 8, u->now);
   sy__bind_opt_int(s, 9, u->ended ? u->now : 0);
-  sy__bind_text(s, 10, u->owner);
+  sy_stmt_bind_text(s, 10, u->owner);
   sy_stmt_bind_int(s, 11, u->new_generation);
   sy_stmt_bind_int(s, 12, u->run_ms);
   sy_stmt_bind_int(s, 13, u->rerun);
-  sy__bind_text(s, 14, u->caught);
+  sy_stmt_bind_text(s, 14, u->caught);
   sy_stmt_bind_int(s, 15, u->leaves_step);
 }
 
@@ -280,10 +280,10 @@ int sy_store_insert_step_run(sy_store *st, const sy_step_run_row *r) {
   sy_stmt_bind_int(s, 4, r->started_at);
   sy_stmt_bind_int(s, 5, r->ended_at);
   sy_stmt_bind_text(s, 6, r->outcome);
-  sy__bind_text(s, 7, r->error);
+  sy_stmt_bind_text(s, 7, r->error);
   sy_stmt_bind_int(s, 8, r->run_ms);
-  sy__bind_text(s, 9, r->code);
-  sy__bind_text(s, 10, r->handler);
+  sy_stmt_bind_text(s, 9, r->code);
+  sy_stmt_bind_text(s, 10, r->handler);
   return sy__exec_stmt(st, s, "record step run");
 }
 
@@ -298,8 +298,8 @@ int sy_store_journal_put(sy_store *st, int64_t instance_id,
   sy_stmt_bind_int(s, 3, j->kind);
   sy_stmt_bind_int(s, 4, (int64_t)j->hash);
   sy_stmt_bind_text(s, 5, j->what);
-  sy__bind_text(s, 6, j->result);
-  sy__bind_text(s, 7, j->error);
+  sy_stmt_bind_text(s, 6, j->result);
+  sy_stmt_bind_text(s, 7, j->error);
   sy__bind_opt_int(s, 8, j->due_at);
   sy__bind_opt_int(s, 9, j->started_at);
   sy__bind_opt_int(s, 10, j->ran_ms);
@@ -369,8 +369,8 @@ int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
 }
 
 static void bind_filter(sy_stmt *s, const sy_instance_filter *f) {
-  sy__bind_text(s, 1, f->state);
-  sy__bind_text(s, 2, f->workflow);
+  sy_stmt_bind_text(s, 1, f->state);
+  sy_stmt_bind_text(s, 2, f->workflow);
   sy_stmt_bind_int(s, 3, f->after);
 }
 

@@ -108,8 +108,6 @@ extern const int sy__schema_version;
 sy_stmt *sy__stmt(sy_store *st, int q);
 /* Steps a statement that returns no rows (bindings made), then resets it. */
 int sy__exec_stmt(sy_store *st, sy_stmt *s, const char *what);
-/* Binds text, or NULL for a NULL pointer. */
-void sy__bind_text(sy_stmt *s, int i, const char *v);
 /* Binds an integer, or NULL for 0. */
 void sy__bind_opt_int(sy_stmt *s, int i, int64_t v);
 
