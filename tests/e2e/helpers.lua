@@ -188,6 +188,12 @@ function Env:sql(query, db)
   local out = H.capture("sqlite3 -batch -noheader -separator '|' -cmd " ..
     H.q(".timeout 10000") .. " " .. H.q(db) .. " " .. H.q(query) ..
     " 2>&1")
+  return H.rows(out), out
+end
+
+-- Rows a client printed a line each, fields separated by '|' (sqlite3's
+-- and psql's unaligned output): a list of lists of strings.
+function H.rows(out)
   local rows = {}
   for line in (out .. "\n"):gmatch("(.-)\n") do
     if line ~= "" then
@@ -198,7 +204,7 @@ function Env:sql(query, db)
       rows[#rows + 1] = row
     end
   end
-  return rows, out
+  return rows
 end
 
 -- The first column of the first row, as a number when it is one.
