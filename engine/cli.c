@@ -431,28 +431,12 @@ void sy__cli_print_json(json_t *j) {
 
 /* Commands that only read or change existing instances must not leave an
  * empty database behind a mistyped --db. */
-static int db_exists(const char *where) {
-  struct stat sb;
-  /* A server's database is there or not; the connection says which. */
-  return sy_store_on_server(where) || strcmp(where, ":memory:") == 0 ||
-         stat(where, &sb) == 0;
-}
-
 static int need_db(const sy__cli *c) {
-  if (db_exists(c->o.db_path)) {
+  if (sy_store_exists(c->o.db_path)) {
     return 0;
   }
   fprintf(stderr, "switchyard: no database at %s (--db)\n", c->o.db_path);
   return SY__EXIT_USAGE;
-}
-
-static void remove_db(const char *db_path) {
-  char path[4200];
-  unlink(db_path);
-  snprintf(path, sizeof path, "%s-wal", db_path);
-  unlink(path);
-  snprintf(path, sizeof path, "%s-shm", db_path);
-  unlink(path);
 }
 
 /* A command of a plugin. Without a database, the command is looked up on
@@ -462,7 +446,8 @@ static int run_plugin_command(sy__cli *c) {
   sy_engine *e;
   const sy_command_entry *pc;
   const char *cmd = c->argv[0], *db_path = c->o.db_path;
-  int exists = db_exists(db_path);
+  int exists = sy_store_exists(db_path);
+  char *before = NULL;
   int rc, may_create = 0;
   if (!exists) {
     c->o.db_path = ":memory:";
@@ -487,7 +472,10 @@ static int run_plugin_command(sy__cli *c) {
       fprintf(stderr, "switchyard: no database at %s (--db)\n", db_path);
       return SY__EXIT_USAGE;
     }
+    before = sy_store_tables_before(db_path);
     if ((rc = sy__cli_open(c, &e))) {
+      sy_store_undo_create(db_path, before);
+      free(before);
       return rc;
     }
     pc = sy_plugins_command(sy_engine_plugins(e), cmd);
@@ -505,8 +493,9 @@ static int run_plugin_command(sy__cli *c) {
   }
   sy_engine_close(e);
   if (rc && !exists && !c->help) {
-    remove_db(db_path); /* bad input changes nothing, not even this */
+    sy_store_undo_create(db_path, before);
   }
+  free(before);
   return rc;
 }
 

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "clock.h"
@@ -44,7 +43,6 @@ static int cmd_db(sy__cli *c) {
   sy_engine *from = NULL, *to = NULL;
   copy_report r = {0};
   char err[1024];
-  struct stat sb;
   int key, n = 0, rc;
   while ((key = sy__cli_next(c, &v)) > 0) {
     if (n == 3) {
@@ -67,7 +65,7 @@ static int cmd_db(sy__cli *c) {
   if (strcmp(words[1], words[2]) == 0) {
     return sy__cli_usage_error("db copy: FROM and TO are the same database");
   }
-  if (!sy_store_on_server(words[1]) && stat(words[1], &sb) != 0) {
+  if (!sy_store_exists(words[1])) {
     return sy__cli_usage_error("db copy: no database at %s (FROM)", words[1]);
   }
   if ((rc = open_side(c, words[1], 0, &from)) ||

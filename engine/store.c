@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "error.h"
@@ -436,6 +437,96 @@ void sy__bind_opt_int(sy_stmt *s, int i, int64_t v) {
 int sy_store_on_server(const char *where) {
   return strncmp(where, "postgresql://", 13) == 0 ||
          strncmp(where, "postgres://", 11) == 0;
+}
+
+int sy_store_exists(const char *where) {
+  return (sy_store_on_server(where) ? &sy__postgres : &sy__sqlite)
+      ->exists(where);
+}
+
+/* Whether `name` is one of the lines of `lines` (each ended by '\n'). */
+static int line_in(const char *lines, const char *name) {
+  size_t n = strlen(name);
+  for (const char *l = lines; *l; l = strchr(l, '\n') + 1) {
+    if (strncmp(l, name, n) == 0 && l[n] == '\n') {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Every table of an open store, each name ended by '\n'. */
+static char *table_names(sy_store *st) {
+  sy_stmt *s = sy_store_prepare(st, &(sy_sql){st->b->tables_sql, NULL});
+  char *all = strdup(""), *more;
+  size_t len = 0;
+  int rc = SY_DONE;
+  while (s && all && (rc = sy_stmt_step(s)) == SY_ROW) {
+    const char *name = sy_stmt_column_text(s, 0);
+    size_t n = strlen(name);
+    if (!(more = realloc(all, len + n + 2))) {
+      break;
+    }
+    all = more;
+    memcpy(all + len, name, n);
+    all[len + n] = '\n';
+    all[len += n + 1] = '\0';
+  }
+  sy_stmt_finalize(s);
+  if (!s || !all || rc != SY_DONE) {
+    free(all);
+    return NULL;
+  }
+  return all;
+}
+
+static int open_plain(sy_store **st, const char *where) {
+  sy_store_opts o = {.read_only = 1};
+  char err[256];
+  return sy_store_open(st, where, &o, err, sizeof err);
+}
+
+char *sy_store_tables_before(const char *where) {
+  sy_store *st;
+  char *names;
+  if (!sy_store_on_server(where)) {
+    return strdup(""); /* the file is not there: it goes as a whole */
+  }
+  if (open_plain(&st, where)) {
+    return NULL;
+  }
+  names = table_names(st);
+  sy_store_close(st);
+  return names;
+}
+
+void sy_store_undo_create(const char *where, const char *before) {
+  sy_store *st;
+  char *now, *name, *end, sql[256];
+  if (!sy_store_on_server(where)) {
+    snprintf(sql, sizeof sql, "%s", where);
+    unlink(sql);
+    snprintf(sql, sizeof sql, "%s-wal", where);
+    unlink(sql);
+    snprintf(sql, sizeof sql, "%s-shm", where);
+    unlink(sql);
+    return;
+  }
+  if (!before || open_plain(&st, where)) {
+    return;
+  }
+  if ((now = table_names(st)) && !sy_store_begin(st)) {
+    for (name = now; (end = strchr(name, '\n')); name = end + 1) {
+      *end = '\0';
+      if (!line_in(before, name)) {
+        snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS \"%s\" CASCADE", name);
+        sy_store_exec_script(st, &(sy_sql){sql, NULL});
+      }
+    }
+    sy_store_commit(st);
+  }
+  free(now);
+  sy_store_close(st);
 }
 
 int sy_store_open(sy_store **out, const char *where, const sy_store_opts *opts,

@@ -25,6 +25,17 @@ int sy_store_data_version(sy_store *st, int64_t *v);
 /* Whether `where` names a database on a server (postgresql://...,
  * postgres://...) rather than a SQLite file. */
 int sy_store_on_server(const char *where);
+/* Whether `where` holds a switchyard database already (a file; the
+ * tables on a server), without creating anything. A server that cannot
+ * be reached says yes: opening it then says why. */
+int sy_store_exists(const char *where);
+/* Bad input changes nothing, not even whether there is a database: a
+ * command that found none and failed undoes what opening made. Before it
+ * opens, sy_store_tables_before notes what is there (NULL: unknown, and
+ * then nothing is undone); sy_store_undo_create removes the SQLite file,
+ * or drops the tables that were not there before on a server. */
+char *sy_store_tables_before(const char *where);
+void sy_store_undo_create(const char *where, const char *before);
 /* Copies every table of `from` into `to`, which must be empty (its schema
  * made: opened by an engine with the same plugins), in one transaction;
  * refuses a source whose instances an engine holds (leases not expired at

@@ -60,6 +60,8 @@ typedef struct sy__backend {
   int (*open)(sy_store *st, const char *where, const sy_store_opts *o,
               char *err, size_t errlen);
   void (*close)(sy_store *st);
+  /* Whether `where` holds a database already (1), without making one. */
+  int (*exists)(const char *where);
   sy_stmt *(*prepare)(sy_store *st, const char *sql);
   int (*exec)(sy_store *st, const char *script);
   /* write: takes the database's write lock at once (one writer at a time,

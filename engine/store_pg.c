@@ -40,10 +40,13 @@ typedef struct pg_stmt {
  * Errors */
 
 /* SQLSTATEs that mean "another holds what we want; try again later". */
+/* A write in a read transaction (read_only_sql_transaction) is busy too,
+ * as SQLite has it: the caller is to begin again with the write lock. */
 static int busy_state(const char *state) {
   return state && (strcmp(state, "55P03") == 0 || /* lock_not_available */
                    strcmp(state, "40001") == 0 || /* serialization_failure */
-                   strcmp(state, "40P01") == 0);  /* deadlock_detected */
+                   strcmp(state, "40P01") == 0 || /* deadlock_detected */
+                   strcmp(state, "25006") == 0);
 }
 
 /* libpq's messages run over several lines ("...\n\tThis probably
@@ -81,7 +84,17 @@ static int pg_fail(sy_store *st, PGresult *res, const char *what) {
   while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) {
     n--;
   }
-  st->pg_busy = res ? busy_state(PQresultErrorField(res, PG_DIAG_SQLSTATE)) : 0;
+  const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  st->pg_busy = busy_state(state);
+  if (state && strcmp(state, "55P03") == 0) {
+    /* As SQLite says it: another writer held the database past the busy
+     * timeout. */
+    sy_store_set_error(st, 0,
+                       "%s: database is locked (another process held the "
+                       "write lock for more than %d ms)",
+                       what, st->busy_timeout_ms);
+    return SY_EBUSY;
+  }
   sy_store_set_error(st, 0, "%s: %.*s", what, (int)n, msg);
   one_line(st->errmsg);
   return st->pg_busy ? SY_EBUSY : SY_ESTORE;
@@ -415,11 +428,13 @@ static int pg_tx_open(sy_store *st) {
 /* Writers take turns, as on SQLite: the lock is the transaction's, let go
  * at its end; waiting for it is bounded by lock_timeout (the busy
  * timeout), past which the wait fails as busy. A reader sees one
- * snapshot. */
+ * snapshot and cannot write: a write there fails as busy, and the caller
+ * begins again as a writer (as SQLite refuses to turn a read into a write
+ * once another process wrote). */
 static int pg_begin(sy_store *st, int write) {
   int rc =
       pg_exec(st, write ? "BEGIN; SELECT pg_advisory_xact_lock(" WRITE_LOCK ")"
-                        : "BEGIN ISOLATION LEVEL REPEATABLE READ");
+                        : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
   if (rc && pg_tx_open(st)) {
     PQclear(PQexec(st->pg, "ROLLBACK")); /* the BEGIN, not the lock */
   }
@@ -463,19 +478,38 @@ static int schema_version(sy_store *st, int *version) {
   return 0;
 }
 
+/* Whether the database has switchyard's tables (sy_meta) yet. */
+static int has_schema(sy_store *st, int *yes) {
+  PGresult *res = PQexec(st->pg, "SELECT to_regclass('sy_meta') IS NOT NULL");
+  int rc = 0;
+  if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+    rc = pg_fail(st, res, "look for the schema");
+  } else {
+    *yes = PQgetvalue(res, 0, 0)[0] == 't';
+  }
+  PQclear(res);
+  return rc;
+}
+
+/* A look without the lock first (a current schema is the common case),
+ * then everything under the write lock: processes opening a new database
+ * at once must not race to create the same tables, which CREATE TABLE IF
+ * NOT EXISTS does not prevent on PostgreSQL. */
 static int migrate(sy_store *st) {
-  int version, rc;
+  int version = 0, rc, yes = 0;
   char sql[128];
-  if ((rc = pg_exec(st,
-                    "CREATE TABLE IF NOT EXISTS sy_meta(key TEXT "
-                    "PRIMARY KEY, value BIGINT NOT NULL)")) ||
-      (rc = schema_version(st, &version))) {
+  if ((rc = has_schema(st, &yes)) ||
+      (yes && (rc = schema_version(st, &version)))) {
     return rc;
   }
   if (version == sy__schema_version) {
     return 0;
   }
-  if ((rc = pg_begin(st, 1)) || (rc = schema_version(st, &version))) {
+  if ((rc = pg_begin(st, 1)) ||
+      (rc = pg_exec(st,
+                    "CREATE TABLE IF NOT EXISTS sy_meta(key TEXT "
+                    "PRIMARY KEY, value BIGINT NOT NULL)")) ||
+      (rc = schema_version(st, &version))) {
     pg_exec(st, "ROLLBACK");
     return rc;
   }
@@ -547,6 +581,17 @@ static int pg_open(sy_store *st, const char *where, const sy_store_opts *opts,
   return rc;
 }
 
+/* A database whose connection fails "exists" here: opening it says why. */
+static int pg_exists(const char *where) {
+  sy_store st = {.pg = PQconnectdb(where)};
+  int yes = 1;
+  if (st.pg && PQstatus(st.pg) == CONNECTION_OK && has_schema(&st, &yes)) {
+    yes = 1;
+  }
+  PQfinish(st.pg);
+  return yes;
+}
+
 static void pg_close(sy_store *st) {
   PQfinish(st->pg);
   st->pg = NULL;
@@ -603,6 +648,7 @@ const sy__backend sy__postgres = {
     .postgres = 1,
     .open = pg_open,
     .close = pg_close,
+    .exists = pg_exists,
     .prepare = pg_prepare,
     .exec = pg_exec,
     .begin = pg_begin,

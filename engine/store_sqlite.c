@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <uv.h>
 
@@ -385,10 +386,16 @@ static int lite_copied(sy_store *st, const char *table) {
   return 0;
 }
 
+static int lite_exists(const char *where) {
+  struct stat sb;
+  return strcmp(where, ":memory:") == 0 || stat(where, &sb) == 0;
+}
+
 const sy__backend sy__sqlite = {
     .name = "sqlite",
     .open = lite_open,
     .close = lite_close,
+    .exists = lite_exists,
     .prepare = lite_prepare,
     .exec = lite_exec,
     .begin = lite_begin,
