@@ -181,9 +181,8 @@ describe("error handlers", function()
     end
     -- From the fixture's rules: v1 fails n % 5 == 0, v2 n % 3 == 0.
     local expected = { v1 = 0, v2 = 0 }
-    for _, r in ipairs(env:sql("SELECT d.version, json_extract(i.vars, " ..
-      "'$.n') FROM cv_decisions d JOIN instances i ON i.id = " ..
-      "d.instance_id")) do
+    for _, r in ipairs(env:sql("SELECT d.version, " .. H.jtext("i.vars", "n")
+      .. " FROM cv_decisions d JOIN instances i ON i.id = d.instance_id")) do
       local n = tonumber(r[2])
       if (r[1] == "v1" and n % 5 == 0) or (r[1] == "v2" and n % 3 == 0) then
         expected[r[1]] = expected[r[1]] + 1

@@ -13,6 +13,8 @@ local H = {}
 
 local json = require "dkjson"
 H.json = json
+-- busted's assert (this file runs outside a spec's environment)
+local assert = require "luassert"
 
 H.bin = assert(os.getenv("SWITCHYARD"),
   "SWITCHYARD is not set: run the e2e specs through ctest")
@@ -116,18 +118,54 @@ local spawned = {}
 local Env = {}
 Env.__index = Env
 
+-- The backend the specs run on: "sqlite" (a file per test environment),
+-- or "pg" when ctest runs them again on PostgreSQL (tests/lua/testdb.lua).
+local D = require "testdb"
+H.backend, H.sqlite = D.backend, D.sqlite
+H.is_url, H.psql, H.rows = D.is_url, D.psql, D.rows
+
+-- A new, empty database of the suite's cluster, named after dir (unique
+-- while dir exists): its URL.
+local function pg_database(dir)
+  return D.pg_database(dir:match("([^.]*)$"))
+end
+
 -- A test environment: a temp dir holding the database and scratch files.
 -- opts.workflows: the workflows dir (default: the repo's workflows/).
+-- opts.db: the database (default: sy.db in the dir on SQLite, a new
+-- database of the suite's cluster on PostgreSQL).
 function H.env(opts)
   opts = opts or {}
   local dir = H.tmpdir()
+  local db = opts.db
+  if not db then
+    db = H.sqlite and (dir .. "/sy.db") or pg_database(dir)
+  end
   local env = setmetatable({
     dir = dir,
-    db = opts.db or (dir .. "/sy.db"),
+    db = db,
     workflows = opts.workflows or H.workflows,
     n = 0,
   }, Env)
   return env
+end
+
+-- SQL for the text of a top-level field of a JSON column, the same on
+-- both backends: H.jtext("vars", "one") = '1'.
+function H.jtext(column, key)
+  if H.sqlite then
+    return string.format("CAST(json_extract(%s, '$.%s') AS TEXT)", column,
+      key)
+  end
+  return string.format("(%s::jsonb ->> '%s')", column, key)
+end
+
+-- SQL for the database's clock in milliseconds since the epoch.
+function H.now_ms_sql()
+  if H.sqlite then
+    return "(strftime('%s', 'now') * 1000)"
+  end
+  return "(extract(epoch FROM now()) * 1000)"
 end
 
 function Env:path(name)
@@ -182,29 +220,11 @@ function Env:ok(...)
   return out, err
 end
 
--- Rows of a query, read with the sqlite3 CLI: a list of lists of strings.
+-- Rows of a query, read with the sqlite3 CLI (psql for a PostgreSQL
+-- database): a list of lists of strings.
 function Env:sql(query, db)
   db = db or self.db
-  local out = H.capture("sqlite3 -batch -noheader -separator '|' -cmd " ..
-    H.q(".timeout 10000") .. " " .. H.q(db) .. " " .. H.q(query) ..
-    " 2>&1")
-  return H.rows(out), out
-end
-
--- Rows a client printed a line each, fields separated by '|' (sqlite3's
--- and psql's unaligned output): a list of lists of strings.
-function H.rows(out)
-  local rows = {}
-  for line in (out .. "\n"):gmatch("(.-)\n") do
-    if line ~= "" then
-      local row = {}
-      for field in (line .. "|"):gmatch("(.-)|") do
-        row[#row + 1] = field
-      end
-      rows[#rows + 1] = row
-    end
-  end
-  return rows
+  return D.query(db, query)
 end
 
 -- The first column of the first row, as a number when it is one.
@@ -224,13 +244,66 @@ function Env:states(db)
   return t
 end
 
--- Everything the database holds, as text (the sqlite3 .dump), or a marker
--- when there is no database file: two equal snapshots mean nothing changed.
+-- Everything the database holds, as text (the sqlite3 .dump, pg_dump's
+-- on PostgreSQL), or a marker when there is no database file or no table
+-- in it: two equal snapshots mean nothing changed.
 function Env:snapshot()
+  if H.is_url(self.db) then
+    if self:scalar("SELECT count(*) FROM pg_tables WHERE " ..
+        "schemaname = 'public'") == 0 then
+      return "<no database>"
+    end
+    -- Without pg_dump's random \restrict key around its output, and the
+    -- sequences' positions: PostgreSQL does not roll a sequence back with
+    -- the transaction that drew from it (ids may skip, no row changes).
+    return (H.capture("pg_dump --no-owner " .. H.q(self.db) .. " 2>&1")
+      :gsub("\n\\u?n?restrict [^\n]*", "")
+      :gsub("\nSELECT pg_catalog.setval[^\n]*", ""))
+  end
   if not H.exists(self.db) then
     return "<no database>"
   end
   return H.capture("sqlite3 -batch " .. H.q(self.db) .. " .dump 2>&1")
+end
+
+-- Asserts the database file is sound after whatever the test did to its
+-- writers (SQLite's integrity_check and foreign_key_check). On
+-- PostgreSQL the server owns the files and a killed client cannot tear
+-- them: there is no file of ours to check, and this checks nothing.
+function Env:assert_intact(what)
+  if H.is_url(self.db) then
+    return
+  end
+  assert.are.equal("ok", self:scalar("pragma integrity_check"),
+    (what or "") .. ": integrity_check")
+  assert.are.same({}, (self:sql("pragma foreign_key_check")),
+    (what or "") .. ": foreign_key_check")
+end
+
+-- A copy of the database as of one moment, taken while engines may write
+-- (SQLite's backup API; pg_dump's snapshot restored into a new database):
+-- an env reading that copy, so several queries see the same rows.
+function Env:frozen()
+  local copy
+  if H.is_url(self.db) then
+    copy = pg_database(self.dir .. "s" .. self.n)
+    self.n = self.n + 1
+    local out = H.capture("pg_dump --no-owner " .. H.q(self.db) ..
+      " | psql -X -q -v ON_ERROR_STOP=1 " .. H.q(copy) .. " 2>&1 >/dev/null")
+    assert(out == "", "snapshot: " .. out)
+  else
+    copy = self:path("snapshot.db")
+    os.remove(copy)
+    local rows, out = self:sql(".backup " .. H.q(copy))
+    assert(#rows == 0 and H.exists(copy), "snapshot: " .. out)
+  end
+  return setmetatable({ db = copy }, { __index = self })
+end
+
+-- Whether a command created the database (a file on SQLite, tables on
+-- PostgreSQL, where the test made the empty database).
+function Env:created()
+  return self:snapshot() ~= "<no database>"
 end
 
 -- Starts `switchyard --db DB --workflows DIR ...` in the background. The

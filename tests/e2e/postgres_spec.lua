@@ -23,12 +23,7 @@ end
 local cluster_dir, base_url
 local ndb = 0
 
--- Rows of a query on url, with psql: a list of lists of strings.
-local function psql(url, query)
-  local out = H.capture("psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 " ..
-    H.q(url) .. " -c " .. H.q(query) .. " 2>&1")
-  return H.rows(out), out
-end
+local psql = H.psql
 
 local function scalar(url, query)
   local rows, out = psql(url, query)

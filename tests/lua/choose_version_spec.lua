@@ -10,6 +10,7 @@
 -- (`switchyard rollout ...`), a separate process and connection: every
 -- decision after such a change must see it without reopening the engine.
 local T = require "switchyard.testing"
+local D = require "testdb"
 
 local SWITCHYARD = assert(os.getenv("SWITCHYARD"),
   "SWITCHYARD is not set: run the specs through ctest")
@@ -50,7 +51,7 @@ end)()
 local ndb = 0
 local function fresh_db()
   ndb = ndb + 1
-  return string.format("%s/cv%03d.db", tmpdir, ndb)
+  return D.sqlite and string.format("%s/cv%03d.db", tmpdir, ndb) or D.new()
 end
 
 -- Runs `switchyard --db DB rollout ...` in another process: exit code,
@@ -77,12 +78,8 @@ local function must(db, ...)
   return out
 end
 
--- Writes to the database with the sqlite3 CLI (yet another connection).
-local function sqlite3(db, sql)
-  local ok = os.execute("sqlite3 -batch -cmd '.timeout 10000' " .. q(db) ..
-    " " .. q(sql) .. " >/dev/null")
-  assert(ok, "sqlite3 failed: " .. sql)
-end
+-- Writes to the database from yet another connection (sqlite3, psql).
+local other_writer = D.exec
 
 local function open(db, opts)
   opts = opts or {}
@@ -647,27 +644,8 @@ end)
 
 -- ---------------------------------------------------------------------
 describe("per-version counters", function()
-  local RECOUNT = [[
-    SELECT d.workflow, d.flag, d.version,
-      count(*) AS routed,
-      sum(i.state = 'completed') AS completed,
-      sum(i.state = 'cancelled') AS cancelled,
-      -- in flight: not ended, and not waiting in an incident
-      sum(i.state NOT IN ('completed', 'cancelled', 'incident')) AS in_flight,
-      sum(EXISTS (SELECT 1 FROM incidents n
-                  WHERE n.instance_id = d.instance_id)) AS with_incidents,
-      sum((SELECT count(*) FROM incidents n
-           WHERE n.instance_id = d.instance_id)) AS incidents,
-      sum((SELECT count(*) FROM incidents n
-           WHERE n.instance_id = d.instance_id
-             AND n.resolved_at IS NULL)) AS open_incidents
-    FROM cv_decisions d JOIN instances i ON i.id = d.instance_id
-    GROUP BY d.workflow, d.flag, d.version
-    ORDER BY d.workflow, d.flag, d.version]]
-  local COUNTERS = [[
-    SELECT workflow, flag, version, routed, completed, cancelled, in_flight,
-      with_incidents, incidents, open_incidents
-    FROM cv_counters ORDER BY workflow, flag, version]]
+  local C = require "counters"
+  local RECOUNT, COUNTERS = C.RECOUNT, C.COUNTERS
 
   -- Runs the engine in short slices until ready(e) holds (bounded): an
   -- instance asleep for an hour keeps run() from ever being idle.
@@ -792,8 +770,10 @@ describe("a decision's step time and retries", function()
     e:close()
   end)
 
+  -- #sqlite: the previous schema is SQLite's (PostgreSQL databases began
+  -- at the current one).
   it("are counted at an incident, and carried over from a database of the " ..
-     "previous schema", function()
+     "previous schema #sqlite", function()
     local db = fresh_db()
     must(db, "set", "checkout", "100%", "--reason", "all in")
     local e = open(db)
@@ -811,7 +791,7 @@ describe("a decision's step time and retries", function()
     e:close()
     -- Back to the schema before the step-run totals existed: the decisions
     -- of instances in flight must carry what their branch has run.
-    sqlite3(db, "ALTER TABLE instances DROP COLUMN caught;" ..
+    other_writer(db, "ALTER TABLE instances DROP COLUMN caught;" ..
       "ALTER TABLE step_runs DROP COLUMN code;" ..
       "ALTER TABLE step_runs DROP COLUMN handler;" ..
       "ALTER TABLE cv_decisions DROP COLUMN caught;" ..
@@ -969,7 +949,7 @@ describe("a change made by another process", function()
     i, d = route(e, "sticky", { user_id = "u1" })
     expect(i, d, "v2", "rollout")
     -- A plain sqlite3 shell is another writer too.
-    sqlite3(db, "UPDATE cv_flags SET rate_ppm = 0 WHERE name = 'checkout'")
+    other_writer(db, "UPDATE cv_flags SET rate_ppm = 0 WHERE name = 'checkout'")
     i, d = route(e, "sticky", { user_id = "u1" })
     expect(i, d, "v1", "rollout")
     assert.are.equal(0, d.rate_ppm)

@@ -6,6 +6,7 @@
 -- must name carries the comment `--@line`, so the spec reads the expected
 -- line from the file rather than hard-coding it.
 local T = require "switchyard.testing"
+local D = require "testdb"
 
 local DIR = "tests/fixtures/dsl/"
 
@@ -51,13 +52,11 @@ end
 
 local function new_engine(opts)
   opts = opts or {}
-  opts.db = os.tmpname()
+  opts.db = D.new()
   local e = T.engine(opts)
   return e, function()
     e:close()
-    for _, suffix in ipairs{ "", "-wal", "-shm", "-journal" } do
-      os.remove(opts.db .. suffix)
-    end
+    D.remove(opts.db)
   end
 end
 

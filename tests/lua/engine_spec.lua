@@ -1,13 +1,14 @@
 -- The engine as a step sees it: the ctx API, transitions, retries and
 -- backoff, incidents (retry, cancel), timeouts, durable sleeps, plugins.
 local T = require "switchyard.testing"
+local D = require "testdb"
 
 local FIX = "tests/fixtures/engine/"
 local PLUGINS = os.getenv("SY_TEST_PLUGINS")
 
 local function new_engine(opts)
   opts = opts or {}
-  local db = os.tmpname()
+  local db = D.new()
   opts.db = db
   -- the test plugin reads the database on a connection of its own
   opts.settings = opts.settings or {}
@@ -18,7 +19,7 @@ end
 
 local function cleanup(e, db)
   e:close()
-  for _, suffix in ipairs { "", "-wal", "-shm" } do os.remove(db .. suffix) end
+  D.remove(db)
 end
 
 local function outcomes(history)
@@ -235,7 +236,7 @@ describe("plugins", function()
     assert.are.equal("incident", e:instance(bad).state)
     assert.matches("echo node told to fail", e:incidents()[1].error, 1, true)
     assert.is_true(e:cancel(bad))
-    local rows = e:sql("SELECT instance_id, type FROM echo_events ORDER BY rowid")
+    local rows = e:sql("SELECT instance_id, type FROM echo_events ORDER BY seq")
     local got = {}
     for _, r in ipairs(rows) do got[#got + 1] = r.instance_id .. ":" .. r.type end
     -- 1 completed, 2 incident, 3 incident resolved, 4 cancelled
@@ -252,7 +253,7 @@ describe("plugins", function()
     assert.are.equal("completed", e:instance(id).state)
     local got = {}
     for _, r in ipairs(e:sql("SELECT type, step, code FROM echo_events " ..
-                             "WHERE instance_id = " .. id .. " ORDER BY rowid")) do
+                             "WHERE instance_id = " .. id .. " ORDER BY seq")) do
       got[#got + 1] = string.format("%d %s %s", r.type, r.step, tostring(r.code))
     end
     -- 5 caught (at the step that raised), then 1 completed
@@ -274,7 +275,7 @@ describe("plugins", function()
     e:run()
     local got = {}
     for _, r in ipairs(e:sql("SELECT instance_id, type, fresh, memo " ..
-                             "FROM echo_events ORDER BY rowid")) do
+                             "FROM echo_events ORDER BY seq")) do
       got[#got + 1] = string.format("%d:%d fresh=%d memo=%s", r.instance_id,
                                     r.type, r.fresh, tostring(r.memo))
     end

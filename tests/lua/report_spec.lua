@@ -2,13 +2,14 @@
 -- is known. Rows are written straight into cv_decisions and cv_audit (the
 -- tables the report reads), then the real CLI answers with --json.
 local T = require "switchyard.testing"
+local D = require "testdb"
 local json = require "dkjson"
 
 local SW = os.getenv("SWITCHYARD")
 local PLUGINS = os.getenv("SY_BUILD_DIR") .. "/plugins"
 
 local function fresh()
-  local db = os.tmpname()
+  local db = D.new()
   local e = T.engine { db = db, plugins = PLUGINS }
   e:sql("INSERT INTO cv_flags(name, rate_ppm, created_at, updated_at) "
         .. "VALUES('f', 500000, 0, 0)")
@@ -17,7 +18,7 @@ end
 
 local function cleanup(e, db)
   e:close()
-  for _, s in ipairs { "", "-wal", "-shm" } do os.remove(db .. s) end
+  D.remove(db)
 end
 
 local next_id = 0

@@ -8,6 +8,7 @@
 -- switchyard process killed after a few seconds, so an engine that cannot
 -- stop them fails this spec instead of hanging it.
 local T = require "switchyard.testing"
+local D = require "testdb"
 
 local DIR = "tests/fixtures/dsl/sandbox/"
 local ESCAPE = DIR .. "escape.lua"
@@ -19,11 +20,7 @@ local function contains(haystack, needle)
     ("expected %q to contain %q"):format(haystack, needle))
 end
 
-local function remove_db(path)
-  for _, suffix in ipairs{ "", "-wal", "-shm", "-journal" } do
-    os.remove(path .. suffix)
-  end
-end
+local remove_db = D.remove
 
 -- Re-raises what a pcall caught (busted's failure objects intact), once
 -- the engine it used is closed.
@@ -35,7 +32,7 @@ end
 
 local function new_engine(opts)
   opts = opts or {}
-  opts.db = os.tmpname()
+  opts.db = D.new()
   local e = T.engine(opts)
   return e, function()
     e:close()
@@ -271,7 +268,7 @@ e:close()
 
     for _, how in ipairs{ "pcall", "xpcall", "coroutine" } do
       it(("is not swallowed forever by %s inside the step"):format(how), function()
-        local db = os.tmpname()
+        local db = D.new()
         local r, why = in_child(child_body(db, how), 5)
         remove_db(db)
         assert.is_table(r, why)

@@ -1,7 +1,8 @@
 local T = require "switchyard.testing"
+local D = require "testdb"
 describe("smoke", function()
   it("runs hello", function()
-    local db = os.tmpname()
+    local db = D.new()
     local e = T.engine{ db = db }
     local id = assert(e:start("hello", { user_id = "u1" }))
     local st = e:run()
@@ -10,6 +11,6 @@ describe("smoke", function()
     assert.are.equal("completed", i.state)
     assert.are.equal("hi u1", i.vars.greeting)
     e:close()
-    os.remove(db)
+    D.remove(db)
   end)
 end)

@@ -3,6 +3,7 @@
  * its own table written in the engine's transaction, an event hook, and a
  * memo for fresh instances (it holds the instance's id, which the event
  * hook records, so a test sees which memo reached which event). */
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,13 +38,19 @@ static const char *const node_step_options[] = {"then", NULL};
 
 static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
                      size_t errlen) {
+  /* seq: the order events came in (SQLite's rowid; an identity column on
+   * PostgreSQL). */
   static const sy_sql table = {
-      "CREATE TABLE IF NOT EXISTS echo_events("
+      "CREATE TABLE IF NOT EXISTS echo_events(seq INTEGER PRIMARY KEY, "
       "instance_id INTEGER, type INTEGER, step TEXT, fresh INTEGER, "
       "memo INTEGER, code TEXT)",
-      NULL};
+      "CREATE TABLE IF NOT EXISTS echo_events(seq BIGINT GENERATED ALWAYS "
+      "AS IDENTITY PRIMARY KEY, instance_id INTEGER, type INTEGER, "
+      "step TEXT, fresh INTEGER, memo INTEGER, code TEXT)"};
   static const sy_sql insert = {
-      "INSERT INTO echo_events VALUES(?1, ?2, ?3, ?4, ?5, ?6)", NULL};
+      "INSERT INTO echo_events(instance_id, type, step, fresh, memo, code) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+      NULL};
   echo *p = calloc(1, sizeof *p);
   if (!p) {
     snprintf(err, errlen, "out of memory");
@@ -169,24 +176,42 @@ static void cancel(void *plugin, sy_call *c) {
 }
 
 /* The instance's step as committed, read on a connection of its own (what
- * another process sees: the database file is the setting echo.db), as a
- * JSON string. */
+ * another process sees: the database, a file or a postgresql:// URL, is
+ * the setting echo.db), as a JSON string. */
 static void committed_step(echo *p, sy_call *c, char *json, size_t len) {
-  const char *path = p->api->setting(p->e, "echo.db");
-  sqlite3 *db = NULL;
-  sqlite3_stmt *s;
+  const char *where = p->api->setting(p->e, "echo.db");
+  char id[32];
   snprintf(json, len, "null");
-  if (path &&
-      sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-      sqlite3_prepare_v2(db, "SELECT step FROM instances WHERE id = ?1", -1, &s,
-                         NULL) == SQLITE_OK) {
-    sqlite3_bind_int64(s, 1, p->api->instance_id(c));
-    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0)) {
-      snprintf(json, len, "\"%s\"", sqlite3_column_text(s, 0));
-    }
-    sqlite3_finalize(s);
+  if (!where) {
+    return;
   }
-  sqlite3_close(db);
+  snprintf(id, sizeof id, "%lld", (long long)p->api->instance_id(c));
+  if (strncmp(where, "postgres", 8) == 0) {
+    PGconn *pg = PQconnectdb(where);
+    const char *params[1] = {id};
+    PGresult *res =
+        PQexecParams(pg, "SELECT step FROM instances WHERE id = $1::bigint", 1,
+                     NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+        !PQgetisnull(res, 0, 0)) {
+      snprintf(json, len, "\"%s\"", PQgetvalue(res, 0, 0));
+    }
+    PQclear(res);
+    PQfinish(pg);
+  } else {
+    sqlite3 *db = NULL;
+    sqlite3_stmt *s;
+    if (sqlite3_open_v2(where, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT step FROM instances WHERE id = ?1", -1,
+                           &s, NULL) == SQLITE_OK) {
+      sqlite3_bind_int64(s, 1, p->api->instance_id(c));
+      if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0)) {
+        snprintf(json, len, "\"%s\"", sqlite3_column_text(s, 0));
+      }
+      sqlite3_finalize(s);
+    }
+    sqlite3_close(db);
+  }
 }
 
 /* ctx.echo(arg): returns arg; with arg.delay_ms, after that long; with
