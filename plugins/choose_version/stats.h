@@ -126,6 +126,35 @@ long cv_sample_size_per_group(double p1, double p2, double alpha, double power);
 cv_verdict cv_compare(long x1, long n1, long x2, long n2, double alpha,
                       double min_detectable_points, cv_comparison *out);
 
+/* The guard of a rollout plan: is V2's incident rate higher than V1's by
+ * more than `margin` (a proportion: 0.01 is 1 point)? A plan looks every
+ * few seconds, and a test read that often must not cry wolf: the
+ * fixed-sample p-value dips under alpha at some look far more often than
+ * alpha (301 rollouts in 1,000 with 200 looks, where alpha allows 50;
+ * scripts/bench guard).
+ * This is a mixture sequential probability ratio test (mSPRT; Johari,
+ * Pekelis and Walsh, "Always valid inference", 2017) on the difference
+ * d = p2 - p1 under the normal approximation: d's estimate D has variance
+ * V = p1(1 - p1)/n1 + p2(1 - p2)/n2 (rates as observed), and against the
+ * boundary d = margin, with a normal mixture N(margin, tau^2) over d, the
+ * likelihood ratio is
+ *     L = sqrt(V / (V + tau^2)) * exp(tau^2 (D - margin)^2 / (2V(V + tau^2)))
+ * Only a D above margin counts (the test is one-sided: H0 is d <= margin).
+ * The look's p-value is min(1, 1/L); the always-valid p-value is the
+ * smallest over every look so far, and rejecting when it is at most alpha
+ * keeps the chance of ever rejecting a true H0 at most alpha however often
+ * one looks (asymptotically: use it with a minimum of instances per
+ * version). tau is the size of difference the test is quickest to find.
+ * Returns the look's p-value: 1 when D <= margin, V = 0 or a version has
+ * no instances; NaN for invalid counts, a margin outside [0, 1) or a tau
+ * that is not positive and finite. */
+double cv_msprt_p(long x1, long n1, long x2, long n2, double margin,
+                  double tau);
+
+/* The mixture's spread plans use: differences of about 2 points are what
+ * a migration's guard must catch soonest. */
+#define CV_MSPRT_TAU 0.02
+
 /* A short fixed name: "V2 worse", "V2 better", "no significant difference",
  * "not enough data yet", "invalid input". */
 const char *cv_verdict_name(cv_verdict v);

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "guard-sim.h"
 #include "stats.h"
 
 /* 1.959963984540054 rounded as in the brief; the z of a 95% interval. */
@@ -550,6 +551,78 @@ static void test_invalid_and_text(void) {
   CHECK_EQ(small, "not eno");
 }
 
+/* The guard's mSPRT. Expected values: Python 3.11 floats, the formula of
+ * stats.h written out again (math.sqrt, math.exp). */
+static void test_msprt_values(void) {
+  /* 5% of 1000 against 9% of 1000, margin 1 point, tau 2 points:
+   * L = 6.842492244791263. */
+  CHECK_REL(cv_msprt_p(50, 1000, 90, 1000, 0.01, 0.02), 0.14614558032728994,
+            1e-12);
+  /* The same with no margin: L = 52.81617932673859. */
+  CHECK_REL(cv_msprt_p(50, 1000, 90, 1000, 0.0, 0.02), 0.01893359218230582,
+            1e-12);
+  /* Unequal sizes, tau 1 point: 2.5% of 400 against 6% of 500. */
+  CHECK_REL(cv_msprt_p(10, 400, 30, 500, 0.0, 0.01), 0.34625618744892395,
+            1e-12);
+  /* V2 higher (6.7% against 6%) but L < 1: no evidence, p = 1. */
+  CHECK_EQ(cv_msprt_p(120, 2000, 100, 1500, 0.0, 0.02), 1.0);
+  /* One-sided: V2 better, or worse by no more than the margin, is never
+   * evidence that it is worse. */
+  CHECK_EQ(cv_msprt_p(90, 1000, 50, 1000, 0.0, 0.02), 1.0);
+  CHECK_EQ(cv_msprt_p(50, 1000, 60, 1000, 0.01, 0.02), 1.0);
+  /* No instances on a side, no variance: nothing to go on. */
+  CHECK_EQ(cv_msprt_p(0, 0, 5, 100, 0.0, 0.02), 1.0);
+  CHECK_EQ(cv_msprt_p(0, 100, 0, 100, 0.0, 0.02), 1.0);
+  /* Overwhelming evidence underflows to 0, not to NaN or a negative. */
+  double p = cv_msprt_p(0, 1000000, 500000, 1000000, 0.0, 0.02);
+  CHECK(p >= 0.0 && p < 1e-300);
+  /* Bad input. */
+  CHECK(isnan(cv_msprt_p(5, 4, 1, 10, 0.0, 0.02)));
+  CHECK(isnan(cv_msprt_p(1, 10, 1, 10, -0.01, 0.02)));
+  CHECK(isnan(cv_msprt_p(1, 10, 1, 10, 1.0, 0.02)));
+  CHECK(isnan(cv_msprt_p(1, 10, 1, 10, 0.0, 0.0)));
+  CHECK(isnan(cv_msprt_p(1, 10, 1, 10, 0.0, INFINITY)));
+  CHECK(isnan(cv_msprt_p(1, 10, 1, 10, NAN, 0.02)));
+}
+
+/* What the guard is for, on 1,000 seeded rollouts of 200 looks each (25
+ * instances per version between looks, verdicts from 200 per version):
+ * with equal rates the always-valid test rolls back at most about alpha
+ * of them, where the fixed-sample test read at every look rolls back
+ * several times as many; with V2 twice as bad, it still catches nearly
+ * every one. Deterministic (seeded); the figures are in scripts/bench
+ * guard. */
+static void test_msprt_guard(void) {
+  guard_sim null = {.p1 = 0.05,
+                    .p2 = 0.05,
+                    .per_look = 25,
+                    .looks = 200,
+                    .min_per_version = 200,
+                    .margin = 0.0,
+                    .alpha = 0.05,
+                    .tau = CV_MSPRT_TAU};
+  guard_sim worse = null;
+  int msprt = 0, fixed = 0, caught = 0;
+  worse.p2 = 0.10;
+  for (uint64_t k = 1; k <= 1000; k++) {
+    guard_run r;
+    guard_sim_run(&null, k, &r);
+    msprt += r.msprt_at != 0;
+    fixed += r.fixed_at != 0;
+    guard_sim_run(&worse, k, &r);
+    caught += r.msprt_at != 0;
+  }
+  printf(
+      "guard: equal rates: %d/1000 rolled back (fixed-sample test at "
+      "every look: %d/1000); V2 at 2x: %d/1000 caught\n",
+      msprt, fixed, caught);
+  /* alpha is 50/1000; 65 leaves three standard deviations of sampling
+   * error over a test whose true rate is at most alpha. */
+  CHECK(msprt <= 65);
+  CHECK(fixed >= 3 * msprt && fixed >= 150);
+  CHECK(caught >= 950);
+}
+
 int main(void) {
   test_fisher_small();
   test_fisher_large();
@@ -561,6 +634,8 @@ int main(void) {
   test_compare();
   test_compare_limits();
   test_invalid_and_text();
+  test_msprt_values();
+  test_msprt_guard();
   printf("test-stats: all checks passed\n");
   return 0;
 }

@@ -1,0 +1,81 @@
+/* guard-sim.h: simulated guarded rollouts, for the guard benchmark
+ * (bench-guard.c) and the guard's unit test (tests/c/test-stats.c).
+ *
+ * One rollout: both versions get `per_look` new instances between two
+ * looks, each with an incident with probability p1 (V1) or p2 (V2); at
+ * every look the guard asks whether V2 is worse than V1 by more than
+ * `margin`, two ways:
+ * - the plan's test, cv_msprt_p (always valid: its smallest p-value so far
+ *   is compared with alpha);
+ * - a fixed-sample test read at every look as if it were the only one: the
+ *   one-sided z-test of the same difference, (D - margin) / sqrt(V) at
+ *   least the normal quantile of 1 - alpha.
+ * Each records the instances per version at its first rejection, or 0 if
+ * it never rejected within `looks` looks. Seeded and deterministic. */
+#ifndef SY_GUARD_SIM_H
+#define SY_GUARD_SIM_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "stats.h"
+
+typedef struct guard_sim {
+  double p1, p2;       /* true incident rates */
+  long per_look;       /* new instances per version between looks */
+  int looks;           /* looks in one rollout */
+  int min_per_version; /* no verdict before this many per version */
+  double margin, alpha, tau;
+} guard_sim;
+
+typedef struct guard_run {
+  long msprt_at, fixed_at; /* instances per version at rejection, 0: never */
+} guard_run;
+
+/* splitmix64: small, fast, and good enough for Bernoulli draws. */
+static inline uint64_t guard_sim_next(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+static inline long guard_sim_draw(uint64_t *s, long n, double p) {
+  long x = 0;
+  for (long i = 0; i < n; i++) {
+    x += (double)(guard_sim_next(s) >> 11) * 0x1.0p-53 < p;
+  }
+  return x;
+}
+
+static inline void guard_sim_run(const guard_sim *g, uint64_t seed,
+                                 guard_run *out) {
+  uint64_t s = seed;
+  long x1 = 0, x2 = 0, n = 0;
+  double best = 1.0, zcrit = cv_norm_quantile(1.0 - g->alpha);
+  out->msprt_at = out->fixed_at = 0;
+  for (int look = 0; look < g->looks; look++) {
+    x1 += guard_sim_draw(&s, g->per_look, g->p1);
+    x2 += guard_sim_draw(&s, g->per_look, g->p2);
+    n += g->per_look;
+    if (n < g->min_per_version) {
+      continue;
+    }
+    double p = cv_msprt_p(x1, n, x2, n, g->margin, g->tau);
+    best = p < best ? p : best;
+    if (!out->msprt_at && best <= g->alpha) {
+      out->msprt_at = n;
+    }
+    double r1 = (double)x1 / (double)n, r2 = (double)x2 / (double)n;
+    double var = (r1 * (1 - r1) + r2 * (1 - r2)) / (double)n;
+    if (!out->fixed_at && var > 0 &&
+        (r2 - r1 - g->margin) / sqrt(var) >= zcrit) {
+      out->fixed_at = n;
+    }
+    if (out->msprt_at && out->fixed_at) {
+      return;
+    }
+  }
+}
+
+#endif
