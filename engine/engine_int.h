@@ -146,8 +146,10 @@ struct sy_engine {
    * engines on several hosts are then compared on one clock. skew_ms
    * puts the host's clock wrong on purpose (the test-only setting
    * clock.skew_ms); clock_offset_ms is the server's clock less the
-   * host's, measured at open and at every lease renewal. */
-  int64_t skew_ms, clock_offset_ms;
+   * host's, measured at open and at every lease renewal. advance_ms
+   * moves time itself on, the server's included (the test-only setting
+   * clock.advance_ms: what a command sees days later). */
+  int64_t skew_ms, clock_offset_ms, advance_ms;
   char host[256];
   uv_timer_t lease_timer;
   uv_timer_t breathe_timer;
@@ -238,7 +240,7 @@ void sy__kick(sy_engine *e);
 
 /* The engine's time, ms since the epoch (see clock_offset_ms). */
 static inline int64_t sy__now(const sy_engine *e) {
-  return sy_now_ms() + e->skew_ms + e->clock_offset_ms;
+  return sy_now_ms() + e->skew_ms + e->clock_offset_ms + e->advance_ms;
 }
 /* Measures clock_offset_ms again (a no-op on a database file). */
 int sy__sync_clock(sy_engine *e);

@@ -4,8 +4,10 @@
  * transaction, so it is the one part of the plugin that begins and ends
  * transactions (plugin.h, sy_api.db); each BEGIN, COMMIT and ROLLBACK is
  * checked here. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "cv.h"
@@ -58,4 +60,37 @@ int cv_cmd_end(cv_router *r, const char *cmd, int rc) {
     rc = cv_cmd_db_error(r, cmd, "commit");
   }
   return rc;
+}
+
+int cv_parse_age(const char *s, int64_t *ms) {
+  char unit;
+  double amount;
+  int n = 0;
+  size_t len = strlen(s);
+  if (len < 2 || s[0] < '0' || s[0] > '9' ||
+      sscanf(s, "%lf%c%n", &amount, &unit, &n) != 2 || (size_t)n != len ||
+      !(amount >= 0) || !isfinite(amount) || !strchr("smhd", unit)) {
+    return -1;
+  }
+  double mult = unit == 's'   ? 1e3
+                : unit == 'm' ? 6e4
+                : unit == 'h' ? 3.6e6
+                              : 8.64e7;
+  if (amount * mult > 1e15) { /* past 30,000 years: a typo */
+    return -1;
+  }
+  *ms = (int64_t)(amount * mult);
+  return 0;
+}
+
+void cv_fmt_age(int64_t ms, char *buf, size_t len) {
+  if (ms >= 86400000LL) {
+    snprintf(buf, len, "%lldd", (long long)(ms / 86400000LL));
+  } else if (ms >= 3600000LL) {
+    snprintf(buf, len, "%lldh", (long long)(ms / 3600000LL));
+  } else if (ms >= 60000LL) {
+    snprintf(buf, len, "%lldm", (long long)(ms / 60000LL));
+  } else {
+    snprintf(buf, len, "%llds", (long long)(ms > 0 ? ms / 1000 : 0));
+  }
 }

@@ -52,6 +52,8 @@ enum {
   CVQ_OVERRIDE_DELETE,
   CVQ_OVERRIDES_OF,
   CVQ_COUNTERS_OF,
+  CVQ_FLAG_SINCE,
+  CVQ_FLAG_LAST_DECISION,
   /* `report` (report.c) */
   CVQ_FLAG_KNOWN,
   CVQ_RAMPS,
@@ -157,6 +159,11 @@ __attribute__((format(printf, 2, 3))) int cv_usage_error(const char *cmd,
                                                          const char *fmt, ...);
 int cv_cmd_db_error(cv_router *r, const char *cmd, const char *what);
 void cv_fmt_time(int64_t ms, char *buf, size_t len);
+/* An age or a duration as people type it: 90s, 15m, 2h, 14d (fractions
+ * too: 1.5h). 0 with *ms set, or -1. */
+int cv_parse_age(const char *s, int64_t *ms);
+/* A duration shown in its largest whole unit: 20d, 5h, 12m, 30s. */
+void cv_fmt_age(int64_t ms, char *buf, size_t len);
 /* A command's own transaction (sy_api.begin): write takes the write lock
  * at once. cv_cmd_begin returns 0, or 1 after saying why;
  * cv_cmd_end(rc) rolls back when rc is not 0 and commits otherwise, and

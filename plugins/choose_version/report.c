@@ -46,17 +46,11 @@ static int64_t days_from_civil(int64_t y, int m, int d) {
 /* Parses a time bound into ms since the epoch; now_ms anchors ages. */
 static int parse_time(const char *s, int64_t now_ms, int64_t *out) {
   int y, mo, d, h = 0, mi = 0, sec = 0, n = 0;
-  char unit, z;
-  double amount;
+  char z;
+  int64_t age;
   size_t len = strlen(s);
-  if (len >= 2 && sscanf(s, "%lf%c%n", &amount, &unit, &n) == 2 &&
-      (size_t)n == len && amount >= 0 && isfinite(amount) &&
-      strchr("smhd", unit) && s[0] >= '0' && s[0] <= '9') {
-    double mult = unit == 's'   ? 1e3
-                  : unit == 'm' ? 6e4
-                  : unit == 'h' ? 3.6e6
-                                : 8.64e7;
-    *out = now_ms - (int64_t)(amount * mult);
+  if (cv_parse_age(s, &age) == 0) {
+    *out = now_ms - age;
     return 0;
   }
   if (len == 10 && sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) == 3 &&

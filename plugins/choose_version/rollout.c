@@ -21,7 +21,10 @@ static const char rollout_usage[] =
     "[--force]\n"
     "                   RATE: 5%, 0.25%, 2500ppm (0..100%)\n"
     "  get FLAG         rate, kill switch, overrides, counters per version\n"
-    "  list             every flag\n"
+    "  list [--stale] [--stale-after 14d]\n"
+    "                   every flag, and what needs attention: at 100% or\n"
+    "                   killed for longer than --stale-after, or at 0% with\n"
+    "                   no decision for that long (--stale: only those)\n"
     "  kill FLAG --reason R      route everything to v1 now\n"
     "  unkill FLAG --reason R\n"
     "  retire FLAG --reason R    keep a tombstone; the name is not reused\n"
@@ -33,8 +36,8 @@ static const char rollout_usage[] =
     "options: --actor NAME (default: the login name), --json\n";
 
 typedef struct args {
-  const char *reason, *actor, *group, *description, *owner;
-  int force, json;
+  const char *reason, *actor, *group, *description, *owner, *stale_after;
+  int force, json, stale;
   const char *pos[4];
   int npos;
 } args;
@@ -67,6 +70,11 @@ static int parse_args(int argc, char **argv, args *a) {
       dst = &a->description;
     } else if (strcmp(o, "--owner") == 0) {
       dst = &a->owner;
+    } else if (strcmp(o, "--stale-after") == 0) {
+      dst = &a->stale_after;
+    } else if (strcmp(o, "--stale") == 0) {
+      a->stale = 1;
+      continue;
     } else if (strcmp(o, "--force") == 0) {
       a->force = 1;
       continue;
@@ -580,41 +588,129 @@ static int cmd_get(cv_router *r, const args *a) {
   return 0;
 }
 
+/* A time a flag statement q gives for a flag (0: none). */
+static int flag_time(cv_router *r, int q, const char *flag, int64_t *at) {
+  sy_stmt *s = on_flag(r, q, flag);
+  int rc;
+  *at = 0;
+  if (!s) {
+    return db_error(r, "list flags");
+  }
+  if ((rc = sy_stmt_step(s)) == SY_ROW) {
+    *at = sy_stmt_column_int(s, 0);
+  } else if (rc != SY_DONE) {
+    cv_db_fail(r, s);
+    return db_error(r, "list flags");
+  }
+  sy_stmt_reset(s);
+  return 0;
+}
+
+/* What a flag left as it is for longer than stale_ms asks of its team,
+ * into buf ("" when nothing): a migration at 100% is finished in the
+ * code, a kill switch left on is a V2 nobody fixes, a flag at 0% nobody
+ * decides on is dead. */
+static int attention(cv_router *r, const char *name, const flag_row *f,
+                     int64_t now, int64_t stale_ms, char *buf, size_t len) {
+  int64_t since, last = 0, idle;
+  char age[32];
+  int rc;
+  buf[0] = '\0';
+  if (f->retired || (!f->killed && f->rate != 0 && f->rate != 1000000)) {
+    return 0;
+  }
+  if ((rc = flag_time(r, CVQ_FLAG_SINCE, name, &since))) {
+    return rc;
+  }
+  since = since ? since : f->created_at;
+  if (now - since <= stale_ms) {
+    return 0;
+  }
+  cv_fmt_age(now - since, age, sizeof age);
+  if (f->killed) {
+    snprintf(buf, len, "killed for %s: fix v2 and unkill, or retire the flag",
+             age);
+  } else if (f->rate == 1000000) {
+    snprintf(buf, len,
+             "at 100%% for %s: finish the migration: remove the node, retire "
+             "the flag",
+             age);
+  } else {
+    if ((rc = flag_time(r, CVQ_FLAG_LAST_DECISION, name, &last))) {
+      return rc;
+    }
+    idle = now - (last > since ? last : since);
+    if (idle > stale_ms) {
+      cv_fmt_age(idle, age, sizeof age);
+      snprintf(buf, len, "at 0%% with no decision for %s: retire the flag",
+               age);
+    }
+  }
+  return 0;
+}
+
 static int cmd_list(cv_router *r, const args *a) {
   sy_stmt *s;
   json_t *arr;
+  int64_t stale_ms = 14 * 86400000LL, now = now_ms(r);
   int rc;
   if (a->npos) {
     return usage_error("list takes no arguments");
   }
+  if (a->stale_after && cv_parse_age(a->stale_after, &stale_ms)) {
+    return usage_error(
+        "--stale-after: expected a duration (36h, 14d), got "
+        "'%s'",
+        a->stale_after);
+  }
+  if ((rc = cv_cmd_begin(r, CMD, 0))) {
+    return rc;
+  }
   if (!(s = cv_stmt(r, CVQ_FLAG_LIST))) {
-    return db_error(r, "list flags");
+    return cv_cmd_end(r, CMD, db_error(r, "list flags"));
   }
   arr = a->json ? json_array() : NULL;
   if (!a->json) {
-    printf("%-32s %-10s %-6s %-8s %s\n", "FLAG", "RATE", "KILL", "STATE",
-           "UPDATED");
+    printf("%-32s %-10s %-6s %-8s %-20s %s\n", "FLAG", "RATE", "KILL", "STATE",
+           "UPDATED", "ATTENTION");
   }
   while ((rc = sy_stmt_step(s)) == SY_ROW) {
     flag_row f;
-    const char *name = sy_stmt_column_text(s, 0);
-    char rate[CV_RATE_FORMAT_MAX], t[32];
+    char name[256], rate[CV_RATE_FORMAT_MAX], t[32], why[160];
+    snprintf(name, sizeof name, "%s", sy_stmt_column_text(s, 0));
     flag_row_from(s, &f);
+    /* (attention's statements are others: this one's row stays) */
+    if ((rc = attention(r, name, &f, now, stale_ms, why, sizeof why))) {
+      sy_stmt_reset(s);
+      json_decref(arr);
+      return cv_cmd_end(r, CMD, rc);
+    }
+    if (a->stale && !why[0]) {
+      continue;
+    }
     if (a->json) {
-      json_array_append_new(arr, flag_json(name, &f));
+      json_t *j = flag_json(name, &f);
+      json_object_set_new(j, "attention",
+                          why[0] ? json_string(why) : json_null());
+      json_array_append_new(arr, j);
       continue;
     }
     cv_rate_format(f.rate, rate, sizeof rate);
     cv_fmt_time(f.updated_at, t, sizeof t);
-    printf("%-32s %-10s %-6s %-8s %s\n", name, rate, f.killed ? "ON" : "off",
-           f.retired ? "retired" : "active", t);
+    printf("%-32s %-10s %-6s %-8s %-20s %s\n", name, rate,
+           f.killed ? "ON" : "off", f.retired ? "retired" : "active", t,
+           why[0] ? why : "-");
   }
   if (rc != SY_DONE) {
     cv_db_fail(r, s);
     json_decref(arr);
-    return db_error(r, "list flags");
+    return cv_cmd_end(r, CMD, db_error(r, "list flags"));
   }
   sy_stmt_reset(s);
+  if ((rc = cv_cmd_end(r, CMD, 0))) {
+    json_decref(arr);
+    return rc;
+  }
   if (a->json) {
     print_json(arr);
   }

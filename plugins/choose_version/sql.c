@@ -335,6 +335,13 @@ static const char *const sql_text[CVQ__COUNT] = {
         "SELECT workflow, version, routed, in_flight, completed, cancelled, "
         "with_incidents, incidents, open_incidents, caught FROM cv_counters "
         "WHERE flag = ?1 ORDER BY workflow, version",
+    /* When the flag's rate or kill switch last changed (or it was made). */
+    [CVQ_FLAG_SINCE] =
+        "SELECT max(at) FROM cv_audit WHERE flag = ?1 AND what IN "
+        "('create', 'rate', 'kill', 'unkill', 'unretire')",
+    /* A seek in cv_decisions' primary key (flag, decided_at, ...). */
+    [CVQ_FLAG_LAST_DECISION] =
+        "SELECT max(decided_at) FROM cv_decisions WHERE flag = ?1",
 
     [CVQ_FLAG_KNOWN] =
         "SELECT 1 FROM cv_flags WHERE name = ?1 UNION ALL "

@@ -418,6 +418,88 @@ describe("switchyard rollout, good paths", function()
 end)
 
 -- ---------------------------------------------------------------------
+describe("switchyard rollout list: what needs attention", function()
+  local env
+  local DAY = 86400000
+
+  before_each(function()
+    env = H.env { workflows = CV }
+  end)
+
+  after_each(function()
+    H.rmdir(env.dir)
+  end)
+
+  -- `rollout list --json` as seen `days` days from now (time moved on by
+  -- the test-only setting clock.advance_ms, on the database server's
+  -- clock too): flag name -> attention (false: none).
+  local function attention(days, ...)
+    local out = env:ok("--set", "clock.advance_ms=" .. math.floor(days * DAY),
+      "rollout", "list", "--json", ...)
+    local t = {}
+    for _, f in ipairs(H.decode(out)) do
+      t[f.flag] = f.attention or false
+    end
+    return t
+  end
+
+  it("names flags left at 100%, killed, or at 0% with no decisions, " ..
+    "past --stale-after", function()
+      env:ok("rollout", "set", "done", "100%", "--reason", "v2 won")
+      env:ok("rollout", "set", "broken", "5%", "--reason", "ramp")
+      env:ok("rollout", "kill", "broken", "--reason", "v2 fails")
+      env:ok("rollout", "set", "ramping", "25%", "--reason", "ramp")
+      env:ok("rollout", "set", "retired", "100%", "--reason", "ramp")
+      env:ok("rollout", "retire", "retired", "--reason", "done")
+      -- 'checkout' (the fixture's flag) at 0%, deciding 10 days from now
+      env:ok("rollout", "set", "checkout", "0%", "--reason", "not yet")
+      env:ok("--set", "clock.advance_ms=" .. 10 * DAY, "start", "sticky",
+        "--count", "3", "--var", "user_id=u{n}")
+      env:ok("--set", "clock.advance_ms=" .. 10 * DAY, "run", "--until-idle")
+
+      -- Within the 14 days: nothing.
+      assert.are.same({ done = false, broken = false, ramping = false,
+        retired = false, checkout = false }, attention(13))
+
+      local t = attention(15)
+      has(t.done, "at 100% for 15d: finish the migration: remove the " ..
+        "node, retire the flag", "done")
+      has(t.broken, "killed for 15d", "broken")
+      assert.is_false(t.ramping)
+      assert.is_false(t.retired)
+      -- at 0% for 15 days, but its last decision is 5 days old
+      assert.is_false(t.checkout)
+      has(attention(25).checkout, "at 0% with no decision for 15d",
+        "checkout")
+
+      -- --stale-after moves the bar; --stale lists only those.
+      assert.is_false(attention(15, "--stale-after", "16d").done)
+      has(attention(3, "--stale-after", "2d").done, "at 100% for 3d")
+      local only = attention(15, "--stale")
+      assert.are.same({ "broken", "done" }, (function()
+        local names = {}
+        for k in pairs(only) do names[#names + 1] = k end
+        table.sort(names)
+        return names
+      end)())
+      -- The table says it too.
+      local out = env:ok("--set", "clock.advance_ms=" .. 15 * DAY, "rollout",
+        "list")
+      has(out, "ATTENTION", "list")
+      has(out, "finish the migration", "list")
+    end)
+
+  it("a bad --stale-after is exit 2", function()
+    env:ok("rollout", "set", "f", "5%", "--reason", "r")
+    for _, bad in ipairs { "x", "14", "-3d", "5w", "" } do
+      local code, _, err = env:run("rollout", "list", "--stale-after", bad)
+      assert.are.equal(2, code, bad)
+      has(err, "--stale-after", bad)
+    end
+  end)
+end)
+
+-- ---------------------------------------------------------------------
 describe("a running engine", function()
   local env
 
