@@ -148,6 +148,7 @@ static int set_global(sy__cli *c, const sy__cli_opt *g, char *v) {
         return sy__cli_usage_error("--db: empty path");
       }
       c->o.db_path = v;
+      c->db_given = 1;
       return 0;
     case G_WORKFLOWS:
       c->o.workflows_dir = v;

@@ -35,6 +35,7 @@ typedef struct sy__cli {
   char plugin_dir[4096];
   int json;
   int help;
+  int db_given; /* --db was on the command line */
   /* The command and its arguments, global options taken out. */
   int argc;
   char **argv;

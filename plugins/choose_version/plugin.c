@@ -3,6 +3,7 @@
  * per-version counters, and the `rollout` and `report` commands, in the
  * versioned table the engine loads; the plugin's state (cv_router) is made
  * and freed here. See cv.h for where each part lives. */
+#include <ctype.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -358,12 +359,95 @@ static void rolled_back(void *plugin) {
   cv_discard_counters(plugin);
 }
 
+/* Edit distance (insertions, deletions, substitutions, and swaps of two
+ * neighbours), ignoring case: how far a typed flag name is from one that
+ * exists. Names are at most 128 bytes (cv_flag_name_valid). */
+static int distance(const char *a, const char *b) {
+  size_t n = strlen(a), m = strlen(b);
+  int d[3][130];
+  if (n > 128 || m > 128) {
+    return 1000;
+  }
+  for (size_t j = 0; j <= m; j++) {
+    d[0][j] = (int)j;
+  }
+  for (size_t i = 1; i <= n; i++) {
+    int *row = d[i % 3], *up = d[(i - 1) % 3], *up2 = d[(i + 1) % 3];
+    row[0] = (int)i;
+    for (size_t j = 1; j <= m; j++) {
+      int ca = tolower((unsigned char)a[i - 1]);
+      int cb = tolower((unsigned char)b[j - 1]);
+      int best = up[j - 1] + (ca != cb);
+      best = up[j] + 1 < best ? up[j] + 1 : best;
+      best = row[j - 1] + 1 < best ? row[j - 1] + 1 : best;
+      if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) &&
+          tolower((unsigned char)a[i - 2]) == cb && up2[j - 2] + 1 < best) {
+        best = up2[j - 2] + 1;
+      }
+      row[j] = best;
+    }
+  }
+  return d[n % 3][m];
+}
+
+/* `check --db`: a node routing on a flag that is not there, or retired,
+ * sends every instance to v1 without a word; a typo is the usual cause. */
+static void check_node(void *plugin, const void *data, char *warn, size_t len) {
+  cv_router *r = plugin;
+  const cv_node *n = data;
+  sy_stmt *s = cv_stmt(r, CVQ_FLAG_ROW);
+  char best[132] = "";
+  int rc, best_d = 1000;
+  if (!s) {
+    snprintf(warn, len, "cannot read flag '%s': %s", n->flag, r->errmsg);
+    return;
+  }
+  sy_stmt_bind_text(s, 1, n->flag);
+  rc = sy_stmt_step(s);
+  if (rc == SY_ROW && !sy_stmt_column_null(s, 3)) {
+    snprintf(warn, len,
+             "flag '%s' is retired: every instance goes to v1 (remove the "
+             "node, or revive the flag with rollout set --force)",
+             n->flag);
+  }
+  sy_stmt_reset(s);
+  if (rc != SY_DONE) {
+    return;
+  }
+  if (!(s = cv_stmt(r, CVQ_FLAG_LIST))) {
+    return;
+  }
+  while (sy_stmt_step(s) == SY_ROW) {
+    const char *name = sy_stmt_column_text(s, 0);
+    int d = distance(n->flag, name);
+    if (d < best_d) {
+      best_d = d;
+      snprintf(best, sizeof best, "%s", name);
+    }
+  }
+  sy_stmt_reset(s);
+  /* Close enough to be the one meant: a few edits, fewer than a third of
+   * the name. */
+  if (best[0] && best_d <= 3 && (size_t)best_d * 3 <= strlen(n->flag)) {
+    snprintf(warn, len,
+             "no flag '%s'; did you mean '%s'? (until it exists, every "
+             "instance goes to v1)",
+             n->flag, best);
+  } else {
+    snprintf(warn, len,
+             "no flag '%s' in this database: every instance goes to v1 "
+             "until `rollout set %s RATE`",
+             n->flag, n->flag);
+  }
+}
+
 static const sy_node_type nodes[] = {{.name = "choose_version",
                                       .compile = compile,
                                       .free_node = free_node,
                                       .options = node_options,
                                       .step_options = node_step_options,
-                                      .execute = execute},
+                                      .execute = execute,
+                                      .check = check_node},
                                      {0}};
 
 static const sy_ctx_fn ctx_fns[] = {{.name = "version", .call = fn_version},

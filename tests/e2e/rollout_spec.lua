@@ -500,6 +500,62 @@ describe("switchyard rollout list: what needs attention", function()
 end)
 
 -- ---------------------------------------------------------------------
+describe("switchyard check --db", function()
+  local env
+
+  before_each(function()
+    env = H.env { workflows = CV }
+  end)
+
+  after_each(function()
+    H.rmdir(env.dir)
+  end)
+
+  -- `check` of a fixture: exit code, stderr; the database unchanged.
+  local function check(name)
+    local before = env:snapshot()
+    local code, _, err = env:run("check", CV .. "/" .. name .. ".lua")
+    assert.are.equal(before, env:snapshot(), "check changed the database")
+    return code, err
+  end
+
+  it("names the closest flag when a node routes on one that is not there",
+    function()
+      env:ok("rollout", "set", "checkout", "5%", "--reason", "ramp")
+      env:ok("rollout", "set", "payments", "5%", "--reason", "ramp")
+      local code, err = check("typo")
+      assert.are.equal(0, code, err)
+      has(err, CV .. "/typo.lua:10: warning: step 'route': no flag " ..
+        "'chekcout'; did you mean 'checkout'?", "check")
+      -- the right name: no warning
+      code, err = check("sticky")
+      assert.are.equal(0, code, err)
+      assert.is_nil(err:find("warning", 1, true), err)
+    end)
+
+  it("says when no flag is close, and when the flag is retired", function()
+    env:ok("rollout", "set", "unrelated", "5%", "--reason", "ramp")
+    local code, err = check("typo")
+    assert.are.equal(0, code, err)
+    has(err, "no flag 'chekcout' in this database: every instance goes " ..
+      "to v1", "check")
+    env:ok("rollout", "set", "checkout", "5%", "--reason", "ramp")
+    env:ok("rollout", "retire", "checkout", "--reason", "done")
+    code, err = check("sticky")
+    assert.are.equal(0, code, err)
+    has(err, "step 'route': flag 'checkout' is retired", "check")
+  end)
+
+  it("without a database there is nothing to check against, and none " ..
+    "is made", function()
+      local code, err = check("typo")
+      assert.are.equal(0, code, err)
+      assert.is_nil(err:find("warning", 1, true), err)
+      assert.is_false(env:created())
+    end)
+end)
+
+-- ---------------------------------------------------------------------
 describe("a running engine", function()
   local env
 

@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 6
+#define SY_PLUGIN_ABI 7
 
 /* Error codes: negative, from one list so that a code, its name and its
  * message never drift apart. sy_api functions that return an int return 0
@@ -338,6 +338,12 @@ typedef struct sy_node_type {
   /* Optional: the call was abandoned (step timeout, engine shutdown); the
    * plugin should stop its work and still complete the call. */
   void (*cancel)(void *plugin, sy_call *c);
+  /* Optional, for `switchyard check --db`: with the database open, what is
+   * wrong with this node that loading alone cannot see (choose_version: a
+   * flag with no row, or a retired one). Reads only; writes one line into
+   * warn, or leaves it empty. */
+  void (*check)(void *plugin, const void *node_data, char *warn,
+                size_t warnlen);
 } sy_node_type;
 
 /* A function steps call as `ctx.<name>(args)`. The single argument is
