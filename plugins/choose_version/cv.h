@@ -54,6 +54,8 @@ enum {
   CVQ_COUNTERS_OF,
   CVQ_FLAG_SINCE,
   CVQ_FLAG_LAST_DECISION,
+  CVQ_PREVIEW_SUBJECTS,
+  CVQ_PREVIEW_IN_FLIGHT,
   /* `report` (report.c) */
   CVQ_FLAG_KNOWN,
   CVQ_RAMPS,
@@ -174,6 +176,13 @@ int cv_cmd_end(cv_router *r, const char *cmd, int rc);
 
 /* The `rollout` and `report` commands. */
 int cv_cmd_rollout(void *plugin, int argc, char **argv);
+/* preview.c: what a change of a flag from `now` to `then` (its row as it
+ * is and as the change would leave it) would do, printed (or as JSON):
+ * which of the subjects decided since `since` move v1 -> v2 and v2 -> v1,
+ * and the instances in flight on each side, which keep their version. It
+ * reads only. 0, or 1 after saying why. */
+int cv_preview(cv_router *r, const cv_flag *now, const cv_flag *then,
+               const char *change, int64_t since, int json);
 int cv_cmd_report(void *plugin, int argc, char **argv);
 
 /* Registry access for static linking (tests, benchmarks). */

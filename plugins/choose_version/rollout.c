@@ -33,11 +33,15 @@ static const char rollout_usage[] =
     "  opt-out FLAG SUBJECT [--reason R]   force v1 for a subject\n"
     "  clear FLAG SUBJECT [--reason R]     remove a subject's override\n"
     "  overrides FLAG   the overrides of a flag\n"
-    "options: --actor NAME (default: the login name), --json\n";
+    "options: --actor NAME (default: the login name), --json\n"
+    "  --dry-run [--window 30d]  (set, kill, unkill) change nothing; say\n"
+    "                   which subjects decided in the window would move\n"
+    "                   v1 -> v2 and v2 -> v1, and what is in flight\n";
 
 typedef struct args {
   const char *reason, *actor, *group, *description, *owner, *stale_after;
-  int force, json, stale;
+  const char *window;
+  int force, json, stale, dry_run;
   const char *pos[4];
   int npos;
 } args;
@@ -75,6 +79,11 @@ static int parse_args(int argc, char **argv, args *a) {
     } else if (strcmp(o, "--stale") == 0) {
       a->stale = 1;
       continue;
+    } else if (strcmp(o, "--dry-run") == 0) {
+      a->dry_run = 1;
+      continue;
+    } else if (strcmp(o, "--window") == 0) {
+      dst = &a->window;
     } else if (strcmp(o, "--force") == 0) {
       a->force = 1;
       continue;
@@ -265,7 +274,8 @@ static int set_checks(cv_router *r, const args *a, flag_row *f, uint32_t *ppm) {
     return usage_error("set %s: which rate? (e.g. 5%%, 0.25%%, 2500ppm)",
                        a->pos[0]);
   }
-  if ((rc = flag_arg(r, a, 2, f, 0)) || (rc = need_reason(a, "set"))) {
+  if ((rc = flag_arg(r, a, 2, f, 0)) ||
+      (!a->dry_run && (rc = need_reason(a, "set")))) {
     return rc;
   }
   if (cv_rate_parse(a->pos[1], ppm, err, sizeof err)) {
@@ -274,14 +284,15 @@ static int set_checks(cv_router *r, const args *a, flag_row *f, uint32_t *ppm) {
   if (a->group && !cv_flag_name_valid(a->group)) {
     return usage_error("bad --group '%s'", a->group);
   }
-  if (a->group && f->exists && strcmp(a->group, f->group) != 0 && !a->force) {
+  if (a->group && f->exists && strcmp(a->group, f->group) != 0 && !a->force &&
+      !a->dry_run) {
     return usage_error(
         "changing the hash group of '%s' (%s -> %s) reshuffles "
         "its cohorts: subjects on v2 may go back to v1; add "
         "--force to do it",
         a->pos[0], f->group, a->group);
   }
-  if (f->retired && !a->force) {
+  if (f->retired && !a->force && !a->dry_run) {
     char t[32];
     cv_fmt_time(f->retired_at, t, sizeof t);
     return usage_error(
@@ -330,12 +341,57 @@ static int set_writes(cv_router *r, const args *a, const flag_row *f,
   return rc;
 }
 
+/* The flag as routing sees it, from its row (group: its hash group). */
+static cv_flag routing_view(const char *name, const flag_row *f) {
+  cv_flag v = {.name = (char *)name,
+               .exists = f->exists,
+               .retired = f->retired,
+               .killed = f->killed,
+               .rate_ppm = f->rate,
+               .group = (char *)(f->exists ? f->group : name)};
+  return v;
+}
+
+/* --dry-run: what a change from f to `then` would do (preview.c). */
+static int dry_run(cv_router *r, const args *a, const flag_row *f,
+                   const cv_flag *then, const char *change) {
+  int64_t window = 30 * 86400000LL;
+  cv_flag now = routing_view(a->pos[0], f);
+  if (a->window && cv_parse_age(a->window, &window)) {
+    return usage_error("--window: expected a duration (7d, 36h), got '%s'",
+                       a->window);
+  }
+  return cv_preview(r, &now, then, change, now_ms(r) - window, a->json);
+}
+
 static int cmd_set(cv_router *r, const args *a) {
   flag_row f;
   uint32_t ppm;
   char oldr[CV_RATE_FORMAT_MAX], newr[CV_RATE_FORMAT_MAX];
   int rc;
-  if ((rc = set_checks(r, a, &f, &ppm)) || (rc = cv_cmd_begin(r, CMD, 1))) {
+  if ((rc = set_checks(r, a, &f, &ppm))) {
+    return rc;
+  }
+  if (a->dry_run) {
+    char change[600];
+    cv_flag then = routing_view(a->pos[0], &f);
+    cv_rate_format(f.exists && !f.retired ? f.rate : 0, oldr, sizeof oldr);
+    cv_rate_format(ppm, newr, sizeof newr);
+    then.exists = 1;
+    then.rate_ppm = ppm;
+    if (f.retired || !f.exists) {
+      then.retired = then.killed = 0;
+    }
+    if (a->group) {
+      then.group = (char *)a->group;
+    }
+    snprintf(change, sizeof change, "rate %s -> %s%s%s%s%s", oldr, newr,
+             a->group ? ", hash group " : "",
+             a->group ? (f.exists ? f.group : a->pos[0]) : "",
+             a->group ? " -> " : "", a->group ? a->group : "");
+    return dry_run(r, a, &f, &then, change);
+  }
+  if ((rc = cv_cmd_begin(r, CMD, 1))) {
     return rc;
   }
   /* Read again under the write lock: the row the writes start from. */
@@ -363,11 +419,18 @@ static int cmd_kill(cv_router *r, const args *a, int kill) {
   flag_row f, after;
   int rc;
   const char *cmd = kill ? "kill" : "unkill";
-  if ((rc = flag_arg(r, a, 1, &f, 1)) || (rc = need_reason(a, cmd))) {
+  if ((rc = flag_arg(r, a, 1, &f, 1)) ||
+      (!a->dry_run && (rc = need_reason(a, cmd)))) {
     return rc;
   }
   if (f.retired) {
     return usage_error("flag '%s' is retired", a->pos[0]);
+  }
+  if (a->dry_run) {
+    cv_flag then = routing_view(a->pos[0], &f);
+    then.killed = kill;
+    return dry_run(r, a, &f, &then,
+                   kill ? "kill switch on" : "kill switch off");
   }
   if (f.killed == kill) {
     printf("%s: kill switch already %s\n", a->pos[0], kill ? "on" : "off");
@@ -811,6 +874,13 @@ int cv_cmd_rollout(void *plugin, int argc, char **argv) {
   }
   if ((rc = parse_args(argc, argv, &a))) {
     return rc;
+  }
+  if (a.dry_run && strcmp(cmd, "set") != 0 && strcmp(cmd, "kill") != 0 &&
+      strcmp(cmd, "unkill") != 0) {
+    return usage_error("--dry-run is for set, kill and unkill, not %s", cmd);
+  }
+  if (a.window && !a.dry_run) {
+    return usage_error("--window goes with --dry-run");
   }
   if (strcmp(cmd, "set") == 0) {
     return cmd_set(r, &a);

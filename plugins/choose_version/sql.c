@@ -342,6 +342,18 @@ static const char *const sql_text[CVQ__COUNT] = {
     /* A seek in cv_decisions' primary key (flag, decided_at, ...). */
     [CVQ_FLAG_LAST_DECISION] =
         "SELECT max(decided_at) FROM cv_decisions WHERE flag = ?1",
+    /* Each sticky subject decided since ?2, whether its last decision
+     * found it eligible, and its override. */
+    [CVQ_PREVIEW_SUBJECTS] =
+        "SELECT d.subject, min(CASE WHEN d.reason = 'not_eligible' THEN 0 "
+        "ELSE 1 END), o.kind FROM cv_decisions d LEFT JOIN cv_overrides o "
+        "ON o.flag = d.flag AND o.subject = d.subject WHERE d.flag = ?1 AND "
+        "d.decided_at >= ?2 AND d.subject IS NOT NULL AND d.reason NOT IN "
+        "('random', 'every_nth', 'missing_key') GROUP BY d.subject, o.kind "
+        "ORDER BY d.subject",
+    [CVQ_PREVIEW_IN_FLIGHT] =
+        "SELECT version, sum(in_flight) FROM cv_counters WHERE flag = ?1 "
+        "GROUP BY version",
 
     [CVQ_FLAG_KNOWN] =
         "SELECT 1 FROM cv_flags WHERE name = ?1 UNION ALL "

@@ -500,6 +500,113 @@ describe("switchyard rollout list: what needs attention", function()
 end)
 
 -- ---------------------------------------------------------------------
+describe("switchyard rollout --dry-run", function()
+  local env
+  local N = 300
+
+  before_each(function()
+    env = H.env { workflows = CV }
+  end)
+
+  after_each(function()
+    H.rmdir(env.dir)
+  end)
+
+  -- Starts an instance of 'sticky' for each of subjects u1..uN and runs
+  -- them: each subject's version in those new decisions.
+  local function route_all()
+    local last = env:scalar("SELECT coalesce(max(id), 0) FROM instances")
+    env:ok("start", "sticky", "--count", tostring(N), "--var", "user_id=u{n}")
+    env:ok("run", "--until-idle")
+    local v = {}
+    for _, r in ipairs(env:sql("SELECT subject, version FROM cv_decisions " ..
+      "WHERE instance_id > " .. last)) do
+      v[r[1]] = r[2]
+    end
+    return v
+  end
+
+  it("counts exactly the subjects a rate up, a rate down, a group change " ..
+    "and a kill then move, and writes nothing", function()
+      env:ok("rollout", "set", "checkout", "10%", "--reason", "ramp")
+      env:ok("rollout", "allow", "checkout", "u5", "--reason", "vip")
+      env:ok("rollout", "opt-out", "checkout", "u7", "--reason", "asked")
+      local before = route_all()
+      for _, change in ipairs {
+        { "set", "checkout", "30%" },
+        { "set", "checkout", "5%" },
+        { "set", "checkout", "5%", "--group", "checkout-2", "--force" },
+        { "kill", "checkout" },
+      } do
+        local what = table.concat(change, " ")
+        local dump = env:snapshot()
+        local args = { "rollout" }
+        for _, a in ipairs(change) do args[#args + 1] = a end
+        args[#args + 1] = "--dry-run"
+        args[#args + 1] = "--json"
+        local d = H.decode((env:ok(table.unpack(args))))
+        assert.are.equal(dump, env:snapshot(), what .. ": the dry run wrote")
+        assert.are.equal(N, d.subjects, what)
+        -- the change itself, then every subject decided again
+        args[#args - 1] = "--reason"
+        args[#args] = "apply"
+        env:ok(table.unpack(args))
+        local after = route_all()
+        local to_v2, to_v1 = {}, {}
+        for subject, v in pairs(before) do
+          if v ~= after[subject] then
+            (v == "v1" and to_v2 or to_v1)[subject] = true
+          end
+        end
+        local function size(t)
+          local n = 0
+          for _ in pairs(t) do n = n + 1 end
+          return n
+        end
+        assert.are.equal(size(to_v2), d.to_v2, what .. ": v1 -> v2")
+        assert.are.equal(size(to_v1), d.to_v1, what .. ": v2 -> v1")
+        assert.is_true(d.to_v2 + d.to_v1 > 0, what .. ": nobody moved")
+        for _, s in ipairs(d.examples_to_v2) do
+          assert.is_true(to_v2[s], what .. ": example " .. s)
+        end
+        for _, s in ipairs(d.examples_to_v1) do
+          assert.is_true(to_v1[s], what .. ": example " .. s)
+        end
+        assert.are.equal(N - d.to_v2 - d.to_v1,
+          d.unchanged_v1 + d.unchanged_v2, what)
+        before = after
+      end
+      -- the overrides held throughout: u5 on v2 until the kill, u7 on v1
+      assert.are.equal("v1", before.u5)
+      assert.are.equal("v1", before.u7)
+    end)
+
+  it("needs no --reason, is refused where it means nothing, and takes " ..
+    "--window", function()
+      env:ok("rollout", "set", "checkout", "10%", "--reason", "ramp")
+      route_all()
+      local out = env:ok("rollout", "set", "checkout", "20%", "--dry-run")
+      has(out, "dry run of rate 10% -> 20% (nothing was changed)", "text")
+      has(out, "instances in flight keep their version", "text")
+      -- a window that ends before every decision: no subject
+      local d = H.decode((env:ok("--set", "clock.advance_ms=" .. 2 * 86400000,
+        "rollout", "kill", "checkout", "--dry-run", "--window", "1d",
+        "--json")))
+      assert.are.equal(0, d.subjects)
+      for _, bad in ipairs {
+        { "retire", "checkout", "--reason", "r", "--dry-run" },
+        { "set", "checkout", "20%", "--window", "7d", "--reason", "r" },
+        { "set", "checkout", "20%", "--dry-run", "--window", "week" },
+      } do
+        local code, _, err = env:run("rollout", table.unpack(bad))
+        assert.are.equal(2, code, table.concat(bad, " "))
+        has(err, bad[#bad] == "week" and "--window" or "dry", "stderr")
+      end
+      assert.are.equal(100000, get(env, "checkout").rate_ppm)
+    end)
+end)
+
+-- ---------------------------------------------------------------------
 describe("switchyard check --db", function()
   local env
 
