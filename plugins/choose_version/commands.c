@@ -5,10 +5,13 @@
  * transactions (plugin.h, sy_api.db); each BEGIN, COMMIT and ROLLBACK is
  * checked here. */
 #include <math.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cv.h"
 
@@ -93,4 +96,13 @@ void cv_fmt_age(int64_t ms, char *buf, size_t len) {
   } else {
     snprintf(buf, len, "%llds", (long long)(ms > 0 ? ms / 1000 : 0));
   }
+}
+
+const char *cv_login_name(void) {
+  struct passwd *pw = getpwuid(geteuid());
+  const char *u = getenv("USER");
+  if (pw && pw->pw_name && *pw->pw_name) {
+    return pw->pw_name;
+  }
+  return u && *u ? u : "unknown";
 }

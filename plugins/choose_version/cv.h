@@ -56,6 +56,16 @@ enum {
   CVQ_FLAG_LAST_DECISION,
   CVQ_PREVIEW_SUBJECTS,
   CVQ_PREVIEW_IN_FLIGHT,
+  /* `rollout plan` and the evaluations (plan.c) */
+  CVQ_PLAN_GET,
+  CVQ_PLAN_PUT,
+  CVQ_PLAN_ACTIVE,
+  CVQ_PLAN_MOVE,
+  CVQ_PLAN_STATE,
+  CVQ_PLAN_P_MIN,
+  CVQ_PLAN_TALLY,
+  CVQ_PLAN_EVAL_ADD,
+  CVQ_PLAN_EVALS,
   /* `report` (report.c) */
   CVQ_FLAG_KNOWN,
   CVQ_RAMPS,
@@ -73,7 +83,8 @@ typedef struct cv_delta {
   struct cv_delta *next;
 } cv_delta;
 
-struct cv_cached_flag; /* flags.c */
+struct cv_cached_flag;                /* flags.c */
+typedef struct cv_planner cv_planner; /* plan.c */
 
 /* The plugin's state, one per engine. errmsg holds the last failure's
  * message without the plugin's name (the database's own, for a database error,
@@ -86,6 +97,7 @@ typedef struct cv_router {
   cv_delta *deltas;
   int64_t checked_tx; /* transaction in which data_version was read */
   int64_t data_version;
+  cv_planner *planner; /* evaluates rollout plans while the engine runs */
   char errmsg[512];
 } cv_router;
 
@@ -176,6 +188,15 @@ int cv_cmd_end(cv_router *r, const char *cmd, int rc);
 
 /* The `rollout` and `report` commands. */
 int cv_cmd_rollout(void *plugin, int argc, char **argv);
+/* plan.c: `rollout plan` (argv as cv_cmd_rollout's), and the timer that
+ * evaluates running plans on the engine's loop (unreferenced: it never
+ * keeps a run going), started at init and stopped at fini. */
+int cv_cmd_plan(cv_router *r, int argc, char **argv);
+int cv_planner_start(cv_router *r);
+void cv_planner_stop(cv_router *r);
+/* The login name, the default actor of a change. */
+const char *cv_login_name(void);
+
 /* preview.c: what a change of a flag from `now` to `then` (its row as it
  * is and as the change would leave it) would do, printed (or as JSON):
  * which of the subjects decided since `since` move v1 -> v2 and v2 -> v1,

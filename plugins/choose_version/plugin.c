@@ -29,6 +29,7 @@ static void cv_fini(void *state) {
   if (!r) {
     return;
   }
+  cv_planner_stop(r);
   cv_discard_counters(r);
   cv_flags_free(r);
   cv_finalize_all(r);
@@ -44,7 +45,10 @@ static int cv_init(const sy_api *api, sy_engine *e, void **state, char *err,
   }
   r->api = api;
   r->e = e;
-  if (cv_schema(r, err, errlen)) {
+  if (cv_schema(r, err, errlen) || cv_planner_start(r)) {
+    if (!err[0]) {
+      snprintf(err, errlen, "out of memory");
+    }
     cv_fini(r);
     return -1;
   }

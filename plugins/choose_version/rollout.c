@@ -4,11 +4,9 @@
  * and exits 2, a database failure changes nothing and exits 1. Its SQL is
  * in sql.c with the rest of the plugin's. */
 #include <jansson.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cv.h"
 
@@ -29,6 +27,9 @@ static const char rollout_usage[] =
     "  unkill FLAG --reason R\n"
     "  retire FLAG --reason R    keep a tombstone; the name is not reused\n"
     "  history FLAG     the audit trail\n"
+    "  plan FLAG --steps 1%,5%,25%,100% --reason R ...   a plan running\n"
+    "                   engines follow, rolling back on evidence\n"
+    "                   (rollout plan --help)\n"
     "  allow FLAG SUBJECT [--reason R]     force v2 for a subject\n"
     "  opt-out FLAG SUBJECT [--reason R]   force v1 for a subject\n"
     "  clear FLAG SUBJECT [--reason R]     remove a subject's override\n"
@@ -48,15 +49,6 @@ typedef struct args {
 
 #define usage_error(...) cv_usage_error(CMD, __VA_ARGS__)
 #define db_error(r, what) cv_cmd_db_error(r, CMD, what)
-
-static const char *login_name(void) {
-  struct passwd *pw = getpwuid(geteuid());
-  const char *u = getenv("USER");
-  if (pw && pw->pw_name && *pw->pw_name) {
-    return pw->pw_name;
-  }
-  return u && *u ? u : "unknown";
-}
 
 static int parse_args(int argc, char **argv, args *a) {
   memset(a, 0, sizeof *a);
@@ -107,7 +99,7 @@ static int parse_args(int argc, char **argv, args *a) {
     i++;
   }
   if (!a->actor) {
-    a->actor = login_name();
+    a->actor = cv_login_name();
   }
   return 0;
 }
@@ -871,6 +863,9 @@ int cv_cmd_rollout(void *plugin, int argc, char **argv) {
   if (!cmd || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
     fputs(rollout_usage, cmd ? stdout : stderr);
     return cmd ? 0 : EXIT_USAGE;
+  }
+  if (strcmp(cmd, "plan") == 0) {
+    return cv_cmd_plan(r, argc, argv);
   }
   if ((rc = parse_args(argc, argv, &a))) {
     return rc;

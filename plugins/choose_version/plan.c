@@ -1,0 +1,802 @@
+/* Rollout plans: `switchyard rollout plan FLAG --steps 1%,5%,25%,100% ...`
+ * stores a plan with the flag; running engines evaluate it every few
+ * seconds and move the rate along by themselves, or roll back.
+ *
+ * An evaluation compares V2 with V1 over the instances decided since the
+ * plan started (never V2 now against V1 earlier), by instances with an
+ * incident, with the always-valid test of stats.h (cv_msprt_p), whose
+ * smallest p-value so far is kept with the plan: looking every few seconds
+ * does not inflate false rollbacks. Outcomes:
+ * - fail: V2 worse than V1 by more than --max-increase points, p <= alpha:
+ *   the kill switch, and the plan ends rolled back;
+ * - pass: the step was held --hold, both versions have --min-instances
+ *   decided at this step's rate (V2 alone at 100%), nothing failing: the
+ *   next step's rate (the plan is done after the last);
+ * - inconclusive: neither; past --max-wait in one step the plan pauses,
+ *   and never advances by itself.
+ * Every evaluation is a row (cv_plan_evals) with its numbers; a change is
+ * applied by an update conditional on the step it was evaluated at, so
+ * engines sharing the database apply each step once; every change is an
+ * audit entry with actor `plan` and a reason quoting the numbers. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cv.h"
+#include "stats.h"
+
+#define CMD "rollout plan"
+#define MAX_STEPS 32
+#define usage_error(...) cv_usage_error(CMD, __VA_ARGS__)
+#define db_error(r, what) cv_cmd_db_error(r, CMD, what)
+
+/* How often a running engine evaluates the active plans (the setting
+ * choose_version.plan_every_ms changes it, for tests). */
+#define DEFAULT_EVERY_MS 5000
+
+typedef struct plan {
+  char flag[160];
+  char state[16]; /* running, paused, done, rolled_back, aborted */
+  uint32_t steps[MAX_STEPS];
+  int nsteps, step;
+  int64_t hold_ms, min_instances, max_wait_ms;
+  double max_increase, alpha, p_min; /* max_increase in points */
+  int64_t started_at, step_started_at;
+} plan;
+
+struct cv_planner {
+  uv_timer_t timer;
+  cv_router *r;
+};
+
+/* ---------------------------------------------------------------------
+ * The stored plan */
+
+static void steps_text(const plan *p, char *buf, size_t len) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < p->nsteps && used < len; i++) {
+    char rate[CV_RATE_FORMAT_MAX];
+    cv_rate_format(p->steps[i], rate, sizeof rate);
+    used +=
+        (size_t)snprintf(buf + used, len - used, "%s%s", i ? "," : "", rate);
+  }
+}
+
+/* "1%,5%,25%" (or ppm): ascending, above 0, at most 100%. */
+static int parse_steps(const char *s, plan *p, char *err, size_t errlen) {
+  char buf[1024], *save = NULL, *tok;
+  snprintf(buf, sizeof buf, "%s", s);
+  p->nsteps = 0;
+  for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    uint32_t ppm;
+    char e[200];
+    if (p->nsteps == MAX_STEPS) {
+      snprintf(err, errlen, "--steps: at most %d steps", MAX_STEPS);
+      return -1;
+    }
+    if (cv_rate_parse(tok, &ppm, e, sizeof e)) {
+      snprintf(err, errlen, "--steps: %s", e);
+      return -1;
+    }
+    if (ppm == 0 || (p->nsteps && ppm <= p->steps[p->nsteps - 1])) {
+      snprintf(err, errlen,
+               "--steps: each step must be above 0%% and above the one "
+               "before, got '%s'",
+               tok);
+      return -1;
+    }
+    p->steps[p->nsteps++] = ppm;
+  }
+  if (!p->nsteps) {
+    snprintf(err, errlen, "--steps: expected rates such as 1%%,5%%,25%%,100%%");
+    return -1;
+  }
+  return 0;
+}
+
+static int steps_from_text(const char *s, plan *p) {
+  char err[256];
+  return parse_steps(s, p, err, sizeof err);
+}
+
+/* The plan of a flag: 1 found, 0 none, -1 database error. */
+static int read_plan(cv_router *r, const char *flag, plan *p) {
+  sy_stmt *s = cv_stmt(r, CVQ_PLAN_GET);
+  int rc;
+  memset(p, 0, sizeof *p);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, flag);
+  if ((rc = sy_stmt_step(s)) == SY_ROW) {
+    snprintf(p->flag, sizeof p->flag, "%s", flag);
+    snprintf(p->state, sizeof p->state, "%s", sy_stmt_column_text(s, 0));
+    steps_from_text(sy_stmt_column_text(s, 1), p);
+    p->step = (int)sy_stmt_column_int(s, 2);
+    p->hold_ms = sy_stmt_column_int(s, 3);
+    p->min_instances = sy_stmt_column_int(s, 4);
+    p->max_increase = sy_stmt_column_double(s, 5);
+    p->alpha = sy_stmt_column_double(s, 6);
+    p->max_wait_ms = sy_stmt_column_int(s, 7);
+    p->started_at = sy_stmt_column_int(s, 8);
+    p->step_started_at = sy_stmt_column_int(s, 9);
+    p->p_min = sy_stmt_column_double(s, 10);
+  } else if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  return rc == SY_ROW;
+}
+
+/* V1's and V2's instances decided since the plan started, and how many of
+ * each had an incident. */
+typedef struct tally {
+  int64_t n1, x1, n2, x2;
+} tally;
+
+static int read_tally(cv_router *r, const plan *p, int64_t since, tally *t) {
+  sy_stmt *s = cv_stmt(r, CVQ_PLAN_TALLY);
+  int rc;
+  memset(t, 0, sizeof *t);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, p->flag);
+  sy_stmt_bind_int(s, 2, since);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    int v2 = strcmp(sy_stmt_column_text(s, 0), "v2") == 0;
+    *(v2 ? &t->n2 : &t->n1) = sy_stmt_column_int(s, 1);
+    *(v2 ? &t->x2 : &t->x1) = sy_stmt_column_int(s, 2);
+  }
+  if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  return 0;
+}
+
+/* A rate in %, as a reason quotes it: "3.1%". */
+static double pct(int64_t x, int64_t n) {
+  return n ? 100.0 * (double)x / (double)n : 0.0;
+}
+
+/* "V2 3.1% (25/812) vs V1 1.0% (16/1630), p=0.0004" */
+static void numbers(const tally *t, double p, char *buf, size_t len) {
+  snprintf(buf, len, "V2 %.1f%% (%lld/%lld) vs V1 %.1f%% (%lld/%lld), p=%.4g",
+           pct(t->x2, t->n2), (long long)t->x2, (long long)t->n2,
+           pct(t->x1, t->n1), (long long)t->x1, (long long)t->n1, p);
+}
+
+/* ---------------------------------------------------------------------
+ * Changes, each with its audit entry */
+
+static int audit(cv_router *r, const char *flag, const char *what,
+                 const char *old_value, const char *new_value, uint32_t rate,
+                 int killed, const char *reason, const char *actor,
+                 int64_t now) {
+  sy_stmt *s = cv_stmt(r, CVQ_AUDIT_ADD);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, flag);
+  sy_stmt_bind_text(s, 2, what);
+  sy_stmt_bind_text(s, 3, NULL);
+  sy_stmt_bind_text(s, 4, old_value);
+  sy_stmt_bind_text(s, 5, new_value);
+  sy_stmt_bind_int(s, 6, rate);
+  sy_stmt_bind_int(s, 7, killed);
+  sy_stmt_bind_text(s, 8, reason);
+  sy_stmt_bind_text(s, 9, actor);
+  sy_stmt_bind_int(s, 10, now);
+  return cv_step_done(r, s);
+}
+
+static int set_flag_number(cv_router *r, int q, const char *flag, int64_t v,
+                           int64_t now) {
+  sy_stmt *s = cv_stmt(r, q);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, flag);
+  sy_stmt_bind_int(s, 2, v);
+  sy_stmt_bind_int(s, 3, now);
+  return cv_step_done(r, s);
+}
+
+/* Moves the plan from step `from` (state running) to `to` and state, if
+ * nobody did already: 1 moved, 0 another engine did, -1 error. */
+static int move_plan(cv_router *r, const plan *p, int to, const char *state,
+                     int64_t now) {
+  sy_stmt *s = cv_stmt(r, CVQ_PLAN_MOVE);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, p->flag);
+  sy_stmt_bind_int(s, 2, p->step);
+  sy_stmt_bind_int(s, 3, to);
+  sy_stmt_bind_text(s, 4, state);
+  sy_stmt_bind_int(s, 5, now);
+  if (cv_step_done(r, s)) {
+    return -1;
+  }
+  return sy_stmt_changes(s) == 1;
+}
+
+static int record_eval(cv_router *r, const plan *p, int64_t now, const tally *t,
+                       double pv, double p_min, const char *outcome,
+                       int applied, const char *note) {
+  sy_stmt *s = cv_stmt(r, CVQ_PLAN_EVAL_ADD);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, p->flag);
+  sy_stmt_bind_int(s, 2, now);
+  sy_stmt_bind_int(s, 3, p->step);
+  sy_stmt_bind_int(s, 4, t->n1);
+  sy_stmt_bind_int(s, 5, t->x1);
+  sy_stmt_bind_int(s, 6, t->n2);
+  sy_stmt_bind_int(s, 7, t->x2);
+  sy_stmt_bind_double(s, 8, pv);
+  sy_stmt_bind_double(s, 9, p_min);
+  sy_stmt_bind_text(s, 10, outcome);
+  sy_stmt_bind_int(s, 11, applied);
+  sy_stmt_bind_text(s, 12, note);
+  return cv_step_done(r, s);
+}
+
+/* ---------------------------------------------------------------------
+ * Evaluation, in the engine's transaction */
+
+static int evaluate(cv_router *r, plan *p, int64_t now) {
+  tally t, step;
+  char nums[256], reason[512], oldr[CV_RATE_FORMAT_MAX],
+      newr[CV_RATE_FORMAT_MAX];
+  const char *outcome;
+  double pv, p_min;
+  int moved = 0, enough, held;
+  sy_stmt *s;
+  /* The test over the whole plan; the minimum of instances, at this
+   * step's rate. */
+  if (read_tally(r, p, p->started_at, &t) ||
+      read_tally(r, p, p->step_started_at, &step)) {
+    return -1;
+  }
+  pv =
+      cv_msprt_p(t.x1, t.n1, t.x2, t.n2, p->max_increase / 100.0, CV_MSPRT_TAU);
+  if (isnan(pv)) {
+    pv = 1.0;
+  }
+  p_min = pv < p->p_min ? pv : p->p_min;
+  numbers(&t, p_min, nums, sizeof nums);
+  /* (at 100% V1 gets nothing new: only V2's count can grow) */
+  enough =
+      step.n2 >= p->min_instances &&
+      (step.n1 >= p->min_instances || p->steps[p->step] == CV_RATE_MAX_PPM);
+  held = now - p->step_started_at >= p->hold_ms;
+  cv_rate_format(p->steps[p->step], oldr, sizeof oldr);
+  if (p_min <= p->alpha) {
+    outcome = "fail";
+    snprintf(reason, sizeof reason,
+             "%s: worse by more than %g point%s, rolled back", nums,
+             p->max_increase, p->max_increase == 1.0 ? "" : "s");
+    if ((moved = move_plan(r, p, p->step, "rolled_back", now)) == 1 &&
+        (set_flag_number(r, CVQ_FLAG_SET_KILLED, p->flag, 1, now) ||
+         audit(r, p->flag, "kill", "off", "on", p->steps[p->step], 1, reason,
+               "plan", now))) {
+      return -1;
+    }
+  } else if (held && enough) {
+    outcome = "pass";
+    if (p->step + 1 < p->nsteps) {
+      cv_rate_format(p->steps[p->step + 1], newr, sizeof newr);
+      snprintf(reason, sizeof reason, "%s: held and no worse, %s -> %s", nums,
+               oldr, newr);
+      if ((moved = move_plan(r, p, p->step + 1, "running", now)) == 1 &&
+          (set_flag_number(r, CVQ_FLAG_SET_RATE, p->flag, p->steps[p->step + 1],
+                           now) ||
+           audit(r, p->flag, "rate", oldr, newr, p->steps[p->step + 1], 0,
+                 reason, "plan", now))) {
+        return -1;
+      }
+    } else {
+      snprintf(reason, sizeof reason, "%s: held at %s and no worse, done", nums,
+               oldr);
+      if ((moved = move_plan(r, p, p->step, "done", now)) == 1 &&
+          audit(r, p->flag, "plan", "running", "done", p->steps[p->step], 0,
+                reason, "plan", now)) {
+        return -1;
+      }
+    }
+  } else {
+    outcome = "inconclusive";
+    snprintf(reason, sizeof reason, "%s: %s", nums,
+             !enough ? "fewer instances than --min-instances at this step"
+                     : "holding the step");
+    if (p->max_wait_ms > 0 && now - p->step_started_at > p->max_wait_ms) {
+      snprintf(reason, sizeof reason,
+               "%s: inconclusive past --max-wait, paused", nums);
+      if ((moved = move_plan(r, p, p->step, "paused", now)) == 1 &&
+          audit(r, p->flag, "plan", "running", "paused", p->steps[p->step], 0,
+                reason, "plan", now)) {
+        return -1;
+      }
+    }
+  }
+  if (moved < 0) {
+    return -1;
+  }
+  /* The smallest p-value so far stays with the plan, whatever happened. */
+  if (!(s = cv_stmt(r, CVQ_PLAN_P_MIN))) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, p->flag);
+  sy_stmt_bind_double(s, 2, p_min);
+  if (cv_step_done(r, s) ||
+      record_eval(r, p, now, &t, pv, p_min, outcome, moved, reason)) {
+    return -1;
+  }
+  if (moved) {
+    cv_flags_free(r); /* our own change: the cache must not keep the old */
+  }
+  return 0;
+}
+
+static void on_timer(uv_timer_t *t) {
+  cv_planner *pl = t->data;
+  cv_router *r = pl->r;
+  sy_stmt *s;
+  char flags[16][160];
+  int n = 0, rc;
+  int64_t now;
+  if (r->api->tx_begin(r->e) < 0) {
+    r->api->log(r->e, "choose_version: plans: %s", r->api->errmsg(r->e));
+    return;
+  }
+  now = r->api->now_ms(r->e);
+  if (!(s = cv_stmt(r, CVQ_PLAN_ACTIVE))) {
+    r->api->log(r->e, "choose_version: plans: %s", r->errmsg);
+    return;
+  }
+  while (n < 16 && (rc = sy_stmt_step(s)) == SY_ROW) {
+    snprintf(flags[n++], sizeof flags[0], "%s", sy_stmt_column_text(s, 0));
+  }
+  sy_stmt_reset(s);
+  for (int i = 0; i < n; i++) {
+    plan p;
+    if (read_plan(r, flags[i], &p) != 1 || strcmp(p.state, "running") != 0) {
+      continue;
+    }
+    if (evaluate(r, &p, now)) {
+      r->api->log(r->e, "choose_version: plan of %s: %s", p.flag, r->errmsg);
+    }
+  }
+}
+
+static int64_t every_ms(cv_router *r) {
+  const char *v = r->api->setting(r->e, "choose_version.plan_every_ms");
+  long long ms = v ? atoll(v) : 0;
+  return ms > 0 ? ms : DEFAULT_EVERY_MS;
+}
+
+int cv_planner_start(cv_router *r) {
+  cv_planner *pl = calloc(1, sizeof *pl);
+  int64_t ms;
+  if (!pl) {
+    return -1;
+  }
+  pl->r = r;
+  ms = every_ms(r);
+  uv_timer_init(r->api->loop(r->e), &pl->timer);
+  pl->timer.data = pl;
+  uv_timer_start(&pl->timer, on_timer, (uint64_t)ms, (uint64_t)ms);
+  uv_unref((uv_handle_t *)&pl->timer); /* never what keeps a run going */
+  r->planner = pl;
+  return 0;
+}
+
+static void planner_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+void cv_planner_stop(cv_router *r) {
+  if (r->planner) {
+    uv_timer_stop(&r->planner->timer);
+    uv_close((uv_handle_t *)&r->planner->timer, planner_closed);
+    r->planner = NULL;
+  }
+}
+
+/* ---------------------------------------------------------------------
+ * The command */
+
+typedef struct plan_args {
+  const char *flag, *action, *steps, *reason, *actor, *hold, *min_instances,
+      *max_increase, *alpha, *max_wait;
+  int json;
+} plan_args;
+
+static const char plan_usage[] =
+    "usage: switchyard rollout plan FLAG --steps 1%,5%,25%,100% --reason R\n"
+    "           [--hold 10m] [--min-instances 200] [--max-increase 1]\n"
+    "           [--alpha 0.05] [--max-wait 2h]\n"
+    "       switchyard rollout plan FLAG [show] [--json]\n"
+    "       switchyard rollout plan FLAG pause|resume|abort --reason R\n"
+    "Running engines evaluate the plan every few seconds: V2 against V1 by\n"
+    "instances with an incident since the plan started (an always-valid\n"
+    "test, so looking often does not cry wolf). Worse by more than\n"
+    "--max-increase points at confidence 1 - alpha: kill switch, rolled\n"
+    "back. Held --hold with --min-instances on each version: next step.\n"
+    "Neither for longer than --max-wait in a step: paused.\n";
+
+static int parse(int argc, char **argv, plan_args *a) {
+  memset(a, 0, sizeof *a);
+  for (int i = 2; i < argc; i++) {
+    const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    const char **dst = NULL;
+    if (strcmp(o, "--json") == 0) {
+      a->json = 1;
+      continue;
+    }
+    if (strcmp(o, "--steps") == 0) {
+      dst = &a->steps;
+    } else if (strcmp(o, "--reason") == 0) {
+      dst = &a->reason;
+    } else if (strcmp(o, "--actor") == 0) {
+      dst = &a->actor;
+    } else if (strcmp(o, "--hold") == 0) {
+      dst = &a->hold;
+    } else if (strcmp(o, "--min-instances") == 0) {
+      dst = &a->min_instances;
+    } else if (strcmp(o, "--max-increase") == 0) {
+      dst = &a->max_increase;
+    } else if (strcmp(o, "--alpha") == 0) {
+      dst = &a->alpha;
+    } else if (strcmp(o, "--max-wait") == 0) {
+      dst = &a->max_wait;
+    } else if (o[0] == '-') {
+      return usage_error("unknown option '%s'", o);
+    } else if (!a->flag) {
+      a->flag = o;
+      continue;
+    } else if (!a->action) {
+      a->action = o;
+      continue;
+    } else {
+      return usage_error("unexpected argument '%s'", o);
+    }
+    if (!v || !*v) {
+      return usage_error("%s needs a non-empty value", o);
+    }
+    *dst = v;
+    i++;
+  }
+  if (!a->flag) {
+    return usage_error("which flag?");
+  }
+  if (!cv_flag_name_valid(a->flag)) {
+    return usage_error("bad flag name '%s'", a->flag);
+  }
+  if (!a->actor) {
+    a->actor = cv_login_name();
+  }
+  return 0;
+}
+
+static int number(const char *s, double lo, double hi, double *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || *end || !isfinite(v) || v < lo || v > hi) {
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* The options of a new plan, checked: 0, or the exit code. */
+static int new_plan(const plan_args *a, plan *p) {
+  char err[256];
+  double d;
+  memset(p, 0, sizeof *p);
+  snprintf(p->flag, sizeof p->flag, "%s", a->flag);
+  p->hold_ms = 10 * 60000;
+  p->min_instances = 200;
+  p->max_increase = 1.0;
+  p->alpha = 0.05;
+  p->max_wait_ms = 2 * 3600000;
+  p->p_min = 1.0;
+  if (!a->reason) {
+    return usage_error("a plan needs --reason: say why, for the audit trail");
+  }
+  if (parse_steps(a->steps, p, err, sizeof err)) {
+    return usage_error("%s", err);
+  }
+  if (a->hold && cv_parse_age(a->hold, &p->hold_ms)) {
+    return usage_error("--hold: expected a duration (30s, 10m, 1h), got '%s'",
+                       a->hold);
+  }
+  if (a->max_wait && cv_parse_age(a->max_wait, &p->max_wait_ms)) {
+    return usage_error("--max-wait: expected a duration (2h, 1d), got '%s'",
+                       a->max_wait);
+  }
+  if (a->min_instances) {
+    if (number(a->min_instances, 1, 1e9, &d) || d != floor(d)) {
+      return usage_error(
+          "--min-instances: expected a whole number from 1, "
+          "got '%s'",
+          a->min_instances);
+    }
+    p->min_instances = (int64_t)d;
+  }
+  if (a->max_increase && number(a->max_increase, 0, 99, &p->max_increase)) {
+    return usage_error(
+        "--max-increase: expected points from 0 to 99, got "
+        "'%s'",
+        a->max_increase);
+  }
+  if (a->alpha && (number(a->alpha, 1e-9, 0.5, &p->alpha) || p->alpha <= 0)) {
+    return usage_error("--alpha: expected a number in (0, 0.5], got '%s'",
+                       a->alpha);
+  }
+  return 0;
+}
+
+static int create(cv_router *r, const plan_args *a) {
+  plan p, old;
+  char steps[512], first[CV_RATE_FORMAT_MAX], oldr[CV_RATE_FORMAT_MAX];
+  int64_t now = r->api->now_ms(r->e);
+  sy_stmt *s;
+  int rc, have;
+  if ((rc = new_plan(a, &p))) {
+    return rc;
+  }
+  if (cv_cmd_begin(r, CMD, 1)) {
+    return 1;
+  }
+  if (!(s = cv_stmt(r, CVQ_FLAG))) {
+    return cv_cmd_end(r, CMD, db_error(r, "read flag"));
+  }
+  sy_stmt_bind_text(s, 1, a->flag);
+  rc = sy_stmt_step(s);
+  if (rc != SY_ROW && rc != SY_DONE) {
+    cv_db_fail(r, s);
+    return cv_cmd_end(r, CMD, db_error(r, "read flag"));
+  }
+  {
+    /* CVQ_FLAG: rate_ppm, killed, group, retired, ... */
+    int exists = rc == SY_ROW;
+    uint32_t rate = exists ? (uint32_t)sy_stmt_column_int(s, 0) : 0;
+    int killed = exists && sy_stmt_column_int(s, 1);
+    int retired = exists && sy_stmt_column_int(s, 3);
+    sy_stmt_reset(s);
+    if (!exists || retired || killed) {
+      cv_cmd_end(r, CMD, 1);
+      return usage_error(!exists   ? "no flag '%s' (create it with rollout "
+                                     "set)"
+                         : retired ? "flag '%s' is retired"
+                                   : "flag '%s' is killed: unkill it first",
+                         a->flag);
+    }
+    if ((have = read_plan(r, a->flag, &old)) < 0) {
+      return cv_cmd_end(r, CMD, db_error(r, "read plan"));
+    }
+    if (have && (strcmp(old.state, "running") == 0 ||
+                 strcmp(old.state, "paused") == 0)) {
+      cv_cmd_end(r, CMD, 1);
+      return usage_error("flag '%s' has a plan %s already: abort it first",
+                         a->flag, old.state);
+    }
+    if (p.steps[0] < rate) {
+      cv_rate_format(rate, oldr, sizeof oldr);
+      cv_cmd_end(r, CMD, 1);
+      return usage_error(
+          "the first step is below the rate now (%s): a plan "
+          "only goes up",
+          oldr);
+    }
+    cv_rate_format(rate, oldr, sizeof oldr);
+  }
+  steps_text(&p, steps, sizeof steps);
+  cv_rate_format(p.steps[0], first, sizeof first);
+  if (!(s = cv_stmt(r, CVQ_PLAN_PUT))) {
+    return cv_cmd_end(r, CMD, db_error(r, "store plan"));
+  }
+  sy_stmt_bind_text(s, 1, a->flag);
+  sy_stmt_bind_text(s, 2, steps);
+  sy_stmt_bind_int(s, 3, p.hold_ms);
+  sy_stmt_bind_int(s, 4, p.min_instances);
+  sy_stmt_bind_double(s, 5, p.max_increase);
+  sy_stmt_bind_double(s, 6, p.alpha);
+  sy_stmt_bind_int(s, 7, p.max_wait_ms);
+  sy_stmt_bind_int(s, 8, now);
+  sy_stmt_bind_text(s, 9, a->reason);
+  sy_stmt_bind_text(s, 10, a->actor);
+  rc = cv_step_done(r, s) ||
+       audit(r, a->flag, "plan", NULL, steps, p.steps[0], 0, a->reason,
+             a->actor, now) ||
+       set_flag_number(r, CVQ_FLAG_SET_RATE, a->flag, p.steps[0], now) ||
+       audit(r, a->flag, "rate", oldr, first, p.steps[0], 0, "plan step 1",
+             "plan", now);
+  if ((rc = cv_cmd_end(r, CMD, rc ? db_error(r, "store plan") : 0))) {
+    return rc;
+  }
+  printf("%s: plan %s started at %s; running engines move it along\n", a->flag,
+         steps, first);
+  return 0;
+}
+
+static int change_state(cv_router *r, const plan_args *a) {
+  const char *from = strcmp(a->action, "resume") == 0 ? "paused" : "running";
+  const char *to = strcmp(a->action, "pause") == 0    ? "paused"
+                   : strcmp(a->action, "resume") == 0 ? "running"
+                                                      : "aborted";
+  int64_t now = r->api->now_ms(r->e);
+  plan p;
+  sy_stmt *s;
+  int rc, have;
+  if (!a->reason) {
+    return usage_error("%s needs --reason", a->action);
+  }
+  if (cv_cmd_begin(r, CMD, 1)) {
+    return 1;
+  }
+  if ((have = read_plan(r, a->flag, &p)) < 0) {
+    return cv_cmd_end(r, CMD, db_error(r, "read plan"));
+  }
+  if (!have ||
+      (strcmp(p.state, from) != 0 &&
+       !(strcmp(to, "aborted") == 0 && strcmp(p.state, "paused") == 0))) {
+    cv_cmd_end(r, CMD, 1);
+    return usage_error("flag '%s' has no %s plan to %s", a->flag, from,
+                       a->action);
+  }
+  if (!(s = cv_stmt(r, CVQ_PLAN_STATE))) {
+    return cv_cmd_end(r, CMD, db_error(r, "update plan"));
+  }
+  sy_stmt_bind_text(s, 1, a->flag);
+  sy_stmt_bind_text(s, 2, to);
+  sy_stmt_bind_int(s, 3, now);
+  rc =
+      cv_step_done(r, s) || audit(r, a->flag, "plan", p.state, to,
+                                  p.steps[p.step], 0, a->reason, a->actor, now);
+  if ((rc = cv_cmd_end(r, CMD, rc ? db_error(r, "update plan") : 0))) {
+    return rc;
+  }
+  printf("%s: plan %s\n", a->flag, to);
+  return 0;
+}
+
+static int show(cv_router *r, const plan_args *a) {
+  plan p;
+  tally t;
+  sy_stmt *s;
+  json_t *j = NULL, *evals = NULL;
+  char steps[512], rate[CV_RATE_FORMAT_MAX], at[32];
+  int64_t now = r->api->now_ms(r->e);
+  int have, rc;
+  if (cv_cmd_begin(r, CMD, 0)) {
+    return 1;
+  }
+  if ((have = read_plan(r, a->flag, &p)) < 0 ||
+      (have && read_tally(r, &p, p.started_at, &t))) {
+    return cv_cmd_end(r, CMD, db_error(r, "read plan"));
+  }
+  if (!have) {
+    cv_cmd_end(r, CMD, 0);
+    return usage_error("flag '%s' has no plan", a->flag);
+  }
+  steps_text(&p, steps, sizeof steps);
+  cv_rate_format(p.steps[p.step], rate, sizeof rate);
+  if (a->json) {
+    j = json_pack(
+        "{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I, "
+        "s:f, s:{s:I, s:I}, s:{s:I, s:I}}",
+        "flag", p.flag, "state", p.state, "steps", steps, "step", p.step + 1,
+        "rate", rate, "held_ms", (json_int_t)(now - p.step_started_at),
+        "hold_ms", (json_int_t)p.hold_ms, "min_instances",
+        (json_int_t)p.min_instances, "max_increase_points", p.max_increase,
+        "alpha", p.alpha, "max_wait_ms", (json_int_t)p.max_wait_ms,
+        "started_at", (json_int_t)p.started_at, "step_started_at",
+        (json_int_t)p.step_started_at, "p_min", p.p_min, "v1", "instances",
+        (json_int_t)t.n1, "with_incidents", (json_int_t)t.x1, "v2", "instances",
+        (json_int_t)t.n2, "with_incidents", (json_int_t)t.x2);
+    evals = json_array();
+  } else {
+    char held[32], hold[32];
+    cv_fmt_age(now - p.step_started_at, held, sizeof held);
+    cv_fmt_age(p.hold_ms, hold, sizeof hold);
+    printf("plan of %s: %s, step %d of %d (%s), held %s of %s\n", p.flag,
+           p.state, p.step + 1, p.nsteps, rate, held, hold);
+    printf(
+        "  steps %s; at least %lld instances per version; V2 may be "
+        "worse by %g point%s at alpha %g\n",
+        steps, (long long)p.min_instances, p.max_increase,
+        p.max_increase == 1.0 ? "" : "s", p.alpha);
+    printf(
+        "  since the plan started: V1 %lld instances, %lld with an "
+        "incident (%.1f%%); V2 %lld, %lld (%.1f%%); smallest p so far "
+        "%.4g\n",
+        (long long)t.n1, (long long)t.x1, pct(t.x1, t.n1), (long long)t.n2,
+        (long long)t.x2, pct(t.x2, t.n2), p.p_min);
+    printf("  last evaluations:\n");
+  }
+  if (!(s = cv_stmt(r, CVQ_PLAN_EVALS))) {
+    json_decref(j);
+    json_decref(evals);
+    return cv_cmd_end(r, CMD, db_error(r, "read evaluations"));
+  }
+  sy_stmt_bind_text(s, 1, a->flag);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    int64_t when = sy_stmt_column_int(s, 0);
+    if (evals) {
+      json_array_append_new(
+          evals, json_pack("{s:I, s:i, s:s, s:b, s:s}", "at", (json_int_t)when,
+                           "step", (int)sy_stmt_column_int(s, 1) + 1, "outcome",
+                           sy_stmt_column_text(s, 2), "applied",
+                           (int)sy_stmt_column_int(s, 3), "reason",
+                           sy_stmt_column_text(s, 4)));
+    } else {
+      cv_fmt_time(when, at, sizeof at);
+      printf("    %s  step %lld  %-12s %s%s\n", at,
+             (long long)sy_stmt_column_int(s, 1) + 1, sy_stmt_column_text(s, 2),
+             sy_stmt_column_text(s, 4),
+             sy_stmt_column_int(s, 3) ? " (applied)" : "");
+    }
+  }
+  if (rc != SY_DONE) {
+    cv_db_fail(r, s);
+    json_decref(j);
+    json_decref(evals);
+    return cv_cmd_end(r, CMD, db_error(r, "read evaluations"));
+  }
+  sy_stmt_reset(s);
+  if ((rc = cv_cmd_end(r, CMD, 0))) {
+    json_decref(j);
+    json_decref(evals);
+    return rc;
+  }
+  if (j) {
+    char *text;
+    json_object_set_new(j, "evaluations", evals);
+    if ((text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER))) {
+      puts(text);
+      free(text);
+    }
+    json_decref(j);
+  }
+  return 0;
+}
+
+int cv_cmd_plan(cv_router *r, int argc, char **argv) {
+  plan_args a;
+  int rc;
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      fputs(plan_usage, stdout);
+      return 0;
+    }
+  }
+  if ((rc = parse(argc, argv, &a))) {
+    return rc;
+  }
+  if (a.steps) {
+    if (a.action) {
+      return usage_error("--steps starts a plan; it takes no '%s'", a.action);
+    }
+    return create(r, &a);
+  }
+  if (a.hold || a.min_instances || a.max_increase || a.alpha || a.max_wait) {
+    return usage_error("plan options go with --steps");
+  }
+  if (!a.action || strcmp(a.action, "show") == 0) {
+    return show(r, &a);
+  }
+  if (strcmp(a.action, "pause") == 0 || strcmp(a.action, "resume") == 0 ||
+      strcmp(a.action, "abort") == 0) {
+    return change_state(r, &a);
+  }
+  return usage_error("unknown plan action '%s' (show, pause, resume, abort)",
+                     a.action);
+}
