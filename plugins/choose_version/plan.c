@@ -351,11 +351,8 @@ static void on_timer(uv_timer_t *t) {
   char flags[16][160];
   int n = 0, rc;
   int64_t now;
-  if (r->api->tx_begin(r->e) < 0) {
-    r->api->log(r->e, "choose_version: plans: %s", r->api->errmsg(r->e));
-    return;
-  }
-  now = r->api->now_ms(r->e);
+  /* A look first, in whatever transaction is open or none: most of the
+   * time no plan runs, and then no write transaction is taken. */
   if (!(s = cv_stmt(r, CVQ_PLAN_ACTIVE))) {
     r->api->log(r->e, "choose_version: plans: %s", r->errmsg);
     return;
@@ -364,6 +361,14 @@ static void on_timer(uv_timer_t *t) {
     snprintf(flags[n++], sizeof flags[0], "%s", sy_stmt_column_text(s, 0));
   }
   sy_stmt_reset(s);
+  if (!n) {
+    return;
+  }
+  if (r->api->tx_begin(r->e) < 0) {
+    r->api->log(r->e, "choose_version: plans: %s", r->api->errmsg(r->e));
+    return;
+  }
+  now = r->api->now_ms(r->e);
   for (int i = 0; i < n; i++) {
     plan p;
     if (read_plan(r, flags[i], &p) != 1 || strcmp(p.state, "running") != 0) {

@@ -797,6 +797,7 @@ describe("a decision's step time and retries", function()
       "ALTER TABLE cv_decisions DROP COLUMN caught;" ..
       "ALTER TABLE cv_counters DROP COLUMN caught;" ..
       "DROP TABLE journal; DROP TABLE signals;" ..
+      "DROP TABLE cv_plans; DROP TABLE cv_plan_evals;" ..
       "ALTER TABLE instances DROP COLUMN wait_signal;" ..
       "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" ..
       "ALTER TABLE step_runs DROP COLUMN run_ms;" ..
