@@ -59,6 +59,7 @@ enum {
   /* `rollout plan` and the evaluations (plan.c) */
   CVQ_PLAN_GET,
   CVQ_PLAN_PUT,
+  CVQ_PLAN_APPROVE,
   CVQ_PLAN_ACTIVE,
   CVQ_PLAN_MOVE,
   CVQ_PLAN_STATE,

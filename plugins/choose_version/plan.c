@@ -14,6 +14,8 @@
  *   next step's rate (the plan is done after the last);
  * - inconclusive: neither; past --max-wait in one step the plan pauses,
  *   and never advances by itself.
+ * A step given as --gate is entered only after `rollout plan FLAG
+ * approve`: until then a passing evaluation says so (outcome gate).
  * Every evaluation is a row (cv_plan_evals) with its numbers; a change is
  * applied by an update conditional on the step it was evaluated at, so
  * engines sharing the database apply each step once; every change is an
@@ -44,6 +46,8 @@ typedef struct plan {
   int64_t hold_ms, min_instances, max_wait_ms;
   double max_increase, alpha, p_min; /* max_increase in points */
   int64_t started_at, step_started_at;
+  int gated[MAX_STEPS]; /* entering step i waits for `approve` */
+  int approved;         /* the gated step approved to enter, or -1 */
 } plan;
 
 struct cv_planner {
@@ -102,6 +106,30 @@ static int steps_from_text(const char *s, plan *p) {
   return parse_steps(s, p, err, sizeof err);
 }
 
+/* The gated steps as stored: their indexes, comma-separated. */
+static void gates_text(const plan *p, char *buf, size_t len) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < p->nsteps && used < len; i++) {
+    if (p->gated[i]) {
+      used +=
+          (size_t)snprintf(buf + used, len - used, "%s%d", used ? "," : "", i);
+    }
+  }
+}
+
+static void gates_from_text(const char *s, plan *p) {
+  memset(p->gated, 0, sizeof p->gated);
+  for (const char *c = s; c && *c;) {
+    int i = atoi(c);
+    if (i >= 0 && i < MAX_STEPS) {
+      p->gated[i] = 1;
+    }
+    c = strchr(c, ',');
+    c = c ? c + 1 : NULL;
+  }
+}
+
 /* The plan of a flag: 1 found, 0 none, -1 database error. */
 static int read_plan(cv_router *r, const char *flag, plan *p) {
   sy_stmt *s = cv_stmt(r, CVQ_PLAN_GET);
@@ -124,6 +152,8 @@ static int read_plan(cv_router *r, const char *flag, plan *p) {
     p->started_at = sy_stmt_column_int(s, 8);
     p->step_started_at = sy_stmt_column_int(s, 9);
     p->p_min = sy_stmt_column_double(s, 10);
+    gates_from_text(sy_stmt_column_text(s, 11), p);
+    p->approved = (int)sy_stmt_column_int(s, 12);
   } else if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
@@ -290,7 +320,14 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
     }
   } else if (held && enough) {
     outcome = "pass";
-    if (p->step + 1 < p->nsteps) {
+    if (p->step + 1 < p->nsteps && p->gated[p->step + 1] &&
+        p->approved != p->step + 1) {
+      outcome = "gate";
+      cv_rate_format(p->steps[p->step + 1], newr, sizeof newr);
+      snprintf(reason, sizeof reason,
+               "%s: held and no worse; %s waits for rollout plan %s approve",
+               nums, newr, p->flag);
+    } else if (p->step + 1 < p->nsteps) {
       cv_rate_format(p->steps[p->step + 1], newr, sizeof newr);
       snprintf(reason, sizeof reason, "%s: held and no worse, %s -> %s", nums,
                oldr, newr);
@@ -420,21 +457,24 @@ void cv_planner_stop(cv_router *r) {
 typedef struct plan_args {
   const char *flag, *action, *steps, *reason, *actor, *hold, *min_instances,
       *max_increase, *alpha, *max_wait;
-  int json;
+  const char *gates[MAX_STEPS];
+  int ngates, json;
 } plan_args;
 
 static const char plan_usage[] =
     "usage: switchyard rollout plan FLAG --steps 1%,5%,25%,100% --reason R\n"
     "           [--hold 10m] [--min-instances 200] [--max-increase 1]\n"
-    "           [--alpha 0.05] [--max-wait 2h]\n"
+    "           [--alpha 0.05] [--max-wait 2h] [--gate 50%]...\n"
     "       switchyard rollout plan FLAG [show] [--json]\n"
-    "       switchyard rollout plan FLAG pause|resume|abort --reason R\n"
+    "       switchyard rollout plan FLAG pause|resume|abort|approve "
+    "--reason R\n"
     "Running engines evaluate the plan every few seconds: V2 against V1 by\n"
     "instances with an incident since the plan started (an always-valid\n"
     "test, so looking often does not cry wolf). Worse by more than\n"
     "--max-increase points at confidence 1 - alpha: kill switch, rolled\n"
     "back. Held --hold with --min-instances on each version: next step.\n"
-    "Neither for longer than --max-wait in a step: paused.\n";
+    "Neither for longer than --max-wait in a step: paused. A --gate step\n"
+    "is entered only once approved (approve).\n";
 
 static int parse(int argc, char **argv, plan_args *a) {
   memset(a, 0, sizeof *a);
@@ -461,6 +501,11 @@ static int parse(int argc, char **argv, plan_args *a) {
       dst = &a->alpha;
     } else if (strcmp(o, "--max-wait") == 0) {
       dst = &a->max_wait;
+    } else if (strcmp(o, "--gate") == 0) {
+      if (a->ngates == MAX_STEPS) {
+        return usage_error("at most %d --gate", MAX_STEPS);
+      }
+      dst = &a->gates[a->ngates++];
     } else if (o[0] == '-') {
       return usage_error("unknown option '%s'", o);
     } else if (!a->flag) {
@@ -518,6 +563,20 @@ static int new_plan(const plan_args *a, plan *p) {
   if (parse_steps(a->steps, p, err, sizeof err)) {
     return usage_error("%s", err);
   }
+  for (int g = 0; g < a->ngates; g++) {
+    uint32_t ppm;
+    int i;
+    if (cv_rate_parse(a->gates[g], &ppm, err, sizeof err)) {
+      return usage_error("--gate: %s", err);
+    }
+    for (i = 0; i < p->nsteps && p->steps[i] != ppm; i++) {
+    }
+    if (i == p->nsteps || i == 0) {
+      return usage_error("--gate %s: not a step after the first of --steps",
+                         a->gates[g]);
+    }
+    p->gated[i] = 1;
+  }
   if (a->hold && cv_parse_age(a->hold, &p->hold_ms)) {
     return usage_error("--hold: expected a duration (30s, 10m, 1h), got '%s'",
                        a->hold);
@@ -550,7 +609,8 @@ static int new_plan(const plan_args *a, plan *p) {
 
 static int create(cv_router *r, const plan_args *a) {
   plan p, old;
-  char steps[512], first[CV_RATE_FORMAT_MAX], oldr[CV_RATE_FORMAT_MAX];
+  char steps[512], gates[256], first[CV_RATE_FORMAT_MAX],
+      oldr[CV_RATE_FORMAT_MAX];
   int64_t now = r->api->now_ms(r->e);
   sy_stmt *s;
   int rc, have;
@@ -618,6 +678,8 @@ static int create(cv_router *r, const plan_args *a) {
   sy_stmt_bind_int(s, 8, now);
   sy_stmt_bind_text(s, 9, a->reason);
   sy_stmt_bind_text(s, 10, a->actor);
+  gates_text(&p, gates, sizeof gates);
+  sy_stmt_bind_text(s, 11, gates);
   rc = cv_step_done(r, s) ||
        audit(r, a->flag, "plan", NULL, steps, p.steps[0], 0, a->reason,
              a->actor, now) ||
@@ -673,12 +735,56 @@ static int change_state(cv_router *r, const plan_args *a) {
   return 0;
 }
 
+/* approve: the next step is gated and the plan running: let it in. */
+static int approve(cv_router *r, const plan_args *a) {
+  int64_t now = r->api->now_ms(r->e);
+  char rate[CV_RATE_FORMAT_MAX];
+  plan p;
+  sy_stmt *s;
+  int rc, have;
+  if (!a->reason) {
+    return usage_error("approve needs --reason");
+  }
+  if (cv_cmd_begin(r, CMD, 1)) {
+    return 1;
+  }
+  if ((have = read_plan(r, a->flag, &p)) < 0) {
+    return cv_cmd_end(r, CMD, db_error(r, "read plan"));
+  }
+  if (!have || strcmp(p.state, "running") != 0 || p.step + 1 >= p.nsteps ||
+      !p.gated[p.step + 1]) {
+    cv_cmd_end(r, CMD, 1);
+    return usage_error(
+        "flag '%s' has no running plan whose next step waits "
+        "for approval",
+        a->flag);
+  }
+  cv_rate_format(p.steps[p.step + 1], rate, sizeof rate);
+  if (!(s = cv_stmt(r, CVQ_PLAN_APPROVE))) {
+    return cv_cmd_end(r, CMD, db_error(r, "approve"));
+  }
+  sy_stmt_bind_text(s, 1, a->flag);
+  sy_stmt_bind_int(s, 2, p.step + 1);
+  sy_stmt_bind_int(s, 3, now);
+  rc =
+      cv_step_done(r, s) || audit(r, a->flag, "approve", NULL, rate,
+                                  p.steps[p.step], 0, a->reason, a->actor, now);
+  if ((rc = cv_cmd_end(r, CMD, rc ? db_error(r, "approve") : 0))) {
+    return rc;
+  }
+  printf(
+      "%s: %s approved; the plan goes there at its next passing "
+      "evaluation\n",
+      a->flag, rate);
+  return 0;
+}
+
 static int show(cv_router *r, const plan_args *a) {
   plan p;
   tally t;
   sy_stmt *s;
   json_t *j = NULL, *evals = NULL;
-  char steps[512], rate[CV_RATE_FORMAT_MAX], at[32];
+  char steps[512], rate[CV_RATE_FORMAT_MAX], at[32], gates[256] = "";
   int64_t now = r->api->now_ms(r->e);
   int have, rc;
   if (cv_cmd_begin(r, CMD, 0)) {
@@ -694,6 +800,14 @@ static int show(cv_router *r, const plan_args *a) {
   }
   steps_text(&p, steps, sizeof steps);
   cv_rate_format(p.steps[p.step], rate, sizeof rate);
+  for (int i = 0, used = 0; i < p.nsteps; i++) {
+    char g[CV_RATE_FORMAT_MAX];
+    if (p.gated[i] && used < (int)sizeof gates) {
+      cv_rate_format(p.steps[i], g, sizeof g);
+      used += snprintf(gates + used, sizeof gates - (size_t)used, "%s%s",
+                       used ? "," : "", g);
+    }
+  }
   if (a->json) {
     j = json_pack(
         "{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I, "
@@ -707,6 +821,7 @@ static int show(cv_router *r, const plan_args *a) {
         (json_int_t)p.step_started_at, "p_min", p.p_min, "v1", "instances",
         (json_int_t)t.n1, "with_incidents", (json_int_t)t.x1, "v2", "instances",
         (json_int_t)t.n2, "with_incidents", (json_int_t)t.x2);
+    json_object_set_new(j, "gates", json_string(gates));
     evals = json_array();
   } else {
     char held[32], hold[32];
@@ -715,10 +830,10 @@ static int show(cv_router *r, const plan_args *a) {
     printf("plan of %s: %s, step %d of %d (%s), held %s of %s\n", p.flag,
            p.state, p.step + 1, p.nsteps, rate, held, hold);
     printf(
-        "  steps %s; at least %lld instances per version; V2 may be "
+        "  steps %s%s%s; at least %lld instances per version; V2 may be "
         "worse by %g point%s at alpha %g\n",
-        steps, (long long)p.min_instances, p.max_increase,
-        p.max_increase == 1.0 ? "" : "s", p.alpha);
+        steps, gates[0] ? ", gated: " : "", gates, (long long)p.min_instances,
+        p.max_increase, p.max_increase == 1.0 ? "" : "s", p.alpha);
     printf(
         "  since the plan started: V1 %lld instances, %lld with an "
         "incident (%.1f%%); V2 %lld, %lld (%.1f%%); smallest p so far "
@@ -792,7 +907,8 @@ int cv_cmd_plan(cv_router *r, int argc, char **argv) {
     }
     return create(r, &a);
   }
-  if (a.hold || a.min_instances || a.max_increase || a.alpha || a.max_wait) {
+  if (a.hold || a.min_instances || a.max_increase || a.alpha || a.max_wait ||
+      a.ngates) {
     return usage_error("plan options go with --steps");
   }
   if (!a.action || strcmp(a.action, "show") == 0) {
@@ -802,6 +918,10 @@ int cv_cmd_plan(cv_router *r, int argc, char **argv) {
       strcmp(a.action, "abort") == 0) {
     return change_state(r, &a);
   }
-  return usage_error("unknown plan action '%s' (show, pause, resume, abort)",
-                     a.action);
+  if (strcmp(a.action, "approve") == 0) {
+    return approve(r, &a);
+  }
+  return usage_error(
+      "unknown plan action '%s' (show, pause, resume, abort, approve)",
+      a.action);
 }

@@ -183,6 +183,35 @@ describe("rollout plans", function()
     assert.are.equal("aborted", plan(env).state)
   end)
 
+  it("wait at a --gate step until it is approved", function()
+    start_plan(env, "--gate", "50%")
+    local p = drive(env, { v1 = 10, v2 = 0, batches = 8 })
+    -- it passed at 10% and waits: no further
+    assert.are.equal("running", p.state)
+    assert.are.equal(1, p.step)
+    assert.are.equal("50%", p.gates)
+    local last = p.evaluations[1]
+    assert.are.equal("gate", last.outcome)
+    has(last.reason, "50% waits for rollout plan guarded approve", "reason")
+    assert.are.equal(100000, H.decode((env:ok("rollout", "get", FLAG,
+      "--json"))).rate_ppm)
+    has(env:ok("rollout", "plan", FLAG, "approve", "--reason", "looks good"),
+      "50% approved", "approve")
+    p = drive(env, { v1 = 10, v2 = 0, prefix = "approved" })
+    assert.are.equal("done", p.state)
+    -- approving where nothing waits is refused
+    local code, _, err = env:run("rollout", "plan", FLAG, "approve",
+      "--reason", "again")
+    assert.are.equal(2, code)
+    has(err, "no running plan whose next step waits for approval", "again")
+    local whats = {}
+    for _, h in ipairs(H.decode((env:ok("rollout", "history", FLAG,
+      "--json")))) do
+      whats[#whats + 1] = h.what .. ":" .. (h.new or "")
+    end
+    has(table.concat(whats, " "), "approve:50% rate:50%", "history")
+  end)
+
   it("refuse bad arguments with exit 2 and change nothing", function()
     env:ok("rollout", "set", FLAG, "5%", "--reason", "ramp")
     env:ok("rollout", "set", "killed", "5%", "--reason", "ramp")
@@ -201,7 +230,11 @@ describe("rollout plans", function()
         "--min-instances" },
       { { "--steps", "10%", "--reason", "r", "--max-increase", "-1" },
         "--max-increase" },
-      { { "--steps", "10%", "--reason", "r", "--gate", "50%" },
+      { { "--steps", "10%,50%", "--reason", "r", "--gate", "20%" },
+        "not a step after the first" },
+      { { "--steps", "10%,50%", "--reason", "r", "--gate", "10%" },
+        "not a step after the first" },
+      { { "--steps", "10%", "--reason", "r", "--latency", "5" },
         "unknown option" },
       { { "pause", "--reason", "r" }, "no running plan" },
       { { "frobnicate" }, "unknown plan action" },
