@@ -458,13 +458,15 @@ typedef struct plan_args {
   const char *flag, *action, *steps, *reason, *actor, *hold, *min_instances,
       *max_increase, *alpha, *max_wait;
   const char *gates[MAX_STEPS];
-  int ngates, json;
+  const char *window;
+  int ngates, json, dry_run;
 } plan_args;
 
 static const char plan_usage[] =
     "usage: switchyard rollout plan FLAG --steps 1%,5%,25%,100% --reason R\n"
     "           [--hold 10m] [--min-instances 200] [--max-increase 1]\n"
     "           [--alpha 0.05] [--max-wait 2h] [--gate 50%]...\n"
+    "           [--dry-run [--window 30d]]\n"
     "       switchyard rollout plan FLAG [show] [--json]\n"
     "       switchyard rollout plan FLAG pause|resume|abort|approve "
     "--reason R\n"
@@ -485,6 +487,10 @@ static int parse(int argc, char **argv, plan_args *a) {
       a->json = 1;
       continue;
     }
+    if (strcmp(o, "--dry-run") == 0) {
+      a->dry_run = 1;
+      continue;
+    }
     if (strcmp(o, "--steps") == 0) {
       dst = &a->steps;
     } else if (strcmp(o, "--reason") == 0) {
@@ -501,6 +507,8 @@ static int parse(int argc, char **argv, plan_args *a) {
       dst = &a->alpha;
     } else if (strcmp(o, "--max-wait") == 0) {
       dst = &a->max_wait;
+    } else if (strcmp(o, "--window") == 0) {
+      dst = &a->window;
     } else if (strcmp(o, "--gate") == 0) {
       if (a->ngates == MAX_STEPS) {
         return usage_error("at most %d --gate", MAX_STEPS);
@@ -557,8 +565,11 @@ static int new_plan(const plan_args *a, plan *p) {
   p->alpha = 0.05;
   p->max_wait_ms = 2 * 3600000;
   p->p_min = 1.0;
-  if (!a->reason) {
+  if (!a->reason && !a->dry_run) {
     return usage_error("a plan needs --reason: say why, for the audit trail");
+  }
+  if (a->window && !a->dry_run) {
+    return usage_error("--window goes with --dry-run");
   }
   if (parse_steps(a->steps, p, err, sizeof err)) {
     return usage_error("%s", err);
@@ -610,14 +621,16 @@ static int new_plan(const plan_args *a, plan *p) {
 static int create(cv_router *r, const plan_args *a) {
   plan p, old;
   char steps[512], gates[256], first[CV_RATE_FORMAT_MAX],
-      oldr[CV_RATE_FORMAT_MAX];
+      oldr[CV_RATE_FORMAT_MAX], group[160] = "";
   int64_t now = r->api->now_ms(r->e);
+  uint32_t rate_now = 0;
   sy_stmt *s;
   int rc, have;
   if ((rc = new_plan(a, &p))) {
     return rc;
   }
-  if (cv_cmd_begin(r, CMD, 1)) {
+  /* A dry run checks the same under a read transaction. */
+  if (cv_cmd_begin(r, CMD, !a->dry_run)) {
     return 1;
   }
   if (!(s = cv_stmt(r, CVQ_FLAG))) {
@@ -635,6 +648,10 @@ static int create(cv_router *r, const plan_args *a) {
     uint32_t rate = exists ? (uint32_t)sy_stmt_column_int(s, 0) : 0;
     int killed = exists && sy_stmt_column_int(s, 1);
     int retired = exists && sy_stmt_column_int(s, 3);
+    if (exists) {
+      snprintf(group, sizeof group, "%s", sy_stmt_column_text(s, 2));
+    }
+    rate_now = rate;
     sy_stmt_reset(s);
     if (!exists || retired || killed) {
       cv_cmd_end(r, CMD, 1);
@@ -665,6 +682,28 @@ static int create(cv_router *r, const plan_args *a) {
   }
   steps_text(&p, steps, sizeof steps);
   cv_rate_format(p.steps[0], first, sizeof first);
+  if (a->dry_run) {
+    /* What its first step does at once; the rest is up to the guard. */
+    char change[700];
+    cv_flag before = {.name = (char *)a->flag,
+                      .exists = 1,
+                      .rate_ppm = rate_now,
+                      .group = group};
+    cv_flag after = before;
+    int64_t window = 30 * 86400000LL;
+    if ((rc = cv_cmd_end(r, CMD, 0))) {
+      return rc;
+    }
+    if (a->window && cv_parse_age(a->window, &window)) {
+      return usage_error("--window: expected a duration (7d, 36h), got '%s'",
+                         a->window);
+    }
+    after.rate_ppm = p.steps[0];
+    snprintf(change, sizeof change,
+             "plan %s, its first step at once: rate %s -> %s", steps, oldr,
+             first);
+    return cv_preview(r, &before, &after, change, now - window, a->json);
+  }
   if (!(s = cv_stmt(r, CVQ_PLAN_PUT))) {
     return cv_cmd_end(r, CMD, db_error(r, "store plan"));
   }
@@ -908,7 +947,7 @@ int cv_cmd_plan(cv_router *r, int argc, char **argv) {
     return create(r, &a);
   }
   if (a.hold || a.min_instances || a.max_increase || a.alpha || a.max_wait ||
-      a.ngates) {
+      a.ngates || a.dry_run || a.window) {
     return usage_error("plan options go with --steps");
   }
   if (!a.action || strcmp(a.action, "show") == 0) {

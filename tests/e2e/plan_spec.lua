@@ -212,6 +212,31 @@ describe("rollout plans", function()
     has(table.concat(whats, " "), "approve:50% rate:50%", "history")
   end)
 
+  it("--dry-run says what the first step would do and writes nothing",
+    function()
+      env:ok("rollout", "set", FLAG, "5%", "--reason", "ramp")
+      env:ok("start", "guarded", "--count", "300", "--var", "user_id=d{n}",
+        "--var", "n:={n}", "--var", "v1_fail:=0", "--var", "v2_fail:=0")
+      env:ok("run", "--until-idle")
+      local before = env:snapshot()
+      local d = H.decode((env:ok("rollout", "plan", FLAG, "--steps",
+        "20%,100%", "--dry-run", "--json")))
+      assert.are.equal(before, env:snapshot(), "the dry run wrote")
+      -- the same answer as previewing the first step's rate by hand
+      local by_hand = H.decode((env:ok("rollout", "set", FLAG, "20%",
+        "--dry-run", "--json")))
+      assert.are.equal(300, d.subjects)
+      assert.is_true(d.to_v2 > 0)
+      assert.are.equal(by_hand.to_v2, d.to_v2)
+      assert.are.same(by_hand.examples_to_v2, d.examples_to_v2)
+      has(d.change, "plan 20%,100%, its first step at once: rate 5% -> 20%",
+        "change")
+      local code, _, err = env:run("rollout", "plan", FLAG, "--steps", "1%",
+        "--dry-run")
+      assert.are.equal(2, code)
+      has(err, "below the rate now", "dry run of a bad plan")
+    end)
+
   it("refuse bad arguments with exit 2 and change nothing", function()
     env:ok("rollout", "set", FLAG, "5%", "--reason", "ramp")
     env:ok("rollout", "set", "killed", "5%", "--reason", "ramp")
@@ -239,6 +264,9 @@ describe("rollout plans", function()
       { { "pause", "--reason", "r" }, "no running plan" },
       { { "frobnicate" }, "unknown plan action" },
       { { "--hold", "1m" }, "go with --steps" },
+      { { "--dry-run" }, "go with --steps" },
+      { { "--steps", "10%", "--reason", "r", "--window", "7d" },
+        "--window goes with --dry-run" },
     } do
       local args = { "rollout", "plan", FLAG }
       for _, a in ipairs(c[1]) do args[#args + 1] = a end
