@@ -66,6 +66,7 @@ enum {
   CVQ_PLAN_P_MIN,
   CVQ_PLAN_TALLY,
   CVQ_PLAN_EVAL_ADD,
+  CVQ_PLAN_OUTCOME_TALLY,
   CVQ_PLAN_EVALS,
   /* `report` (report.c) */
   CVQ_FLAG_KNOWN,

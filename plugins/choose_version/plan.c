@@ -48,6 +48,8 @@ typedef struct plan {
   int64_t started_at, step_started_at;
   int gated[MAX_STEPS]; /* entering step i waits for `approve` */
   int approved;         /* the gated step approved to enter, or -1 */
+  char outcome_var[64]; /* the business outcome guard's var, or "" */
+  double p_min_outcome;
 } plan;
 
 struct cv_planner {
@@ -154,6 +156,9 @@ static int read_plan(cv_router *r, const char *flag, plan *p) {
     p->p_min = sy_stmt_column_double(s, 10);
     gates_from_text(sy_stmt_column_text(s, 11), p);
     p->approved = (int)sy_stmt_column_int(s, 12);
+    snprintf(p->outcome_var, sizeof p->outcome_var, "%s",
+             sy_stmt_column_null(s, 13) ? "" : sy_stmt_column_text(s, 13));
+    p->p_min_outcome = sy_stmt_column_double(s, 14);
   } else if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
@@ -167,8 +172,9 @@ typedef struct tally {
   int64_t n1, x1, n2, x2;
 } tally;
 
-static int read_tally(cv_router *r, const plan *p, int64_t since, tally *t) {
-  sy_stmt *s = cv_stmt(r, CVQ_PLAN_TALLY);
+static int tally_of(cv_router *r, int q, const plan *p, int64_t since,
+                    tally *t) {
+  sy_stmt *s = cv_stmt(r, q);
   int rc;
   memset(t, 0, sizeof *t);
   if (!s) {
@@ -176,6 +182,9 @@ static int read_tally(cv_router *r, const plan *p, int64_t since, tally *t) {
   }
   sy_stmt_bind_text(s, 1, p->flag);
   sy_stmt_bind_int(s, 2, since);
+  if (q == CVQ_PLAN_OUTCOME_TALLY) {
+    sy_stmt_bind_text(s, 3, p->outcome_var);
+  }
   while ((rc = sy_stmt_step(s)) == SY_ROW) {
     int v2 = strcmp(sy_stmt_column_text(s, 0), "v2") == 0;
     *(v2 ? &t->n2 : &t->n1) = sy_stmt_column_int(s, 1);
@@ -186,6 +195,10 @@ static int read_tally(cv_router *r, const plan *p, int64_t since, tally *t) {
   }
   sy_stmt_reset(s);
   return 0;
+}
+
+static int read_tally(cv_router *r, const plan *p, int64_t since, tally *t) {
+  return tally_of(r, CVQ_PLAN_TALLY, p, since, t);
 }
 
 /* A rate in %, as a reason quotes it: "3.1%". */
@@ -256,8 +269,8 @@ static int move_plan(cv_router *r, const plan *p, int to, const char *state,
 }
 
 static int record_eval(cv_router *r, const plan *p, int64_t now, const tally *t,
-                       double pv, double p_min, const char *outcome,
-                       int applied, const char *note) {
+                       double pv, double p_min, double p_outcome,
+                       const char *outcome, int applied, const char *note) {
   sy_stmt *s = cv_stmt(r, CVQ_PLAN_EVAL_ADD);
   if (!s) {
     return -1;
@@ -274,6 +287,7 @@ static int record_eval(cv_router *r, const plan *p, int64_t now, const tally *t,
   sy_stmt_bind_text(s, 10, outcome);
   sy_stmt_bind_int(s, 11, applied);
   sy_stmt_bind_text(s, 12, note);
+  sy_stmt_bind_double(s, 13, p_outcome);
   return cv_step_done(r, s);
 }
 
@@ -282,10 +296,10 @@ static int record_eval(cv_router *r, const plan *p, int64_t now, const tally *t,
 
 static int evaluate(cv_router *r, plan *p, int64_t now) {
   tally t, step;
-  char nums[256], reason[512], oldr[CV_RATE_FORMAT_MAX],
+  char nums[512], reason[768], oldr[CV_RATE_FORMAT_MAX],
       newr[CV_RATE_FORMAT_MAX];
   const char *outcome;
-  double pv, p_min;
+  double pv, p_min, po = 1.0, p_min_o = 1.0, alpha = p->alpha;
   int moved = 0, enough, held;
   sy_stmt *s;
   /* The test over the whole plan; the minimum of instances, at this
@@ -301,17 +315,39 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
   }
   p_min = pv < p->p_min ? pv : p->p_min;
   numbers(&t, p_min, nums, sizeof nums);
+  /* The business outcome, the same test on the share of completed
+   * instances whose var is falsy; with two guards each gets alpha / 2
+   * (Bonferroni), so a plan still rolls back equal versions at most
+   * alpha of the time. */
+  if (p->outcome_var[0]) {
+    tally o;
+    size_t used = strlen(nums);
+    if (tally_of(r, CVQ_PLAN_OUTCOME_TALLY, p, p->started_at, &o)) {
+      return -1;
+    }
+    po = cv_msprt_p(o.x1, o.n1, o.x2, o.n2, p->max_increase / 100.0,
+                    CV_MSPRT_TAU);
+    po = isnan(po) ? 1.0 : po;
+    p_min_o = po < p->p_min_outcome ? po : p->p_min_outcome;
+    alpha = p->alpha / 2;
+    snprintf(nums + used, sizeof nums - used,
+             "; %s falsy: V2 %.1f%% (%lld/%lld) vs V1 %.1f%% (%lld/%lld), "
+             "p=%.4g",
+             p->outcome_var, pct(o.x2, o.n2), (long long)o.x2, (long long)o.n2,
+             pct(o.x1, o.n1), (long long)o.x1, (long long)o.n1, p_min_o);
+  }
   /* (at 100% V1 gets nothing new: only V2's count can grow) */
   enough =
       step.n2 >= p->min_instances &&
       (step.n1 >= p->min_instances || p->steps[p->step] == CV_RATE_MAX_PPM);
   held = now - p->step_started_at >= p->hold_ms;
   cv_rate_format(p->steps[p->step], oldr, sizeof oldr);
-  if (p_min <= p->alpha) {
+  if (p_min <= alpha || p_min_o <= alpha) {
     outcome = "fail";
     snprintf(reason, sizeof reason,
-             "%s: worse by more than %g point%s, rolled back", nums,
-             p->max_increase, p->max_increase == 1.0 ? "" : "s");
+             "%s: %s worse by more than %g point%s, rolled back", nums,
+             p_min <= alpha ? "incidents" : p->outcome_var, p->max_increase,
+             p->max_increase == 1.0 ? "" : "s");
     if ((moved = move_plan(r, p, p->step, "rolled_back", now)) == 1 &&
         (set_flag_number(r, CVQ_FLAG_SET_KILLED, p->flag, 1, now) ||
          audit(r, p->flag, "kill", "off", "on", p->steps[p->step], 1, reason,
@@ -371,8 +407,9 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
   }
   sy_stmt_bind_text(s, 1, p->flag);
   sy_stmt_bind_double(s, 2, p_min);
+  sy_stmt_bind_double(s, 3, p_min_o);
   if (cv_step_done(r, s) ||
-      record_eval(r, p, now, &t, pv, p_min, outcome, moved, reason)) {
+      record_eval(r, p, now, &t, pv, p_min, po, outcome, moved, reason)) {
     return -1;
   }
   if (moved) {
@@ -458,7 +495,7 @@ typedef struct plan_args {
   const char *flag, *action, *steps, *reason, *actor, *hold, *min_instances,
       *max_increase, *alpha, *max_wait;
   const char *gates[MAX_STEPS];
-  const char *window;
+  const char *window, *outcome_var;
   int ngates, json, dry_run;
 } plan_args;
 
@@ -466,7 +503,7 @@ static const char plan_usage[] =
     "usage: switchyard rollout plan FLAG --steps 1%,5%,25%,100% --reason R\n"
     "           [--hold 10m] [--min-instances 200] [--max-increase 1]\n"
     "           [--alpha 0.05] [--max-wait 2h] [--gate 50%]...\n"
-    "           [--dry-run [--window 30d]]\n"
+    "           [--outcome-var verified] [--dry-run [--window 30d]]\n"
     "       switchyard rollout plan FLAG [show] [--json]\n"
     "       switchyard rollout plan FLAG pause|resume|abort|approve "
     "--reason R\n"
@@ -475,6 +512,8 @@ static const char plan_usage[] =
     "test, so looking often does not cry wolf). Worse by more than\n"
     "--max-increase points at confidence 1 - alpha: kill switch, rolled\n"
     "back. Held --hold with --min-instances on each version: next step.\n"
+    "With --outcome-var, the share of completed instances whose var is\n"
+    "false or absent is a second guard (each at alpha / 2).\n"
     "Neither for longer than --max-wait in a step: paused. A --gate step\n"
     "is entered only once approved (approve).\n";
 
@@ -509,6 +548,8 @@ static int parse(int argc, char **argv, plan_args *a) {
       dst = &a->max_wait;
     } else if (strcmp(o, "--window") == 0) {
       dst = &a->window;
+    } else if (strcmp(o, "--outcome-var") == 0) {
+      dst = &a->outcome_var;
     } else if (strcmp(o, "--gate") == 0) {
       if (a->ngates == MAX_STEPS) {
         return usage_error("at most %d --gate", MAX_STEPS);
@@ -570,6 +611,23 @@ static int new_plan(const plan_args *a, plan *p) {
   }
   if (a->window && !a->dry_run) {
     return usage_error("--window goes with --dry-run");
+  }
+  if (a->outcome_var) {
+    const char *c = a->outcome_var;
+    int ok =
+        strlen(c) < sizeof p->outcome_var &&
+        (*c == '_' || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z'));
+    for (; ok && *c; c++) {
+      ok = *c == '_' || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+           (*c >= '0' && *c <= '9');
+    }
+    if (!ok) {
+      return usage_error(
+          "--outcome-var: expected a var name (letters, "
+          "digits, '_'), got '%s'",
+          a->outcome_var);
+    }
+    snprintf(p->outcome_var, sizeof p->outcome_var, "%s", a->outcome_var);
   }
   if (parse_steps(a->steps, p, err, sizeof err)) {
     return usage_error("%s", err);
@@ -719,6 +777,7 @@ static int create(cv_router *r, const plan_args *a) {
   sy_stmt_bind_text(s, 10, a->actor);
   gates_text(&p, gates, sizeof gates);
   sy_stmt_bind_text(s, 11, gates);
+  sy_stmt_bind_text(s, 12, p.outcome_var[0] ? p.outcome_var : NULL);
   rc = cv_step_done(r, s) ||
        audit(r, a->flag, "plan", NULL, steps, p.steps[0], 0, a->reason,
              a->actor, now) ||
@@ -861,6 +920,10 @@ static int show(cv_router *r, const plan_args *a) {
         (json_int_t)t.n1, "with_incidents", (json_int_t)t.x1, "v2", "instances",
         (json_int_t)t.n2, "with_incidents", (json_int_t)t.x2);
     json_object_set_new(j, "gates", json_string(gates));
+    json_object_set_new(
+        j, "outcome_var",
+        p.outcome_var[0] ? json_string(p.outcome_var) : json_null());
+    json_object_set_new(j, "p_min_outcome", json_real(p.p_min_outcome));
     evals = json_array();
   } else {
     char held[32], hold[32];
@@ -879,6 +942,13 @@ static int show(cv_router *r, const plan_args *a) {
         "%.4g\n",
         (long long)t.n1, (long long)t.x1, pct(t.x1, t.n1), (long long)t.n2,
         (long long)t.x2, pct(t.x2, t.n2), p.p_min);
+    if (p.outcome_var[0]) {
+      printf(
+          "  outcome guard: the share of completed instances whose %s is "
+          "false or absent; smallest p so far %.4g (each guard at alpha "
+          "%g)\n",
+          p.outcome_var, p.p_min_outcome, p.alpha / 2);
+    }
     printf("  last evaluations:\n");
   }
   if (!(s = cv_stmt(r, CVQ_PLAN_EVALS))) {
@@ -947,7 +1017,7 @@ int cv_cmd_plan(cv_router *r, int argc, char **argv) {
     return create(r, &a);
   }
   if (a.hold || a.min_instances || a.max_increase || a.alpha || a.max_wait ||
-      a.ngates || a.dry_run || a.window) {
+      a.ngates || a.dry_run || a.window || a.outcome_var) {
     return usage_error("plan options go with --steps");
   }
   if (!a.action || strcmp(a.action, "show") == 0) {

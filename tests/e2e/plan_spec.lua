@@ -48,7 +48,9 @@ local function drive(env, opts)
     env:ok("start", "guarded", "--count", tostring(opts.size or 200),
       "--var", "user_id=" .. (opts.prefix or "b") .. b .. "-{n}",
       "--var", "n:={n}",
-      "--var", "v1_fail:=" .. opts.v1, "--var", "v2_fail:=" .. opts.v2)
+      "--var", "v1_fail:=" .. opts.v1, "--var", "v2_fail:=" .. opts.v2,
+      "--var", "v2_unverified:=" .. (opts.v2_unverified or 0),
+      "--var", "v1_unverified:=" .. (opts.v1_unverified or 0))
     assert(H.poll(30, 0.05, function()
       return env:scalar("SELECT count(*) FROM instances WHERE state IN " ..
         "('ready', 'running', 'waiting')") == 0
@@ -156,9 +158,32 @@ describe("rollout plans", function()
     assert.are.same({ "10%", "50%", "100%" }, rates)
   end)
 
+  it("roll back on the business outcome with --outcome-var, which " ..
+    "incidents alone do not show", function()
+      start_plan(env, "--outcome-var", "verified")
+      local p = drive(env, { v1 = 0, v2 = 0, v1_unverified = 2,
+        v2_unverified = 40 })
+      assert.are.equal("rolled_back", p.state)
+      -- before 100% (each guard gets alpha / 2: it may take a step more)
+      assert.is_true(p.step < 3, "rolled back only at step " .. p.step)
+      local last = plan_changes(env)
+      last = last[#last]
+      assert.are.same({ "kill", "off", "on" }, { last[1], last[2], last[3] })
+      has(last[4], "verified falsy: V2 ", "reason")
+      has(last[4], "verified worse by more than 1 point, rolled back",
+        "reason")
+      -- no incident anywhere: the incident guard saw nothing
+      assert.are.equal(0, env:scalar("SELECT count(*) FROM incidents"))
+      assert.are.equal("verified", p.outcome_var)
+      assert.is_true(p.p_min_outcome <= 0.025)
+      has(env:ok("rollout", "plan", FLAG), "outcome guard: the share of " ..
+        "completed instances whose verified is false or absent", "show")
+    end)
+
   it("do not roll back equal versions", function()
-    start_plan(env, "--max-increase", "1")
-    local p = drive(env, { v1 = 5, v2 = 5 })
+    start_plan(env, "--max-increase", "1", "--outcome-var", "verified")
+    local p = drive(env, { v1 = 5, v2 = 5, v1_unverified = 10,
+      v2_unverified = 10 })
     assert.are.equal("done", p.state)
     assert.is_false(H.decode((env:ok("rollout", "get", FLAG,
       "--json"))).killed)
@@ -265,6 +290,10 @@ describe("rollout plans", function()
       { { "frobnicate" }, "unknown plan action" },
       { { "--hold", "1m" }, "go with --steps" },
       { { "--dry-run" }, "go with --steps" },
+      { { "--steps", "10%", "--reason", "r", "--outcome-var", "a.b" },
+        "--outcome-var" },
+      { { "--steps", "10%", "--reason", "r", "--outcome-var", "9x" },
+        "--outcome-var" },
       { { "--steps", "10%", "--reason", "r", "--window", "7d" },
         "--window goes with --dry-run" },
     } do
