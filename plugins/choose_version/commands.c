@@ -106,3 +106,36 @@ const char *cv_login_name(void) {
   }
   return u && *u ? u : "unknown";
 }
+
+int cv_audit_add(cv_router *r, const char *flag, const char *what,
+                 const char *subject, const char *old_value,
+                 const char *new_value, uint32_t rate, int killed,
+                 const char *reason, const char *actor, int64_t at) {
+  sy_stmt *s = cv_stmt(r, CVQ_AUDIT_ADD);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, flag);
+  sy_stmt_bind_text(s, 2, what);
+  sy_stmt_bind_text(s, 3, subject);
+  sy_stmt_bind_text(s, 4, old_value);
+  sy_stmt_bind_text(s, 5, new_value);
+  sy_stmt_bind_int(s, 6, rate);
+  sy_stmt_bind_int(s, 7, killed);
+  sy_stmt_bind_text(s, 8, reason);
+  sy_stmt_bind_text(s, 9, actor);
+  sy_stmt_bind_int(s, 10, at);
+  return cv_step_done(r, s);
+}
+
+int cv_flag_set(cv_router *r, int q, const char *flag, int64_t value,
+                int64_t at) {
+  sy_stmt *s = cv_stmt(r, q);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, flag);
+  sy_stmt_bind_int(s, 2, value);
+  sy_stmt_bind_int(s, 3, at);
+  return cv_step_done(r, s);
+}

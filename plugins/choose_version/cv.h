@@ -198,14 +198,26 @@ int cv_planner_start(cv_router *r);
 void cv_planner_stop(cv_router *r);
 /* The login name, the default actor of a change. */
 const char *cv_login_name(void);
+/* Appends a change of a flag to its audit trail (subject NULL: the flag
+ * itself), with the flag's rate and kill switch after it; the one writer
+ * of cv_audit for the commands and the plans. 0, or -1 with r->errmsg. */
+int cv_audit_add(cv_router *r, const char *flag, const char *what,
+                 const char *subject, const char *old_value,
+                 const char *new_value, uint32_t rate, int killed,
+                 const char *reason, const char *actor, int64_t at);
+/* A change of a flag's row by statement q: ?1 the flag, ?2 the value, ?3
+ * the time. 0, or -1 with r->errmsg. */
+int cv_flag_set(cv_router *r, int q, const char *flag, int64_t value,
+                int64_t at);
 
 /* preview.c: what a change of a flag from `now` to `then` (its row as it
  * is and as the change would leave it) would do, printed (or as JSON):
- * which of the subjects decided since `since` move v1 -> v2 and v2 -> v1,
- * and the instances in flight on each side, which keep their version. It
- * reads only. 0, or 1 after saying why. */
+ * which of the subjects decided in the last `window` (an age such as 30d,
+ * the default when NULL) move v1 -> v2 and v2 -> v1, and the instances in
+ * flight on each side, which keep their version. It reads only. 0, or
+ * the exit code after saying why. */
 int cv_preview(cv_router *r, const cv_flag *now, const cv_flag *then,
-               const char *change, int64_t since, int json);
+               const char *change, const char *window, int json);
 int cv_cmd_report(void *plugin, int argc, char **argv);
 
 /* Registry access for static linking (tests, benchmarks). */

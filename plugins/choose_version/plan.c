@@ -216,37 +216,13 @@ static void numbers(const tally *t, double p, char *buf, size_t len) {
 /* ---------------------------------------------------------------------
  * Changes, each with its audit entry */
 
+/* A change the plan makes or a command on it, in the audit trail. */
 static int audit(cv_router *r, const char *flag, const char *what,
                  const char *old_value, const char *new_value, uint32_t rate,
                  int killed, const char *reason, const char *actor,
                  int64_t now) {
-  sy_stmt *s = cv_stmt(r, CVQ_AUDIT_ADD);
-  if (!s) {
-    return -1;
-  }
-  sy_stmt_bind_text(s, 1, flag);
-  sy_stmt_bind_text(s, 2, what);
-  sy_stmt_bind_text(s, 3, NULL);
-  sy_stmt_bind_text(s, 4, old_value);
-  sy_stmt_bind_text(s, 5, new_value);
-  sy_stmt_bind_int(s, 6, rate);
-  sy_stmt_bind_int(s, 7, killed);
-  sy_stmt_bind_text(s, 8, reason);
-  sy_stmt_bind_text(s, 9, actor);
-  sy_stmt_bind_int(s, 10, now);
-  return cv_step_done(r, s);
-}
-
-static int set_flag_number(cv_router *r, int q, const char *flag, int64_t v,
-                           int64_t now) {
-  sy_stmt *s = cv_stmt(r, q);
-  if (!s) {
-    return -1;
-  }
-  sy_stmt_bind_text(s, 1, flag);
-  sy_stmt_bind_int(s, 2, v);
-  sy_stmt_bind_int(s, 3, now);
-  return cv_step_done(r, s);
+  return cv_audit_add(r, flag, what, NULL, old_value, new_value, rate, killed,
+                      reason, actor, now);
 }
 
 /* Moves the plan from step `from` (state running) to `to` and state, if
@@ -349,7 +325,7 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
              p_min <= alpha ? "incidents" : p->outcome_var, p->max_increase,
              p->max_increase == 1.0 ? "" : "s");
     if ((moved = move_plan(r, p, p->step, "rolled_back", now)) == 1 &&
-        (set_flag_number(r, CVQ_FLAG_SET_KILLED, p->flag, 1, now) ||
+        (cv_flag_set(r, CVQ_FLAG_SET_KILLED, p->flag, 1, now) ||
          audit(r, p->flag, "kill", "off", "on", p->steps[p->step], 1, reason,
                "plan", now))) {
       return -1;
@@ -368,8 +344,8 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
       snprintf(reason, sizeof reason, "%s: held and no worse, %s -> %s", nums,
                oldr, newr);
       if ((moved = move_plan(r, p, p->step + 1, "running", now)) == 1 &&
-          (set_flag_number(r, CVQ_FLAG_SET_RATE, p->flag, p->steps[p->step + 1],
-                           now) ||
+          (cv_flag_set(r, CVQ_FLAG_SET_RATE, p->flag, p->steps[p->step + 1],
+                       now) ||
            audit(r, p->flag, "rate", oldr, newr, p->steps[p->step + 1], 0,
                  reason, "plan", now))) {
         return -1;
@@ -748,19 +724,14 @@ static int create(cv_router *r, const plan_args *a) {
                       .rate_ppm = rate_now,
                       .group = group};
     cv_flag after = before;
-    int64_t window = 30 * 86400000LL;
     if ((rc = cv_cmd_end(r, CMD, 0))) {
       return rc;
-    }
-    if (a->window && cv_parse_age(a->window, &window)) {
-      return usage_error("--window: expected a duration (7d, 36h), got '%s'",
-                         a->window);
     }
     after.rate_ppm = p.steps[0];
     snprintf(change, sizeof change,
              "plan %s, its first step at once: rate %s -> %s", steps, oldr,
              first);
-    return cv_preview(r, &before, &after, change, now - window, a->json);
+    return cv_preview(r, &before, &after, change, a->window, a->json);
   }
   if (!(s = cv_stmt(r, CVQ_PLAN_PUT))) {
     return cv_cmd_end(r, CMD, db_error(r, "store plan"));
@@ -781,7 +752,7 @@ static int create(cv_router *r, const plan_args *a) {
   rc = cv_step_done(r, s) ||
        audit(r, a->flag, "plan", NULL, steps, p.steps[0], 0, a->reason,
              a->actor, now) ||
-       set_flag_number(r, CVQ_FLAG_SET_RATE, a->flag, p.steps[0], now) ||
+       cv_flag_set(r, CVQ_FLAG_SET_RATE, a->flag, p.steps[0], now) ||
        audit(r, a->flag, "rate", oldr, first, p.steps[0], 0, "plan step 1",
              "plan", now);
   if ((rc = cv_cmd_end(r, CMD, rc ? db_error(r, "store plan") : 0))) {

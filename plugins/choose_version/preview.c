@@ -106,10 +106,16 @@ static void print_examples(json_t *ex, int64_t n) {
 }
 
 int cv_preview(cv_router *r, const cv_flag *now, const cv_flag *then,
-               const char *change, int64_t since, int json) {
-  moves m = {.ex_v2 = json_array(), .ex_v1 = json_array()};
-  int64_t f1, f2;
+               const char *change, const char *window, int json) {
+  moves m;
+  int64_t f1, f2, since, span = 30 * 86400000LL;
   int rc = 0;
+  if (window && cv_parse_age(window, &span)) {
+    return cv_usage_error(
+        "rollout", "--window: expected a duration (7d, 36h), got '%s'", window);
+  }
+  since = r->api->now_ms(r->e) - span;
+  m = (moves){.ex_v2 = json_array(), .ex_v1 = json_array()};
   if (cv_cmd_begin(r, "rollout", 0)) {
     json_decref(m.ex_v2);
     json_decref(m.ex_v1);

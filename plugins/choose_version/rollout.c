@@ -180,19 +180,11 @@ static int run_change(cv_router *r, sy_stmt *s, const char *what) {
 static int audit(cv_router *r, const char *flag, const char *what,
                  const char *subject, const char *old_value,
                  const char *new_value, const flag_row *after, const args *a) {
-  sy_stmt *s = on_flag(r, CVQ_AUDIT_ADD, flag);
-  if (s) {
-    sy_stmt_bind_text(s, 2, what);
-    sy_stmt_bind_text(s, 3, subject);
-    sy_stmt_bind_text(s, 4, old_value);
-    sy_stmt_bind_text(s, 5, new_value);
-    sy_stmt_bind_int(s, 6, after->rate);
-    sy_stmt_bind_int(s, 7, after->killed);
-    sy_stmt_bind_text(s, 8, a->reason);
-    sy_stmt_bind_text(s, 9, a->actor);
-    sy_stmt_bind_int(s, 10, now_ms(r));
+  if (cv_audit_add(r, flag, what, subject, old_value, new_value, after->rate,
+                   after->killed, a->reason, a->actor, now_ms(r))) {
+    return db_error(r, "audit");
   }
-  return run_change(r, s, "audit");
+  return 0;
 }
 
 /* A change of the flag's row to text (?2; NULL sets NULL), at ?3 now. */
@@ -207,12 +199,10 @@ static int set_text(cv_router *r, int q, const char *flag, const char *text) {
 
 /* A change of the flag's row to a number (?2), at ?3 now. */
 static int set_number(cv_router *r, int q, const char *flag, int64_t num) {
-  sy_stmt *s = on_flag(r, q, flag);
-  if (s) {
-    sy_stmt_bind_int(s, 2, num);
-    sy_stmt_bind_int(s, 3, now_ms(r));
+  if (cv_flag_set(r, q, flag, num, now_ms(r))) {
+    return db_error(r, "update");
   }
-  return run_change(r, s, "update");
+  return 0;
 }
 
 /* A change of the flag's row whose one value is the time (?2, now). */
@@ -347,13 +337,8 @@ static cv_flag routing_view(const char *name, const flag_row *f) {
 /* --dry-run: what a change from f to `then` would do (preview.c). */
 static int dry_run(cv_router *r, const args *a, const flag_row *f,
                    const cv_flag *then, const char *change) {
-  int64_t window = 30 * 86400000LL;
   cv_flag now = routing_view(a->pos[0], f);
-  if (a->window && cv_parse_age(a->window, &window)) {
-    return usage_error("--window: expected a duration (7d, 36h), got '%s'",
-                       a->window);
-  }
-  return cv_preview(r, &now, then, change, now_ms(r) - window, a->json);
+  return cv_preview(r, &now, then, change, a->window, a->json);
 }
 
 static int cmd_set(cv_router *r, const args *a) {

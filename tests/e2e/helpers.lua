@@ -21,10 +21,13 @@ H.bin = assert(os.getenv("SWITCHYARD"),
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 
--- Quotes one word for sh.
-function H.q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+-- The backend the specs run on: "sqlite" (a file per test environment),
+-- or "pg" when ctest runs them again on PostgreSQL (tests/lua/testdb.lua),
+-- which also quotes for sh and captures a command's output.
+local D = require "testdb"
+H.backend, H.sqlite = D.backend, D.sqlite
+H.is_url, H.psql, H.rows = D.is_url, D.psql, D.rows
+H.q, H.capture = D.q, D.capture
 
 -- Runs a shell command, returns its exit code (128 + n for a signal).
 function H.exec(cmd)
@@ -35,13 +38,6 @@ function H.exec(cmd)
   return code or (ok and 0 or 1)
 end
 
--- Output of a shell command, trailing newline removed.
-function H.capture(cmd)
-  local f = assert(io.popen(cmd, "r"))
-  local s = f:read("a")
-  f:close()
-  return (s:gsub("\n$", ""))
-end
 
 H.repo = H.capture("cd " .. H.q(here .. "/../..") .. " && pwd -P")
 H.workflows = H.repo .. "/workflows"
@@ -118,11 +114,6 @@ local spawned = {}
 local Env = {}
 Env.__index = Env
 
--- The backend the specs run on: "sqlite" (a file per test environment),
--- or "pg" when ctest runs them again on PostgreSQL (tests/lua/testdb.lua).
-local D = require "testdb"
-H.backend, H.sqlite = D.backend, D.sqlite
-H.is_url, H.psql, H.rows = D.is_url, D.psql, D.rows
 
 -- A new, empty database of the suite's cluster, named after dir (unique
 -- while dir exists): its URL.

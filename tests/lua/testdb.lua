@@ -13,16 +13,20 @@ local D = {}
 D.backend = os.getenv("SY_TEST_BACKEND") == "pg" and "pg" or "sqlite"
 D.sqlite = D.backend == "sqlite"
 
-local function q(s)
+-- Quotes one word for sh.
+function D.q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local function capture(cmd)
+-- Output of a shell command, trailing newline removed.
+function D.capture(cmd)
   local f = assert(io.popen(cmd, "r"))
   local s = f:read("a")
   f:close()
   return (s:gsub("\n$", ""))
 end
+
+local q, capture = D.q, D.capture
 
 -- Whether db names a PostgreSQL database rather than a SQLite file.
 function D.is_url(db)
