@@ -1,9 +1,8 @@
 /* The http plugin: `ctx.http{ method, url, headers, body, json, timeout }`
  * from a step. Built on libcurl's multi-socket interface driven by the
- * engine's libuv loop (curl tells us which sockets to watch and when to
- * wake it; uv_poll and a uv_timer do the watching), so a request never
- * blocks the loop, needs no thread, and connections are reused across
- * requests by the multi handle's connection cache.
+ * engine's libuv loop (curl_loop.h), so a request never blocks the loop,
+ * needs no thread, and connections are reused across requests by the
+ * multi handle's connection cache.
  *
  * The step is parked until the response arrives, then gets
  *   { status = 200, headers = { ["content-type"] = ... }, body = "...",
@@ -18,23 +17,17 @@
 #include <strings.h>
 #include <switchyard/plugin.h>
 
+#include "curl_loop.h"
+
 #define DEFAULT_TIMEOUT_MS 30000
 #define MAX_BODY (16u << 20) /* responses larger than this are errors */
 
 typedef struct http {
   const sy_api *api;
   sy_engine *e;
-  CURLM *multi;
-  uv_timer_t timer;
+  cl_multi *multi;
   struct request *requests; /* in flight, for cancellation */
 } http;
-
-/* One watched socket; freed in its close callback, as libuv requires. */
-typedef struct watch {
-  uv_poll_t poll;
-  curl_socket_t fd;
-  http *h;
-} watch;
 
 typedef struct request {
   struct request *next, *prev;
@@ -49,79 +42,6 @@ typedef struct request {
   json_t *resp_headers;
   char errbuf[CURL_ERROR_SIZE];
 } request;
-
-static void check_done(http *h);
-
-static void watch_closed(uv_handle_t *handle) {
-  free(handle->data);
-}
-
-static void on_poll(uv_poll_t *p, int status, int events) {
-  watch *w = p->data;
-  int flags = 0, running;
-  if (status < 0) {
-    flags = CURL_CSELECT_ERR;
-  } else {
-    flags |= events & UV_READABLE ? CURL_CSELECT_IN : 0;
-    flags |= events & UV_WRITABLE ? CURL_CSELECT_OUT : 0;
-  }
-  curl_multi_socket_action(w->h->multi, w->fd, flags, &running);
-  check_done(w->h);
-}
-
-/* CURLMOPT_SOCKETFUNCTION: start, change or stop watching a socket. */
-static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
-                     void *socketp) {
-  http *h = userp;
-  watch *w = socketp;
-  int events = 0;
-  (void)easy;
-  if (what == CURL_POLL_REMOVE) {
-    if (w) {
-      uv_poll_stop(&w->poll);
-      curl_multi_assign(h->multi, fd, NULL);
-      uv_close((uv_handle_t *)&w->poll, watch_closed);
-    }
-    return 0;
-  }
-  if (!w) {
-    if (!(w = calloc(1, sizeof *w))) {
-      return -1;
-    }
-    w->fd = fd;
-    w->h = h;
-    if (uv_poll_init_socket(h->api->loop(h->e), &w->poll, fd)) {
-      free(w);
-      return -1;
-    }
-    w->poll.data = w;
-    curl_multi_assign(h->multi, fd, w);
-  }
-  events |= what & CURL_POLL_IN ? UV_READABLE : 0;
-  events |= what & CURL_POLL_OUT ? UV_WRITABLE : 0;
-  uv_poll_start(&w->poll, events, on_poll);
-  return 0;
-}
-
-static void on_timer(uv_timer_t *t) {
-  http *h = t->data;
-  int running;
-  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  check_done(h);
-}
-
-/* CURLMOPT_TIMERFUNCTION: curl asks to be woken in timeout_ms (-1: not). */
-static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
-  http *h = userp;
-  (void)multi;
-  if (timeout_ms < 0) {
-    uv_timer_stop(&h->timer);
-  } else {
-    /* 0 means "now": a loop turn later, never from inside curl. */
-    uv_timer_start(&h->timer, on_timer, (uint64_t)timeout_ms, 0);
-  }
-  return 0;
-}
 
 static size_t on_body(char *ptr, size_t size, size_t n, void *ud) {
   request *r = ud;
@@ -193,7 +113,7 @@ static void request_free(request *r) {
     r->next->prev = r->prev;
   }
   if (r->easy) {
-    curl_multi_remove_handle(r->h->multi, r->easy);
+    cl_remove(r->h->multi, r->easy);
     curl_easy_cleanup(r->easy);
   }
   curl_slist_free_all(r->headers);
@@ -257,57 +177,32 @@ static void finish(request *r, CURLcode code) {
   request_free(r);
 }
 
-static void check_done(http *h) {
-  CURLMsg *m;
-  int pending;
-  while ((m = curl_multi_info_read(h->multi, &pending))) {
-    request *r = NULL;
-    if (m->msg != CURLMSG_DONE) {
-      continue;
-    }
-    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-    finish(r, m->data.result);
-  }
+static void on_done(CURL *easy, CURLcode code, void *ud) {
+  (void)easy;
+  finish(ud, code);
 }
 
 static int http_init(const sy_api *api, sy_engine *e, void **state, char *err,
                      size_t errlen) {
   http *h = calloc(1, sizeof *h);
-  if (!h) {
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) ||
-      !(h->multi = curl_multi_init())) {
+  if (!h || !(h->multi = cl_multi_new(api->loop(e), on_done))) {
     snprintf(err, errlen, "cannot initialize libcurl");
     free(h);
     return -1;
   }
   h->api = api;
   h->e = e;
-  uv_timer_init(api->loop(e), &h->timer);
-  h->timer.data = h;
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
   *state = h;
   return 0;
 }
 
-static void timer_closed(uv_handle_t *handle) {
-  free(handle->data);
-}
-
 static void http_fini(void *state) {
   http *h = state;
-  /* Requests were cancelled when their instances left memory; cleaning up
-   * the multi handle closes its cached connections (CURL_POLL_REMOVE). */
-  curl_multi_cleanup(h->multi);
-  curl_global_cleanup();
-  /* The engine runs its loop once more before unloading us, so the close
-   * callbacks (which free) run while our code is still mapped. */
-  uv_close((uv_handle_t *)&h->timer, timer_closed);
+  /* Requests were cancelled when their instances left memory. The engine
+   * runs its loop once more before unloading us, so the close callbacks
+   * (which free) run while our code is still mapped. */
+  cl_multi_free(h->multi);
+  free(h);
 }
 
 static const char *str(json_t *o, const char *key) {
@@ -436,7 +331,6 @@ static void http_call(void *plugin, sy_call *c, const char *args_json) {
   curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, method);
   curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
   curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
   curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
@@ -452,7 +346,7 @@ static void http_call(void *plugin, sy_call *c, const char *args_json) {
     return;
   }
   json_decref(a);
-  if (curl_multi_add_handle(h->multi, r->easy) != CURLM_OK) {
+  if (cl_add(h->multi, r->easy, r)) {
     curl_easy_cleanup(r->easy);
     r->easy = NULL;
     api->fail(c, "ctx.http: cannot start the request");
