@@ -4,6 +4,7 @@
  * transaction, so it is the one part of the plugin that begins and ends
  * transactions (plugin.h, sy_api.db); each BEGIN, COMMIT and ROLLBACK is
  * checked here. */
+#include <jansson.h>
 #include <math.h>
 #include <pwd.h>
 #include <stdarg.h>
@@ -107,25 +108,39 @@ const char *cv_login_name(void) {
   return u && *u ? u : "unknown";
 }
 
-int cv_audit_add(cv_router *r, const char *flag, const char *what,
-                 const char *subject, const char *old_value,
-                 const char *new_value, uint32_t rate, int killed,
-                 const char *reason, const char *actor, int64_t at) {
+int cv_audit_add(cv_router *r, const cv_change *c) {
   sy_stmt *s = cv_stmt(r, CVQ_AUDIT_ADD);
+  int64_t id;
   if (!s) {
     return -1;
   }
-  sy_stmt_bind_text(s, 1, flag);
-  sy_stmt_bind_text(s, 2, what);
-  sy_stmt_bind_text(s, 3, subject);
-  sy_stmt_bind_text(s, 4, old_value);
-  sy_stmt_bind_text(s, 5, new_value);
-  sy_stmt_bind_int(s, 6, rate);
-  sy_stmt_bind_int(s, 7, killed);
-  sy_stmt_bind_text(s, 8, reason);
-  sy_stmt_bind_text(s, 9, actor);
-  sy_stmt_bind_int(s, 10, at);
-  return cv_step_done(r, s);
+  sy_stmt_bind_text(s, 1, c->flag);
+  sy_stmt_bind_text(s, 2, c->what);
+  sy_stmt_bind_text(s, 3, c->subject);
+  sy_stmt_bind_text(s, 4, c->old_value);
+  sy_stmt_bind_text(s, 5, c->new_value);
+  sy_stmt_bind_int(s, 6, c->rate);
+  sy_stmt_bind_int(s, 7, c->killed);
+  sy_stmt_bind_text(s, 8, c->reason);
+  sy_stmt_bind_text(s, 9, c->actor);
+  sy_stmt_bind_int(s, 10, c->at);
+  sy_stmt_bind_text(s, 11, c->numbers);
+  if (sy_stmt_step(s) != SY_ROW) {
+    return cv_db_fail(r, s);
+  }
+  id = sy_stmt_column_int(s, 0);
+  if (cv_step_done(r, s)) {
+    return -1;
+  }
+  /* Whoever listens hears of it in the same transaction: the change and
+   * its notifications are committed together, or neither is. */
+  return cv_notify_enqueue(r, c, id);
+}
+
+int64_t cv_setting_int(cv_router *r, const char *key, int64_t def) {
+  const char *v = r->api->setting(r->e, key);
+  long long n = v ? atoll(v) : 0;
+  return n > 0 ? n : def;
 }
 
 int cv_flag_set(cv_router *r, int q, const char *flag, int64_t value,
@@ -138,4 +153,13 @@ int cv_flag_set(cv_router *r, int q, const char *flag, int64_t value,
   sy_stmt_bind_int(s, 2, value);
   sy_stmt_bind_int(s, 3, at);
   return cv_step_done(r, s);
+}
+
+void cv_print_json(json_t *j) {
+  char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+  if (text) {
+    puts(text);
+    free(text);
+  }
+  json_decref(j);
 }

@@ -68,6 +68,19 @@ enum {
   CVQ_PLAN_EVAL_ADD,
   CVQ_PLAN_OUTCOME_TALLY,
   CVQ_PLAN_EVALS,
+  /* notifications (notify.c) */
+  CVQ_NOTIFY_TARGETS,
+  CVQ_NOTIFY_URLS,
+  CVQ_NOTIFY_PUT,
+  CVQ_NOTIFY_DELETE,
+  CVQ_OUTBOX_ADD,
+  CVQ_OUTBOX_DROP,
+  CVQ_OUTBOX_DUE,
+  CVQ_OUTBOX_HEADS,
+  CVQ_OUTBOX_CLAIM,
+  CVQ_OUTBOX_DELIVERED,
+  CVQ_OUTBOX_FAILED,
+  CVQ_OUTBOX_OF,
   /* `report` (report.c) */
   CVQ_FLAG_KNOWN,
   CVQ_RAMPS,
@@ -85,8 +98,9 @@ typedef struct cv_delta {
   struct cv_delta *next;
 } cv_delta;
 
-struct cv_cached_flag;                /* flags.c */
-typedef struct cv_planner cv_planner; /* plan.c */
+struct cv_cached_flag;                  /* flags.c */
+typedef struct cv_planner cv_planner;   /* plan.c */
+typedef struct cv_notifier cv_notifier; /* notify.c */
 
 /* The plugin's state, one per engine. errmsg holds the last failure's
  * message without the plugin's name (the database's own, for a database error,
@@ -99,7 +113,8 @@ typedef struct cv_router {
   cv_delta *deltas;
   int64_t checked_tx; /* transaction in which data_version was read */
   int64_t data_version;
-  cv_planner *planner; /* evaluates rollout plans while the engine runs */
+  cv_planner *planner;   /* evaluates rollout plans while the engine runs */
+  cv_notifier *notifier; /* delivers notifications while the engine runs */
   char errmsg[512];
 } cv_router;
 
@@ -196,19 +211,43 @@ int cv_cmd_rollout(void *plugin, int argc, char **argv);
 int cv_cmd_plan(cv_router *r, int argc, char **argv);
 int cv_planner_start(cv_router *r);
 void cv_planner_stop(cv_router *r);
+/* Prints j indented, in its keys' order, and frees it (NULL: nothing). */
+typedef struct json_t json_t;
+void cv_print_json(json_t *j);
 /* The login name, the default actor of a change. */
 const char *cv_login_name(void);
-/* Appends a change of a flag to its audit trail (subject NULL: the flag
- * itself), with the flag's rate and kill switch after it; the one writer
- * of cv_audit for the commands and the plans. 0, or -1 with r->errmsg. */
-int cv_audit_add(cv_router *r, const char *flag, const char *what,
-                 const char *subject, const char *old_value,
-                 const char *new_value, uint32_t rate, int killed,
-                 const char *reason, const char *actor, int64_t at);
+/* A change of a flag, as its audit trail keeps it and its notifications
+ * tell it. subject: NULL for the flag itself; rate and killed: the flag's
+ * after the change; numbers: a JSON object (a plan's evidence) or NULL. */
+typedef struct cv_change {
+  const char *flag, *what, *subject, *old_value, *new_value;
+  uint32_t rate;
+  int killed;
+  const char *reason, *actor;
+  int64_t at;
+  const char *numbers;
+} cv_change;
+/* Appends a change to its flag's audit trail, and to the outbox of each of
+ * the flag's notification targets; the one writer of cv_audit for the
+ * commands and the plans. 0, or -1 with r->errmsg. */
+int cv_audit_add(cv_router *r, const cv_change *c);
+/* A positive integer setting (sy_api.setting), or def. */
+int64_t cv_setting_int(cv_router *r, const char *key, int64_t def);
 /* A change of a flag's row by statement q: ?1 the flag, ?2 the value, ?3
  * the time. 0, or -1 with r->errmsg. */
 int cv_flag_set(cv_router *r, int q, const char *flag, int64_t value,
                 int64_t at);
+
+/* notify.c: the outbox rows of a change just audited (its id audit_id),
+ * one per target of its flag; 0, or -1 with r->errmsg. The `rollout
+ * notify` and `rollout notifications` commands (argv as cv_cmd_rollout's).
+ * The notifier delivers the outbox from running engines, on a timer that
+ * never keeps a run going, started at init and stopped at fini. */
+int cv_notify_enqueue(cv_router *r, const cv_change *c, int64_t audit_id);
+int cv_cmd_notify(cv_router *r, int argc, char **argv);
+int cv_cmd_notifications(cv_router *r, int argc, char **argv);
+int cv_notifier_start(cv_router *r);
+void cv_notifier_stop(cv_router *r);
 
 /* preview.c: what a change of a flag from `now` to `then` (its row as it
  * is and as the change would leave it) would do, printed (or as JSON):

@@ -216,13 +216,31 @@ static void numbers(const tally *t, double p, char *buf, size_t len) {
 /* ---------------------------------------------------------------------
  * Changes, each with its audit entry */
 
-/* A change the plan makes or a command on it, in the audit trail. */
+/* A change the plan makes or a command on it, in the audit trail;
+ * numbers: the evidence (JSON), for the plan's own. */
+static int audit_with(cv_router *r, const char *flag, const char *what,
+                      const char *old_value, const char *new_value,
+                      uint32_t rate, int killed, const char *reason,
+                      const char *actor, int64_t now, const char *numbers) {
+  cv_change c = {.flag = flag,
+                 .what = what,
+                 .old_value = old_value,
+                 .new_value = new_value,
+                 .rate = rate,
+                 .killed = killed,
+                 .reason = reason,
+                 .actor = actor,
+                 .at = now,
+                 .numbers = numbers};
+  return cv_audit_add(r, &c);
+}
+
 static int audit(cv_router *r, const char *flag, const char *what,
                  const char *old_value, const char *new_value, uint32_t rate,
                  int killed, const char *reason, const char *actor,
                  int64_t now) {
-  return cv_audit_add(r, flag, what, NULL, old_value, new_value, rate, killed,
-                      reason, actor, now);
+  return audit_with(r, flag, what, old_value, new_value, rate, killed, reason,
+                    actor, now, NULL);
 }
 
 /* Moves the plan from step `from` (state running) to `to` and state, if
@@ -270,13 +288,41 @@ static int record_eval(cv_router *r, const plan *p, int64_t now, const tally *t,
 /* ---------------------------------------------------------------------
  * Evaluation, in the engine's transaction */
 
+/* The numbers behind an evaluation, as JSON for the audit entry of a change
+ * it makes (and the notifications of it): malloc'd, NULL when out of
+ * memory. o: the outcome guard's tally, NULL without one. */
+static char *evidence(const plan *p, const tally *t, double p_min,
+                      const tally *o, double p_min_o, double alpha) {
+  char rate[CV_RATE_FORMAT_MAX];
+  json_t *j;
+  char *text;
+  cv_rate_format(p->steps[p->step], rate, sizeof rate);
+  j = json_pack("{s:i, s:s, s:{s:I, s:I}, s:{s:I, s:I}, s:f, s:f, s:f}", "step",
+                p->step + 1, "rate", rate, "v1", "instances", (json_int_t)t->n1,
+                "with_incidents", (json_int_t)t->x1, "v2", "instances",
+                (json_int_t)t->n2, "with_incidents", (json_int_t)t->x2, "p",
+                p_min, "alpha", alpha, "max_increase_points", p->max_increase);
+  if (j && o) {
+    json_object_set_new(
+        j, "outcome",
+        json_pack("{s:s, s:{s:I, s:I}, s:{s:I, s:I}, s:f}", "var",
+                  p->outcome_var, "v1", "completed", (json_int_t)o->n1, "falsy",
+                  (json_int_t)o->x1, "v2", "completed", (json_int_t)o->n2,
+                  "falsy", (json_int_t)o->x2, "p", p_min_o));
+  }
+  text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  return text;
+}
+
 static int evaluate(cv_router *r, plan *p, int64_t now) {
-  tally t, step;
+  tally t, step, o = {0};
   char nums[512], reason[768], oldr[CV_RATE_FORMAT_MAX],
       newr[CV_RATE_FORMAT_MAX];
   const char *outcome;
   double pv, p_min, po = 1.0, p_min_o = 1.0, alpha = p->alpha;
   int moved = 0, enough, held;
+  char *ev;
   sy_stmt *s;
   /* The test over the whole plan; the minimum of instances, at this
    * step's rate. */
@@ -296,7 +342,6 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
    * (Bonferroni), so a plan still rolls back equal versions at most
    * alpha of the time. */
   if (p->outcome_var[0]) {
-    tally o;
     size_t used = strlen(nums);
     if (tally_of(r, CVQ_PLAN_OUTCOME_TALLY, p, p->started_at, &o)) {
       return -1;
@@ -317,6 +362,7 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
       step.n2 >= p->min_instances &&
       (step.n1 >= p->min_instances || p->steps[p->step] == CV_RATE_MAX_PPM);
   held = now - p->step_started_at >= p->hold_ms;
+  ev = evidence(p, &t, p_min, p->outcome_var[0] ? &o : NULL, p_min_o, alpha);
   cv_rate_format(p->steps[p->step], oldr, sizeof oldr);
   if (p_min <= alpha || p_min_o <= alpha) {
     outcome = "fail";
@@ -326,9 +372,9 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
              p->max_increase == 1.0 ? "" : "s");
     if ((moved = move_plan(r, p, p->step, "rolled_back", now)) == 1 &&
         (cv_flag_set(r, CVQ_FLAG_SET_KILLED, p->flag, 1, now) ||
-         audit(r, p->flag, "kill", "off", "on", p->steps[p->step], 1, reason,
-               "plan", now))) {
-      return -1;
+         audit_with(r, p->flag, "kill", "off", "on", p->steps[p->step], 1,
+                    reason, "plan", now, ev))) {
+      goto fail;
     }
   } else if (held && enough) {
     outcome = "pass";
@@ -346,17 +392,17 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
       if ((moved = move_plan(r, p, p->step + 1, "running", now)) == 1 &&
           (cv_flag_set(r, CVQ_FLAG_SET_RATE, p->flag, p->steps[p->step + 1],
                        now) ||
-           audit(r, p->flag, "rate", oldr, newr, p->steps[p->step + 1], 0,
-                 reason, "plan", now))) {
-        return -1;
+           audit_with(r, p->flag, "rate", oldr, newr, p->steps[p->step + 1], 0,
+                      reason, "plan", now, ev))) {
+        goto fail;
       }
     } else {
       snprintf(reason, sizeof reason, "%s: held at %s and no worse, done", nums,
                oldr);
       if ((moved = move_plan(r, p, p->step, "done", now)) == 1 &&
-          audit(r, p->flag, "plan", "running", "done", p->steps[p->step], 0,
-                reason, "plan", now)) {
-        return -1;
+          audit_with(r, p->flag, "plan", "running", "done", p->steps[p->step],
+                     0, reason, "plan", now, ev)) {
+        goto fail;
       }
     }
   } else {
@@ -368,30 +414,34 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
       snprintf(reason, sizeof reason,
                "%s: inconclusive past --max-wait, paused", nums);
       if ((moved = move_plan(r, p, p->step, "paused", now)) == 1 &&
-          audit(r, p->flag, "plan", "running", "paused", p->steps[p->step], 0,
-                reason, "plan", now)) {
-        return -1;
+          audit_with(r, p->flag, "plan", "running", "paused", p->steps[p->step],
+                     0, reason, "plan", now, ev)) {
+        goto fail;
       }
     }
   }
   if (moved < 0) {
-    return -1;
+    goto fail;
   }
   /* The smallest p-value so far stays with the plan, whatever happened. */
   if (!(s = cv_stmt(r, CVQ_PLAN_P_MIN))) {
-    return -1;
+    goto fail;
   }
   sy_stmt_bind_text(s, 1, p->flag);
   sy_stmt_bind_double(s, 2, p_min);
   sy_stmt_bind_double(s, 3, p_min_o);
   if (cv_step_done(r, s) ||
       record_eval(r, p, now, &t, pv, p_min, po, outcome, moved, reason)) {
-    return -1;
+    goto fail;
   }
   if (moved) {
     cv_flags_free(r); /* our own change: the cache must not keep the old */
   }
+  free(ev);
   return 0;
+fail:
+  free(ev);
+  return -1;
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -430,12 +480,6 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
-static int64_t every_ms(cv_router *r) {
-  const char *v = r->api->setting(r->e, "choose_version.plan_every_ms");
-  long long ms = v ? atoll(v) : 0;
-  return ms > 0 ? ms : DEFAULT_EVERY_MS;
-}
-
 int cv_planner_start(cv_router *r) {
   cv_planner *pl = calloc(1, sizeof *pl);
   int64_t ms;
@@ -443,7 +487,7 @@ int cv_planner_start(cv_router *r) {
     return -1;
   }
   pl->r = r;
-  ms = every_ms(r);
+  ms = cv_setting_int(r, "choose_version.plan_every_ms", DEFAULT_EVERY_MS);
   uv_timer_init(r->api->loop(r->e), &pl->timer);
   pl->timer.data = pl;
   uv_timer_start(&pl->timer, on_timer, (uint64_t)ms, (uint64_t)ms);
@@ -958,13 +1002,8 @@ static int show(cv_router *r, const plan_args *a) {
     return rc;
   }
   if (j) {
-    char *text;
     json_object_set_new(j, "evaluations", evals);
-    if ((text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER))) {
-      puts(text);
-      free(text);
-    }
-    json_decref(j);
+    cv_print_json(j);
   }
   return 0;
 }

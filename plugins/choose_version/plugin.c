@@ -30,6 +30,7 @@ static void cv_fini(void *state) {
     return;
   }
   cv_planner_stop(r);
+  cv_notifier_stop(r);
   cv_discard_counters(r);
   cv_flags_free(r);
   cv_finalize_all(r);
@@ -45,7 +46,8 @@ static int cv_init(const sy_api *api, sy_engine *e, void **state, char *err,
   }
   r->api = api;
   r->e = e;
-  if (cv_schema(r, err, errlen) || cv_planner_start(r)) {
+  if (cv_schema(r, err, errlen) || cv_planner_start(r) ||
+      cv_notifier_start(r)) {
     if (!err[0]) {
       snprintf(err, errlen, "out of memory");
     }

@@ -139,12 +139,7 @@ int cv_preview(cv_router *r, const cv_flag *now, const cv_flag *then,
         (json_int_t)m.to_v1, "examples_to_v1", m.ex_v1, "unchanged_v1",
         (json_int_t)m.stay_v1, "unchanged_v2", (json_int_t)m.stay_v2,
         "in_flight", "v1", (json_int_t)f1, "v2", (json_int_t)f2);
-    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    if (text) {
-      puts(text);
-      free(text);
-    }
-    json_decref(j);
+    cv_print_json(j);
     return 0;
   }
   char t[32];

@@ -30,6 +30,10 @@ static const char rollout_usage[] =
     "  plan FLAG --steps 1%,5%,25%,100% --reason R ...   a plan running\n"
     "                   engines follow, rolling back on evidence\n"
     "                   (rollout plan --help)\n"
+    "  notify FLAG --url URL [--secret-file F] [--format json|slack]\n"
+    "                   POST each change of the flag to URL, from running\n"
+    "                   engines (--remove: stop; rollout notify --help)\n"
+    "  notifications FLAG   each delivery's state, attempts, last error\n"
     "  allow FLAG SUBJECT [--reason R]     force v2 for a subject\n"
     "  opt-out FLAG SUBJECT [--reason R]   force v1 for a subject\n"
     "  clear FLAG SUBJECT [--reason R]     remove a subject's override\n"
@@ -180,8 +184,17 @@ static int run_change(cv_router *r, sy_stmt *s, const char *what) {
 static int audit(cv_router *r, const char *flag, const char *what,
                  const char *subject, const char *old_value,
                  const char *new_value, const flag_row *after, const args *a) {
-  if (cv_audit_add(r, flag, what, subject, old_value, new_value, after->rate,
-                   after->killed, a->reason, a->actor, now_ms(r))) {
+  cv_change c = {.flag = flag,
+                 .what = what,
+                 .subject = subject,
+                 .old_value = old_value,
+                 .new_value = new_value,
+                 .rate = after->rate,
+                 .killed = after->killed,
+                 .reason = a->reason,
+                 .actor = a->actor,
+                 .at = now_ms(r)};
+  if (cv_audit_add(r, &c)) {
     return db_error(r, "audit");
   }
   return 0;
@@ -535,15 +548,6 @@ static json_t *flag_json(const char *name, const flag_row *f) {
                    (json_int_t)f->updated_at);
 }
 
-static void print_json(json_t *j) {
-  char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-  if (s) {
-    puts(s);
-    free(s);
-  }
-  json_decref(j);
-}
-
 static void print_flag(const char *name, const flag_row *f) {
   char rate[CV_RATE_FORMAT_MAX], t1[32], t2[32];
   cv_rate_format(f->rate, rate, sizeof rate);
@@ -623,7 +627,7 @@ static int cmd_get(cv_router *r, const args *a) {
   sy_stmt_reset(s);
   if (a->json) {
     json_object_set_new(j, "counters", counters);
-    print_json(j);
+    cv_print_json(j);
   }
   return 0;
 }
@@ -752,7 +756,7 @@ static int cmd_list(cv_router *r, const args *a) {
     return rc;
   }
   if (a->json) {
-    print_json(arr);
+    cv_print_json(arr);
   }
   return 0;
 }
@@ -790,6 +794,13 @@ static void audit_row(sy_stmt *s, json_t *arr) {
                        oldv, "new", sy_stmt_column_text(s, 4), "reason", reason,
                        "actor", sy_stmt_column_text(s, 6), "at",
                        (json_int_t)sy_stmt_column_int(s, 7)));
+    if (!sy_stmt_column_null(s, 8)) {
+      json_t *n = json_loads(sy_stmt_column_text(s, 8), 0, NULL);
+      if (n) {
+        json_object_set_new(json_array_get(arr, json_array_size(arr) - 1),
+                            "numbers", n);
+      }
+    }
     return;
   }
   cv_fmt_time(sy_stmt_column_int(s, 7), t, sizeof t);
@@ -827,7 +838,7 @@ static int list_of_flag(cv_router *r, const args *a, int q,
   }
   sy_stmt_reset(s);
   if (a->json) {
-    print_json(arr);
+    cv_print_json(arr);
   }
   return 0;
 }
@@ -851,6 +862,12 @@ int cv_cmd_rollout(void *plugin, int argc, char **argv) {
   }
   if (strcmp(cmd, "plan") == 0) {
     return cv_cmd_plan(r, argc, argv);
+  }
+  if (strcmp(cmd, "notify") == 0) {
+    return cv_cmd_notify(r, argc, argv);
+  }
+  if (strcmp(cmd, "notifications") == 0) {
+    return cv_cmd_notifications(r, argc, argv);
   }
   if ((rc = parse_args(argc, argv, &a))) {
     return rc;

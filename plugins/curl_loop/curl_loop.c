@@ -8,6 +8,7 @@ struct cl_multi {
   CURLM *multi;
   uv_timer_t timer;
   cl_done_fn done;
+  int background;
 };
 
 /* One watched socket; freed in its close callback, as libuv requires. */
@@ -77,6 +78,9 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
       return -1;
     }
     w->poll.data = w;
+    if (m->background) {
+      uv_unref((uv_handle_t *)&w->poll);
+    }
     curl_multi_assign(m->multi, fd, w);
   }
   events |= what & CURL_POLL_IN ? UV_READABLE : 0;
@@ -105,7 +109,7 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
   return 0;
 }
 
-cl_multi *cl_multi_new(uv_loop_t *loop, cl_done_fn done) {
+cl_multi *cl_multi_new(uv_loop_t *loop, cl_done_fn done, int background) {
   cl_multi *m = calloc(1, sizeof *m);
   if (!m) {
     return NULL;
@@ -122,8 +126,12 @@ cl_multi *cl_multi_new(uv_loop_t *loop, cl_done_fn done) {
   }
   m->loop = loop;
   m->done = done;
+  m->background = background;
   uv_timer_init(loop, &m->timer);
   m->timer.data = m;
+  if (background) {
+    uv_unref((uv_handle_t *)&m->timer);
+  }
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);

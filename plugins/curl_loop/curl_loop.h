@@ -5,7 +5,7 @@
  * loop, needs no thread, and connections are reused across transfers by
  * the multi handle's cache.
  *
- *   cl_multi *m = cl_multi_new(loop, on_done);   // on_done(easy, code, ud)
+ *   cl_multi *m = cl_multi_new(loop, on_done, 0); // on_done(easy, code, ud)
  *   curl_easy_setopt(easy, ...);                  // the caller's options
  *   cl_add(m, easy, ud);                          // runs on the loop
  *   ... on_done is called once, from a loop callback, when it ends; the
@@ -23,8 +23,10 @@
 typedef struct cl_multi cl_multi;
 typedef void (*cl_done_fn)(CURL *easy, CURLcode code, void *ud);
 
-/* NULL when libcurl cannot be initialized (or out of memory). */
-cl_multi *cl_multi_new(uv_loop_t *loop, cl_done_fn done);
+/* NULL when libcurl cannot be initialized (or out of memory). background:
+ * its transfers never keep the loop running (uv_unref), for work done
+ * beside the engine's, which the owner abandons when the loop ends. */
+cl_multi *cl_multi_new(uv_loop_t *loop, cl_done_fn done, int background);
 /* 0, or -1 when curl refuses the handle (on_done is then never called). */
 int cl_add(cl_multi *m, CURL *easy, void *ud);
 void cl_remove(cl_multi *m, CURL *easy);

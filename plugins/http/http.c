@@ -185,7 +185,7 @@ static void on_done(CURL *easy, CURLcode code, void *ud) {
 static int http_init(const sy_api *api, sy_engine *e, void **state, char *err,
                      size_t errlen) {
   http *h = calloc(1, sizeof *h);
-  if (!h || !(h->multi = cl_multi_new(api->loop(e), on_done))) {
+  if (!h || !(h->multi = cl_multi_new(api->loop(e), on_done, 0))) {
     snprintf(err, errlen, "cannot initialize libcurl");
     free(h);
     return -1;

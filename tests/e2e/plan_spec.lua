@@ -27,7 +27,7 @@ local function plan_changes(env)
   for _, h in ipairs(H.decode((env:ok("rollout", "history", FLAG,
     "--json")))) do
     if h.actor == "plan" then
-      t[#t + 1] = { h.what, h.old or "-", h.new, h.reason }
+      t[#t + 1] = { h.what, h.old or "-", h.new, h.reason, h.numbers }
     end
   end
   return t
@@ -110,6 +110,16 @@ describe("rollout plans", function()
         "rate 50% -> 100%", "plan running -> done" }, seen)
       has(changes[2][4], "held and no worse, 10% -> 50%", "reason")
       has(changes[2][4], "V2 0.0% (0/", "reason")
+      -- the numbers behind each change the plan made, beside its entry
+      for k = 2, #changes do
+        local n = changes[k][5]
+        assert.are.equal(k - 1, n.step)
+        assert.are.equal(0, n.v2.with_incidents)
+        assert.is_true(n.v1.instances > 0 and n.v2.instances > 0)
+        has(changes[k][4], string.format("V2 0.0%% (0/%d) vs V1",
+          n.v2.instances), "reason")
+      end
+      assert.is_nil(changes[1][5]) -- the command's, not an evaluation
       -- every evaluation is stored; exactly three were applied
       assert.are.equal(3, env:scalar("SELECT count(*) FROM cv_plan_evals " ..
         "WHERE applied = 1"))

@@ -798,6 +798,8 @@ describe("a decision's step time and retries", function()
       "ALTER TABLE cv_counters DROP COLUMN caught;" ..
       "DROP TABLE journal; DROP TABLE signals;" ..
       "DROP TABLE cv_plans; DROP TABLE cv_plan_evals;" ..
+      "DROP TABLE cv_outbox; DROP TABLE cv_notify_targets;" ..
+      "ALTER TABLE cv_audit DROP COLUMN numbers;" ..
       "ALTER TABLE instances DROP COLUMN wait_signal;" ..
       "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" ..
       "ALTER TABLE step_runs DROP COLUMN run_ms;" ..
