@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -80,16 +81,18 @@ const sy__cli_cmd sy__cli_incidents = {
     cmd_incidents,
     SY__CLI_NEEDS_DB};
 
-/* retry ID and cancel ID. */
-static int change(sy__cli *c, int cancel) {
+/* cancel ID */
+static int cmd_cancel(sy__cli *c) {
   long long id;
   int rc;
   const char *v, *arg = NULL;
   sy_engine *e;
   while ((rc = sy__cli_next(c, &v)) > 0) {
     if (arg) {
-      return sy__cli_usage_error("%s: expected one instance id, got '%s' too",
-                                 c->cmd->name, v);
+      return sy__cli_usage_error(
+          "cancel: expected one instance id, got '%s' "
+          "too",
+          v);
     }
     arg = v;
   }
@@ -97,36 +100,239 @@ static int change(sy__cli *c, int cancel) {
     return SY__EXIT_USAGE;
   }
   if (sy__cli_parse_int(arg, 1, LLONG_MAX, &id)) {
-    return sy__cli_usage_error("%s: expected one instance id, got '%s'",
-                               c->cmd->name, arg ? arg : "nothing");
+    return sy__cli_usage_error("cancel: expected one instance id, got '%s'",
+                               arg ? arg : "nothing");
   }
   if ((rc = sy__cli_open(c, &e))) {
     return rc;
   }
-  rc = cancel ? sy_engine_cancel(e, id) : sy_engine_retry(e, id);
-  if (rc) {
+  if ((rc = sy_engine_cancel(e, id))) {
     rc = sy__cli_fail(e, rc);
   } else {
-    printf("instance %lld %s\n", id,
-           cancel ? "cancelled" : "will run again at its step");
+    printf("instance %lld cancelled\n", id);
   }
   sy_engine_close(e);
   return rc;
 }
 
-static int cmd_retry(sy__cli *c) {
-  return change(c, 0);
+/* retry: by id, or in bulk. */
+enum { O_ALL_INCIDENTS = 300, O_WORKFLOW, O_STEP, O_BATCH, O_DRY_RUN };
+
+#define MAX_IDS 10000
+#define DEFAULT_BATCH 500
+
+static const sy__cli_opt retry_opts[] = {
+    {"all", no_argument, O_ALL_INCIDENTS, NULL,
+     "every instance in an incident (that the options below select)"},
+    {"workflow", required_argument, O_WORKFLOW, "W", "with --all: of W only"},
+    {"step", required_argument, O_STEP, "S", "with --all: at step S only"},
+    {"batch", required_argument, O_BATCH, "N",
+     "with --all: N instances per transaction (500)"},
+    {"dry-run", no_argument, O_DRY_RUN, NULL,
+     "change nothing; say which instances it would retry"},
+    {NULL, 0, 0, NULL, NULL}};
+
+typedef struct retry_args {
+  int all, dry_run;
+  sy_instance_filter f;
+  long long batch;
+  int64_t *ids;
+  int n;
+} retry_args;
+
+static int parse_retry(sy__cli *c, retry_args *a) {
+  const char *v;
+  long long id;
+  int key;
+  while ((key = sy__cli_next(c, &v)) > 0) {
+    switch (key) {
+      case O_ALL_INCIDENTS:
+        a->all = 1;
+        break;
+      case O_WORKFLOW:
+        a->f.workflow = v;
+        break;
+      case O_STEP:
+        a->f.step = v;
+        break;
+      case O_BATCH:
+        if (sy__cli_parse_int(v, 1, 100000, &a->batch)) {
+          return sy__cli_usage_error(
+              "retry: --batch: expected 1 to 100000 instances, got '%s'", v);
+        }
+        break;
+      case O_DRY_RUN:
+        a->dry_run = 1;
+        break;
+      default:
+        if (sy__cli_parse_int(v, 1, LLONG_MAX, &id)) {
+          return sy__cli_usage_error("retry: expected an instance id, got '%s'",
+                                     v);
+        }
+        if (a->n == MAX_IDS) {
+          return sy__cli_usage_error(
+              "retry: more than %d ids; select them with --all instead",
+              MAX_IDS);
+        }
+        a->ids[a->n++] = id;
+    }
+  }
+  if (key < 0) {
+    return SY__EXIT_USAGE;
+  }
+  if (a->all == !!a->n) {
+    return sy__cli_usage_error(
+        a->all ? "retry: instance ids or --all, not both"
+               : "retry: which instances? (ids, or --all [--workflow W] "
+                 "[--step S])");
+  }
+  if (!a->all && (a->f.workflow || a->f.step || a->batch)) {
+    return sy__cli_usage_error(
+        "retry: --workflow, --step and --batch go with "
+        "--all");
+  }
+  return 0;
 }
 
-static int cmd_cancel(sy__cli *c) {
-  return change(c, 1);
+/* --all --dry-run: what the selection holds now, by workflow and step. */
+typedef struct preview {
+  json_t *by_step; /* "workflow\tstep" -> count */
+  json_t *ids;
+  int64_t n;
+} preview;
+
+static int preview_row(void *ud, const sy_instance_row *r) {
+  preview *p = ud;
+  char key[600];
+  json_t *n;
+  snprintf(key, sizeof key, "%s\t%s", r->workflow, r->step ? r->step : "");
+  n = json_object_get(p->by_step, key);
+  json_object_set_new(p->by_step, key,
+                      json_integer((n ? json_integer_value(n) : 0) + 1));
+  if (p->n < 1000) {
+    json_array_append_new(p->ids, json_integer(r->id));
+  }
+  p->n++;
+  return 0;
+}
+
+static int retry_preview(sy__cli *c, sy_engine *e, const retry_args *a) {
+  sy_instance_filter f = a->f;
+  preview p = {json_object(), json_array(), 0};
+  json_t *steps = json_array(), *v;
+  const char *key;
+  f.state = SY_STATE_INCIDENT;
+  f.limit = 0;
+  if (sy_store_list_instances(sy_engine_store(e), &f, preview_row, &p)) {
+    json_decref(p.by_step);
+    json_decref(p.ids);
+    json_decref(steps);
+    return sy__cli_store_fail(e);
+  }
+  json_object_foreach(p.by_step, key, v) {
+    const char *tab = strchr(key, '\t');
+    json_array_append_new(
+        steps, json_pack("{s:s%, s:s, s:O}", "workflow", key,
+                         (size_t)(tab - key), "step", tab + 1, "instances", v));
+  }
+  json_decref(p.by_step);
+  if (c->json) {
+    sy__cli_print_json(json_pack("{s:b, s:I, s:o, s:o}", "dry_run", 1,
+                                 "instances", (json_int_t)p.n, "by_step", steps,
+                                 "ids", p.ids));
+    return 0;
+  }
+  printf("would retry %lld instance%s in an incident%s\n", (long long)p.n,
+         p.n == 1 ? "" : "s", p.n ? ":" : "");
+  for (size_t i = 0; i < json_array_size(steps); i++) {
+    json_t *s = json_array_get(steps, i);
+    printf("  %-20s %-20s %lld\n",
+           json_string_value(json_object_get(s, "workflow")),
+           json_string_value(json_object_get(s, "step")),
+           (long long)json_integer_value(json_object_get(s, "instances")));
+  }
+  if (p.n) {
+    printf("  first: ");
+    for (size_t i = 0; i < json_array_size(p.ids) && i < 20; i++) {
+      printf("%s%lld", i ? " " : "",
+             (long long)json_integer_value(json_array_get(p.ids, i)));
+    }
+    printf("%s\n", p.n > 20 ? " ..." : "");
+  }
+  json_decref(steps);
+  json_decref(p.ids);
+  return 0;
+}
+
+static void batch_done(void *ud, int64_t n, int64_t last) {
+  sy__cli *c = ud;
+  if (!c->json) {
+    printf("retried %lld (through instance %lld)\n", (long long)n,
+           (long long)last);
+    fflush(stdout);
+  }
+}
+
+static int retry_all(sy__cli *c, sy_engine *e, const retry_args *a) {
+  int64_t total = 0;
+  int rc = sy_engine_retry_all(e, &a->f, a->batch ? a->batch : DEFAULT_BATCH,
+                               batch_done, c, &total);
+  if (rc) {
+    fprintf(stderr,
+            "switchyard: %s\n(%lld retried before that, and committed; the "
+            "same command takes up the rest)\n",
+            sy_engine_errmsg(e), (long long)total);
+    return 1;
+  }
+  if (c->json) {
+    sy__cli_print_json(json_pack("{s:I}", "retried", (json_int_t)total));
+  } else {
+    printf(
+        "retried %lld instance%s in an incident: they run again at their "
+        "step\n",
+        (long long)total, total == 1 ? "" : "s");
+  }
+  return 0;
+}
+
+static int cmd_retry(sy__cli *c) {
+  retry_args a = {0};
+  sy_engine *e;
+  int rc;
+  if (!(a.ids = malloc(MAX_IDS * sizeof *a.ids))) {
+    return 1;
+  }
+  if ((rc = parse_retry(c, &a)) || (rc = sy__cli_open(c, &e))) {
+    free(a.ids);
+    return rc;
+  }
+  if (a.all) {
+    rc = a.dry_run ? retry_preview(c, e, &a) : retry_all(c, e, &a);
+  } else if (a.dry_run) {
+    /* The same changes, rolled back: what it says is what it would do. */
+    rc = sy_engine_retry_check(e, a.ids, a.n);
+    if (rc) {
+      rc = sy__cli_fail(e, rc);
+    } else {
+      printf("would retry %d instance%s\n", a.n, a.n == 1 ? "" : "s");
+    }
+  } else if ((rc = sy_engine_retry(e, a.ids, a.n))) {
+    rc = sy__cli_fail(e, rc);
+  } else {
+    for (int i = 0; i < a.n; i++) {
+      printf("instance %lld will run again at its step\n", (long long)a.ids[i]);
+    }
+  }
+  free(a.ids);
+  sy_engine_close(e);
+  return rc;
 }
 
 const sy__cli_cmd sy__cli_retry = {
     "retry",
-    "ID",
-    "send an instance in an incident back to its step, with fresh retries",
-    NULL,
+    "ID... | --all [--workflow W] [--step S] [--batch N]  [--dry-run]",
+    "send instances in an incident back to their step, with fresh retries",
+    retry_opts,
     cmd_retry,
     SY__CLI_NEEDS_DB | SY__CLI_WRITES};
 

@@ -134,13 +134,14 @@ static int list_instance(void *ud, const sy_instance_row *r) {
   return 0;
 }
 
-enum { O_STATE = 256, O_WORKFLOW, O_LIMIT, O_AFTER };
+enum { O_STATE = 256, O_WORKFLOW, O_STEP, O_LIMIT, O_AFTER };
 
 static const sy__cli_opt instances_opts[] = {
     {"state", required_argument, O_STATE, "S",
      "only instances in state S (ready, running, waiting, incident, "
      "completed, cancelled)"},
     {"workflow", required_argument, O_WORKFLOW, "W", "only instances of W"},
+    {"step", required_argument, O_STEP, "S", "only instances at step S"},
     {"limit", required_argument, O_LIMIT, "N",
      "at most N instances (the table: 100 unless given; 0: all)"},
     {"after", required_argument, O_AFTER, "ID",
@@ -167,6 +168,9 @@ static int parse_instances(sy__cli *c, sy_instance_filter *f) {
         break;
       case O_WORKFLOW:
         f->workflow = v;
+        break;
+      case O_STEP:
+        f->step = v;
         break;
       case O_LIMIT:
         if (sy__cli_parse_int(v, 0, LLONG_MAX, &n)) {
@@ -231,7 +235,7 @@ static int cmd_instances(sy__cli *c) {
 
 const sy__cli_cmd sy__cli_instances = {
     "instances",
-    "[--state S] [--workflow W] [--limit N] [--after ID]",
+    "[--state S] [--workflow W] [--step S] [--limit N] [--after ID]",
     "list instances, oldest first (a page of 100 unless --limit)",
     instances_opts,
     cmd_instances,

@@ -85,8 +85,22 @@ typedef struct sy_signal_target {
 int sy_engine_signal(sy_engine *e, const sy_signal_target *to, const char *name,
                      const char *vars, int *sent, int *woke);
 
-/* An incident's instance continues at its step with a fresh retry budget. */
-int sy_engine_retry(sy_engine *e, int64_t id);
+/* Instances in an incident continue at their step with a fresh retry
+ * budget: ids[0..n), all in one transaction (one that is not in an
+ * incident: SY_ESTATE, and none is retried). */
+int sy_engine_retry(sy_engine *e, const int64_t *ids, int n);
+/* The same, rolled back: 0 when sy_engine_retry would succeed. */
+int sy_engine_retry_check(sy_engine *e, const int64_t *ids, int n);
+/* Every instance in an incident that filter f selects (its state and
+ * limit aside), oldest first, in transactions of `batch` instances each:
+ * an interruption leaves the batches committed so far retried and the
+ * rest as they were, for the same call to take up again. After each
+ * commit, progress(ud, retried in it, last instance id). *total: how many
+ * were retried. */
+int sy_engine_retry_all(sy_engine *e, const sy_instance_filter *f,
+                        int64_t batch,
+                        void (*progress)(void *ud, int64_t n, int64_t last),
+                        void *ud, int64_t *total);
 int sy_engine_cancel(sy_engine *e, int64_t id);
 
 typedef struct sy_run_stats {

@@ -1,10 +1,11 @@
-/* Incidents, from the command line: `retry` sends an instance in an
- * incident back to its step with a fresh retry budget (and a new
- * generation, so its idempotency keys differ from the failed attempts');
- * `cancel` ends an instance no engine runs. Each is one transaction with
- * the plugins' events (a resolved incident, a cancellation), so counters
- * never disagree with the rows. */
+/* Incidents, from the command line: `retry` sends instances in an
+ * incident back to their step with a fresh retry budget (and a new
+ * generation, so their idempotency keys differ from the failed attempts'),
+ * by id or in bulk; `cancel` ends an instance no engine runs. Each change
+ * is in a transaction with the plugins' events (a resolved incident, a
+ * cancellation), so counters never disagree with the rows. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine_int.h"
@@ -28,27 +29,23 @@ static int copy_row(void *ud, const sy_instance_row *r) {
   return 1;
 }
 
-static int change_instance(sy_engine *e, int64_t id, int cancel) {
+/* Retries (cancel 0) or cancels instance id, in the open transaction; on
+ * failure the caller rolls back. */
+static int change_in_tx(sy_engine *e, int64_t id, int cancel) {
   sy_store *st = e->store;
   row_copy row = {0};
   int64_t now = sy__now(e), n;
   int rc, found = 0;
-  if ((rc = sy_store_begin(st))) {
-    return sy__set_error(e, rc, "%s", sy_store_errmsg(st));
-  }
   if ((rc = sy_store_get_instance(st, id, copy_row, &row, &found))) {
-    sy_engine_rollback(e);
     return sy__set_error(e, rc, "%s", sy_store_errmsg(st));
   }
   if (!row.found) {
-    sy_engine_rollback(e);
     return sy__set_error(e, SY_ENOTFOUND, "no instance %lld", (long long)id);
   }
   if (cancel ? (strcmp(row.state, SY_STATE_COMPLETED) == 0 ||
                 strcmp(row.state, SY_STATE_CANCELLED) == 0 ||
                 strcmp(row.state, SY_STATE_RUNNING) == 0)
              : strcmp(row.state, SY_STATE_INCIDENT) != 0) {
-    sy_engine_rollback(e);
     return sy__set_error(e, SY_ESTATE,
                          cancel ? "instance %lld is %s: only ready, waiting or "
                                   "incident instances can be cancelled"
@@ -78,7 +75,6 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
     if ((rc = sy_store_update_instance(st, &u)) ||
         (rc = sy_store_resolve_incidents(
              st, id, cancel ? "cancelled" : "retried", now, &n))) {
-      sy_engine_rollback(e);
       return sy__set_error(e, rc, "%s", sy_store_errmsg(st));
     }
     /* A cancelled incident is both resolved and cancelled. */
@@ -86,25 +82,121 @@ static int change_instance(sy_engine *e, int64_t id, int cancel) {
     if ((cancel && was_incident &&
          sy_plugins_event(e->plugins, &resolved, NULL)) ||
         sy_plugins_event(e->plugins, &ev, NULL)) {
-      sy_engine_rollback(e);
       return sy__set_error(e, SY_EPLUGIN,
                            "a plugin failed to record the change");
     }
   }
+  return 0;
+}
+
+/* Commits what change_in_tx did, the plugins' batched writes first. */
+static int commit(sy_engine *e) {
+  int rc;
   if (sy_plugins_before_commit(e->plugins)) {
     sy_engine_rollback(e);
     return sy__set_error(e, SY_EPLUGIN, "a plugin failed to record the change");
   }
-  if ((rc = sy_store_commit(st))) {
-    return sy__set_error(e, rc, "%s", sy_store_errmsg(st));
+  if ((rc = sy_store_commit(e->store))) {
+    return sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
   }
   return 0;
 }
 
-int sy_engine_retry(sy_engine *e, int64_t id) {
-  return change_instance(e, id, 0);
+/* Changes ids[0..n) in one transaction: all of them, or none. */
+static int change_all(sy_engine *e, const int64_t *ids, int n, int cancel) {
+  int rc;
+  if ((rc = sy_store_begin(e->store))) {
+    return sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
+  }
+  for (int i = 0; i < n; i++) {
+    if ((rc = change_in_tx(e, ids[i], cancel))) {
+      sy_engine_rollback(e);
+      return rc;
+    }
+  }
+  return commit(e);
+}
+
+int sy_engine_retry(sy_engine *e, const int64_t *ids, int n) {
+  return change_all(e, ids, n, 0);
+}
+
+int sy_engine_retry_check(sy_engine *e, const int64_t *ids, int n) {
+  int rc;
+  if ((rc = sy_store_begin(e->store))) {
+    return sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
+  }
+  for (int i = 0; i < n && !rc; i++) {
+    rc = change_in_tx(e, ids[i], 0);
+  }
+  sy_engine_rollback(e);
+  return rc;
 }
 
 int sy_engine_cancel(sy_engine *e, int64_t id) {
-  return change_instance(e, id, 1);
+  return change_all(e, &id, 1, 1);
+}
+
+typedef struct id_page {
+  int64_t *ids;
+  int64_t n, cap;
+} id_page;
+
+static int collect_id(void *ud, const sy_instance_row *r) {
+  id_page *p = ud;
+  if (p->n < p->cap) {
+    p->ids[p->n++] = r->id;
+  }
+  return 0;
+}
+
+int sy_engine_retry_all(sy_engine *e, const sy_instance_filter *f,
+                        int64_t batch,
+                        void (*progress)(void *ud, int64_t n, int64_t last),
+                        void *ud, int64_t *total) {
+  sy_instance_filter page = *f;
+  id_page p = {.cap = batch};
+  int rc = 0;
+  *total = 0;
+  page.state = SY_STATE_INCIDENT;
+  page.limit = batch;
+  if (batch < 1 || !(p.ids = malloc((size_t)batch * sizeof *p.ids))) {
+    return sy__set_error(e, batch < 1 ? SY_EINVAL : SY_ENOMEM,
+                         "cannot retry in batches of %lld", (long long)batch);
+  }
+  /* The cursor only moves forward: an instance retried here that falls
+   * into an incident again while this runs is not taken twice. */
+  for (;;) {
+    p.n = 0;
+    if ((rc = sy_store_begin(e->store)) ||
+        (rc = sy_store_list_instances(e->store, &page, collect_id, &p))) {
+      sy_engine_rollback(e);
+      rc = sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
+      break;
+    }
+    if (!p.n) {
+      sy_engine_rollback(e);
+      break;
+    }
+    for (int64_t i = 0; i < p.n && !rc; i++) {
+      rc = change_in_tx(e, p.ids[i], 0);
+    }
+    if (rc) {
+      sy_engine_rollback(e);
+      break;
+    }
+    if ((rc = commit(e))) {
+      break;
+    }
+    *total += p.n;
+    page.after = p.ids[p.n - 1];
+    if (progress) {
+      progress(ud, p.n, page.after);
+    }
+    if (p.n < batch) {
+      break;
+    }
+  }
+  free(p.ids);
+  return rc;
 }

@@ -226,6 +226,13 @@ _Static_assert(sizeof sy__pg_migrations == sizeof sy__migrations,
   "created_at, updated_at, ended_at, generation, run_ms, reruns, " \
   "claimed, wait_signal, caught"
 
+/* sy_instance_filter: ?1 state, ?2 workflow, ?3 after, ?4 step (NULL:
+ * any). */
+#define INSTANCE_FILTER                                          \
+  "(CAST(?1 AS TEXT) IS NULL OR state = ?1) "                    \
+  "AND (CAST(?2 AS TEXT) IS NULL OR workflow = ?2) AND id > ?3 " \
+  "AND (CAST(?4 AS TEXT) IS NULL OR step = ?4)"
+
 static const char *const sql_text[Q__COUNT] = {
     [Q_COMMIT] = "COMMIT",
     [Q_ROLLBACK] = "ROLLBACK",
@@ -352,14 +359,10 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_GET_INSTANCE] = "SELECT " INSTANCE_COLS " FROM instances WHERE id = ?1",
     /* A page: ids after ?3, at most ?4 of them (-1: no limit). */
     [Q_LIST_INSTANCES] =
-        "SELECT " INSTANCE_COLS
-        " FROM instances WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1) "
-        "AND (CAST(?2 AS TEXT) IS NULL OR workflow = ?2) AND id > ?3 "
-        "ORDER BY id LIMIT ?4",
+        "SELECT " INSTANCE_COLS " FROM instances WHERE " INSTANCE_FILTER
+        " ORDER BY id LIMIT ?5",
     [Q_COUNT_INSTANCES] =
-        "SELECT count(*) FROM instances "
-        "WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1) "
-        "AND (CAST(?2 AS TEXT) IS NULL OR workflow = ?2) AND id > ?3",
+        "SELECT count(*) FROM instances WHERE " INSTANCE_FILTER,
     [Q_LIST_STEP_RUNS] =
         "SELECT id, instance_id, step, attempt, started_at, ended_at, "
         "outcome, error, coalesce(run_ms, ended_at - started_at), code, "
@@ -384,10 +387,8 @@ static const char *const pg_text[Q__COUNT] = {
         "ORDER BY id LIMIT ?3",
     /* LIMIT takes NULL for none, where SQLite takes -1. */
     [Q_LIST_INSTANCES] =
-        "SELECT " INSTANCE_COLS
-        " FROM instances WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1) "
-        "AND (CAST(?2 AS TEXT) IS NULL OR workflow = ?2) AND id > ?3 "
-        "ORDER BY id LIMIT nullif(?4, -1)",
+        "SELECT " INSTANCE_COLS " FROM instances WHERE " INSTANCE_FILTER
+        " ORDER BY id LIMIT nullif(?5, -1)",
 };
 
 int sy_store_set_error(sy_store *st, int code, const char *fmt, ...) {

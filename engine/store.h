@@ -262,6 +262,7 @@ int sy_store_get_instance(sy_store *st, int64_t id, sy_instance_cb cb, void *ud,
 typedef struct sy_instance_filter {
   const char *state;
   const char *workflow;
+  const char *step;
   int64_t after;
   int64_t limit;
 } sy_instance_filter;

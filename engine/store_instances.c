@@ -372,6 +372,7 @@ static void bind_filter(sy_stmt *s, const sy_instance_filter *f) {
   sy_stmt_bind_text(s, 1, f->state);
   sy_stmt_bind_text(s, 2, f->workflow);
   sy_stmt_bind_int(s, 3, f->after);
+  sy_stmt_bind_text(s, 4, f->step);
 }
 
 int sy_store_list_instances(sy_store *st, const sy_instance_filter *f,
@@ -381,7 +382,7 @@ int sy_store_list_instances(sy_store *st, const sy_instance_filter *f,
     return SY_ESTORE;
   }
   bind_filter(s, f);
-  sy_stmt_bind_int(s, 4, f->limit > 0 ? f->limit : -1);
+  sy_stmt_bind_int(s, 5, f->limit > 0 ? f->limit : -1);
   return each_instance(st, s, cb, ud, NULL);
 }
 

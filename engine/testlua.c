@@ -304,8 +304,8 @@ static int t_incidents(lua_State *L) {
 
 static int change(lua_State *L, int cancel) {
   test_engine *t = check_engine(L);
-  lua_Integer id = luaL_checkinteger(L, 2);
-  if (cancel ? sy_engine_cancel(t->e, id) : sy_engine_retry(t->e, id)) {
+  int64_t id = (int64_t)luaL_checkinteger(L, 2);
+  if (cancel ? sy_engine_cancel(t->e, id) : sy_engine_retry(t->e, &id, 1)) {
     luaL_pushfail(L);
     lua_pushstring(L, sy_engine_errmsg(t->e));
     return 2;

@@ -160,7 +160,7 @@ describe("switchyard rejects bad input with exit 2 and an untouched db", functio
     { "show without an id", { "show" }, { "got 'nothing'" } },
     { "retry 999", { "retry", "999" }, { "no instance 999" } },
     { "cancel 999", { "cancel", "999" }, { "no instance 999" } },
-    { "retry abc", { "retry", "abc" }, { "expected one instance id, got 'abc'" } },
+    { "retry abc", { "retry", "abc" }, { "retry: expected an instance id, got 'abc'" } },
     { "retry of a completed instance", { "retry", "1" },
       { "instance 1 is completed: only instances in an incident can be retried" } },
     { "cancel of a completed instance", { "cancel", "1" },
