@@ -50,6 +50,8 @@ typedef struct plan {
   int approved;         /* the gated step approved to enter, or -1 */
   char outcome_var[64]; /* the business outcome guard's var, or "" */
   double p_min_outcome;
+  double latency_increase; /* the latency guard's limit in %, or 0 */
+  double p_min_latency;
 } plan;
 
 struct cv_planner {
@@ -159,6 +161,8 @@ static int read_plan(cv_router *r, const char *flag, plan *p) {
     snprintf(p->outcome_var, sizeof p->outcome_var, "%s",
              sy_stmt_column_null(s, 13) ? "" : sy_stmt_column_text(s, 13));
     p->p_min_outcome = sy_stmt_column_double(s, 14);
+    p->latency_increase = sy_stmt_column_double(s, 15);
+    p->p_min_latency = sy_stmt_column_double(s, 16);
   } else if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
@@ -199,6 +203,83 @@ static int tally_of(cv_router *r, int q, const plan *p, int64_t since,
 
 static int read_tally(cv_router *r, const plan *p, int64_t since, tally *t) {
   return tally_of(r, CVQ_PLAN_TALLY, p, since, t);
+}
+
+/* The latency guard's numbers since the plan started: completed
+ * instances per version, their branch latency's p95 (-1: none yet), V1's
+ * slower than its p95 (about 5%), the limit (V1's p95 times 1 + the
+ * plan's increase, rounded up, and at least 1 ms above it), and V2's
+ * slower than the limit. If V2's latencies are V1's scaled by at most the
+ * increase, V2's share over the limit is at most V1's share over its p95;
+ * the guard tests by how much more it is, with the mSPRT of the incident
+ * guard, whose variance for V1's share also stands for the noise of the
+ * p95 it is measured from. */
+typedef struct latency {
+  int64_t n1, n2, p95_1, p95_2, over1, limit, over;
+} latency;
+
+static int latency_count(cv_router *r, int q, const plan *p,
+                         const char *version, int64_t arg, int64_t *out) {
+  sy_stmt *s = cv_stmt(r, q);
+  int rc;
+  *out = q == CVQ_PLAN_QUANTILE ? -1 : 0;
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, p->flag);
+  sy_stmt_bind_int(s, 2, p->started_at);
+  sy_stmt_bind_text(s, 3, version);
+  if (q != CVQ_PLAN_COMPLETED) {
+    sy_stmt_bind_int(s, 4, arg);
+  }
+  if ((rc = sy_stmt_step(s)) == SY_ROW) {
+    *out = sy_stmt_column_int(s, 0);
+  } else if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  return 0;
+}
+
+/* The p95 of n sorted values is the one at offset ceil(0.95 n) - 1. */
+static int64_t p95_offset(int64_t n) {
+  return (95 * n + 99) / 100 - 1;
+}
+
+static int read_latency(cv_router *r, const plan *p, latency *l) {
+  memset(l, 0, sizeof *l);
+  l->p95_1 = l->p95_2 = l->limit = -1;
+  if (latency_count(r, CVQ_PLAN_COMPLETED, p, "v1", 0, &l->n1) ||
+      latency_count(r, CVQ_PLAN_COMPLETED, p, "v2", 0, &l->n2) ||
+      (l->n1 && latency_count(r, CVQ_PLAN_QUANTILE, p, "v1", p95_offset(l->n1),
+                              &l->p95_1)) ||
+      (l->n2 && latency_count(r, CVQ_PLAN_QUANTILE, p, "v2", p95_offset(l->n2),
+                              &l->p95_2))) {
+    return -1;
+  }
+  if (l->p95_1 >= 0) {
+    l->limit =
+        (int64_t)ceil((double)l->p95_1 * (1.0 + p->latency_increase / 100.0));
+    if (l->limit <= l->p95_1) {
+      l->limit = l->p95_1 + 1;
+    }
+    if (latency_count(r, CVQ_PLAN_SLOWER, p, "v1", l->p95_1, &l->over1) ||
+        latency_count(r, CVQ_PLAN_SLOWER, p, "v2", l->limit, &l->over)) {
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The look's p-value of the latency guard: only once V1 has the plan's
+ * minimum of completed instances, so that its p95 means something. */
+static double latency_p(const plan *p, const latency *l) {
+  double pv;
+  if (l->n1 < p->min_instances || l->limit < 0) {
+    return 1.0;
+  }
+  pv = cv_msprt_p(l->over1, l->n1, l->over, l->n2, 0.0, CV_MSPRT_TAU);
+  return isnan(pv) ? 1.0 : pv;
 }
 
 /* A rate in %, as a reason quotes it: "3.1%". */
@@ -264,7 +345,8 @@ static int move_plan(cv_router *r, const plan *p, int to, const char *state,
 
 static int record_eval(cv_router *r, const plan *p, int64_t now, const tally *t,
                        double pv, double p_min, double p_outcome,
-                       const char *outcome, int applied, const char *note) {
+                       double p_latency, const char *outcome, int applied,
+                       const char *note) {
   sy_stmt *s = cv_stmt(r, CVQ_PLAN_EVAL_ADD);
   if (!s) {
     return -1;
@@ -282,6 +364,11 @@ static int record_eval(cv_router *r, const plan *p, int64_t now, const tally *t,
   sy_stmt_bind_int(s, 11, applied);
   sy_stmt_bind_text(s, 12, note);
   sy_stmt_bind_double(s, 13, p_outcome);
+  if (p->latency_increase > 0) {
+    sy_stmt_bind_double(s, 14, p_latency);
+  } else {
+    sy_stmt_bind_text(s, 14, NULL);
+  }
   return cv_step_done(r, s);
 }
 
@@ -292,7 +379,8 @@ static int record_eval(cv_router *r, const plan *p, int64_t now, const tally *t,
  * it makes (and the notifications of it): malloc'd, NULL when out of
  * memory. o: the outcome guard's tally, NULL without one. */
 static char *evidence(const plan *p, const tally *t, double p_min,
-                      const tally *o, double p_min_o, double alpha) {
+                      const tally *o, double p_min_o, const latency *l,
+                      double p_min_l, double alpha) {
   char rate[CV_RATE_FORMAT_MAX];
   json_t *j;
   char *text;
@@ -310,6 +398,17 @@ static char *evidence(const plan *p, const tally *t, double p_min,
                   (json_int_t)o->x1, "v2", "completed", (json_int_t)o->n2,
                   "falsy", (json_int_t)o->x2, "p", p_min_o));
   }
+  if (j && l) {
+    json_object_set_new(
+        j, "latency",
+        json_pack("{s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}",
+                  "p95_increase_percent", p->latency_increase, "v1_completed",
+                  (json_int_t)l->n1, "v1_p95_ms", (json_int_t)l->p95_1,
+                  "v1_over_p95", (json_int_t)l->over1, "v2_completed",
+                  (json_int_t)l->n2, "v2_p95_ms", (json_int_t)l->p95_2,
+                  "limit_ms", (json_int_t)l->limit, "v2_over_limit",
+                  (json_int_t)l->over, "p", p_min_l));
+  }
   text = j ? json_dumps(j, JSON_COMPACT) : NULL;
   json_decref(j);
   return text;
@@ -317,10 +416,13 @@ static char *evidence(const plan *p, const tally *t, double p_min,
 
 static int evaluate(cv_router *r, plan *p, int64_t now) {
   tally t, step, o = {0};
+  latency l = {0};
   char nums[512], reason[768], oldr[CV_RATE_FORMAT_MAX],
       newr[CV_RATE_FORMAT_MAX];
   const char *outcome;
-  double pv, p_min, po = 1.0, p_min_o = 1.0, alpha = p->alpha;
+  double pv, p_min, po = 1.0, p_min_o = 1.0, pl = 1.0, p_min_l = 1.0;
+  double alpha = p->alpha;
+  int guards = 1 + !!p->outcome_var[0] + (p->latency_increase > 0);
   int moved = 0, enough, held;
   char *ev;
   sy_stmt *s;
@@ -338,9 +440,10 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
   p_min = pv < p->p_min ? pv : p->p_min;
   numbers(&t, p_min, nums, sizeof nums);
   /* The business outcome, the same test on the share of completed
-   * instances whose var is falsy; with two guards each gets alpha / 2
-   * (Bonferroni), so a plan still rolls back equal versions at most
-   * alpha of the time. */
+   * instances whose var is falsy, and the latency guard; with k guards
+   * each gets alpha / k (Bonferroni), so a plan still rolls back equal
+   * versions at most alpha of the time. */
+  alpha = p->alpha / guards;
   if (p->outcome_var[0]) {
     size_t used = strlen(nums);
     if (tally_of(r, CVQ_PLAN_OUTCOME_TALLY, p, p->started_at, &o)) {
@@ -350,26 +453,45 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
                     CV_MSPRT_TAU);
     po = isnan(po) ? 1.0 : po;
     p_min_o = po < p->p_min_outcome ? po : p->p_min_outcome;
-    alpha = p->alpha / 2;
     snprintf(nums + used, sizeof nums - used,
              "; %s falsy: V2 %.1f%% (%lld/%lld) vs V1 %.1f%% (%lld/%lld), "
              "p=%.4g",
              p->outcome_var, pct(o.x2, o.n2), (long long)o.x2, (long long)o.n2,
              pct(o.x1, o.n1), (long long)o.x1, (long long)o.n1, p_min_o);
   }
+  if (p->latency_increase > 0) {
+    size_t used = strlen(nums);
+    if (read_latency(r, p, &l)) {
+      return -1;
+    }
+    pl = latency_p(p, &l);
+    p_min_l = pl < p->p_min_latency ? pl : p->p_min_latency;
+    snprintf(nums + used, sizeof nums - used,
+             "; p95 V2 %lldms vs V1 %lldms (limit %lldms), V2 over it "
+             "%lld/%lld, p=%.4g",
+             (long long)l.p95_2, (long long)l.p95_1, (long long)l.limit,
+             (long long)l.over, (long long)l.n2, p_min_l);
+  }
   /* (at 100% V1 gets nothing new: only V2's count can grow) */
   enough =
       step.n2 >= p->min_instances &&
       (step.n1 >= p->min_instances || p->steps[p->step] == CV_RATE_MAX_PPM);
   held = now - p->step_started_at >= p->hold_ms;
-  ev = evidence(p, &t, p_min, p->outcome_var[0] ? &o : NULL, p_min_o, alpha);
+  ev = evidence(p, &t, p_min, p->outcome_var[0] ? &o : NULL, p_min_o,
+                p->latency_increase > 0 ? &l : NULL, p_min_l, alpha);
   cv_rate_format(p->steps[p->step], oldr, sizeof oldr);
-  if (p_min <= alpha || p_min_o <= alpha) {
+  if (p_min <= alpha || p_min_o <= alpha || p_min_l <= alpha) {
     outcome = "fail";
-    snprintf(reason, sizeof reason,
-             "%s: %s worse by more than %g point%s, rolled back", nums,
-             p_min <= alpha ? "incidents" : p->outcome_var, p->max_increase,
-             p->max_increase == 1.0 ? "" : "s");
+    if (p_min <= alpha || p_min_o <= alpha) {
+      snprintf(reason, sizeof reason,
+               "%s: %s worse by more than %g point%s, rolled back", nums,
+               p_min <= alpha ? "incidents" : p->outcome_var, p->max_increase,
+               p->max_increase == 1.0 ? "" : "s");
+    } else {
+      snprintf(reason, sizeof reason,
+               "%s: p95 latency more than %g%% above V1's, rolled back", nums,
+               p->latency_increase);
+    }
     if ((moved = move_plan(r, p, p->step, "rolled_back", now)) == 1 &&
         (cv_flag_set(r, CVQ_FLAG_SET_KILLED, p->flag, 1, now) ||
          audit_with(r, p->flag, "kill", "off", "on", p->steps[p->step], 1,
@@ -430,8 +552,9 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
   sy_stmt_bind_text(s, 1, p->flag);
   sy_stmt_bind_double(s, 2, p_min);
   sy_stmt_bind_double(s, 3, p_min_o);
+  sy_stmt_bind_double(s, 4, p_min_l);
   if (cv_step_done(r, s) ||
-      record_eval(r, p, now, &t, pv, p_min, po, outcome, moved, reason)) {
+      record_eval(r, p, now, &t, pv, p_min, po, pl, outcome, moved, reason)) {
     goto fail;
   }
   if (moved) {
@@ -515,7 +638,7 @@ typedef struct plan_args {
   const char *flag, *action, *steps, *reason, *actor, *hold, *min_instances,
       *max_increase, *alpha, *max_wait;
   const char *gates[MAX_STEPS];
-  const char *window, *outcome_var;
+  const char *window, *outcome_var, *latency;
   int ngates, json, dry_run;
 } plan_args;
 
@@ -523,7 +646,8 @@ static const char plan_usage[] =
     "usage: switchyard rollout plan FLAG --steps 1%,5%,25%,100% --reason R\n"
     "           [--hold 10m] [--min-instances 200] [--max-increase 1]\n"
     "           [--alpha 0.05] [--max-wait 2h] [--gate 50%]...\n"
-    "           [--outcome-var verified] [--dry-run [--window 30d]]\n"
+    "           [--outcome-var verified] [--latency-p95-increase 25%]\n"
+    "           [--dry-run [--window 30d]]\n"
     "       switchyard rollout plan FLAG [show] [--json]\n"
     "       switchyard rollout plan FLAG pause|resume|abort|approve "
     "--reason R\n"
@@ -533,7 +657,9 @@ static const char plan_usage[] =
     "--max-increase points at confidence 1 - alpha: kill switch, rolled\n"
     "back. Held --hold with --min-instances on each version: next step.\n"
     "With --outcome-var, the share of completed instances whose var is\n"
-    "false or absent is a second guard (each at alpha / 2).\n"
+    "false or absent is a second guard; with --latency-p95-increase, V2's\n"
+    "p95 branch latency above V1's by more than that is another (each of\n"
+    "k guards at alpha / k).\n"
     "Neither for longer than --max-wait in a step: paused. A --gate step\n"
     "is entered only once approved (approve).\n";
 
@@ -570,6 +696,8 @@ static int parse(int argc, char **argv, plan_args *a) {
       dst = &a->window;
     } else if (strcmp(o, "--outcome-var") == 0) {
       dst = &a->outcome_var;
+    } else if (strcmp(o, "--latency-p95-increase") == 0) {
+      dst = &a->latency;
     } else if (strcmp(o, "--gate") == 0) {
       if (a->ngates == MAX_STEPS) {
         return usage_error("at most %d --gate", MAX_STEPS);
@@ -648,6 +776,20 @@ static int new_plan(const plan_args *a, plan *p) {
           a->outcome_var);
     }
     snprintf(p->outcome_var, sizeof p->outcome_var, "%s", a->outcome_var);
+  }
+  if (a->latency) {
+    char num[32];
+    size_t len = strlen(a->latency);
+    snprintf(num, sizeof num, "%.*s",
+             (int)(len && a->latency[len - 1] == '%' ? len - 1 : len),
+             a->latency);
+    if (len >= sizeof num || number(num, 0.0, 1000.0, &d) || !(d > 0.0)) {
+      return usage_error(
+          "--latency-p95-increase: expected a percentage above 0 and at "
+          "most 1000%%, such as 25%%, got '%s'",
+          a->latency);
+    }
+    p->latency_increase = d;
   }
   if (parse_steps(a->steps, p, err, sizeof err)) {
     return usage_error("%s", err);
@@ -793,6 +935,7 @@ static int create(cv_router *r, const plan_args *a) {
   gates_text(&p, gates, sizeof gates);
   sy_stmt_bind_text(s, 11, gates);
   sy_stmt_bind_text(s, 12, p.outcome_var[0] ? p.outcome_var : NULL);
+  sy_stmt_bind_double(s, 13, p.latency_increase);
   rc = cv_step_done(r, s) ||
        audit(r, a->flag, "plan", NULL, steps, p.steps[0], 0, a->reason,
              a->actor, now) ||
@@ -895,6 +1038,8 @@ static int approve(cv_router *r, const plan_args *a) {
 static int show(cv_router *r, const plan_args *a) {
   plan p;
   tally t;
+  latency l;
+  int guards;
   sy_stmt *s;
   json_t *j = NULL, *evals = NULL;
   char steps[512], rate[CV_RATE_FORMAT_MAX], at[32], gates[256] = "";
@@ -904,13 +1049,15 @@ static int show(cv_router *r, const plan_args *a) {
     return 1;
   }
   if ((have = read_plan(r, a->flag, &p)) < 0 ||
-      (have && read_tally(r, &p, p.started_at, &t))) {
+      (have && read_tally(r, &p, p.started_at, &t)) ||
+      (have && p.latency_increase > 0 && read_latency(r, &p, &l))) {
     return cv_cmd_end(r, CMD, db_error(r, "read plan"));
   }
   if (!have) {
     cv_cmd_end(r, CMD, 0);
     return usage_error("flag '%s' has no plan", a->flag);
   }
+  guards = 1 + !!p.outcome_var[0] + (p.latency_increase > 0);
   steps_text(&p, steps, sizeof steps);
   cv_rate_format(p.steps[p.step], rate, sizeof rate);
   for (int i = 0, used = 0; i < p.nsteps; i++) {
@@ -939,6 +1086,19 @@ static int show(cv_router *r, const plan_args *a) {
         j, "outcome_var",
         p.outcome_var[0] ? json_string(p.outcome_var) : json_null());
     json_object_set_new(j, "p_min_outcome", json_real(p.p_min_outcome));
+    json_object_set_new(
+        j, "latency_p95_increase_percent",
+        p.latency_increase > 0 ? json_real(p.latency_increase) : json_null());
+    if (p.latency_increase > 0) {
+      json_object_set_new(
+          j, "latency",
+          json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "v1_completed",
+                    (json_int_t)l.n1, "v1_p95_ms", (json_int_t)l.p95_1,
+                    "v2_completed", (json_int_t)l.n2, "v2_p95_ms",
+                    (json_int_t)l.p95_2, "limit_ms", (json_int_t)l.limit,
+                    "v2_over_limit", (json_int_t)l.over));
+    }
+    json_object_set_new(j, "p_min_latency", json_real(p.p_min_latency));
     evals = json_array();
   } else {
     char held[32], hold[32];
@@ -962,7 +1122,16 @@ static int show(cv_router *r, const plan_args *a) {
           "  outcome guard: the share of completed instances whose %s is "
           "false or absent; smallest p so far %.4g (each guard at alpha "
           "%g)\n",
-          p.outcome_var, p.p_min_outcome, p.alpha / 2);
+          p.outcome_var, p.p_min_outcome, p.alpha / guards);
+    }
+    if (p.latency_increase > 0) {
+      printf(
+          "  latency guard: V2's p95 at most %g%% above V1's: V2 %lldms vs "
+          "V1 %lldms (limit %lldms), %lld of V2's %lld completed over it; "
+          "smallest p so far %.4g (each guard at alpha %g)\n",
+          p.latency_increase, (long long)l.p95_2, (long long)l.p95_1,
+          (long long)l.limit, (long long)l.over, (long long)l.n2,
+          p.p_min_latency, p.alpha / guards);
     }
     printf("  last evaluations:\n");
   }
@@ -1027,7 +1196,7 @@ int cv_cmd_plan(cv_router *r, int argc, char **argv) {
     return create(r, &a);
   }
   if (a.hold || a.min_instances || a.max_increase || a.alpha || a.max_wait ||
-      a.ngates || a.dry_run || a.window || a.outcome_var) {
+      a.ngates || a.dry_run || a.window || a.outcome_var || a.latency) {
     return usage_error("plan options go with --steps");
   }
   if (!a.action || strcmp(a.action, "show") == 0) {

@@ -146,6 +146,12 @@ static const char *const migrations[] = {
      "CREATE INDEX cv_outbox_pending ON cv_outbox(flag, url, id) "
      "  WHERE state = 'pending';"
      "CREATE INDEX cv_outbox_flag ON cv_outbox(flag, id);"),
+    /* 6: the latency guard of plans (0: none), its smallest p so far, and
+     * each evaluation's. */
+    ("ALTER TABLE cv_plans ADD COLUMN latency_increase REAL NOT NULL "
+     "DEFAULT 0;"
+     "ALTER TABLE cv_plans ADD COLUMN p_min_latency REAL NOT NULL DEFAULT 1;"
+     "ALTER TABLE cv_plan_evals ADD COLUMN p_latency REAL;"),
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -261,6 +267,11 @@ static const char *const pg_migrations[] = {
      "CREATE INDEX cv_outbox_pending ON cv_outbox(flag, url, id) "
      "  WHERE state = 'pending';"
      "CREATE INDEX cv_outbox_flag ON cv_outbox(flag, id);"),
+    ("ALTER TABLE cv_plans ADD COLUMN latency_increase DOUBLE PRECISION NOT "
+     "NULL DEFAULT 0;"
+     "ALTER TABLE cv_plans ADD COLUMN p_min_latency DOUBLE PRECISION NOT "
+     "NULL DEFAULT 1;"
+     "ALTER TABLE cv_plan_evals ADD COLUMN p_latency DOUBLE PRECISION;"),
 };
 _Static_assert(sizeof pg_migrations == sizeof migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -449,19 +460,21 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_PLAN_GET] =
         "SELECT state, steps, step, hold_ms, min_instances, max_increase, "
         "alpha, max_wait_ms, started_at, step_started_at, p_min, gates, "
-        "approved, outcome_var, p_min_outcome FROM cv_plans WHERE flag = ?1",
+        "approved, outcome_var, p_min_outcome, latency_increase, "
+        "p_min_latency FROM cv_plans WHERE flag = ?1",
     [CVQ_PLAN_PUT] =
         "INSERT INTO cv_plans(flag, state, steps, step, hold_ms, "
         "min_instances, max_increase, alpha, max_wait_ms, started_at, "
         "step_started_at, p_min, updated_at, reason, actor, gates, approved, "
-        "outcome_var, p_min_outcome) "
+        "outcome_var, p_min_outcome, latency_increase, p_min_latency) "
         "VALUES(?1, 'running', ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1.0, ?8, ?9, "
-        "?10, ?11, -1, ?12, 1.0) "
+        "?10, ?11, -1, ?12, 1.0, ?13, 1.0) "
         "ON CONFLICT(flag) DO UPDATE SET state = 'running', steps = ?2, "
         "step = 0, hold_ms = ?3, min_instances = ?4, max_increase = ?5, "
         "alpha = ?6, max_wait_ms = ?7, started_at = ?8, step_started_at = ?8, "
         "p_min = 1.0, updated_at = ?8, reason = ?9, actor = ?10, gates = ?11, "
-        "approved = -1, outcome_var = ?12, p_min_outcome = 1.0",
+        "approved = -1, outcome_var = ?12, p_min_outcome = 1.0, "
+        "latency_increase = ?13, p_min_latency = 1.0",
     [CVQ_PLAN_APPROVE] =
         "UPDATE cv_plans SET approved = ?2, updated_at = ?3 WHERE flag = ?1",
     [CVQ_PLAN_ACTIVE] =
@@ -476,15 +489,30 @@ static const char *const sql_text[CVQ__COUNT] = {
         "CASE WHEN ?2 = 'running' THEN ?3 ELSE step_started_at END "
         "WHERE flag = ?1",
     [CVQ_PLAN_P_MIN] =
-        "UPDATE cv_plans SET p_min = ?2, p_min_outcome = ?3 WHERE flag = ?1",
+        "UPDATE cv_plans SET p_min = ?2, p_min_outcome = ?3, "
+        "p_min_latency = ?4 WHERE flag = ?1",
     [CVQ_PLAN_TALLY] =
         "SELECT version, count(*), sum(CASE WHEN incidents > 0 THEN 1 ELSE 0 "
         "END) FROM cv_decisions WHERE flag = ?1 AND decided_at >= ?2 "
         "GROUP BY version",
     [CVQ_PLAN_EVAL_ADD] =
         "INSERT INTO cv_plan_evals(flag, at, step, n1, x1, n2, x2, p, p_min, "
-        "outcome, applied, reason, p_outcome) VALUES(?1, ?2, ?3, ?4, ?5, ?6, "
-        "?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "outcome, applied, reason, p_outcome, p_latency) VALUES(?1, ?2, ?3, "
+        "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    /* The latency guard: completed instances of version ?3 since ?2, the
+     * branch latency at an offset of their order (a quantile), and those
+     * slower than ?4 ms. */
+    [CVQ_PLAN_COMPLETED] =
+        "SELECT count(*) FROM cv_decisions WHERE flag = ?1 AND "
+        "decided_at >= ?2 AND version = ?3 AND outcome = 'completed'",
+    [CVQ_PLAN_QUANTILE] =
+        "SELECT branch_ms FROM cv_decisions WHERE flag = ?1 AND "
+        "decided_at >= ?2 AND version = ?3 AND outcome = 'completed' "
+        "ORDER BY branch_ms LIMIT 1 OFFSET ?4",
+    [CVQ_PLAN_SLOWER] =
+        "SELECT count(*) FROM cv_decisions WHERE flag = ?1 AND "
+        "decided_at >= ?2 AND version = ?3 AND outcome = 'completed' AND "
+        "branch_ms > ?4",
     /* The business outcome: completed instances since ?2 whose var ?3 is
      * absent, null or false (JSON's falsy values, as Lua sees them). */
     [CVQ_PLAN_OUTCOME_TALLY] =

@@ -189,6 +189,20 @@ double cv_two_proportion_z_p(long x1, long n1, long x2, long n2, double *z) {
   return p;
 }
 
+/* One look of the mSPRT (stats.h): the p-value of an estimate `excess` above
+ * the boundary with variance var. */
+static double msprt_look(double excess, double var, double tau) {
+  double t2 = tau * tau;
+  if (!(excess > 0.0) || !(var > 0.0)) {
+    return 1.0;
+  }
+  /* 1/L in logs: L overflows a double long before the evidence is in
+   * doubt. */
+  double log_l = 0.5 * log(var / (var + t2)) +
+                 t2 * excess * excess / (2.0 * var * (var + t2));
+  return log_l <= 0.0 ? 1.0 : exp(-log_l);
+}
+
 double cv_msprt_p(long x1, long n1, long x2, long n2, double margin,
                   double tau) {
   if (!count_ok(x1, n1) || !count_ok(x2, n2) || !(margin >= 0.0) ||
@@ -200,17 +214,9 @@ double cv_msprt_p(long x1, long n1, long x2, long n2, double margin,
   }
   double p1 = (double)x1 / (double)n1;
   double p2 = (double)x2 / (double)n2;
-  double excess = p2 - p1 - margin;
-  double var = p1 * (1.0 - p1) / (double)n1 + p2 * (1.0 - p2) / (double)n2;
-  double t2 = tau * tau;
-  if (!(excess > 0.0) || !(var > 0.0)) {
-    return 1.0;
-  }
-  /* 1/L in logs: L overflows a double long before the evidence is in
-   * doubt. */
-  double log_l = 0.5 * log(var / (var + t2)) +
-                 t2 * excess * excess / (2.0 * var * (var + t2));
-  return log_l <= 0.0 ? 1.0 : exp(-log_l);
+  return msprt_look(p2 - p1 - margin,
+                    p1 * (1.0 - p1) / (double)n1 + p2 * (1.0 - p2) / (double)n2,
+                    tau);
 }
 
 double cv_p_value(long x1, long n1, long x2, long n2, cv_method *method) {

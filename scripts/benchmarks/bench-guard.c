@@ -7,7 +7,10 @@
  * Prints, for equal true incident rates (5%), how many rollouts each test
  * rolled back (every one of them a false rollback); and for V2 at 1.5x
  * and 2x V1's rate, how many each caught and the median instances per
- * version it needed. Seeded: the same figures on every run. */
+ * version it needed. Then the same for the latency guard (a limit 25%
+ * above V1's p95): equal latencies, V2's p95 at exactly the limit (the
+ * worst case for false rollbacks), and at 1.5x and 2x V1's.
+ * Seeded: the same figures on every run. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -34,15 +37,10 @@ static long median_caught(long *v, int n, int *caught) {
   return v[(k - 1) / 2];
 }
 
-static void scenario(const char *name, double ratio, int rollouts) {
-  guard_sim g = {.p1 = 0.05,
-                 .p2 = 0.05 * ratio,
-                 .per_look = 25,
-                 .looks = 200,
-                 .min_per_version = 200,
-                 .margin = 0.0,
-                 .alpha = 0.05,
-                 .tau = CV_MSPRT_TAU};
+/* Runs `rollouts` rollouts of guard g (an incident sim when lat is NULL,
+ * else the latency sim lat) and prints the line of one scenario. */
+static void scenario_of(const char *name, int equal, const guard_sim *g,
+                        const latency_sim *lat, int rollouts) {
   long *ms = calloc((size_t)rollouts, sizeof *ms);
   long *fx = calloc((size_t)rollouts, sizeof *fx);
   int mc, fc;
@@ -52,17 +50,21 @@ static void scenario(const char *name, double ratio, int rollouts) {
   }
   for (int k = 0; k < rollouts; k++) {
     guard_run r;
-    guard_sim_run(&g, (uint64_t)k + 1, &r);
+    if (lat) {
+      latency_sim_run(lat, (uint64_t)k + 1, &r);
+    } else {
+      guard_sim_run(g, (uint64_t)k + 1, &r);
+    }
     ms[k] = r.msprt_at;
     fx[k] = r.fixed_at;
   }
   long mm = median_caught(ms, rollouts, &mc);
   long fm = median_caught(fx, rollouts, &fc);
-  if (ratio == 1.0) {
+  if (equal) {
     printf(
         "  %s: false rollbacks: %d/%d (alpha %.2f); fixed-sample test "
         "at every look: %d/%d\n",
-        name, mc, rollouts, g.alpha, fc, rollouts);
+        name, mc, rollouts, lat ? lat->alpha : g->alpha, fc, rollouts);
   } else {
     printf(
         "  %s: rolled back %d/%d, median %ld instances per version; "
@@ -71,6 +73,33 @@ static void scenario(const char *name, double ratio, int rollouts) {
   }
   free(ms);
   free(fx);
+}
+
+static void latency_scenario(const char *name, double slower, int rollouts) {
+  latency_sim l = {.median_ms = 120,
+                   .sigma = 0.4,
+                   .slower = slower,
+                   .increase = 0.25,
+                   .per_look = 25,
+                   .looks = 200,
+                   .min_per_version = 200,
+                   .alpha = 0.05,
+                   .tau = CV_MSPRT_TAU};
+  /* At the limit the guard's null hypothesis holds at its edge: the
+   * hardest case for false rollbacks. */
+  scenario_of(name, slower <= 1.0 + l.increase, NULL, &l, rollouts);
+}
+
+static void scenario(const char *name, double ratio, int rollouts) {
+  guard_sim g = {.p1 = 0.05,
+                 .p2 = 0.05 * ratio,
+                 .per_look = 25,
+                 .looks = 200,
+                 .min_per_version = 200,
+                 .margin = 0.0,
+                 .alpha = 0.05,
+                 .tau = CV_MSPRT_TAU};
+  scenario_of(name, ratio == 1.0, &g, NULL, rollouts);
 }
 
 int main(int argc, char **argv) {
@@ -87,5 +116,12 @@ int main(int argc, char **argv) {
   scenario("V2 equal (5%)", 1.0, rollouts);
   scenario("V2 at 1.5x (7.5%)", 1.5, rollouts);
   scenario("V2 at 2x (10%)", 2.0, rollouts);
+  printf(
+      "  latency guard, limit V1's p95 + 25%%: log-normal latencies, median "
+      "120 ms, sigma 0.4, whole ms; the same looks\n");
+  latency_scenario("latency: V2 equal", 1.0, rollouts);
+  latency_scenario("latency: V2 at the limit (1.25x)", 1.25, rollouts);
+  latency_scenario("latency: V2 at 1.5x", 1.5, rollouts);
+  latency_scenario("latency: V2 at 2x", 2.0, rollouts);
   return 0;
 }

@@ -78,4 +78,82 @@ static inline void guard_sim_run(const guard_sim *g, uint64_t seed,
   }
 }
 
+/* The latency guard the same way: each version's new instances have a
+ * branch latency drawn log-normal (median `median_ms`, log-spread `sigma`;
+ * V2's scaled by `slower`, so its p95 is `slower` times V1's), kept in
+ * whole milliseconds as the engine keeps them. At every look V1's p95 so
+ * far sets the limit (times 1 + `increase`, rounded up, and at least 1 ms
+ * above it), and the guard compares V2's share over the limit with V1's
+ * share over its p95, as the plan does: cv_msprt_p, beside the one-sided
+ * z-test of the same difference read as if each look were the only one. */
+#define GUARD_SIM_MAX_MS 4096
+
+typedef struct latency_sim {
+  double median_ms, sigma, slower, increase;
+  long per_look;
+  int looks, min_per_version;
+  double alpha, tau;
+} latency_sim;
+
+static inline long guard_sim_latency(uint64_t *s, double median, double sigma) {
+  double u1 = ((double)(guard_sim_next(s) >> 11) + 0.5) * 0x1.0p-53;
+  double u2 = (double)(guard_sim_next(s) >> 11) * 0x1.0p-53;
+  double z = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+  long ms = (long)(median * exp(sigma * z));
+  return ms < GUARD_SIM_MAX_MS ? ms : GUARD_SIM_MAX_MS - 1;
+}
+
+/* The latency at the p95 offset of a histogram of n values (per ms). */
+static inline long guard_sim_p95(const long *hist, long n) {
+  long want = (95 * n + 99) / 100, seen = 0;
+  for (long ms = 0; ms < GUARD_SIM_MAX_MS; ms++) {
+    if ((seen += hist[ms]) >= want) {
+      return ms;
+    }
+  }
+  return GUARD_SIM_MAX_MS - 1;
+}
+
+static inline void latency_sim_run(const latency_sim *g, uint64_t seed,
+                                   guard_run *out) {
+  static long h1[GUARD_SIM_MAX_MS], h2[GUARD_SIM_MAX_MS];
+  uint64_t s = seed;
+  long n = 0;
+  double best = 1.0, zcrit = cv_norm_quantile(1.0 - g->alpha);
+  for (long i = 0; i < GUARD_SIM_MAX_MS; i++) {
+    h1[i] = h2[i] = 0;
+  }
+  out->msprt_at = out->fixed_at = 0;
+  for (int look = 0; look < g->looks; look++) {
+    for (long i = 0; i < g->per_look; i++) {
+      h1[guard_sim_latency(&s, g->median_ms, g->sigma)]++;
+      h2[guard_sim_latency(&s, g->median_ms * g->slower, g->sigma)]++;
+    }
+    n += g->per_look;
+    if (n < g->min_per_version) {
+      continue;
+    }
+    long p95 = guard_sim_p95(h1, n), over1 = 0, over = 0;
+    long limit = (long)ceil((double)p95 * (1.0 + g->increase));
+    limit = limit > p95 ? limit : p95 + 1;
+    for (long ms = p95 + 1; ms < GUARD_SIM_MAX_MS; ms++) {
+      over1 += h1[ms];
+      over += ms > limit ? h2[ms] : 0;
+    }
+    double p = cv_msprt_p(over1, n, over, n, 0.0, g->tau);
+    best = p < best ? p : best;
+    if (!out->msprt_at && best <= g->alpha) {
+      out->msprt_at = n;
+    }
+    double r1 = (double)over1 / (double)n, r2 = (double)over / (double)n;
+    double var = (r1 * (1 - r1) + r2 * (1 - r2)) / (double)n;
+    if (!out->fixed_at && var > 0 && (r2 - r1) / sqrt(var) >= zcrit) {
+      out->fixed_at = n;
+    }
+    if (out->msprt_at && out->fixed_at) {
+      return;
+    }
+  }
+}
+
 #endif

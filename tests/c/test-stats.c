@@ -623,6 +623,41 @@ static void test_msprt_guard(void) {
   CHECK(caught >= 950);
 }
 
+/* The latency guard the same way (guard-sim.h: V1's p95 so far sets the
+ * limit, 25% above it): with V2's latencies at exactly the limit, the
+ * hardest case, it rolls back at most about alpha of the rollouts, where
+ * the fixed-sample test read at every look rolls back many times as many;
+ * with V2's p95 at 2x V1's it catches every one. */
+static void test_latency_guard(void) {
+  latency_sim at_limit = {.median_ms = 120,
+                          .sigma = 0.4,
+                          .slower = 1.25,
+                          .increase = 0.25,
+                          .per_look = 25,
+                          .looks = 200,
+                          .min_per_version = 200,
+                          .alpha = 0.05,
+                          .tau = CV_MSPRT_TAU};
+  latency_sim slow = at_limit;
+  int msprt = 0, fixed = 0, caught = 0;
+  slow.slower = 2.0;
+  for (uint64_t k = 1; k <= 1000; k++) {
+    guard_run r;
+    latency_sim_run(&at_limit, k, &r);
+    msprt += r.msprt_at != 0;
+    fixed += r.fixed_at != 0;
+    latency_sim_run(&slow, k, &r);
+    caught += r.msprt_at != 0;
+  }
+  printf(
+      "latency guard: V2 at the limit: %d/1000 rolled back (fixed-sample "
+      "test at every look: %d/1000); V2 at 2x: %d/1000 caught\n",
+      msprt, fixed, caught);
+  CHECK(msprt <= 65);
+  CHECK(fixed >= 3 * msprt && fixed >= 150);
+  CHECK(caught >= 990);
+}
+
 int main(void) {
   test_fisher_small();
   test_fisher_large();
@@ -636,6 +671,7 @@ int main(void) {
   test_invalid_and_text();
   test_msprt_values();
   test_msprt_guard();
+  test_latency_guard();
   printf("test-stats: all checks passed\n");
   return 0;
 }

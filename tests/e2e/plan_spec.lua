@@ -50,7 +50,8 @@ local function drive(env, opts)
       "--var", "n:={n}",
       "--var", "v1_fail:=" .. opts.v1, "--var", "v2_fail:=" .. opts.v2,
       "--var", "v2_unverified:=" .. (opts.v2_unverified or 0),
-      "--var", "v1_unverified:=" .. (opts.v1_unverified or 0))
+      "--var", "v1_unverified:=" .. (opts.v1_unverified or 0),
+      "--var", "v2_sleep:=" .. (opts.v2_sleep or 0))
     assert(H.poll(30, 0.05, function()
       return env:scalar("SELECT count(*) FROM instances WHERE state IN " ..
         "('ready', 'running', 'waiting')") == 0
@@ -190,6 +191,29 @@ describe("rollout plans", function()
         "completed instances whose verified is false or absent", "show")
     end)
 
+  it("roll back a V2 whose p95 latency is far above V1's, with " ..
+    "--latency-p95-increase", function()
+    has(start_plan(env, "--latency-p95-increase", "25%"), "started", "plan")
+    local p = drive(env, { v1 = 0, v2 = 0, v2_sleep = 0.3 })
+    assert.are.equal("rolled_back", p.state)
+    assert.are.equal(25, p.latency_p95_increase_percent)
+    -- no incidents anywhere: the latency guard alone decided, at its share
+    -- of alpha (two guards: 0.025 each)
+    assert.are.equal(0, p.v1.with_incidents + p.v2.with_incidents)
+    assert.is_true(p.p_min_latency <= 0.025)
+    local changes = plan_changes(env)
+    local last = changes[#changes]
+    assert.are.same({ "kill", "off", "on" }, { last[1], last[2], last[3] })
+    has(last[4], "p95 latency more than 25% above V1's, rolled back",
+      "reason")
+    local l = last[5].latency
+    assert.is_true(l.v2_p95_ms >= 300, "V2 sleeps 0.3 s")
+    assert.is_true(l.limit_ms < 300, "the limit is V1's p95 plus 25%")
+    assert.are.equal(l.v2_completed, l.v2_over_limit)
+    has(env:ok("rollout", "plan", FLAG), "latency guard: V2's p95 at most " ..
+      "25% above V1's", "show")
+  end)
+
   it("do not roll back equal versions", function()
     start_plan(env, "--max-increase", "1", "--outcome-var", "verified")
     local p = drive(env, { v1 = 5, v2 = 5, v1_unverified = 10,
@@ -296,6 +320,11 @@ describe("rollout plans", function()
         "not a step after the first" },
       { { "--steps", "10%", "--reason", "r", "--latency", "5" },
         "unknown option" },
+      { { "--steps", "10%", "--reason", "r", "--latency-p95-increase", "0%" },
+        "--latency-p95-increase" },
+      { { "--steps", "10%", "--reason", "r", "--latency-p95-increase",
+        "fast" }, "--latency-p95-increase" },
+      { { "--latency-p95-increase", "25%" }, "go with --steps" },
       { { "pause", "--reason", "r" }, "no running plan" },
       { { "frobnicate" }, "unknown plan action" },
       { { "--hold", "1m" }, "go with --steps" },
