@@ -668,8 +668,13 @@ static int check_url(const char *url) {
 
 static int list_targets(cv_router *r, const notify_args *a) {
   sy_stmt *s = cv_stmt(r, CVQ_NOTIFY_TARGETS);
-  json_t *arr = a->json ? json_array() : NULL;
-  int rc, n = 0;
+  json_t *arr;
+  uint32_t rate;
+  int rc, n = 0, killed;
+  if ((rc = flag_state(r, CMD, a->flag, &rate, &killed))) {
+    return rc;
+  }
+  arr = a->json ? json_array() : NULL;
   if (!s) {
     json_decref(arr);
     return cv_cmd_db_error(r, CMD, "read targets");

@@ -294,6 +294,7 @@ describe("rollout notifications", function()
       { { "notify", FLAG, "--url", "ftp://example.com/x" }, "--url" },
       { { "notify", FLAG, "--url", "not a url" }, "--url" },
       { { "notify", "nosuchflag", "--url", echo.url }, "no flag 'nosuchflag'" },
+      { { "notify", "nosuchflag" }, "no flag 'nosuchflag'" },
       { { "notify", FLAG, "--url", echo.url, "--format", "xml" }, "--format" },
       { { "notify", FLAG, "--url", echo.url, "--secret-file",
         env:path("missing") }, "--secret-file" },
