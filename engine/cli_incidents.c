@@ -115,8 +115,17 @@ static int cmd_cancel(sy__cli *c) {
   return rc;
 }
 
-/* retry: by id, or in bulk. */
-enum { O_ALL_INCIDENTS = 300, O_WORKFLOW, O_STEP, O_BATCH, O_DRY_RUN };
+/* retry: by id, or in bulk; plugins add options of their own
+ * (sy_plugin_def.retry_options), keys O_PLUGIN and up. */
+enum {
+  O_ALL_INCIDENTS = 300,
+  O_WORKFLOW,
+  O_STEP,
+  O_BATCH,
+  O_DRY_RUN,
+  O_PLUGIN = 400
+};
+#define MAX_RETRY_OPTS 24
 
 #define MAX_IDS 10000
 #define DEFAULT_BATCH 500
@@ -140,11 +149,34 @@ typedef struct retry_args {
   int n;
 } retry_args;
 
-static int parse_retry(sy__cli *c, retry_args *a) {
+/* Parses retry's arguments, the plugins' options (e's) among them, which
+ * are handed to the plugins as they come. */
+static int parse_retry(sy__cli *c, sy_engine *e, retry_args *a) {
+  sy__cli_opt opts[MAX_RETRY_OPTS + 8];
+  sy__cli_cmd cmd = *c->cmd;
+  const sy__cli_cmd *was = c->cmd;
   const char *v;
   long long id;
-  int key;
+  int key, n = 0, np = sy_engine_retry_option_count(e);
+  for (; retry_opts[n].name; n++) {
+    opts[n] = retry_opts[n];
+  }
+  for (int i = 0; i < np && i < MAX_RETRY_OPTS; i++) {
+    opts[n++] = (sy__cli_opt){sy_engine_retry_option(e, i), required_argument,
+                              O_PLUGIN + i, "V", "a plugin's"};
+  }
+  opts[n] = (sy__cli_opt){NULL, 0, 0, NULL, NULL};
+  cmd.opts = opts;
+  c->cmd = &cmd;
   while ((key = sy__cli_next(c, &v)) > 0) {
+    if (key >= O_PLUGIN) {
+      if (sy_engine_set_retry_option(e, opts[key - O_PLUGIN + n - np].name,
+                                     v)) {
+        c->cmd = was;
+        return sy__cli_fail(e, SY_EINVAL);
+      }
+      continue;
+    }
     switch (key) {
       case O_ALL_INCIDENTS:
         a->all = 1;
@@ -177,8 +209,12 @@ static int parse_retry(sy__cli *c, retry_args *a) {
         a->ids[a->n++] = id;
     }
   }
+  c->cmd = was;
   if (key < 0) {
     return SY__EXIT_USAGE;
+  }
+  if (sy_engine_set_retry_option(e, NULL, NULL)) {
+    return sy__cli_fail(e, SY_EINVAL);
   }
   if (a->all == !!a->n) {
     return sy__cli_usage_error(
@@ -194,18 +230,20 @@ static int parse_retry(sy__cli *c, retry_args *a) {
   return 0;
 }
 
-/* --all --dry-run: what the selection holds now, by workflow and step. */
+/* --all --dry-run: what the selection holds now, by workflow, step and
+ * the step it would run again at. */
 typedef struct preview {
-  json_t *by_step; /* "workflow\tstep" -> count */
+  json_t *by_step; /* "workflow\tstep\tat" -> count */
   json_t *ids;
   int64_t n;
 } preview;
 
-static int preview_row(void *ud, const sy_instance_row *r) {
+static int preview_row(void *ud, const sy_instance_row *r, const char *at) {
   preview *p = ud;
-  char key[600];
+  char key[800];
   json_t *n;
-  snprintf(key, sizeof key, "%s\t%s", r->workflow, r->step ? r->step : "");
+  snprintf(key, sizeof key, "%s\t%s\t%s", r->workflow, r->step ? r->step : "",
+           at ? at : (r->step ? r->step : ""));
   n = json_object_get(p->by_step, key);
   json_object_set_new(p->by_step, key,
                       json_integer((n ? json_integer_value(n) : 0) + 1));
@@ -217,23 +255,22 @@ static int preview_row(void *ud, const sy_instance_row *r) {
 }
 
 static int retry_preview(sy__cli *c, sy_engine *e, const retry_args *a) {
-  sy_instance_filter f = a->f;
   preview p = {json_object(), json_array(), 0};
   json_t *steps = json_array(), *v;
   const char *key;
-  f.state = SY_STATE_INCIDENT;
-  f.limit = 0;
-  if (sy_store_list_instances(sy_engine_store(e), &f, preview_row, &p)) {
+  int rc;
+  if ((rc = sy_engine_retry_preview(e, &a->f, preview_row, &p))) {
     json_decref(p.by_step);
     json_decref(p.ids);
     json_decref(steps);
-    return sy__cli_store_fail(e);
+    return sy__cli_fail(e, rc);
   }
   json_object_foreach(p.by_step, key, v) {
-    const char *tab = strchr(key, '\t');
-    json_array_append_new(
-        steps, json_pack("{s:s%, s:s, s:O}", "workflow", key,
-                         (size_t)(tab - key), "step", tab + 1, "instances", v));
+    const char *tab = strchr(key, '\t'), *tab2 = strchr(tab + 1, '\t');
+    json_array_append_new(steps, json_pack("{s:s%, s:s%, s:s, s:O}", "workflow",
+                                           key, (size_t)(tab - key), "step",
+                                           tab + 1, (size_t)(tab2 - tab - 1),
+                                           "at", tab2 + 1, "instances", v));
   }
   json_decref(p.by_step);
   if (c->json) {
@@ -246,10 +283,13 @@ static int retry_preview(sy__cli *c, sy_engine *e, const retry_args *a) {
          p.n == 1 ? "" : "s", p.n ? ":" : "");
   for (size_t i = 0; i < json_array_size(steps); i++) {
     json_t *s = json_array_get(steps, i);
-    printf("  %-20s %-20s %lld\n",
-           json_string_value(json_object_get(s, "workflow")),
-           json_string_value(json_object_get(s, "step")),
-           (long long)json_integer_value(json_object_get(s, "instances")));
+    const char *step = json_string_value(json_object_get(s, "step"));
+    const char *at = json_string_value(json_object_get(s, "at"));
+    printf("  %-20s %-20s %lld%s%s\n",
+           json_string_value(json_object_get(s, "workflow")), step,
+           (long long)json_integer_value(json_object_get(s, "instances")),
+           strcmp(step, at) ? ", to run again at " : "",
+           strcmp(step, at) ? at : "");
   }
   if (p.n) {
     printf("  first: ");
@@ -287,10 +327,11 @@ static int retry_all(sy__cli *c, sy_engine *e, const retry_args *a) {
   if (c->json) {
     sy__cli_print_json(json_pack("{s:I}", "retried", (json_int_t)total));
   } else {
-    printf(
-        "retried %lld instance%s in an incident: they run again at their "
-        "step\n",
-        (long long)total, total == 1 ? "" : "s");
+    printf("retried %lld instance%s in an incident%s\n", (long long)total,
+           total == 1 ? "" : "s",
+           !total       ? ": none matched"
+           : total == 1 ? ": an engine runs it again"
+                        : ": engines run them again");
   }
   return 0;
 }
@@ -302,8 +343,14 @@ static int cmd_retry(sy__cli *c) {
   if (!(a.ids = malloc(MAX_IDS * sizeof *a.ids))) {
     return 1;
   }
-  if ((rc = parse_retry(c, &a)) || (rc = sy__cli_open(c, &e))) {
+  /* Open first: the plugins' options are known once they are loaded. */
+  if ((rc = sy__cli_open(c, &e))) {
     free(a.ids);
+    return rc;
+  }
+  if ((rc = parse_retry(c, e, &a))) {
+    free(a.ids);
+    sy_engine_close(e);
     return rc;
   }
   if (a.all) {
@@ -320,7 +367,7 @@ static int cmd_retry(sy__cli *c) {
     rc = sy__cli_fail(e, rc);
   } else {
     for (int i = 0; i < a.n; i++) {
-      printf("instance %lld will run again at its step\n", (long long)a.ids[i]);
+      printf("instance %lld will run again\n", (long long)a.ids[i]);
     }
   }
   free(a.ids);

@@ -101,6 +101,21 @@ int sy_engine_retry_all(sy_engine *e, const sy_instance_filter *f,
                         int64_t batch,
                         void (*progress)(void *ud, int64_t n, int64_t last),
                         void *ud, int64_t *total);
+/* What sy_engine_retry_all would retry now, changing nothing: cb(ud, the
+ * instance, at: the step it would run again at when not its own, else
+ * NULL); a non-zero return stops. */
+int sy_engine_retry_preview(sy_engine *e, const sy_instance_filter *f,
+                            int (*cb)(void *ud, const sy_instance_row *r,
+                                      const char *at),
+                            void *ud);
+/* Options plugins add to retry (sy_plugin_def.retry_options): how many,
+ * the i-th's name, and giving one its value for the retries that follow
+ * (SY_EINVAL: no plugin has it). With value NULL, the plugins given
+ * options check them all: 0, or SY_EINVAL saying what is wrong. */
+int sy_engine_retry_option_count(sy_engine *e);
+const char *sy_engine_retry_option(sy_engine *e, int i);
+int sy_engine_set_retry_option(sy_engine *e, const char *name,
+                               const char *value);
 int sy_engine_cancel(sy_engine *e, int64_t id);
 
 typedef struct sy_run_stats {

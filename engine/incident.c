@@ -16,6 +16,7 @@ typedef struct row_copy {
   char state[16];
   char step[256];
   char workflow[256];
+  char def_hash[128];
 } row_copy;
 
 static int copy_row(void *ud, const sy_instance_row *r) {
@@ -26,16 +27,68 @@ static int copy_row(void *ud, const sy_instance_row *r) {
   snprintf(c->state, sizeof c->state, "%s", r->state);
   snprintf(c->step, sizeof c->step, "%s", r->step ? r->step : "");
   snprintf(c->workflow, sizeof c->workflow, "%s", r->workflow);
+  snprintf(c->def_hash, sizeof c->def_hash, "%s", r->def_hash);
   return 1;
 }
 
+/* What a plugin's retry filter may ask of the instance's definition. */
+typedef struct filter_ctx {
+  sy_engine *e;
+  const char *def_hash;
+} filter_ctx;
+
+static const sy_step *def_step(const filter_ctx *x, const char *name) {
+  const sy_workflow *wf = sy__def_by_hash(x->e, x->def_hash);
+  return wf ? sy_workflow_step(wf, name) : NULL;
+}
+
+static void *node_data_of(const sy_retry_inst *inst, const char *step,
+                          const char *type) {
+  const sy_step *s = def_step(inst->engine, step);
+  return s && s->node && strcmp(s->node->type->name, type) == 0 ? s->node_data
+                                                                : NULL;
+}
+
+/* The plugins' retry filters on instance row (id): SY_RETRY_SKIP, HERE or
+ * AT (with the step in at), or an error, set on e. */
+static int filter(sy_engine *e, int64_t id, const row_copy *row, int dry_run,
+                  char *at, size_t atlen) {
+  filter_ctx x = {e, row->def_hash};
+  sy_retry_inst inst = {.id = id,
+                        .workflow = row->workflow,
+                        .step = row->step,
+                        .now_ms = sy__now(e),
+                        .run_ms = row->run_ms,
+                        .reruns = row->reruns,
+                        .dry_run = dry_run,
+                        .node_data = node_data_of,
+                        .engine = &x};
+  char err[512] = "";
+  int rc =
+      sy_plugins_retry_filter(e->plugins, &inst, at, atlen, err, sizeof err);
+  if (rc < 0) {
+    return sy__set_error(e, rc, "instance %lld: %s", (long long)id,
+                         err[0] ? err : "a plugin's retry filter failed");
+  }
+  if (rc == SY_RETRY_AT && !def_step(&x, at)) {
+    return sy__set_error(e, SY_EPLUGIN,
+                         "instance %lld: a plugin asked to retry it at step "
+                         "'%s', which its definition does not have",
+                         (long long)id, at);
+  }
+  return rc;
+}
+
 /* Retries (cancel 0) or cancels instance id, in the open transaction; on
- * failure the caller rolls back. */
-static int change_in_tx(sy_engine *e, int64_t id, int cancel) {
+ * failure the caller rolls back. A retry the plugins' filters skip (given
+ * options of theirs) changes nothing: *skipped, when skipped is not NULL,
+ * else SY_ESTATE. */
+static int change_in_tx(sy_engine *e, int64_t id, int cancel, int *skipped) {
   sy_store *st = e->store;
   row_copy row = {0};
   int64_t now = sy__now(e), n;
   int rc, found = 0;
+  char at[256] = "";
   if ((rc = sy_store_get_instance(st, id, copy_row, &row, &found))) {
     return sy__set_error(e, rc, "%s", sy_store_errmsg(st));
   }
@@ -53,11 +106,29 @@ static int change_in_tx(sy_engine *e, int64_t id, int cancel) {
                                   "incident can be retried",
                          (long long)id, row.state);
   }
+  if (skipped) {
+    *skipped = 0;
+  }
+  if (!cancel && sy_plugins_retry_given(e->plugins)) {
+    if ((rc = filter(e, id, &row, 0, at, sizeof at)) < 0) {
+      return rc;
+    }
+    if (rc == SY_RETRY_SKIP) {
+      if (skipped) {
+        *skipped = 1;
+        return 0;
+      }
+      return sy__set_error(e, SY_ESTATE,
+                           "instance %lld is not one the retry's options "
+                           "select",
+                           (long long)id);
+    }
+  }
   {
     sy_instance_update u = {
         .id = id,
         .state = cancel ? SY_STATE_CANCELLED : SY_STATE_READY,
-        .step = row.step,
+        .step = at[0] ? at : row.step,
         .attempt = 1,
         .now = now,
         .ended = cancel,
@@ -109,7 +180,7 @@ static int change_all(sy_engine *e, const int64_t *ids, int n, int cancel) {
     return sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
   }
   for (int i = 0; i < n; i++) {
-    if ((rc = change_in_tx(e, ids[i], cancel))) {
+    if ((rc = change_in_tx(e, ids[i], cancel, NULL))) {
       sy_engine_rollback(e);
       return rc;
     }
@@ -127,7 +198,7 @@ int sy_engine_retry_check(sy_engine *e, const int64_t *ids, int n) {
     return sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
   }
   for (int i = 0; i < n && !rc; i++) {
-    rc = change_in_tx(e, ids[i], 0);
+    rc = change_in_tx(e, ids[i], 0, NULL);
   }
   sy_engine_rollback(e);
   return rc;
@@ -178,8 +249,11 @@ int sy_engine_retry_all(sy_engine *e, const sy_instance_filter *f,
       sy_engine_rollback(e);
       break;
     }
+    int64_t done = 0;
     for (int64_t i = 0; i < p.n && !rc; i++) {
-      rc = change_in_tx(e, p.ids[i], 0);
+      int skipped;
+      rc = change_in_tx(e, p.ids[i], 0, &skipped);
+      done += !rc && !skipped;
     }
     if (rc) {
       sy_engine_rollback(e);
@@ -188,10 +262,10 @@ int sy_engine_retry_all(sy_engine *e, const sy_instance_filter *f,
     if ((rc = commit(e))) {
       break;
     }
-    *total += p.n;
+    *total += done;
     page.after = p.ids[p.n - 1];
-    if (progress) {
-      progress(ud, p.n, page.after);
+    if (progress && done) {
+      progress(ud, done, page.after);
     }
     if (p.n < batch) {
       break;
@@ -199,4 +273,82 @@ int sy_engine_retry_all(sy_engine *e, const sy_instance_filter *f,
   }
   free(p.ids);
   return rc;
+}
+
+typedef struct preview_ctx {
+  sy_engine *e;
+  int (*cb)(void *ud, const sy_instance_row *r, const char *at);
+  void *ud;
+  int rc;
+} preview_ctx;
+
+static int preview_row(void *ud, const sy_instance_row *r) {
+  preview_ctx *x = ud;
+  row_copy row = {0};
+  char at[256] = "";
+  int rc = SY_RETRY_HERE;
+  copy_row(&row, r);
+  if (sy_plugins_retry_given(x->e->plugins) &&
+      (rc = filter(x->e, r->id, &row, 1, at, sizeof at)) < 0) {
+    x->rc = rc;
+    return 1;
+  }
+  return rc == SY_RETRY_SKIP ? 0 : x->cb(x->ud, r, at[0] ? at : NULL);
+}
+
+int sy_engine_retry_preview(sy_engine *e, const sy_instance_filter *f,
+                            int (*cb)(void *ud, const sy_instance_row *r,
+                                      const char *at),
+                            void *ud) {
+  sy_instance_filter all = *f;
+  preview_ctx x = {e, cb, ud, 0};
+  int rc;
+  all.state = SY_STATE_INCIDENT;
+  all.limit = 0;
+  if ((rc = sy_store_list_instances(e->store, &all, preview_row, &x))) {
+    return sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
+  }
+  return x.rc;
+}
+
+static void count_option(void *ud, const char *name) {
+  (void)name;
+  ++*(int *)ud;
+}
+
+int sy_engine_retry_option_count(sy_engine *e) {
+  int n = 0;
+  sy_plugins_retry_names(e->plugins, count_option, &n);
+  return n;
+}
+
+typedef struct name_at {
+  int want, seen;
+  const char *name;
+} name_at;
+
+static void option_at(void *ud, const char *name) {
+  name_at *x = ud;
+  if (x->seen++ == x->want) {
+    x->name = name;
+  }
+}
+
+const char *sy_engine_retry_option(sy_engine *e, int i) {
+  name_at x = {i, 0, NULL};
+  sy_plugins_retry_names(e->plugins, option_at, &x);
+  return x.name;
+}
+
+int sy_engine_set_retry_option(sy_engine *e, const char *name,
+                               const char *value) {
+  char err[512] = "", at[8];
+  int rc = value ? sy_plugins_retry_set(e->plugins, name, value)
+                 : sy_plugins_retry_filter(e->plugins, NULL, at, sizeof at, err,
+                                           sizeof err);
+  if (rc == SY_EINVAL && value) {
+    return sy__set_error(e, rc, "no plugin has the retry option --%s", name);
+  }
+  return rc < 0 ? sy__set_error(e, rc, "%s", err[0] ? err : "out of memory")
+                : 0;
 }

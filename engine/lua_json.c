@@ -326,8 +326,8 @@ int sy__encode(lua_State *L, int idx, const char *root, int canonical,
   if ((rc = to_json(L, idx, &j, &jp, err, errlen))) {
     return rc;
   }
-  *out = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY |
-                          (canonical ? JSON_SORT_KEYS : 0));
+  *out = json_dumps(
+      j, JSON_COMPACT | JSON_ENCODE_ANY | (canonical ? JSON_SORT_KEYS : 0));
   json_decref(j);
   if (!*out) {
     snprintf(err, errlen, "%s: out of memory", root);

@@ -53,6 +53,7 @@ void sy_plugins_free(sy_plugins *p) {
   for (int i = p->nplugins - 1; i >= 0; i--) {
     sy_loaded_plugin *lp = p->plugins[i];
     free(lp->path);
+    free(lp->retry_values);
     free(lp);
   }
   free(p->plugins);
@@ -307,6 +308,77 @@ int sy_plugins_event(sy_plugins *p, const sy_event *ev, void *const *memos) {
 
 int sy_plugins_count(const sy_plugins *p) {
   return p->nplugins;
+}
+
+void sy_plugins_retry_names(const sy_plugins *p,
+                            void (*cb)(void *ud, const char *name), void *ud) {
+  for (int i = 0; i < p->nplugins; i++) {
+    const char *const *o = p->plugins[i]->def->retry_options;
+    for (; o && *o; o++) {
+      cb(ud, *o);
+    }
+  }
+}
+
+int sy_plugins_retry_set(sy_plugins *p, const char *name, const char *value) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    const char *const *o = lp->def->retry_options;
+    int n = 0;
+    for (; o && o[n]; n++) {
+    }
+    for (int k = 0; k < n; k++) {
+      if (strcmp(o[k], name) != 0) {
+        continue;
+      }
+      if (!lp->retry_values &&
+          !(lp->retry_values = calloc((size_t)n, sizeof *lp->retry_values))) {
+        return SY_ENOMEM;
+      }
+      lp->retry_values[k] = value;
+      return 0;
+    }
+  }
+  return SY_EINVAL;
+}
+
+int sy_plugins_retry_given(const sy_plugins *p) {
+  for (int i = 0; i < p->nplugins; i++) {
+    if (p->plugins[i]->retry_values) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+int sy_plugins_retry_filter(sy_plugins *p, const sy_retry_inst *inst, char *at,
+                            size_t atlen, char *err, size_t errlen) {
+  int verdict = SY_RETRY_HERE;
+  at[0] = '\0';
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    char mine[256] = "";
+    int rc;
+    if (!lp->retry_values || !lp->def->retry_filter || !lp->initialized) {
+      continue;
+    }
+    rc = lp->def->retry_filter(lp->state, lp->retry_values, inst, mine,
+                               sizeof mine, err, errlen);
+    if (rc < 0) {
+      return rc;
+    }
+    if (!inst) {
+      continue;
+    }
+    if (rc == SY_RETRY_SKIP) {
+      return SY_RETRY_SKIP;
+    }
+    if (rc == SY_RETRY_AT) {
+      verdict = SY_RETRY_AT;
+      snprintf(at, atlen, "%s", mine);
+    }
+  }
+  return verdict;
 }
 
 void sy_plugins_free_memos(sy_plugins *p, void **memos) {

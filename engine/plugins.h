@@ -15,6 +15,8 @@ typedef struct sy_loaded_plugin {
   int initialized;
   int index; /* its place in the registry: its slot in an instance's memos */
   char *path;
+  /* The values of its retry_options a retry was given (NULL: none). */
+  const char **retry_values;
 } sy_loaded_plugin;
 
 typedef struct sy_node_entry {
@@ -66,6 +68,20 @@ void sy_plugins_rolled_back(sy_plugins *p);
  * (one slot per plugin, by index; may be NULL); non-zero if one failed. */
 int sy_plugins_event(sy_plugins *p, const sy_event *ev, void *const *memos);
 int sy_plugins_count(const sy_plugins *p);
+/* The plugins' retry options (sy_plugin_def.retry_options): each name,
+ * through cb. */
+void sy_plugins_retry_names(const sy_plugins *p,
+                            void (*cb)(void *ud, const char *name), void *ud);
+/* Gives the retry option `name` its value: 0, SY_EINVAL when no plugin has
+ * it, SY_ENOMEM. */
+int sy_plugins_retry_set(sy_plugins *p, const char *name, const char *value);
+/* Whether any retry option was given. */
+int sy_plugins_retry_given(const sy_plugins *p);
+/* Asks each plugin given retry options to check them (inst NULL), or to
+ * filter inst: the most restrictive answer (a skip wins, then a step to
+ * retry at), or a negative SY_E* code with err. */
+int sy_plugins_retry_filter(sy_plugins *p, const sy_retry_inst *inst, char *at,
+                            size_t atlen, char *err, size_t errlen);
 /* Hands each memo to its plugin's free_memo, then frees the array. */
 void sy_plugins_free_memos(sy_plugins *p, void **memos);
 

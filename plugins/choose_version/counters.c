@@ -97,6 +97,8 @@ int cv_flush_counters(cv_router *r) {
     sy_stmt_bind_int(s, 9, d->incidents);
     sy_stmt_bind_int(s, 10, d->open_incidents);
     sy_stmt_bind_int(s, 11, d->caught);
+    sy_stmt_bind_int(s, 12, d->rerouted_in);
+    sy_stmt_bind_int(s, 13, d->rerouted_out);
     if (cv_step_done(r, s)) {
       cv_discard_counters(r);
       return -1;

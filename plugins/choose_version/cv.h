@@ -12,6 +12,16 @@
 
 #include "route.h"
 
+/* A choose_version node's options, compiled (plugin.c). */
+typedef struct cv_node {
+  char *flag;
+  char *key; /* var naming the subject; NULL for per-instance strategies */
+  char *v1, *v2;
+  cv_strategy strategy;
+  int has_eligible;
+  int missing_key_v1; /* on_missing_key = "v1" */
+} cv_node;
+
 /* The statements of sql.c, by what runs them. */
 enum {
   /* schema (sql.c) */
@@ -84,6 +94,10 @@ enum {
   CVQ_OUTBOX_DELIVERED,
   CVQ_OUTBOX_FAILED,
   CVQ_OUTBOX_OF,
+  /* reroutes (reroute.c) */
+  CVQ_REROUTE_OF,
+  CVQ_REROUTE_CLOSE,
+  CVQ_REROUTE_PUT,
   /* `report` (report.c) */
   CVQ_FLAG_KNOWN,
   CVQ_RAMPS,
@@ -97,7 +111,7 @@ typedef struct cv_delta {
   char *workflow, *flag;
   int v2;
   int64_t routed, in_flight, completed, cancelled, with_incidents, incidents,
-      open_incidents, caught;
+      open_incidents, caught, rerouted_in, rerouted_out;
   struct cv_delta *next;
 } cv_delta;
 
@@ -251,6 +265,14 @@ int cv_cmd_notify(cv_router *r, int argc, char **argv);
 int cv_cmd_notifications(cv_router *r, int argc, char **argv);
 int cv_notifier_start(cv_router *r);
 void cv_notifier_stop(cv_router *r);
+
+/* reroute.c: the options choose_version adds to `switchyard retry`
+ * (--flag F, --version v1|v2, --reroute v1|v2), and their filter
+ * (sy_plugin_def.retry_filter). */
+extern const char *const cv_retry_options[];
+int cv_retry_filter(void *plugin, const char *const *values,
+                    const sy_retry_inst *inst, char *at, size_t atlen,
+                    char *err, size_t errlen);
 
 /* preview.c: what a change of a flag from `now` to `then` (its row as it
  * is and as the change would leave it) would do, printed (or as JSON):

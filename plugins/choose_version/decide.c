@@ -70,8 +70,9 @@ static int recorded(cv_router *r, int64_t instance_id, const char *flag,
   rc = sy_stmt_step(s);
   if (rc == SY_ROW) {
     static const char *const reasons[] = {
-        "no_flag", "retired", "kill_switch", "opt_out", "not_eligible", "allow",
-        "rollout", "random",  "every_nth",   "forced",  "missing_key"};
+        "no_flag",      "retired", "kill_switch", "opt_out",
+        "not_eligible", "allow",   "rollout",     "random",
+        "every_nth",    "forced",  "missing_key", "rerouted"};
     const char *reason = sy_stmt_column_text(s, 1);
     *found = 1;
     out->version = strcmp(sy_stmt_column_text(s, 0), "v2") == 0 ? CV_V2 : CV_V1;

@@ -11,15 +11,6 @@
 
 #include "cv.h"
 
-typedef struct cv_node {
-  char *flag;
-  char *key; /* var naming the subject; NULL for per-instance strategies */
-  char *v1, *v2;
-  cv_strategy strategy;
-  int has_eligible;
-  int missing_key_v1; /* on_missing_key = "v1" */
-} cv_node;
-
 static const char *const node_options[] = {
     "flag", "key", "v1", "v2", "strategy", "eligible", "on_missing_key", NULL};
 static const char *const node_step_options[] = {"v1", "v2", NULL};
@@ -483,7 +474,9 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .on_event = on_event,
                                   .before_commit = before_commit,
                                   .free_memo = free_memo,
-                                  .rolled_back = rolled_back};
+                                  .rolled_back = rolled_back,
+                                  .retry_options = cv_retry_options,
+                                  .retry_filter = cv_retry_filter};
 
 const sy_plugin_def *cv_plugin_def(void) {
   return &def;

@@ -97,6 +97,11 @@ typedef struct latency {
 
 typedef struct vstats {
   int64_t routed, completed, cancelled, in_flight;
+  /* Reroutes (retry --reroute): decisions of this version closed by one
+   * (rerouted away: still routed here, incidents included), and those
+   * that came from the other version, outside the comparison. */
+  int64_t rerouted_out, rerouted_in, rerouted_in_completed,
+      rerouted_in_in_flight, rerouted_in_with_incidents;
   int64_t with_incidents, with_open, incidents, retries;
   int64_t caught, with_caught; /* errors handler steps took, and where */
   latency branch, steps;
@@ -258,7 +263,19 @@ static int count_row(sy_stmt *s, vstats v[2], ramp *rs, int nr, int *hint) {
   vstats *x = &v[vi];
   const char *outcome = sy_stmt_column_text(s, 2);
   int64_t incidents = sy_stmt_column_int(s, 3);
-  ramp *p = find_ramp(rs, nr, sy_stmt_column_int(s, 1), hint);
+  ramp *p;
+  if (sy_stmt_column_int(s, 9) > 0) {
+    /* came by a reroute: not routed here, so not in the comparison */
+    x->rerouted_in++;
+    x->rerouted_in_with_incidents += incidents > 0;
+    if (!outcome) {
+      x->rerouted_in_in_flight += sy_stmt_column_int(s, 4) == 0;
+    } else if (strcmp(outcome, "completed") == 0) {
+      x->rerouted_in_completed++;
+    }
+    return 0;
+  }
+  p = find_ramp(rs, nr, sy_stmt_column_int(s, 1), hint);
   x->routed++;
   x->incidents += incidents;
   x->with_incidents += incidents > 0;
@@ -275,6 +292,8 @@ static int count_row(sy_stmt *s, vstats v[2], ramp *rs, int nr, int *hint) {
         push(&x->steps, sy_stmt_column_int(s, 7))) {
       return -1;
     }
+  } else if (strcmp(outcome, "rerouted") == 0) {
+    x->rerouted_out++;
   } else {
     x->cancelled++;
   }
@@ -328,8 +347,9 @@ static double rate_of(const vstats *v) {
 
 static json_t *version_json(const vstats *v) {
   double lo = NAN, hi = NAN;
+  json_t *j;
   cv_wilson(v->with_incidents, v->routed, 1.959963984540054, &lo, &hi);
-  return json_pack(
+  j = json_pack(
       "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:[o,o], "
       "s:I, s:I, s:{s:o, s:o}, s:o}",
       "routed", (json_int_t)v->routed, "completed", (json_int_t)v->completed,
@@ -345,6 +365,17 @@ static json_t *version_json(const vstats *v) {
       "branch", lat_json(&v->branch), "steps", lat_json(&v->steps),
       "retries_per_instance",
       num(v->routed ? (double)v->retries / (double)v->routed : NAN));
+  if (j) {
+    json_object_set_new(j, "rerouted_away", json_integer(v->rerouted_out));
+    json_object_set_new(
+        j, "rerouted_in",
+        json_pack("{s:I, s:I, s:I, s:I}", "instances",
+                  (json_int_t)v->rerouted_in, "completed",
+                  (json_int_t)v->rerouted_in_completed, "in_flight",
+                  (json_int_t)v->rerouted_in_in_flight, "with_incidents",
+                  (json_int_t)v->rerouted_in_with_incidents));
+  }
+  return j;
 }
 
 static const char *verdict_key(cv_verdict v) {
@@ -393,6 +424,14 @@ static void print_versions(const vstats v[2]) {
   ROW("  completed", completed);
   ROW("  in flight", in_flight);
   ROW("  cancelled", cancelled);
+  if (v[0].rerouted_out + v[1].rerouted_out + v[0].rerouted_in +
+      v[1].rerouted_in) {
+    ROW("  rerouted to the other version", rerouted_out);
+    ROW("rerouted here (not routed)", rerouted_in);
+    ROW("  completed", rerouted_in_completed);
+    ROW("  in flight", rerouted_in_in_flight);
+    ROW("  with incidents", rerouted_in_with_incidents);
+  }
   ROW("instances with incidents", with_incidents);
   ROW("  with an open incident", with_open);
   ROW("incidents in total", incidents);

@@ -152,6 +152,19 @@ static const char *const migrations[] = {
      "DEFAULT 0;"
      "ALTER TABLE cv_plans ADD COLUMN p_min_latency REAL NOT NULL DEFAULT 1;"
      "ALTER TABLE cv_plan_evals ADD COLUMN p_latency REAL;"),
+    /* 7: reroutes (reroute.c). An instance moved to the other version by
+     * `retry --reroute` keeps its first decision, closed with outcome
+     * 'rerouted', and gets another (reason 'rerouted') numbered by
+     * reroutes; the counters say how many came and left so. */
+    ("ALTER TABLE cv_decisions ADD COLUMN reroutes INTEGER NOT NULL "
+     "DEFAULT 0;"
+     "DROP INDEX cv_decisions_instance;"
+     "CREATE UNIQUE INDEX cv_decisions_instance ON cv_decisions("
+     "instance_id, flag, reroutes);"
+     "ALTER TABLE cv_counters ADD COLUMN rerouted_in INTEGER NOT NULL "
+     "DEFAULT 0;"
+     "ALTER TABLE cv_counters ADD COLUMN rerouted_out INTEGER NOT NULL "
+     "DEFAULT 0;"),
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -272,6 +285,15 @@ static const char *const pg_migrations[] = {
      "ALTER TABLE cv_plans ADD COLUMN p_min_latency DOUBLE PRECISION NOT "
      "NULL DEFAULT 1;"
      "ALTER TABLE cv_plan_evals ADD COLUMN p_latency DOUBLE PRECISION;"),
+    ("ALTER TABLE cv_decisions ADD COLUMN reroutes BIGINT NOT NULL "
+     "DEFAULT 0;"
+     "DROP INDEX cv_decisions_instance;"
+     "CREATE UNIQUE INDEX cv_decisions_instance ON cv_decisions("
+     "instance_id, flag, reroutes);"
+     "ALTER TABLE cv_counters ADD COLUMN rerouted_in BIGINT NOT NULL "
+     "DEFAULT 0;"
+     "ALTER TABLE cv_counters ADD COLUMN rerouted_out BIGINT NOT NULL "
+     "DEFAULT 0;"),
 };
 _Static_assert(sizeof pg_migrations == sizeof migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -304,6 +326,9 @@ static const char cv_meta_table[] =
 #define EV_CANCELLED \
   "UPDATE cv_decisions SET outcome = 'cancelled', ended_at = ?2 "
 #define EV_CAUGHT "UPDATE cv_decisions SET caught = caught + 1 "
+/* An instance's decisions still open: a decision closed by a reroute
+ * (outcome 'rerouted') hears nothing more. */
+#define OPEN_OF_INSTANCE "instance_id = ?1 AND outcome IS NULL"
 /* By key (flag, decided_at): the table's own order, one seek. */
 #define BY_KEY(flag, at)                           \
   "WHERE flag = ?" #flag " AND decided_at = ?" #at \
@@ -317,7 +342,7 @@ static const char *const pg_text[CVQ__COUNT] = {
         "-> ?3::text) IN ('null'::jsonb, 'false'::jsonb), true) THEN 1 ELSE "
         "0 END) FROM cv_decisions d JOIN instances i ON i.id = d.instance_id "
         "WHERE d.flag = ?1 AND d.decided_at >= ?2 AND d.outcome = "
-        "'completed' GROUP BY d.version",
+        "'completed' AND d.reroutes = 0 GROUP BY d.version",
     [CVQ_META_EXISTS] =
         "SELECT 1 FROM pg_catalog.pg_tables WHERE "
         "tablename = 'cv_meta' AND "
@@ -348,7 +373,7 @@ static const char *const sql_text[CVQ__COUNT] = {
         "RETURNING nth_counter - 1",
     [CVQ_GET_DECISION] =
         "SELECT version, reason, bucket, rate_ppm, ramp_id FROM cv_decisions "
-        "WHERE instance_id = ?1 AND flag = ?2",
+        "WHERE instance_id = ?1 AND flag = ?2 ORDER BY reroutes DESC LIMIT 1",
     /* A decision recorded earlier for the instance wins: nothing is
      * written, and the caller reads that one instead. */
     [CVQ_PUT_DECISION] =
@@ -356,14 +381,15 @@ static const char *const sql_text[CVQ__COUNT] = {
         "version, reason, bucket, rate_ppm, ramp_id, decided_at, "
         "base_run_ms, base_reruns) "
         "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
-        "ON CONFLICT(instance_id, flag) DO NOTHING",
+        "ON CONFLICT(instance_id, flag, reroutes) DO NOTHING",
 
     /* The target's columns are qualified: unqualified, PostgreSQL would
      * not know them from excluded's. */
     [CVQ_COUNTERS_ADD] =
         "INSERT INTO cv_counters(workflow, flag, version, routed, in_flight, "
         "completed, cancelled, with_incidents, incidents, open_incidents, "
-        "caught) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
+        "caught, rerouted_in, rerouted_out) VALUES(?1, ?2, ?3, ?4, ?5, ?6, "
+        "?7, ?8, ?9, ?10, ?11, ?12, ?13) "
         "ON CONFLICT(workflow, flag, version) DO UPDATE SET "
         "routed = cv_counters.routed + excluded.routed, "
         "in_flight = cv_counters.in_flight + excluded.in_flight, "
@@ -374,20 +400,22 @@ static const char *const sql_text[CVQ__COUNT] = {
         "incidents = cv_counters.incidents + excluded.incidents, "
         "open_incidents = cv_counters.open_incidents + "
         "excluded.open_incidents, "
-        "caught = cv_counters.caught + excluded.caught",
+        "caught = cv_counters.caught + excluded.caught, "
+        "rerouted_in = cv_counters.rerouted_in + excluded.rerouted_in, "
+        "rerouted_out = cv_counters.rerouted_out + excluded.rerouted_out",
     /* The decisions an event concerns, read before the update: RETURNING
      * would buffer its rows in a temporary table at every event, which
      * costs more than reading them twice. */
     [CVQ_DECISIONS_OF] =
         "SELECT flag, workflow, version, incidents, open_incidents "
-        "FROM cv_decisions WHERE instance_id = ?1",
-    [CVQ_EV_COMPLETED] = EV_COMPLETED "WHERE instance_id = ?1",
-    [CVQ_EV_INCIDENT] = EV_INCIDENT "WHERE instance_id = ?1",
+        "FROM cv_decisions WHERE " OPEN_OF_INSTANCE,
+    [CVQ_EV_COMPLETED] = EV_COMPLETED "WHERE " OPEN_OF_INSTANCE,
+    [CVQ_EV_INCIDENT] = EV_INCIDENT "WHERE " OPEN_OF_INSTANCE,
     [CVQ_EV_RESOLVED] =
         "UPDATE cv_decisions SET open_incidents = open_incidents - 1 "
-        "WHERE instance_id = ?1 AND open_incidents > 0",
-    [CVQ_EV_CANCELLED] = EV_CANCELLED "WHERE instance_id = ?1",
-    [CVQ_EV_CAUGHT] = EV_CAUGHT "WHERE instance_id = ?1",
+        "WHERE " OPEN_OF_INSTANCE " AND open_incidents > 0",
+    [CVQ_EV_CANCELLED] = EV_CANCELLED "WHERE " OPEN_OF_INSTANCE,
+    [CVQ_EV_CAUGHT] = EV_CAUGHT "WHERE " OPEN_OF_INSTANCE,
     [CVQ_EV_COMPLETED_KEY] = EV_COMPLETED BY_KEY(5, 6),
     [CVQ_EV_INCIDENT_KEY] = EV_INCIDENT BY_KEY(3, 4),
     [CVQ_EV_CANCELLED_KEY] = EV_CANCELLED BY_KEY(3, 4),
@@ -450,7 +478,8 @@ static const char *const sql_text[CVQ__COUNT] = {
         "ELSE 1 END), o.kind FROM cv_decisions d LEFT JOIN cv_overrides o "
         "ON o.flag = d.flag AND o.subject = d.subject WHERE d.flag = ?1 AND "
         "d.decided_at >= ?2 AND d.subject IS NOT NULL AND d.reason NOT IN "
-        "('random', 'every_nth', 'missing_key') GROUP BY d.subject, o.kind "
+        "('random', 'every_nth', 'missing_key', 'rerouted') GROUP BY "
+        "d.subject, o.kind "
         "ORDER BY d.subject",
     [CVQ_PREVIEW_IN_FLIGHT] =
         "SELECT version, sum(in_flight) FROM cv_counters WHERE flag = ?1 "
@@ -494,7 +523,7 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_PLAN_TALLY] =
         "SELECT version, count(*), sum(CASE WHEN incidents > 0 THEN 1 ELSE 0 "
         "END) FROM cv_decisions WHERE flag = ?1 AND decided_at >= ?2 "
-        "GROUP BY version",
+        "AND reroutes = 0 GROUP BY version",
     [CVQ_PLAN_EVAL_ADD] =
         "INSERT INTO cv_plan_evals(flag, at, step, n1, x1, n2, x2, p, p_min, "
         "outcome, applied, reason, p_outcome, p_latency) VALUES(?1, ?2, ?3, "
@@ -504,15 +533,16 @@ static const char *const sql_text[CVQ__COUNT] = {
      * slower than ?4 ms. */
     [CVQ_PLAN_COMPLETED] =
         "SELECT count(*) FROM cv_decisions WHERE flag = ?1 AND "
-        "decided_at >= ?2 AND version = ?3 AND outcome = 'completed'",
+        "decided_at >= ?2 AND version = ?3 AND outcome = 'completed' AND "
+        "reroutes = 0",
     [CVQ_PLAN_QUANTILE] =
         "SELECT branch_ms FROM cv_decisions WHERE flag = ?1 AND "
-        "decided_at >= ?2 AND version = ?3 AND outcome = 'completed' "
-        "ORDER BY branch_ms LIMIT 1 OFFSET ?4",
+        "decided_at >= ?2 AND version = ?3 AND outcome = 'completed' AND "
+        "reroutes = 0 ORDER BY branch_ms LIMIT 1 OFFSET ?4",
     [CVQ_PLAN_SLOWER] =
         "SELECT count(*) FROM cv_decisions WHERE flag = ?1 AND "
         "decided_at >= ?2 AND version = ?3 AND outcome = 'completed' AND "
-        "branch_ms > ?4",
+        "reroutes = 0 AND branch_ms > ?4",
     /* The business outcome: completed instances since ?2 whose var ?3 is
      * absent, null or false (JSON's falsy values, as Lua sees them). */
     [CVQ_PLAN_OUTCOME_TALLY] =
@@ -520,7 +550,7 @@ static const char *const sql_text[CVQ__COUNT] = {
         "|| ?3) IS NULL OR json_type(i.vars, '$.' || ?3) IN ('null', "
         "'false') THEN 1 ELSE 0 END) FROM cv_decisions d JOIN instances i ON "
         "i.id = d.instance_id WHERE d.flag = ?1 AND d.decided_at >= ?2 AND "
-        "d.outcome = 'completed' GROUP BY d.version",
+        "d.outcome = 'completed' AND d.reroutes = 0 GROUP BY d.version",
     [CVQ_PLAN_EVALS] =
         "SELECT at, step, outcome, applied, reason FROM cv_plan_evals "
         "WHERE flag = ?1 ORDER BY id DESC LIMIT 10",
@@ -578,6 +608,22 @@ static const char *const sql_text[CVQ__COUNT] = {
         "FROM cv_outbox o LEFT JOIN cv_audit a ON a.id = o.audit_id "
         "WHERE o.flag = ?1 ORDER BY o.id",
 
+    /* reroute.c: an instance's current decision for a flag, closing it,
+     * and the one that replaces it. */
+    [CVQ_REROUTE_OF] =
+        "SELECT version, step, subject, bucket, rate_ppm, ramp_id, "
+        "decided_at, reroutes, open_incidents, workflow FROM cv_decisions "
+        "WHERE instance_id = ?1 AND flag = ?2 ORDER BY reroutes DESC LIMIT 1",
+    [CVQ_REROUTE_CLOSE] =
+        "UPDATE cv_decisions SET outcome = 'rerouted', ended_at = ?4, "
+        "open_incidents = 0 WHERE instance_id = ?1 AND flag = ?2 AND "
+        "reroutes = ?3 AND outcome IS NULL",
+    [CVQ_REROUTE_PUT] =
+        "INSERT INTO cv_decisions(instance_id, flag, workflow, step, subject, "
+        "version, reason, bucket, rate_ppm, ramp_id, decided_at, "
+        "base_run_ms, base_reruns, reroutes) VALUES(?1, ?2, ?3, ?4, ?5, ?6, "
+        "'rerouted', ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+
     [CVQ_FLAG_KNOWN] =
         "SELECT 1 FROM cv_flags WHERE name = ?1 UNION ALL "
         "SELECT 1 FROM cv_decisions WHERE flag = ?1 LIMIT 1",
@@ -591,7 +637,8 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_REPORT_DECISIONS] =
         "SELECT CASE WHEN version = 'v2' THEN 1 ELSE 0 END, "
         "coalesce(ramp_id, 0), outcome, incidents, open_incidents, retries, "
-        "branch_ms, step_ms, caught FROM cv_decisions WHERE flag = ?1 "
+        "branch_ms, step_ms, caught, reroutes FROM cv_decisions "
+        "WHERE flag = ?1 "
         "AND decided_at >= ?2 AND decided_at < ?3 "
         "AND (CAST(?4 AS TEXT) IS NULL OR workflow = ?4)",
 };

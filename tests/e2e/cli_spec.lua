@@ -601,7 +601,7 @@ describe("incidents", function()
       return os.time() > fail_until
     end))
     out = env:ok("retry", tostring(a))
-    has(out, "instance " .. a .. " will run again at its step")
+    has(out, "instance " .. a .. " will run again")
     local sa = show_json(env, a)
     assert.are.equal("ready", sa.state)
     assert.are.equal("check", sa.step)

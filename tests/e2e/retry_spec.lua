@@ -73,7 +73,7 @@ describe("retry", function()
     local dry = H.decode((env:ok("retry", "--all", "--workflow", "counted",
       "--step", "new", "--dry-run", "--json")))
     assert.are.equal(at_new, dry.instances)
-    assert.are.same({ { workflow = "counted", step = "new",
+    assert.are.same({ { workflow = "counted", step = "new", at = "new",
       instances = at_new } }, dry.by_step)
     assert.are.equal(at_new, #dry.ids)
     has(env:ok("retry", "--all", "--dry-run"), "would retry 45 instances",
@@ -143,11 +143,87 @@ describe("retry", function()
       "would retry 2 instances", "dry run")
     assert.are.equal(before, env:snapshot())
     local out = env:ok("retry", a, b)
-    has(out, "instance " .. b .. " will run again at its step", "retry")
+    has(out, "instance " .. b .. " will run again", "retry")
     assert.are.same({ "ready", "ready", "incident" }, {
       env:scalar("SELECT state FROM instances WHERE id = " .. a),
       env:scalar("SELECT state FROM instances WHERE id = " .. b),
       env:scalar("SELECT state FROM instances WHERE id = " .. c) })
+  end)
+
+  it("--flag F --version v1 --reroute v2 moves exactly those incidents to " ..
+    "V2, where they complete; nothing counted twice as routed", function()
+    -- guarded.lua: V1 fails every instance, V2 none
+    env:ok("rollout", "set", "guarded", "50%", "--reason", "half")
+    env:ok("start", "guarded", "--count", "40", "--var", "user_id=g{n}",
+      "--var", "n:={n}", "--var", "v1_fail:=100", "--var", "v2_fail:=0")
+    incidents(env, "plain_fail", 3, "p")
+    local on_v1 = count(env, "workflow = 'guarded' AND state = 'incident'")
+    assert.is_true(on_v1 > 5 and on_v1 < 35, "both versions decided")
+    local before = H.decode((env:ok("report", "guarded", "--json")))
+
+    local snap = env:snapshot()
+    local dry = H.decode((env:ok("retry", "--all", "--flag", "guarded",
+      "--version", "v1", "--reroute", "v2", "--dry-run", "--json")))
+    assert.are.same({ { workflow = "guarded", step = "old", at = "new",
+      instances = on_v1 } }, dry.by_step)
+    has(env:ok("retry", "--all", "--flag", "guarded", "--reroute", "v2",
+      "--dry-run"), "to run again at new", "dry run")
+    assert.are.equal(snap, env:snapshot())
+
+    has(env:ok("retry", "--all", "--flag", "guarded", "--version", "v1",
+      "--reroute", "v2", "--batch", "7"), "retried " .. on_v1 .. " ",
+      "reroute")
+    -- exactly the V1 incidents moved, to V2's step; the rest untouched
+    assert.are.equal(on_v1, count(env, "workflow = 'guarded' AND state = " ..
+      "'ready' AND step = 'new'"))
+    assert.are.equal(3, count(env, "workflow = 'plain_fail' AND state = " ..
+      "'incident'"))
+    assert.are.equal(on_v1, env:scalar("SELECT count(*) FROM cv_decisions " ..
+      "WHERE outcome = 'rerouted' AND version = 'v1' AND reroutes = 0"))
+    assert.are.equal(on_v1, env:scalar("SELECT count(*) FROM cv_decisions " ..
+      "WHERE reason = 'rerouted' AND version = 'v2' AND reroutes = 1 " ..
+      "AND outcome IS NULL"))
+    assert_counters(env)
+
+    env:ok("run", "--until-idle")
+    assert.are.equal(40, count(env, "workflow = 'guarded' AND state = " ..
+      "'completed'"))
+    assert_counters(env)
+    local after = H.decode((env:ok("report", "guarded", "--json")))
+    local v1, v2 = after.versions.v1, after.versions.v2
+    -- routed as before: 40 instances, each routed once
+    assert.are.equal(before.versions.v1.routed, v1.routed)
+    assert.are.equal(before.versions.v2.routed, v2.routed)
+    assert.are.equal(40, v1.routed + v2.routed)
+    -- V1 keeps its incidents; the reroutes are a line of their own
+    assert.are.equal(on_v1, v1.instances_with_incidents)
+    assert.are.equal(on_v1, v1.rerouted_away)
+    assert.are.same({ instances = on_v1, completed = on_v1, in_flight = 0,
+      with_incidents = 0 }, v2.rerouted_in)
+    has(env:ok("report", "guarded"), "rerouted here (not routed)", "report")
+  end)
+
+  it("by id with --flag: an instance the options do not select is bad " ..
+    "input, and none is retried", function()
+    env:ok("rollout", "set", "guarded", "50%", "--reason", "half")
+    env:ok("start", "guarded", "--count", "20", "--var", "user_id=h{n}",
+      "--var", "n:={n}", "--var", "v1_fail:=100", "--var", "v2_fail:=100")
+    env:ok("run", "--until-idle")
+    local v1 = env:scalar("SELECT min(instance_id) FROM cv_decisions " ..
+      "WHERE version = 'v1'")
+    local v2 = env:scalar("SELECT min(instance_id) FROM cv_decisions " ..
+      "WHERE version = 'v2'")
+    local snap = env:snapshot()
+    local code, _, err = env:run("retry", v1, v2, "--flag", "guarded",
+      "--version", "v1")
+    assert.are.equal(2, code)
+    has(err, "instance " .. v2 .. " is not one the retry's options select",
+      "mixed")
+    assert.are.equal(snap, env:snapshot())
+    env:ok("retry", v2, "--flag", "guarded", "--reroute", "v1")
+    assert.are.equal("old", env:scalar("SELECT step FROM instances " ..
+      "WHERE id = " .. v2))
+    assert_counters(env)
   end)
 
   it("refuses bad arguments with exit 2", function()
@@ -160,6 +236,13 @@ describe("retry", function()
       { { "retry", "--all", "--batch", "0" }, "--batch" },
       { { "retry", "--all", "--batch", "x" }, "--batch" },
       { { "retry", "0" }, "expected an instance id, got '0'" },
+      { { "retry", "--all", "--version", "v1" }, "go with --flag" },
+      { { "retry", "--all", "--flag", "checkout", "--reroute", "v3" },
+        "--reroute: v1 or v2" },
+      { { "retry", "--all", "--flag", "checkout", "--version", "2" },
+        "--version: v1 or v2" },
+      { { "retry", "--all", "--flag", "bad flag" }, "bad --flag" },
+      { { "retry", "--all", "--frob", "x" }, "unknown option" },
     } do
       local code, _, err = env:run(table.unpack(c[1]))
       assert.are.equal(2, code, table.concat(c[1], " ") .. ": " .. err)

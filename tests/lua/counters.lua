@@ -6,28 +6,40 @@
 -- counts cast back to integers (PostgreSQL's are numeric).
 local C = {}
 
+-- A decision's incidents are its instance's raised while it was the one
+-- in force: a decision closed by a reroute (outcome 'rerouted') keeps
+-- those raised until then, the decision that replaced it (reroutes > 0)
+-- those raised from then on.
+local OF_D = [[n.instance_id = d.instance_id
+      AND (d.reroutes = 0 OR n.raised_at >= d.decided_at)
+      AND (d.outcome IS NULL OR d.outcome <> 'rerouted'
+           OR n.raised_at <= d.ended_at)]]
+local KEPT = "(d.outcome IS NULL OR d.outcome <> 'rerouted')"
+
 C.RECOUNT = [[
   SELECT d.workflow, d.flag, d.version,
-    count(*) AS routed,
-    sum(CASE WHEN i.state = 'completed' THEN 1 ELSE 0 END) AS completed,
-    sum(CASE WHEN i.state = 'cancelled' THEN 1 ELSE 0 END) AS cancelled,
+    sum(CASE WHEN d.reroutes = 0 THEN 1 ELSE 0 END) AS routed,
+    sum(CASE WHEN i.state = 'completed' AND ]] .. KEPT .. [[
+        THEN 1 ELSE 0 END) AS completed,
+    sum(CASE WHEN i.state = 'cancelled' AND ]] .. KEPT .. [[
+        THEN 1 ELSE 0 END) AS cancelled,
     sum(CASE WHEN i.state NOT IN ('completed', 'cancelled', 'incident')
-        THEN 1 ELSE 0 END) AS in_flight,
-    sum(CASE WHEN EXISTS (SELECT 1 FROM incidents n
-                          WHERE n.instance_id = d.instance_id)
+        AND ]] .. KEPT .. [[ THEN 1 ELSE 0 END) AS in_flight,
+    sum(CASE WHEN EXISTS (SELECT 1 FROM incidents n WHERE ]] .. OF_D .. [[)
         THEN 1 ELSE 0 END) AS with_incidents,
-    CAST(sum((SELECT count(*) FROM incidents n
-              WHERE n.instance_id = d.instance_id)) AS INTEGER) AS incidents,
-    CAST(sum((SELECT count(*) FROM incidents n
-              WHERE n.instance_id = d.instance_id
-                AND n.resolved_at IS NULL)) AS INTEGER) AS open_incidents
+    CAST(sum((SELECT count(*) FROM incidents n WHERE ]] .. OF_D .. [[))
+      AS INTEGER) AS incidents,
+    CAST(sum((SELECT count(*) FROM incidents n WHERE ]] .. OF_D .. [[
+                AND n.resolved_at IS NULL)) AS INTEGER) AS open_incidents,
+    sum(CASE WHEN d.reroutes > 0 THEN 1 ELSE 0 END) AS rerouted_in,
+    sum(CASE WHEN d.outcome = 'rerouted' THEN 1 ELSE 0 END) AS rerouted_out
   FROM cv_decisions d JOIN instances i ON i.id = d.instance_id
   GROUP BY d.workflow, d.flag, d.version
   ORDER BY d.workflow, d.flag, d.version]]
 
 C.COUNTERS = [[
   SELECT workflow, flag, version, routed, completed, cancelled, in_flight,
-    with_incidents, incidents, open_incidents
+    with_incidents, incidents, open_incidents, rerouted_in, rerouted_out
   FROM cv_counters ORDER BY workflow, flag, version]]
 
 return C

@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 7
+#define SY_PLUGIN_ABI 8
 
 /* Error codes: negative, from one list so that a code, its name and its
  * message never drift apart. sy_api functions that return an int return 0
@@ -355,6 +355,26 @@ typedef struct sy_ctx_fn {
   void (*cancel)(void *plugin, sy_call *c);
 } sy_ctx_fn;
 
+/* An instance in an incident that `switchyard retry` selected, as a
+ * plugin's retry filter sees it (sy_plugin_def.retry_filter). */
+typedef struct sy_retry_inst {
+  int64_t id;
+  const char *workflow;
+  const char *step; /* where its incident is */
+  int64_t now_ms;
+  int64_t run_ms, reruns; /* its totals, as sy_event gives them */
+  int dry_run;            /* only say what it would do: write nothing */
+  /* The node data (sy_node_type.compile's) of step `step` in the
+   * instance's definition if that step is a node of type `type`; NULL
+   * otherwise. */
+  void *(*node_data)(const struct sy_retry_inst *inst, const char *step,
+                     const char *type);
+  void *engine; /* the engine's, for node_data */
+} sy_retry_inst;
+
+/* What a retry filter says of an instance (or a negative SY_E* code). */
+enum { SY_RETRY_SKIP = 0, SY_RETRY_HERE = 1, SY_RETRY_AT = 2 };
+
 /* A CLI subcommand: `switchyard <name> ...`. argv[0] is the name. Returns
  * the process exit code (0 ok, 1 runtime failure, 2 bad input). */
 typedef struct sy_command {
@@ -395,6 +415,23 @@ typedef struct sy_plugin_def {
    * for it (what before_commit would have flushed), so that it is not
    * written into the next one. */
   void (*rolled_back)(void *plugin);
+  /* Optional: options the plugin adds to `switchyard retry` (long names
+   * without "--", each taking a value; NULL-terminated), and the filter
+   * that gives them meaning. When a retry is given some of them
+   * (values[i]: the value of retry_options[i], NULL when not given), the
+   * filter is called once with inst NULL to check the values (0, or
+   * SY_EINVAL with a message in err: nothing is retried), then for each
+   * instance the retry selects, inside the retry's transaction (before the
+   * engine changes the instance, and before its events): SY_RETRY_SKIP
+   * leaves it in its incident, SY_RETRY_HERE retries it at its step,
+   * SY_RETRY_AT at the step the filter wrote into at (a step of the
+   * instance's definition); a plugin that moves an instance so records
+   * it in the same transaction, unless inst->dry_run. A negative SY_E*
+   * code (with err) rolls the transaction back. */
+  const char *const *retry_options;
+  int (*retry_filter)(void *plugin, const char *const *values,
+                      const sy_retry_inst *inst, char *at, size_t atlen,
+                      char *err, size_t errlen);
 } sy_plugin_def;
 
 /* The one symbol a plugin exports. */
