@@ -237,6 +237,9 @@ extern const sy_plugin_def sy__builtins;
 /* scheduler.c */
 /* Makes sure the loop gets a turn that runs the queue and commits. */
 void sy__kick(sy_engine *e);
+/* sy_api.retry_selected (incident.c). */
+int sy__retry_selected(sy_engine *e, void *plugin, const char *const *values,
+                       int64_t *n);
 
 /* The engine's time, ms since the epoch (see clock_offset_ms). */
 static inline int64_t sy__now(const sy_engine *e) {

@@ -352,3 +352,43 @@ int sy_engine_set_retry_option(sy_engine *e, const char *name,
   return rc < 0 ? sy__set_error(e, rc, "%s", err[0] ? err : "out of memory")
                 : 0;
 }
+
+int sy__retry_selected(sy_engine *e, void *plugin, const char *const *values,
+                       int64_t *n) {
+  sy_loaded_plugin *lp = sy_plugins_by_state(e->plugins, plugin);
+  const char **was;
+  sy_instance_filter page = {.state = SY_STATE_INCIDENT, .limit = 500};
+  id_page p = {.cap = 500};
+  int rc = 0;
+  *n = 0;
+  if (!lp || !lp->def->retry_filter) {
+    return sy__set_error(e, SY_EINVAL,
+                         "retry_selected: not a plugin with a "
+                         "retry filter");
+  }
+  if (!(p.ids = malloc((size_t)p.cap * sizeof *p.ids))) {
+    return sy__set_error(e, SY_ENOMEM, "out of memory");
+  }
+  /* The plugin's values stand in for a command's, for this call only. */
+  was = lp->retry_values;
+  lp->retry_values = (const char **)values;
+  do {
+    p.n = 0;
+    if ((rc = sy_store_list_instances(e->store, &page, collect_id, &p))) {
+      rc = sy__set_error(e, rc, "%s", sy_store_errmsg(e->store));
+      break;
+    }
+    for (int64_t i = 0; i < p.n && !rc; i++) {
+      int skipped;
+      rc = change_in_tx(e, p.ids[i], 0, &skipped);
+      *n += !rc && !skipped;
+    }
+    page.after = p.n ? p.ids[p.n - 1] : page.after;
+  } while (!rc && p.n == p.cap);
+  lp->retry_values = was;
+  free(p.ids);
+  if (*n) {
+    e->maybe_work = 1; /* ready instances to claim */
+  }
+  return rc;
+}

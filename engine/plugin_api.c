@@ -49,6 +49,10 @@ static int64_t api_tx_begin(sy_engine *e) {
   sy__kick(e); /* the turn's check phase commits it: make it come */
   return sy_store_tx_seq(e->store);
 }
+static int api_retry_selected(sy_engine *e, void *plugin,
+                              const char *const *values, int64_t *n) {
+  return sy__retry_selected(e, plugin, values, n);
+}
 static uv_loop_t *api_loop(sy_engine *e) {
   return &e->loop;
 }
@@ -321,6 +325,7 @@ void sy__api_init(sy_api *a) {
       .rollback = api_rollback,
       .data_version = api_data_version,
       .tx_begin = api_tx_begin,
+      .retry_selected = api_retry_selected,
       .loop = api_loop,
       .now_ms = api_now_ms,
       .setting = api_setting,

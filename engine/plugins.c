@@ -342,6 +342,15 @@ int sy_plugins_retry_set(sy_plugins *p, const char *name, const char *value) {
   return SY_EINVAL;
 }
 
+sy_loaded_plugin *sy_plugins_by_state(sy_plugins *p, const void *state) {
+  for (int i = 0; i < p->nplugins; i++) {
+    if (p->plugins[i]->state == state) {
+      return p->plugins[i];
+    }
+  }
+  return NULL;
+}
+
 int sy_plugins_retry_given(const sy_plugins *p) {
   for (int i = 0; i < p->nplugins; i++) {
     if (p->plugins[i]->retry_values) {

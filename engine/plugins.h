@@ -75,6 +75,8 @@ void sy_plugins_retry_names(const sy_plugins *p,
 /* Gives the retry option `name` its value: 0, SY_EINVAL when no plugin has
  * it, SY_ENOMEM. */
 int sy_plugins_retry_set(sy_plugins *p, const char *name, const char *value);
+/* The loaded plugin whose state is `state`, or NULL. */
+sy_loaded_plugin *sy_plugins_by_state(sy_plugins *p, const void *state);
 /* Whether any retry option was given. */
 int sy_plugins_retry_given(const sy_plugins *p);
 /* Asks each plugin given retry options to check them (inst NULL), or to

@@ -52,6 +52,7 @@ typedef struct plan {
   double p_min_outcome;
   double latency_increase; /* the latency guard's limit in %, or 0 */
   double p_min_latency;
+  int reroute; /* --on-rollback reroute */
 } plan;
 
 struct cv_planner {
@@ -163,6 +164,7 @@ static int read_plan(cv_router *r, const char *flag, plan *p) {
     p->p_min_outcome = sy_stmt_column_double(s, 14);
     p->latency_increase = sy_stmt_column_double(s, 15);
     p->p_min_latency = sy_stmt_column_double(s, 16);
+    p->reroute = strcmp(sy_stmt_column_text(s, 17), "reroute") == 0;
   } else if (rc != SY_DONE) {
     return cv_db_fail(r, s);
   }
@@ -414,6 +416,23 @@ static char *evidence(const plan *p, const tally *t, double p_min,
   return text;
 }
 
+/* --on-rollback reroute: V2's instances waiting in incidents go on at the
+ * node's V1 step (reroute.c does the bookkeeping, through the engine's
+ * retry), in the transaction of the rollback; the reason says how many. */
+static int reroute_v2(cv_router *r, const plan *p, char *reason, size_t len) {
+  const char *values[] = {p->flag, "v2", "v1"};
+  int64_t n = 0;
+  size_t used = strlen(reason);
+  if (r->api->retry_selected(r->e, r, values, &n)) {
+    snprintf(r->errmsg, sizeof r->errmsg, "reroute: %s", r->api->errmsg(r->e));
+    return -1;
+  }
+  snprintf(reason + used, len - used,
+           "; %lld V2 instance%s waiting in incidents rerouted to V1",
+           (long long)n, n == 1 ? "" : "s");
+  return 0;
+}
+
 static int evaluate(cv_router *r, plan *p, int64_t now) {
   tally t, step, o = {0};
   latency l = {0};
@@ -494,6 +513,7 @@ static int evaluate(cv_router *r, plan *p, int64_t now) {
     }
     if ((moved = move_plan(r, p, p->step, "rolled_back", now)) == 1 &&
         (cv_flag_set(r, CVQ_FLAG_SET_KILLED, p->flag, 1, now) ||
+         (p->reroute && reroute_v2(r, p, reason, sizeof reason)) ||
          audit_with(r, p->flag, "kill", "off", "on", p->steps[p->step], 1,
                     reason, "plan", now, ev))) {
       goto fail;
@@ -638,7 +658,7 @@ typedef struct plan_args {
   const char *flag, *action, *steps, *reason, *actor, *hold, *min_instances,
       *max_increase, *alpha, *max_wait;
   const char *gates[MAX_STEPS];
-  const char *window, *outcome_var, *latency;
+  const char *window, *outcome_var, *latency, *on_rollback;
   int ngates, json, dry_run;
 } plan_args;
 
@@ -647,6 +667,7 @@ static const char plan_usage[] =
     "           [--hold 10m] [--min-instances 200] [--max-increase 1]\n"
     "           [--alpha 0.05] [--max-wait 2h] [--gate 50%]...\n"
     "           [--outcome-var verified] [--latency-p95-increase 25%]\n"
+    "           [--on-rollback keep|reroute]\n"
     "           [--dry-run [--window 30d]]\n"
     "       switchyard rollout plan FLAG [show] [--json]\n"
     "       switchyard rollout plan FLAG pause|resume|abort|approve "
@@ -659,7 +680,8 @@ static const char plan_usage[] =
     "With --outcome-var, the share of completed instances whose var is\n"
     "false or absent is a second guard; with --latency-p95-increase, V2's\n"
     "p95 branch latency above V1's by more than that is another (each of\n"
-    "k guards at alpha / k).\n"
+    "k guards at alpha / k). With --on-rollback reroute, a rollback also\n"
+    "sends V2's instances waiting in incidents on to the node's V1 step.\n"
     "Neither for longer than --max-wait in a step: paused. A --gate step\n"
     "is entered only once approved (approve).\n";
 
@@ -698,6 +720,8 @@ static int parse(int argc, char **argv, plan_args *a) {
       dst = &a->outcome_var;
     } else if (strcmp(o, "--latency-p95-increase") == 0) {
       dst = &a->latency;
+    } else if (strcmp(o, "--on-rollback") == 0) {
+      dst = &a->on_rollback;
     } else if (strcmp(o, "--gate") == 0) {
       if (a->ngates == MAX_STEPS) {
         return usage_error("at most %d --gate", MAX_STEPS);
@@ -790,6 +814,14 @@ static int new_plan(const plan_args *a, plan *p) {
           a->latency);
     }
     p->latency_increase = d;
+  }
+  if (a->on_rollback) {
+    if (strcmp(a->on_rollback, "reroute") != 0 &&
+        strcmp(a->on_rollback, "keep") != 0) {
+      return usage_error("--on-rollback: keep or reroute, not '%s'",
+                         a->on_rollback);
+    }
+    p->reroute = strcmp(a->on_rollback, "reroute") == 0;
   }
   if (parse_steps(a->steps, p, err, sizeof err)) {
     return usage_error("%s", err);
@@ -936,6 +968,7 @@ static int create(cv_router *r, const plan_args *a) {
   sy_stmt_bind_text(s, 11, gates);
   sy_stmt_bind_text(s, 12, p.outcome_var[0] ? p.outcome_var : NULL);
   sy_stmt_bind_double(s, 13, p.latency_increase);
+  sy_stmt_bind_text(s, 14, p.reroute ? "reroute" : "keep");
   rc = cv_step_done(r, s) ||
        audit(r, a->flag, "plan", NULL, steps, p.steps[0], 0, a->reason,
              a->actor, now) ||
@@ -1099,6 +1132,8 @@ static int show(cv_router *r, const plan_args *a) {
                     "v2_over_limit", (json_int_t)l.over));
     }
     json_object_set_new(j, "p_min_latency", json_real(p.p_min_latency));
+    json_object_set_new(j, "on_rollback",
+                        json_string(p.reroute ? "reroute" : "keep"));
     evals = json_array();
   } else {
     char held[32], hold[32];
@@ -1111,6 +1146,9 @@ static int show(cv_router *r, const plan_args *a) {
         "worse by %g point%s at alpha %g\n",
         steps, gates[0] ? ", gated: " : "", gates, (long long)p.min_instances,
         p.max_increase, p.max_increase == 1.0 ? "" : "s", p.alpha);
+    if (p.reroute) {
+      printf("  on rollback: V2's instances in incidents go on at V1\n");
+    }
     printf(
         "  since the plan started: V1 %lld instances, %lld with an "
         "incident (%.1f%%); V2 %lld, %lld (%.1f%%); smallest p so far "
@@ -1196,7 +1234,8 @@ int cv_cmd_plan(cv_router *r, int argc, char **argv) {
     return create(r, &a);
   }
   if (a.hold || a.min_instances || a.max_increase || a.alpha || a.max_wait ||
-      a.ngates || a.dry_run || a.window || a.outcome_var || a.latency) {
+      a.ngates || a.dry_run || a.window || a.outcome_var || a.latency ||
+      a.on_rollback) {
     return usage_error("plan options go with --steps");
   }
   if (!a.action || strcmp(a.action, "show") == 0) {

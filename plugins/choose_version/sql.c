@@ -164,7 +164,9 @@ static const char *const migrations[] = {
      "ALTER TABLE cv_counters ADD COLUMN rerouted_in INTEGER NOT NULL "
      "DEFAULT 0;"
      "ALTER TABLE cv_counters ADD COLUMN rerouted_out INTEGER NOT NULL "
-     "DEFAULT 0;"),
+     "DEFAULT 0;"
+     "ALTER TABLE cv_plans ADD COLUMN on_rollback TEXT NOT NULL DEFAULT "
+     "'keep';"),
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -293,7 +295,9 @@ static const char *const pg_migrations[] = {
      "ALTER TABLE cv_counters ADD COLUMN rerouted_in BIGINT NOT NULL "
      "DEFAULT 0;"
      "ALTER TABLE cv_counters ADD COLUMN rerouted_out BIGINT NOT NULL "
-     "DEFAULT 0;"),
+     "DEFAULT 0;"
+     "ALTER TABLE cv_plans ADD COLUMN on_rollback TEXT NOT NULL DEFAULT "
+     "'keep';"),
 };
 _Static_assert(sizeof pg_migrations == sizeof migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -490,20 +494,21 @@ static const char *const sql_text[CVQ__COUNT] = {
         "SELECT state, steps, step, hold_ms, min_instances, max_increase, "
         "alpha, max_wait_ms, started_at, step_started_at, p_min, gates, "
         "approved, outcome_var, p_min_outcome, latency_increase, "
-        "p_min_latency FROM cv_plans WHERE flag = ?1",
+        "p_min_latency, on_rollback FROM cv_plans WHERE flag = ?1",
     [CVQ_PLAN_PUT] =
         "INSERT INTO cv_plans(flag, state, steps, step, hold_ms, "
         "min_instances, max_increase, alpha, max_wait_ms, started_at, "
         "step_started_at, p_min, updated_at, reason, actor, gates, approved, "
-        "outcome_var, p_min_outcome, latency_increase, p_min_latency) "
+        "outcome_var, p_min_outcome, latency_increase, p_min_latency, "
+        "on_rollback) "
         "VALUES(?1, 'running', ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1.0, ?8, ?9, "
-        "?10, ?11, -1, ?12, 1.0, ?13, 1.0) "
+        "?10, ?11, -1, ?12, 1.0, ?13, 1.0, ?14) "
         "ON CONFLICT(flag) DO UPDATE SET state = 'running', steps = ?2, "
         "step = 0, hold_ms = ?3, min_instances = ?4, max_increase = ?5, "
         "alpha = ?6, max_wait_ms = ?7, started_at = ?8, step_started_at = ?8, "
         "p_min = 1.0, updated_at = ?8, reason = ?9, actor = ?10, gates = ?11, "
         "approved = -1, outcome_var = ?12, p_min_outcome = 1.0, "
-        "latency_increase = ?13, p_min_latency = 1.0",
+        "latency_increase = ?13, p_min_latency = 1.0, on_rollback = ?14",
     [CVQ_PLAN_APPROVE] =
         "UPDATE cv_plans SET approved = ?2, updated_at = ?3 WHERE flag = ?1",
     [CVQ_PLAN_ACTIVE] =

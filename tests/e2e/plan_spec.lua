@@ -9,6 +9,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests/e2e"
 local H = dofile(here .. "/helpers.lua")
 
 local CV = H.repo .. "/tests/fixtures/cv"
+local C = dofile(H.repo .. "/tests/lua/counters.lua")
 local FLAG = "guarded"
 
 local function has(haystack, needle, what)
@@ -145,6 +146,31 @@ describe("rollout plans", function()
       "%d+%.%d%% %(%d+/%d+%), p=[%d.e-]+"), last[4])
     -- the smallest p-value so far is what decided, at most alpha
     assert.is_true(p.p_min <= 0.05)
+  end)
+
+  it("with --on-rollback reroute, send V2's instances waiting in " ..
+    "incidents on to V1 at the rollback, where they complete", function()
+    start_plan(env, "--on-rollback", "reroute")
+    local p = drive(env, { v1 = 0, v2 = 40 })
+    assert.are.equal("rolled_back", p.state)
+    assert.are.equal("reroute", p.on_rollback)
+    local changes = plan_changes(env)
+    local last = changes[#changes]
+    assert.are.same({ "kill", "off", "on" }, { last[1], last[2], last[3] })
+    local n = tonumber(last[4]:match("; (%d+) V2 instances? waiting in " ..
+      "incidents rerouted to V1"))
+    assert.is_true(n ~= nil and n > 0, last[4])
+    assert.are.equal(n, env:scalar("SELECT count(*) FROM cv_decisions " ..
+      "WHERE reason = 'rerouted' AND version = 'v1'"))
+    -- V1 fails nothing here: an engine completes every one of them
+    env:ok("run", "--until-idle")
+    assert.are.equal(n, env:scalar("SELECT count(*) FROM cv_decisions d " ..
+      "JOIN instances i ON i.id = d.instance_id WHERE d.reason = " ..
+      "'rerouted' AND i.state = 'completed'"))
+    assert.are.same(env:sql(C.RECOUNT), env:sql(C.COUNTERS))
+    local report = H.decode((env:ok("report", FLAG, "--json")))
+    assert.are.equal(n, report.versions.v2.rerouted_away)
+    assert.are.equal(n, report.versions.v1.rerouted_in.completed)
   end)
 
   it("survive kill -9 of the engine evaluating them", function()
@@ -325,6 +351,8 @@ describe("rollout plans", function()
       { { "--steps", "10%", "--reason", "r", "--latency-p95-increase",
         "fast" }, "--latency-p95-increase" },
       { { "--latency-p95-increase", "25%" }, "go with --steps" },
+      { { "--steps", "10%", "--reason", "r", "--on-rollback", "undo" },
+        "--on-rollback" },
       { { "pause", "--reason", "r" }, "no running plan" },
       { { "frobnicate" }, "unknown plan action" },
       { { "--hold", "1m" }, "go with --steps" },

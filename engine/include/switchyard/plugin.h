@@ -247,6 +247,15 @@ typedef struct sy_api {
    * error. While it is open no other connection can write, so a plugin may
    * trust what it read earlier in the same transaction. */
   int64_t (*tx_begin)(sy_engine *e);
+  /* Inside the engine's transaction (tx_begin), from a timer or a hook of
+   * the calling plugin (its state: plugin): retries every instance waiting
+   * in an incident that the plugin's retry filter selects given these
+   * values of its retry_options, as `switchyard retry --all` given them
+   * would, its incident resolved and its events reported in the same
+   * transaction. *n: how many. 0, or an SY_E* code (errmsg says why; the
+   * caller's failure then rolls the transaction back). */
+  int (*retry_selected)(sy_engine *e, void *plugin, const char *const *values,
+                        int64_t *n);
   uv_loop_t *(*loop)(sy_engine *e);
   int64_t (*now_ms)(sy_engine *e);
   /* A setting given with `--set key=value` (or by the test harness); NULL
