@@ -1070,7 +1070,7 @@ static int approve(cv_router *r, const plan_args *a) {
 
 static int show(cv_router *r, const plan_args *a) {
   plan p;
-  tally t;
+  tally t, step, o;
   latency l;
   int guards;
   sy_stmt *s;
@@ -1083,6 +1083,9 @@ static int show(cv_router *r, const plan_args *a) {
   }
   if ((have = read_plan(r, a->flag, &p)) < 0 ||
       (have && read_tally(r, &p, p.started_at, &t)) ||
+      (have && read_tally(r, &p, p.step_started_at, &step)) ||
+      (have && p.outcome_var[0] &&
+       tally_of(r, CVQ_PLAN_OUTCOME_TALLY, &p, p.started_at, &o)) ||
       (have && p.latency_increase > 0 && read_latency(r, &p, &l))) {
     return cv_cmd_end(r, CMD, db_error(r, "read plan"));
   }
@@ -1134,6 +1137,17 @@ static int show(cv_router *r, const plan_args *a) {
     json_object_set_new(j, "p_min_latency", json_real(p.p_min_latency));
     json_object_set_new(j, "on_rollback",
                         json_string(p.reroute ? "reroute" : "keep"));
+    json_object_set_new(j, "alpha_per_guard", json_real(p.alpha / guards));
+    json_object_set_new(j, "at_this_step",
+                        json_pack("{s:I, s:I}", "v1", (json_int_t)step.n1, "v2",
+                                  (json_int_t)step.n2));
+    if (p.outcome_var[0]) {
+      json_object_set_new(
+          j, "outcome",
+          json_pack("{s:{s:I, s:I}, s:{s:I, s:I}}", "v1", "completed",
+                    (json_int_t)o.n1, "falsy", (json_int_t)o.x1, "v2",
+                    "completed", (json_int_t)o.n2, "falsy", (json_int_t)o.x2));
+    }
     evals = json_array();
   } else {
     char held[32], hold[32];
@@ -1150,26 +1164,37 @@ static int show(cv_router *r, const plan_args *a) {
       printf("  on rollback: V2's instances in incidents go on at V1\n");
     }
     printf(
-        "  since the plan started: V1 %lld instances, %lld with an "
-        "incident (%.1f%%); V2 %lld, %lld (%.1f%%); smallest p so far "
-        "%.4g\n",
-        (long long)t.n1, (long long)t.x1, pct(t.x1, t.n1), (long long)t.n2,
-        (long long)t.x2, pct(t.x2, t.n2), p.p_min);
+        "  at this step: V1 %lld, V2 %lld instances decided (the step "
+        "needs %lld of each%s)\n",
+        (long long)step.n1, (long long)step.n2, (long long)p.min_instances,
+        p.steps[p.step] == CV_RATE_MAX_PPM ? ", of V2 alone at 100%" : "");
+    printf(
+        "  each guard rolls back once its smallest p so far is at most "
+        "alpha / %d = %g:\n",
+        guards, p.alpha / guards);
+    printf(
+        "  - incidents: V2 %.1f%% (%lld/%lld) vs V1 %.1f%% (%lld/%lld) "
+        "since the plan started, bound V1 + %g point%s; smallest p %.4g\n",
+        pct(t.x2, t.n2), (long long)t.x2, (long long)t.n2, pct(t.x1, t.n1),
+        (long long)t.x1, (long long)t.n1, p.max_increase,
+        p.max_increase == 1.0 ? "" : "s", p.p_min);
     if (p.outcome_var[0]) {
       printf(
-          "  outcome guard: the share of completed instances whose %s is "
-          "false or absent; smallest p so far %.4g (each guard at alpha "
-          "%g)\n",
-          p.outcome_var, p.p_min_outcome, p.alpha / guards);
+          "  - %s false or absent: V2 %.1f%% (%lld/%lld) vs V1 %.1f%% "
+          "(%lld/%lld) of the completed, bound V1 + %g point%s; smallest p "
+          "%.4g\n",
+          p.outcome_var, pct(o.x2, o.n2), (long long)o.x2, (long long)o.n2,
+          pct(o.x1, o.n1), (long long)o.x1, (long long)o.n1, p.max_increase,
+          p.max_increase == 1.0 ? "" : "s", p.p_min_outcome);
     }
     if (p.latency_increase > 0) {
       printf(
-          "  latency guard: V2's p95 at most %g%% above V1's: V2 %lldms vs "
-          "V1 %lldms (limit %lldms), %lld of V2's %lld completed over it; "
-          "smallest p so far %.4g (each guard at alpha %g)\n",
-          p.latency_increase, (long long)l.p95_2, (long long)l.p95_1,
+          "  - latency: p95 V2 %lldms vs V1 %lldms, bound V1 + %g%% "
+          "(%lldms): %lld of V2's %lld completed over it, %lld of V1's %lld "
+          "over its p95; smallest p %.4g\n",
+          (long long)l.p95_2, (long long)l.p95_1, p.latency_increase,
           (long long)l.limit, (long long)l.over, (long long)l.n2,
-          p.p_min_latency, p.alpha / guards);
+          (long long)l.over1, (long long)l.n1, p.p_min_latency);
     }
     printf("  last evaluations:\n");
   }

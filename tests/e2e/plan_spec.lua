@@ -213,8 +213,14 @@ describe("rollout plans", function()
       assert.are.equal(0, env:scalar("SELECT count(*) FROM incidents"))
       assert.are.equal("verified", p.outcome_var)
       assert.is_true(p.p_min_outcome <= 0.025)
-      has(env:ok("rollout", "plan", FLAG), "outcome guard: the share of " ..
-        "completed instances whose verified is false or absent", "show")
+      -- each guard's value against its bound
+      local show = env:ok("rollout", "plan", FLAG)
+      has(show, "each guard rolls back once its smallest p so far is at " ..
+        "most alpha / 2 = 0.025", "show")
+      has(show, string.format("- verified false or absent: V2 %.1f%% " ..
+        "(%d/%d) vs V1", 100 * p.outcome.v2.falsy / p.outcome.v2.completed,
+        p.outcome.v2.falsy, p.outcome.v2.completed), "show")
+      has(show, "- incidents: V2 0.0% (0/", "show")
     end)
 
   it("roll back a V2 whose p95 latency is far above V1's, with " ..
@@ -236,8 +242,9 @@ describe("rollout plans", function()
     assert.is_true(l.v2_p95_ms >= 300, "V2 sleeps 0.3 s")
     assert.is_true(l.limit_ms < 300, "the limit is V1's p95 plus 25%")
     assert.are.equal(l.v2_completed, l.v2_over_limit)
-    has(env:ok("rollout", "plan", FLAG), "latency guard: V2's p95 at most " ..
-      "25% above V1's", "show")
+    has(env:ok("rollout", "plan", FLAG), string.format("- latency: p95 V2 " ..
+      "%dms vs V1 %dms, bound V1 + 25%% (%dms)", p.latency.v2_p95_ms,
+      p.latency.v1_p95_ms, p.latency.limit_ms), "show")
   end)
 
   it("do not roll back equal versions", function()
