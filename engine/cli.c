@@ -377,13 +377,27 @@ static void usage(FILE *f, const sy__cli *c) {
   print_options(f, globals);
 }
 
-static void command_help(const sy__cli_cmd *cmd) {
+static void print_plugin_option(void *ud, const char *name) {
+  (void)ud;
+  printf("  --%s V\n", name);
+}
+
+static void command_help(const sy__cli *c, const sy__cli_cmd *cmd) {
+  sy_plugins *p = NULL;
+  char err[256];
   printf("usage: switchyard [global options] %s %s\n\n", cmd->name, cmd->args);
   print_wrapped(stdout, cmd->summary, 0);
   if (cmd->opts) {
     printf("\noptions:\n");
     print_options(stdout, cmd->opts);
   }
+  /* retry takes the options plugins add (sy_plugin_def.retry_options) */
+  if (cmd == &sy__cli_retry && c->o.plugin_dir && sy_plugins_new(&p) == 0 &&
+      sy_plugins_load_dir(p, c->o.plugin_dir, err, sizeof err) == 0) {
+    printf("\noptions the plugins add (see their documentation):\n");
+    sy_plugins_retry_names(p, print_plugin_option, NULL);
+  }
+  sy_plugins_free(p);
 }
 
 /* ---------------------------------------------------------------------
@@ -526,7 +540,7 @@ int main(int argc, char **argv) {
     return run_plugin_command(&c);
   }
   if (c.help) {
-    command_help(c.cmd);
+    command_help(&c, c.cmd);
     return 0;
   }
   c.o.expect_write = (c.cmd->flags & SY__CLI_WRITES) != 0;

@@ -800,6 +800,12 @@ describe("a decision's step time and retries", function()
       "DROP TABLE cv_plans; DROP TABLE cv_plan_evals;" ..
       "DROP TABLE cv_outbox; DROP TABLE cv_notify_targets;" ..
       "ALTER TABLE cv_audit DROP COLUMN numbers;" ..
+      "DROP INDEX cv_decisions_instance;" ..
+      "ALTER TABLE cv_decisions DROP COLUMN reroutes;" ..
+      "CREATE UNIQUE INDEX cv_decisions_instance ON " ..
+      "cv_decisions(instance_id, flag);" ..
+      "ALTER TABLE cv_counters DROP COLUMN rerouted_in;" ..
+      "ALTER TABLE cv_counters DROP COLUMN rerouted_out;" ..
       "ALTER TABLE instances DROP COLUMN wait_signal;" ..
       "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" ..
       "ALTER TABLE step_runs DROP COLUMN run_ms;" ..
