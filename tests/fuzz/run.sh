@@ -56,6 +56,7 @@ cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
   "-DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link -Wno-error=format-nonliteral" \
   >"$build/configure.log" 2>&1 || { cat "$build/configure.log" >&2; exit 1; }
 if ! cmake --build "$build" -j "$(nproc)" --target syengine cvplugin cvcore \
+  curlloop \
   >"$build/libs.log" 2>&1; then
   cat "$build/libs.log" >&2
   echo "fuzz: the libraries do not build with clang" >&2
@@ -64,7 +65,7 @@ fi
 grep -E 'warning:' "$build/libs.log" >&2 || true
 
 # --- The targets.
-deps=(lua5.4 libuv sqlite3 libpq jansson libcrypto)
+deps=(lua5.4 libuv sqlite3 libpq jansson libcrypto libcurl)
 read -ra dep_cflags <<<"$(pkg-config --cflags "${deps[@]}")"
 read -ra dep_libs <<<"$(pkg-config --libs "${deps[@]}")"
 out=$build/fuzz
@@ -79,7 +80,8 @@ for t in "${targets[@]}"; do
     "${dep_cflags[@]}" \
     "tests/fuzz/fuzz_$t.c" -o "$out/fuzz_$t" \
     -Wl,--start-group "$build/libsyengine.a" "$build/plugins/libcvplugin.a" \
-    "$build/plugins/libcvcore.a" -Wl,--end-group \
+    "$build/plugins/libcvcore.a" "$build/plugins/libcurlloop.a" \
+    -Wl,--end-group \
     "${dep_libs[@]}" -lm
 done
 
