@@ -163,3 +163,53 @@ void cv_print_json(json_t *j) {
   }
   json_decref(j);
 }
+
+int cv_parse_args(const char *cmd, int argc, char **argv, const cv_opt *opts,
+                  const char **pos, int maxpos, int *npos, int dash_digits) {
+  *npos = 0;
+  for (int i = 2; i < argc; i++) {
+    const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    const cv_opt *opt = NULL;
+    int positional =
+        o[0] != '-' || (dash_digits && (!o[1] || (o[1] >= '0' && o[1] <= '9')));
+    if (positional) {
+      if (*npos == maxpos) {
+        return cv_usage_error(cmd, "unexpected argument '%s'", o);
+      }
+      pos[(*npos)++] = o;
+      continue;
+    }
+    for (const cv_opt *c = opts; c->name && !opt; c++) {
+      opt = o[1] == '-' && strcmp(o + 2, c->name) == 0 ? c : NULL;
+    }
+    if (!opt) {
+      return cv_usage_error(cmd, "unknown option '%s'", o);
+    }
+    if (!opt->value) {
+      *opt->set = 1;
+      continue;
+    }
+    if (opt->max && *opt->set == opt->max) {
+      return cv_usage_error(cmd, "at most %d %s", opt->max, o);
+    }
+    if (!v || !*v) {
+      return cv_usage_error(cmd, "%s needs a non-empty value", o);
+    }
+    opt->value[opt->max ? (*opt->set)++ : 0] = v;
+    i++;
+  }
+  return 0;
+}
+
+int cv_flag_and_actor(const char *cmd, const char *flag, const char **actor) {
+  if (!flag) {
+    return cv_usage_error(cmd, "which flag?");
+  }
+  if (!cv_flag_name_valid(flag)) {
+    return cv_usage_error(cmd, "bad flag name '%s'", flag);
+  }
+  if (!*actor) {
+    *actor = cv_login_name();
+  }
+  return 0;
+}

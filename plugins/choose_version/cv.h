@@ -228,6 +228,34 @@ int cv_cmd_rollout(void *plugin, int argc, char **argv);
 int cv_cmd_plan(cv_router *r, int argc, char **argv);
 int cv_planner_start(cv_router *r);
 void cv_planner_stop(cv_router *r);
+/* One option of a command, for cv_parse_args: a switch (value NULL: *set
+ * becomes 1), an option taking a non-empty value (into *value), or with
+ * max > 0 one given up to max times (into value[0..max), counted in
+ * *set). */
+typedef struct cv_opt {
+  const char *name; /* without "--" */
+  const char **value;
+  int *set;
+  int max;
+} cv_opt;
+#define CV_VALUE(n, p) \
+  { .name = (n), .value = (p) }
+#define CV_SWITCH(n, p) \
+  { .name = (n), .set = (p) }
+#define CV_MANY(n, arr, count, most) \
+  { .name = (n), .value = (arr), .set = (count), .max = (most) }
+#define CV_END \
+  { .name = NULL }
+/* The arguments of a command after its name (argv[2] on): the options of
+ * opts (ended by a NULL name), and at most maxpos others into pos
+ * (*npos of them); with dash_digits, "-" and "-" followed by a digit are
+ * not options (a negative rate, said wrong later). 0, or the exit code 2
+ * after saying what is wrong, naming cmd. */
+int cv_parse_args(const char *cmd, int argc, char **argv, const cv_opt *opts,
+                  const char **pos, int maxpos, int *npos, int dash_digits);
+/* A command's flag argument checked, and its actor defaulted to the login
+ * name: 0, or 2 after saying what is wrong. */
+int cv_flag_and_actor(const char *cmd, const char *flag, const char **actor);
 /* Prints j indented, in its keys' order, and frees it (NULL: nothing). */
 typedef struct json_t json_t;
 void cv_print_json(json_t *j);

@@ -553,52 +553,17 @@ typedef struct notify_args {
 } notify_args;
 
 static int parse(const char *cmd, int argc, char **argv, notify_args *a) {
+  const cv_opt opts[] = {
+      CV_VALUE("url", &a->url),        CV_VALUE("secret-file", &a->secret_file),
+      CV_VALUE("format", &a->format),  CV_VALUE("reason", &a->reason),
+      CV_VALUE("actor", &a->actor),    CV_SWITCH("json", &a->json),
+      CV_SWITCH("remove", &a->remove), CV_END};
+  int npos, rc;
   memset(a, 0, sizeof *a);
-  for (int i = 2; i < argc; i++) {
-    const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    const char **dst = NULL;
-    if (strcmp(o, "--json") == 0) {
-      a->json = 1;
-      continue;
-    }
-    if (strcmp(o, "--remove") == 0) {
-      a->remove = 1;
-      continue;
-    }
-    if (strcmp(o, "--url") == 0) {
-      dst = &a->url;
-    } else if (strcmp(o, "--secret-file") == 0) {
-      dst = &a->secret_file;
-    } else if (strcmp(o, "--format") == 0) {
-      dst = &a->format;
-    } else if (strcmp(o, "--reason") == 0) {
-      dst = &a->reason;
-    } else if (strcmp(o, "--actor") == 0) {
-      dst = &a->actor;
-    } else if (o[0] == '-') {
-      return usage_error(cmd, "unknown option '%s'", o);
-    } else if (!a->flag) {
-      a->flag = o;
-      continue;
-    } else {
-      return usage_error(cmd, "unexpected argument '%s'", o);
-    }
-    if (!v || !*v) {
-      return usage_error(cmd, "%s needs a non-empty value", o);
-    }
-    *dst = v;
-    i++;
+  if ((rc = cv_parse_args(cmd, argc, argv, opts, &a->flag, 1, &npos, 0))) {
+    return rc;
   }
-  if (!a->flag) {
-    return usage_error(cmd, "which flag?");
-  }
-  if (!cv_flag_name_valid(a->flag)) {
-    return usage_error(cmd, "bad flag name '%s'", a->flag);
-  }
-  if (!a->actor) {
-    a->actor = cv_login_name();
-  }
-  return 0;
+  return cv_flag_and_actor(cmd, a->flag, &a->actor);
 }
 
 /* The flag's row: 0 with *rate and *killed, or the exit code after saying

@@ -686,74 +686,31 @@ static const char plan_usage[] =
     "is entered only once approved (approve).\n";
 
 static int parse(int argc, char **argv, plan_args *a) {
+  const cv_opt opts[] = {CV_VALUE("steps", &a->steps),
+                         CV_VALUE("reason", &a->reason),
+                         CV_VALUE("actor", &a->actor),
+                         CV_VALUE("hold", &a->hold),
+                         CV_VALUE("min-instances", &a->min_instances),
+                         CV_VALUE("max-increase", &a->max_increase),
+                         CV_VALUE("alpha", &a->alpha),
+                         CV_VALUE("max-wait", &a->max_wait),
+                         CV_VALUE("window", &a->window),
+                         CV_VALUE("outcome-var", &a->outcome_var),
+                         CV_VALUE("latency-p95-increase", &a->latency),
+                         CV_VALUE("on-rollback", &a->on_rollback),
+                         CV_MANY("gate", a->gates, &a->ngates, MAX_STEPS),
+                         CV_SWITCH("json", &a->json),
+                         CV_SWITCH("dry-run", &a->dry_run),
+                         CV_END};
+  const char *pos[2] = {NULL, NULL};
+  int npos, rc;
   memset(a, 0, sizeof *a);
-  for (int i = 2; i < argc; i++) {
-    const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    const char **dst = NULL;
-    if (strcmp(o, "--json") == 0) {
-      a->json = 1;
-      continue;
-    }
-    if (strcmp(o, "--dry-run") == 0) {
-      a->dry_run = 1;
-      continue;
-    }
-    if (strcmp(o, "--steps") == 0) {
-      dst = &a->steps;
-    } else if (strcmp(o, "--reason") == 0) {
-      dst = &a->reason;
-    } else if (strcmp(o, "--actor") == 0) {
-      dst = &a->actor;
-    } else if (strcmp(o, "--hold") == 0) {
-      dst = &a->hold;
-    } else if (strcmp(o, "--min-instances") == 0) {
-      dst = &a->min_instances;
-    } else if (strcmp(o, "--max-increase") == 0) {
-      dst = &a->max_increase;
-    } else if (strcmp(o, "--alpha") == 0) {
-      dst = &a->alpha;
-    } else if (strcmp(o, "--max-wait") == 0) {
-      dst = &a->max_wait;
-    } else if (strcmp(o, "--window") == 0) {
-      dst = &a->window;
-    } else if (strcmp(o, "--outcome-var") == 0) {
-      dst = &a->outcome_var;
-    } else if (strcmp(o, "--latency-p95-increase") == 0) {
-      dst = &a->latency;
-    } else if (strcmp(o, "--on-rollback") == 0) {
-      dst = &a->on_rollback;
-    } else if (strcmp(o, "--gate") == 0) {
-      if (a->ngates == MAX_STEPS) {
-        return usage_error("at most %d --gate", MAX_STEPS);
-      }
-      dst = &a->gates[a->ngates++];
-    } else if (o[0] == '-') {
-      return usage_error("unknown option '%s'", o);
-    } else if (!a->flag) {
-      a->flag = o;
-      continue;
-    } else if (!a->action) {
-      a->action = o;
-      continue;
-    } else {
-      return usage_error("unexpected argument '%s'", o);
-    }
-    if (!v || !*v) {
-      return usage_error("%s needs a non-empty value", o);
-    }
-    *dst = v;
-    i++;
+  if ((rc = cv_parse_args(CMD, argc, argv, opts, pos, 2, &npos, 0))) {
+    return rc;
   }
-  if (!a->flag) {
-    return usage_error("which flag?");
-  }
-  if (!cv_flag_name_valid(a->flag)) {
-    return usage_error("bad flag name '%s'", a->flag);
-  }
-  if (!a->actor) {
-    a->actor = cv_login_name();
-  }
-  return 0;
+  a->flag = pos[0];
+  a->action = pos[1];
+  return cv_flag_and_actor(CMD, a->flag, &a->actor);
 }
 
 static int number(const char *s, double lo, double hi, double *out) {

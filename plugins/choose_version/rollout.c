@@ -55,52 +55,22 @@ typedef struct args {
 #define db_error(r, what) cv_cmd_db_error(r, CMD, what)
 
 static int parse_args(int argc, char **argv, args *a) {
+  const cv_opt opts[] = {CV_VALUE("reason", &a->reason),
+                         CV_VALUE("actor", &a->actor),
+                         CV_VALUE("group", &a->group),
+                         CV_VALUE("description", &a->description),
+                         CV_VALUE("owner", &a->owner),
+                         CV_VALUE("stale-after", &a->stale_after),
+                         CV_VALUE("window", &a->window),
+                         CV_SWITCH("stale", &a->stale),
+                         CV_SWITCH("dry-run", &a->dry_run),
+                         CV_SWITCH("force", &a->force),
+                         CV_SWITCH("json", &a->json),
+                         CV_END};
+  int rc;
   memset(a, 0, sizeof *a);
-  for (int i = 2; i < argc; i++) {
-    const char *o = argv[i];
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    const char **dst = NULL;
-    if (strcmp(o, "--reason") == 0) {
-      dst = &a->reason;
-    } else if (strcmp(o, "--actor") == 0) {
-      dst = &a->actor;
-    } else if (strcmp(o, "--group") == 0) {
-      dst = &a->group;
-    } else if (strcmp(o, "--description") == 0) {
-      dst = &a->description;
-    } else if (strcmp(o, "--owner") == 0) {
-      dst = &a->owner;
-    } else if (strcmp(o, "--stale-after") == 0) {
-      dst = &a->stale_after;
-    } else if (strcmp(o, "--stale") == 0) {
-      a->stale = 1;
-      continue;
-    } else if (strcmp(o, "--dry-run") == 0) {
-      a->dry_run = 1;
-      continue;
-    } else if (strcmp(o, "--window") == 0) {
-      dst = &a->window;
-    } else if (strcmp(o, "--force") == 0) {
-      a->force = 1;
-      continue;
-    } else if (strcmp(o, "--json") == 0) {
-      a->json = 1;
-      continue;
-    } else if (o[0] == '-' && o[1] && strcmp(o, "-") != 0 &&
-               !(o[1] >= '0' && o[1] <= '9')) {
-      return usage_error("unknown option '%s'", o);
-    } else {
-      if (a->npos == 4) {
-        return usage_error("unexpected argument '%s'", o);
-      }
-      a->pos[a->npos++] = o;
-      continue;
-    }
-    if (!v || !*v) {
-      return usage_error("%s needs a non-empty value", o);
-    }
-    *dst = v;
-    i++;
+  if ((rc = cv_parse_args(CMD, argc, argv, opts, a->pos, 4, &a->npos, 1))) {
+    return rc;
   }
   if (!a->actor) {
     a->actor = cv_login_name();
