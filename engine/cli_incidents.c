@@ -149,29 +149,40 @@ typedef struct retry_args {
   int n;
 } retry_args;
 
+/* The options of retry, the plugins' after its own (keys O_PLUGIN on). */
+typedef struct opt_table {
+  sy__cli_opt v[MAX_RETRY_OPTS + 8];
+  int n;
+} opt_table;
+
+static void add_plugin_option(void *ud, const char *name) {
+  opt_table *t = ud;
+  if (t->n < MAX_RETRY_OPTS + 7) {
+    t->v[t->n] = (sy__cli_opt){name, required_argument, O_PLUGIN + t->n, "V",
+                               "a plugin's"};
+    t->n++;
+  }
+}
+
 /* Parses retry's arguments, the plugins' options (e's) among them, which
  * are handed to the plugins as they come. */
 static int parse_retry(sy__cli *c, sy_engine *e, retry_args *a) {
-  sy__cli_opt opts[MAX_RETRY_OPTS + 8];
+  opt_table t = {.n = 0};
   sy__cli_cmd cmd = *c->cmd;
   const sy__cli_cmd *was = c->cmd;
   const char *v;
   long long id;
-  int key, n = 0, np = sy_engine_retry_option_count(e);
-  for (; retry_opts[n].name; n++) {
-    opts[n] = retry_opts[n];
+  int key;
+  for (; retry_opts[t.n].name; t.n++) {
+    t.v[t.n] = retry_opts[t.n];
   }
-  for (int i = 0; i < np && i < MAX_RETRY_OPTS; i++) {
-    opts[n++] = (sy__cli_opt){sy_engine_retry_option(e, i), required_argument,
-                              O_PLUGIN + i, "V", "a plugin's"};
-  }
-  opts[n] = (sy__cli_opt){NULL, 0, 0, NULL, NULL};
-  cmd.opts = opts;
+  sy_engine_retry_options(e, add_plugin_option, &t);
+  t.v[t.n] = (sy__cli_opt){NULL, 0, 0, NULL, NULL};
+  cmd.opts = t.v;
   c->cmd = &cmd;
   while ((key = sy__cli_next(c, &v)) > 0) {
     if (key >= O_PLUGIN) {
-      if (sy_engine_set_retry_option(e, opts[key - O_PLUGIN + n - np].name,
-                                     v)) {
+      if (sy_engine_set_retry_option(e, t.v[key - O_PLUGIN].name, v)) {
         c->cmd = was;
         return sy__cli_fail(e, SY_EINVAL);
       }
@@ -213,7 +224,7 @@ static int parse_retry(sy__cli *c, sy_engine *e, retry_args *a) {
   if (key < 0) {
     return SY__EXIT_USAGE;
   }
-  if (sy_engine_set_retry_option(e, NULL, NULL)) {
+  if (sy_engine_check_retry_options(e)) {
     return sy__cli_fail(e, SY_EINVAL);
   }
   if (a->all == !!a->n) {

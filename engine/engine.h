@@ -108,14 +108,15 @@ int sy_engine_retry_preview(sy_engine *e, const sy_instance_filter *f,
                             int (*cb)(void *ud, const sy_instance_row *r,
                                       const char *at),
                             void *ud);
-/* Options plugins add to retry (sy_plugin_def.retry_options): how many,
- * the i-th's name, and giving one its value for the retries that follow
- * (SY_EINVAL: no plugin has it). With value NULL, the plugins given
- * options check them all: 0, or SY_EINVAL saying what is wrong. */
-int sy_engine_retry_option_count(sy_engine *e);
-const char *sy_engine_retry_option(sy_engine *e, int i);
+/* Options plugins add to retry (sy_plugin_def.retry_options): each name
+ * through cb; giving one its value for the retries that follow (0, or
+ * SY_EINVAL when no plugin has it); and, once all are given, letting the
+ * plugins check them (0, or SY_EINVAL saying what is wrong). */
+void sy_engine_retry_options(sy_engine *e,
+                             void (*cb)(void *ud, const char *name), void *ud);
 int sy_engine_set_retry_option(sy_engine *e, const char *name,
                                const char *value);
+int sy_engine_check_retry_options(sy_engine *e);
 int sy_engine_cancel(sy_engine *e, int64_t id);
 
 typedef struct sy_run_stats {

@@ -311,44 +311,24 @@ int sy_engine_retry_preview(sy_engine *e, const sy_instance_filter *f,
   return x.rc;
 }
 
-static void count_option(void *ud, const char *name) {
-  (void)name;
-  ++*(int *)ud;
-}
-
-int sy_engine_retry_option_count(sy_engine *e) {
-  int n = 0;
-  sy_plugins_retry_names(e->plugins, count_option, &n);
-  return n;
-}
-
-typedef struct name_at {
-  int want, seen;
-  const char *name;
-} name_at;
-
-static void option_at(void *ud, const char *name) {
-  name_at *x = ud;
-  if (x->seen++ == x->want) {
-    x->name = name;
-  }
-}
-
-const char *sy_engine_retry_option(sy_engine *e, int i) {
-  name_at x = {i, 0, NULL};
-  sy_plugins_retry_names(e->plugins, option_at, &x);
-  return x.name;
+void sy_engine_retry_options(sy_engine *e,
+                             void (*cb)(void *ud, const char *name), void *ud) {
+  sy_plugins_retry_names(e->plugins, cb, ud);
 }
 
 int sy_engine_set_retry_option(sy_engine *e, const char *name,
                                const char *value) {
-  char err[512] = "", at[8];
-  int rc = value ? sy_plugins_retry_set(e->plugins, name, value)
-                 : sy_plugins_retry_filter(e->plugins, NULL, at, sizeof at, err,
-                                           sizeof err);
-  if (rc == SY_EINVAL && value) {
+  int rc = sy_plugins_retry_set(e->plugins, name, value);
+  if (rc == SY_EINVAL) {
     return sy__set_error(e, rc, "no plugin has the retry option --%s", name);
   }
+  return rc ? sy__set_error(e, rc, "out of memory") : 0;
+}
+
+int sy_engine_check_retry_options(sy_engine *e) {
+  char err[512] = "", at[8];
+  int rc =
+      sy_plugins_retry_filter(e->plugins, NULL, at, sizeof at, err, sizeof err);
   return rc < 0 ? sy__set_error(e, rc, "%s", err[0] ? err : "out of memory")
                 : 0;
 }
