@@ -41,25 +41,15 @@ static long median_caught(long *v, int n, int *caught) {
  * else the latency sim lat) and prints the line of one scenario. */
 static void scenario_of(const char *name, int equal, const guard_sim *g,
                         const latency_sim *lat, int rollouts) {
-  long *ms = calloc((size_t)rollouts, sizeof *ms);
-  long *fx = calloc((size_t)rollouts, sizeof *fx);
+  long *at = calloc(2 * (size_t)rollouts, sizeof *at);
   int mc, fc;
-  if (!ms || !fx) {
+  if (!at) {
     fprintf(stderr, "bench-guard: out of memory\n");
     exit(1);
   }
-  for (int k = 0; k < rollouts; k++) {
-    guard_run r;
-    if (lat) {
-      latency_sim_run(lat, (uint64_t)k + 1, &r);
-    } else {
-      guard_sim_run(g, (uint64_t)k + 1, &r);
-    }
-    ms[k] = r.msprt_at;
-    fx[k] = r.fixed_at;
-  }
-  long mm = median_caught(ms, rollouts, &mc);
-  long fm = median_caught(fx, rollouts, &fc);
+  guard_sim_many(g, lat, rollouts, &mc, &fc, at);
+  long mm = median_caught(at, rollouts, &mc);
+  long fm = median_caught(at + rollouts, rollouts, &fc);
   if (equal) {
     printf(
         "  %s: false rollbacks: %d/%d (alpha %.2f); fixed-sample test "
@@ -71,8 +61,7 @@ static void scenario_of(const char *name, int equal, const guard_sim *g,
         "fixed-sample test at every look: %d/%d, median %ld\n",
         name, mc, rollouts, mm, fc, rollouts, fm);
   }
-  free(ms);
-  free(fx);
+  free(at);
 }
 
 static void latency_scenario(const char *name, double slower, int rollouts) {

@@ -156,4 +156,27 @@ static inline void latency_sim_run(const latency_sim *g, uint64_t seed,
   }
 }
 
+/* n rollouts (seeds 1..n) of the incident sim g or, when g is NULL, of the
+ * latency sim l: how many each test rolled back; and, when at is not
+ * NULL, the instances per version at each one's rollback (at[k] the
+ * always-valid test's, at[n + k] the fixed-sample test's; 0: never). */
+static inline void guard_sim_many(const guard_sim *g, const latency_sim *l,
+                                  int n, int *msprt, int *fixed, long *at) {
+  *msprt = *fixed = 0;
+  for (int k = 0; k < n; k++) {
+    guard_run r;
+    if (g) {
+      guard_sim_run(g, (uint64_t)k + 1, &r);
+    } else {
+      latency_sim_run(l, (uint64_t)k + 1, &r);
+    }
+    *msprt += r.msprt_at != 0;
+    *fixed += r.fixed_at != 0;
+    if (at) {
+      at[k] = r.msprt_at;
+      at[n + k] = r.fixed_at;
+    }
+  }
+}
+
 #endif

@@ -592,6 +592,28 @@ static void test_msprt_values(void) {
  * several times as many; with V2 twice as bad, it still catches nearly
  * every one. Deterministic (seeded); the figures are in scripts/bench
  * guard. */
+/* 1,000 seeded rollouts where the guard must not roll back (g_null or
+ * l_null: rates equal, latency at the limit) and 1,000 where it must (V2
+ * twice as bad): at most about alpha of the first rolled back, the
+ * fixed-sample test read at every look rolling back many times as many,
+ * and at least min_caught of the second. */
+static void check_guard(const char *name, const guard_sim *g_null,
+                        const guard_sim *g_worse, const latency_sim *l_null,
+                        const latency_sim *l_worse, int min_caught) {
+  int msprt, fixed, caught, unused;
+  guard_sim_many(g_null, l_null, 1000, &msprt, &fixed, NULL);
+  guard_sim_many(g_worse, l_worse, 1000, &caught, &unused, NULL);
+  printf(
+      "%s: %d/1000 rolled back (fixed-sample test at every look: %d/1000); "
+      "V2 at 2x: %d/1000 caught\n",
+      name, msprt, fixed, caught);
+  /* alpha is 50/1000; 65 leaves three standard deviations of sampling
+   * error over a test whose true rate is at most alpha. */
+  CHECK(msprt <= 65);
+  CHECK(fixed >= 3 * msprt && fixed >= 150);
+  CHECK(caught >= min_caught);
+}
+
 static void test_msprt_guard(void) {
   guard_sim null = {.p1 = 0.05,
                     .p2 = 0.05,
@@ -602,25 +624,8 @@ static void test_msprt_guard(void) {
                     .alpha = 0.05,
                     .tau = CV_MSPRT_TAU};
   guard_sim worse = null;
-  int msprt = 0, fixed = 0, caught = 0;
   worse.p2 = 0.10;
-  for (uint64_t k = 1; k <= 1000; k++) {
-    guard_run r;
-    guard_sim_run(&null, k, &r);
-    msprt += r.msprt_at != 0;
-    fixed += r.fixed_at != 0;
-    guard_sim_run(&worse, k, &r);
-    caught += r.msprt_at != 0;
-  }
-  printf(
-      "guard: equal rates: %d/1000 rolled back (fixed-sample test at "
-      "every look: %d/1000); V2 at 2x: %d/1000 caught\n",
-      msprt, fixed, caught);
-  /* alpha is 50/1000; 65 leaves three standard deviations of sampling
-   * error over a test whose true rate is at most alpha. */
-  CHECK(msprt <= 65);
-  CHECK(fixed >= 3 * msprt && fixed >= 150);
-  CHECK(caught >= 950);
+  check_guard("guard, equal rates", &null, &worse, NULL, NULL, 950);
 }
 
 /* The latency guard the same way (guard-sim.h: V1's p95 so far sets the
@@ -639,23 +644,9 @@ static void test_latency_guard(void) {
                           .alpha = 0.05,
                           .tau = CV_MSPRT_TAU};
   latency_sim slow = at_limit;
-  int msprt = 0, fixed = 0, caught = 0;
   slow.slower = 2.0;
-  for (uint64_t k = 1; k <= 1000; k++) {
-    guard_run r;
-    latency_sim_run(&at_limit, k, &r);
-    msprt += r.msprt_at != 0;
-    fixed += r.fixed_at != 0;
-    latency_sim_run(&slow, k, &r);
-    caught += r.msprt_at != 0;
-  }
-  printf(
-      "latency guard: V2 at the limit: %d/1000 rolled back (fixed-sample "
-      "test at every look: %d/1000); V2 at 2x: %d/1000 caught\n",
-      msprt, fixed, caught);
-  CHECK(msprt <= 65);
-  CHECK(fixed >= 3 * msprt && fixed >= 150);
-  CHECK(caught >= 990);
+  check_guard("latency guard, V2 at the limit", NULL, NULL, &at_limit, &slow,
+              990);
 }
 
 int main(void) {
