@@ -293,11 +293,14 @@ static int cmd_run(sy__cli *c) {
   }
   memset(&s, 0, sizeof s);
   while ((rc = sy_engine_run(e, until_idle)) &&
-         sy_store_connection_lost(sy_engine_store(e))) {
+         sy_store_restartable(sy_engine_store(e))) {
     add_stats(&s, e);
     fprintf(stderr,
-            "switchyard: lost the database connection (%s); what this "
-            "engine held will run again, as after a crash\n",
+            "switchyard: %s (%s); what this engine held will run again, as "
+            "after a crash\n",
+            sy_store_connection_lost(sy_engine_store(e))
+                ? "lost the database connection"
+                : "the turn met another engine's",
             sy_engine_errmsg(e));
     sy_engine_close(e);
     if (reconnect(c, &e)) {

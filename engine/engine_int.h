@@ -134,6 +134,8 @@ struct sy_engine {
   uv_timer_t wake_timer;
   uv_timer_t poll_timer;
   uv_signal_t sigint, sigterm;
+  uv_poll_t notices; /* a database server's announcements (notices_on) */
+  int notices_on;
   int handles_init;
   int until_idle;
   int stopping;

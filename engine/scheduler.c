@@ -34,6 +34,10 @@ static void close_handles(sy_engine *e) {
   uv_close((uv_handle_t *)&e->breathe_timer, close_cb);
   uv_close((uv_handle_t *)&e->sigint, close_cb);
   uv_close((uv_handle_t *)&e->sigterm, close_cb);
+  if (e->notices_on) {
+    e->notices_on = 0;
+    uv_close((uv_handle_t *)&e->notices, close_cb);
+  }
 }
 
 void sy__kick(sy_engine *e) {
@@ -129,6 +133,22 @@ static void wake_cb(uv_timer_t *t) {
   uv_idle_start(&e->idle, idle_cb);
 }
 
+/* Another process announced work or a change (a database server's
+ * NOTIFY): look now rather than at the next periodic look. A failed
+ * socket stops the watch; the next statement says what failed. */
+static void notices_cb(uv_poll_t *p, int status, int events) {
+  sy_engine *e = p->data;
+  (void)events;
+  if (status < 0) {
+    uv_poll_stop(p);
+    return;
+  }
+  if (sy_store_notified(e->store, 1) > 0) {
+    e->maybe_work = 1;
+    uv_idle_start(&e->idle, idle_cb);
+  }
+}
+
 /* Nothing runs in memory and nothing is claimable now: arm the wake timer
  * for the next due instance, or finish when running until idle. */
 static void settle(sy_engine *e) {
@@ -213,6 +233,10 @@ static void check_cb(uv_check_t *h) {
     wind_down(e);
     return;
   }
+  /* Announcements that came with the turn's replies. */
+  if (sy_store_notified(e->store, 0) > 0) {
+    e->maybe_work = 1;
+  }
   /* The commit made the queued transitions durable: go on with them. */
   while (e->commitq_head) {
     sy_inst *in = e->commitq_head;
@@ -283,6 +307,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   e->until_idle = until_idle;
   e->stopping = 0;
   e->maybe_work = 1;
+  sy_store_share_writes(e->store, 1);
   /* Recovery: register, and take back at once what dead engines on this
    * host held; other engines' work is claimed when their leases expire. */
   if ((rc = sy_store_begin(e->store)) ||
@@ -291,6 +316,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
       (rc = sy_store_engines_on_host(e->store, e->host, reap_dead, e)) ||
       (rc = sy_store_commit(e->store))) {
     sy_engine_rollback(e);
+    sy_store_share_writes(e->store, 0);
     return sy__set_error(e, rc, "recovery: %s", sy_store_errmsg(e->store));
   }
   uv_idle_init(&e->loop, &e->idle);
@@ -310,10 +336,18 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   uv_check_start(&e->check, check_cb);
   uv_timer_start(&e->poll_timer, wake_cb, POLL_MS, POLL_MS);
   uv_timer_start(&e->lease_timer, lease_cb, SY__LEASE_MS / 3, SY__LEASE_MS / 3);
+  if (sy_store_socket(e->store) >= 0 &&
+      uv_poll_init_socket(&e->loop, &e->notices, sy_store_socket(e->store)) ==
+          0) {
+    e->notices.data = e;
+    e->notices_on = 1;
+    uv_poll_start(&e->notices, UV_READABLE, notices_cb);
+  }
   uv_idle_start(&e->idle, idle_cb);
   uv_run(&e->loop, UV_RUN_DEFAULT);
   /* Abandoned plugin calls may still be completing: let them. */
   while (e->live_calls && uv_run(&e->loop, UV_RUN_ONCE)) {
   }
+  sy_store_share_writes(e->store, 0);
   return e->fatal;
 }

@@ -130,6 +130,9 @@ const char *const sy__migrations[] = {
     "ALTER TABLE instances ADD COLUMN caught TEXT;"
     "ALTER TABLE step_runs ADD COLUMN code TEXT;"
     "ALTER TABLE step_runs ADD COLUMN handler TEXT;",
+    /* 6: the change counter of a database server (see sy__pg_migrations);
+     * a SQLite file has its own, data_version. */
+    "",
 };
 const int sy__schema_version =
     (int)(sizeof sy__migrations / sizeof sy__migrations[0]);
@@ -217,6 +220,18 @@ const char *const sy__pg_migrations[] = {
     "",
     "",
     "",
+    /* 6: the change counter (data_version). A trigger calling
+     * sy_note_change() on a table adds one to it in each transaction that
+     * changes the table, and tells listening engines; plugins put it on
+     * the tables whose rows they cache. */
+    "INSERT INTO sy_meta(key, value) VALUES('changes', 0) "
+    "ON CONFLICT(key) DO NOTHING;"
+    "CREATE FUNCTION sy_note_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN "
+    "  UPDATE sy_meta SET value = value + 1 WHERE key = 'changes'; "
+    "  PERFORM pg_notify('switchyard', 'changes'); "
+    "  RETURN NULL; "
+    "END $$;",
 };
 _Static_assert(sizeof sy__pg_migrations == sizeof sy__migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -270,6 +285,11 @@ static const char *const sql_text[Q__COUNT] = {
         "AND wake_at IS NULL AND id BETWEEN ?1 AND ?2",
     /* An engine that stopped renewing its leases is gone: take over. */
     [Q_CLAIM_EXPIRED] = CLAIM("state = 'running' AND lease_until < ?1"),
+    /* New instances on a server, where engines claim side by side: see
+     * pg_text. (This text is SQLite's equivalent, unused: there the range
+     * claim above is cheaper, and sound since writers take turns.) */
+    [Q_CLAIM_NEW_LOCKED] =
+        CLAIM("state = 'ready' AND wake_at IS NULL ORDER BY id"),
     /* Owners are set on running rows only: the state index finds them. */
     [Q_RENEW] =
         "UPDATE instances SET lease_until = ?2 "
@@ -378,8 +398,29 @@ static const char *const sql_text[Q__COUNT] = {
         "WHERE instance_id = ?1 AND resolved_at IS NULL",
 };
 
+/* A claim on a server, where engines' turns run side by side: the rows
+ * are locked as they are picked, passing over those another engine's
+ * turn holds (SKIP LOCKED), and a row another turn changed meanwhile is
+ * read again and must still match. The old `claimed` is returned (in
+ * its place among INSTANCE_COLS), so that a new instance is known new. */
+#define CLAIM_LOCKED(cond)                                                   \
+  "UPDATE instances i SET state = 'running', owner = ?3, lease_until = ?4, " \
+  "updated_at = ?1, claimed = 1 FROM (SELECT id, claimed AS was FROM "       \
+  "instances WHERE " cond                                                    \
+  " LIMIT ?2 FOR UPDATE SKIP LOCKED) o "                                     \
+  "WHERE i.id = o.id RETURNING i.id, i.workflow, i.def_hash, i.state, "      \
+  "i.step, i.attempt, i.vars, i.wake_at, i.created_at, i.updated_at, "       \
+  "i.ended_at, i.generation, i.run_ms, i.reruns, o.was, i.wait_signal, "     \
+  "i.caught"
+
 /* PostgreSQL's texts where the two databases differ. */
 static const char *const pg_text[Q__COUNT] = {
+    [Q_CLAIM_DUE] =
+        CLAIM_LOCKED("state = 'waiting' AND wake_at <= ?1 ORDER BY wake_at"),
+    [Q_CLAIM_READY] = CLAIM_LOCKED("state = 'ready' AND wake_at IS NOT NULL"),
+    [Q_CLAIM_EXPIRED] = CLAIM_LOCKED("state = 'running' AND lease_until < ?1"),
+    [Q_CLAIM_NEW_LOCKED] =
+        CLAIM_LOCKED("state = 'ready' AND wake_at IS NULL ORDER BY id"),
     /* A JSON path, and no json_extract. */
     [Q_FIND_LIVE] =
         "SELECT id, state FROM instances WHERE state NOT IN ('completed', "
@@ -574,6 +615,26 @@ int sy_store_connection_lost(sy_store *st) {
   return st->b->lost && st->b->lost(st);
 }
 
+int sy_store_restartable(sy_store *st) {
+  return sy_store_connection_lost(st) || (st->shared_writes && st->b->busy(st));
+}
+
+int sy_store_share_writes(sy_store *st, int on) {
+  st->shared_writes = on && st->b->listen;
+  if (st->shared_writes && st->b->listen(st)) {
+    st->shared_writes = 0; /* then as a command: safe, only slower */
+  }
+  return st->shared_writes;
+}
+
+int sy_store_socket(sy_store *st) {
+  return st->shared_writes ? st->b->socket(st) : -1;
+}
+
+int sy_store_notified(sy_store *st, int read) {
+  return st->shared_writes ? st->b->notified(st, read) : 0;
+}
+
 const char *sy_store_backend(sy_store *st) {
   return st->b->name;
 }
@@ -637,7 +698,11 @@ int sy_store_commit(sy_store *st) {
   if (!(s = sy__stmt(st, Q_COMMIT))) {
     return SY_ESTORE;
   }
-  rc = sy__exec_stmt(st, s, "commit");
+  rc = st->b->before_commit ? st->b->before_commit(st) : 0;
+  st->made_work = 0;
+  if (!rc) {
+    rc = sy__exec_stmt(st, s, "commit");
+  }
   /* A failed COMMIT may leave the transaction open (a busy database): roll
    * it back so the caller's in-memory view and the database agree again. */
   if (rc && sy__tx_open(st)) {
@@ -654,6 +719,7 @@ void sy_store_rollback(sy_store *st) {
     sy_stmt_reset(s);
   }
   st->in_tx = 0;
+  st->made_work = 0;
 }
 
 int sy_store_in_tx(sy_store *st) {

@@ -51,6 +51,27 @@ int sy_store_clock(sy_store *st, int64_t *ms);
 /* Whether the connection to a database server was lost (a server
  * restarted or gone): the store is then good for nothing but closing. */
 int sy_store_connection_lost(sy_store *st);
+/* Whether an engine that stopped on the store's last failure is to start
+ * again (as after a crash) rather than exit: the connection was lost, or,
+ * on a server, its turn met another engine's (a deadlock, a serialization
+ * failure, a lock waited for past the busy timeout). */
+int sy_store_restartable(sy_store *st);
+/* A running engine's connection (on = 1; 0: a command's again). On a
+ * server, its write transactions then take the write lock shared, beside
+ * other engines' turns: claims skip the rows another engine has locked
+ * (SKIP LOCKED), every later write is fenced by its owner, and counters
+ * are added in key order. A command's transaction still takes the lock
+ * alone, so what a command reads stays true until it commits. The
+ * connection also listens for what other processes announce: work
+ * added, flags changed. On a SQLite file nothing changes: writers take
+ * turns, and engines look for work now and then. Returns whether
+ * writes are shared now. */
+int sy_store_share_writes(sy_store *st, int on);
+/* The socket announcements arrive on (-1: none, on a file), and how many
+ * came since the last call (reading the socket first when `read`; without,
+ * only those a statement's reply brought along). */
+int sy_store_socket(sy_store *st);
+int sy_store_notified(sy_store *st, int read);
 /* Which backend holds the database: "sqlite" or "postgresql". */
 const char *sy_store_backend(sy_store *st);
 /* Whether the database's last failure was a lock another process held. */

@@ -131,12 +131,15 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
                    void *ud) {
   /* Due retries and interrupted sleeps first: they have waited already;
    * then work abandoned by dead engines; then new instances. */
-  static const int order[] = {Q_CLAIM_DUE, Q_CLAIM_EXPIRED, Q_CLAIM_READY};
-  int rc, got = 0, n = 0;
+  static const int order[] = {Q_CLAIM_DUE, Q_CLAIM_EXPIRED, Q_CLAIM_READY,
+                              Q_CLAIM_NEW_LOCKED};
+  /* Engines claiming side by side lock each row they take; writers taking
+   * turns claim new instances as one range (claim_new). */
+  int locked = st->b->postgres, rc, got = 0, n = 0;
   if ((rc = sy_store_begin(st))) {
     return rc;
   }
-  for (int i = 0; i < 3 && got < limit; i++) {
+  for (int i = 0; i < 4 - !locked && got < limit; i++) {
     sy_stmt *s;
     if (order[i] == Q_CLAIM_EXPIRED && !expired) {
       continue;
@@ -153,7 +156,7 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
     }
     got += n;
   }
-  if (got < limit) {
+  if (got < limit && !locked) {
     return claim_new(st, owner, lease_until, now, limit - got, cb, ud);
   }
   return 0;
@@ -187,6 +190,7 @@ int sy_store_release(sy_store *st, const char *owner, int64_t now, int64_t *n) {
   if ((rc = sy__exec_stmt(st, s, "release instances"))) {
     return rc;
   }
+  st->made_work |= sy_stmt_changes(s) > 0; /* for other engines to take */
   if (n) {
     *n = sy_stmt_changes(s);
   }

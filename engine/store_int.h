@@ -48,6 +48,7 @@ enum {
   Q_SIGNAL_TAKE,
   Q_SIGNAL_LIST,
   Q_FIND_LIVE,
+  Q_CLAIM_NEW_LOCKED,
   Q__COUNT
 };
 
@@ -81,17 +82,33 @@ typedef struct sy__backend {
   int (*clock)(sy_store *st, int64_t *ms);
   /* Whether the connection is gone; NULL: a file never goes. */
   int (*lost)(sy_store *st);
+  /* A server's: listen for other processes' announcements of work and
+   * changes (the socket to watch, and how many came since the last
+   * look, read from the socket first when `read`), and announce this
+   * transaction's at its commit. NULL on a file: engines look. */
+  int (*listen)(sy_store *st);
+  int (*socket)(sy_store *st);
+  int (*notified)(sy_store *st, int read);
+  int (*before_commit)(sy_store *st);
 } sy__backend;
 extern const sy__backend sy__sqlite, sy__postgres;
 
 struct sy_store {
   const sy__backend *b;
-  struct sqlite3 *db;  /* SQLite's connection (store_sqlite.c) */
-  struct pg_conn *pg;  /* or PostgreSQL's (store_pg.c) */
-  int64_t pg_version;  /* its data_version (store_pg.c) */
-  int64_t pg_prepared; /* statements it prepared (their names) */
-  int pg_busy;         /* its last failure was a lock's wait */
-  sy_stmt *own[3];     /* the backend's own statements, prepared once */
+  struct sqlite3 *db;     /* SQLite's connection (store_sqlite.c) */
+  struct pg_conn *pg;     /* or PostgreSQL's (store_pg.c) */
+  int64_t pg_version;     /* its data_version (store_pg.c) */
+  int64_t pg_prepared;    /* statements it prepared (their names) */
+  int pg_busy;            /* its last failure was a lock's wait */
+  int64_t pg_changes;     /* the change counter (store_pg.c), */
+  int64_t pg_changes_seq; /* as read in this transaction */
+  int pg_counted;         /* sy_meta is there to read it from */
+  int pg_exclusive;       /* this transaction holds the write lock alone */
+  /* An engine's writes run beside other engines' (sy_store_share_writes),
+   * and this transaction made work others may take (sy_store_release). */
+  int shared_writes;
+  int made_work;
+  sy_stmt *own[3]; /* the backend's own statements, prepared once */
   int busy_timeout_ms;
   uint64_t busy_since; /* monotonic, ns */
   sy_stmt *stmt[Q__COUNT];

@@ -4,13 +4,12 @@
  * parameters as text; a row-returning one reads its whole result, then
  * hands it out row by row.
  *
- * This first version keeps SQLite's model, so that every rule the engine
- * relies on holds unchanged: a write transaction takes one advisory lock,
- * so writers take turns as they do on a SQLite file (what a writer reads
- * stays true until it commits), and data_version changes at every look
- * (a plugin's cache is read again each transaction). Calls block the loop
- * for their round trip. Claims with SKIP LOCKED, libpq on the loop and
- * LISTEN/NOTIFY come next (issue 15). */
+ * Engines on several hosts share one database: an engine's turn takes
+ * the write lock shared (pg_begin), claims with SKIP LOCKED, and writes
+ * only rows it owns; a command takes the lock alone. Other processes'
+ * changes reach an engine through a change counter read at the start of
+ * each turn, and it hears of new work through LISTEN/NOTIFY on its loop.
+ * Calls still block the loop for their round trip. */
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -425,26 +424,116 @@ static int pg_tx_open(sy_store *st) {
   return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
 }
 
-/* Writers take turns, as on SQLite: the lock is the transaction's, let go
- * at its end; waiting for it is bounded by lock_timeout (the busy
- * timeout), past which the wait fails as busy. A reader sees one
- * snapshot and cannot write: a write there fails as busy, and the caller
- * begins again as a writer (as SQLite refuses to turn a read into a write
- * once another process wrote). */
+/* A command's write transaction takes the write lock alone, and an
+ * engine's turn (sy_store_share_writes) takes it shared: engines run
+ * beside each other, each claiming rows the others have not locked
+ * (SKIP LOCKED) and writing only what it owns, while a command waits for
+ * the turns in progress and holds every engine off until it commits, so
+ * that what it read stays true meanwhile (as on SQLite). A command
+ * waiting for the lock is queued ahead of turns asking after it. The
+ * lock is the transaction's, let go at its end; waiting for it is bounded
+ * by lock_timeout (the busy timeout), past which the wait fails as busy.
+ * A reader sees one snapshot and cannot write: a write there fails as
+ * busy, and the caller begins again as a writer (as SQLite refuses to
+ * turn a read into a write once another process wrote). A writer reads
+ * the change counter in the same round trip (pg_data_version). */
 static int pg_begin(sy_store *st, int write) {
-  int rc =
-      pg_exec(st, write ? "BEGIN; SELECT pg_advisory_xact_lock(" WRITE_LOCK ")"
-                        : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+  char sql[256];
+  PGresult *res;
+  int rc = 0;
+  if (!write) {
+    snprintf(sql, sizeof sql,
+             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+  } else {
+    snprintf(sql, sizeof sql, "BEGIN; SELECT pg_advisory_xact_lock%s(%s)%s",
+             st->shared_writes ? "_shared" : "", WRITE_LOCK,
+             st->pg_counted ? "; SELECT coalesce((SELECT value FROM sy_meta "
+                              "WHERE key = 'changes'), 0)"
+                            : "");
+  }
+  res = PQexec(st->pg, sql);
+  if (!res || (PQresultStatus(res) != PGRES_COMMAND_OK &&
+               PQresultStatus(res) != PGRES_TUPLES_OK)) {
+    rc = pg_fail(st, res, "begin");
+  } else if (write && st->pg_counted && PQntuples(res) == 1) {
+    st->pg_changes = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    st->pg_changes_seq = st->tx_seq + 1; /* the transaction beginning */
+  }
+  PQclear(res);
+  st->pg_exclusive = write && !st->shared_writes;
   if (rc && pg_tx_open(st)) {
     PQclear(PQexec(st->pg, "ROLLBACK")); /* the BEGIN, not the lock */
   }
   return rc;
 }
 
-/* Conservative until LISTEN/NOTIFY: changed at every look. */
+/* Whatever changes what a plugin caches (its tables' triggers call
+ * sy_note_change(): migration 6) adds one to the change counter, in the
+ * changing transaction. Read once per transaction, it is the
+ * data_version: a transaction that begins after such a commit reads the
+ * new count. */
 static int pg_data_version(sy_store *st, int64_t *v) {
-  *v = ++st->pg_version;
+  if (!st->pg_counted) {
+    *v = ++st->pg_version; /* no counter to read: changed at every look */
+    return 0;
+  }
+  if (!st->in_tx || st->pg_changes_seq != st->tx_seq) {
+    PGresult *res = PQexec(st->pg,
+                           "SELECT coalesce((SELECT value FROM sy_meta "
+                           "WHERE key = 'changes'), 0)");
+    int rc = 0;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+      rc = pg_fail(st, res, "read the change counter");
+    } else {
+      st->pg_changes = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+      st->pg_changes_seq = st->in_tx ? st->tx_seq : 0;
+    }
+    PQclear(res);
+    if (rc) {
+      return rc;
+    }
+  }
+  *v = st->pg_changes;
   return 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Announcements: NOTIFY and LISTEN on one channel. Engines are told when
+ * a command committed (instances started, retried, signalled; a flag
+ * changed), when an engine gave instances back, and when a cached row
+ * changed (sy_note_change), so that an idle engine looks at once rather
+ * than at its next periodic look. They are hints: what an engine does
+ * is decided by what its transaction reads. */
+
+#define CHANNEL "switchyard"
+
+static int pg_listen(sy_store *st) {
+  return pg_exec(st, "LISTEN " CHANNEL);
+}
+
+static int pg_socket(sy_store *st) {
+  return PQsocket(st->pg);
+}
+
+static int pg_notified(sy_store *st, int read) {
+  PGnotify *n;
+  int count = 0;
+  if (read) {
+    PQconsumeInput(st->pg); /* a failure shows at the next statement */
+  }
+  while ((n = PQnotifies(st->pg))) {
+    count++;
+    PQfreemem(n);
+  }
+  return count;
+}
+
+/* Delivered at the commit, and only if it commits. */
+static int pg_before_commit(sy_store *st) {
+  if (!st->pg_exclusive && !st->made_work) {
+    return 0;
+  }
+  return pg_exec(st, "NOTIFY " CHANNEL);
 }
 
 static int pg_busy(sy_store *st) {
@@ -575,6 +664,7 @@ static int pg_open(sy_store *st, const char *where, const sy_store_opts *opts,
   if (!rc && !opts->read_only) {
     rc = migrate(st);
   }
+  st->pg_counted = !rc;
   if (rc) {
     snprintf(err, errlen, "database %s: %s", url, st->errmsg);
   }
@@ -663,4 +753,8 @@ const sy__backend sy__postgres = {
     .copied = pg_copied,
     .clock = pg_clock,
     .lost = pg_lost,
+    .listen = pg_listen,
+    .socket = pg_socket,
+    .notified = pg_notified,
+    .before_commit = pg_before_commit,
 };

@@ -74,6 +74,44 @@ void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open) {
   }
 }
 
+static int key_order(const void *a, const void *b) {
+  const cv_delta *x = *(cv_delta *const *)a, *y = *(cv_delta *const *)b;
+  int c = strcmp(x->workflow, y->workflow);
+  if (!c) {
+    c = strcmp(x->flag, y->flag);
+  }
+  return c ? c : x->v2 - y->v2;
+}
+
+/* The batch in key order: engines adding to the same rows side by side (on
+ * a database server) lock them in one order, so none waits for another
+ * that waits for it. */
+static int sort_deltas(cv_router *r) {
+  size_t n = 0, i = 0;
+  cv_delta **v, *d;
+  for (d = r->deltas; d; d = d->next) {
+    n++;
+  }
+  if (n < 2) {
+    return 0;
+  }
+  if (!(v = malloc(n * sizeof *v))) {
+    snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+    return -1;
+  }
+  for (d = r->deltas; d; d = d->next) {
+    v[i++] = d;
+  }
+  qsort(v, n, sizeof *v, key_order);
+  for (i = 0; i + 1 < n; i++) {
+    v[i]->next = v[i + 1];
+  }
+  v[n - 1]->next = NULL;
+  r->deltas = v[0];
+  free(v);
+  return 0;
+}
+
 /* The batch is dropped whatever happens: on a failure the engine rolls
  * the transaction back, and the changes with it. */
 int cv_flush_counters(cv_router *r) {
@@ -81,7 +119,7 @@ int cv_flush_counters(cv_router *r) {
   if (!r->deltas) {
     return 0;
   }
-  if (!(s = cv_stmt(r, CVQ_COUNTERS_ADD))) {
+  if (sort_deltas(r) || !(s = cv_stmt(r, CVQ_COUNTERS_ADD))) {
     cv_discard_counters(r);
     return -1;
   }

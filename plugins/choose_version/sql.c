@@ -167,6 +167,10 @@ static const char *const migrations[] = {
      "DEFAULT 0;"
      "ALTER TABLE cv_plans ADD COLUMN on_rollback TEXT NOT NULL DEFAULT "
      "'keep';"),
+    /* 8: on a database server, the tables the flag cache (flags.c) reads
+     * move the engine's change counter (data_version) when they change;
+     * a SQLite file counts every commit by itself. */
+    "",
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -298,6 +302,15 @@ static const char *const pg_migrations[] = {
      "DEFAULT 0;"
      "ALTER TABLE cv_plans ADD COLUMN on_rollback TEXT NOT NULL DEFAULT "
      "'keep';"),
+    /* What a decision reads of a flag: its row but for nth_counter (which
+     * every-nth decisions move), its overrides, its ramp (the audit). */
+    ("CREATE TRIGGER cv_flags_changed AFTER INSERT OR DELETE OR UPDATE OF "
+     "rate_ppm, killed, hash_group, retired_at ON cv_flags "
+     "FOR EACH STATEMENT EXECUTE FUNCTION sy_note_change();"
+     "CREATE TRIGGER cv_overrides_changed AFTER INSERT OR DELETE OR UPDATE "
+     "ON cv_overrides FOR EACH STATEMENT EXECUTE FUNCTION sy_note_change();"
+     "CREATE TRIGGER cv_audit_changed AFTER INSERT OR DELETE OR UPDATE ON "
+     "cv_audit FOR EACH STATEMENT EXECUTE FUNCTION sy_note_change();"),
 };
 _Static_assert(sizeof pg_migrations == sizeof migrations,
                "one PostgreSQL migration for each of SQLite's");

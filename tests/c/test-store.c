@@ -50,14 +50,14 @@ static void test_migrations(void) {
   sy_store *st = open_store();
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_FULL};
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 6);
   CHECK(scalar(st,
                "SELECT count(*) FROM sqlite_master WHERE name = "
                "'instances'") == 1);
   sy_store_close(st);
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 6);
   CHECK(script(st, "PRAGMA user_version = 99") == 0);
   sy_store_close(st);
   /* A database from a newer switchyard is refused, not downgraded. */
@@ -120,7 +120,7 @@ static void test_migration_totals(void) {
                           "PRAGMA user_version = 1") == 0);
   sy_store_close(st);
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 6);
   /* 30 + 5 + 12 ms, and one retried run (x, attempt 2) */
   CHECK_EQ(totals(st, a), 471);
   CHECK_EQ(totals(st, b), 0);
@@ -153,7 +153,7 @@ static void test_migration_claimed(void) {
                           "PRAGMA user_version = 2") == 0);
   sy_store_close(st);
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 5);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 6);
   CHECK(scalar(st,
                "SELECT count(*) FROM instances WHERE claimed = 1 AND "
                "state IN ('ready', 'running', 'waiting', 'incident')") == 4);

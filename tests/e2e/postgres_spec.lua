@@ -357,6 +357,71 @@ describe("on PostgreSQL", function()
       H.rmdir(env.dir)
     end)
 
+  -- Another session holding a transaction open in the background (psql,
+  -- named by application_name), ended by the server when released.
+  local function hold(env, name, sql)
+    local url = env.url .. "&application_name=" .. name
+    assert(H.exec("psql -X -q " .. H.q(url) .. " -c " ..
+      H.q("BEGIN; " .. sql .. "; SELECT pg_sleep(600)") ..
+      " >/dev/null 2>&1 &") == 0)
+    assert(H.poll(30, 0.02, function()
+      return scalar(env.url, "SELECT count(*) FROM pg_stat_activity WHERE " ..
+        "application_name = '" .. name .. "' AND wait_event = 'PgSleep'") == 1
+    end), name .. " never held its locks")
+    return function()
+      psql(env.url, "SELECT pg_terminate_backend(pid) FROM " ..
+        "pg_stat_activity WHERE application_name = '" .. name .. "'")
+    end
+  end
+
+  it("an engine claims past the rows another transaction has locked, and " ..
+    "takes them once they are let go", function()
+      local env = pg_env({ workflows = H.workflows })
+      env:ok("start", "hello", "--count", "50", "--var", "user_id=u{n}")
+      local release = hold(env, "rowlocks",
+        "SELECT id FROM instances WHERE id <= 10 FOR UPDATE")
+      finally(release)
+      local p = env:spawn("run")
+      assert(H.poll(60, 0.02, function()
+        return states(env.url).completed == 40
+      end), "the engine did not pass over the locked rows: " ..
+        H.json.encode(states(env.url)) .. "\n" .. (H.read(p.log) or ""))
+      assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM instances " ..
+        "WHERE id <= 10 AND state <> 'ready'"))
+      release()
+      assert(H.poll(60, 0.02, function()
+        return states(env.url).completed == 50
+      end), "the let-go rows were never taken")
+      H.signal(p, "TERM")
+      assert.are.equal(0, H.wait_exit(p, 20), H.read(p.log) or "")
+      assert.are.equal(150, scalar(env.url, "SELECT count(*) FROM step_runs"))
+      H.rmdir(env.dir)
+    end)
+
+  it("engines' turns run beside each other, a command's alone", function()
+    local env = pg_env({ workflows = FAULTS })
+    start_routed(env, 200)
+    -- another engine's turn, held open
+    local release = hold(env, "turn",
+      "SELECT pg_advisory_xact_lock_shared(7275627973776974)")
+    finally(release)
+    env:ok("run", "--until-idle")
+    check_routed(env.url, 200)
+    -- a command waits for it (5 s, the busy timeout), then gives up,
+    -- changing nothing
+    local code, _, err = env:run("rollout", "set", A.FLAG, "80%", "--reason",
+      "waits for the turn")
+    assert.are.equal(1, code, err)
+    has(err, "database is locked", "stderr")
+    assert.are.equal(500000, scalar(env.url, "SELECT rate_ppm FROM cv_flags " ..
+      "WHERE name = '" .. A.FLAG .. "'"))
+    release()
+    env:ok("rollout", "set", A.FLAG, "80%", "--reason", "the turn ended")
+    assert.are.equal(800000, scalar(env.url, "SELECT rate_ppm FROM cv_flags " ..
+      "WHERE name = '" .. A.FLAG .. "'"))
+    H.rmdir(env.dir)
+  end)
+
   -- Three hosts: three network namespaces, each with a host name of its
   -- own and a veth pair to the namespace where a second cluster listens on
   -- TCP (private addresses only). Root only (ip netns).

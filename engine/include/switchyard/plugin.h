@@ -240,12 +240,21 @@ typedef struct sy_api {
   /* A number that changes whenever another connection (another engine, a
    * command) has committed a change since it was last read: read in a
    * transaction, it says whether what a plugin cached before it is stale
-   * (a negative SY_E* code when it cannot be read). */
+   * (a negative SY_E* code when it cannot be read). On a database server
+   * it counts the commits that changed a table with a trigger calling
+   * sy_note_change(): a plugin's PostgreSQL migration adds one, FOR EACH
+   * STATEMENT, to every table whose rows it caches. */
   int64_t (*data_version)(sy_engine *e);
   /* Opens the loop turn's transaction if it is not open yet, and returns
    * its sequence number (> 0; a new one per transaction), or a negative
-   * error. While it is open no other connection can write, so a plugin may
-   * trust what it read earlier in the same transaction. */
+   * error. While it is open no command writes, so a plugin may trust what
+   * commands wrote that it read earlier in the same transaction. On a
+   * database server other engines' turns run beside it: a row that
+   * several engines change is changed by a conditional update (one of
+   * them wins) or an addition, and rows are locked in one order (by key)
+   * so that two turns never wait for each other. A turn that still meets
+   * another (a deadlock) fails, and its engine starts again as after a
+   * crash. */
   int64_t (*tx_begin)(sy_engine *e);
   /* Inside the engine's transaction (tx_begin), from a timer or a hook of
    * the calling plugin (its state: plugin): retries every instance waiting
