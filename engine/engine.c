@@ -264,6 +264,8 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
       e->skew_ms = strtoll(o->settings[i].value, NULL, 10);
     } else if (strcmp(o->settings[i].key, "clock.advance_ms") == 0) {
       e->advance_ms = strtoll(o->settings[i].value, NULL, 10);
+    } else if (strcmp(o->settings[i].key, "engine.poll_ms") == 0) {
+      e->poll_ms = strtoll(o->settings[i].value, NULL, 10);
     }
   }
   if ((rc = sy__sync_clock(e))) {

@@ -152,6 +152,9 @@ struct sy_engine {
    * moves time itself on, the server's included (the test-only setting
    * clock.advance_ms: what a command sees days later). */
   int64_t skew_ms, clock_offset_ms, advance_ms;
+  /* How often to look for work other processes added (the setting
+   * engine.poll_ms; on a server, their announcements wake it sooner). */
+  int64_t poll_ms;
   char host[256];
   uv_timer_t lease_timer;
   uv_timer_t breathe_timer;

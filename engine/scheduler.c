@@ -303,6 +303,7 @@ static void lease_cb(uv_timer_t *t) {
 }
 
 int sy_engine_run(sy_engine *e, int until_idle) {
+  uint64_t poll;
   int rc;
   e->until_idle = until_idle;
   e->stopping = 0;
@@ -334,7 +335,8 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   uv_signal_start(&e->sigint, signal_cb, SIGINT);
   uv_signal_start(&e->sigterm, signal_cb, SIGTERM);
   uv_check_start(&e->check, check_cb);
-  uv_timer_start(&e->poll_timer, wake_cb, POLL_MS, POLL_MS);
+  poll = e->poll_ms > 0 ? (uint64_t)e->poll_ms : POLL_MS;
+  uv_timer_start(&e->poll_timer, wake_cb, poll, poll);
   uv_timer_start(&e->lease_timer, lease_cb, SY__LEASE_MS / 3, SY__LEASE_MS / 3);
   if (sy_store_socket(e->store) >= 0 &&
       uv_poll_init_socket(&e->loop, &e->notices, sy_store_socket(e->store)) ==

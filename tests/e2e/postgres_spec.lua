@@ -422,6 +422,24 @@ describe("on PostgreSQL", function()
     H.rmdir(env.dir)
   end)
 
+  it("an idle engine hears of new work at once, without looking", function()
+    local env = pg_env({ workflows = H.workflows })
+    -- its periodic look an hour apart: only an announcement wakes it
+    local p = env:spawn("--set", "engine.poll_ms=3600000", "run")
+    assert(H.poll(30, 0.02, function()
+      -- registered, so listening (it listens before it registers)
+      return scalar(env.url, "SELECT count(*) FROM engines") == 1
+    end), "the engine never started: " .. (H.read(p.log) or ""))
+    env:ok("start", "hello", "--count", "5", "--var", "user_id=u{n}")
+    assert(H.poll(60, 0.02, function()
+      return states(env.url).completed == 5
+    end), "the engine slept through the announcement: " ..
+      H.json.encode(states(env.url)))
+    H.signal(p, "TERM")
+    assert.are.equal(0, H.wait_exit(p, 20), H.read(p.log) or "")
+    H.rmdir(env.dir)
+  end)
+
   -- Three hosts: three network namespaces, each with a host name of its
   -- own and a veth pair to the namespace where a second cluster listens on
   -- TCP (private addresses only). Root only (ip netns).
