@@ -248,9 +248,11 @@ static void check_cb(uv_check_t *h) {
   sy__issue_held(e);
   if (e->runq_head || can_claim(e)) {
     /* Back-to-back transactions would starve other writers (a rollout
-     * kill must not wait seconds): now and then, pause without the lock. */
+     * kill must not wait seconds): now and then, pause without the lock,
+     * unless such a writer is let in anyway (shared_writes). */
     uint64_t now = sy_mono_ns();
-    if (now - e->last_breath >= BREATHE_EVERY_MS * 1000000ull) {
+    if (!e->shared_writes &&
+        now - e->last_breath >= BREATHE_EVERY_MS * 1000000ull) {
       e->last_breath = now;
       uv_idle_stop(&e->idle);
       uv_timer_start(&e->breathe_timer, wake_cb, BREATHE_MS, 0);
@@ -308,7 +310,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   e->until_idle = until_idle;
   e->stopping = 0;
   e->maybe_work = 1;
-  sy_store_share_writes(e->store, 1);
+  e->shared_writes = sy_store_share_writes(e->store, 1);
   /* Recovery: register, and take back at once what dead engines on this
    * host held; other engines' work is claimed when their leases expire. */
   if ((rc = sy_store_begin(e->store)) ||
@@ -317,7 +319,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
       (rc = sy_store_engines_on_host(e->store, e->host, reap_dead, e)) ||
       (rc = sy_store_commit(e->store))) {
     sy_engine_rollback(e);
-    sy_store_share_writes(e->store, 0);
+    e->shared_writes = sy_store_share_writes(e->store, 0);
     return sy__set_error(e, rc, "recovery: %s", sy_store_errmsg(e->store));
   }
   uv_idle_init(&e->loop, &e->idle);
@@ -350,6 +352,6 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   /* Abandoned plugin calls may still be completing: let them. */
   while (e->live_calls && uv_run(&e->loop, UV_RUN_ONCE)) {
   }
-  sy_store_share_writes(e->store, 0);
+  e->shared_writes = sy_store_share_writes(e->store, 0);
   return e->fatal;
 }
