@@ -300,7 +300,7 @@ static int cmd_run(sy__cli *c) {
             "after a crash\n",
             sy_store_connection_lost(sy_engine_store(e))
                 ? "lost the database connection"
-                : "the turn met another engine's",
+                : "the turn was undone",
             sy_engine_errmsg(e));
     sy_engine_close(e);
     if (reconnect(c, &e)) {

@@ -616,7 +616,8 @@ int sy_store_connection_lost(sy_store *st) {
 }
 
 int sy_store_restartable(sy_store *st) {
-  return sy_store_connection_lost(st) || (st->shared_writes && st->b->busy(st));
+  return sy_store_connection_lost(st) ||
+         (st->b->postgres && (st->conflicted || st->fence_failed));
 }
 
 int sy_store_share_writes(sy_store *st, int on) {

@@ -54,7 +54,9 @@ int sy_store_connection_lost(sy_store *st);
 /* Whether an engine that stopped on the store's last failure is to start
  * again (as after a crash) rather than exit: the connection was lost, or,
  * on a server, its turn met another engine's (a deadlock, a serialization
- * failure, a lock waited for past the busy timeout). */
+ * failure) or found an instance it ran taken over (a lease lost while the
+ * engine stalled). A lock waited for past the busy timeout is not: the
+ * engine stops, saying the database is locked, as on a file. */
 int sy_store_restartable(sy_store *st);
 /* A running engine's connection (on = 1; 0: a command's again). On a
  * server, its write transactions then take the write lock shared, beside

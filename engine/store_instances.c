@@ -242,9 +242,14 @@ static void bind_update(sy_stmt *s, const sy_instance_update *u) {
   sy_stmt_bind_int(s, 15, u->leaves_step);
 }
 
+/* An engine's update on a server is sent without waiting for its answer
+ * (store_pg.c), in the general form: that its fence held is checked when
+ * the answer comes, and if it did not, the turn fails and the engine
+ * starts again (sy_store_restartable), as after a crash. */
 int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
+  int queued = st->shared_writes && st->b->fence && u->owner;
   int advance = strcmp(u->state, SY_STATE_RUNNING) == 0 && !u->wake_at &&
-                !u->ended && !u->new_generation && u->owner;
+                !u->ended && !u->new_generation && u->owner && !queued;
   sy_stmt *s = sy__stmt(st, advance ? Q_ADVANCE_INSTANCE : Q_UPDATE_INSTANCE);
   int rc;
   if (!s) {
@@ -253,6 +258,9 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
   bind_update(s, u);
   if ((rc = sy__exec_stmt(st, s, "update instance"))) {
     return rc;
+  }
+  if (queued && st->b->fence(st, s, u->id)) {
+    return 0;
   }
   if (advance && sy_stmt_changes(s) == 0) {
     /* A recorded wake-up to clear, or a lost lease: the general form

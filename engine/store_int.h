@@ -90,6 +90,10 @@ typedef struct sy__backend {
   int (*socket)(sy_store *st);
   int (*notified)(sy_store *st, int read);
   int (*before_commit)(sy_store *st);
+  /* A server's: the instance update just stepped is to change its row
+   * (the engine still owns it), checked when answered (1), or now by the
+   * caller (0: it was not queued). NULL on a file: the caller checks. */
+  int (*fence)(sy_store *st, sy_stmt *s, int64_t id);
 } sy__backend;
 extern const sy__backend sy__sqlite, sy__postgres;
 
@@ -104,6 +108,16 @@ struct sy_store {
   int64_t pg_changes_seq; /* as read in this transaction */
   int pg_counted;         /* sy_meta is there to read it from */
   int pg_exclusive;       /* this transaction holds the write lock alone */
+  /* Writes sent and not yet answered, in order (store_pg.c: pg_drain). */
+  struct {
+    struct pg_stmt *p;
+    int64_t fenced; /* an instance update: the instance's id, else 0 */
+  } pg_queue[256];
+  int pg_queued;
+  int pg_queue_rc;  /* a queued write failed: the transaction's end */
+  int fence_failed; /* a fenced update changed nothing: a lost lease */
+  int conflicted;   /* the last failure: a deadlock or serialization */
+  int pg_writing;   /* this transaction writes (its writes may queue) */
   /* An engine's writes run beside other engines' (sy_store_share_writes),
    * and this transaction made work others may take (sy_store_release). */
   int shared_writes;

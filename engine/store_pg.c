@@ -9,11 +9,15 @@
  * only rows it owns; a command takes the lock alone. Other processes'
  * changes reach an engine through a change counter read at the start of
  * each turn, and it hears of new work through LISTEN/NOTIFY on its loop.
- * Calls still block the loop for their round trip. */
+ * A write transaction's writes that return no rows go into libpq's
+ * pipeline and are answered together (pg_drain); an engine's instance
+ * updates among them, their fences checked when answered. A call that
+ * needs an answer still blocks the loop for its round trip. */
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "error.h"
 #include "store_int.h"
@@ -33,6 +37,12 @@ typedef struct pg_stmt {
   PGresult *res;
   int row, nrows;
   int64_t changes;
+  /* A write that returns no rows: in a transaction it is sent without
+   * waiting for its answer (pg_drain). queued: its sends not answered
+   * yet; sent: stepped since its reset. */
+  int deferrable, queued, sent;
+  int rollback; /* ROLLBACK: runs even when a queued write failed */
+  int commit;   /* COMMIT: fails when the server rolled back instead */
 } pg_stmt;
 
 /* ---------------------------------------------------------------------
@@ -85,6 +95,8 @@ static int pg_fail(sy_store *st, PGresult *res, const char *what) {
   }
   const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
   st->pg_busy = busy_state(state);
+  st->conflicted =
+      state && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0);
   if (state && strcmp(state, "55P03") == 0) {
     /* As SQLite says it: another writer held the database past the busy
      * timeout. */
@@ -158,19 +170,135 @@ static char *convert(const char *sql, int *nparams, char used[MAX_PARAMS]) {
   return out;
 }
 
+/* ---------------------------------------------------------------------
+ * Writes in a pipeline. A transaction's writes that return no rows (a
+ * step run recorded, a decision's row) are sent at once and not waited
+ * for: they queue in libpq's pipeline, and are answered together when
+ * something needs an answer (a statement returning rows, the changes of
+ * a queued write, the commit). A turn then waits for the server once
+ * where it waited for each write. A queued write that fails fails the
+ * call that drained it, and the transaction with it: what the turn did
+ * is rolled back as after any failed statement. */
+
+static int pg_drain(sy_store *st) {
+  PGresult *res;
+  int rc = 0, cut = 0; /* cut: the connection failed, no answers to read */
+  if (!st->pg_queued) {
+    return st->pg_queue_rc;
+  }
+  if (!PQpipelineSync(st->pg)) {
+    rc = pg_fail(st, NULL, "send queued writes");
+    cut = 1;
+  }
+  for (int i = 0; i < st->pg_queued; i++) {
+    pg_stmt *p = st->pg_queue[i].p;
+    int64_t fenced = st->pg_queue[i].fenced;
+    p->queued--;
+    if (cut) {
+      continue;
+    }
+    if (!(res = PQgetResult(st->pg))) {
+      rc = rc ? rc : pg_fail(st, NULL, "queued write");
+      cut = 1;
+      continue;
+    }
+    if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+      p->changes = strtoll(PQcmdTuples(res), NULL, 10);
+      if (fenced && p->changes != 1 && !rc) {
+        rc = sy_store_set_error(st, SY_ESTATE,
+                                "instance %lld is no longer held by this "
+                                "engine",
+                                (long long)fenced);
+        st->fence_failed = 1;
+      }
+    } else if (PQresultStatus(res) != PGRES_PIPELINE_ABORTED && !rc) {
+      rc = pg_fail(st, res, "queued write"); /* the first failure */
+    }
+    PQclear(res);
+    while ((res = PQgetResult(st->pg))) { /* up to its end: NULL */
+      PQclear(res);
+    }
+  }
+  st->pg_queued = 0;
+  if (!cut) {
+    /* the pipeline's end: its sync point */
+    res = PQgetResult(st->pg);
+    if ((!res || PQresultStatus(res) != PGRES_PIPELINE_SYNC) && !rc) {
+      rc = pg_fail(st, res, "queued writes");
+    }
+    PQclear(res);
+  }
+  if (!PQexitPipelineMode(st->pg) && !rc) {
+    rc = pg_fail(st, NULL, "leave the pipeline");
+  }
+  /* Until the rollback, every statement fails as this one did: the
+   * server's transaction is aborted, and a COMMIT there would roll back. */
+  st->pg_queue_rc = rc;
+  return rc;
+}
+
+static int pg_send(pg_stmt *p) {
+  sy_store *st = p->store;
+  if (st->pg_queued == (int)(sizeof st->pg_queue / sizeof st->pg_queue[0])) {
+    int rc = pg_drain(st); /* bounded: answers fit the socket's buffers */
+    if (rc) {
+      return rc;
+    }
+  }
+  if ((PQpipelineStatus(st->pg) == PQ_PIPELINE_OFF &&
+       !PQenterPipelineMode(st->pg)) ||
+      !PQsendQueryPrepared(st->pg, p->name, p->nparams, p->values, NULL, NULL,
+                           0)) {
+    return pg_fail(st, NULL, "send a write");
+  }
+  st->pg_queue[st->pg_queued].p = p;
+  st->pg_queue[st->pg_queued++].fenced = 0;
+  p->queued++;
+  p->sent = 1;
+  return SY_DONE;
+}
+
+/* The statement's last run is the last write queued: it was queued. */
+static int pg_fence(sy_store *st, sy_stmt *s, int64_t id) {
+  if (!st->pg_queued || st->pg_queue[st->pg_queued - 1].p != (pg_stmt *)s ||
+      st->pg_queue[st->pg_queued - 1].fenced) {
+    return 0;
+  }
+  st->pg_queue[st->pg_queued - 1].fenced = id;
+  return 1;
+}
+
 static int pg_step(sy_stmt *s) {
   pg_stmt *p = (pg_stmt *)s;
   sy_store *st = p->store;
+  if (p->sent) {
+    return SY_DONE;
+  }
+  if (p->deferrable && st->in_tx && st->pg_writing) {
+    return pg_send(p);
+  }
   if (!p->res) {
     ExecStatusType status;
+    int rc = pg_drain(st);
+    if (rc && !p->rollback) {
+      return rc;
+    }
+    st->pg_queue_rc = 0;
     p->res =
         PQexecPrepared(st->pg, p->name, p->nparams, p->values, NULL, NULL, 0);
     status = p->res ? PQresultStatus(p->res) : PGRES_FATAL_ERROR;
     if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
-      int rc = pg_fail(st, p->res, "statement");
+      rc = pg_fail(st, p->res, "statement");
       PQclear(p->res);
       p->res = NULL;
       return rc;
+    }
+    if (p->commit && strcmp(PQcmdStatus(p->res), "COMMIT") != 0) {
+      sy_store_set_error(st, 0, "commit: the server rolled back (%s)",
+                         PQcmdStatus(p->res));
+      PQclear(p->res);
+      p->res = NULL;
+      return SY_ESTORE;
     }
     p->nrows = PQntuples(p->res);
     p->changes = strtoll(PQcmdTuples(p->res), NULL, 10);
@@ -183,11 +311,15 @@ static void pg_reset(sy_stmt *s) {
   pg_stmt *p = (pg_stmt *)s;
   PQclear(p->res);
   p->res = NULL;
+  p->sent = 0;
 }
 
 static void pg_finalize(sy_stmt *s) {
   pg_stmt *p = (pg_stmt *)s;
   char sql[64];
+  if (p->queued) {
+    pg_drain(p->store); /* the queue must not point at it */
+  }
   PQclear(p->res);
   if (p->store->pg && PQstatus(p->store->pg) == CONNECTION_OK &&
       PQtransactionStatus(p->store->pg) == PQTRANS_IDLE) {
@@ -323,8 +455,14 @@ static int pg_column_type(sy_stmt *s, int col) {
   }
 }
 
+/* A queued write's changes are known once it is answered. A failed
+ * drain leaves them 0, and fails every later statement (pg_drain). */
 static int64_t pg_changes(sy_stmt *s) {
-  return ((pg_stmt *)s)->changes;
+  pg_stmt *p = (pg_stmt *)s;
+  if (p->queued && pg_drain(p->store)) {
+    p->changes = 0;
+  }
+  return p->changes;
 }
 
 static const char *pg_error(sy_stmt *s) {
@@ -349,6 +487,12 @@ static const sy_stmt_methods pg_methods = {
     .changes = pg_changes,
     .error = pg_error,
 };
+
+/* Whether a statement's text begins with this word (any case). */
+static int starts(const char *sql, const char *word) {
+  sql += strspn(sql, " \t\n");
+  return strncasecmp(sql, word, strlen(word)) == 0;
+}
 
 static sy_stmt *pg_prepare(sy_store *st, const char *sql) {
   pg_stmt *p = calloc(1, sizeof *p);
@@ -375,7 +519,15 @@ static sy_stmt *pg_prepare(sy_store *st, const char *sql) {
   p->base.m = &pg_methods;
   p->store = st;
   p->nparams = n;
+  p->deferrable = (starts(sql, "INSERT") || starts(sql, "UPDATE") ||
+                   starts(sql, "DELETE")) &&
+                  !strstr(sql, "RETURNING") && !strstr(sql, "returning");
+  p->rollback = starts(sql, "ROLLBACK");
+  p->commit = starts(sql, "COMMIT");
   snprintf(p->name, sizeof p->name, "sy%lld", (long long)++st->pg_prepared);
+  if (pg_drain(st)) {
+    goto fail;
+  }
   res = PQprepare(st->pg, p->name, text, n, types);
   if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
     char what[96];
@@ -405,13 +557,18 @@ fail:
 static int pg_exec(sy_store *st, const char *script) {
   PGresult *res;
   ExecStatusType status;
+  int rc;
   if (!*script) {
     return 0; /* a migration with nothing left to do here */
   }
+  if ((rc = pg_drain(st)) && strcmp(script, "ROLLBACK") != 0) {
+    return rc;
+  }
+  st->pg_queue_rc = 0;
   res = PQexec(st->pg, script);
   status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-    int rc = pg_fail(st, res, "run");
+    rc = pg_fail(st, res, "run");
     PQclear(res);
     return rc;
   }
@@ -441,6 +598,11 @@ static int pg_begin(sy_store *st, int write) {
   char sql[256];
   PGresult *res;
   int rc = 0;
+  if (st->pg_queued) {
+    pg_drain(st); /* left by a transaction that ended without a word */
+  }
+  st->pg_queue_rc = 0;
+  st->fence_failed = 0;
   if (!write) {
     snprintf(sql, sizeof sql,
              "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
@@ -461,6 +623,7 @@ static int pg_begin(sy_store *st, int write) {
   }
   PQclear(res);
   st->pg_exclusive = write && !st->shared_writes;
+  st->pg_writing = write;
   if (rc && pg_tx_open(st)) {
     PQclear(PQexec(st->pg, "ROLLBACK")); /* the BEGIN, not the lock */
   }
@@ -478,10 +641,14 @@ static int pg_data_version(sy_store *st, int64_t *v) {
     return 0;
   }
   if (!st->in_tx || st->pg_changes_seq != st->tx_seq) {
-    PGresult *res = PQexec(st->pg,
-                           "SELECT coalesce((SELECT value FROM sy_meta "
-                           "WHERE key = 'changes'), 0)");
-    int rc = 0;
+    int rc = pg_drain(st);
+    PGresult *res = rc ? NULL
+                       : PQexec(st->pg,
+                                "SELECT coalesce((SELECT value FROM sy_meta "
+                                "WHERE key = 'changes'), 0)");
+    if (rc) {
+      return rc;
+    }
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
       rc = pg_fail(st, res, "read the change counter");
     } else {
@@ -541,7 +708,7 @@ static int pg_busy(sy_store *st) {
 }
 
 static int64_t pg_last_insert_id(sy_store *st) {
-  PGresult *res = PQexec(st->pg, "SELECT lastval()");
+  PGresult *res = pg_drain(st) ? NULL : PQexec(st->pg, "SELECT lastval()");
   int64_t id = 0;
   if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
     id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -691,14 +858,21 @@ static void pg_close(sy_store *st) {
  * sequence behind it must go on from the largest. */
 static int pg_copied(sy_store *st, const char *table) {
   const char *params[1] = {table};
-  PGresult *res = PQexecParams(
-      st->pg,
-      "SELECT 1 FROM information_schema.columns WHERE table_schema = "
-      "current_schema() AND table_name = $1 AND column_name = 'id' AND "
-      "is_identity = 'YES'",
-      1, NULL, params, NULL, NULL, 0);
+  int rc = pg_drain(st);
+  PGresult *res =
+      rc ? NULL
+         : PQexecParams(
+               st->pg,
+               "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+               "current_schema() AND table_name = $1 AND column_name = 'id' "
+               "AND "
+               "is_identity = 'YES'",
+               1, NULL, params, NULL, NULL, 0);
   char sql[256];
-  int identity, rc = 0;
+  int identity;
+  if (rc) {
+    return rc;
+  }
   if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
     rc = pg_fail(st, res, "read the columns");
     PQclear(res);
@@ -717,9 +891,15 @@ static int pg_copied(sy_store *st, const char *table) {
 }
 
 static int pg_clock(sy_store *st, int64_t *ms) {
-  PGresult *res = PQexec(
-      st->pg, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
-  int rc = 0;
+  int rc = pg_drain(st);
+  PGresult *res =
+      rc ? NULL
+         : PQexec(st->pg,
+                  "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::"
+                  "bigint");
+  if (rc) {
+    return rc;
+  }
   if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
     rc = pg_fail(st, res, "read the server's clock");
   } else {
@@ -757,4 +937,5 @@ const sy__backend sy__postgres = {
     .socket = pg_socket,
     .notified = pg_notified,
     .before_commit = pg_before_commit,
+    .fence = pg_fence,
 };

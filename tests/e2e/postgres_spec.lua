@@ -92,6 +92,18 @@ local function check_routed(url, n)
     A.rows_text(psql(url, A.COUNTERS)))
 end
 
+-- An engine holding 20 instances whose step runs about three seconds
+-- (tests/fixtures/pg/busy.lua): its handle, once it holds them all.
+local function busy_engine(env)
+  env:ok("start", "busy", "--count", "20")
+  local p = env:spawn("run")
+  assert(H.poll(30, 0.01, function()
+    return scalar(env.url, "SELECT count(*) FROM instances WHERE " ..
+      "state = 'running'") == 20
+  end), "the engine never held them all: " .. (H.read(p.log) or ""))
+  return p
+end
+
 describe("on PostgreSQL", function()
   setup(function()
     cluster_dir = H.tmpdir()
@@ -277,12 +289,7 @@ describe("on PostgreSQL", function()
   it("an engine whose host clock is ten minutes ahead steals no live lease",
     function()
       local env = pg_env({ workflows = H.repo .. "/tests/fixtures/pg" })
-      env:ok("start", "busy", "--count", "20")
-      local a = env:spawn("run")
-      assert(H.poll(30, 0.01, function()
-        return scalar(env.url, "SELECT count(*) FROM instances WHERE " ..
-          "state = 'running'") == 20
-      end), "the first engine never held them all")
+      local a = busy_engine(env)
       -- the second looks for expired leases once a second, while the
       -- first engine's steps run for about three
       local b = env:spawn("--set", "clock.skew_ms=600000", "run")
@@ -439,6 +446,59 @@ describe("on PostgreSQL", function()
     assert.are.equal(0, H.wait_exit(p, 20), H.read(p.log) or "")
     H.rmdir(env.dir)
   end)
+
+  it("a write the turn did not wait for fails the turn: nothing of it " ..
+    "is committed", function()
+      local env = pg_env({ workflows = H.workflows })
+      env:ok("start", "hello", "--count", "50", "--var", "user_id=u{n}")
+      -- the server refuses one step run's row; the engine sends those
+      -- rows without waiting for their answers
+      psql(env.url, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE " ..
+        "plpgsql AS $$ BEGIN IF NEW.instance_id = 7 THEN RAISE EXCEPTION " ..
+        "'refused by a trigger'; END IF; RETURN NEW; END $$; " ..
+        "CREATE TRIGGER refuse BEFORE INSERT ON step_runs FOR EACH ROW " ..
+        "EXECUTE FUNCTION refuse()")
+      local code, _, err = env:run("run", "--until-idle")
+      assert.are_not.equal(0, code)
+      has(err, "refused by a trigger", "stderr")
+      assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM step_runs " ..
+        "WHERE instance_id = 7"))
+      assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM instances " ..
+        "WHERE id = 7 AND state = 'completed'"))
+      -- what was committed is whole: each completed instance has its runs
+      assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM instances i " ..
+        "WHERE state = 'completed' AND (SELECT count(*) FROM step_runs r " ..
+        "WHERE r.instance_id = i.id) <> 3"))
+      psql(env.url, "DROP TRIGGER refuse ON step_runs")
+      env:ok("run", "--until-idle")
+      assert.are.same({ completed = 50 }, states(env.url))
+      assert.are.equal(150, scalar(env.url, "SELECT count(*) FROM step_runs"))
+      H.rmdir(env.dir)
+    end)
+
+  it("an engine whose instance was taken from it records nothing of it",
+    function()
+      local env = pg_env({ workflows = H.repo .. "/tests/fixtures/pg" })
+      local p = busy_engine(env)
+      -- while its steps run (about three seconds), another owner takes
+      -- instance 5, with a lease of an hour
+      psql(env.url, "UPDATE instances SET owner = 'another', lease_until = " ..
+        "(extract(epoch FROM now()) * 1000)::bigint + 3600000 WHERE id = 5")
+      assert(H.poll(60, 0.02, function()
+        return states(env.url).completed == 19
+      end), "not done: " .. H.json.encode(states(env.url)) .. "\n" ..
+        (H.read(p.log) or ""))
+      H.signal(p, "TERM")
+      assert.are.equal(0, H.wait_exit(p, 20), H.read(p.log) or "")
+      has(H.read(p.log), "instance 5 is no longer held", "run's log")
+      assert.are.equal(19, scalar(env.url, "SELECT count(*) FROM step_runs"))
+      assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM step_runs " ..
+        "WHERE instance_id = 5"))
+      local row = psql(env.url, "SELECT state, owner FROM instances " ..
+        "WHERE id = 5")[1]
+      assert.are.same({ "running", "another" }, row)
+      H.rmdir(env.dir)
+    end)
 
   -- Three hosts: three network namespaces, each with a host name of its
   -- own and a veth pair to the namespace where a second cluster listens on

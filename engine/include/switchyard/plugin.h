@@ -56,7 +56,14 @@ typedef struct sy_engine sy_engine; /* the running engine (opaque) */
  * bind, step until SY_DONE (reading columns while it gives SY_ROW),
  * reset. Every call goes through the statement's own methods, so a
  * backend is chosen per statement and a plugin links against nothing.
- * Text columns are valid until the next step or reset of the statement. */
+ * Text columns are valid until the next step or reset of the statement.
+ * On PostgreSQL a write returning no rows (INSERT, UPDATE, DELETE without
+ * RETURNING), stepped in a write transaction, is sent without waiting for
+ * its answer: its step says SY_DONE at once, and the server answers the
+ * queued writes together when something needs an answer. Asking for its
+ * changes is such a need (one round trip), so ask only where the answer
+ * decides something; a queued write that fails makes a later call fail,
+ * and the transaction with it, as if it had failed at its step. */
 typedef struct sy_sql {
   const char *sql; /* the text both accept */
   const char *pg;  /* PostgreSQL's, where it differs; NULL: sql */
