@@ -136,10 +136,6 @@ struct sy_engine {
   uv_signal_t sigint, sigterm;
   uv_poll_t notices; /* a database server's announcements (notices_on) */
   int notices_on;
-  /* This engine's turns run beside other engines' (on a server): a
-   * command waiting for the write lock is queued ahead of the next turn,
-   * so the engine need not pause to let it in. */
-  int shared_writes;
   int handles_init;
   int until_idle;
   int stopping;

@@ -249,9 +249,10 @@ static void check_cb(uv_check_t *h) {
   if (e->runq_head || can_claim(e)) {
     /* Back-to-back transactions would starve other writers (a rollout
      * kill must not wait seconds): now and then, pause without the lock,
-     * unless such a writer is let in anyway (shared_writes). */
+     * unless such a writer is let in anyway: on a server, a command
+     * waiting for the lock is queued ahead of the engine's next turn. */
     uint64_t now = sy_mono_ns();
-    if (!e->shared_writes &&
+    if (!sy_store_writes_shared(e->store) &&
         now - e->last_breath >= BREATHE_EVERY_MS * 1000000ull) {
       e->last_breath = now;
       uv_idle_stop(&e->idle);
@@ -310,7 +311,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   e->until_idle = until_idle;
   e->stopping = 0;
   e->maybe_work = 1;
-  e->shared_writes = sy_store_share_writes(e->store, 1);
+  sy_store_share_writes(e->store, 1);
   /* Recovery: register, and take back at once what dead engines on this
    * host held; other engines' work is claimed when their leases expire. */
   if ((rc = sy_store_begin(e->store)) ||
@@ -319,7 +320,7 @@ int sy_engine_run(sy_engine *e, int until_idle) {
       (rc = sy_store_engines_on_host(e->store, e->host, reap_dead, e)) ||
       (rc = sy_store_commit(e->store))) {
     sy_engine_rollback(e);
-    e->shared_writes = sy_store_share_writes(e->store, 0);
+    sy_store_share_writes(e->store, 0);
     return sy__set_error(e, rc, "recovery: %s", sy_store_errmsg(e->store));
   }
   uv_idle_init(&e->loop, &e->idle);
@@ -352,6 +353,6 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   /* Abandoned plugin calls may still be completing: let them. */
   while (e->live_calls && uv_run(&e->loop, UV_RUN_ONCE)) {
   }
-  e->shared_writes = sy_store_share_writes(e->store, 0);
+  sy_store_share_writes(e->store, 0);
   return e->fatal;
 }

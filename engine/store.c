@@ -620,11 +620,14 @@ int sy_store_restartable(sy_store *st) {
          (st->b->postgres && (st->conflicted || st->fence_failed));
 }
 
-int sy_store_share_writes(sy_store *st, int on) {
+void sy_store_share_writes(sy_store *st, int on) {
   st->shared_writes = on && st->b->listen;
   if (st->shared_writes && st->b->listen(st)) {
     st->shared_writes = 0; /* then as a command: safe, only slower */
   }
+}
+
+int sy_store_writes_shared(sy_store *st) {
   return st->shared_writes;
 }
 

@@ -66,9 +66,10 @@ int sy_store_restartable(sy_store *st);
  * alone, so what a command reads stays true until it commits. The
  * connection also listens for what other processes announce: work
  * added, flags changed. On a SQLite file nothing changes: writers take
- * turns, and engines look for work now and then. Returns whether
- * writes are shared now. */
-int sy_store_share_writes(sy_store *st, int on);
+ * turns, and engines look for work now and then. */
+void sy_store_share_writes(sy_store *st, int on);
+/* Whether they are shared now. */
+int sy_store_writes_shared(sy_store *st);
 /* The socket announcements arrive on (-1: none, on a file), and how many
  * came since the last call (reading the socket first when `read`; without,
  * only those a statement's reply brought along). */

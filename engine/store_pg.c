@@ -561,7 +561,7 @@ static int pg_exec(sy_store *st, const char *script) {
   if (!*script) {
     return 0; /* a migration with nothing left to do here */
   }
-  if ((rc = pg_drain(st)) && strcmp(script, "ROLLBACK") != 0) {
+  if ((rc = pg_drain(st)) && !starts(script, "ROLLBACK")) {
     return rc;
   }
   st->pg_queue_rc = 0;
@@ -598,9 +598,7 @@ static int pg_begin(sy_store *st, int write) {
   char sql[256];
   PGresult *res;
   int rc = 0;
-  if (st->pg_queued) {
-    pg_drain(st); /* left by a transaction that ended without a word */
-  }
+  pg_drain(st); /* what a transaction that ended without a word left */
   st->pg_queue_rc = 0;
   st->fence_failed = 0;
   if (!write) {
@@ -641,14 +639,14 @@ static int pg_data_version(sy_store *st, int64_t *v) {
     return 0;
   }
   if (!st->in_tx || st->pg_changes_seq != st->tx_seq) {
+    PGresult *res;
     int rc = pg_drain(st);
-    PGresult *res = rc ? NULL
-                       : PQexec(st->pg,
-                                "SELECT coalesce((SELECT value FROM sy_meta "
-                                "WHERE key = 'changes'), 0)");
     if (rc) {
       return rc;
     }
+    res = PQexec(st->pg,
+                 "SELECT coalesce((SELECT value FROM sy_meta WHERE key = "
+                 "'changes'), 0)");
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
       rc = pg_fail(st, res, "read the change counter");
     } else {
@@ -858,21 +856,18 @@ static void pg_close(sy_store *st) {
  * sequence behind it must go on from the largest. */
 static int pg_copied(sy_store *st, const char *table) {
   const char *params[1] = {table};
-  int rc = pg_drain(st);
-  PGresult *res =
-      rc ? NULL
-         : PQexecParams(
-               st->pg,
-               "SELECT 1 FROM information_schema.columns WHERE table_schema = "
-               "current_schema() AND table_name = $1 AND column_name = 'id' "
-               "AND "
-               "is_identity = 'YES'",
-               1, NULL, params, NULL, NULL, 0);
+  PGresult *res;
   char sql[256];
-  int identity;
-  if (rc) {
+  int identity, rc;
+  if ((rc = pg_drain(st))) {
     return rc;
   }
+  res = PQexecParams(
+      st->pg,
+      "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+      "current_schema() AND table_name = $1 AND column_name = 'id' AND "
+      "is_identity = 'YES'",
+      1, NULL, params, NULL, NULL, 0);
   if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
     rc = pg_fail(st, res, "read the columns");
     PQclear(res);
@@ -891,15 +886,13 @@ static int pg_copied(sy_store *st, const char *table) {
 }
 
 static int pg_clock(sy_store *st, int64_t *ms) {
-  int rc = pg_drain(st);
-  PGresult *res =
-      rc ? NULL
-         : PQexec(st->pg,
-                  "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::"
-                  "bigint");
-  if (rc) {
+  PGresult *res;
+  int rc;
+  if ((rc = pg_drain(st))) {
     return rc;
   }
+  res = PQexec(st->pg,
+               "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
   if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
     rc = pg_fail(st, res, "read the server's clock");
   } else {

@@ -92,16 +92,18 @@ local function check_routed(url, n)
     A.rows_text(psql(url, A.COUNTERS)))
 end
 
--- An engine holding 20 instances whose step runs about three seconds
--- (tests/fixtures/pg/busy.lua): its handle, once it holds them all.
-local function busy_engine(env)
+-- A database of its own and an engine holding 20 instances whose step
+-- runs about three seconds (tests/fixtures/pg/busy.lua): the test's
+-- environment and the engine's handle, once it holds them all.
+local function busy_engine()
+  local env = pg_env({ workflows = H.repo .. "/tests/fixtures/pg" })
   env:ok("start", "busy", "--count", "20")
   local p = env:spawn("run")
   assert(H.poll(30, 0.01, function()
     return scalar(env.url, "SELECT count(*) FROM instances WHERE " ..
       "state = 'running'") == 20
   end), "the engine never held them all: " .. (H.read(p.log) or ""))
-  return p
+  return env, p
 end
 
 describe("on PostgreSQL", function()
@@ -288,8 +290,7 @@ describe("on PostgreSQL", function()
 
   it("an engine whose host clock is ten minutes ahead steals no live lease",
     function()
-      local env = pg_env({ workflows = H.repo .. "/tests/fixtures/pg" })
-      local a = busy_engine(env)
+      local env, a = busy_engine()
       -- the second looks for expired leases once a second, while the
       -- first engine's steps run for about three
       local b = env:spawn("--set", "clock.skew_ms=600000", "run")
@@ -478,8 +479,7 @@ describe("on PostgreSQL", function()
 
   it("an engine whose instance was taken from it records nothing of it",
     function()
-      local env = pg_env({ workflows = H.repo .. "/tests/fixtures/pg" })
-      local p = busy_engine(env)
+      local env, p = busy_engine()
       -- while its steps run (about three seconds), another owner takes
       -- instance 5, with a lease of an hour
       psql(env.url, "UPDATE instances SET owner = 'another', lease_until = " ..
