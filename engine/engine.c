@@ -178,6 +178,10 @@ int sy__sync_clock(sy_engine *e) {
   return 0;
 }
 
+int64_t sy_engine_now_ms(sy_engine *e) {
+  return sy__now(e);
+}
+
 int sy_engine_start(sy_engine *e, const sy_workflow *wf, const char *vars_json,
                     int64_t *id) {
   int rc = sy_store_insert_instance(e->store, wf->name, wf->hash,
@@ -264,6 +268,8 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
       e->skew_ms = strtoll(o->settings[i].value, NULL, 10);
     } else if (strcmp(o->settings[i].key, "clock.advance_ms") == 0) {
       e->advance_ms = strtoll(o->settings[i].value, NULL, 10);
+    } else if (strcmp(o->settings[i].key, "clock.virtual") == 0) {
+      e->virtual_clock = strcmp(o->settings[i].value, "0") != 0;
     } else if (strcmp(o->settings[i].key, "engine.poll_ms") == 0) {
       e->poll_ms = strtoll(o->settings[i].value, NULL, 10);
     }

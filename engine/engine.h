@@ -49,6 +49,8 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
 void sy_engine_close(sy_engine *e);
 
 sy_store *sy_engine_store(sy_engine *e);
+/* The engine's time, ms since the epoch (virtual time included). */
+int64_t sy_engine_now_ms(sy_engine *e);
 uv_loop_t *sy_engine_loop(sy_engine *e);
 sy_plugins *sy_engine_plugins(sy_engine *e);
 const char *sy_engine_errmsg(sy_engine *e);
@@ -70,6 +72,28 @@ int sy_engine_start(sy_engine *e, const sy_workflow *wf, const char *vars_json,
  * until no instance is ready, running or waiting. */
 int sy_engine_run(sy_engine *e, int until_idle);
 void sy_engine_stop(sy_engine *e);
+/* The next sy_engine_run stops (as sy_engine_stop) once the engine's time
+ * has moved on by ms: on virtual time, without waiting that long. */
+void sy_engine_stop_after(sy_engine *e, uint64_t ms);
+
+/* A test's hand on ctx calls (switchyard.testing: HTTP stubs, faults):
+ * the hook sees each ctx call about to reach its plugin (not those a
+ * replay answers from the journal, nor the engine's own ctx.now) and lets
+ * it through (SY_CALL_PASS), answers it with JSON (SY_CALL_ANSWER) or
+ * fails it with a message (SY_CALL_FAIL); *out is then malloc'd, and the
+ * engine frees it. With *after_ms set, the answer comes that much later on
+ * the engine's time (at once on virtual time, when nothing else runs). */
+typedef struct sy_call_info {
+  int64_t instance;
+  const char *workflow, *step;
+  int attempt, seq; /* seq: the call's number in the step run */
+  const char *fn;   /* the ctx function: "http", ... */
+  const char *args; /* JSON */
+} sy_call_info;
+typedef enum { SY_CALL_PASS, SY_CALL_ANSWER, SY_CALL_FAIL } sy_call_verdict;
+typedef sy_call_verdict (*sy_call_hook)(void *ud, const sy_call_info *call,
+                                        char **out, uint64_t *after_ms);
+void sy_engine_set_call_hook(sy_engine *e, sy_call_hook hook, void *ud);
 
 /* Where a signal goes: an instance by id, or the live instance (all of
  * them, with all) whose top-level var reads as value. */

@@ -64,6 +64,9 @@ struct sy_call {
   int completed;
   char *next;
   char *error;
+  /* A test's hook answers it later, on the engine's time (next or error
+   * already set): the timer, NULL when none. */
+  uv_timer_t *later;
   sy_call *next_live;
   sy_call *prev_live;
 };
@@ -125,8 +128,10 @@ struct sy_engine {
   sy_inst *all;
   sy_call *live_calls; /* incl. abandoned ones still owed a completion */
   sy_call *held_head, *held_tail; /* ctx calls waiting for the commit */
-  sy_inst *journal_dirty;         /* instances with journal entries to write */
-  struct sy__orphan *orphans;     /* claimed rows whose definition is gone */
+  sy_call_hook call_hook;         /* sy_engine_set_call_hook */
+  void *call_hook_ud;
+  sy_inst *journal_dirty;     /* instances with journal entries to write */
+  struct sy__orphan *orphans; /* claimed rows whose definition is gone */
   int in_memory;
   /* handles */
   uv_idle_t idle;
@@ -152,12 +157,21 @@ struct sy_engine {
    * moves time itself on, the server's included (the test-only setting
    * clock.advance_ms: what a command sees days later). */
   int64_t skew_ms, clock_offset_ms, advance_ms;
+  /* Virtual time (the setting clock.virtual, for workflow authors' tests):
+   * when the engine waits on nothing but its own timers, the clock jumps
+   * to the next one instead of the loop sleeping. virtual_ns is how far
+   * it has jumped; vtimers are the engine's timers that time moves to. */
+  int virtual_clock;
+  uint64_t virtual_ns;
+  struct sy__vtimer *vtimers;
   /* How often to look for work other processes added (the setting
    * engine.poll_ms; on a server, their announcements wake it sooner). */
   int64_t poll_ms;
   char host[256];
   uv_timer_t lease_timer;
   uv_timer_t breathe_timer;
+  uv_timer_t stop_timer; /* sy_engine_stop_after */
+  uint64_t stop_after_ms;
   uint64_t last_breath;     /* monotonic, ns */
   uint64_t expired_checked; /* last look for leases of vanished engines */
   sy_run_stats stats;
@@ -248,8 +262,18 @@ int sy__retry_selected(sy_engine *e, void *plugin, const char *const *values,
 
 /* The engine's time, ms since the epoch (see clock_offset_ms). */
 static inline int64_t sy__now(const sy_engine *e) {
-  return sy_now_ms() + e->skew_ms + e->clock_offset_ms + e->advance_ms;
+  return sy_now_ms() + e->skew_ms + e->clock_offset_ms + e->advance_ms +
+         (int64_t)(e->virtual_ns / 1000000);
 }
+/* The engine's monotonic clock, ns: the host's, plus the virtual jumps. */
+static inline uint64_t sy__mono(const sy_engine *e) {
+  return sy_mono_ns() + e->virtual_ns;
+}
+/* Timers of the engine's time (a sleep, a step's timeout, the next due
+ * instance): on virtual time the clock jumps to them (scheduler.c). A
+ * timer must be stopped through sy__timer_stop before it is closed. */
+void sy__timer_start(sy_engine *e, uv_timer_t *t, uv_timer_cb cb, uint64_t ms);
+void sy__timer_stop(sy_engine *e, uv_timer_t *t);
 /* Measures clock_offset_ms again (a no-op on a database file). */
 int sy__sync_clock(sy_engine *e);
 

@@ -52,6 +52,8 @@ static void commit_queue_push(sy_engine *e, sy_inst *in) {
   e->commitq_tail = in;
 }
 
+static void step_ended(sy_inst *in);
+
 static void inst_handle_closed(uv_handle_t *h) {
   sy_inst *in = h->data;
   if (--in->handles_open == 0) {
@@ -79,6 +81,7 @@ void sy__inst_free(sy_inst *in) {
   free(in->parked_signal);
   sy_task_free(in->task);
   if (in->handles_open) {
+    step_ended(in);
     uv_close((uv_handle_t *)&in->sleep_timer, inst_handle_closed);
     uv_close((uv_handle_t *)&in->timeout_timer, inst_handle_closed);
   } else {
@@ -166,14 +169,14 @@ static void ensure_handles(sy_inst *in) {
 
 static void step_ended(sy_inst *in) {
   if (in->handles_open) {
-    uv_timer_stop(&in->timeout_timer);
-    uv_timer_stop(&in->sleep_timer);
+    sy__timer_stop(in->e, &in->timeout_timer);
+    sy__timer_stop(in->e, &in->sleep_timer);
   }
 }
 
 /* Whole milliseconds from now until a monotonic time, rounded up. */
-static uint64_t ms_until(uint64_t when_ns) {
-  uint64_t now = sy_mono_ns();
+static uint64_t ms_until(const sy_engine *e, uint64_t when_ns) {
+  uint64_t now = sy__mono(e);
   return when_ns > now ? (when_ns - now + 999999) / 1000000 : 0;
 }
 
@@ -182,10 +185,10 @@ static uint64_t ms_until(uint64_t when_ns) {
  * clock says it has lasted what was asked. */
 static void sleep_cb(uv_timer_t *t) {
   sy_inst *in = t->data;
-  uint64_t left = ms_until(in->sleep_until_ns);
+  uint64_t left = ms_until(in->e, in->sleep_until_ns);
   int rc;
   if (left) {
-    uv_timer_start(&in->sleep_timer, sleep_cb, left, 0);
+    sy__timer_start(in->e, &in->sleep_timer, sleep_cb, left);
     return;
   }
   /* Over: a step run again after this turn's commit does not sleep it. */
@@ -210,7 +213,7 @@ static void time_out(sy_inst *in) {
     sy__abandon_call(in->call);
     in->call = NULL;
   }
-  uv_timer_stop(&in->sleep_timer);
+  sy__timer_stop(in->e, &in->sleep_timer);
   sy_task_abort(in->task);
   sy__handle_result(in, &r);
 }
@@ -242,7 +245,7 @@ void sy__execute(sy_inst *in) {
   in->ph = PH_RUNNING;
   in->timed_out = 0;
   in->step_started = in->segment_started = sy__now(in->e);
-  in->step_started_ns = sy_mono_ns();
+  in->step_started_ns = sy__mono(in->e);
   in->ran_before_ms = 0;
   in->resumed = 0;
   if (sy__journal_load(in)) {
@@ -261,8 +264,8 @@ void sy__execute(sy_inst *in) {
   }
   if (in->step->timeout > 0) {
     ensure_handles(in);
-    uv_timer_start(&in->timeout_timer, timeout_cb,
-                   (uint64_t)(in->step->timeout * 1000.0), 0);
+    sy__timer_start(in->e, &in->timeout_timer, timeout_cb,
+                    (uint64_t)(in->step->timeout * 1000.0));
   }
   if (in->step->kind == SY_STEP_TASK) {
     sy_task_start(in->task, in->step, in->attempt, &r);
@@ -353,7 +356,7 @@ static void park(sy_inst *in, int64_t now, int64_t wake_at,
 static void park_sleep(sy_inst *in, int64_t now) {
   int rc;
   in->sleep.started_at = in->step_started;
-  in->sleep.ran_ms = ran_ms(in, sy_mono_ns());
+  in->sleep.ran_ms = ran_ms(in, sy__mono(in->e));
   if (in->sleep_new && (rc = sy__journal_add(in, &in->sleep))) {
     sy__fatal(in->e, rc);
     return;
@@ -379,7 +382,7 @@ static void fail_diverged(sy_inst *in, int seq, const char *was,
 static void start_sleep(sy_inst *in, const sy_task_result *r, int64_t now) {
   sy_engine *e = in->e;
   const sy_journal_entry *j = sy__journal_at(in, r->seq);
-  uint64_t now_ns = sy_mono_ns(), due_ns;
+  uint64_t now_ns = sy__mono(e), due_ns;
   snprintf(in->sleep_what, sizeof in->sleep_what, "ctx.sleep(%.3f)",
            (double)r->sleep_ms / 1000);
   in->sleep =
@@ -411,7 +414,8 @@ static void start_sleep(sy_inst *in, const sy_task_result *r, int64_t now) {
   /* Timers count from the loop's cached time, which may be this whole
    * turn old: refresh it so a sleep never ends early. */
   uv_update_time(&e->loop);
-  uv_timer_start(&in->sleep_timer, sleep_cb, ms_until(in->sleep_until_ns), 0);
+  sy__timer_start(e, &in->sleep_timer, sleep_cb,
+                  ms_until(e, in->sleep_until_ns));
 }
 
 /* The answer of a ctx call the engine gives itself (a signal): the step
@@ -641,7 +645,7 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
 void sy__handle_result(sy_inst *in, sy_task_result *r) {
   sy_engine *e = in->e;
   int64_t now = sy__now(e);
-  uint64_t now_ns = sy_mono_ns();
+  uint64_t now_ns = sy__mono(in->e);
   int rc;
   if (e->fatal) {
     free(r->vars_json);

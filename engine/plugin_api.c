@@ -279,13 +279,72 @@ static void complete(sy_call *c) {
   }
 }
 
+void sy_engine_set_call_hook(sy_engine *e, sy_call_hook hook, void *ud) {
+  e->call_hook = hook;
+  e->call_hook_ud = ud;
+}
+
+static void later_closed(uv_handle_t *h) {
+  free(h);
+}
+
+/* A hook's answer that was to come later: it comes now (its time has
+ * come, or its step gave up on it). */
+static void answer_now(sy_call *c) {
+  sy__timer_stop(c->e, c->later);
+  uv_close((uv_handle_t *)c->later, later_closed);
+  c->later = NULL;
+  complete(c);
+}
+
+static void later_cb(uv_timer_t *t) {
+  answer_now(t->data);
+}
+
+/* The test's hook answered or failed the ctx call: it completes as if its
+ * plugin had, now or on a timer. The engine's own functions (ctx.now)
+ * reach nothing outside and are not the hook's. */
+static int hooked(sy_call *c, const char *args_json) {
+  sy_inst *in = c->inst;
+  sy_call_info info = {.instance = in->id,
+                       .workflow = in->wf->name,
+                       .step = in->step->name,
+                       .attempt = in->attempt,
+                       .seq = c->seq,
+                       .fn = c->fn->fn->name,
+                       .args = args_json ? args_json : "null"};
+  char *out = NULL;
+  uint64_t after_ms = 0;
+  switch (c->e->call_hook(c->e->call_hook_ud, &info, &out, &after_ms)) {
+    case SY_CALL_ANSWER:
+      c->next = out ? out : strdup("null");
+      break;
+    case SY_CALL_FAIL:
+      free(c->error);
+      c->error = out ? out : strdup("failed by the test");
+      break;
+    default:
+      free(out);
+      return 0;
+  }
+  if (after_ms && (c->later = malloc(sizeof *c->later))) {
+    uv_timer_init(&c->e->loop, c->later);
+    c->later->data = c;
+    sy__timer_start(c->e, c->later, later_cb, after_ms);
+    return 1;
+  }
+  complete(c);
+  return 1;
+}
+
 /* Hands a call to its plugin: a node's execute, or a ctx function with
- * its arguments. */
+ * its arguments (unless a test's hook takes it). */
 static void invoke(sy_call *c, const char *args_json) {
   c->in_invoke = 1;
   if (c->node) {
     c->node->type->execute(c->node->plugin->state, c);
-  } else {
+  } else if (!c->e->call_hook || c->fn->plugin->def == &sy__builtins ||
+             !hooked(c, args_json)) {
     c->fn->fn->call(c->fn->plugin->state, c, args_json);
   }
   c->in_invoke = 0;
@@ -481,7 +540,9 @@ static void drop_held(sy_engine *e, sy_call *c) {
 
 void sy__abandon_call(sy_call *c) {
   c->inst = NULL;
-  if (c->held_args) {
+  if (c->later) {
+    answer_now(c);
+  } else if (c->held_args) {
     drop_held(c->e, c);
   } else if (c->node && c->node->type->cancel) {
     c->node->type->cancel(c->node->plugin->state, c);

@@ -17,6 +17,104 @@
 
 static void idle_cb(uv_idle_t *h);
 
+/* ---------------------------------------------------------------------
+ * Timers of the engine's time, and virtual time */
+
+typedef struct sy__vtimer {
+  uv_timer_t *timer;
+  uv_timer_cb cb;
+  uint64_t due_ns; /* on sy__mono */
+  struct sy__vtimer *next;
+} sy__vtimer;
+
+void sy__timer_stop(sy_engine *e, uv_timer_t *t) {
+  uv_timer_stop(t);
+  for (sy__vtimer **p = &e->vtimers; *p; p = &(*p)->next) {
+    if ((*p)->timer == t) {
+      sy__vtimer *v = *p;
+      *p = v->next;
+      free(v);
+      return;
+    }
+  }
+}
+
+/* The timer runs on the host's clock as any other; on virtual time it is
+ * also listed, so that the clock can jump to it. Listing it needs memory:
+ * without, it still fires, only in real time. */
+void sy__timer_start(sy_engine *e, uv_timer_t *t, uv_timer_cb cb, uint64_t ms) {
+  sy__timer_stop(e, t);
+  uv_timer_start(t, cb, ms, 0);
+  if (e->virtual_clock) {
+    sy__vtimer *v = malloc(sizeof *v);
+    if (v) {
+      *v = (sy__vtimer){t, cb, sy__mono(e) + ms * 1000000, e->vtimers};
+      e->vtimers = v;
+    }
+  }
+}
+
+static void vtimers_free(sy_engine *e) {
+  while (e->vtimers) {
+    sy__vtimer *v = e->vtimers;
+    e->vtimers = v->next;
+    free(v);
+  }
+}
+
+/* The engine waits on nothing but time: no step to run, no real call in
+ * flight, no turn to commit. On virtual time, the clock jumps to the
+ * earliest of its timers and of the database's next due instance, and
+ * what is due then fires now. */
+static void jump(sy_engine *e) {
+  uint64_t now = sy__mono(e), to = UINT64_MAX;
+  int64_t wake = 0;
+  sy__vtimer **p;
+  if (!e->virtual_clock || e->stopping || e->fatal || e->runq_head ||
+      e->commitq_head || e->held_head) {
+    return;
+  }
+  /* A call in flight that a test's hook answers later is a timer too;
+   * any other is real work to wait for. */
+  for (sy_call *c = e->live_calls; c; c = c->next_live) {
+    if (!c->later) {
+      return;
+    }
+  }
+  for (sy__vtimer *v = e->vtimers; v; v = v->next) {
+    to = v->due_ns < to ? v->due_ns : to;
+  }
+  if (sy_store_next_wake(e->store, &wake)) {
+    sy__fatal(e, SY_ESTORE);
+    return;
+  }
+  if (wake) {
+    int64_t ms = wake - sy__now(e);
+    uint64_t at = now + (uint64_t)(ms > 0 ? ms : 0) * 1000000;
+    to = at < to ? at : to;
+  }
+  if (to == UINT64_MAX) {
+    return;
+  }
+  if (to > now) {
+    e->virtual_ns += to - now;
+  }
+  if (wake && wake <= sy__now(e)) {
+    e->maybe_work = 1;
+    uv_idle_start(&e->idle, idle_cb);
+  }
+  for (p = &e->vtimers; *p;) {
+    sy__vtimer *v = *p;
+    if (v->due_ns <= to) {
+      *p = v->next;
+      uv_timer_start(v->timer, v->cb, 0, 0);
+      free(v);
+    } else {
+      p = &v->next;
+    }
+  }
+}
+
 static void close_cb(uv_handle_t *h) {
   (void)h;
 }
@@ -26,12 +124,16 @@ static void close_handles(sy_engine *e) {
     return;
   }
   e->handles_init = 0;
+  sy__timer_stop(e, &e->wake_timer);
+  sy__timer_stop(e, &e->stop_timer);
+  vtimers_free(e);
   uv_close((uv_handle_t *)&e->idle, close_cb);
   uv_close((uv_handle_t *)&e->check, close_cb);
   uv_close((uv_handle_t *)&e->wake_timer, close_cb);
   uv_close((uv_handle_t *)&e->poll_timer, close_cb);
   uv_close((uv_handle_t *)&e->lease_timer, close_cb);
   uv_close((uv_handle_t *)&e->breathe_timer, close_cb);
+  uv_close((uv_handle_t *)&e->stop_timer, close_cb);
   uv_close((uv_handle_t *)&e->sigint, close_cb);
   uv_close((uv_handle_t *)&e->sigterm, close_cb);
   if (e->notices_on) {
@@ -49,6 +151,14 @@ void sy__kick(sy_engine *e) {
 void sy_engine_stop(sy_engine *e) {
   e->stopping = 1;
   sy__kick(e); /* get a turn to wind down */
+}
+
+void sy_engine_stop_after(sy_engine *e, uint64_t ms) {
+  e->stop_after_ms = ms;
+}
+
+static void stop_cb(uv_timer_t *t) {
+  sy_engine_stop(t->data);
 }
 
 static void signal_cb(uv_signal_t *s, int signum) {
@@ -160,8 +270,8 @@ static void settle(sy_engine *e) {
   }
   if (wake) {
     int64_t now = sy__now(e);
-    uv_timer_start(&e->wake_timer, wake_cb,
-                   (uint64_t)(wake > now ? wake - now : 0), 0);
+    sy__timer_start(e, &e->wake_timer, wake_cb,
+                    (uint64_t)(wake > now ? wake - now : 0));
     return;
   }
   if (e->until_idle) {
@@ -267,6 +377,7 @@ static void check_cb(uv_check_t *h) {
   if (e->in_memory == 0) {
     settle(e);
   }
+  jump(e);
 }
 
 /* An engine on this host whose process is gone: release what it held now
@@ -331,9 +442,10 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   uv_signal_init(&e->loop, &e->sigterm);
   uv_timer_init(&e->loop, &e->lease_timer);
   uv_timer_init(&e->loop, &e->breathe_timer);
+  uv_timer_init(&e->loop, &e->stop_timer);
   e->idle.data = e->check.data = e->wake_timer.data = e->poll_timer.data =
       e->sigint.data = e->sigterm.data = e->lease_timer.data =
-          e->breathe_timer.data = e;
+          e->breathe_timer.data = e->stop_timer.data = e;
   e->handles_init = 1;
   uv_signal_start(&e->sigint, signal_cb, SIGINT);
   uv_signal_start(&e->sigterm, signal_cb, SIGTERM);
@@ -341,6 +453,10 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   poll = e->poll_ms > 0 ? (uint64_t)e->poll_ms : POLL_MS;
   uv_timer_start(&e->poll_timer, wake_cb, poll, poll);
   uv_timer_start(&e->lease_timer, lease_cb, SY__LEASE_MS / 3, SY__LEASE_MS / 3);
+  if (e->stop_after_ms) {
+    sy__timer_start(e, &e->stop_timer, stop_cb, e->stop_after_ms);
+    e->stop_after_ms = 0;
+  }
   if (sy_store_socket(e->store) >= 0 &&
       uv_poll_init_socket(&e->loop, &e->notices, sy_store_socket(e->store)) ==
           0) {
