@@ -31,10 +31,24 @@ static const sy__cli_cmd cmd_lua_row = {
     cmd_lua,
     0};
 
+static int cmd_test(sy__cli *c) {
+  return sy_testlua_test(c->argc, c->argv, &c->o);
+}
+
+static const sy__cli_cmd cmd_test_row = {
+    "test",
+    "[--faults[=2]] [BUSTED OPTIONS] [PATH...]",
+    "run the workflows' busted specs (default: *_spec.lua under the "
+    "workflows directory); --faults fails each external call in turn",
+    NULL,
+    cmd_test,
+    0};
+
 static const sy__cli_cmd *const commands[] = {
     &sy__cli_start,     &sy__cli_run,    &sy__cli_check,     &sy__cli_status,
     &sy__cli_instances, &sy__cli_show,   &sy__cli_incidents, &sy__cli_retry,
-    &sy__cli_cancel,    &sy__cli_signal, &sy__cli_db,        &cmd_lua_row};
+    &sy__cli_cancel,    &sy__cli_signal, &sy__cli_db,        &cmd_test_row,
+    &cmd_lua_row};
 #define NCOMMANDS (sizeof commands / sizeof *commands)
 
 /* ---------------------------------------------------------------------
