@@ -47,8 +47,8 @@ static const sy__cli_cmd cmd_test_row = {
 static const sy__cli_cmd *const commands[] = {
     &sy__cli_start,     &sy__cli_run,    &sy__cli_check,     &sy__cli_status,
     &sy__cli_instances, &sy__cli_show,   &sy__cli_incidents, &sy__cli_retry,
-    &sy__cli_cancel,    &sy__cli_signal, &sy__cli_db,        &cmd_test_row,
-    &cmd_lua_row};
+    &sy__cli_cancel,    &sy__cli_signal, &sy__cli_db,        &sy__cli_serve,
+    &cmd_test_row,      &cmd_lua_row};
 #define NCOMMANDS (sizeof commands / sizeof *commands)
 
 /* ---------------------------------------------------------------------

@@ -62,7 +62,7 @@ typedef struct sy__cli_cmd {
 extern const sy__cli_cmd sy__cli_start, sy__cli_run, sy__cli_check;
 extern const sy__cli_cmd sy__cli_status, sy__cli_instances, sy__cli_show;
 extern const sy__cli_cmd sy__cli_incidents, sy__cli_retry, sy__cli_cancel;
-extern const sy__cli_cmd sy__cli_signal, sy__cli_db;
+extern const sy__cli_cmd sy__cli_signal, sy__cli_db, sy__cli_serve;
 
 /* The next option or operand of the command: returns its key (1 for an
  * operand) with *val its value (or NULL), 0 at the end, or -1 after
@@ -115,5 +115,12 @@ void sy__cli_print_json(json_t *j);                   /* and frees it */
 json_t *sy__cli_instance_json(const sy_instance_row *r);
 /* An incident as a row of the table, or appended to the JSON array ud. */
 int sy__cli_print_incident(void *ud, const sy_incident_row *r);
+/* What status, instances, show and incidents print with --json, for
+ * serve's API as well (NULL: the store failed; show: JSON null when there
+ * is no such instance). */
+json_t *sy__cli_status_json(sy_store *st);
+json_t *sy__cli_instances_json(sy_store *st, const sy_instance_filter *f);
+json_t *sy__cli_show_json(sy_store *st, int64_t id, int *found);
+json_t *sy__cli_incidents_json(sy_store *st, int all);
 
 #endif

@@ -33,6 +33,15 @@ int sy__cli_print_incident(void *ud, const sy_incident_row *r) {
   return 0;
 }
 
+json_t *sy__cli_incidents_json(sy_store *st, int all) {
+  json_t *arr = json_array();
+  if (sy_store_list_incidents(st, !all, 0, sy__cli_print_incident, arr)) {
+    json_decref(arr);
+    return NULL;
+  }
+  return arr;
+}
+
 enum { O_ALL = 256 };
 
 static const sy__cli_opt incidents_opts[] = {

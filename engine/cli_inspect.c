@@ -79,6 +79,15 @@ static void print_status(const status_ctx *s) {
   printf("\n");
 }
 
+json_t *sy__cli_status_json(sy_store *st) {
+  status_ctx s = {json_object(), {0}};
+  if (sy_store_count_by_state(st, status_row, &s)) {
+    json_decref(s.j);
+    return NULL;
+  }
+  return s.j;
+}
+
 static int cmd_status(sy__cli *c) {
   sy_engine *e;
   status_ctx s = {NULL, {0}};
@@ -191,6 +200,15 @@ static int parse_instances(sy__cli *c, sy_instance_filter *f) {
     }
   }
   return key < 0 ? SY__EXIT_USAGE : 0;
+}
+
+json_t *sy__cli_instances_json(sy_store *st, const sy_instance_filter *f) {
+  list_ctx l = {json_array(), 0, 0};
+  if (sy_store_list_instances(st, f, list_instance, &l)) {
+    json_decref(l.arr);
+    return NULL;
+  }
+  return l.arr;
 }
 
 static int cmd_instances(sy__cli *c) {
@@ -346,6 +364,23 @@ static int show_history(sy_store *st, int64_t id, json_t *obj) {
     json_object_set_new(obj, "signals", sig);
   }
   return rc;
+}
+
+json_t *sy__cli_show_json(sy_store *st, int64_t id, int *found) {
+  json_t *obj = NULL;
+  *found = 0;
+  if (sy_store_get_instance(st, id, show_row, &obj, found)) {
+    json_decref(obj);
+    return NULL;
+  }
+  if (!*found) {
+    return json_null();
+  }
+  if (show_history(st, id, obj)) {
+    json_decref(obj);
+    return NULL;
+  }
+  return obj;
 }
 
 static int cmd_show(sy__cli *c) {

@@ -419,3 +419,15 @@ int sy_plugins_before_commit(sy_plugins *p) {
   }
   return 0;
 }
+
+int sy_plugins_metrics(sy_plugins *p, void (*put)(void *ud, const char *text),
+                       void *ud) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    if (lp->initialized && lp->def->metrics &&
+        lp->def->metrics(lp->state, put, ud)) {
+      return SY_EPLUGIN;
+    }
+  }
+  return 0;
+}

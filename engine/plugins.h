@@ -62,6 +62,9 @@ const sy_command_entry *sy_plugins_command_at(const sy_plugins *p, int i);
 void sy_plugins_node_names(const sy_plugins *p, char *buf, size_t len);
 /* Lets every plugin flush batched writes before a commit. */
 int sy_plugins_before_commit(sy_plugins *p);
+/* Each plugin's metrics, Prometheus' text format, through put (serve). */
+int sy_plugins_metrics(sy_plugins *p, void (*put)(void *ud, const char *text),
+                       void *ud);
 /* Tells every plugin that the transaction was rolled back. */
 void sy_plugins_rolled_back(sy_plugins *p);
 /* Reports an event to every plugin, each with its own memo from memos

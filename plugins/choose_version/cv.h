@@ -102,6 +102,9 @@ enum {
   CVQ_FLAG_KNOWN,
   CVQ_RAMPS,
   CVQ_REPORT_DECISIONS,
+  /* serve's /metrics (metrics.c) */
+  CVQ_METRICS_COUNTERS,
+  CVQ_METRICS_FLAGS,
   CVQ__COUNT
 };
 
@@ -134,6 +137,9 @@ typedef struct cv_router {
   cv_notifier *notifier; /* delivers notifications while the engine runs */
   char errmsg[512];
 } cv_router;
+
+/* metrics.c: sy_plugin_def.metrics */
+int cv_metrics(void *plugin, void (*put)(void *ud, const char *text), void *ud);
 
 /* sql.c: creates or migrates the plugin's tables (inside the transaction
  * the engine opened for init). 0, or -1 with a message in err. */

@@ -476,7 +476,8 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .free_memo = free_memo,
                                   .rolled_back = rolled_back,
                                   .retry_options = cv_retry_options,
-                                  .retry_filter = cv_retry_filter};
+                                  .retry_filter = cv_retry_filter,
+                                  .metrics = cv_metrics};
 
 const sy_plugin_def *cv_plugin_def(void) {
   return &def;

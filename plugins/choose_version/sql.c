@@ -659,6 +659,13 @@ static const char *const sql_text[CVQ__COUNT] = {
         "WHERE flag = ?1 "
         "AND decided_at >= ?2 AND decided_at < ?3 "
         "AND (CAST(?4 AS TEXT) IS NULL OR workflow = ?4)",
+    [CVQ_METRICS_COUNTERS] =
+        "SELECT workflow, flag, version, routed, completed, cancelled, "
+        "incidents, in_flight, open_incidents FROM cv_counters "
+        "ORDER BY workflow, flag, version",
+    [CVQ_METRICS_FLAGS] =
+        "SELECT name, rate_ppm, killed FROM cv_flags "
+        "WHERE retired_at IS NULL ORDER BY name",
 };
 
 /* Statements are prepared on first use, so that a command never pays for

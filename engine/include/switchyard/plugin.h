@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 8
+#define SY_PLUGIN_ABI 9
 
 /* Error codes: negative, from one list so that a code, its name and its
  * message never drift apart. sy_api functions that return an int return 0
@@ -457,6 +457,14 @@ typedef struct sy_plugin_def {
   int (*retry_filter)(void *plugin, const char *const *values,
                       const sy_retry_inst *inst, char *at, size_t atlen,
                       char *err, size_t errlen);
+  /* Optional: the plugin's metrics in Prometheus' text format, each with
+   * its # HELP and # TYPE lines, names starting with switchyard_ and not
+   * the engine's (switchyard_instances, switchyard_incidents_open,
+   * switchyard_engines), handed to put piece by piece. `switchyard serve`
+   * calls it for /metrics, outside any transaction: it only reads.
+   * Non-zero (an SY_E* code): the page fails. */
+  int (*metrics)(void *plugin, void (*put)(void *ud, const char *text),
+                 void *ud);
 } sy_plugin_def;
 
 /* The one symbol a plugin exports. */

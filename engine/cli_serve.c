@@ -1,0 +1,575 @@
+/* `switchyard serve`: the database over HTTP (libmicrohttpd). A JSON API
+ * under /api/ with the CLI's --json documents, and /metrics in
+ * Prometheus' text format (the engine's own, then each plugin's). Reads
+ * need nothing; writes (retry, cancel) need `Authorization: Bearer` with
+ * the token of --token-file. It listens on loopback unless told otherwise,
+ * and refuses another address without a token file.
+ *
+ * One thread of libmicrohttpd's answers every request in turn, on one
+ * engine (no loop runs: serve never claims work); the main thread only
+ * waits for SIGINT or SIGTERM. */
+#include <arpa/inet.h>
+#include <getopt.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "error.h"
+#include "plugins.h"
+
+#define MAX_URL 1024
+#define MAX_TOKEN 4096
+
+typedef struct server {
+  sy_engine *e;
+  char token[MAX_TOKEN]; /* "": writes refused */
+} server;
+
+/* ---------------------------------------------------------------------
+ * Responses */
+
+typedef struct text {
+  char *s;
+  size_t len, cap;
+  int failed;
+} text;
+
+static void put(void *ud, const char *s) {
+  text *t = ud;
+  size_t n = strlen(s);
+  if (t->failed) {
+    return;
+  }
+  if (t->len + n + 1 > t->cap) {
+    size_t cap = t->cap ? t->cap : 4096;
+    char *p;
+    while (cap < t->len + n + 1) {
+      cap *= 2;
+    }
+    if (!(p = realloc(t->s, cap))) {
+      t->failed = 1;
+      return;
+    }
+    t->s = p;
+    t->cap = cap;
+  }
+  memcpy(t->s + t->len, s, n + 1);
+  t->len += n;
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *conn,
+                                 unsigned int status, const char *type,
+                                 const char *body, size_t len) {
+  struct MHD_Response *r =
+      MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+  enum MHD_Result ok;
+  if (!r) {
+    return MHD_NO;
+  }
+  MHD_add_response_header(r, "Content-Type", type);
+  MHD_add_response_header(r, "Cache-Control", "no-store");
+  MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+  if (status == MHD_HTTP_UNAUTHORIZED) {
+    MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+  } else if (status == MHD_HTTP_METHOD_NOT_ALLOWED) {
+    MHD_add_response_header(r, "Allow", "GET, HEAD, POST");
+  }
+  ok = MHD_queue_response(conn, status, r);
+  MHD_destroy_response(r);
+  return ok;
+}
+
+/* Sends j (and frees it). */
+static enum MHD_Result send_json(struct MHD_Connection *conn,
+                                 unsigned int status, json_t *j) {
+  char *s = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+  enum MHD_Result ok;
+  json_decref(j);
+  if (!s) {
+    static const char oom[] = "{\"error\": \"out of memory\"}\n";
+    return send_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "application/json",
+                     oom, sizeof oom - 1);
+  }
+  {
+    size_t n = strlen(s);
+    char *body = realloc(s, n + 2);
+    if (body) {
+      s = body;
+      s[n++] = '\n';
+      s[n] = '\0';
+    }
+    ok = send_text(conn, status, "application/json", s, n);
+  }
+  free(s);
+  return ok;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn,
+                                  unsigned int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static enum MHD_Result send_error(struct MHD_Connection *conn,
+                                  unsigned int status, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return send_json(conn, status, json_pack("{s:s}", "error", msg));
+}
+
+/* ---------------------------------------------------------------------
+ * Arguments */
+
+/* A positive id of at most 18 digits, the whole string. */
+static int parse_id(const char *s, int64_t *id) {
+  long long v = 0;
+  size_t n = strspn(s, "0123456789");
+  if (n == 0 || n > 18 || s[n] != '\0') {
+    return -1;
+  }
+  v = strtoll(s, NULL, 10);
+  if (v <= 0) {
+    return -1;
+  }
+  *id = v;
+  return 0;
+}
+
+static const char *query(struct MHD_Connection *conn, const char *key) {
+  return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+/* ---------------------------------------------------------------------
+ * /metrics */
+
+/* A label value as the text format wants it: \\, \" and \n escaped. */
+static void put_label(text *t, const char *v) {
+  char buf[2];
+  buf[1] = '\0';
+  for (const char *p = v ? v : ""; *p; p++) {
+    if (*p == '\\' || *p == '"') {
+      put(t, *p == '\\' ? "\\\\" : "\\\"");
+    } else if (*p == '\n') {
+      put(t, "\\n");
+    } else {
+      buf[0] = *p;
+      put(t, buf);
+    }
+  }
+}
+
+static void put_int(text *t, long long v) {
+  char buf[32];
+  snprintf(buf, sizeof buf, " %lld\n", v);
+  put(t, buf);
+}
+
+static int engine_metrics(server *sv, text *t) {
+  sy_store *st = sy_engine_store(sv->e);
+  json_t *status = sy__cli_status_json(st), *inc = NULL, *open = NULL;
+  const char *wf, *state, *key;
+  json_t *counts, *n;
+  size_t i;
+  sy_stmt *s;
+  int rc = 0;
+  if (!status || !(inc = sy__cli_incidents_json(st, 0))) {
+    json_decref(status);
+    return SY_ESTORE;
+  }
+  put(t,
+      "# HELP switchyard_instances Instances by workflow and state.\n"
+      "# TYPE switchyard_instances gauge\n");
+  json_object_foreach(status, wf, counts) {
+    json_object_foreach(counts, state, n) {
+      put(t, "switchyard_instances{workflow=\"");
+      put_label(t, wf);
+      put(t, "\",state=\"");
+      put_label(t, state);
+      put(t, "\"}");
+      put_int(t, (long long)json_integer_value(n));
+    }
+  }
+  /* Open incidents per workflow and step, counted here. */
+  open = json_object();
+  json_array_foreach(inc, i, n) {
+    char k[600];
+    snprintf(k, sizeof k, "%s%c%s",
+             json_string_value(json_object_get(n, "workflow")), '\x1f',
+             json_string_value(json_object_get(n, "step")));
+    json_object_set_new(
+        open, k,
+        json_integer(json_integer_value(json_object_get(open, k)) + 1));
+  }
+  put(t,
+      "# HELP switchyard_incidents_open Open incidents by workflow and "
+      "step.\n"
+      "# TYPE switchyard_incidents_open gauge\n");
+  json_object_foreach(open, key, n) {
+    const char *sep = strchr(key, '\x1f');
+    char w[600];
+    snprintf(w, sizeof w, "%.*s", (int)(sep - key), key);
+    put(t, "switchyard_incidents_open{workflow=\"");
+    put_label(t, w);
+    put(t, "\",step=\"");
+    put_label(t, sep + 1);
+    put(t, "\"}");
+    put_int(t, (long long)json_integer_value(n));
+  }
+  put(t,
+      "# HELP switchyard_engines Engines registered on the database (a "
+      "running engine, or one that died since its lease last ran).\n"
+      "# TYPE switchyard_engines gauge\nswitchyard_engines");
+  s = sy_store_prepare(st, &(sy_sql){"SELECT count(*) FROM engines", NULL});
+  if (!s || sy_stmt_step(s) != SY_ROW) {
+    rc = SY_ESTORE;
+  } else {
+    put_int(t, (long long)sy_stmt_column_int(s, 0));
+  }
+  sy_stmt_finalize(s);
+  json_decref(status);
+  json_decref(inc);
+  json_decref(open);
+  return rc;
+}
+
+static enum MHD_Result metrics(server *sv, struct MHD_Connection *conn) {
+  text t = {0};
+  enum MHD_Result ok;
+  int rc = engine_metrics(sv, &t);
+  if (!rc) {
+    rc = sy_plugins_metrics(sy_engine_plugins(sv->e), put, &t);
+  }
+  if (rc || t.failed) {
+    free(t.s);
+    return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics: %s",
+                      rc == SY_EPLUGIN || t.failed
+                          ? "a plugin failed, or memory ran out"
+                          : sy_store_errmsg(sy_engine_store(sv->e)));
+  }
+  ok = send_text(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8",
+                 t.s ? t.s : "", t.len);
+  free(t.s);
+  return ok;
+}
+
+/* ---------------------------------------------------------------------
+ * /api/ */
+
+static enum MHD_Result store_failed(server *sv, struct MHD_Connection *conn) {
+  return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s",
+                    sy_store_errmsg(sy_engine_store(sv->e)));
+}
+
+static enum MHD_Result api_instances(server *sv, struct MHD_Connection *conn) {
+  sy_instance_filter f = {.state = query(conn, "state"),
+                          .workflow = query(conn, "workflow"),
+                          .step = query(conn, "step"),
+                          .limit = 100};
+  const char *limit = query(conn, "limit"), *after = query(conn, "after");
+  json_t *j;
+  if (limit && (strcmp(limit, "0") == 0 ? (f.limit = 0, 0)
+                                        : parse_id(limit, &f.limit))) {
+    return send_error(conn, MHD_HTTP_BAD_REQUEST,
+                      "limit: expected a count (0: all), got '%.100s'", limit);
+  }
+  if (after && parse_id(after, &f.after)) {
+    return send_error(conn, MHD_HTTP_BAD_REQUEST,
+                      "after: expected an instance id, got '%.100s'", after);
+  }
+  if (!(j = sy__cli_instances_json(sy_engine_store(sv->e), &f))) {
+    return store_failed(sv, conn);
+  }
+  return send_json(conn, MHD_HTTP_OK, j);
+}
+
+/* Checks the request's bearer token: 0 when it may write, else the status
+ * already sent. */
+static int may_write(server *sv, struct MHD_Connection *conn,
+                     enum MHD_Result *sent) {
+  const char *auth =
+      MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+  size_t n = strlen(sv->token), have;
+  unsigned char diff = 0;
+  if (!sv->token[0]) {
+    *sent = send_error(conn, MHD_HTTP_FORBIDDEN,
+                       "writes need a token: start serve with --token-file");
+    return -1;
+  }
+  if (!auth || strncmp(auth, "Bearer ", 7) != 0) {
+    *sent = send_error(conn, MHD_HTTP_UNAUTHORIZED,
+                       "this changes the database: send Authorization: "
+                       "Bearer <token>");
+    return -1;
+  }
+  auth += 7;
+  have = strlen(auth);
+  /* The same time whatever the token's first difference. */
+  for (size_t i = 0; i < n; i++) {
+    diff |= (unsigned char)(sv->token[i] ^ (i < have ? auth[i] : 0));
+  }
+  if (diff || have != n) {
+    *sent = send_error(conn, MHD_HTTP_UNAUTHORIZED, "wrong token");
+    return -1;
+  }
+  return 0;
+}
+
+static enum MHD_Result api_change(server *sv, struct MHD_Connection *conn,
+                                  int64_t id, const char *what) {
+  enum MHD_Result sent;
+  int rc;
+  if (may_write(sv, conn, &sent)) {
+    return sent;
+  }
+  rc = strcmp(what, "retry") == 0 ? sy_engine_retry(sv->e, &id, 1)
+                                  : sy_engine_cancel(sv->e, id);
+  if (rc) {
+    return send_error(conn,
+                      rc == SY_ENOTFOUND ? MHD_HTTP_NOT_FOUND
+                      : rc == SY_ESTATE  ? MHD_HTTP_CONFLICT
+                                         : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                      "%s", sy_engine_errmsg(sv->e));
+  }
+  return send_json(
+      conn, MHD_HTTP_OK,
+      json_pack("{s:I, s:s}", "instance", (json_int_t)id, "done",
+                strcmp(what, "retry") == 0 ? "retried" : "cancelled"));
+}
+
+static enum MHD_Result api(server *sv, struct MHD_Connection *conn,
+                           const char *path, int post) {
+  char id_text[32], what[16];
+  int64_t id;
+  int found;
+  json_t *j;
+  if (strcmp(path, "status") == 0 || strcmp(path, "incidents") == 0 ||
+      strcmp(path, "instances") == 0) {
+    if (post) {
+      return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                        "/api/%s is read with GET", path);
+    }
+    if (path[1] == 'n' && path[2] == 's') { /* instances */
+      return api_instances(sv, conn);
+    }
+    j = path[0] == 's' ? sy__cli_status_json(sy_engine_store(sv->e))
+                       : sy__cli_incidents_json(sy_engine_store(sv->e),
+                                                query(conn, "all") != NULL);
+    return j ? send_json(conn, MHD_HTTP_OK, j) : store_failed(sv, conn);
+  }
+  /* instances/ID and instances/ID/(retry|cancel) */
+  if (strncmp(path, "instances/", 10) == 0) {
+    const char *rest = path + 10, *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (n >= sizeof id_text) {
+      return send_error(conn, MHD_HTTP_BAD_REQUEST, "not an instance id");
+    }
+    memcpy(id_text, rest, n);
+    id_text[n] = '\0';
+    if (parse_id(id_text, &id)) {
+      return send_error(conn, MHD_HTTP_BAD_REQUEST,
+                        "not an instance id: '%.40s'", id_text);
+    }
+    if (!slash) {
+      if (post) {
+        return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                          "an instance is read with GET; POST to "
+                          "/api/instances/%lld/retry or /cancel",
+                          (long long)id);
+      }
+      if (!(j = sy__cli_show_json(sy_engine_store(sv->e), id, &found))) {
+        return store_failed(sv, conn);
+      }
+      if (!found) {
+        json_decref(j);
+        return send_error(conn, MHD_HTTP_NOT_FOUND, "no instance %lld",
+                          (long long)id);
+      }
+      return send_json(conn, MHD_HTTP_OK, j);
+    }
+    snprintf(what, sizeof what, "%.15s", slash + 1);
+    if (strcmp(slash + 1, "retry") == 0 || strcmp(slash + 1, "cancel") == 0) {
+      if (!post) {
+        return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                          "%s changes the instance: use POST", what);
+      }
+      return api_change(sv, conn, id, what);
+    }
+  }
+  return send_error(conn, MHD_HTTP_NOT_FOUND, "no such page: /api/%.200s",
+                    path);
+}
+
+static const char index_text[] =
+    "switchyard serve\n\n"
+    "GET  /metrics                       Prometheus text format\n"
+    "GET  /api/status                    instances per workflow and state\n"
+    "GET  /api/instances?state=&workflow=&step=&limit=&after=\n"
+    "GET  /api/instances/ID              an instance, its history, incidents\n"
+    "GET  /api/incidents[?all=1]         open (or all) incidents\n"
+    "POST /api/instances/ID/retry        (Authorization: Bearer TOKEN)\n"
+    "POST /api/instances/ID/cancel       (Authorization: Bearer TOKEN)\n";
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn,
+                              const char *url, const char *method,
+                              const char *version, const char *upload_data,
+                              size_t *upload_data_size, void **con_cls) {
+  static int first;
+  server *sv = cls;
+  int post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+  (void)version;
+  (void)upload_data;
+  /* The first call only announces the request; a body is not needed. */
+  if (!*con_cls) {
+    *con_cls = &first;
+    return MHD_YES;
+  }
+  if (*upload_data_size) {
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  if (!post && strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+      strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
+    return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                      "method %.20s: serve answers GET, HEAD and POST", method);
+  }
+  if (strlen(url) > MAX_URL) {
+    return send_error(conn, MHD_HTTP_URI_TOO_LONG,
+                      "the path is longer than %d bytes", MAX_URL);
+  }
+  if (strcmp(url, "/") == 0 && !post) {
+    return send_text(conn, MHD_HTTP_OK, "text/plain; charset=utf-8", index_text,
+                     sizeof index_text - 1);
+  }
+  if (strcmp(url, "/metrics") == 0 && !post) {
+    return metrics(sv, conn);
+  }
+  if (strncmp(url, "/api/", 5) == 0) {
+    return api(sv, conn, url + 5, post);
+  }
+  return send_error(conn, MHD_HTTP_NOT_FOUND, "no such page: %.200s", url);
+}
+
+/* ---------------------------------------------------------------------
+ * The command */
+
+enum { O_LISTEN = 256, O_TOKEN_FILE };
+
+static const sy__cli_opt serve_opts[] = {
+    {"listen", required_argument, O_LISTEN, "ADDR:PORT",
+     "where to listen (127.0.0.1:8080; port 0: any free one)"},
+    {"token-file", required_argument, O_TOKEN_FILE, "FILE",
+     "the token writes must present (Authorization: Bearer)"},
+    {NULL, 0, 0, NULL, NULL}};
+
+static int read_token(const char *path, char *out, size_t len) {
+  FILE *f = fopen(path, "r");
+  size_t n;
+  if (!f) {
+    return sy__cli_usage_error("--token-file: cannot read %s", path);
+  }
+  n = fread(out, 1, len - 1, f);
+  out[n] = '\0';
+  fclose(f);
+  while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r' ||
+                   out[n - 1] == ' ' || out[n - 1] == '\t')) {
+    out[--n] = '\0';
+  }
+  if (n < 16 || strlen(out) != n || strpbrk(out, " \t\r\n")) {
+    return sy__cli_usage_error(
+        "--token-file: %s must hold one token of at least 16 characters "
+        "(no spaces)",
+        path);
+  }
+  return 0;
+}
+
+static int cmd_serve(sy__cli *c) {
+  const char *listen = "127.0.0.1:8080", *token_file = NULL, *v, *colon;
+  struct sockaddr_in addr = {.sin_family = AF_INET};
+  char host[64];
+  long long port;
+  server sv = {0};
+  struct MHD_Daemon *d;
+  const union MHD_DaemonInfo *info;
+  sigset_t sigs;
+  int key, sig, rc;
+  while ((key = sy__cli_next(c, &v)) > 0) {
+    if (key == O_LISTEN) {
+      listen = v;
+    } else if (key == O_TOKEN_FILE) {
+      token_file = v;
+    } else {
+      return sy__cli_usage_error("serve: unexpected argument '%s'", v);
+    }
+  }
+  if (key < 0) {
+    return SY__EXIT_USAGE;
+  }
+  colon = strrchr(listen, ':');
+  if (!colon || (size_t)(colon - listen) >= sizeof host ||
+      sy__cli_parse_int(colon + 1, 0, 65535, &port)) {
+    return sy__cli_usage_error(
+        "--listen: expected ADDR:PORT (an IPv4 address), got '%s'", listen);
+  }
+  snprintf(host, sizeof host, "%.*s", (int)(colon - listen), listen);
+  if (strcmp(host, "localhost") == 0) {
+    snprintf(host, sizeof host, "127.0.0.1");
+  }
+  if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+    return sy__cli_usage_error(
+        "--listen: expected ADDR:PORT (an IPv4 address), got '%s'", listen);
+  }
+  addr.sin_port = htons((uint16_t)port);
+  if ((ntohl(addr.sin_addr.s_addr) >> 24) != 127 && !token_file) {
+    return sy__cli_usage_error(
+        "--listen %s is not loopback: give --token-file too, so that only "
+        "holders of the token can change anything",
+        listen);
+  }
+  if (token_file && (rc = read_token(token_file, sv.token, sizeof sv.token))) {
+    return rc;
+  }
+  if ((rc = sy__cli_open(c, &sv.e))) {
+    return rc;
+  }
+  /* Signals are taken by sigwait below: block them before the server's
+   * thread starts, so that it inherits the mask. */
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0,
+                       NULL, NULL, handle, &sv, MHD_OPTION_SOCK_ADDR,
+                       (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
+                       (unsigned int)64, MHD_OPTION_CONNECTION_TIMEOUT,
+                       (unsigned int)30, MHD_OPTION_END);
+  if (!d) {
+    fprintf(stderr, "switchyard: serve: cannot listen on %s (in use?)\n",
+            listen);
+    sy_engine_close(sv.e);
+    return 1;
+  }
+  info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+  printf("switchyard: serving http://%s:%u/ (Ctrl-C stops)\n", host,
+         info ? (unsigned)info->port : (unsigned)port);
+  fflush(stdout);
+  sigwait(&sigs, &sig);
+  MHD_stop_daemon(d);
+  sy_engine_close(sv.e);
+  return 0;
+}
+
+const sy__cli_cmd sy__cli_serve = {
+    "serve",
+    "[--listen ADDR:PORT] [--token-file FILE]",
+    "serve the database over HTTP: a JSON API and Prometheus /metrics",
+    serve_opts,
+    cmd_serve,
+    SY__CLI_NEEDS_DB};

@@ -1,0 +1,240 @@
+-- `switchyard serve` on a database filled by a short routed run: its JSON
+-- API says what the CLI's --json says; /metrics is well-formed Prometheus
+-- text whose values equal `status --json` and `report --json`; bad
+-- requests (unknown paths, bad ids and parameters, bad methods, a long
+-- path, random junk) get a 4xx and never stop it; a retry without the
+-- token (or with a wrong one) is refused and changes nothing, with it
+-- succeeds; --listen off loopback needs --token-file.
+local H = dofile(debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") ..
+  "/helpers.lua")
+
+local CV = H.repo .. "/tests/fixtures/cv"
+local TOKEN = "s3cret-token-for-the-serve-spec"
+
+-- One request: status code and body (decoded when it is JSON).
+local function request(base, method, path, headers)
+  local out = os.tmpname()
+  local words = { "curl", "-s", "-g", "-o", H.q(out), "-w", "'%{http_code}'",
+                  "-X", method }
+  for _, h in ipairs(headers or {}) do
+    words[#words + 1] = "-H " .. H.q(h)
+  end
+  words[#words + 1] = H.q(base .. path)
+  local code = tonumber(H.capture(table.concat(words, " ")))
+  local body = H.read(out) or ""
+  os.remove(out)
+  if body:match("^[{%[]") then
+    return code, H.decode(body)
+  end
+  return code, body
+end
+
+local function cli_json(env, ...)
+  return assert(H.decode((env:ok("--json", ...))))
+end
+
+-- The samples of a text-format page, checked as they are read: every
+-- sample's family has # HELP and # TYPE lines before it, names and labels
+-- are well-formed, counters end in _total. { [name] = { {labels, value} } }
+local function parse_metrics(text)
+  local typed, helped, samples = {}, {}, {}
+  for line in text:gmatch("[^\n]+") do
+    local kind, name, rest = line:match("^# (%u+) ([%a_:][%w_:]*) (.+)$")
+    if kind == "HELP" then
+      helped[name] = true
+    elseif kind == "TYPE" then
+      assert(rest == "counter" or rest == "gauge", line)
+      assert(rest ~= "counter" or name:match("_total$"), line)
+      typed[name] = rest
+    else
+      local n, labels, value = line:match("^([%a_:][%w_:]*)(%b{}) (%S+)$")
+      if not n then
+        n, value = line:match("^([%a_:][%w_:]*) (%S+)$")
+        labels = "{}"
+      end
+      assert(n, "not a sample: " .. line)
+      assert(typed[n] and helped[n], "no # HELP/# TYPE before " .. line)
+      local l = {}
+      for k, v in labels:sub(2, -2):gmatch('([%a_][%w_]*)="(.-)"') do
+        l[k] = v
+      end
+      samples[n] = samples[n] or {}
+      table.insert(samples[n], { labels = l, value = assert(tonumber(value), line) })
+    end
+  end
+  return samples
+end
+
+local function value(samples, name, labels)
+  for _, s in ipairs(samples[name] or {}) do
+    local all = true
+    for k, v in pairs(labels) do
+      all = all and s.labels[k] == v
+    end
+    if all then
+      return s.value
+    end
+  end
+end
+
+describe("switchyard serve", function()
+  local env, server, base
+
+  setup(function()
+    env = H.env { workflows = CV }
+    env:ok("rollout", "set", "checkout", "50%", "--reason", "serve spec")
+    env:ok("start", "counted", "--count", "30", "--var", "user_id=u{n}")
+    env:ok("start", "counted", "--count", "10", "--var", "user_id=f{n}",
+      "--var", "fail:=true")
+    env:ok("run", "--until-idle")
+    H.write(env:path("token"), TOKEN .. "\n")
+    server = env:spawn("serve", "--listen", "127.0.0.1:0", "--token-file",
+      env:path("token"))
+    local port = H.poll(10, 0.02, function()
+      local log = H.read(server.log) or ""
+      return log:match("serving http://127%.0%.0%.1:(%d+)/")
+    end)
+    assert(port, "serve did not start: " .. (H.read(server.log) or ""))
+    base = "http://127.0.0.1:" .. port
+  end)
+
+  teardown(function()
+    H.reap()
+    H.rmdir(env and env.dir)
+  end)
+
+  it("answers the API with what the CLI's --json says", function()
+    local code, body = request(base, "GET", "/api/status")
+    assert.equal(200, code)
+    assert.same(cli_json(env, "status"), body)
+    code, body = request(base, "GET", "/api/incidents")
+    assert.equal(200, code)
+    local incidents = cli_json(env, "incidents")
+    assert.equal(10, #incidents)
+    assert.same(incidents, body)
+    code, body = request(base, "GET", "/api/instances?state=incident&limit=0")
+    assert.equal(200, code)
+    assert.same(cli_json(env, "instances", "--state", "incident"), body)
+    local id = tostring(incidents[1].instance)
+    code, body = request(base, "GET", "/api/instances/" .. id)
+    assert.equal(200, code)
+    assert.same(cli_json(env, "show", id), body)
+  end)
+
+  it("serves /metrics whose values equal status and report", function()
+    local code, text = request(base, "GET", "/metrics")
+    assert.equal(200, code)
+    local m = parse_metrics(text)
+    local status = cli_json(env, "status")
+    for state, n in pairs(status.counted) do
+      assert.equal(n, value(m, "switchyard_instances",
+        { workflow = "counted", state = state }), state)
+    end
+    local report = cli_json(env, "report", "checkout")
+    local open = 0
+    for _, v in ipairs { "v1", "v2" } do
+      local r, l = report.versions[v], { workflow = "counted", flag = "checkout", version = v }
+      assert.equal(r.routed, value(m, "switchyard_routed_total", l), v)
+      assert.equal(r.completed, value(m, "switchyard_routed_completed_total", l), v)
+      assert.equal(r.incidents, value(m, "switchyard_routed_incidents_total", l), v)
+      assert.equal(r.in_flight, value(m, "switchyard_routed_in_flight", l), v)
+      open = open + value(m, "switchyard_routed_open_incidents", l)
+    end
+    assert.equal(10, open)
+    assert.equal(0.5, value(m, "switchyard_flag_rate_ratio", { flag = "checkout" }))
+    assert.equal(0, value(m, "switchyard_flag_killed", { flag = "checkout" }))
+    local by_step = (value(m, "switchyard_incidents_open", { step = "old" }) or 0) +
+        (value(m, "switchyard_incidents_open", { step = "new" }) or 0)
+    assert.equal(10, by_step)
+  end)
+
+  it("gets a 4xx for bad requests, and stays up", function()
+    local cases = {
+      { "GET", "/nope", 404 },
+      { "GET", "/api/", 404 },
+      { "GET", "/api/instances/abc", 400 },
+      { "GET", "/api/instances/0", 400 },
+      { "GET", "/api/instances/-3", 400 },
+      { "GET", "/api/instances/12345678901234567890123", 400 },
+      { "GET", "/api/instances/99999999", 404 },
+      { "GET", "/api/instances?limit=ten", 400 },
+      { "GET", "/api/instances?after=-1", 400 },
+      { "PUT", "/api/status", 405 },
+      { "DELETE", "/api/instances/1", 405 },
+      { "POST", "/api/status", 405 },
+      { "POST", "/metrics", 404 },
+      { "GET", "/api/instances/1/retry", 405 },
+      { "POST", "/api/instances/1/explode", 404 },
+      { "GET", "/api/" .. string.rep("a", 3000), 414 },
+    }
+    for _, c in ipairs(cases) do
+      local code, body = request(base, c[1], c[2])
+      assert.equal(c[3], code, c[1] .. " " .. c[2])
+      assert.is_string(body.error, c[1] .. " " .. c[2])
+    end
+    -- junk paths, the same every run
+    local seed = 7
+    for _ = 1, 200 do
+      local len = 1 + seed % 40
+      local chars = {}
+      for k = 1, len do
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        local b = 33 + seed % 94
+        -- nothing curl would read as its own syntax or a query
+        if b == 35 or b == 37 or b == 63 or b == 92 then
+          b = 120
+        end
+        chars[k] = string.char(b)
+      end
+      local code = request(base, "GET", "/api/x" .. table.concat(chars))
+      assert.is_true(code >= 400 and code < 500, table.concat(chars))
+    end
+    assert.equal(200, (request(base, "GET", "/api/status")))
+  end)
+
+  it("refuses a retry without the token, and changes nothing", function()
+    local id = tostring(cli_json(env, "incidents")[1].instance)
+    local before = env:snapshot()
+    local code = request(base, "POST", "/api/instances/" .. id .. "/retry")
+    assert.equal(401, code)
+    code = request(base, "POST", "/api/instances/" .. id .. "/retry",
+      { "Authorization: Bearer not-the-token" })
+    assert.equal(401, code)
+    assert.equal(before, env:snapshot())
+    local body
+    code, body = request(base, "POST", "/api/instances/" .. id .. "/retry",
+      { "Authorization: Bearer " .. TOKEN })
+    assert.equal(200, code)
+    assert.equal("retried", body.done)
+    assert.equal("ready", cli_json(env, "show", id).state)
+    -- not in an incident any more
+    code = request(base, "POST", "/api/instances/" .. id .. "/retry",
+      { "Authorization: Bearer " .. TOKEN })
+    assert.equal(409, code)
+  end)
+
+  it("needs a token to listen off loopback, and refuses writes without one", function()
+    local code, _, err = env:run("serve", "--listen", "0.0.0.0:0")
+    assert.equal(2, code)
+    assert.matches("is not loopback: give --token-file", err, 1, true)
+    code, _, err = env:run("serve", "--listen", "nowhere")
+    assert.equal(2, code)
+    assert.matches("--listen: expected ADDR:PORT", err, 1, true)
+    H.write(env:path("short"), "abc\n")
+    code, _, err = env:run("serve", "--token-file", env:path("short"))
+    assert.equal(2, code)
+    assert.matches("at least 16 characters", err, 1, true)
+    local open = env:spawn("serve", "--listen", "127.0.0.1:0")
+    local port = H.poll(10, 0.02, function()
+      return (H.read(open.log) or ""):match("serving http://127%.0%.0%.1:(%d+)/")
+    end)
+    assert(port, H.read(open.log))
+    local id = tostring(cli_json(env, "incidents")[1].instance)
+    local before = env:snapshot()
+    assert.equal(403, (request("http://127.0.0.1:" .. port, "POST",
+      "/api/instances/" .. id .. "/cancel", { "Authorization: Bearer " .. TOKEN })))
+    assert.equal(before, env:snapshot())
+    H.signal(open, "TERM")
+    assert.equal(0, H.wait_exit(open, 10))
+  end)
+end)
