@@ -1,6 +1,7 @@
 -- `switchyard serve` on a database filled by a short routed run: its JSON
 -- API says what the CLI's --json says; /metrics is well-formed Prometheus
--- text whose values equal `status --json` and `report --json`; bad
+-- text (promtool checks it too) whose values equal `status --json` and
+-- `report --json`, and the shipped alert rule passes promtool's tests; bad
 -- requests (unknown paths, bad ids and parameters, bad methods, a long
 -- path, random junk) get a 4xx and never stop it; a retry without the
 -- token (or with a wrong one) is refused and changes nothing, with it
@@ -146,6 +147,26 @@ describe("switchyard serve", function()
     local by_step = (value(m, "switchyard_incidents_open", { step = "old" }) or 0) +
         (value(m, "switchyard_incidents_open", { step = "new" }) or 0)
     assert.equal(10, by_step)
+  end)
+
+  it("passes promtool's check of /metrics", function()
+    local page = env:path("metrics.txt")
+    local code = H.exec("curl -s -o " .. H.q(page) .. " " .. H.q(base .. "/metrics"))
+    assert.equal(0, code)
+    local out = env:path("promtool.out")
+    code = H.exec("promtool check metrics < " .. H.q(page) .. " > " .. H.q(out) .. " 2>&1")
+    assert.equal(0, code, H.read(out))
+    assert.equal("", H.read(out))
+  end)
+
+  it("ships an alert rule that fires when v2 fails more than v1", function()
+    local out = env:path("rules.out")
+    local code = H.exec("promtool check rules " ..
+      H.q(H.repo .. "/plugins/choose_version/alerts.yml") .. " > " .. H.q(out) .. " 2>&1")
+    assert.equal(0, code, H.read(out))
+    code = H.exec("promtool test rules " ..
+      H.q(H.repo .. "/tests/fixtures/serve/alerts_test.yml") .. " > " .. H.q(out) .. " 2>&1")
+    assert.equal(0, code, H.read(out))
   end)
 
   it("gets a 4xx for bad requests, and stays up", function()
