@@ -406,8 +406,262 @@ static enum MHD_Result api(server *sv, struct MHD_Connection *conn,
                     path);
 }
 
+/* ---------------------------------------------------------------------
+ * Pages: HTML drawn on the server from the API's documents (no script,
+ * nothing fetched from elsewhere), so a page shows what the API says. */
+
+/* Text as HTML: &, <, >, " and ' escaped. */
+static void put_html(text *t, const char *s) {
+  char buf[2] = {0, 0};
+  for (const char *p = s ? s : ""; *p; p++) {
+    switch (*p) {
+      case '&':
+        put(t, "&amp;");
+        break;
+      case '<':
+        put(t, "&lt;");
+        break;
+      case '>':
+        put(t, "&gt;");
+        break;
+      case '"':
+        put(t, "&quot;");
+        break;
+      case '\'':
+        put(t, "&#39;");
+        break;
+      default:
+        buf[0] = *p;
+        put(t, buf);
+    }
+  }
+}
+
+static void put_fmt(text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void put_fmt(text *t, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  put(t, buf);
+}
+
+static void page_head(text *t, const char *title) {
+  put(t,
+      "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+      "<meta name=\"viewport\" content=\"width=device-width\">"
+      "<title>");
+  put_html(t, title);
+  put(t,
+      " - switchyard</title><style>"
+      "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em 2em;"
+      "color:#222}"
+      "nav a{margin-right:1em}h1{font-size:1.4em}"
+      "table{border-collapse:collapse;margin:.5em 0 1.5em}"
+      "th,td{border-bottom:1px solid #ddd;padding:.25em .8em;"
+      "text-align:left;vertical-align:top}"
+      "td.n{text-align:right;font-variant-numeric:tabular-nums}"
+      "pre{background:#f6f6f6;padding:.6em;overflow:auto}"
+      ".incident{color:#b00}</style></head><body>"
+      "<nav><a href=\"/\">Overview</a><a href=\"/incidents\">Incidents"
+      "</a><a href=\"/metrics\">Metrics</a></nav><h1>");
+  put_html(t, title);
+  put(t, "</h1>\n");
+}
+
+static enum MHD_Result send_page(struct MHD_Connection *conn, text *t) {
+  enum MHD_Result ok;
+  put(t, "</body></html>\n");
+  if (t->failed) {
+    free(t->s);
+    return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+  }
+  ok = send_text(conn, MHD_HTTP_OK, "text/html; charset=utf-8", t->s, t->len);
+  free(t->s);
+  return ok;
+}
+
+static const char *const states[] = {"ready",    "running",   "waiting",
+                                     "incident", "completed", "cancelled"};
+
+static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
+  sy_store *st = sy_engine_store(sv->e);
+  json_t *status = sy__cli_status_json(st), *counts;
+  const char *wf;
+  text t = {0};
+  sy_stmt *s;
+  if (!status) {
+    return store_failed(sv, conn);
+  }
+  page_head(&t, "Overview");
+  put(&t, "<h2>Instances</h2><table id=\"instances\"><tr><th>workflow</th>");
+  for (size_t i = 0; i < 6; i++) {
+    put_fmt(&t, "<th>%s</th>", states[i]);
+  }
+  put(&t, "</tr>\n");
+  json_object_foreach(status, wf, counts) {
+    put(&t, "<tr data-workflow=\"");
+    put_html(&t, wf);
+    put(&t, "\"><td>");
+    put_html(&t, wf);
+    put(&t, "</td>");
+    for (size_t i = 0; i < 6; i++) {
+      long long n = json_integer_value(json_object_get(counts, states[i]));
+      put_fmt(&t, "<td class=\"n\" data-state=\"%s\">", states[i]);
+      if (n && strcmp(states[i], "incident") == 0) {
+        put_fmt(&t, "<a class=\"incident\" href=\"/incidents\">%lld</a></td>",
+                n);
+      } else {
+        put_fmt(&t, "%lld</td>", n);
+      }
+    }
+    put(&t, "</tr>\n");
+  }
+  put(&t,
+      "</table>\n<h2>Engines</h2><table id=\"engines\"><tr><th>engine"
+      "</th><th>host</th><th>pid</th><th>started</th><th>last heartbeat"
+      "</th></tr>\n");
+  s = sy_store_prepare(st, &(sy_sql){"SELECT id, host, pid, started_at, "
+                                     "heartbeat_at FROM engines ORDER BY id",
+                                     NULL});
+  while (s && sy_stmt_step(s) == SY_ROW) {
+    char t1[32], t2[32];
+    sy__cli_time(sy_stmt_column_int(s, 3), t1, sizeof t1);
+    sy__cli_time(sy_stmt_column_int(s, 4), t2, sizeof t2);
+    put(&t, "<tr><td>");
+    put_html(&t, sy_stmt_column_text(s, 0));
+    put(&t, "</td><td>");
+    put_html(&t, sy_stmt_column_text(s, 1));
+    put_fmt(&t, "</td><td class=\"n\">%lld</td><td>%s</td><td>%s</td></tr>\n",
+            (long long)sy_stmt_column_int(s, 2), t1, t2);
+  }
+  sy_stmt_finalize(s);
+  put(&t, "</table>\n");
+  json_decref(status);
+  return send_page(conn, &t);
+}
+
+static void put_incident_rows(text *t, json_t *incidents, int with_instance) {
+  size_t i;
+  json_t *inc;
+  put(t, "<table id=\"incidents\"><tr><th>id</th>");
+  if (with_instance) {
+    put(t, "<th>instance</th><th>workflow</th>");
+  }
+  put(t,
+      "<th>step</th><th>raised</th><th>error</th><th>resolution</th></tr>"
+      "\n");
+  json_array_foreach(incidents, i, inc) {
+    char when[32];
+    const char *res = json_string_value(json_object_get(inc, "resolution"));
+    sy__cli_time(json_integer_value(json_object_get(inc, "raised_at")), when,
+                 sizeof when);
+    put_fmt(t, "<tr><td class=\"n\">%lld</td>",
+            (long long)json_integer_value(json_object_get(inc, "id")));
+    if (with_instance) {
+      long long id = json_integer_value(json_object_get(inc, "instance"));
+      put_fmt(t,
+              "<td class=\"n\"><a href=\"/instances/%lld\">%lld</a></td><td>",
+              id, id);
+      put_html(t, json_string_value(json_object_get(inc, "workflow")));
+      put(t, "</td>");
+    }
+    put(t, "<td>");
+    put_html(t, json_string_value(json_object_get(inc, "step")));
+    put_fmt(t, "</td><td>%s</td><td class=\"incident\">", when);
+    put_html(t, json_string_value(json_object_get(inc, "error")));
+    put(t, "</td><td>");
+    put_html(t, res ? res : "open");
+    put(t, "</td></tr>\n");
+  }
+  put(t, "</table>\n");
+}
+
+static enum MHD_Result page_incidents(server *sv, struct MHD_Connection *conn) {
+  int all = query(conn, "all") != NULL;
+  json_t *j = sy__cli_incidents_json(sy_engine_store(sv->e), all);
+  text t = {0};
+  if (!j) {
+    return store_failed(sv, conn);
+  }
+  page_head(&t, all ? "Incidents" : "Open incidents");
+  put_fmt(&t,
+          "<p><span id=\"count\">%zu</span> %s. <a href=\"%s\">%s</a></p>\n",
+          json_array_size(j), all ? "in all" : "open",
+          all ? "/incidents" : "/incidents?all=1",
+          all ? "Open ones only" : "Resolved ones too");
+  put_incident_rows(&t, j, 1);
+  json_decref(j);
+  return send_page(conn, &t);
+}
+
+static enum MHD_Result page_instance(server *sv, struct MHD_Connection *conn,
+                                     const char *id_text) {
+  int64_t id;
+  int found;
+  json_t *j, *run;
+  char title[64], *vars;
+  text t = {0};
+  size_t i;
+  if (parse_id(id_text, &id)) {
+    return send_error(conn, MHD_HTTP_BAD_REQUEST, "not an instance id: '%.40s'",
+                      id_text);
+  }
+  if (!(j = sy__cli_show_json(sy_engine_store(sv->e), id, &found))) {
+    return store_failed(sv, conn);
+  }
+  if (!found) {
+    json_decref(j);
+    return send_error(conn, MHD_HTTP_NOT_FOUND, "no instance %lld",
+                      (long long)id);
+  }
+  snprintf(title, sizeof title, "Instance %lld", (long long)id);
+  page_head(&t, title);
+  put(&t, "<table id=\"instance\"><tr><th>workflow</th><td>");
+  put_html(&t, json_string_value(json_object_get(j, "workflow")));
+  put(&t, "</td></tr><tr><th>state</th><td id=\"state\">");
+  put_html(&t, json_string_value(json_object_get(j, "state")));
+  put(&t, "</td></tr><tr><th>step</th><td>");
+  put_html(&t, json_string_value(json_object_get(j, "step")));
+  put_fmt(&t, "</td></tr><tr><th>attempt</th><td>%lld</td></tr></table>\n",
+          (long long)json_integer_value(json_object_get(j, "attempt")));
+  vars = json_dumps(json_object_get(j, "vars"),
+                    JSON_INDENT(2) | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+  put(&t, "<h2>Vars</h2><pre id=\"vars\">");
+  put_html(&t, vars ? vars : "null");
+  put(&t,
+      "</pre>\n<h2>History</h2><table id=\"history\"><tr><th>step</th>"
+      "<th>attempt</th><th>started</th><th>ran</th><th>outcome</th>"
+      "<th>error</th></tr>\n");
+  free(vars);
+  json_array_foreach(json_object_get(j, "history"), i, run) {
+    char when[32];
+    const char *err = json_string_value(json_object_get(run, "error"));
+    sy__cli_time(json_integer_value(json_object_get(run, "started_at")), when,
+                 sizeof when);
+    put(&t, "<tr><td>");
+    put_html(&t, json_string_value(json_object_get(run, "step")));
+    put_fmt(&t,
+            "</td><td class=\"n\">%lld</td><td>%s</td>"
+            "<td class=\"n\">%lld ms</td><td>",
+            (long long)json_integer_value(json_object_get(run, "attempt")),
+            when,
+            (long long)json_integer_value(json_object_get(run, "run_ms")));
+    put_html(&t, json_string_value(json_object_get(run, "outcome")));
+    put(&t, "</td><td class=\"incident\">");
+    put_html(&t, err ? err : "");
+    put(&t, "</td></tr>\n");
+  }
+  put(&t, "</table>\n<h2>Incidents</h2>\n");
+  put_incident_rows(&t, json_object_get(j, "incidents"), 0);
+  json_decref(j);
+  return send_page(conn, &t);
+}
+
 static const char index_text[] =
-    "switchyard serve\n\n"
+    "switchyard serve: the API (pages: /, /incidents, /instances/ID)\n\n"
     "GET  /metrics                       Prometheus text format\n"
     "GET  /api/status                    instances per workflow and state\n"
     "GET  /api/instances?state=&workflow=&step=&limit=&after=\n"
@@ -443,9 +697,18 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn,
     return send_error(conn, MHD_HTTP_URI_TOO_LONG,
                       "the path is longer than %d bytes", MAX_URL);
   }
-  if (strcmp(url, "/") == 0 && !post) {
+  if (strcmp(url, "/api") == 0 && !post) {
     return send_text(conn, MHD_HTTP_OK, "text/plain; charset=utf-8", index_text,
                      sizeof index_text - 1);
+  }
+  if (!post && strcmp(url, "/") == 0) {
+    return page_overview(sv, conn);
+  }
+  if (!post && strcmp(url, "/incidents") == 0) {
+    return page_incidents(sv, conn);
+  }
+  if (!post && strncmp(url, "/instances/", 11) == 0) {
+    return page_instance(sv, conn, url + 11);
   }
   if (strcmp(url, "/metrics") == 0 && !post) {
     return metrics(sv, conn);

@@ -87,6 +87,7 @@ describe("switchyard serve", function()
     env:ok("start", "counted", "--count", "30", "--var", "user_id=u{n}")
     env:ok("start", "counted", "--count", "10", "--var", "user_id=f{n}",
       "--var", "fail:=true")
+    env:ok("start", "counted", "--var", "user_id=<script>alert('x')</script>&")
     env:ok("run", "--until-idle")
     H.write(env:path("token"), TOKEN .. "\n")
     server = env:spawn("serve", "--listen", "127.0.0.1:0", "--token-file",
@@ -120,6 +121,28 @@ describe("switchyard serve", function()
     code, body = request(base, "GET", "/api/instances/" .. id)
     assert.equal(200, code)
     assert.same(cli_json(env, "show", id), body)
+  end)
+
+  it("draws pages with the API's numbers, escaping what workflows hold", function()
+    local code, html = request(base, "GET", "/")
+    assert.equal(200, code)
+    local status = cli_json(env, "status")
+    for state, n in pairs(status.counted) do
+      local cell = html:match('data%-state="' .. state .. '">(.-)</td>')
+      assert.equal(n, tonumber(cell:match("(%d+)")), state)
+    end
+    code, html = request(base, "GET", "/incidents")
+    assert.equal(200, code)
+    assert.equal(#cli_json(env, "incidents"), tonumber(html:match('id="count">(%d+)<')))
+    local id = env:scalar("select id from instances where " ..
+      H.jtext("vars", "user_id") .. " like '<script>%'")
+    code, html = request(base, "GET", "/instances/" .. id)
+    assert.equal(200, code)
+    assert.equal("completed", html:match('id="state">(%a+)<'))
+    assert.matches("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;", html, 1, true)
+    assert.is_nil(html:find("<script>", 1, true))
+    assert.equal(404, (request(base, "GET", "/instances/999999")))
+    assert.equal(400, (request(base, "GET", "/instances/x")))
   end)
 
   it("serves /metrics whose values equal status and report", function()
