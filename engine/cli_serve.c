@@ -38,6 +38,7 @@ typedef struct text {
   char *s;
   size_t len, cap;
   int failed;
+  server *sv; /* pages: whose plugins to link to */
 } text;
 
 static void put(void *ud, const char *s) {
@@ -343,8 +344,13 @@ static enum MHD_Result api_change(server *sv, struct MHD_Connection *conn,
                 strcmp(what, "retry") == 0 ? "retried" : "cancelled"));
 }
 
+static enum MHD_Result plugin_page(server *sv, struct MHD_Connection *conn,
+                                   const char *url, const char *method);
+
 static enum MHD_Result api(server *sv, struct MHD_Connection *conn,
-                           const char *path, int post) {
+                           const char *url, const char *method) {
+  const char *path = url + 5;
+  int post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
   char id_text[32], what[16];
   int64_t id;
   int found;
@@ -402,8 +408,7 @@ static enum MHD_Result api(server *sv, struct MHD_Connection *conn,
       return api_change(sv, conn, id, what);
     }
   }
-  return send_error(conn, MHD_HTTP_NOT_FOUND, "no such page: /api/%.200s",
-                    path);
+  return plugin_page(sv, conn, url, method);
 }
 
 /* ---------------------------------------------------------------------
@@ -448,6 +453,15 @@ static void put_fmt(text *t, const char *fmt, ...) {
   put(t, buf);
 }
 
+static void nav_link(void *ud, const char *path, const char *label) {
+  text *t = ud;
+  put(t, "<a href=\"");
+  put_html(t, path);
+  put(t, "\">");
+  put_html(t, label);
+  put(t, "</a>");
+}
+
 static void page_head(text *t, const char *title) {
   put(t,
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -466,7 +480,9 @@ static void page_head(text *t, const char *title) {
       "pre{background:#f6f6f6;padding:.6em;overflow:auto}"
       ".incident{color:#b00}</style></head><body>"
       "<nav><a href=\"/\">Overview</a><a href=\"/incidents\">Incidents"
-      "</a><a href=\"/metrics\">Metrics</a></nav><h1>");
+      "</a>");
+  sy_plugins_pages(sy_engine_plugins(t->sv->e), nav_link, t);
+  put(t, "<a href=\"/metrics\">Metrics</a></nav><h1>");
   put_html(t, title);
   put(t, "</h1>\n");
 }
@@ -490,7 +506,7 @@ static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
   sy_store *st = sy_engine_store(sv->e);
   json_t *status = sy__cli_status_json(st), *counts;
   const char *wf;
-  text t = {0};
+  text t = {.sv = sv};
   sy_stmt *s;
   if (!status) {
     return store_failed(sv, conn);
@@ -582,7 +598,7 @@ static void put_incident_rows(text *t, json_t *incidents, int with_instance) {
 static enum MHD_Result page_incidents(server *sv, struct MHD_Connection *conn) {
   int all = query(conn, "all") != NULL;
   json_t *j = sy__cli_incidents_json(sy_engine_store(sv->e), all);
-  text t = {0};
+  text t = {.sv = sv};
   if (!j) {
     return store_failed(sv, conn);
   }
@@ -603,7 +619,7 @@ static enum MHD_Result page_instance(server *sv, struct MHD_Connection *conn,
   int found;
   json_t *j, *run;
   char title[64], *vars;
-  text t = {0};
+  text t = {.sv = sv};
   size_t i;
   if (parse_id(id_text, &id)) {
     return send_error(conn, MHD_HTTP_BAD_REQUEST, "not an instance id: '%.40s'",
@@ -660,6 +676,50 @@ static enum MHD_Result page_instance(server *sv, struct MHD_Connection *conn,
   return send_page(conn, &t);
 }
 
+static const char *plugin_query(const sy_http_request *req, const char *key) {
+  return query(req->conn, key);
+}
+
+/* A path the engine does not serve: a plugin's, or 404. */
+static enum MHD_Result plugin_page(server *sv, struct MHD_Connection *conn,
+                                   const char *url, const char *method) {
+  text t = {0};
+  sy_http_request req = {method, url, plugin_query, conn};
+  sy_http_response resp = {.status = MHD_HTTP_OK, .put = put, .ud = &t};
+  enum MHD_Result ok;
+  int rc;
+  resp.title[0] = '\0';
+  rc = sy_plugins_serve(sy_engine_plugins(sv->e), &req, &resp);
+  if (rc == SY_ENOTFOUND) {
+    free(t.s);
+    return send_error(conn, MHD_HTTP_NOT_FOUND, "no such page: %.200s", url);
+  }
+  if (rc || t.failed) {
+    free(t.s);
+    return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                      "%s failed: see serve's log", url);
+  }
+  if (!resp.content_type) {
+    text page = {.sv = sv};
+    page_head(&page, resp.title[0] ? resp.title : "switchyard");
+    put(&page, t.s ? t.s : "");
+    free(t.s);
+    put(&page, "</body></html>\n");
+    if (page.failed) {
+      free(page.s);
+      return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+    }
+    ok = send_text(conn, (unsigned)resp.status, "text/html; charset=utf-8",
+                   page.s, page.len);
+    free(page.s);
+    return ok;
+  }
+  ok = send_text(conn, (unsigned)resp.status, resp.content_type, t.s ? t.s : "",
+                 t.len);
+  free(t.s);
+  return ok;
+}
+
 static const char index_text[] =
     "switchyard serve: the API (pages: /, /incidents, /instances/ID)\n\n"
     "GET  /metrics                       Prometheus text format\n"
@@ -714,9 +774,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn,
     return metrics(sv, conn);
   }
   if (strncmp(url, "/api/", 5) == 0) {
-    return api(sv, conn, url + 5, post);
+    return api(sv, conn, url, method);
   }
-  return send_error(conn, MHD_HTTP_NOT_FOUND, "no such page: %.200s", url);
+  return plugin_page(sv, conn, url, method);
 }
 
 /* ---------------------------------------------------------------------

@@ -431,3 +431,28 @@ int sy_plugins_metrics(sy_plugins *p, void (*put)(void *ud, const char *text),
   }
   return 0;
 }
+
+int sy_plugins_serve(sy_plugins *p, const sy_http_request *req,
+                     sy_http_response *resp) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    int rc;
+    if (lp->initialized && lp->def->serve &&
+        (rc = lp->def->serve(lp->state, req, resp)) != SY_ENOTFOUND) {
+      return rc;
+    }
+  }
+  return SY_ENOTFOUND;
+}
+
+void sy_plugins_pages(sy_plugins *p,
+                      void (*cb)(void *ud, const char *path, const char *label),
+                      void *ud) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    if (lp->initialized && lp->def->serve && lp->def->page_path &&
+        lp->def->page_label) {
+      cb(ud, lp->def->page_path, lp->def->page_label);
+    }
+  }
+}

@@ -65,6 +65,14 @@ int sy_plugins_before_commit(sy_plugins *p);
 /* Each plugin's metrics, Prometheus' text format, through put (serve). */
 int sy_plugins_metrics(sy_plugins *p, void (*put)(void *ud, const char *text),
                        void *ud);
+/* The first plugin that serves req's path answers it (serve); SY_ENOTFOUND
+ * when none does. */
+int sy_plugins_serve(sy_plugins *p, const sy_http_request *req,
+                     sy_http_response *resp);
+/* Each plugin's first page (page_path, page_label), for navigation. */
+void sy_plugins_pages(sy_plugins *p,
+                      void (*cb)(void *ud, const char *path, const char *label),
+                      void *ud);
 /* Tells every plugin that the transaction was rolled back. */
 void sy_plugins_rolled_back(sy_plugins *p);
 /* Reports an event to every plugin, each with its own memo from memos

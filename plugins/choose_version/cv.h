@@ -8,6 +8,7 @@
 #ifndef CV_H
 #define CV_H
 
+#include <jansson.h>
 #include <switchyard/plugin.h>
 
 #include "route.h"
@@ -317,6 +318,12 @@ int cv_retry_filter(void *plugin, const char *const *values,
 int cv_preview(cv_router *r, const cv_flag *now, const cv_flag *then,
                const char *change, const char *window, int json);
 int cv_cmd_report(void *plugin, int argc, char **argv);
+/* The report of a flag with report's defaults, as `report FLAG --json`
+ * prints it (switchyard.report/1); NULL when it cannot be made (*known 0:
+ * no such flag, else the reason is on stderr). */
+json_t *cv_report_document(cv_router *r, const char *flag, int *known);
+/* pages.c: sy_plugin_def.serve */
+int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *resp);
 
 /* Registry access for static linking (tests, benchmarks). */
 const sy_plugin_def *cv_plugin_def(void);

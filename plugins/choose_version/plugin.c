@@ -477,7 +477,10 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .rolled_back = rolled_back,
                                   .retry_options = cv_retry_options,
                                   .retry_filter = cv_retry_filter,
-                                  .metrics = cv_metrics};
+                                  .metrics = cv_metrics,
+                                  .serve = cv_serve,
+                                  .page_path = "/flags",
+                                  .page_label = "Flags"};
 
 const sy_plugin_def *cv_plugin_def(void) {
   return &def;

@@ -643,12 +643,12 @@ static int flag_known(cv_router *r, const char *flag, int *known) {
   return 0;
 }
 
-/* Prints the report as JSON: 0, or 1 after saying why not. */
-static int print_json_report(const options *o, int64_t now, const vstats v[2],
-                             const cv_comparison *cmp, const char *verdict,
-                             const ramp *rs, int nr) {
+/* The report's document, switchyard.report/1 (NULL: out of memory). */
+static json_t *report_json(const options *o, int64_t now, const vstats v[2],
+                           const cv_comparison *cmp, const char *verdict,
+                           const ramp *rs, int nr) {
   const query *q = &o->q;
-  json_t *j = json_pack(
+  return json_pack(
       "{s:s, s:s, s:o, s:o, s:o, s:I, s:f, s:f, s:{s:o, s:o}, "
       "s:{s:o, s:o, s:o, s:s, s:s, s:s, s:o}, s:o}",
       "schema", "switchyard.report/1", "flag", q->flag, "workflow",
@@ -666,6 +666,13 @@ static int print_json_report(const options *o, int64_t now, const vstats v[2],
           ? json_integer(cmp->needed_per_version)
           : json_null(),
       "ramp_steps", ramps_json(q, rs, nr));
+}
+
+/* Prints the report as JSON: 0, or 1 after saying why not. */
+static int print_json_report(const options *o, int64_t now, const vstats v[2],
+                             const cv_comparison *cmp, const char *verdict,
+                             const ramp *rs, int nr) {
+  json_t *j = report_json(o, now, v, cmp, verdict, rs, nr);
   char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
                                      JSON_REAL_PRECISION(10))
                  : NULL;
@@ -677,6 +684,59 @@ static int print_json_report(const options *o, int64_t now, const vstats v[2],
   puts(text);
   free(text);
   return 0;
+}
+
+/* Reads what the report counts, in one read transaction so that every
+ * number comes from the same snapshot, and compares the versions: 0, or 1
+ * after saying why not. */
+static int compute(cv_router *r, const options *o, vstats v[2],
+                   cv_comparison *cmp, char *verdict, size_t verdict_len,
+                   ramp **rs, int *nr) {
+  int rc;
+  memset(v, 0, 2 * sizeof *v);
+  if ((rc = cv_cmd_begin(r, CMD, 0))) {
+    return rc;
+  }
+  if (load_ramps(r, &o->q, rs, nr) || scan(r, &o->q, v, *rs, *nr)) {
+    rc = cv_cmd_end(r, CMD, cv_cmd_db_error(r, CMD, "read decisions"));
+  } else {
+    rc = cv_cmd_end(r, CMD, 0);
+  }
+  if (!rc) {
+    cv_compare(v[0].with_incidents, v[0].routed, v[1].with_incidents,
+               v[1].routed, o->alpha, o->min_effect, cmp);
+    cv_verdict_text(cmp, verdict, verdict_len);
+  }
+  return rc;
+}
+
+static void free_stats(vstats v[2], ramp *rs) {
+  for (int i = 0; i < 2; i++) {
+    free(v[i].branch.v);
+    free(v[i].steps.v);
+  }
+  free(rs);
+}
+
+json_t *cv_report_document(cv_router *r, const char *flag, int *known) {
+  int64_t now = r->api->now_ms(r->e);
+  options o = {.q = {.flag = flag, .until = INT64_MAX},
+               .alpha = 0.05,
+               .min_effect = 1.0};
+  vstats v[2];
+  cv_comparison cmp;
+  ramp *rs = NULL;
+  char verdict[256];
+  json_t *j = NULL;
+  int nr = 0;
+  if (flag_known(r, flag, known) || !*known) {
+    return NULL;
+  }
+  if (!compute(r, &o, v, &cmp, verdict, sizeof verdict, &rs, &nr)) {
+    j = report_json(&o, now, v, &cmp, verdict, rs, nr);
+  }
+  free_stats(v, rs);
+  return j;
 }
 
 int cv_cmd_report(void *plugin, int argc, char **argv) {
@@ -700,20 +760,8 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
   if (!known) {
     return usage_error("no flag '%s' (and no decisions for it)", o.q.flag);
   }
-  memset(v, 0, sizeof v);
-  /* One read transaction, so every number comes from the same snapshot. */
-  if ((rc = cv_cmd_begin(r, CMD, 0))) {
-    return rc;
-  }
-  if (load_ramps(r, &o.q, &rs, &nr) || scan(r, &o.q, v, rs, nr)) {
-    rc = cv_cmd_end(r, CMD, cv_cmd_db_error(r, CMD, "read decisions"));
-  } else {
-    rc = cv_cmd_end(r, CMD, 0);
-  }
+  rc = compute(r, &o, v, &cmp, verdict, sizeof verdict, &rs, &nr);
   if (!rc) {
-    cv_compare(v[0].with_incidents, v[0].routed, v[1].with_incidents,
-               v[1].routed, o.alpha, o.min_effect, &cmp);
-    cv_verdict_text(&cmp, verdict, sizeof verdict);
     if (o.json) {
       rc = print_json_report(&o, now, v, &cmp, verdict, rs, nr);
     } else {
@@ -723,10 +771,6 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
       rc = 1;
     }
   }
-  for (int i = 0; i < 2; i++) {
-    free(v[i].branch.v);
-    free(v[i].steps.v);
-  }
-  free(rs);
+  free_stats(v, rs);
   return rc;
 }

@@ -145,6 +145,34 @@ describe("switchyard serve", function()
     assert.equal(400, (request(base, "GET", "/instances/x")))
   end)
 
+  it("shows a flag's report, as a page and as the report's JSON", function()
+    local report = cli_json(env, "report", "checkout")
+    local code, doc = request(base, "GET", "/api/flags/checkout/report")
+    assert.equal(200, code)
+    assert.equal("switchyard.report/1", doc.schema)
+    doc.generated_at, report.generated_at = nil, nil
+    assert.same(report, doc)
+    local html
+    code, html = request(base, "GET", "/flags/checkout")
+    assert.equal(200, code)
+    for _, v in ipairs { "v1", "v2" } do
+      for _, key in ipairs { "routed", "completed", "in_flight", "incidents" } do
+        local cell = html:match("data%-" .. v .. '="' .. key .. '">(%d+)<')
+        assert.equal(report.versions[v][key], tonumber(cell), v .. " " .. key)
+      end
+    end
+    assert.matches(report.comparison.verdict_text, html:match('id="verdict">(.-)</p>'), 1, true)
+    assert.matches("serve spec", html, 1, true) -- the audit trail's reason
+    code, html = request(base, "GET", "/flags")
+    assert.equal(200, code)
+    assert.matches('href="/flags/checkout"', html, 1, true)
+    assert.matches('<nav>.*href="/flags">Flags</a>', html)
+    assert.equal(404, (request(base, "GET", "/flags/nope")))
+    assert.equal(404, (request(base, "GET", "/api/flags/nope/report")))
+    assert.equal(404, (request(base, "GET", "/api/flags/checkout/other")))
+    assert.equal(404, (request(base, "POST", "/flags")))
+  end)
+
   it("serves /metrics whose values equal status and report", function()
     local code, text = request(base, "GET", "/metrics")
     assert.equal(200, code)

@@ -412,6 +412,26 @@ typedef struct sy_command {
   const char *const *creates;
 } sy_command;
 
+/* A request `switchyard serve` hands a plugin (sy_plugin_def.serve), and
+ * what the plugin answers through resp. */
+typedef struct sy_http_request {
+  const char *method; /* GET, HEAD or POST */
+  const char *path;   /* unescaped, from its first '/': "/flags/checkout" */
+  /* A query parameter's value, or NULL. */
+  const char *(*query)(const struct sy_http_request *req, const char *key);
+  void *conn; /* the server's, for query */
+} sy_http_request;
+
+typedef struct sy_http_response {
+  int status;               /* 200 unless the plugin sets another */
+  const char *content_type; /* NULL: the body of an HTML page, which the
+                               engine puts inside its own page (head, style,
+                               navigation) titled `title` */
+  char title[128];
+  void (*put)(void *ud, const char *text); /* appends to the body */
+  void *ud;
+} sy_http_response;
+
 typedef struct sy_plugin_def {
   int abi; /* SY_PLUGIN_ABI */
   const char *name;
@@ -465,6 +485,17 @@ typedef struct sy_plugin_def {
    * Non-zero (an SY_E* code): the page fails. */
   int (*metrics)(void *plugin, void (*put)(void *ud, const char *text),
                  void *ud);
+  /* Optional: pages and API documents the plugin adds to `switchyard
+   * serve`, asked for each path the engine does not serve itself:
+   * SY_ENOTFOUND when the path is not the plugin's, else 0 with the answer
+   * in resp (an error is an answer too: a 4xx status and its body). It
+   * may read in a transaction of its own (api->begin/commit); it runs on
+   * the server's thread, never beside an engine's loop. */
+  int (*serve)(void *plugin, const sy_http_request *req,
+               sy_http_response *resp);
+  /* Optional, with serve: the plugin's first page, linked from every page
+   * of the console's navigation under this label ("/flags", "Flags"). */
+  const char *page_path, *page_label;
 } sy_plugin_def;
 
 /* The one symbol a plugin exports. */

@@ -1,0 +1,287 @@
+/* The router's pages in `switchyard serve`: the flags (rate, kill switch,
+ * what each version got), a flag's report with its ramp steps and audit
+ * trail, and the report as JSON (/api/flags/NAME/report, what `report NAME
+ * --json` prints). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cv.h"
+
+typedef sy_http_response out;
+
+static void put(out *o, const char *s) {
+  o->put(o->ud, s);
+}
+
+static void putf(out *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void putf(out *o, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  put(o, buf);
+}
+
+/* Text as HTML. */
+static void put_html(out *o, const char *s) {
+  char buf[2] = {0, 0};
+  for (const char *p = s ? s : ""; *p; p++) {
+    switch (*p) {
+      case '&':
+        put(o, "&amp;");
+        break;
+      case '<':
+        put(o, "&lt;");
+        break;
+      case '>':
+        put(o, "&gt;");
+        break;
+      case '"':
+        put(o, "&quot;");
+        break;
+      case '\'':
+        put(o, "&#39;");
+        break;
+      default:
+        buf[0] = *p;
+        put(o, buf);
+    }
+  }
+}
+
+static int error_page(out *o, int status, const char *msg, int json) {
+  o->status = status;
+  if (json) {
+    json_t *j = json_pack("{s:s}", "error", msg);
+    char *s = j ? json_dumps(j, 0) : NULL;
+    o->content_type = "application/json";
+    put(o, s ? s : "{}");
+    put(o, "\n");
+    free(s);
+    json_decref(j);
+    return 0;
+  }
+  snprintf(o->title, sizeof o->title, "Not found");
+  put(o, "<p>");
+  put_html(o, msg);
+  put(o, "</p>\n");
+  return 0;
+}
+
+/* /flags: each flag with its rate and what each version got. */
+static int flags_page(cv_router *r, out *o) {
+  sy_stmt *f = cv_stmt(r, CVQ_METRICS_FLAGS);
+  sy_stmt *c = cv_stmt(r, CVQ_METRICS_COUNTERS);
+  int rc;
+  if (!f || !c) {
+    return SY_ESTORE;
+  }
+  snprintf(o->title, sizeof o->title, "Flags");
+  put(o,
+      "<table id=\"flags\"><tr><th>flag</th><th>rate</th>"
+      "<th>kill switch</th></tr>\n");
+  while ((rc = sy_stmt_step(f)) == SY_ROW) {
+    const char *name = sy_stmt_column_text(f, 0);
+    put(o, "<tr><td><a href=\"/flags/");
+    put_html(o, name);
+    put(o, "\">");
+    put_html(o, name);
+    putf(o, "</a></td><td class=\"n\">%g%%</td><td>%s</td></tr>\n",
+         (double)sy_stmt_column_int(f, 1) / 1e4,
+         sy_stmt_column_int(f, 2) ? "<b class=\"incident\">killed</b>" : "off");
+  }
+  sy_stmt_reset(f);
+  if (rc != SY_DONE) {
+    return SY_ESTORE;
+  }
+  put(o,
+      "</table>\n<h2>Per workflow and version</h2><table id=\"counters\">"
+      "<tr><th>workflow</th><th>flag</th><th>version</th><th>routed</th>"
+      "<th>completed</th><th>in flight</th><th>incidents</th>"
+      "<th>open incidents</th></tr>\n");
+  while ((rc = sy_stmt_step(c)) == SY_ROW) {
+    put(o, "<tr><td>");
+    put_html(o, sy_stmt_column_text(c, 0));
+    put(o, "</td><td>");
+    put_html(o, sy_stmt_column_text(c, 1));
+    put(o, "</td><td>");
+    put_html(o, sy_stmt_column_text(c, 2));
+    putf(o,
+         "</td><td class=\"n\">%lld</td><td class=\"n\">%lld</td>"
+         "<td class=\"n\">%lld</td><td class=\"n\">%lld</td>"
+         "<td class=\"n\">%lld</td></tr>\n",
+         (long long)sy_stmt_column_int(c, 3),
+         (long long)sy_stmt_column_int(c, 4),
+         (long long)sy_stmt_column_int(c, 7),
+         (long long)sy_stmt_column_int(c, 6),
+         (long long)sy_stmt_column_int(c, 8));
+  }
+  sy_stmt_reset(c);
+  if (rc != SY_DONE) {
+    return SY_ESTORE;
+  }
+  put(o, "</table>\n");
+  return 0;
+}
+
+static double num(json_t *o, const char *key) {
+  return json_number_value(json_object_get(o, key));
+}
+
+static void put_version_rows(out *o, json_t *doc) {
+  static const char *const rows[][2] = {
+      {"routed", "routed"},
+      {"completed", "completed"},
+      {"in_flight", "in flight"},
+      {"incidents", "incidents"},
+      {"instances_with_incidents", "instances with incidents"}};
+  json_t *v1 = json_object_get(json_object_get(doc, "versions"), "v1");
+  json_t *v2 = json_object_get(json_object_get(doc, "versions"), "v2");
+  put(o, "<table id=\"versions\"><tr><th></th><th>v1</th><th>v2</th></tr>\n");
+  for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+    putf(o,
+         "<tr><th>%s</th><td class=\"n\" data-v1=\"%s\">%.0f</td>"
+         "<td class=\"n\" data-v2=\"%s\">%.0f</td></tr>\n",
+         rows[i][1], rows[i][0], num(v1, rows[i][0]), rows[i][0],
+         num(v2, rows[i][0]));
+  }
+  put(o, "<tr><th>incident rate (95% interval)</th>");
+  for (int k = 0; k < 2; k++) {
+    json_t *v = k ? v2 : v1;
+    json_t *ci = json_object_get(v, "incident_rate_ci95");
+    putf(o, "<td class=\"n\">%.2f%% (%.2f-%.2f%%)</td>",
+         100 * num(v, "incident_rate"),
+         100 * json_number_value(json_array_get(ci, 0)),
+         100 * json_number_value(json_array_get(ci, 1)));
+  }
+  put(o, "</tr>\n</table>\n");
+}
+
+static void put_ramps(out *o, json_t *doc) {
+  json_t *steps = json_object_get(doc, "ramp_steps"), *s;
+  size_t i;
+  put(o,
+      "<h2>Ramp steps</h2><table id=\"ramps\"><tr><th>from</th>"
+      "<th>rate</th><th>change</th><th>v1 instances</th>"
+      "<th>v1 with incidents</th><th>v2 instances</th>"
+      "<th>v2 with incidents</th></tr>\n");
+  json_array_foreach(steps, i, s) {
+    char when[32] = "the start";
+    json_t *v1 = json_object_get(s, "v1"), *v2 = json_object_get(s, "v2");
+    if (json_is_integer(json_object_get(s, "started_at"))) {
+      cv_fmt_time(json_integer_value(json_object_get(s, "started_at")), when,
+                  sizeof when);
+    }
+    putf(o, "<tr><td>%s</td><td class=\"n\">", when);
+    put_html(o, json_string_value(json_object_get(s, "rate")));
+    put(o, "</td><td>");
+    put_html(o, json_string_value(json_object_get(s, "change")));
+    putf(o,
+         "</td><td class=\"n\">%.0f</td><td class=\"n\">%.0f</td>"
+         "<td class=\"n\">%.0f</td><td class=\"n\">%.0f</td></tr>\n",
+         num(v1, "instances"), num(v1, "with_incidents"), num(v2, "instances"),
+         num(v2, "with_incidents"));
+  }
+  put(o, "</table>\n");
+}
+
+static int put_audit(cv_router *r, out *o, const char *flag) {
+  sy_stmt *s = cv_stmt(r, CVQ_AUDIT_OF);
+  int rc;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  put(o,
+      "<h2>Audit trail</h2><table id=\"audit\"><tr><th>when</th>"
+      "<th>what</th><th>from</th><th>to</th><th>who</th><th>why</th>"
+      "</tr>\n");
+  sy_stmt_bind_text(s, 1, flag);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    char when[32];
+    cv_fmt_time(sy_stmt_column_int(s, 7), when, sizeof when);
+    putf(o, "<tr><td>%s</td>", when);
+    for (int c = 1; c <= 6; c++) {
+      if (c == 2 || c == 5) {
+        continue; /* subject, reason after */
+      }
+      put(o, "<td>");
+      put_html(o, sy_stmt_column_text(s, c));
+      put(o, "</td>");
+    }
+    put(o, "<td>");
+    put_html(o, sy_stmt_column_text(s, 5));
+    put(o, "</td></tr>\n");
+  }
+  sy_stmt_reset(s);
+  if (rc != SY_DONE) {
+    return SY_ESTORE;
+  }
+  put(o, "</table>\n");
+  return 0;
+}
+
+static int flag_page(cv_router *r, out *o, const char *flag, int json) {
+  int known = 0, rc = 0;
+  json_t *doc = cv_report_document(r, flag, &known);
+  char msg[300];
+  if (!doc) {
+    if (known) {
+      return SY_ESTORE;
+    }
+    snprintf(msg, sizeof msg, "no flag '%.200s' (and no decisions for it)",
+             flag);
+    return error_page(o, 404, msg, json);
+  }
+  if (json) {
+    char *s = json_dumps(
+        doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+    o->content_type = "application/json";
+    put(o, s ? s : "{}");
+    put(o, "\n");
+    free(s);
+  } else {
+    snprintf(o->title, sizeof o->title, "Flag %.100s", flag);
+    put(o, "<p id=\"verdict\">");
+    put_html(o, json_string_value(json_object_get(
+                    json_object_get(doc, "comparison"), "verdict_text")));
+    put(o, "</p>\n");
+    put_version_rows(o, doc);
+    put_ramps(o, doc);
+    rc = put_audit(r, o, flag);
+    putf(o, "<p><a href=\"/api/flags/");
+    put_html(o, flag);
+    put(o, "/report\">This report as JSON</a></p>\n");
+  }
+  json_decref(doc);
+  return rc;
+}
+
+int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *o) {
+  cv_router *r = plugin;
+  const char *p = req->path;
+  int json = strncmp(p, "/api/", 5) == 0;
+  char flag[256];
+  size_t n;
+  if (json) {
+    p += 4; /* "/flags/NAME/report" */
+  }
+  if (strcmp(p, "/flags") == 0 && !json) {
+    return strcmp(req->method, "POST") ? flags_page(r, o) : SY_ENOTFOUND;
+  }
+  if (strncmp(p, "/flags/", 7) != 0 || strcmp(req->method, "POST") == 0) {
+    return SY_ENOTFOUND;
+  }
+  p += 7;
+  n = strcspn(p, "/");
+  if (n == 0 || n >= sizeof flag ||
+      (json ? strcmp(p + n, "/report") != 0 : p[n] != '\0')) {
+    return SY_ENOTFOUND;
+  }
+  memcpy(flag, p, n);
+  flag[n] = '\0';
+  return flag_page(r, o, flag, json);
+}
