@@ -412,8 +412,9 @@ static enum MHD_Result api(server *sv, struct MHD_Connection *conn,
 }
 
 /* ---------------------------------------------------------------------
- * Pages: HTML drawn on the server from the API's documents (no script,
- * nothing fetched from elsewhere), so a page shows what the API says. */
+ * Pages: HTML drawn on the server from the API's documents (nothing
+ * fetched from elsewhere; the one script is the incidents page's actions),
+ * so a page shows what the API says. */
 
 /* Text as HTML: &, <, >, " and ' escaped. */
 static void put_html(text *t, const char *s) {
@@ -466,6 +467,7 @@ static void page_head(text *t, const char *title) {
   put(t,
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
       "<meta name=\"viewport\" content=\"width=device-width\">"
+      "<link rel=\"icon\" href=\"data:,\">"
       "<title>");
   put_html(t, title);
   put(t,
@@ -566,9 +568,8 @@ static void put_incident_rows(text *t, json_t *incidents, int with_instance) {
   if (with_instance) {
     put(t, "<th>instance</th><th>workflow</th>");
   }
-  put(t,
-      "<th>step</th><th>raised</th><th>error</th><th>resolution</th></tr>"
-      "\n");
+  put(t, "<th>step</th><th>raised</th><th>error</th><th>resolution</th>");
+  put(t, with_instance ? "<th></th></tr>\n" : "</tr>\n");
   json_array_foreach(incidents, i, inc) {
     char when[32];
     const char *res = json_string_value(json_object_get(inc, "resolution"));
@@ -590,10 +591,43 @@ static void put_incident_rows(text *t, json_t *incidents, int with_instance) {
     put_html(t, json_string_value(json_object_get(inc, "error")));
     put(t, "</td><td>");
     put_html(t, res ? res : "open");
-    put(t, "</td></tr>\n");
+    put(t, "</td>");
+    if (with_instance) {
+      put(t, "<td>");
+      if (!res) {
+        long long id = json_integer_value(json_object_get(inc, "instance"));
+        put_fmt(t,
+                "<button data-retry=\"%lld\">Retry</button> "
+                "<button data-cancel=\"%lld\">Cancel</button>",
+                id, id);
+      }
+      put(t, "</td>");
+    }
+    put(t, "</tr>\n");
   }
   put(t, "</table>\n");
 }
+
+/* Retry and cancel from the incidents page: the API's POST with the token
+ * typed in, and what it answered shown. */
+static const char actions_script[] =
+    "<script>\n"
+    "document.addEventListener('click', async (ev) => {\n"
+    "  const b = ev.target.closest('button[data-retry],button[data-cancel]');\n"
+    "  if (!b) return;\n"
+    "  const what = b.dataset.retry ? 'retry' : 'cancel';\n"
+    "  const id = b.dataset.retry || b.dataset.cancel;\n"
+    "  const out = document.getElementById('result');\n"
+    "  const r = await fetch('/api/instances/' + id + '/' + what, {\n"
+    "    method: 'POST',\n"
+    "    headers: {Authorization: 'Bearer ' +\n"
+    "              document.getElementById('token').value}});\n"
+    "  const body = await r.json();\n"
+    "  out.dataset.status = r.status;\n"
+    "  out.textContent = r.ok ? 'instance ' + id + ': ' + body.done\n"
+    "                         : r.status + ': ' + body.error;\n"
+    "});\n"
+    "</script>\n";
 
 static enum MHD_Result page_incidents(server *sv, struct MHD_Connection *conn) {
   int all = query(conn, "all") != NULL;
@@ -608,7 +642,12 @@ static enum MHD_Result page_incidents(server *sv, struct MHD_Connection *conn) {
           json_array_size(j), all ? "in all" : "open",
           all ? "/incidents" : "/incidents?all=1",
           all ? "Open ones only" : "Resolved ones too");
+  put(&t,
+      "<p><label>Token for changes <input type=\"password\" "
+      "id=\"token\" autocomplete=\"off\"></label> "
+      "<output id=\"result\"></output></p>\n");
   put_incident_rows(&t, j, 1);
+  put(&t, actions_script);
   json_decref(j);
   return send_page(conn, &t);
 }
