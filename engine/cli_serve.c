@@ -10,6 +10,7 @@
  * waits for SIGINT or SIGTERM. */
 #include <arpa/inet.h>
 #include <getopt.h>
+#include <graphviz/gvc.h>
 #include <limits.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -28,6 +29,9 @@
 
 typedef struct server {
   sy_engine *e;
+  /* Graphviz, made once: a context made after another was freed reads
+   * freed memory in Debian's libgvc (its pango plugin's font cache). */
+  GVC_t *gvc;
   char token[MAX_TOKEN]; /* "": writes refused */
 } server;
 
@@ -522,9 +526,11 @@ static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
   json_object_foreach(status, wf, counts) {
     put(&t, "<tr data-workflow=\"");
     put_html(&t, wf);
-    put(&t, "\"><td>");
+    put(&t, "\"><td><a href=\"/workflows/");
     put_html(&t, wf);
-    put(&t, "</td>");
+    put(&t, "\">");
+    put_html(&t, wf);
+    put(&t, "</a></td>");
     for (size_t i = 0; i < 6; i++) {
       long long n = json_integer_value(json_object_get(counts, states[i]));
       put_fmt(&t, "<td class=\"n\" data-state=\"%s\">", states[i]);
@@ -606,6 +612,265 @@ static void put_incident_rows(text *t, json_t *incidents, int with_instance) {
     put(t, "</tr>\n");
   }
   put(t, "</table>\n");
+}
+
+/* ---------------------------------------------------------------------
+ * A workflow's page: its definition's graph laid out by Graphviz, with
+ * per step the instances there now and the incidents raised there. */
+
+typedef struct step_counts {
+  char step[256];
+  long long now[4]; /* ready, running, waiting, incident */
+  long long raised, open;
+} step_counts;
+
+typedef struct graph_ctx {
+  text *dot;
+  step_counts *c;
+  int n;
+} graph_ctx;
+
+static step_counts *counts_of(graph_ctx *g, const char *step) {
+  for (int i = 0; i < g->n; i++) {
+    if (strcmp(g->c[i].step, step) == 0) {
+      return &g->c[i];
+    }
+  }
+  return NULL;
+}
+
+/* A DOT string's inside: \ and " escaped, control characters dropped. */
+static void put_dot(text *t, const char *s) {
+  char buf[2] = {0, 0};
+  for (const char *p = s ? s : ""; *p; p++) {
+    if (*p == '"' || *p == '\\') {
+      put(t, *p == '"' ? "\\\"" : "\\\\");
+    } else if ((unsigned char)*p >= 0x20) {
+      buf[0] = *p;
+      put(t, buf);
+    }
+  }
+}
+
+static void dot_edge(void *ud, const char *from, const char *to,
+                     const char *label) {
+  graph_ctx *g = ud;
+  put(g->dot, "  \"");
+  put_dot(g->dot, from);
+  put(g->dot, "\" -> \"");
+  put_dot(g->dot, to);
+  put(g->dot, "\"");
+  if (strcmp(label, "next") != 0) {
+    put(g->dot, " [label=\"");
+    put_dot(g->dot, label);
+    put(g->dot, "\", fontcolor=\"#555555\"]");
+  }
+  put(g->dot, ";\n");
+}
+
+/* Reads the counts of wf's steps: 0, or an SY_E* code. */
+static int read_counts(sy_store *st, const sy_workflow *wf, graph_ctx *g) {
+  static const char *const now_states[] = {"ready", "running", "waiting",
+                                           "incident"};
+  sy_stmt *s;
+  int rc = SY_DONE;
+  g->n = wf->nsteps;
+  if (!(g->c = calloc((size_t)wf->nsteps, sizeof *g->c))) {
+    return SY_ENOMEM;
+  }
+  for (int i = 0; i < wf->nsteps; i++) {
+    snprintf(g->c[i].step, sizeof g->c[i].step, "%s", wf->steps[i].name);
+  }
+  s = sy_store_prepare(
+      st, &(sy_sql){"SELECT step, state, count(*) FROM instances "
+                    "WHERE workflow = ?1 AND def_hash = ?2 AND state IN "
+                    "('ready', 'running', 'waiting', 'incident') "
+                    "GROUP BY step, state",
+                    NULL});
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sy_stmt_bind_text(s, 1, wf->name);
+  sy_stmt_bind_text(s, 2, wf->hash);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    step_counts *c = counts_of(g, sy_stmt_column_text(s, 0));
+    for (int k = 0; c && k < 4; k++) {
+      if (strcmp(sy_stmt_column_text(s, 1), now_states[k]) == 0) {
+        c->now[k] = sy_stmt_column_int(s, 2);
+      }
+    }
+  }
+  sy_stmt_finalize(s);
+  if (rc != SY_DONE) {
+    return SY_ESTORE;
+  }
+  s = sy_store_prepare(
+      st, &(sy_sql){"SELECT i.step, count(*), "
+                    "sum(CASE WHEN i.resolved_at IS NULL THEN 1 ELSE 0 END) "
+                    "FROM incidents i JOIN instances n ON n.id = i.instance_id "
+                    "WHERE n.workflow = ?1 AND n.def_hash = ?2 GROUP BY i.step",
+                    NULL});
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sy_stmt_bind_text(s, 1, wf->name);
+  sy_stmt_bind_text(s, 2, wf->hash);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    step_counts *c = counts_of(g, sy_stmt_column_text(s, 0));
+    if (c) {
+      c->raised = sy_stmt_column_int(s, 1);
+      c->open = sy_stmt_column_int(s, 2);
+    }
+  }
+  sy_stmt_finalize(s);
+  return rc == SY_DONE ? 0 : SY_ESTORE;
+}
+
+/* The definition's graph in DOT, each step labelled with its counts. */
+static void graph_dot(server *sv, const sy_workflow *wf, graph_ctx *g) {
+  char line[200];
+  put(g->dot,
+      "digraph workflow {\n  rankdir=TB; bgcolor=\"transparent\";\n"
+      "  node [shape=box, style=\"rounded,filled\", "
+      "fillcolor=\"#ffffff\", fontname=\"sans-serif\", fontsize=11];\n"
+      "  edge [fontname=\"sans-serif\", fontsize=10];\n"
+      "  \" start\" [shape=circle, label=\"\", width=0.2, "
+      "fillcolor=\"#222222\"];\n  \" start\" -> \"");
+  put_dot(g->dot, wf->start->name);
+  put(g->dot, "\";\n");
+  for (int i = 0; i < g->n; i++) {
+    const step_counts *c = &g->c[i];
+    put(g->dot, "  \"");
+    put_dot(g->dot, c->step);
+    put(g->dot, "\" [label=\"");
+    put_dot(g->dot, c->step);
+    snprintf(line, sizeof line,
+             "\\nnow: %lld ready, %lld running, %lld waiting"
+             "\\nincidents: %lld open, %lld raised\"",
+             c->now[0], c->now[1], c->now[2], c->open, c->raised);
+    put(g->dot, line);
+    if (c->open) {
+      put(g->dot, ", fillcolor=\"#fde0e0\", color=\"#bb0000\"");
+    }
+    put(g->dot, "];\n");
+  }
+  sy_engine_workflow_edges(sv->e, wf, dot_edge, g);
+  put(g->dot, "}\n");
+}
+
+/* DOT to SVG with libgvc; the <svg> element, malloc'd, or NULL. */
+static char *render_svg(server *sv, const char *dot) {
+  GVC_t *gvc = sv->gvc ? sv->gvc : (sv->gvc = gvContext());
+  Agraph_t *g = gvc ? agmemread(dot) : NULL;
+  char *data = NULL, *svg = NULL;
+  unsigned int len = 0;
+  if (g && gvLayout(gvc, g, "dot") == 0) {
+    if (gvRenderData(gvc, g, "svg", &data, &len) == 0 && data) {
+      const char *start = strstr(data, "<svg");
+      svg = start ? strdup(start) : NULL;
+      gvFreeRenderData(data);
+    }
+    gvFreeLayout(gvc, g);
+  }
+  if (g) {
+    agclose(g);
+  }
+  return svg;
+}
+
+static enum MHD_Result page_workflow(server *sv, struct MHD_Connection *conn,
+                                     const char *name) {
+  sy_store *st = sy_engine_store(sv->e);
+  const char *want = query(conn, "definition");
+  char hash[80] = "", title[300];
+  text t = {.sv = sv}, dot = {0};
+  graph_ctx g = {.dot = &dot};
+  const sy_workflow *wf;
+  sy_stmt *s;
+  char *svg;
+  int rc;
+  snprintf(title, sizeof title, "Workflow %.200s", name);
+  page_head(&t, title);
+  put(&t,
+      "<h2>Definitions</h2><table id=\"definitions\"><tr><th>hash</th>"
+      "<th>stored</th><th>path</th></tr>\n");
+  s = sy_store_prepare(st, &(sy_sql){"SELECT hash, created_at, path FROM "
+                                     "definitions WHERE workflow = ?1 "
+                                     "ORDER BY created_at DESC, hash",
+                                     NULL});
+  if (!s) {
+    free(t.s);
+    return store_failed(sv, conn);
+  }
+  sy_stmt_bind_text(s, 1, name);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    const char *h = sy_stmt_column_text(s, 0);
+    char when[32];
+    if (!hash[0] || (want && strcmp(want, h) == 0)) {
+      snprintf(hash, sizeof hash, "%s", h);
+    }
+    sy__cli_time(sy_stmt_column_int(s, 1), when, sizeof when);
+    put(&t, "<tr><td><a href=\"?definition=");
+    put_html(&t, h);
+    put(&t, "\"><code>");
+    put_html(&t, h);
+    put_fmt(&t, "</code></a></td><td>%s</td><td>", when);
+    put_html(&t, sy_stmt_column_text(s, 2));
+    put(&t, "</td></tr>\n");
+  }
+  sy_stmt_finalize(s);
+  if (rc != SY_DONE) {
+    free(t.s);
+    return store_failed(sv, conn);
+  }
+  put(&t, "</table>\n");
+  if (!hash[0]) {
+    free(t.s);
+    return send_error(conn, MHD_HTTP_NOT_FOUND, "no workflow '%.200s'", name);
+  }
+  if (want && strcmp(want, hash) != 0) {
+    free(t.s);
+    return send_error(conn, MHD_HTTP_NOT_FOUND,
+                      "no definition '%.80s' of workflow '%.200s'", want, name);
+  }
+  if (!(wf = sy_engine_definition(sv->e, hash))) {
+    free(t.s);
+    return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s",
+                      sy_engine_errmsg(sv->e));
+  }
+  if ((rc = read_counts(st, wf, &g))) {
+    free(g.c);
+    free(t.s);
+    return store_failed(sv, conn);
+  }
+  graph_dot(sv, wf, &g);
+  svg = dot.failed ? NULL : render_svg(sv, dot.s);
+  put_fmt(&t, "<h2>Definition <code>%.12s</code></h2>\n<div id=\"graph\">",
+          hash);
+  put(&t, svg ? svg : "<p>(Graphviz could not draw it)</p>");
+  put(&t,
+      "</div>\n<table id=\"steps\"><tr><th>step</th><th>ready</th>"
+      "<th>running</th><th>waiting</th><th>in incident</th>"
+      "<th>incidents raised</th></tr>\n");
+  for (int i = 0; i < g.n; i++) {
+    put(&t, "<tr data-step=\"");
+    put_html(&t, g.c[i].step);
+    put(&t, "\"><td>");
+    put_html(&t, g.c[i].step);
+    put_fmt(&t,
+            "</td><td class=\"n\" data-now=\"ready\">%lld</td>"
+            "<td class=\"n\" data-now=\"running\">%lld</td>"
+            "<td class=\"n\" data-now=\"waiting\">%lld</td>"
+            "<td class=\"n\" data-now=\"incident\">%lld</td>"
+            "<td class=\"n\" data-raised>%lld</td></tr>\n",
+            g.c[i].now[0], g.c[i].now[1], g.c[i].now[2], g.c[i].now[3],
+            g.c[i].raised);
+  }
+  put(&t, "</table>\n");
+  free(svg);
+  free(dot.s);
+  free(g.c);
+  return send_page(conn, &t);
 }
 
 /* Retry and cancel from the incidents page: the API's POST with the token
@@ -809,6 +1074,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn,
   if (!post && strncmp(url, "/instances/", 11) == 0) {
     return page_instance(sv, conn, url + 11);
   }
+  if (!post && strncmp(url, "/workflows/", 11) == 0 && url[11]) {
+    return page_workflow(sv, conn, url + 11);
+  }
   if (strcmp(url, "/metrics") == 0 && !post) {
     return metrics(sv, conn);
   }
@@ -924,6 +1192,9 @@ static int cmd_serve(sy__cli *c) {
   fflush(stdout);
   sigwait(&sigs, &sig);
   MHD_stop_daemon(d);
+  if (sv.gvc) {
+    gvFreeContext(sv.gvc);
+  }
   sy_engine_close(sv.e);
   return 0;
 }

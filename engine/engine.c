@@ -178,6 +178,15 @@ int sy__sync_clock(sy_engine *e) {
   return 0;
 }
 
+const sy_workflow *sy_engine_definition(sy_engine *e, const char *hash) {
+  return sy__def_by_hash(e, hash);
+}
+
+void sy_engine_workflow_edges(sy_engine *e, const sy_workflow *wf,
+                              sy_edge_cb cb, void *ud) {
+  sy_workflow_edges(e->lua, wf, cb, ud);
+}
+
 int64_t sy_engine_now_ms(sy_engine *e) {
   return sy__now(e);
 }

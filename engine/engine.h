@@ -49,6 +49,12 @@ int sy_engine_open(sy_engine **out, const sy_engine_opts *o, char *err,
 void sy_engine_close(sy_engine *e);
 
 sy_store *sy_engine_store(sy_engine *e);
+/* A stored definition by its hash, loaded (the engine keeps it), or NULL
+ * with the reason in sy_engine_errmsg. */
+const sy_workflow *sy_engine_definition(sy_engine *e, const char *hash);
+/* Each edge of a definition's graph (sy_workflow_edges). */
+void sy_engine_workflow_edges(sy_engine *e, const sy_workflow *wf,
+                              sy_edge_cb cb, void *ud);
 /* The engine's time, ms since the epoch (virtual time included). */
 int64_t sy_engine_now_ms(sy_engine *e);
 uv_loop_t *sy_engine_loop(sy_engine *e);

@@ -124,6 +124,13 @@ int sy_workflow_load(sy_lua *h, const char *path, const char *source,
                      size_t len, sy_workflow **out, sy_diag *diag);
 void sy_workflow_free(sy_lua *h, sy_workflow *wf);
 const sy_step *sy_workflow_step(const sy_workflow *wf, const char *name);
+/* Each edge of the definition's graph: from a step to a step it may go to,
+ * labelled by what names it ("next", a node's option such as "v1",
+ * "catch['*']"); a dynamic next (a function) has none. */
+typedef void (*sy_edge_cb)(void *ud, const char *from, const char *to,
+                           const char *label);
+void sy_workflow_edges(sy_lua *h, const sy_workflow *wf, sy_edge_cb cb,
+                       void *ud);
 /* Whether the step's rules retry an error of this code (NULL: an error
  * without one), attempts left aside. */
 int sy_step_retries_code(const sy_step *s, const char *code);

@@ -497,6 +497,20 @@ static const char *step_ref(sy_lua *h, const sy_step *s, int k, char *what,
   return NULL;
 }
 
+void sy_workflow_edges(sy_lua *h, const sy_workflow *wf, sy_edge_cb cb,
+                       void *ud) {
+  char what[300];
+  for (int i = 0; i < wf->nsteps; i++) {
+    const sy_step *s = &wf->steps[i];
+    const char *to;
+    for (int k = 0; (to = step_ref(h, s, k, what, sizeof what)); k++) {
+      if (*to) {
+        cb(ud, s->name, to, what);
+      }
+    }
+  }
+}
+
 static int check_graph(loader *ld) {
   sy_workflow *wf = ld->wf;
   char *seen = calloc((size_t)wf->nsteps, 1);

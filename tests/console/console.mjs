@@ -25,6 +25,7 @@ const out = { pages: {} };
 const pages = token ? [] : [
   ['overview', '/'],
   ['incidents', '/incidents'],
+  ['workflow', '/workflows/counted'],
   ['flags', '/flags'],
   ['flag', '/flags/checkout'],
   ['instance', '/instances/' + instance],

@@ -33,7 +33,8 @@ local INSTALLED = {
 -- Debian packages the binary and the plugins link, which the .deb must
 -- depend on (the ASan build adds libasan and libubsan: not checked).
 local RUNTIME = { "libc6", "liblua5.4-0", "libuv1", "libsqlite3-0",
-                  "libjansson4", "libcurl4", "libssl3" }
+                  "libjansson4", "libcurl4", "libssl3", "libpq5",
+                  "libmicrohttpd12", "libgvc6" }
 
 local function has(haystack, needle, what)
   assert(haystack:find(needle, 1, true), string.format(

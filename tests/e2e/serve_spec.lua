@@ -145,6 +145,30 @@ describe("switchyard serve", function()
     assert.equal(400, (request(base, "GET", "/instances/x")))
   end)
 
+  it("draws a workflow's graph with the instances and incidents at each step", function()
+    local code, html = request(base, "GET", "/workflows/counted")
+    assert.equal(200, code)
+    assert.matches("<svg", html, 1, true)
+    -- the edges of the choose_version node, labelled by version
+    assert.matches(">v1</text>", html, 1, true)
+    assert.matches(">v2</text>", html, 1, true)
+    for _, step in ipairs { "route", "old", "new" } do
+      local row = html:match('<tr data%-step="' .. step .. '">(.-)</tr>')
+      assert.is_string(row, step)
+      assert.equal(env:scalar("select count(*) from instances where workflow = 'counted' " ..
+        "and state = 'incident' and step = '" .. step .. "'"),
+        tonumber(row:match('data%-now="incident">(%d+)<')), step)
+      assert.equal(env:scalar("select count(*) from incidents where step = '" .. step .. "'"),
+        tonumber(row:match("data%-raised>(%d+)<")), step)
+    end
+    local hash = env:scalar("select def_hash from instances limit 1")
+    assert.equal(200, (request(base, "GET", "/workflows/counted?definition=" .. hash)))
+    assert.equal(404, (request(base, "GET", "/workflows/counted?definition=abc")))
+    assert.equal(404, (request(base, "GET", "/workflows/nope")))
+    code, html = request(base, "GET", "/")
+    assert.matches('href="/workflows/counted"', html, 1, true)
+  end)
+
   it("shows a flag's report, as a page and as the report's JSON", function()
     local report = cli_json(env, "report", "checkout")
     local code, doc = request(base, "GET", "/api/flags/checkout/report")
