@@ -993,6 +993,10 @@ static enum MHD_Result plugin_page(server *sv, struct MHD_Connection *conn,
   enum MHD_Result ok;
   int rc;
   resp.title[0] = '\0';
+  /* A plugin's POST changes something: the token first, for all. */
+  if (strcmp(method, MHD_HTTP_METHOD_POST) == 0 && may_write(sv, conn, &ok)) {
+    return ok;
+  }
   rc = sy_plugins_serve(sy_engine_plugins(sv->e), &req, &resp);
   if (rc == SY_ENOTFOUND) {
     free(t.s);

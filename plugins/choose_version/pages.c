@@ -224,6 +224,40 @@ static int put_audit(cv_router *r, out *o, const char *flag) {
   return 0;
 }
 
+/* The flag page's changes: the API's POST with the token typed in, the
+ * answer shown, the page read again after a change. */
+static const char change_form[] =
+    "<h2>Change</h2><form id=\"change\" onsubmit=\"return false\"><p>"
+    "<label>Rate <input id=\"rate\" size=\"8\" placeholder=\"5%\">"
+    "</label> <label>Reason <input id=\"reason\" size=\"30\"></label> "
+    "<label>Token <input type=\"password\" id=\"token\" "
+    "autocomplete=\"off\"></label></p><p>"
+    "<button data-action=\"rate\">Set the rate</button> "
+    "<button data-action=\"kill\">Kill (all to v1)</button> "
+    "<button data-action=\"unkill\">Unkill</button> "
+    "<output id=\"result\"></output></p></form>\n"
+    "<script>\n"
+    "document.getElementById('change').addEventListener('click', async "
+    "(ev) => {\n"
+    "  const b = ev.target.closest('button[data-action]');\n"
+    "  if (!b) return;\n"
+    "  const v = (id) => encodeURIComponent(document.getElementById(id)."
+    "value);\n"
+    "  const url = location.pathname.replace('/flags/', '/api/flags/') + "
+    "'/' +\n"
+    "    b.dataset.action + '?reason=' + v('reason') + '&rate=' + "
+    "v('rate');\n"
+    "  const r = await fetch(url, {method: 'POST', headers: "
+    "{Authorization:\n"
+    "    'Bearer ' + document.getElementById('token').value}});\n"
+    "  const body = await r.json();\n"
+    "  const out = document.getElementById('result');\n"
+    "  out.dataset.status = r.status;\n"
+    "  out.textContent = r.ok ? 'done' : r.status + ': ' + body.error;\n"
+    "  if (r.ok) location.reload();\n"
+    "});\n"
+    "</script>\n";
+
 static int flag_page(cv_router *r, out *o, const char *flag, int json) {
   int known = 0, rc = 0;
   json_t *doc = cv_report_document(r, flag, &known);
@@ -251,6 +285,7 @@ static int flag_page(cv_router *r, out *o, const char *flag, int json) {
     put(o, "</p>\n");
     put_version_rows(o, doc);
     put_ramps(o, doc);
+    put(o, change_form);
     rc = put_audit(r, o, flag);
     putf(o, "<p><a href=\"/api/flags/");
     put_html(o, flag);
@@ -258,6 +293,43 @@ static int flag_page(cv_router *r, out *o, const char *flag, int json) {
   }
   json_decref(doc);
   return rc;
+}
+
+/* POST /api/flags/NAME/(rate|kill|unkill)?rate=R&reason=WHY: the change
+ * `rollout set|kill|unkill NAME [R] --reason WHY --actor console` makes,
+ * through that very command, after checking what it would refuse, so
+ * that the answer can say why. */
+static int flag_action(cv_router *r, const sy_http_request *req, out *o,
+                       const char *flag, const char *action) {
+  const char *rate = req->query(req, "rate");
+  const char *reason = req->query(req, "reason");
+  const char *actor = req->query(req, "actor");
+  char *argv[10], err[256];
+  int argc = 0, rc;
+  uint32_t ppm;
+  if (!reason || !*reason) {
+    return error_page(o, 400, "a change needs a reason (reason=...)", 1);
+  }
+  if (strcmp(action, "rate") == 0 &&
+      (!rate || cv_rate_parse(rate, &ppm, err, sizeof err))) {
+    return error_page(o, 400, rate ? err : "which rate? (rate=5%, 2500ppm)", 1);
+  }
+  argv[argc++] = "rollout";
+  argv[argc++] = strcmp(action, "rate") == 0 ? "set" : (char *)action;
+  argv[argc++] = (char *)flag;
+  if (strcmp(action, "rate") == 0) {
+    argv[argc++] = (char *)rate;
+  }
+  argv[argc++] = "--reason";
+  argv[argc++] = (char *)reason;
+  argv[argc++] = "--actor";
+  argv[argc++] = (char *)(actor && *actor ? actor : "console");
+  argv[argc] = NULL;
+  if ((rc = cv_cmd_rollout(r, argc, argv))) {
+    return error_page(o, rc == 2 ? 400 : 500,
+                      "the change was refused: see the server's log", 1);
+  }
+  return flag_page(r, o, flag, 1);
 }
 
 int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *o) {
@@ -272,16 +344,26 @@ int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *o) {
   if (strcmp(p, "/flags") == 0 && !json) {
     return strcmp(req->method, "POST") ? flags_page(r, o) : SY_ENOTFOUND;
   }
-  if (strncmp(p, "/flags/", 7) != 0 || strcmp(req->method, "POST") == 0) {
+  if (strncmp(p, "/flags/", 7) != 0) {
     return SY_ENOTFOUND;
   }
   p += 7;
   n = strcspn(p, "/");
-  if (n == 0 || n >= sizeof flag ||
-      (json ? strcmp(p + n, "/report") != 0 : p[n] != '\0')) {
+  if (n == 0 || n >= sizeof flag) {
     return SY_ENOTFOUND;
   }
   memcpy(flag, p, n);
   flag[n] = '\0';
+  if (strcmp(req->method, "POST") == 0) {
+    const char *action = p + n + (p[n] == '/');
+    if (!json || (strcmp(action, "rate") && strcmp(action, "kill") &&
+                  strcmp(action, "unkill"))) {
+      return SY_ENOTFOUND;
+    }
+    return flag_action(r, req, o, flag, action);
+  }
+  if (json ? strcmp(p + n, "/report") != 0 : p[n] != '\0') {
+    return SY_ENOTFOUND;
+  }
   return flag_page(r, o, flag, json);
 }

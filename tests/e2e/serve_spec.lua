@@ -194,7 +194,34 @@ describe("switchyard serve", function()
     assert.equal(404, (request(base, "GET", "/flags/nope")))
     assert.equal(404, (request(base, "GET", "/api/flags/nope/report")))
     assert.equal(404, (request(base, "GET", "/api/flags/checkout/other")))
-    assert.equal(404, (request(base, "POST", "/flags")))
+    assert.equal(401, (request(base, "POST", "/flags")))
+  end)
+
+  it("changes a flag's rate and kill switch with the token, as the CLI does", function()
+    local auth = { "Authorization: Bearer " .. TOKEN }
+    local before = env:snapshot()
+    assert.equal(401, (request(base, "POST", "/api/flags/checkout/rate?rate=60%25&reason=more")))
+    assert.equal(400, (request(base, "POST", "/api/flags/checkout/rate?rate=60%25", auth)))
+    local code, body = request(base, "POST", "/api/flags/checkout/rate?rate=lots&reason=x", auth)
+    assert.equal(400, code)
+    assert.is_string(body.error)
+    assert.equal(before, env:snapshot())
+    code = request(base, "POST", "/api/flags/checkout/rate?rate=60%25&reason=more%20v2", auth)
+    assert.equal(200, code)
+    local flag = cli_json(env, "rollout", "get", "checkout")
+    assert.equal(600000, flag.rate_ppm)
+    code = request(base, "POST", "/api/flags/checkout/kill?reason=v2%20is%20down", auth)
+    assert.equal(200, code)
+    assert.is_true(cli_json(env, "rollout", "get", "checkout").killed)
+    local history = cli_json(env, "rollout", "history", "checkout")
+    local last = history[#history]
+    assert.equal("kill", last.what)
+    assert.equal("console", last.actor)
+    assert.equal("v2 is down", last.reason)
+    -- back as the other tests expect it
+    assert.equal(200, (request(base, "POST", "/api/flags/checkout/unkill?reason=back", auth)))
+    assert.equal(200, (request(base, "POST", "/api/flags/checkout/rate?rate=50%25&reason=back", auth)))
+    assert.equal(404, (request(base, "POST", "/api/flags/checkout/explode?reason=x", auth)))
   end)
 
   it("serves /metrics whose values equal status and report", function()
@@ -258,9 +285,9 @@ describe("switchyard serve", function()
       { "PUT", "/api/status", 405 },
       { "DELETE", "/api/instances/1", 405 },
       { "POST", "/api/status", 405 },
-      { "POST", "/metrics", 404 },
+      { "POST", "/metrics", 401 }, -- a write path? only with the token
       { "GET", "/api/instances/1/retry", 405 },
-      { "POST", "/api/instances/1/explode", 404 },
+      { "POST", "/api/instances/1/explode", 401 },
       { "GET", "/api/" .. string.rep("a", 3000), 414 },
     }
     for _, c in ipairs(cases) do

@@ -488,7 +488,8 @@ typedef struct sy_plugin_def {
   /* Optional: pages and API documents the plugin adds to `switchyard
    * serve`, asked for each path the engine does not serve itself:
    * SY_ENOTFOUND when the path is not the plugin's, else 0 with the answer
-   * in resp (an error is an answer too: a 4xx status and its body). It
+   * in resp (an error is an answer too: a 4xx status and its body). A POST
+   * reaches it only with the server's token (the engine checks). It
    * may read in a transaction of its own (api->begin/commit); it runs on
    * the server's thread, never beside an engine's loop. */
   int (*serve)(void *plugin, const sy_http_request *req,
