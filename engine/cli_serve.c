@@ -894,17 +894,41 @@ static const char actions_script[] =
     "});\n"
     "</script>\n";
 
+/* The incidents a page lists: the first PAGE_ROWS. */
+#define PAGE_ROWS 100
+
+static int first_incidents(void *ud, const sy_incident_row *r) {
+  json_t *arr = ud;
+  return json_array_size(arr) >= PAGE_ROWS || sy__cli_print_incident(arr, r);
+}
+
 static enum MHD_Result page_incidents(server *sv, struct MHD_Connection *conn) {
   int all = query(conn, "all") != NULL;
-  json_t *j = sy__cli_incidents_json(sy_engine_store(sv->e), all);
+  sy_store *st = sy_engine_store(sv->e);
+  json_t *j = json_array();
   text t = {.sv = sv};
-  if (!j) {
+  long long n = -1;
+  sy_stmt *s =
+      sy_store_prepare(st, &(sy_sql){"SELECT count(*) FROM incidents "
+                                     "WHERE ?1 = 0 OR resolved_at IS NULL",
+                                     NULL});
+  if (s) {
+    sy_stmt_bind_int(s, 1, !all);
+    if (sy_stmt_step(s) == SY_ROW) {
+      n = sy_stmt_column_int(s, 0);
+    }
+    sy_stmt_finalize(s);
+  }
+  if (n < 0 || sy_store_list_incidents(st, !all, 0, first_incidents, j)) {
+    json_decref(j);
     return store_failed(sv, conn);
   }
   page_head(&t, all ? "Incidents" : "Open incidents");
   put_fmt(&t,
-          "<p><span id=\"count\">%zu</span> %s. <a href=\"%s\">%s</a></p>\n",
-          json_array_size(j), all ? "in all" : "open",
+          "<p><span id=\"count\">%lld</span> %s%s. <a href=\"%s\">%s</a>"
+          "</p>\n",
+          n, all ? "in all" : "open",
+          n > PAGE_ROWS ? "; the oldest 100 below (all: /api/incidents)" : "",
           all ? "/incidents" : "/incidents?all=1",
           all ? "Open ones only" : "Resolved ones too");
   put(&t,
