@@ -546,10 +546,14 @@ static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
   put(&t,
       "</table>\n<h2>Engines</h2><table id=\"engines\"><tr><th>engine"
       "</th><th>host</th><th>pid</th><th>started</th><th>last heartbeat"
-      "</th></tr>\n");
-  s = sy_store_prepare(st, &(sy_sql){"SELECT id, host, pid, started_at, "
-                                     "heartbeat_at FROM engines ORDER BY id",
-                                     NULL});
+      "</th><th>leases held</th></tr>\n");
+  /* Leases: running instances, found through the index on state. */
+  s = sy_store_prepare(
+      st, &(sy_sql){"SELECT e.id, e.host, e.pid, e.started_at, "
+                    "e.heartbeat_at, (SELECT count(*) FROM instances i "
+                    "WHERE i.state = 'running' AND i.owner = e.id) "
+                    "FROM engines e ORDER BY e.id",
+                    NULL});
   while (s && sy_stmt_step(s) == SY_ROW) {
     char t1[32], t2[32];
     sy__cli_time(sy_stmt_column_int(s, 3), t1, sizeof t1);
@@ -558,8 +562,11 @@ static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
     put_html(&t, sy_stmt_column_text(s, 0));
     put(&t, "</td><td>");
     put_html(&t, sy_stmt_column_text(s, 1));
-    put_fmt(&t, "</td><td class=\"n\">%lld</td><td>%s</td><td>%s</td></tr>\n",
-            (long long)sy_stmt_column_int(s, 2), t1, t2);
+    put_fmt(&t,
+            "</td><td class=\"n\">%lld</td><td>%s</td><td>%s</td>"
+            "<td class=\"n\" data-leases>%lld</td></tr>\n",
+            (long long)sy_stmt_column_int(s, 2), t1, t2,
+            (long long)sy_stmt_column_int(s, 5));
   }
   sy_stmt_finalize(s);
   put(&t, "</table>\n");
