@@ -11,9 +11,12 @@
 import { chromium } from 'playwright-core';
 
 const [base, shots, instance, token] = process.argv.slice(2);
+// Chromium puts a socket in $TMPDIR, whose path must fit a socket's
+// (108 bytes): the test suite's may not.
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu'],
+  env: { ...process.env, TMPDIR: '/tmp' },
 });
 const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
 let errors = [];
