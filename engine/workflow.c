@@ -527,6 +527,14 @@ static int check_graph(loader *ld) {
     const char *ref;
     for (int k = 0; !rc && (ref = step_ref(ld->h, s, k, what, sizeof what));
          k++) {
+      /* "" is a node's option left out; as a next step or a handler it
+       * names nothing. */
+      if (!*ref && (strcmp(what, "next") == 0 || what[0] == 'c')) {
+        rc = load_error(ld, s->line,
+                        "step '%s': %s is an empty string, not a step name",
+                        s->name, what);
+        break;
+      }
       if (!*ref || sy_workflow_step(wf, ref)) {
         continue;
       }

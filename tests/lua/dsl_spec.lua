@@ -97,6 +97,10 @@ describe("workflow loading", function()
       check_fails("bad_start_unknown", "start step 'begin' does not exist")
     end)
 
+    it("an empty string as a next step", function()
+      check_fails("bad_empty_next", "step 'a': next is an empty string, not a step name")
+    end)
+
     it("a next naming a step that does not exist", function()
       check_fails("bad_next_unknown", "step 'b'", "'nowhere' does not exist")
     end)
