@@ -74,6 +74,23 @@ void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open) {
   }
 }
 
+const int64_t cv_latency_le[CV_LATENCY_BUCKETS] = {
+    5,    10,    25,    50,    100,    250,     500,      1000,      2500,
+    5000, 10000, 30000, 60000, 300000, 3600000, 86400000, 604800000, INT64_MAX};
+
+void cv_count_latency(cv_delta *d, int64_t branch_ms, int64_t steps_ms) {
+  int64_t v[2] = {branch_ms, steps_ms};
+  for (int k = 0; k < 2; k++) {
+    int b = 0;
+    while (v[k] > cv_latency_le[b]) {
+      b++;
+    }
+    d->lat[k].n[b]++;
+    d->lat[k].sum[b] += v[k];
+  }
+  d->timed = 1;
+}
+
 static int key_order(const void *a, const void *b) {
   const cv_delta *x = *(cv_delta *const *)a, *y = *(cv_delta *const *)b;
   int c = strcmp(x->workflow, y->workflow);
@@ -112,6 +129,33 @@ static int sort_deltas(cv_router *r) {
   return 0;
 }
 
+/* One key's latency buckets that changed, in key order as well. */
+static int flush_latency(cv_router *r, const cv_delta *d) {
+  static const char *const kind[2] = {"branch", "steps"};
+  sy_stmt *s = cv_stmt(r, CVQ_LATENCY_ADD);
+  if (!s) {
+    return -1;
+  }
+  for (int k = 0; k < 2; k++) {
+    for (int b = 0; b < CV_LATENCY_BUCKETS; b++) {
+      if (!d->lat[k].n[b]) {
+        continue;
+      }
+      sy_stmt_bind_text(s, 1, d->workflow);
+      sy_stmt_bind_text(s, 2, d->flag);
+      sy_stmt_bind_text(s, 3, d->v2 ? "v2" : "v1");
+      sy_stmt_bind_text(s, 4, kind[k]);
+      sy_stmt_bind_int(s, 5, cv_latency_le[b]);
+      sy_stmt_bind_int(s, 6, d->lat[k].n[b]);
+      sy_stmt_bind_int(s, 7, d->lat[k].sum[b]);
+      if (cv_step_done(r, s)) {
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
 /* The batch is dropped whatever happens: on a failure the engine rolls
  * the transaction back, and the changes with it. */
 int cv_flush_counters(cv_router *r) {
@@ -137,7 +181,7 @@ int cv_flush_counters(cv_router *r) {
     sy_stmt_bind_int(s, 11, d->caught);
     sy_stmt_bind_int(s, 12, d->rerouted_in);
     sy_stmt_bind_int(s, 13, d->rerouted_out);
-    if (cv_step_done(r, s)) {
+    if (cv_step_done(r, s) || (d->timed && flush_latency(r, d))) {
       cv_discard_counters(r);
       return -1;
     }

@@ -37,6 +37,7 @@ enum {
   CVQ_PUT_DECISION,
   /* counters and events (counters.c, events.c) */
   CVQ_COUNTERS_ADD,
+  CVQ_LATENCY_ADD,
   CVQ_DECISIONS_OF,
   CVQ_EV_COMPLETED,
   CVQ_EV_INCIDENT,
@@ -106,16 +107,31 @@ enum {
   /* serve's /metrics (metrics.c) */
   CVQ_METRICS_COUNTERS,
   CVQ_METRICS_FLAGS,
+  CVQ_METRICS_LATENCY,
   CVQ__COUNT
 };
 
 /* Counter changes of the open transaction for one (workflow, flag,
  * version), written at once just before it commits. */
+/* Latency histograms (cv_latency): the upper bounds of the buckets, in
+ * ms, the last one open (INT64_MAX). Each completed decision adds its
+ * branch time and its step time to the bucket holding it: a count and a
+ * sum, so /metrics has a Prometheus histogram without reading decisions.
+ * CV_LATENCY_LE in sql.c sorts past rows by the same bounds. */
+enum { CV_LATENCY_BUCKETS = 18 };
+extern const int64_t cv_latency_le[CV_LATENCY_BUCKETS];
+enum { CV_BRANCH, CV_STEPS };
+typedef struct cv_hist {
+  int64_t n[CV_LATENCY_BUCKETS], sum[CV_LATENCY_BUCKETS];
+} cv_hist;
+
 typedef struct cv_delta {
   char *workflow, *flag;
   int v2;
   int64_t routed, in_flight, completed, cancelled, with_incidents, incidents,
       open_incidents, caught, rerouted_in, rerouted_out;
+  int timed;      /* latency holds completions */
+  cv_hist lat[2]; /* CV_BRANCH, CV_STEPS */
   struct cv_delta *next;
 } cv_delta;
 
@@ -175,7 +191,8 @@ typedef struct cv_memo {
   struct cv_memo *next;
   int v2;
   int64_t decided_at;
-  char *workflow; /* in the same block, after flag */
+  int64_t base_run_ms; /* the instance's step time at the decision */
+  char *workflow;      /* in the same block, after flag */
   char flag[];
 } cv_memo;
 void cv_memo_free(cv_memo *m);
@@ -199,6 +216,8 @@ cv_delta *cv_delta_of(cv_router *r, const char *workflow, const char *flag,
 /* What an event does to the counters of one decision, given the incidents
  * it had recorded before it. */
 void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open);
+/* A completed decision's branch and step times, in ms. */
+void cv_count_latency(cv_delta *d, int64_t branch_ms, int64_t steps_ms);
 /* Writes the counter changes batched in the transaction (before_commit). */
 int cv_flush_counters(cv_router *r);
 void cv_discard_counters(cv_router *r);

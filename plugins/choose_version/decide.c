@@ -117,6 +117,7 @@ static int remember(cv_router *r, void **memo, const char *workflow,
   memcpy(m->workflow, workflow, wlen);
   m->v2 = v2;
   m->decided_at = req->now_ms;
+  m->base_run_ms = req->run_ms;
   m->next = *memo;
   *memo = m;
   return 0;

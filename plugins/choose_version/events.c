@@ -47,6 +47,10 @@ static int fresh_event(cv_router *r, const sy_event *ev, int q) {
       return -1;
     }
     cv_count_event(d, ev->type, 0, 0);
+    if (ev->type == SY_EVENT_COMPLETED) {
+      cv_count_latency(d, ev->time_ms - m->decided_at,
+                       ev->run_ms - m->base_run_ms);
+    }
     i = bind_event(u, ev);
     sy_stmt_bind_text(u, i, m->flag);
     sy_stmt_bind_int(u, i + 1, m->decided_at);
@@ -115,6 +119,10 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
     }
     n++;
     cv_count_event(d, ev->type, incidents, open);
+    if (ev->type == SY_EVENT_COMPLETED) {
+      cv_count_latency(d, ev->time_ms - sy_stmt_column_int(s, 5),
+                       ev->run_ms - sy_stmt_column_int(s, 6));
+    }
   }
   if (rc != SY_DONE) {
     return cv_db_fail(r, s);

@@ -1,8 +1,10 @@
 /* The router's metrics for `switchyard serve` (Prometheus' text format):
  * per workflow, flag and version, the counters report reads (routed,
  * completed, cancelled, incidents as counters; in flight and open
- * incidents as gauges), and per flag its rate and kill switch. */
+ * incidents as gauges) and the histograms of branch and step time of
+ * completed instances; per flag its rate and kill switch. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cv.h"
@@ -77,6 +79,131 @@ static int put_counters(cv_router *r, put_fn put, void *ud) {
   return 0;
 }
 
+/* One (workflow, flag, version)'s histogram: cumulative buckets, in
+ * seconds as Prometheus has it, then the sum and the count. */
+typedef struct hist_key {
+  char *workflow, *flag, *version;
+  int64_t n[CV_LATENCY_BUCKETS], sum_ms;
+} hist_key;
+
+static void put_labels(put_fn put, void *ud, const char *name,
+                       const char *suffix, const hist_key *h) {
+  put(ud, name);
+  put(ud, suffix);
+  put(ud, "{workflow=\"");
+  put_label(put, ud, h->workflow);
+  put(ud, "\",flag=\"");
+  put_label(put, ud, h->flag);
+  put(ud, "\",version=\"");
+  put_label(put, ud, h->version);
+  put(ud, "\"");
+}
+
+static void put_hist(put_fn put, void *ud, const char *name,
+                     const hist_key *h) {
+  char num[64];
+  int64_t total = 0;
+  for (int b = 0; b < CV_LATENCY_BUCKETS; b++) {
+    total += h->n[b];
+    put_labels(put, ud, name, "_bucket", h);
+    if (cv_latency_le[b] == INT64_MAX) {
+      snprintf(num, sizeof num, ",le=\"+Inf\"} %lld\n", (long long)total);
+    } else {
+      snprintf(num, sizeof num, ",le=\"%g\"} %lld\n",
+               (double)cv_latency_le[b] / 1000, (long long)total);
+    }
+    put(ud, num);
+  }
+  put_labels(put, ud, name, "_sum", h);
+  snprintf(num, sizeof num, "} %.3f\n", (double)h->sum_ms / 1000);
+  put(ud, num);
+  put_labels(put, ud, name, "_count", h);
+  snprintf(num, sizeof num, "} %lld\n", (long long)total);
+  put(ud, num);
+}
+
+static void hist_clear(hist_key *h) {
+  free(h->workflow);
+  free(h->flag);
+  free(h->version);
+  memset(h, 0, sizeof *h);
+}
+
+/* Whether the row belongs to h's key; h takes the row's key when empty. */
+static int same_key(hist_key *h, sy_stmt *s) {
+  const char *w = sy_stmt_column_text(s, 0), *f = sy_stmt_column_text(s, 1),
+             *v = sy_stmt_column_text(s, 2);
+  if (!h->workflow) {
+    h->workflow = strdup(w);
+    h->flag = strdup(f);
+    h->version = strdup(v);
+    return h->workflow && h->flag && h->version ? 1 : -1;
+  }
+  return strcmp(h->workflow, w) == 0 && strcmp(h->flag, f) == 0 &&
+         strcmp(h->version, v) == 0;
+}
+
+static int put_latency(cv_router *r, put_fn put, void *ud) {
+  static const struct {
+    const char *kind, *name, *help;
+  } hs[] = {
+      {"branch", "switchyard_routed_branch_seconds",
+       "Time from the routing decision to the end of routed instances that "
+       "completed, by the version they took."},
+      {"steps", "switchyard_routed_step_seconds",
+       "Time the steps of routed instances that completed ran after the "
+       "routing decision, by the version they took."},
+  };
+  sy_stmt *s = cv_stmt(r, CVQ_METRICS_LATENCY);
+  hist_key h = {0};
+  int rc = SY_DONE, same;
+  if (!s) {
+    return -1;
+  }
+  for (size_t k = 0; k < sizeof hs / sizeof *hs; k++) {
+    put(ud, "# HELP ");
+    put(ud, hs[k].name);
+    put(ud, " ");
+    put(ud, hs[k].help);
+    put(ud, "\n# TYPE ");
+    put(ud, hs[k].name);
+    put(ud, " histogram\n");
+    sy_stmt_bind_text(s, 1, hs[k].kind);
+    while ((rc = sy_stmt_step(s)) == SY_ROW) {
+      int64_t le = sy_stmt_column_int(s, 3);
+      int b = 0;
+      if ((same = same_key(&h, s)) == 0) {
+        put_hist(put, ud, hs[k].name, &h);
+        hist_clear(&h);
+        same = same_key(&h, s);
+      }
+      if (same < 0) {
+        break;
+      }
+      while (b < CV_LATENCY_BUCKETS - 1 && le > cv_latency_le[b]) {
+        b++;
+      }
+      h.n[b] += sy_stmt_column_int(s, 4);
+      h.sum_ms += sy_stmt_column_int(s, 5);
+    }
+    sy_stmt_reset(s);
+    if (rc != SY_DONE && rc != SY_ROW) {
+      hist_clear(&h);
+      return cv_db_fail(r, s);
+    }
+    if (rc == SY_ROW) { /* a key could not be copied */
+      hist_clear(&h);
+      snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+      return -1;
+    }
+    if (h.workflow) {
+      put_hist(put, ud, hs[k].name, &h);
+    }
+    hist_clear(&h);
+  }
+  return 0;
+}
+
 static int put_flags(cv_router *r, put_fn put, void *ud) {
   sy_stmt *s = cv_stmt(r, CVQ_METRICS_FLAGS);
   char num[48];
@@ -114,7 +241,8 @@ static int put_flags(cv_router *r, put_fn put, void *ud) {
 int cv_metrics(void *plugin, void (*put)(void *ud, const char *text),
                void *ud) {
   cv_router *r = plugin;
-  if (put_counters(r, put, ud) || put_flags(r, put, ud)) {
+  if (put_counters(r, put, ud) || put_latency(r, put, ud) ||
+      put_flags(r, put, ud)) {
     r->api->log(r->e, "choose_version: metrics: %s", r->errmsg);
     return SY_ESTORE;
   }

@@ -11,6 +11,36 @@
 
 #include "cv.h"
 
+/* The bucket of cv_latency holding a value (cv_latency_le, counters.c),
+ * and past completed decisions sorted into them (migration 9). */
+// clang-format off
+#define CV_LATENCY_LE(v)                     \
+  "CASE "                                    \
+  "WHEN " v " <= 5 THEN 5 "                  \
+  "WHEN " v " <= 10 THEN 10 "                \
+  "WHEN " v " <= 25 THEN 25 "                \
+  "WHEN " v " <= 50 THEN 50 "                \
+  "WHEN " v " <= 100 THEN 100 "              \
+  "WHEN " v " <= 250 THEN 250 "              \
+  "WHEN " v " <= 500 THEN 500 "              \
+  "WHEN " v " <= 1000 THEN 1000 "            \
+  "WHEN " v " <= 2500 THEN 2500 "            \
+  "WHEN " v " <= 5000 THEN 5000 "            \
+  "WHEN " v " <= 10000 THEN 10000 "          \
+  "WHEN " v " <= 30000 THEN 30000 "          \
+  "WHEN " v " <= 60000 THEN 60000 "          \
+  "WHEN " v " <= 300000 THEN 300000 "        \
+  "WHEN " v " <= 3600000 THEN 3600000 "      \
+  "WHEN " v " <= 86400000 THEN 86400000 "    \
+  "WHEN " v " <= 604800000 THEN 604800000 "  \
+  "ELSE 9223372036854775807 END"
+#define CV_LATENCY_FILL(kind, col)                                          \
+  "INSERT INTO cv_latency(workflow, flag, version, kind, le, n, sum_ms) "   \
+  "SELECT workflow, flag, version, '" kind "', " CV_LATENCY_LE(col)         \
+  ", count(*), sum(" col ") FROM cv_decisions WHERE outcome = 'completed' " \
+  "GROUP BY 1, 2, 3, 4, 5;"
+// clang-format on
+
 /* Migrations of the plugin's own tables, tracked in cv_meta: each moves
  * the schema from version i to i + 1. Never edit a released one: add one. */
 static const char *const migrations[] = {
@@ -171,6 +201,18 @@ static const char *const migrations[] = {
      * move the engine's change counter (data_version) when they change;
      * a SQLite file counts every commit by itself. */
     "",
+    /* 9: latency histograms of completed decisions per workflow, flag,
+     * version and kind (branch: from the decision to the end; steps: the
+     * steps' own time in between), by bucket (le, ms), kept with the
+     * counters; past decisions are sorted into them at once. */
+    ("CREATE TABLE cv_latency("
+     "  workflow TEXT NOT NULL, flag TEXT NOT NULL, version TEXT NOT NULL,"
+     "  kind TEXT NOT NULL CHECK(kind IN ('branch', 'steps')),"
+     "  le INTEGER NOT NULL,"
+     "  n INTEGER NOT NULL,"
+     "  sum_ms INTEGER NOT NULL,"
+     "  PRIMARY KEY(workflow, flag, version, kind, le));" CV_LATENCY_FILL(
+         "branch", "branch_ms") CV_LATENCY_FILL("steps", "step_ms")),
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -311,6 +353,14 @@ static const char *const pg_migrations[] = {
      "ON cv_overrides FOR EACH STATEMENT EXECUTE FUNCTION sy_note_change();"
      "CREATE TRIGGER cv_audit_changed AFTER INSERT OR DELETE OR UPDATE ON "
      "cv_audit FOR EACH STATEMENT EXECUTE FUNCTION sy_note_change();"),
+    ("CREATE TABLE cv_latency("
+     "  workflow TEXT NOT NULL, flag TEXT NOT NULL, version TEXT NOT NULL,"
+     "  kind TEXT NOT NULL CHECK(kind IN ('branch', 'steps')),"
+     "  le BIGINT NOT NULL,"
+     "  n BIGINT NOT NULL,"
+     "  sum_ms BIGINT NOT NULL,"
+     "  PRIMARY KEY(workflow, flag, version, kind, le));" CV_LATENCY_FILL(
+         "branch", "branch_ms") CV_LATENCY_FILL("steps", "step_ms")),
 };
 _Static_assert(sizeof pg_migrations == sizeof migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -420,12 +470,18 @@ static const char *const sql_text[CVQ__COUNT] = {
         "caught = cv_counters.caught + excluded.caught, "
         "rerouted_in = cv_counters.rerouted_in + excluded.rerouted_in, "
         "rerouted_out = cv_counters.rerouted_out + excluded.rerouted_out",
+    [CVQ_LATENCY_ADD] =
+        "INSERT INTO cv_latency(workflow, flag, version, kind, le, n, sum_ms) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+        "ON CONFLICT(workflow, flag, version, kind, le) DO UPDATE SET "
+        "n = cv_latency.n + excluded.n, "
+        "sum_ms = cv_latency.sum_ms + excluded.sum_ms",
     /* The decisions an event concerns, read before the update: RETURNING
      * would buffer its rows in a temporary table at every event, which
      * costs more than reading them twice. */
     [CVQ_DECISIONS_OF] =
-        "SELECT flag, workflow, version, incidents, open_incidents "
-        "FROM cv_decisions WHERE " OPEN_OF_INSTANCE,
+        "SELECT flag, workflow, version, incidents, open_incidents, "
+        "decided_at, base_run_ms FROM cv_decisions WHERE " OPEN_OF_INSTANCE,
     [CVQ_EV_COMPLETED] = EV_COMPLETED "WHERE " OPEN_OF_INSTANCE,
     [CVQ_EV_INCIDENT] = EV_INCIDENT "WHERE " OPEN_OF_INSTANCE,
     [CVQ_EV_RESOLVED] =
@@ -666,6 +722,9 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_METRICS_FLAGS] =
         "SELECT name, rate_ppm, killed FROM cv_flags "
         "WHERE retired_at IS NULL ORDER BY name",
+    [CVQ_METRICS_LATENCY] =
+        "SELECT workflow, flag, version, le, n, sum_ms FROM cv_latency "
+        "WHERE kind = ?1 ORDER BY workflow, flag, version, le",
 };
 
 /* Statements are prepared on first use, so that a command never pays for

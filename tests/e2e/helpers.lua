@@ -27,7 +27,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local D = require "testdb"
 H.backend, H.sqlite = D.backend, D.sqlite
 H.is_url, H.psql, H.rows = D.is_url, D.psql, D.rows
-H.q, H.capture = D.q, D.capture
+H.q, H.capture, H.db_exec = D.q, D.capture, D.exec
 
 -- Runs a shell command, returns its exit code (128 + n for a signal).
 function H.exec(cmd)

@@ -36,7 +36,8 @@ end
 
 -- The samples of a text-format page, checked as they are read: every
 -- sample's family has # HELP and # TYPE lines before it, names and labels
--- are well-formed, counters end in _total. { [name] = { {labels, value} } }
+-- are well-formed, counters end in _total, a histogram's samples are its
+-- _bucket, _sum and _count. { [name] = { {labels, value} } }
 local function parse_metrics(text)
   local typed, helped, samples = {}, {}, {}
   for line in text:gmatch("[^\n]+") do
@@ -44,9 +45,14 @@ local function parse_metrics(text)
     if kind == "HELP" then
       helped[name] = true
     elseif kind == "TYPE" then
-      assert(rest == "counter" or rest == "gauge", line)
+      assert(rest == "counter" or rest == "gauge" or rest == "histogram", line)
       assert(rest ~= "counter" or name:match("_total$"), line)
       typed[name] = rest
+      if rest == "histogram" then
+        for _, suffix in ipairs { "_bucket", "_sum", "_count" } do
+          typed[name .. suffix], helped[name .. suffix] = "histogram", helped[name]
+        end
+      end
     else
       local n, labels, value = line:match("^([%a_:][%w_:]*)(%b{}) (%S+)$")
       if not n then
@@ -249,6 +255,86 @@ describe("switchyard serve", function()
     local by_step = (value(m, "switchyard_incidents_open", { step = "old" }) or 0) +
         (value(m, "switchyard_incidents_open", { step = "new" }) or 0)
     assert.equal(10, by_step)
+  end)
+
+  -- Each histogram bucket holds the completed decisions at or under its
+  -- bound, recounted here from cv_decisions; le in seconds, cumulative.
+  local function assert_histograms(m, db_env, report)
+    local families = { branch_ms = "switchyard_routed_branch_seconds",
+                       step_ms = "switchyard_routed_step_seconds" }
+    for column, family in pairs(families) do
+      for _, v in ipairs { "v1", "v2" } do
+        local l = { workflow = "counted", flag = "checkout", version = v }
+        local where = "from cv_decisions where flag = 'checkout' and version = '"
+          .. v .. "' and outcome = 'completed'"
+        local buckets = 0
+        for _, s in ipairs(m[family .. "_bucket"] or {}) do
+          if s.labels.version == v then
+            buckets = buckets + 1
+            local bound = s.labels.le == "+Inf" and "" or
+              (" and " .. column .. " <= " .. math.floor(tonumber(s.labels.le) * 1000 + 0.5))
+            assert.equal(db_env:scalar("select count(*) " .. where .. bound), s.value,
+              family .. " " .. v .. " le=" .. s.labels.le)
+          end
+        end
+        assert.equal(18, buckets, family .. " " .. v)
+        assert.equal(report.versions[v].completed, value(m, family .. "_count", l))
+        assert.near(db_env:scalar("select coalesce(sum(" .. column .. "), 0) " .. where) / 1000,
+          value(m, family .. "_sum", l), 0.0005)
+      end
+    end
+  end
+
+  it("serves histograms of branch and step time that equal a recount", function()
+    local code, text = request(base, "GET", "/metrics")
+    assert.equal(200, code)
+    local report = cli_json(env, "report", "checkout")
+    assert.is_true(report.versions.v1.completed > 0 and report.versions.v2.completed > 0)
+    assert_histograms(parse_metrics(text), env, report)
+  end)
+
+  it("sorts past decisions into the histograms when it adds them", function()
+    -- the buckets' bounds, in ms, as /metrics gives them
+    local _, text = request(base, "GET", "/metrics")
+    local bounds = {}
+    for _, s in ipairs(parse_metrics(text).switchyard_routed_branch_seconds_bucket) do
+      if s.labels.version == "v1" and s.labels.le ~= "+Inf" then
+        bounds[#bounds + 1] = math.floor(tonumber(s.labels.le) * 1000 + 0.5)
+      end
+    end
+    -- a database from before the histograms (no cv_latency, schema 8)
+    -- whose decisions took times on and just past the bounds
+    local old = env:frozen()
+    H.db_exec(old.db, "drop table cv_latency; "
+      .. "update cv_meta set value = 8 where key = 'schema_version'; "
+      .. "update cv_decisions set branch_ms = case instance_id % 4 when 0 "
+      .. "then 5 when 1 then 6 when 2 then 60000 else 604800001 end, step_ms = "
+      .. "case instance_id % 3 when 0 then 10 when 1 then 11 else 2500 end "
+      .. "where outcome = 'completed'")
+    local want = {}
+    for _, r in ipairs((old:sql("select version, branch_ms, step_ms from "
+      .. "cv_decisions where outcome = 'completed'"))) do
+      for kind, ms in pairs { branch = tonumber(r[2]), steps = tonumber(r[3]) } do
+        local le = "9223372036854775807"
+        for _, b in ipairs(bounds) do
+          if ms <= b then
+            le = tostring(b)
+            break
+          end
+        end
+        local k = table.concat({ r[1], kind, le }, " ")
+        want[k] = want[k] or { n = 0, sum = 0 }
+        want[k].n, want[k].sum = want[k].n + 1, want[k].sum + ms
+      end
+    end
+    old:ok("status") -- opening it migrates
+    local got = {}
+    for _, r in ipairs((old:sql("select version, kind, le, n, sum_ms from cv_latency "
+      .. "where flag = 'checkout'"))) do
+      got[table.concat({ r[1], r[2], r[3] }, " ")] = { n = tonumber(r[4]), sum = tonumber(r[5]) }
+    end
+    assert.is_true(next(want) ~= nil)
+    assert.are.same(want, got)
   end)
 
   it("passes promtool's check of /metrics", function()

@@ -797,7 +797,7 @@ describe("a decision's step time and retries", function()
       "ALTER TABLE cv_decisions DROP COLUMN caught;" ..
       "ALTER TABLE cv_counters DROP COLUMN caught;" ..
       "DROP TABLE journal; DROP TABLE signals;" ..
-      "DROP TABLE cv_plans; DROP TABLE cv_plan_evals;" ..
+      "DROP TABLE cv_plans; DROP TABLE cv_plan_evals; DROP TABLE cv_latency;" ..
       "DROP TABLE cv_outbox; DROP TABLE cv_notify_targets;" ..
       "ALTER TABLE cv_audit DROP COLUMN numbers;" ..
       "DROP INDEX cv_decisions_instance;" ..

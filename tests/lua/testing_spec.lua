@@ -70,6 +70,40 @@ describe("switchyard.testing #sqlite", function()
       assert.is_true(os.time() - wall < 600)
     end)
 
+    it("fills the latency histograms with the branch times it saw", function()
+      -- one instance low in each bucket from 50 ms up (ms: the bucket's
+      -- bound), the last past the largest bound: the real time the steps
+      -- take around their sleeps, loaded machine included, stays under the
+      -- margin (the bounds themselves are checked in serve_spec)
+      local cases = {
+        { 30, 50 }, { 60, 100 }, { 120, 250 }, { 300, 500 }, { 600, 1000 },
+        { 1200, 2500 }, { 3000, 5000 }, { 6000, 10000 }, { 12000, 30000 },
+        { 35000, 60000 }, { 100000, 300000 }, { 400000, 3600000 },
+        { 4000000, 86400000 }, { 100000000, 604800000 },
+        { 700000000, math.maxinteger } }
+      engine { virtual_time = true, force = { timed = "v2" } }
+      for i, c in ipairs(cases) do
+        assert(e:start("timed", { subject = "s" .. i, ms = c[1] }))
+      end
+      e:run()
+      local branch = e:sql("SELECT le, n, sum_ms FROM cv_latency WHERE " ..
+        "kind = 'branch' AND flag = 'timed' AND version = 'v2' ORDER BY le")
+      assert.equal(#cases, #branch)
+      for i, c in ipairs(cases) do
+        assert.equal(c[2], branch[i].le)
+        assert.equal(1, branch[i].n)
+        -- the sleep, and the little real time the steps took around it
+        assert.is_true(branch[i].sum_ms >= c[1] and branch[i].sum_ms < c[1] + 1000,
+          c[1] .. " ms took " .. branch[i].sum_ms)
+      end
+      -- step time: every instance once, and parked time is not run time
+      local steps = e:sql("SELECT sum(n) AS n, sum(sum_ms) AS ms, max(le) AS " ..
+        "top FROM cv_latency WHERE kind = 'steps' AND flag = 'timed'")[1]
+      assert.equal(#cases, steps.n)
+      assert.is_true(steps.top < math.maxinteger)
+      assert.is_true(steps.ms < 700000000)
+    end)
+
     it("lets a signal in before the wait times out", function()
       engine { virtual_time = true }
       local id = assert(e:start("waits", {}))
