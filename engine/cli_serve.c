@@ -178,14 +178,12 @@ static void put_int(text *t, long long v) {
 
 static int engine_metrics(server *sv, text *t) {
   sy_store *st = sy_engine_store(sv->e);
-  json_t *status = sy__cli_status_json(st), *inc = NULL, *open = NULL;
-  const char *wf, *state, *key;
+  json_t *status = sy__cli_status_json(st);
+  const char *wf, *state;
   json_t *counts, *n;
-  size_t i;
   sy_stmt *s;
-  int rc = 0;
-  if (!status || !(inc = sy__cli_incidents_json(st, 0))) {
-    json_decref(status);
+  int rc;
+  if (!status) {
     return SY_ESTORE;
   }
   put(t,
@@ -201,46 +199,42 @@ static int engine_metrics(server *sv, text *t) {
       put_int(t, (long long)json_integer_value(n));
     }
   }
-  /* Open incidents per workflow and step, counted here. */
-  open = json_object();
-  json_array_foreach(inc, i, n) {
-    char k[600];
-    snprintf(k, sizeof k, "%s%c%s",
-             json_string_value(json_object_get(n, "workflow")), '\x1f',
-             json_string_value(json_object_get(n, "step")));
-    json_object_set_new(
-        open, k,
-        json_integer(json_integer_value(json_object_get(open, k)) + 1));
-  }
+  json_decref(status);
   put(t,
       "# HELP switchyard_incidents_open Open incidents by workflow and "
       "step.\n"
       "# TYPE switchyard_incidents_open gauge\n");
-  json_object_foreach(open, key, n) {
-    const char *sep = strchr(key, '\x1f');
-    char w[600];
-    snprintf(w, sizeof w, "%.*s", (int)(sep - key), key);
+  s = sy_store_prepare(
+      st, &(sy_sql){"SELECT i.workflow, n.step, count(*) FROM incidents n "
+                    "JOIN instances i ON i.id = n.instance_id "
+                    "WHERE n.resolved_at IS NULL "
+                    "GROUP BY i.workflow, n.step ORDER BY 1, 2",
+                    NULL});
+  if (!s) {
+    return SY_ESTORE;
+  }
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
     put(t, "switchyard_incidents_open{workflow=\"");
-    put_label(t, w);
+    put_label(t, sy_stmt_column_text(s, 0));
     put(t, "\",step=\"");
-    put_label(t, sep + 1);
+    put_label(t, sy_stmt_column_text(s, 1));
     put(t, "\"}");
-    put_int(t, (long long)json_integer_value(n));
+    put_int(t, (long long)sy_stmt_column_int(s, 2));
+  }
+  sy_stmt_finalize(s);
+  if (rc != SY_DONE) {
+    return SY_ESTORE;
   }
   put(t,
       "# HELP switchyard_engines Engines registered on the database (a "
       "running engine, or one that died since its lease last ran).\n"
       "# TYPE switchyard_engines gauge\nswitchyard_engines");
   s = sy_store_prepare(st, &(sy_sql){"SELECT count(*) FROM engines", NULL});
-  if (!s || sy_stmt_step(s) != SY_ROW) {
-    rc = SY_ESTORE;
-  } else {
+  rc = !s || sy_stmt_step(s) != SY_ROW ? SY_ESTORE : 0;
+  if (!rc) {
     put_int(t, (long long)sy_stmt_column_int(s, 0));
   }
   sy_stmt_finalize(s);
-  json_decref(status);
-  json_decref(inc);
-  json_decref(open);
   return rc;
 }
 
