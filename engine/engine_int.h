@@ -185,6 +185,7 @@ typedef struct sy__orphan {
   struct sy__orphan *next;
   int64_t id;
   int attempt;
+  char *workflow;
   char *step;
   char *error;
 } sy__orphan;

@@ -91,9 +91,11 @@ void sy__inst_free(sy_inst *in) {
 
 static int keep_orphan(sy_engine *e, const sy_instance_row *row) {
   sy__orphan *o = calloc(1, sizeof *o);
-  if (!o || (row->step && !(o->step = strdup(row->step))) ||
+  if (!o || !(o->workflow = strdup(row->workflow)) ||
+      (row->step && !(o->step = strdup(row->step))) ||
       !(o->error = strdup(e->errmsg))) {
     if (o) {
+      free(o->workflow);
       free(o->step);
       free(o);
     }
@@ -326,6 +328,7 @@ static void park(sy_inst *in, int64_t now, int64_t wake_at,
                  const char *signal) {
   sy_engine *e = in->e;
   sy_instance_update u = {.id = in->id,
+                          .workflow = in->wf->name,
                           .state = SY_STATE_WAITING,
                           .step = in->step->name,
                           .attempt = in->attempt,
@@ -574,8 +577,11 @@ static int record_run(const sy_inst *in, const sy_task_result *r,
 static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
                          uint64_t now_ns) {
   sy_engine *e = in->e;
-  sy_instance_update u = {
-      .id = in->id, .attempt = in->attempt, .now = now, .owner = e->id};
+  sy_instance_update u = {.id = in->id,
+                          .workflow = in->wf->name,
+                          .attempt = in->attempt,
+                          .now = now,
+                          .owner = e->id};
   const char *outcome = r->status == SY_TASK_DONE ? "ok"
                         : in->timed_out           ? "timeout"
                                                   : "error";

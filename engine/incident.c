@@ -127,6 +127,8 @@ static int change_in_tx(sy_engine *e, int64_t id, int cancel, int *skipped) {
   {
     sy_instance_update u = {
         .id = id,
+        .workflow = row.workflow,
+        .from = row.state,
         .state = cancel ? SY_STATE_CANCELLED : SY_STATE_READY,
         .step = at[0] ? at : row.step,
         .attempt = 1,

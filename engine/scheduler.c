@@ -186,6 +186,7 @@ static int settle_orphans(sy_engine *e, int64_t now) {
   while (e->orphans) {
     sy__orphan *o = e->orphans;
     sy_instance_update u = {.id = o->id,
+                            .workflow = o->workflow,
                             .state = SY_STATE_INCIDENT,
                             .step = o->step,
                             .attempt = o->attempt,
@@ -198,6 +199,7 @@ static int settle_orphans(sy_engine *e, int64_t now) {
                                   o->error, now))) {
       sy__fatal(e, SY_ESTORE);
     }
+    free(o->workflow);
     free(o->step);
     free(o->error);
     free(o);

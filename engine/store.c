@@ -133,6 +133,21 @@ const char *const sy__migrations[] = {
     /* 6: the change counter of a database server (see sy__pg_migrations);
      * a SQLite file has its own, data_version. */
     "",
+    /* 7: instances per workflow and state, so that status, the console
+     * and /metrics read a few rows rather than count every instance. The
+     * store moves them with every change of state, batched per
+     * transaction (sy__count_move). A count is the sum of its shards: a
+     * file has one writer and one shard, 0; on a server each connection
+     * writes its own (sy__pg_migrations). */
+    "CREATE TABLE instance_counts("
+    "  workflow TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  shard INTEGER NOT NULL,"
+    "  n INTEGER NOT NULL,"
+    "  PRIMARY KEY(workflow, state, shard)) WITHOUT ROWID;"
+    "INSERT INTO instance_counts(workflow, state, shard, n) "
+    "SELECT workflow, state, 0, count(*) FROM instances "
+    "GROUP BY workflow, state;",
 };
 const int sy__schema_version =
     (int)(sizeof sy__migrations / sizeof sy__migrations[0]);
@@ -232,6 +247,19 @@ const char *const sy__pg_migrations[] = {
     "  PERFORM pg_notify('switchyard', 'changes'); "
     "  RETURN NULL; "
     "END $$;",
+    /* 7: as SQLite's, a shard per connection (its server process's pid):
+     * engines' turns running side by side never wait on one another's
+     * counts, nor lock them in opposite orders. The rows of connections
+     * that are gone are folded into shard 0 (Q_FOLD_COUNTS). */
+    "CREATE TABLE instance_counts("
+    "  workflow TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  shard BIGINT NOT NULL,"
+    "  n BIGINT NOT NULL,"
+    "  PRIMARY KEY(workflow, state, shard));"
+    "INSERT INTO instance_counts(workflow, state, shard, n) "
+    "SELECT workflow, state, 0, count(*) FROM instances "
+    "GROUP BY workflow, state;",
 };
 _Static_assert(sizeof sy__pg_migrations == sizeof sy__migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -299,7 +327,7 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_RELEASE] =
         "UPDATE instances SET state = CASE WHEN wake_at > ?2 THEN 'waiting' "
         "ELSE 'ready' END, owner = NULL, lease_until = NULL, updated_at = ?2 "
-        "WHERE state = 'running' AND owner = ?1",
+        "WHERE state = 'running' AND owner = ?1 RETURNING workflow, state",
     [Q_ENGINE_REGISTER] =
         "INSERT INTO engines(id, host, pid, started_at, heartbeat_at) "
         "VALUES(?1, ?2, ?3, ?4, ?4) ON CONFLICT(id) DO UPDATE SET "
@@ -312,8 +340,24 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_NEXT_WAKE] =
         "SELECT min(wake_at) FROM instances WHERE state = 'waiting'",
     [Q_COUNT_BY_STATE] =
-        "SELECT workflow, state, count(*) FROM instances "
-        "GROUP BY workflow, state ORDER BY workflow, state",
+        "SELECT workflow, state, sum(n) FROM instance_counts "
+        "GROUP BY workflow, state HAVING sum(n) <> 0 "
+        "ORDER BY workflow, state",
+    [Q_COUNT_ADD] =
+        "INSERT INTO instance_counts(workflow, state, shard, n) "
+        "VALUES(?1, ?2, 0, ?3) ON CONFLICT(workflow, state, shard) "
+        "DO UPDATE SET n = instance_counts.n + excluded.n",
+    /* A server's only (sy_store_renew): the counts of connections that
+     * are gone, added to shard 0, by one engine at a time. */
+    [Q_FOLD_COUNTS] =
+        "WITH lock AS (SELECT pg_try_advisory_xact_lock(7411) AS got), "
+        "gone AS (DELETE FROM instance_counts WHERE shard <> 0 "
+        "AND (SELECT got FROM lock) AND shard NOT IN "
+        "(SELECT pid FROM pg_stat_activity) RETURNING workflow, state, n) "
+        "INSERT INTO instance_counts(workflow, state, shard, n) "
+        "SELECT workflow, state, 0, sum(n) FROM gone GROUP BY workflow, state "
+        "ORDER BY workflow, state ON CONFLICT(workflow, state, shard) "
+        "DO UPDATE SET n = instance_counts.n + excluded.n",
     /* Work that will happen without anyone's help: an instance waiting for
      * a signal with no timeout is not (--until-idle leaves it waiting). */
     [Q_COUNT_ACTIVE] =
@@ -426,6 +470,12 @@ static const char *const pg_text[Q__COUNT] = {
         "SELECT id, state FROM instances WHERE state NOT IN ('completed', "
         "'cancelled') AND (vars::jsonb #>> string_to_array(?1, '.')) = ?2 "
         "ORDER BY id LIMIT ?3",
+    /* Each connection its own shard. */
+    [Q_COUNT_ADD] =
+        "INSERT INTO instance_counts(workflow, state, shard, n) "
+        "VALUES(?1, ?2, pg_backend_pid(), ?3) "
+        "ON CONFLICT(workflow, state, shard) "
+        "DO UPDATE SET n = instance_counts.n + excluded.n",
     /* LIMIT takes NULL for none, where SQLite takes -1. */
     [Q_LIST_INSTANCES] =
         "SELECT " INSTANCE_COLS " FROM instances WHERE " INSTANCE_FILTER
@@ -603,6 +653,8 @@ void sy_store_close(sy_store *st) {
   for (int i = 0; i < 3; i++) {
     sy_stmt_finalize(st->own[i]);
   }
+  sy__counts_discard(st);
+  free(st->counts);
   st->b->close(st);
   free(st);
 }
@@ -702,7 +754,10 @@ int sy_store_commit(sy_store *st) {
   if (!(s = sy__stmt(st, Q_COMMIT))) {
     return SY_ESTORE;
   }
-  rc = st->b->before_commit ? st->b->before_commit(st) : 0;
+  rc = sy__counts_flush(st);
+  if (!rc && st->b->before_commit) {
+    rc = st->b->before_commit(st);
+  }
   st->made_work = 0;
   if (!rc) {
     rc = sy__exec_stmt(st, s, "commit");
@@ -718,6 +773,7 @@ int sy_store_commit(sy_store *st) {
 
 void sy_store_rollback(sy_store *st) {
   sy_stmt *s = sy__stmt(st, Q_ROLLBACK);
+  sy__counts_discard(st);
   if (s && sy__tx_open(st)) {
     sy_stmt_step(s);
     sy_stmt_reset(s);
@@ -728,6 +784,109 @@ void sy_store_rollback(sy_store *st) {
 
 int sy_store_in_tx(sy_store *st) {
   return st->in_tx;
+}
+
+/* ---------------------------------------------------------------------
+ * Instances per workflow and state (instance_counts), moved in memory
+ * with each change of state the transaction makes and written in one
+ * upsert per (workflow, state) before it commits. */
+
+void sy__counts_discard(sy_store *st) {
+  for (int i = 0; i < st->ncounts; i++) {
+    free(st->counts[i].workflow);
+  }
+  st->ncounts = 0;
+}
+
+static int count_add(sy_store *st, const char *workflow, const char *state,
+                     int64_t n) {
+  sy__count *c;
+  for (int i = 0; i < st->ncounts; i++) {
+    c = &st->counts[i];
+    if (strcmp(c->state, state) == 0 && strcmp(c->workflow, workflow) == 0) {
+      c->n += n;
+      return 0;
+    }
+  }
+  if (st->ncounts == st->counts_cap) {
+    int cap = st->counts_cap ? 2 * st->counts_cap : 8;
+    sy__count *v = realloc(st->counts, (size_t)cap * sizeof *v);
+    if (!v) {
+      return sy_store_set_error(st, SY_ENOMEM, "out of memory");
+    }
+    st->counts = v;
+    st->counts_cap = cap;
+  }
+  c = &st->counts[st->ncounts];
+  if (strlen(state) >= sizeof c->state || !(c->workflow = strdup(workflow))) {
+    return sy_store_set_error(st, SY_ENOMEM, "out of memory");
+  }
+  snprintf(c->state, sizeof c->state, "%s", state);
+  c->n = n;
+  st->ncounts++;
+  return 0;
+}
+
+int sy__count_move(sy_store *st, const char *workflow, const char *from,
+                   const char *to) {
+  int rc = 0;
+  if (from && to && strcmp(from, to) == 0) {
+    return 0;
+  }
+  if (!workflow) {
+    return sy_store_set_error(st, SY_ESTORE,
+                              "a change of state names no workflow");
+  }
+  if (st->counts_tx != sy_store_tx_seq(st)) {
+    sy__counts_discard(st); /* of a transaction that ended otherwise */
+    st->counts_tx = sy_store_tx_seq(st);
+  }
+  if ((from && (rc = count_add(st, workflow, from, -1))) ||
+      (to && (rc = count_add(st, workflow, to, 1)))) {
+    return rc;
+  }
+  /* A change made outside a transaction is counted at once. */
+  return st->in_tx ? 0 : sy__counts_flush(st);
+}
+
+int sy__fold_counts(sy_store *st) {
+  sy_stmt *s;
+  if (!st->b->postgres) {
+    return 0; /* one shard */
+  }
+  s = sy__stmt(st, Q_FOLD_COUNTS);
+  return s ? sy__exec_stmt(st, s, "fold instance counts") : SY_ESTORE;
+}
+
+static int by_key(const void *a, const void *b) {
+  const sy__count *x = a, *y = b;
+  int c = strcmp(x->workflow, y->workflow);
+  return c ? c : strcmp(x->state, y->state);
+}
+
+int sy__counts_flush(sy_store *st) {
+  sy_stmt *s;
+  int rc = 0;
+  if (!st->ncounts || st->counts_tx != sy_store_tx_seq(st)) {
+    sy__counts_discard(st);
+    return 0;
+  }
+  if (!(s = sy__stmt(st, Q_COUNT_ADD))) {
+    sy__counts_discard(st);
+    return SY_ESTORE;
+  }
+  /* in key order: writers side by side lock rows in one order */
+  qsort(st->counts, (size_t)st->ncounts, sizeof *st->counts, by_key);
+  for (int i = 0; i < st->ncounts && !rc; i++) {
+    if (st->counts[i].n) {
+      sy_stmt_bind_text(s, 1, st->counts[i].workflow);
+      sy_stmt_bind_text(s, 2, st->counts[i].state);
+      sy_stmt_bind_int(s, 3, st->counts[i].n);
+      rc = sy__exec_stmt(st, s, "count instances");
+    }
+  }
+  sy__counts_discard(st);
+  return rc;
 }
 
 int sy_store_put_definition(sy_store *st, const char *hash,
@@ -788,6 +947,7 @@ int sy_store_get_definition(sy_store *st, const char *hash, char **source,
 int sy_store_engine_register(sy_store *st, const char *id, const char *host,
                              int64_t pid, int64_t now) {
   sy_stmt *s = sy__stmt(st, Q_ENGINE_REGISTER);
+  int rc;
   if (!s) {
     return SY_ESTORE;
   }
@@ -795,7 +955,8 @@ int sy_store_engine_register(sy_store *st, const char *id, const char *host,
   sy_stmt_bind_text(s, 2, host);
   sy_stmt_bind_int(s, 3, pid);
   sy_stmt_bind_int(s, 4, now);
-  return sy__exec_stmt(st, s, "register engine");
+  rc = sy__exec_stmt(st, s, "register engine");
+  return rc ? rc : sy__fold_counts(st);
 }
 
 int sy_store_engine_delete(sy_store *st, const char *id) {

@@ -210,6 +210,9 @@ int sy_store_count_active(sy_store *st, int64_t *n);
 /* The single write of an instance transition. step NULL ends it. */
 typedef struct sy_instance_update {
   int64_t id;
+  const char *workflow; /* the instance's, for the counts by state */
+  /* The state it leaves: NULL for an engine's own (running) instance. */
+  const char *from;
   const char *state;
   const char *step;
   int attempt;

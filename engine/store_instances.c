@@ -21,7 +21,8 @@ int sy_store_insert_instance(sy_store *st, const char *workflow,
   sy_stmt_bind_text(s, 3, step);
   sy_stmt_bind_text(s, 4, vars);
   sy_stmt_bind_int(s, 5, now);
-  if ((rc = sy__exec_stmt(st, s, "insert instance"))) {
+  if ((rc = sy__exec_stmt(st, s, "insert instance")) ||
+      (rc = sy__count_move(st, workflow, NULL, SY_STATE_READY))) {
     return rc;
   }
   if (id) {
@@ -75,12 +76,16 @@ static int each_instance(sy_store *st, sy_stmt *s, sy_instance_cb cb, void *ud,
   return rc;
 }
 
-/* New instances as a claim reads them: each is shown to the caller as the
- * running row it is about to become, and the id range they span is kept. */
+/* Instances as a claim takes them, from state `from`: counted as running,
+ * then shown to the caller. New ones (claim_new) are shown as the running
+ * rows they are about to become, and the id range they span is kept. */
 typedef struct {
+  sy_store *st;
+  const char *from;
   sy_instance_cb cb;
   void *ud;
   int64_t lo, hi;
+  int rc; /* counting failed */
 } picked;
 
 static int pick_cb(void *ud, const sy_instance_row *row) {
@@ -89,6 +94,9 @@ static int pick_cb(void *ud, const sy_instance_row *row) {
   r.state = SY_STATE_RUNNING;
   p->lo = r.id < p->lo ? r.id : p->lo;
   p->hi = r.id > p->hi ? r.id : p->hi;
+  if ((p->rc = sy__count_move(p->st, r.workflow, p->from, r.state))) {
+    return 1;
+  }
   return p->cb(p->ud, &r);
 }
 
@@ -96,13 +104,13 @@ static int pick_cb(void *ud, const sy_instance_row *row) {
 static int claim_new(sy_store *st, const char *owner, int64_t lease_until,
                      int64_t now, int limit, sy_instance_cb cb, void *ud) {
   sy_stmt *s = sy__stmt(st, Q_PICK_NEW), *u = sy__stmt(st, Q_CLAIM_NEW);
-  picked p = {cb, ud, INT64_MAX, INT64_MIN};
+  picked p = {st, SY_STATE_READY, cb, ud, INT64_MAX, INT64_MIN, 0};
   int rc, n = 0;
   if (!s || !u) {
     return SY_ESTORE;
   }
   sy_stmt_bind_int(s, 1, limit);
-  if ((rc = each_instance(st, s, pick_cb, &p, &n))) {
+  if ((rc = each_instance(st, s, pick_cb, &p, &n)) || (rc = p.rc)) {
     return rc;
   }
   if (n == 0) {
@@ -133,6 +141,8 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
    * then work abandoned by dead engines; then new instances. */
   static const int order[] = {Q_CLAIM_DUE, Q_CLAIM_EXPIRED, Q_CLAIM_READY,
                               Q_CLAIM_NEW_LOCKED};
+  static const char *const from[] = {SY_STATE_WAITING, SY_STATE_RUNNING,
+                                     SY_STATE_READY, SY_STATE_READY};
   /* Engines claiming side by side lock each row they take; writers taking
    * turns claim new instances as one range (claim_new). */
   int locked = st->b->postgres, rc, got = 0, n = 0;
@@ -140,6 +150,7 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
     return rc;
   }
   for (int i = 0; i < 4 - !locked && got < limit; i++) {
+    picked p = {st, from[i], cb, ud, INT64_MAX, INT64_MIN, 0};
     sy_stmt *s;
     if (order[i] == Q_CLAIM_EXPIRED && !expired) {
       continue;
@@ -151,7 +162,7 @@ int sy_store_claim(sy_store *st, const char *owner, int64_t lease_until,
     sy_stmt_bind_int(s, 2, limit - got);
     sy_stmt_bind_text(s, 3, owner);
     sy_stmt_bind_int(s, 4, lease_until);
-    if ((rc = each_instance(st, s, cb, ud, &n))) {
+    if ((rc = each_instance(st, s, pick_cb, &p, &n)) || (rc = p.rc)) {
       return rc;
     }
     got += n;
@@ -176,23 +187,37 @@ int sy_store_renew(sy_store *st, const char *owner, int64_t lease_until,
   }
   sy_stmt_bind_text(h, 1, owner);
   sy_stmt_bind_int(h, 2, now);
-  return sy__exec_stmt(st, h, "heartbeat");
+  if ((rc = sy__exec_stmt(st, h, "heartbeat"))) {
+    return rc;
+  }
+  return sy__fold_counts(st);
 }
 
 int sy_store_release(sy_store *st, const char *owner, int64_t now, int64_t *n) {
   sy_stmt *s = sy__stmt(st, Q_RELEASE);
+  int64_t released = 0;
   int rc;
   if (!s) {
     return SY_ESTORE;
   }
   sy_stmt_bind_text(s, 1, owner);
   sy_stmt_bind_int(s, 2, now);
-  if ((rc = sy__exec_stmt(st, s, "release instances"))) {
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    if ((rc = sy__count_move(st, sy_stmt_column_text(s, 0), SY_STATE_RUNNING,
+                             sy_stmt_column_text(s, 1)))) {
+      sy_stmt_reset(s);
+      return rc;
+    }
+    released++;
+  }
+  rc = rc == SY_DONE ? 0 : sy__db_error(st, "release instances");
+  sy_stmt_reset(s);
+  if (rc) {
     return rc;
   }
-  st->made_work |= sy_stmt_changes(s) > 0; /* for other engines to take */
+  st->made_work |= released > 0; /* for other engines to take */
   if (n) {
-    *n = sy_stmt_changes(s);
+    *n = released;
   }
   return 0;
 }
@@ -242,6 +267,12 @@ static void bind_update(sy_stmt *s, const sy_instance_update *u) {
   sy_stmt_bind_int(s, 15, u->leaves_step);
 }
 
+/* An engine's own instance is running; a command's says where it was. */
+static int count_update(sy_store *st, const sy_instance_update *u) {
+  return sy__count_move(st, u->workflow, u->from ? u->from : SY_STATE_RUNNING,
+                        u->state);
+}
+
 /* An engine's update on a server is sent without waiting for its answer
  * (store_pg.c), in the general form: that its fence held is checked when
  * the answer comes, and if it did not, the turn fails and the engine
@@ -260,7 +291,8 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
     return rc;
   }
   if (queued && st->b->fence(st, s, u->id)) {
-    return 0;
+    /* checked when answered; if it failed, the transaction fails */
+    return count_update(st, u);
   }
   if (advance && sy_stmt_changes(s) == 0) {
     /* A recorded wake-up to clear, or a lost lease: the general form
@@ -278,7 +310,7 @@ int sy_store_update_instance(sy_store *st, const sy_instance_update *u) {
                               "instance %lld is no longer held by %s",
                               (long long)u->id, u->owner ? u->owner : "nobody");
   }
-  return 0;
+  return count_update(st, u);
 }
 
 int sy_store_insert_step_run(sy_store *st, const sy_step_run_row *r) {

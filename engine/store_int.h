@@ -30,6 +30,8 @@ enum {
   Q_NEXT_WAKE,
   Q_COUNT_ACTIVE,
   Q_COUNT_BY_STATE,
+  Q_COUNT_ADD,
+  Q_FOLD_COUNTS,
   Q_UPDATE_INSTANCE,
   Q_ADVANCE_INSTANCE,
   Q_INSERT_STEP_RUN,
@@ -97,6 +99,13 @@ typedef struct sy__backend {
 } sy__backend;
 extern const sy__backend sy__sqlite, sy__postgres;
 
+/* A change of instance_counts batched in the open transaction. */
+typedef struct sy__count {
+  char *workflow;
+  char state[12];
+  int64_t n;
+} sy__count;
+
 struct sy_store {
   const sy__backend *b;
   struct sqlite3 *db;     /* SQLite's connection (store_sqlite.c) */
@@ -128,6 +137,9 @@ struct sy_store {
   sy_stmt *stmt[Q__COUNT];
   int in_tx;
   int64_t tx_seq;
+  sy__count *counts; /* instance_counts' changes in transaction counts_tx */
+  int ncounts, counts_cap;
+  int64_t counts_tx;
   char errmsg[512];
 };
 
@@ -141,6 +153,17 @@ extern const int sy__schema_version;
 sy_stmt *sy__stmt(sy_store *st, int q);
 /* Steps a statement that returns no rows (bindings made), then resets it. */
 int sy__exec_stmt(sy_store *st, sy_stmt *s, const char *what);
+/* instance_counts: n instances of workflow leave state `from` for `to`
+ * (NULL: none, for a new instance), batched in the open transaction and
+ * written by sy__counts_flush before it commits (at once outside one);
+ * sy__counts_discard drops them (a rollback). */
+int sy__count_move(sy_store *st, const char *workflow, const char *from,
+                   const char *to);
+int sy__counts_flush(sy_store *st);
+void sy__counts_discard(sy_store *st);
+/* On a server, adds the counts of connections that are gone to shard 0
+ * (an engine's start and heartbeat); nothing on a file. */
+int sy__fold_counts(sy_store *st);
 /* Binds an integer, or NULL for 0. */
 void sy__bind_opt_int(sy_stmt *s, int i, int64_t v);
 

@@ -50,14 +50,14 @@ static void test_migrations(void) {
   sy_store *st = open_store();
   char err[512];
   sy_store_opts o = {.sync = SY_SYNC_FULL};
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 6);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 7);
   CHECK(scalar(st,
                "SELECT count(*) FROM sqlite_master WHERE name = "
                "'instances'") == 1);
   sy_store_close(st);
   /* Opening again migrates nothing and fails nothing. */
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 6);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 7);
   CHECK(script(st, "PRAGMA user_version = 99") == 0);
   sy_store_close(st);
   /* A database from a newer switchyard is refused, not downgraded. */
@@ -78,6 +78,7 @@ static int64_t totals(sy_store *st, int64_t id) {
 /* What migrations 5 (error handlers) and 4 (the journal) did, undone to
  * make an older schema. */
 #define UNDO_5                                \
+  "DROP TABLE instance_counts;"               \
   "ALTER TABLE instances DROP COLUMN caught;" \
   "ALTER TABLE step_runs DROP COLUMN code;"   \
   "ALTER TABLE step_runs DROP COLUMN handler;"
@@ -88,6 +89,17 @@ static int64_t totals(sy_store *st, int64_t id) {
   "ALTER TABLE instances DROP COLUMN wait_signal;"     \
   "ALTER TABLE instances ADD COLUMN wait_seq INTEGER;" \
   "ALTER TABLE step_runs DROP COLUMN run_ms;"
+
+/* Whether instance_counts equals a recount of the instances, key by key. */
+#define RECOUNT "SELECT workflow, state, count(*) FROM instances GROUP BY 1, 2"
+#define COUNTS                                                         \
+  "SELECT workflow, state, sum(n) FROM instance_counts GROUP BY 1, 2 " \
+  "HAVING sum(n) <> 0"
+static int counts_agree(sy_store *st) {
+  return scalar(st, "SELECT (SELECT count(*) FROM (" RECOUNT " EXCEPT " COUNTS
+                    ")) + (SELECT count(*) FROM (" COUNTS " EXCEPT " RECOUNT
+                    "))") == 0;
+}
 
 static int step_run(sy_store *st, int64_t id, const char *step, int attempt,
                     int64_t started, int64_t ended, const char *error) {
@@ -120,7 +132,7 @@ static void test_migration_totals(void) {
                           "PRAGMA user_version = 1") == 0);
   sy_store_close(st);
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 6);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 7);
   /* 30 + 5 + 12 ms, and one retried run (x, attempt 2) */
   CHECK_EQ(totals(st, a), 471);
   CHECK_EQ(totals(st, b), 0);
@@ -153,7 +165,8 @@ static void test_migration_claimed(void) {
                           "PRAGMA user_version = 2") == 0);
   sy_store_close(st);
   st = open_store();
-  CHECK_EQ(scalar(st, "PRAGMA user_version"), 6);
+  CHECK_EQ(scalar(st, "PRAGMA user_version"), 7);
+  CHECK(counts_agree(st)); /* migration 7 counted what was there */
   CHECK(scalar(st,
                "SELECT count(*) FROM instances WHERE claimed = 1 AND "
                "state IN ('ready', 'running', 'waiting', 'incident')") == 4);
@@ -182,12 +195,16 @@ static void test_claims(void) {
   }
   /* One waiting and due, one waiting in the future. */
   CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 4,
+                                                           .workflow = "wf",
+                                                           .from = "ready",
                                                            .state = "waiting",
                                                            .step = "a",
                                                            .attempt = 2,
                                                            .wake_at = 500,
                                                            .now = 1000}) == 0);
   CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 5,
+                                                           .workflow = "wf",
+                                                           .from = "ready",
                                                            .state = "waiting",
                                                            .step = "a",
                                                            .attempt = 2,
@@ -209,6 +226,7 @@ static void test_claims(void) {
   CHECK(sy_store_next_wake(st, &wake) == 0 && wake == 99999);
   /* Fencing: an engine that does not hold an instance changes nothing. */
   CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 1,
+                                                           .workflow = "wf",
                                                            .state = "completed",
                                                            .attempt = 1,
                                                            .now = 2000,
@@ -217,6 +235,7 @@ static void test_claims(void) {
   CHECK_CONTAINS(sy_store_errmsg(st), "no longer held by B");
   /* Leaving 'running' clears the owner. */
   CHECK(sy_store_update_instance(st, &(sy_instance_update){.id = 1,
+                                                           .workflow = "wf",
                                                            .state = "completed",
                                                            .attempt = 1,
                                                            .now = 2000,
@@ -240,6 +259,13 @@ static void test_claims(void) {
   CHECK(scalar(st,
                "SELECT count(*) FROM instances WHERE state = 'ready' "
                "AND owner IS NULL") == 3);
+  /* Every change of state on the way was counted: claims of each kind,
+   * updates by an owner and by a command, a release. */
+  CHECK(counts_agree(st));
+  CHECK_EQ(scalar(st,
+                  "SELECT sum(n) FROM instance_counts WHERE state = "
+                  "'ready'"),
+           3);
   sy_store_close(st);
   unlink(path);
 }
@@ -254,6 +280,15 @@ static void test_rollback(void) {
   sy_store_rollback(st);
   CHECK(!sy_store_in_tx(st));
   CHECK_EQ(scalar(st, "SELECT count(*) FROM instances"), 0);
+  /* The counts went with it, and a commit after writes only its own. */
+  CHECK_EQ(scalar(st, "SELECT count(*) FROM instance_counts"), 0);
+  CHECK_EQ(sy_store_begin(st), 0);
+  CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1, &id), 0);
+  CHECK_EQ(sy_store_commit(st), 0);
+  CHECK(counts_agree(st));
+  /* Outside a transaction a change is counted at once. */
+  CHECK_EQ(sy_store_insert_instance(st, "wf", "h", "a", "{}", 1, &id), 0);
+  CHECK_EQ(scalar(st, "SELECT sum(n) FROM instance_counts"), 2);
   /* An error carries SQLite's message. */
   CHECK(sy_store_get_definition(st, "nope", &(char *){NULL}, &(size_t){0},
                                 &(char *){NULL}) == SY_ENOTFOUND);

@@ -261,7 +261,17 @@ end
 -- writers (SQLite's integrity_check and foreign_key_check). On
 -- PostgreSQL the server owns the files and a killed client cannot tear
 -- them: there is no file of ours to check, and this checks nothing.
+local RECOUNT = "select workflow, state, count(*) from instances "
+  .. "group by workflow, state"
+local COUNTS = "select workflow, state, sum(n) from instance_counts "
+  .. "group by workflow, state having sum(n) <> 0"
+
 function Env:assert_intact(what)
+  -- the counts by state the store keeps equal a recount, on both backends
+  assert.are.equal(0, self:scalar("select (select count(*) from (" .. RECOUNT
+    .. " except " .. COUNTS .. ") a) + (select count(*) from (" .. COUNTS
+    .. " except " .. RECOUNT .. ") b)"),
+    (what or "") .. ": instance_counts differ from a recount")
   if H.is_url(self.db) then
     return
   end

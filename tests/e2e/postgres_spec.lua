@@ -90,6 +90,12 @@ local function check_routed(url, n)
   assert.are.equal(n, scalar(url, "SELECT count(*) FROM cv_decisions"))
   assert.are.equal(A.rows_text(psql(url, A.RECOUNT)),
     A.rows_text(psql(url, A.COUNTERS)))
+  -- and the counts by state, summed over every connection's shard
+  assert.are.equal(
+    A.rows_text(psql(url, "SELECT workflow, state, count(*) FROM instances " ..
+      "GROUP BY 1, 2 ORDER BY 1, 2")),
+    A.rows_text(psql(url, "SELECT workflow, state, sum(n) FROM " ..
+      "instance_counts GROUP BY 1, 2 HAVING sum(n) <> 0 ORDER BY 1, 2")))
 end
 
 -- A database of its own and an engine holding 20 instances whose step
@@ -196,6 +202,29 @@ describe("on PostgreSQL", function()
     assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM engines"))
     H.rmdir(env.dir)
   end)
+
+  it("keeps each connection's counts apart, and folds those of connections " ..
+    "that are gone", function()
+      local env = pg_env({ workflows = H.workflows })
+      env:ok("start", "hello", "--count", "30", "--var", "user_id=u{n}")
+      env:ok("start", "hello", "--count", "20", "--var", "user_id=v{n}")
+      -- two commands, two connections: their own shards, both gone now
+      local shards = psql(env.url, "SELECT DISTINCT shard FROM " ..
+        "instance_counts WHERE shard <> 0 ORDER BY 1")
+      assert.are.equal(2, #shards)
+      assert.are.equal(50, H.decode((env:ok("--json", "status"))).hello.ready)
+      -- an engine's start folds them into shard 0
+      env:ok("run", "--until-idle")
+      for _, s in ipairs(shards) do
+        assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM " ..
+          "instance_counts WHERE shard = " .. s[1]))
+      end
+      assert.are.equal(50, scalar(env.url, "SELECT n FROM instance_counts " ..
+        "WHERE shard = 0 AND state = 'ready'"))
+      env:assert_intact("after the fold")
+      assert.are.equal(50, H.decode((env:ok("--json", "status"))).hello.completed)
+      H.rmdir(env.dir)
+    end)
 
   it("holds a waiting process: a signal, and an error handler", function()
     local env = pg_env({ workflows = H.workflows })
@@ -470,6 +499,7 @@ describe("on PostgreSQL", function()
       assert.are.equal(0, scalar(env.url, "SELECT count(*) FROM instances i " ..
         "WHERE state = 'completed' AND (SELECT count(*) FROM step_runs r " ..
         "WHERE r.instance_id = i.id) <> 3"))
+      env:assert_intact("after the failed turn")
       psql(env.url, "DROP TRIGGER refuse ON step_runs")
       env:ok("run", "--until-idle")
       assert.are.same({ completed = 50 }, states(env.url))
@@ -497,6 +527,8 @@ describe("on PostgreSQL", function()
       local row = psql(env.url, "SELECT state, owner FROM instances " ..
         "WHERE id = 5")[1]
       assert.are.same({ "running", "another" }, row)
+      -- its fenced-out update did not move the counts either
+      env:assert_intact("after the lost instance")
       H.rmdir(env.dir)
     end)
 

@@ -791,7 +791,8 @@ describe("a decision's step time and retries", function()
     e:close()
     -- Back to the schema before the step-run totals existed: the decisions
     -- of instances in flight must carry what their branch has run.
-    other_writer(db, "ALTER TABLE instances DROP COLUMN caught;" ..
+    other_writer(db, "DROP TABLE instance_counts;" ..
+      "ALTER TABLE instances DROP COLUMN caught;" ..
       "ALTER TABLE step_runs DROP COLUMN code;" ..
       "ALTER TABLE step_runs DROP COLUMN handler;" ..
       "ALTER TABLE cv_decisions DROP COLUMN caught;" ..
