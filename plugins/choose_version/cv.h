@@ -341,6 +341,9 @@ int cv_cmd_report(void *plugin, int argc, char **argv);
  * prints it (switchyard.report/1); NULL when it cannot be made (*known 0:
  * no such flag, else the reason is on stderr). */
 json_t *cv_report_document(cv_router *r, const char *flag, int *known);
+/* plan.c: `rollout plan FLAG show --json`'s document; NULL with *have 0
+ * when the flag has no plan, with *have 1 on a failure (r->errmsg). */
+json_t *cv_plan_document(cv_router *r, const char *flag, int *have);
 /* pages.c: sy_plugin_def.serve */
 int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *resp);
 

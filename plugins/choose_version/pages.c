@@ -1,7 +1,10 @@
 /* The router's pages in `switchyard serve`: the flags (rate, kill switch,
- * what each version got), a flag's report with its ramp steps and audit
- * trail, and the report as JSON (/api/flags/NAME/report, what `report NAME
- * --json` prints). */
+ * what each version got), a flag's report with its ramp steps (a chart of
+ * the rate and of each version's incident rate at each step), its plan
+ * and the plan's evaluations, its overrides and audit trail, and the
+ * report as JSON (/api/flags/NAME/report, what `report NAME --json`
+ * prints); the changes a token allows (rate, kill, unkill, approving a
+ * plan's gate) through the rollout commands themselves. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,6 +192,157 @@ static void put_ramps(out *o, json_t *doc) {
   put(o, "</table>\n");
 }
 
+static double share(json_t *v) {
+  double n = num(v, "instances");
+  return n > 0 ? num(v, "with_incidents") / n : 0;
+}
+
+/* The ramp steps as a chart (SVG, drawn here: nothing is fetched): per
+ * step, a grey bar for the rate (0 to 100%), and a bar for each version's
+ * share of instances with an incident, on a scale of its own (0 to the
+ * largest share, said on the right). */
+static void put_ramp_chart(out *o, json_t *doc) {
+  json_t *steps = json_object_get(doc, "ramp_steps"), *s;
+  size_t n = json_array_size(steps), i;
+  const int h = 180, top = 20, base = 160, left = 50, colw = 90;
+  int w = left + (int)n * colw + 60 < 460 ? 460 : left + (int)n * colw + 60;
+  double top_share = 0;
+  json_array_foreach(steps, i, s) {
+    for (int k = 0; k < 2; k++) {
+      double x = share(json_object_get(s, k ? "v2" : "v1"));
+      top_share = x > top_share ? x : top_share;
+    }
+  }
+  put(o, "<h2>Rate and incidents by ramp step</h2>\n");
+  putf(o,
+       "<svg id=\"ramp-chart\" xmlns=\"http://www.w3.org/2000/svg\" "
+       "width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" role=\"img\" "
+       "aria-label=\"the rate and each version's incident rate at each ramp "
+       "step\" font-family=\"sans-serif\" font-size=\"11\">\n",
+       w, h + 30, w, h + 30);
+  putf(o,
+       "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#888\"/>"
+       "<text x=\"4\" y=\"%d\">100%%</text><text x=\"4\" y=\"%d\">0</text>"
+       "<text x=\"%d\" y=\"%d\" fill=\"#555\">%.2f%%</text>\n",
+       left, base, left + (int)n * colw, base, top + 4, base,
+       left + (int)n * colw + 2, top + 4, 100 * top_share);
+  json_array_foreach(steps, i, s) {
+    int x = left + (int)i * colw;
+    double rate = num(s, "rate_ppm") / 1e6;
+    double v[2] = {share(json_object_get(s, "v1")),
+                   share(json_object_get(s, "v2"))};
+    const char *label = json_string_value(json_object_get(s, "rate"));
+    putf(o,
+         "<g class=\"step\" data-rate-ppm=\"%.0f\" data-v1=\"%.6f\" "
+         "data-v2=\"%.6f\">",
+         num(s, "rate_ppm"), v[0], v[1]);
+    putf(o,
+         "<rect x=\"%d\" y=\"%.1f\" width=\"28\" height=\"%.1f\" "
+         "fill=\"#bbb\"><title>rate ",
+         x + 6, base - rate * (base - top), rate * (base - top));
+    put_html(o, label);
+    put(o, "</title></rect>");
+    for (int k = 0; k < 2; k++) {
+      double bar = top_share > 0 ? v[k] / top_share * (base - top) : 0;
+      putf(o,
+           "<rect x=\"%d\" y=\"%.1f\" width=\"20\" height=\"%.1f\" "
+           "fill=\"%s\"><title>v%d: %.2f%% of %.0f instances with an "
+           "incident</title></rect>",
+           x + 38 + 22 * k, base - bar, bar, k ? "#e08a2c" : "#4a78c2", k + 1,
+           100 * v[k], num(json_object_get(s, k ? "v2" : "v1"), "instances"));
+    }
+    putf(o, "<text x=\"%d\" y=\"%d\">", x + 6, base + 14);
+    put_html(o, label);
+    put(o, json_is_true(json_object_get(s, "killed")) ? " killed" : "");
+    put(o, "</text></g>\n");
+  }
+  putf(o,
+       "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" "
+       "fill=\"#bbb\"/><text x=\"%d\" y=\"%d\">rate</text>"
+       "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" "
+       "fill=\"#4a78c2\"/><text x=\"%d\" y=\"%d\">v1 incident rate</text>"
+       "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" "
+       "fill=\"#e08a2c\"/><text x=\"%d\" y=\"%d\">v2 incident rate</text>\n"
+       "</svg>\n",
+       left, h + 12, left + 14, h + 21, left + 60, h + 12, left + 74, h + 21,
+       left + 180, h + 12, left + 194, h + 21);
+}
+
+/* The plan: where it is, what it waits for, its last evaluations. */
+static int put_plan(cv_router *r, out *o, const char *flag) {
+  int have = 0;
+  json_t *p = cv_plan_document(r, flag, &have), *e;
+  size_t i;
+  if (!p) {
+    return have ? SY_ESTORE : 0;
+  }
+  put(o, "<h2>Plan</h2><p id=\"plan\">");
+  put_html(o, json_string_value(json_object_get(p, "state")));
+  putf(o, ", step %.0f of ", num(p, "step"));
+  put_html(o, json_string_value(json_object_get(p, "steps")));
+  put(o, " (now ");
+  put_html(o, json_string_value(json_object_get(p, "rate")));
+  putf(o,
+       "), held %.0f s of %.0f s; at this step v1 %.0f, v2 %.0f "
+       "instances (at least %.0f of each)",
+       num(p, "held_ms") / 1000, num(p, "hold_ms") / 1000,
+       num(json_object_get(p, "at_this_step"), "v1"),
+       num(json_object_get(p, "at_this_step"), "v2"), num(p, "min_instances"));
+  if (json_is_true(json_object_get(p, "awaiting_approval"))) {
+    put(o, "; <strong id=\"gate\">the next step waits for approval</strong>");
+  }
+  put(o,
+      ".</p>\n<table id=\"evaluations\"><tr><th>when</th><th>step</th>"
+      "<th>outcome</th><th>applied</th><th>why</th></tr>\n");
+  json_array_foreach(json_object_get(p, "evaluations"), i, e) {
+    char when[32];
+    cv_fmt_time((int64_t)num(e, "at"), when, sizeof when);
+    putf(o, "<tr><td>%s</td><td class=\"n\">%.0f</td><td>", when,
+         num(e, "step"));
+    put_html(o, json_string_value(json_object_get(e, "outcome")));
+    putf(o, "</td><td>%s</td><td>",
+         json_is_true(json_object_get(e, "applied")) ? "yes" : "");
+    put_html(o, json_string_value(json_object_get(e, "reason")));
+    put(o, "</td></tr>\n");
+  }
+  put(o, "</table>\n");
+  json_decref(p);
+  return 0;
+}
+
+static int put_overrides(cv_router *r, out *o, const char *flag) {
+  sy_stmt *s = cv_stmt(r, CVQ_OVERRIDES_OF);
+  int rc, n = 0;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  put(o,
+      "<h2>Overrides</h2><table id=\"overrides\"><tr><th>subject</th>"
+      "<th>kind</th><th>who</th><th>why</th><th>since</th></tr>\n");
+  sy_stmt_bind_text(s, 1, flag);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    char when[32];
+    cv_fmt_time(sy_stmt_column_int(s, 4), when, sizeof when);
+    put(o, "<tr>");
+    for (int c = 0; c < 4; c++) {
+      put(o, "<td>");
+      put_html(o, sy_stmt_column_text(s, c));
+      put(o, "</td>");
+    }
+    putf(o, "<td>%s</td></tr>\n", when);
+    n++;
+  }
+  sy_stmt_reset(s);
+  if (rc != SY_DONE) {
+    return SY_ESTORE;
+  }
+  put(o, "</table>\n");
+  if (!n) {
+    put(o, "<p>None: every subject is routed by the rate.</p>\n");
+  }
+  return 0;
+}
+
 static int put_audit(cv_router *r, out *o, const char *flag) {
   sy_stmt *s = cv_stmt(r, CVQ_AUDIT_OF);
   int rc;
@@ -235,6 +389,7 @@ static const char change_form[] =
     "<button data-action=\"rate\">Set the rate</button> "
     "<button data-action=\"kill\">Kill (all to v1)</button> "
     "<button data-action=\"unkill\">Unkill</button> "
+    "<button data-action=\"approve\">Approve the plan's gate</button> "
     "<output id=\"result\"></output></p></form>\n"
     "<script>\n"
     "document.getElementById('change').addEventListener('click', async "
@@ -284,9 +439,12 @@ static int flag_page(cv_router *r, out *o, const char *flag, int json) {
                     json_object_get(doc, "comparison"), "verdict_text")));
     put(o, "</p>\n");
     put_version_rows(o, doc);
+    put_ramp_chart(o, doc);
     put_ramps(o, doc);
     put(o, change_form);
-    rc = put_audit(r, o, flag);
+    if (!(rc = put_plan(r, o, flag)) && !(rc = put_overrides(r, o, flag))) {
+      rc = put_audit(r, o, flag);
+    }
     putf(o, "<p><a href=\"/api/flags/");
     put_html(o, flag);
     put(o, "/report\">This report as JSON</a></p>\n");
@@ -295,8 +453,9 @@ static int flag_page(cv_router *r, out *o, const char *flag, int json) {
   return rc;
 }
 
-/* POST /api/flags/NAME/(rate|kill|unkill)?rate=R&reason=WHY: the change
- * `rollout set|kill|unkill NAME [R] --reason WHY --actor console` makes,
+/* POST /api/flags/NAME/(rate|kill|unkill|approve)?rate=R&reason=WHY: the
+ * change `rollout set|kill|unkill NAME [R] --reason WHY --actor console`
+ * (or `rollout plan NAME approve ...`) makes,
  * through that very command, after checking what it would refuse, so
  * that the answer can say why. */
 static int flag_action(cv_router *r, const sy_http_request *req, out *o,
@@ -315,8 +474,14 @@ static int flag_action(cv_router *r, const sy_http_request *req, out *o,
     return error_page(o, 400, rate ? err : "which rate? (rate=5%, 2500ppm)", 1);
   }
   argv[argc++] = "rollout";
+  if (strcmp(action, "approve") == 0) { /* rollout plan FLAG approve */
+    argv[argc++] = "plan";
+    argv[argc++] = (char *)flag;
+  }
   argv[argc++] = strcmp(action, "rate") == 0 ? "set" : (char *)action;
-  argv[argc++] = (char *)flag;
+  if (strcmp(action, "approve") != 0) {
+    argv[argc++] = (char *)flag;
+  }
   if (strcmp(action, "rate") == 0) {
     argv[argc++] = (char *)rate;
   }
@@ -357,7 +522,7 @@ int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *o) {
   if (strcmp(req->method, "POST") == 0) {
     const char *action = p + n + (p[n] == '/');
     if (!json || (strcmp(action, "rate") && strcmp(action, "kill") &&
-                  strcmp(action, "unkill"))) {
+                  strcmp(action, "unkill") && strcmp(action, "approve"))) {
       return SY_ENOTFOUND;
     }
     return flag_action(r, req, o, flag, action);

@@ -1025,88 +1025,195 @@ static int approve(cv_router *r, const plan_args *a) {
   return 0;
 }
 
-static int show(cv_router *r, const plan_args *a) {
+/* What `rollout plan FLAG show` and the console's flag page read: the
+ * plan, its tallies since it started and at this step, and its guards'. */
+typedef struct shown {
   plan p;
   tally t, step, o;
   latency l;
   int guards;
-  sy_stmt *s;
-  json_t *j = NULL, *evals = NULL;
-  char steps[512], rate[CV_RATE_FORMAT_MAX], at[32], gates[256] = "";
+  char steps[512], rate[CV_RATE_FORMAT_MAX], gates[256];
+} shown;
+
+/* 1 with the plan in x, 0 when the flag has none, -1 on a database
+ * failure (r->errmsg). */
+static int gather(cv_router *r, const char *flag, shown *x) {
+  plan *p = &x->p;
+  int have;
+  memset(x, 0, sizeof *x);
+  if ((have = read_plan(r, flag, p)) <= 0) {
+    return have;
+  }
+  if (read_tally(r, p, p->started_at, &x->t) ||
+      read_tally(r, p, p->step_started_at, &x->step) ||
+      (p->outcome_var[0] &&
+       tally_of(r, CVQ_PLAN_OUTCOME_TALLY, p, p->started_at, &x->o)) ||
+      (p->latency_increase > 0 && read_latency(r, p, &x->l))) {
+    return -1;
+  }
+  x->guards = 1 + !!p->outcome_var[0] + (p->latency_increase > 0);
+  steps_text(p, x->steps, sizeof x->steps);
+  cv_rate_format(p->steps[p->step], x->rate, sizeof x->rate);
+  for (int i = 0, used = 0; i < p->nsteps; i++) {
+    char g[CV_RATE_FORMAT_MAX];
+    if (p->gated[i] && used < (int)sizeof x->gates) {
+      cv_rate_format(p->steps[i], g, sizeof g);
+      used += snprintf(x->gates + used, sizeof x->gates - (size_t)used, "%s%s",
+                       used ? "," : "", g);
+    }
+  }
+  return 1;
+}
+
+/* The last evaluations, newest first: appended to evals, or printed when
+ * evals is NULL. */
+static int evaluations(cv_router *r, const char *flag, json_t *evals) {
+  sy_stmt *s = cv_stmt(r, CVQ_PLAN_EVALS);
+  char at[32];
+  int rc;
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, flag);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    int64_t when = sy_stmt_column_int(s, 0);
+    if (evals) {
+      json_array_append_new(
+          evals, json_pack("{s:I, s:i, s:s, s:b, s:s}", "at", (json_int_t)when,
+                           "step", (int)sy_stmt_column_int(s, 1) + 1, "outcome",
+                           sy_stmt_column_text(s, 2), "applied",
+                           (int)sy_stmt_column_int(s, 3), "reason",
+                           sy_stmt_column_text(s, 4)));
+    } else {
+      cv_fmt_time(when, at, sizeof at);
+      printf("    %s  step %lld  %-12s %s%s\n", at,
+             (long long)sy_stmt_column_int(s, 1) + 1, sy_stmt_column_text(s, 2),
+             sy_stmt_column_text(s, 4),
+             sy_stmt_column_int(s, 3) ? " (applied)" : "");
+    }
+  }
+  if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  return 0;
+}
+
+/* `rollout plan FLAG show --json`'s document; NULL with *have 0 when the
+ * flag has no plan, with *have 1 on a failure (r->errmsg). */
+json_t *cv_plan_document(cv_router *r, const char *flag, int *have) {
+  shown x;
+  const plan *p = &x.p;
+  const tally *t = &x.t, *o = &x.o;
+  const latency *l = &x.l;
   int64_t now = r->api->now_ms(r->e);
-  int have, rc;
+  json_t *j, *evals;
+  *have = gather(r, flag, &x);
+  if (*have <= 0) {
+    *have = *have < 0;
+    return NULL;
+  }
+  j = json_pack(
+      "{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I, "
+      "s:f, s:{s:I, s:I}, s:{s:I, s:I}}",
+      "flag", p->flag, "state", p->state, "steps", x.steps, "step", p->step + 1,
+      "rate", x.rate, "held_ms", (json_int_t)(now - p->step_started_at),
+      "hold_ms", (json_int_t)p->hold_ms, "min_instances",
+      (json_int_t)p->min_instances, "max_increase_points", p->max_increase,
+      "alpha", p->alpha, "max_wait_ms", (json_int_t)p->max_wait_ms,
+      "started_at", (json_int_t)p->started_at, "step_started_at",
+      (json_int_t)p->step_started_at, "p_min", p->p_min, "v1", "instances",
+      (json_int_t)t->n1, "with_incidents", (json_int_t)t->x1, "v2", "instances",
+      (json_int_t)t->n2, "with_incidents", (json_int_t)t->x2);
+  if (!j) {
+    snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+    return NULL;
+  }
+  json_object_set_new(j, "gates", json_string(x.gates));
+  json_object_set_new(
+      j, "awaiting_approval",
+      json_boolean(strcmp(p->state, "running") == 0 &&
+                   p->step + 1 < p->nsteps && p->gated[p->step + 1] &&
+                   p->approved != p->step + 1));
+  json_object_set_new(
+      j, "outcome_var",
+      p->outcome_var[0] ? json_string(p->outcome_var) : json_null());
+  json_object_set_new(j, "p_min_outcome", json_real(p->p_min_outcome));
+  json_object_set_new(
+      j, "latency_p95_increase_percent",
+      p->latency_increase > 0 ? json_real(p->latency_increase) : json_null());
+  if (p->latency_increase > 0) {
+    json_object_set_new(
+        j, "latency",
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "v1_completed",
+                  (json_int_t)l->n1, "v1_p95_ms", (json_int_t)l->p95_1,
+                  "v2_completed", (json_int_t)l->n2, "v2_p95_ms",
+                  (json_int_t)l->p95_2, "limit_ms", (json_int_t)l->limit,
+                  "v2_over_limit", (json_int_t)l->over));
+  }
+  json_object_set_new(j, "p_min_latency", json_real(p->p_min_latency));
+  json_object_set_new(j, "on_rollback",
+                      json_string(p->reroute ? "reroute" : "keep"));
+  json_object_set_new(j, "alpha_per_guard", json_real(p->alpha / x.guards));
+  json_object_set_new(j, "at_this_step",
+                      json_pack("{s:I, s:I}", "v1", (json_int_t)x.step.n1, "v2",
+                                (json_int_t)x.step.n2));
+  if (p->outcome_var[0]) {
+    json_object_set_new(
+        j, "outcome",
+        json_pack("{s:{s:I, s:I}, s:{s:I, s:I}}", "v1", "completed",
+                  (json_int_t)o->n1, "falsy", (json_int_t)o->x1, "v2",
+                  "completed", (json_int_t)o->n2, "falsy", (json_int_t)o->x2));
+  }
+  evals = json_array();
+  json_object_set_new(j, "evaluations", evals);
+  if (evaluations(r, flag, evals)) {
+    json_decref(j);
+    return NULL;
+  }
+  return j;
+}
+
+static int show(cv_router *r, const plan_args *a) {
+  shown x;
+  plan p;
+  tally t, step, o;
+  latency l;
+  int guards, have, rc;
+  char *steps, *rate, *gates;
+  int64_t now = r->api->now_ms(r->e);
   if (cv_cmd_begin(r, CMD, 0)) {
     return 1;
   }
-  if ((have = read_plan(r, a->flag, &p)) < 0 ||
-      (have && read_tally(r, &p, p.started_at, &t)) ||
-      (have && read_tally(r, &p, p.step_started_at, &step)) ||
-      (have && p.outcome_var[0] &&
-       tally_of(r, CVQ_PLAN_OUTCOME_TALLY, &p, p.started_at, &o)) ||
-      (have && p.latency_increase > 0 && read_latency(r, &p, &l))) {
+  if (a->json) {
+    json_t *j = cv_plan_document(r, a->flag, &have);
+    if ((rc = cv_cmd_end(r, CMD, !j && have ? db_error(r, "read plan") : 0))) {
+      json_decref(j);
+      return rc;
+    }
+    if (!j) {
+      return usage_error("flag '%s' has no plan", a->flag);
+    }
+    cv_print_json(j);
+    return 0;
+  }
+  if ((have = gather(r, a->flag, &x)) < 0) {
     return cv_cmd_end(r, CMD, db_error(r, "read plan"));
   }
   if (!have) {
     cv_cmd_end(r, CMD, 0);
     return usage_error("flag '%s' has no plan", a->flag);
   }
-  guards = 1 + !!p.outcome_var[0] + (p.latency_increase > 0);
-  steps_text(&p, steps, sizeof steps);
-  cv_rate_format(p.steps[p.step], rate, sizeof rate);
-  for (int i = 0, used = 0; i < p.nsteps; i++) {
-    char g[CV_RATE_FORMAT_MAX];
-    if (p.gated[i] && used < (int)sizeof gates) {
-      cv_rate_format(p.steps[i], g, sizeof g);
-      used += snprintf(gates + used, sizeof gates - (size_t)used, "%s%s",
-                       used ? "," : "", g);
-    }
-  }
-  if (a->json) {
-    j = json_pack(
-        "{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I, "
-        "s:f, s:{s:I, s:I}, s:{s:I, s:I}}",
-        "flag", p.flag, "state", p.state, "steps", steps, "step", p.step + 1,
-        "rate", rate, "held_ms", (json_int_t)(now - p.step_started_at),
-        "hold_ms", (json_int_t)p.hold_ms, "min_instances",
-        (json_int_t)p.min_instances, "max_increase_points", p.max_increase,
-        "alpha", p.alpha, "max_wait_ms", (json_int_t)p.max_wait_ms,
-        "started_at", (json_int_t)p.started_at, "step_started_at",
-        (json_int_t)p.step_started_at, "p_min", p.p_min, "v1", "instances",
-        (json_int_t)t.n1, "with_incidents", (json_int_t)t.x1, "v2", "instances",
-        (json_int_t)t.n2, "with_incidents", (json_int_t)t.x2);
-    json_object_set_new(j, "gates", json_string(gates));
-    json_object_set_new(
-        j, "outcome_var",
-        p.outcome_var[0] ? json_string(p.outcome_var) : json_null());
-    json_object_set_new(j, "p_min_outcome", json_real(p.p_min_outcome));
-    json_object_set_new(
-        j, "latency_p95_increase_percent",
-        p.latency_increase > 0 ? json_real(p.latency_increase) : json_null());
-    if (p.latency_increase > 0) {
-      json_object_set_new(
-          j, "latency",
-          json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "v1_completed",
-                    (json_int_t)l.n1, "v1_p95_ms", (json_int_t)l.p95_1,
-                    "v2_completed", (json_int_t)l.n2, "v2_p95_ms",
-                    (json_int_t)l.p95_2, "limit_ms", (json_int_t)l.limit,
-                    "v2_over_limit", (json_int_t)l.over));
-    }
-    json_object_set_new(j, "p_min_latency", json_real(p.p_min_latency));
-    json_object_set_new(j, "on_rollback",
-                        json_string(p.reroute ? "reroute" : "keep"));
-    json_object_set_new(j, "alpha_per_guard", json_real(p.alpha / guards));
-    json_object_set_new(j, "at_this_step",
-                        json_pack("{s:I, s:I}", "v1", (json_int_t)step.n1, "v2",
-                                  (json_int_t)step.n2));
-    if (p.outcome_var[0]) {
-      json_object_set_new(
-          j, "outcome",
-          json_pack("{s:{s:I, s:I}, s:{s:I, s:I}}", "v1", "completed",
-                    (json_int_t)o.n1, "falsy", (json_int_t)o.x1, "v2",
-                    "completed", (json_int_t)o.n2, "falsy", (json_int_t)o.x2));
-    }
-    evals = json_array();
-  } else {
+  p = x.p;
+  t = x.t;
+  step = x.step;
+  o = x.o;
+  l = x.l;
+  guards = x.guards;
+  steps = x.steps;
+  rate = x.rate;
+  gates = x.gates;
+  {
     char held[32], hold[32];
     cv_fmt_age(now - p.step_started_at, held, sizeof held);
     cv_fmt_age(p.hold_ms, hold, sizeof hold);
@@ -1155,46 +1262,10 @@ static int show(cv_router *r, const plan_args *a) {
     }
     printf("  last evaluations:\n");
   }
-  if (!(s = cv_stmt(r, CVQ_PLAN_EVALS))) {
-    json_decref(j);
-    json_decref(evals);
+  if (evaluations(r, a->flag, NULL)) {
     return cv_cmd_end(r, CMD, db_error(r, "read evaluations"));
   }
-  sy_stmt_bind_text(s, 1, a->flag);
-  while ((rc = sy_stmt_step(s)) == SY_ROW) {
-    int64_t when = sy_stmt_column_int(s, 0);
-    if (evals) {
-      json_array_append_new(
-          evals, json_pack("{s:I, s:i, s:s, s:b, s:s}", "at", (json_int_t)when,
-                           "step", (int)sy_stmt_column_int(s, 1) + 1, "outcome",
-                           sy_stmt_column_text(s, 2), "applied",
-                           (int)sy_stmt_column_int(s, 3), "reason",
-                           sy_stmt_column_text(s, 4)));
-    } else {
-      cv_fmt_time(when, at, sizeof at);
-      printf("    %s  step %lld  %-12s %s%s\n", at,
-             (long long)sy_stmt_column_int(s, 1) + 1, sy_stmt_column_text(s, 2),
-             sy_stmt_column_text(s, 4),
-             sy_stmt_column_int(s, 3) ? " (applied)" : "");
-    }
-  }
-  if (rc != SY_DONE) {
-    cv_db_fail(r, s);
-    json_decref(j);
-    json_decref(evals);
-    return cv_cmd_end(r, CMD, db_error(r, "read evaluations"));
-  }
-  sy_stmt_reset(s);
-  if ((rc = cv_cmd_end(r, CMD, 0))) {
-    json_decref(j);
-    json_decref(evals);
-    return rc;
-  }
-  if (j) {
-    json_object_set_new(j, "evaluations", evals);
-    cv_print_json(j);
-  }
-  return 0;
+  return cv_cmd_end(r, CMD, 0);
 }
 
 int cv_cmd_plan(cv_router *r, int argc, char **argv) {

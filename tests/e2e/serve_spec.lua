@@ -193,6 +193,22 @@ describe("switchyard serve", function()
     end
     assert.matches(report.comparison.verdict_text, html:match('id="verdict">(.-)</p>'), 1, true)
     assert.matches("serve spec", html, 1, true) -- the audit trail's reason
+    -- the chart: a column per ramp step, with its rate and each version's
+    -- share of instances with an incident
+    local chart = assert(html:match('<svg id="ramp%-chart".-</svg>'), "no chart")
+    local columns = {}
+    for ppm, v1, v2 in chart:gmatch('<g class="step" data%-rate%-ppm="(%d+)" '
+      .. 'data%-v1="([%d.]+)" data%-v2="([%d.]+)">') do
+      columns[#columns + 1] = { tonumber(ppm), tonumber(v1), tonumber(v2) }
+    end
+    assert.equal(#report.ramp_steps, #columns)
+    for i, s in ipairs(report.ramp_steps) do
+      assert.equal(s.rate_ppm, columns[i][1])
+      for k, v in ipairs { "v1", "v2" } do
+        local want = s[v].instances > 0 and s[v].with_incidents / s[v].instances or 0
+        assert.near(want, columns[i][k + 1], 1e-6, v .. " at step " .. i)
+      end
+    end
     code, html = request(base, "GET", "/flags")
     assert.equal(200, code)
     assert.matches('href="/flags/checkout"', html, 1, true)
@@ -201,6 +217,42 @@ describe("switchyard serve", function()
     assert.equal(404, (request(base, "GET", "/api/flags/nope/report")))
     assert.equal(404, (request(base, "GET", "/api/flags/checkout/other")))
     assert.equal(401, (request(base, "POST", "/flags")))
+  end)
+
+  it("shows a flag's plan and overrides, and approves its gate with the token", function()
+    local auth = { "Authorization: Bearer " .. TOKEN }
+    env:ok("rollout", "set", "gated", "0%", "--reason", "a new flag")
+    env:ok("rollout", "plan", "gated", "--steps", "10%,50%,100%", "--gate", "50%",
+      "--reason", "a gated plan")
+    env:ok("rollout", "allow", "gated", "<vip>", "--reason", "tests v2 first")
+    local code, html = request(base, "GET", "/flags/gated")
+    assert.equal(200, code)
+    local plan = assert(html:match('<p id="plan">(.-)</p>'), "no plan")
+    assert.matches("running, step 1 of 10%,50%,100% (now 10%)", plan, 1, true)
+    assert.matches('id="gate"', plan, 1, true)
+    local overrides = assert(html:match('<table id="overrides">(.-)</table>'))
+    assert.matches("<td>&lt;vip&gt;</td><td>allow</td>", overrides, 1, true)
+    assert.matches("tests v2 first", overrides, 1, true)
+    -- without the token: refused, nothing changes
+    local before = env:snapshot()
+    assert.equal(401, (request(base, "POST", "/api/flags/gated/approve?reason=go")))
+    assert.equal(before, env:snapshot())
+    assert.is_true(cli_json(env, "rollout", "plan", "gated", "show").awaiting_approval)
+    -- with it: approved, by the console, with the reason
+    assert.equal(200, (request(base, "POST", "/api/flags/gated/approve?reason=go%20on", auth)))
+    assert.is_false(cli_json(env, "rollout", "plan", "gated", "show").awaiting_approval)
+    local history = cli_json(env, "rollout", "history", "gated")
+    assert.equal("approve", history[#history].what)
+    assert.equal("console", history[#history].actor)
+    assert.equal("go on", history[#history].reason)
+    code, html = request(base, "GET", "/flags/gated")
+    assert.is_nil(html:match('<p id="plan">(.-)</p>'):find('id="gate"', 1, true))
+    -- a flag with no plan: no plan shown, nothing to approve
+    code, html = request(base, "GET", "/flags/checkout")
+    assert.is_nil(html:find('id="plan"', 1, true))
+    before = env:snapshot()
+    assert.equal(400, (request(base, "POST", "/api/flags/checkout/approve?reason=x", auth)))
+    assert.equal(before, env:snapshot())
   end)
 
   it("changes a flag's rate and kill switch with the token, as the CLI does", function()
