@@ -1,7 +1,9 @@
 /* `switchyard db copy FROM TO`: a whole database, moved to another of
  * either backend (a team's SQLite file to its new PostgreSQL), see
  * sy_store_copy. Each side is opened as an engine opens it, so that both
- * have the current schema, the plugins' tables included. */
+ * have the current schema, the plugins' tables included.
+ * `switchyard db recount`: the kept counts of instances per workflow and
+ * state made right again after rows were changed by hand. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,33 @@ static int open_side(sy__cli *c, const char *where, int write, sy_engine **e) {
   return sy__cli_open(c, e);
 }
 
+static int recount(sy__cli *c) {
+  sy_engine *e;
+  int64_t differing = 0;
+  int rc;
+  if (!sy_store_exists(c->o.db_path)) {
+    return sy__cli_usage_error("db recount: no database at %s", c->o.db_path);
+  }
+  c->o.expect_write = 1;
+  if ((rc = sy__cli_open(c, &e))) {
+    return rc;
+  }
+  if (sy_store_recount(sy_engine_store(e), &differing)) {
+    rc = sy__cli_store_fail(e);
+  } else if (c->json) {
+    sy__cli_print_json(json_pack("{s:I}", "corrected", (json_int_t)differing));
+  } else if (differing) {
+    printf(
+        "recounted: %lld (workflow, state) counts were wrong, and are "
+        "right now\n",
+        (long long)differing);
+  } else {
+    printf("recounted: every count was right\n");
+  }
+  sy_engine_close(e);
+  return rc;
+}
+
 static int cmd_db(sy__cli *c) {
   const char *v, *words[3] = {NULL, NULL, NULL};
   sy_engine *from = NULL, *to = NULL;
@@ -53,9 +82,17 @@ static int cmd_db(sy__cli *c) {
   if (key < 0) {
     return SY__EXIT_USAGE;
   }
+  if (words[0] && strcmp(words[0], "recount") == 0) {
+    return words[1] ? sy__cli_usage_error(
+                          "db recount: unexpected argument "
+                          "'%s'",
+                          words[1])
+                    : recount(c);
+  }
   if (!words[0] || strcmp(words[0], "copy") != 0) {
-    return sy__cli_usage_error("db: expected 'copy FROM TO', got '%s'",
-                               words[0] ? words[0] : "nothing");
+    return sy__cli_usage_error(
+        "db: expected 'copy FROM TO' or 'recount', got '%s'",
+        words[0] ? words[0] : "nothing");
   }
   if (!words[1] || !words[2]) {
     return sy__cli_usage_error(
@@ -99,9 +136,10 @@ static int cmd_db(sy__cli *c) {
 
 const sy__cli_cmd sy__cli_db = {
     "db",
-    "copy FROM TO",
+    "copy FROM TO | recount",
     "copy a whole database to an empty one (SQLite file or postgresql:// "
-    "URL), then compare the counts table by table",
+    "URL), then compare the counts table by table; recount: count the "
+    "instances per workflow and state again (after a change by hand)",
     NULL,
     cmd_db,
     0};

@@ -889,6 +889,41 @@ int sy__counts_flush(sy_store *st) {
   return rc;
 }
 
+int sy_store_recount(sy_store *st, int64_t *differing) {
+#define RECOUNT "SELECT workflow, state, count(*) FROM instances GROUP BY 1, 2"
+#define KEPT                                                           \
+  "SELECT workflow, state, sum(n) FROM instance_counts GROUP BY 1, 2 " \
+  "HAVING sum(n) <> 0"
+  static const char *const steps[] = {
+      ("SELECT count(*) FROM (SELECT workflow, state FROM (" RECOUNT
+       " EXCEPT " KEPT ") a UNION SELECT workflow, state FROM (" KEPT
+       " EXCEPT " RECOUNT ") b) c"),
+      "DELETE FROM instance_counts",
+      ("INSERT INTO instance_counts(workflow, state, shard, n) "
+       "SELECT workflow, state, 0, count(*) FROM instances GROUP BY 1, 2")};
+#undef RECOUNT
+#undef KEPT
+  int rc = sy_store_begin(st);
+  for (size_t i = 0; !rc && i < sizeof steps / sizeof *steps; i++) {
+    sy_stmt *s = sy_store_prepare(st, &(sy_sql){steps[i], NULL});
+    if (!s) {
+      rc = SY_ESTORE;
+      break;
+    }
+    rc = sy_stmt_step(s);
+    if (i == 0 && rc == SY_ROW) {
+      *differing = sy_stmt_column_int(s, 0);
+    }
+    rc = rc == SY_ROW || rc == SY_DONE ? 0 : sy__db_error(st, "recount");
+    sy_stmt_finalize(s);
+  }
+  if (!rc) {
+    return sy_store_commit(st);
+  }
+  sy_store_rollback(st);
+  return rc;
+}
+
 int sy_store_put_definition(sy_store *st, const char *hash,
                             const char *workflow, const char *path,
                             const char *source, size_t len) {

@@ -43,6 +43,12 @@ void sy_store_undo_create(const char *where, const char *before);
  * code with the reason in err (SY_ESTATE: refused; nothing written). */
 typedef void (*sy_copy_cb)(void *ud, const char *table, int64_t from_rows,
                            int64_t to_rows);
+/* Counts the instances per workflow and state again and replaces the
+ * kept counts (instance_counts) with them, in one transaction: the repair
+ * after rows were changed by hand. *differing: the (workflow, state)
+ * pairs whose kept count was not the recount. */
+int sy_store_recount(sy_store *st, int64_t *differing);
+
 int sy_store_copy(sy_store *from, sy_store *to, int64_t now, sy_copy_cb cb,
                   void *ud, char *err, size_t errlen);
 /* The database server's clock (ms since the epoch), which every engine

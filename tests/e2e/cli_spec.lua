@@ -336,6 +336,31 @@ describe("start, run, instances, show", function()
     assert.are_not.equal(id, id2)
   end)
 
+  it("status reads kept counts; db recount makes them right after a hand edit",
+    function()
+      env:ok("start", "hello", "--count", "7", "--var", "user_id=u{n}")
+      env:ok("run", "--until-idle")
+      env:ok("start", "hello", "--count", "3", "--var", "user_id=v{n}")
+      local status = H.decode((env:ok("--json", "status"))).hello
+      assert.are.equal(7, status.completed)
+      assert.are.equal(3, status.ready)
+      assert.are.same({ corrected = 0 }, H.decode((env:ok("--json", "db", "recount"))))
+      -- rows changed by hand, behind the store's back
+      H.db_exec(env.db, "UPDATE instances SET state = 'cancelled' WHERE id <= 2")
+      assert.are.equal(7, H.decode((env:ok("--json", "status"))).hello.completed)
+      assert.has_error(function() env:assert_intact("after the hand edit") end)
+      has(env:ok("db", "recount"), "2 (workflow, state) counts were wrong")
+      status = H.decode((env:ok("--json", "status"))).hello
+      assert.are.equal(5, status.completed)
+      assert.are.equal(2, status.cancelled)
+      assert.are.equal(3, status.ready)
+      env:assert_intact("after the recount")
+      has(env:ok("db", "recount"), "every count was right")
+      local code, _, err = env:run("db", "recount", "extra")
+      assert.are.equal(2, code)
+      has(err, "unexpected argument 'extra'")
+    end)
+
   it("--count 50 --var user_id=u{n}, run --until-idle, instances --json",
     function()
       local out = env:ok("start", "hello", "--count", "50", "--var",
