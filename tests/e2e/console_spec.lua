@@ -27,13 +27,7 @@ describe("the console in Chromium", function()
       "--var", "fail:=true")
     env:ok("run", "--until-idle")
     H.write(env:path("token"), TOKEN .. "\n")
-    server = env:spawn("serve", "--listen", "127.0.0.1:0", "--token-file",
-      env:path("token"))
-    local port = H.poll(10, 0.02, function()
-      return (H.read(server.log) or ""):match("serving http://127%.0%.0%.1:(%d+)/")
-    end)
-    assert(port, "serve did not start: " .. (H.read(server.log) or ""))
-    base = "http://127.0.0.1:" .. port
+    server, base = env:serve("--token-file", env:path("token"))
   end)
 
   teardown(function()

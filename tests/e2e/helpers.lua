@@ -310,6 +310,17 @@ end
 -- Starts `switchyard --db DB --workflows DIR ...` in the background. The
 -- returned handle has pid (of switchyard itself: sh execs it), log (stdout
 -- and stderr) and rcfile (written with the exit code when it ends).
+-- `serve` on a free loopback port, with more arguments (global options
+-- too): the process, and its base URL once it listens.
+function Env:serve(...)
+  local p = self:spawn("serve", "--listen", "127.0.0.1:0", ...)
+  local port = H.poll(10, 0.02, function()
+    return (H.read(p.log) or ""):match("serving http://127%.0%.0%.1:(%d+)/")
+  end)
+  assert(port, "serve did not start: " .. (H.read(p.log) or ""))
+  return p, "http://127.0.0.1:" .. port
+end
+
 function Env:spawn(...)
   return self:spawn_in({}, ...)
 end
