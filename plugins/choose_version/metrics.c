@@ -24,6 +24,36 @@ static void put_label(put_fn put, void *ud, const char *v) {
   }
 }
 
+/* A family's # HELP and # TYPE lines. */
+static void put_family(put_fn put, void *ud, const char *name, const char *type,
+                       const char *help) {
+  put(ud, "# HELP ");
+  put(ud, name);
+  put(ud, " ");
+  put(ud, help);
+  put(ud, "\n# TYPE ");
+  put(ud, name);
+  put(ud, " ");
+  put(ud, type);
+  put(ud, "\n");
+}
+
+/* A sample's name and its (workflow, flag, version) labels, the closing
+ * brace left to the caller (a histogram's bucket adds le). */
+static void put_key(put_fn put, void *ud, const char *name, const char *suffix,
+                    const char *workflow, const char *flag,
+                    const char *version) {
+  put(ud, name);
+  put(ud, suffix);
+  put(ud, "{workflow=\"");
+  put_label(put, ud, workflow);
+  put(ud, "\",flag=\"");
+  put_label(put, ud, flag);
+  put(ud, "\",version=\"");
+  put_label(put, ud, version);
+  put(ud, "\"");
+}
+
 static const struct {
   const char *name, *type, *help;
   int column; /* of CVQ_METRICS_COUNTERS */
@@ -50,24 +80,11 @@ static int put_counters(cv_router *r, put_fn put, void *ud) {
     return -1;
   }
   for (size_t k = 0; k < sizeof series / sizeof *series; k++) {
-    put(ud, "# HELP ");
-    put(ud, series[k].name);
-    put(ud, " ");
-    put(ud, series[k].help);
-    put(ud, "\n# TYPE ");
-    put(ud, series[k].name);
-    put(ud, " ");
-    put(ud, series[k].type);
-    put(ud, "\n");
+    put_family(put, ud, series[k].name, series[k].type, series[k].help);
     while ((rc = sy_stmt_step(s)) == SY_ROW) {
-      put(ud, series[k].name);
-      put(ud, "{workflow=\"");
-      put_label(put, ud, sy_stmt_column_text(s, 0));
-      put(ud, "\",flag=\"");
-      put_label(put, ud, sy_stmt_column_text(s, 1));
-      put(ud, "\",version=\"");
-      put_label(put, ud, sy_stmt_column_text(s, 2));
-      snprintf(num, sizeof num, "\"} %lld\n",
+      put_key(put, ud, series[k].name, "", sy_stmt_column_text(s, 0),
+              sy_stmt_column_text(s, 1), sy_stmt_column_text(s, 2));
+      snprintf(num, sizeof num, "} %lld\n",
                (long long)sy_stmt_column_int(s, series[k].column));
       put(ud, num);
     }
@@ -86,26 +103,13 @@ typedef struct hist_key {
   int64_t n[CV_LATENCY_BUCKETS], sum_ms;
 } hist_key;
 
-static void put_labels(put_fn put, void *ud, const char *name,
-                       const char *suffix, const hist_key *h) {
-  put(ud, name);
-  put(ud, suffix);
-  put(ud, "{workflow=\"");
-  put_label(put, ud, h->workflow);
-  put(ud, "\",flag=\"");
-  put_label(put, ud, h->flag);
-  put(ud, "\",version=\"");
-  put_label(put, ud, h->version);
-  put(ud, "\"");
-}
-
 static void put_hist(put_fn put, void *ud, const char *name,
                      const hist_key *h) {
   char num[64];
   int64_t total = 0;
   for (int b = 0; b < CV_LATENCY_BUCKETS; b++) {
     total += h->n[b];
-    put_labels(put, ud, name, "_bucket", h);
+    put_key(put, ud, name, "_bucket", h->workflow, h->flag, h->version);
     if (cv_latency_le[b] == INT64_MAX) {
       snprintf(num, sizeof num, ",le=\"+Inf\"} %lld\n", (long long)total);
     } else {
@@ -114,10 +118,10 @@ static void put_hist(put_fn put, void *ud, const char *name,
     }
     put(ud, num);
   }
-  put_labels(put, ud, name, "_sum", h);
+  put_key(put, ud, name, "_sum", h->workflow, h->flag, h->version);
   snprintf(num, sizeof num, "} %.3f\n", (double)h->sum_ms / 1000);
   put(ud, num);
-  put_labels(put, ud, name, "_count", h);
+  put_key(put, ud, name, "_count", h->workflow, h->flag, h->version);
   snprintf(num, sizeof num, "} %lld\n", (long long)total);
   put(ud, num);
 }
@@ -161,13 +165,7 @@ static int put_latency(cv_router *r, put_fn put, void *ud) {
     return -1;
   }
   for (size_t k = 0; k < sizeof hs / sizeof *hs; k++) {
-    put(ud, "# HELP ");
-    put(ud, hs[k].name);
-    put(ud, " ");
-    put(ud, hs[k].help);
-    put(ud, "\n# TYPE ");
-    put(ud, hs[k].name);
-    put(ud, " histogram\n");
+    put_family(put, ud, hs[k].name, "histogram", hs[k].help);
     sy_stmt_bind_text(s, 1, hs[k].kind);
     while ((rc = sy_stmt_step(s)) == SY_ROW) {
       int64_t le = sy_stmt_column_int(s, 3);
@@ -212,12 +210,11 @@ static int put_flags(cv_router *r, put_fn put, void *ud) {
     return -1;
   }
   for (int k = 0; k < 2; k++) {
-    put(ud, k == 0 ? "# HELP switchyard_flag_rate_ratio The share of "
-                     "subjects a flag sends to v2 (0 to 1).\n"
-                     "# TYPE switchyard_flag_rate_ratio gauge\n"
-                   : "# HELP switchyard_flag_killed 1 while a flag's kill "
-                     "switch sends everyone to v1.\n"
-                     "# TYPE switchyard_flag_killed gauge\n");
+    put_family(put, ud,
+               k == 0 ? "switchyard_flag_rate_ratio" : "switchyard_flag_killed",
+               "gauge",
+               k == 0 ? "The share of subjects a flag sends to v2 (0 to 1)."
+                      : "1 while a flag's kill switch sends everyone to v1.");
     while ((rc = sy_stmt_step(s)) == SY_ROW) {
       put(ud, k == 0 ? "switchyard_flag_rate_ratio{flag=\""
                      : "switchyard_flag_killed{flag=\"");

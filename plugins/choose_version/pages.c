@@ -131,6 +131,11 @@ static int flags_page(cv_router *r, out *o) {
   return 0;
 }
 
+/* A document's string member, as HTML. */
+static void put_str(out *o, json_t *doc, const char *key) {
+  put_html(o, json_string_value(json_object_get(doc, key)));
+}
+
 static double num(json_t *o, const char *key) {
   return json_number_value(json_object_get(o, key));
 }
@@ -180,9 +185,9 @@ static void put_ramps(out *o, json_t *doc) {
                   sizeof when);
     }
     putf(o, "<tr><td>%s</td><td class=\"n\">", when);
-    put_html(o, json_string_value(json_object_get(s, "rate")));
+    put_str(o, s, "rate");
     put(o, "</td><td>");
-    put_html(o, json_string_value(json_object_get(s, "change")));
+    put_str(o, s, "change");
     putf(o,
          "</td><td class=\"n\">%.0f</td><td class=\"n\">%.0f</td>"
          "<td class=\"n\">%.0f</td><td class=\"n\">%.0f</td></tr>\n",
@@ -277,11 +282,11 @@ static int put_plan(cv_router *r, out *o, const char *flag) {
     return have ? SY_ESTORE : 0;
   }
   put(o, "<h2>Plan</h2><p id=\"plan\">");
-  put_html(o, json_string_value(json_object_get(p, "state")));
+  put_str(o, p, "state");
   putf(o, ", step %.0f of ", num(p, "step"));
-  put_html(o, json_string_value(json_object_get(p, "steps")));
+  put_str(o, p, "steps");
   put(o, " (now ");
-  put_html(o, json_string_value(json_object_get(p, "rate")));
+  put_str(o, p, "rate");
   putf(o,
        "), held %.0f s of %.0f s; at this step v1 %.0f, v2 %.0f "
        "instances (at least %.0f of each)",
@@ -299,10 +304,10 @@ static int put_plan(cv_router *r, out *o, const char *flag) {
     cv_fmt_time((int64_t)num(e, "at"), when, sizeof when);
     putf(o, "<tr><td>%s</td><td class=\"n\">%.0f</td><td>", when,
          num(e, "step"));
-    put_html(o, json_string_value(json_object_get(e, "outcome")));
+    put_str(o, e, "outcome");
     putf(o, "</td><td>%s</td><td>",
          json_is_true(json_object_get(e, "applied")) ? "yes" : "");
-    put_html(o, json_string_value(json_object_get(e, "reason")));
+    put_str(o, e, "reason");
     put(o, "</td></tr>\n");
   }
   put(o, "</table>\n");
