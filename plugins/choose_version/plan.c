@@ -1174,13 +1174,64 @@ json_t *cv_plan_document(cv_router *r, const char *flag, int *have) {
   return j;
 }
 
+/* `rollout plan FLAG show`'s text (the evaluations follow). */
+static void print_plan(const shown *x, int64_t now) {
+  const plan *p = &x->p;
+  const tally *t = &x->t, *step = &x->step, *o = &x->o;
+  const latency *l = &x->l;
+  char held[32], hold[32];
+  cv_fmt_age(now - p->step_started_at, held, sizeof held);
+  cv_fmt_age(p->hold_ms, hold, sizeof hold);
+  printf("plan of %s: %s, step %d of %d (%s), held %s of %s\n", p->flag,
+         p->state, p->step + 1, p->nsteps, x->rate, held, hold);
+  printf(
+      "  steps %s%s%s; at least %lld instances per version; V2 may be "
+      "worse by %g point%s at alpha %g\n",
+      x->steps, x->gates[0] ? ", gated: " : "", x->gates,
+      (long long)p->min_instances, p->max_increase,
+      p->max_increase == 1.0 ? "" : "s", p->alpha);
+  if (p->reroute) {
+    printf("  on rollback: V2's instances in incidents go on at V1\n");
+  }
+  printf(
+      "  at this step: V1 %lld, V2 %lld instances decided (the step "
+      "needs %lld of each%s)\n",
+      (long long)step->n1, (long long)step->n2, (long long)p->min_instances,
+      p->steps[p->step] == CV_RATE_MAX_PPM ? ", of V2 alone at 100%" : "");
+  printf(
+      "  each guard rolls back once its smallest p so far is at most "
+      "alpha / %d = %g:\n",
+      x->guards, p->alpha / x->guards);
+  printf(
+      "  - incidents: V2 %.1f%% (%lld/%lld) vs V1 %.1f%% (%lld/%lld) "
+      "since the plan started, bound V1 + %g point%s; smallest p %.4g\n",
+      pct(t->x2, t->n2), (long long)t->x2, (long long)t->n2, pct(t->x1, t->n1),
+      (long long)t->x1, (long long)t->n1, p->max_increase,
+      p->max_increase == 1.0 ? "" : "s", p->p_min);
+  if (p->outcome_var[0]) {
+    printf(
+        "  - %s false or absent: V2 %.1f%% (%lld/%lld) vs V1 %.1f%% "
+        "(%lld/%lld) of the completed, bound V1 + %g point%s; smallest p "
+        "%.4g\n",
+        p->outcome_var, pct(o->x2, o->n2), (long long)o->x2, (long long)o->n2,
+        pct(o->x1, o->n1), (long long)o->x1, (long long)o->n1, p->max_increase,
+        p->max_increase == 1.0 ? "" : "s", p->p_min_outcome);
+  }
+  if (p->latency_increase > 0) {
+    printf(
+        "  - latency: p95 V2 %lldms vs V1 %lldms, bound V1 + %g%% "
+        "(%lldms): %lld of V2's %lld completed over it, %lld of V1's %lld "
+        "over its p95; smallest p %.4g\n",
+        (long long)l->p95_2, (long long)l->p95_1, p->latency_increase,
+        (long long)l->limit, (long long)l->over, (long long)l->n2,
+        (long long)l->over1, (long long)l->n1, p->p_min_latency);
+  }
+  printf("  last evaluations:\n");
+}
+
 static int show(cv_router *r, const plan_args *a) {
   shown x;
-  plan p;
-  tally t, step, o;
-  latency l;
-  int guards, have, rc;
-  char *steps, *rate, *gates;
+  int have, rc;
   int64_t now = r->api->now_ms(r->e);
   if (cv_cmd_begin(r, CMD, 0)) {
     return 1;
@@ -1204,64 +1255,7 @@ static int show(cv_router *r, const plan_args *a) {
     cv_cmd_end(r, CMD, 0);
     return usage_error("flag '%s' has no plan", a->flag);
   }
-  p = x.p;
-  t = x.t;
-  step = x.step;
-  o = x.o;
-  l = x.l;
-  guards = x.guards;
-  steps = x.steps;
-  rate = x.rate;
-  gates = x.gates;
-  {
-    char held[32], hold[32];
-    cv_fmt_age(now - p.step_started_at, held, sizeof held);
-    cv_fmt_age(p.hold_ms, hold, sizeof hold);
-    printf("plan of %s: %s, step %d of %d (%s), held %s of %s\n", p.flag,
-           p.state, p.step + 1, p.nsteps, rate, held, hold);
-    printf(
-        "  steps %s%s%s; at least %lld instances per version; V2 may be "
-        "worse by %g point%s at alpha %g\n",
-        steps, gates[0] ? ", gated: " : "", gates, (long long)p.min_instances,
-        p.max_increase, p.max_increase == 1.0 ? "" : "s", p.alpha);
-    if (p.reroute) {
-      printf("  on rollback: V2's instances in incidents go on at V1\n");
-    }
-    printf(
-        "  at this step: V1 %lld, V2 %lld instances decided (the step "
-        "needs %lld of each%s)\n",
-        (long long)step.n1, (long long)step.n2, (long long)p.min_instances,
-        p.steps[p.step] == CV_RATE_MAX_PPM ? ", of V2 alone at 100%" : "");
-    printf(
-        "  each guard rolls back once its smallest p so far is at most "
-        "alpha / %d = %g:\n",
-        guards, p.alpha / guards);
-    printf(
-        "  - incidents: V2 %.1f%% (%lld/%lld) vs V1 %.1f%% (%lld/%lld) "
-        "since the plan started, bound V1 + %g point%s; smallest p %.4g\n",
-        pct(t.x2, t.n2), (long long)t.x2, (long long)t.n2, pct(t.x1, t.n1),
-        (long long)t.x1, (long long)t.n1, p.max_increase,
-        p.max_increase == 1.0 ? "" : "s", p.p_min);
-    if (p.outcome_var[0]) {
-      printf(
-          "  - %s false or absent: V2 %.1f%% (%lld/%lld) vs V1 %.1f%% "
-          "(%lld/%lld) of the completed, bound V1 + %g point%s; smallest p "
-          "%.4g\n",
-          p.outcome_var, pct(o.x2, o.n2), (long long)o.x2, (long long)o.n2,
-          pct(o.x1, o.n1), (long long)o.x1, (long long)o.n1, p.max_increase,
-          p.max_increase == 1.0 ? "" : "s", p.p_min_outcome);
-    }
-    if (p.latency_increase > 0) {
-      printf(
-          "  - latency: p95 V2 %lldms vs V1 %lldms, bound V1 + %g%% "
-          "(%lldms): %lld of V2's %lld completed over it, %lld of V1's %lld "
-          "over its p95; smallest p %.4g\n",
-          (long long)l.p95_2, (long long)l.p95_1, p.latency_increase,
-          (long long)l.limit, (long long)l.over, (long long)l.n2,
-          (long long)l.over1, (long long)l.n1, p.p_min_latency);
-    }
-    printf("  last evaluations:\n");
-  }
+  print_plan(&x, now);
   if (evaluations(r, a->flag, NULL)) {
     return cv_cmd_end(r, CMD, db_error(r, "read evaluations"));
   }
