@@ -14,6 +14,20 @@
 #include "error.h"
 #include "store_int.h"
 
+/* instance_counts from the instances themselves, in shard 0 (migration
+ * 7, and sy_store_recount). */
+#define COUNT_INSTANCES                                     \
+  "INSERT INTO instance_counts(workflow, state, shard, n) " \
+  "SELECT workflow, state, 0, count(*) FROM instances "     \
+  "GROUP BY workflow, state"
+
+/* A transaction's change of one count (sy__counts_flush), in a shard. */
+#define COUNT_ADD(shard)                                    \
+  "INSERT INTO instance_counts(workflow, state, shard, n) " \
+  "VALUES(?1, ?2, " shard                                   \
+  ", ?3) ON CONFLICT(workflow, state, shard) "              \
+  "DO UPDATE SET n = instance_counts.n + excluded.n"
+
 /* Each migration moves the schema from version i to i+1; user_version
  * records where a database is. Never edit a released migration: add one. */
 const char *const sy__migrations[] = {
@@ -144,10 +158,7 @@ const char *const sy__migrations[] = {
     "  state TEXT NOT NULL,"
     "  shard INTEGER NOT NULL,"
     "  n INTEGER NOT NULL,"
-    "  PRIMARY KEY(workflow, state, shard)) WITHOUT ROWID;"
-    "INSERT INTO instance_counts(workflow, state, shard, n) "
-    "SELECT workflow, state, 0, count(*) FROM instances "
-    "GROUP BY workflow, state;",
+    "  PRIMARY KEY(workflow, state, shard)) WITHOUT ROWID;" COUNT_INSTANCES ";",
 };
 const int sy__schema_version =
     (int)(sizeof sy__migrations / sizeof sy__migrations[0]);
@@ -256,10 +267,7 @@ const char *const sy__pg_migrations[] = {
     "  state TEXT NOT NULL,"
     "  shard BIGINT NOT NULL,"
     "  n BIGINT NOT NULL,"
-    "  PRIMARY KEY(workflow, state, shard));"
-    "INSERT INTO instance_counts(workflow, state, shard, n) "
-    "SELECT workflow, state, 0, count(*) FROM instances "
-    "GROUP BY workflow, state;",
+    "  PRIMARY KEY(workflow, state, shard));" COUNT_INSTANCES ";",
 };
 _Static_assert(sizeof sy__pg_migrations == sizeof sy__migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -343,10 +351,7 @@ static const char *const sql_text[Q__COUNT] = {
         "SELECT workflow, state, sum(n) FROM instance_counts "
         "GROUP BY workflow, state HAVING sum(n) <> 0 "
         "ORDER BY workflow, state",
-    [Q_COUNT_ADD] =
-        "INSERT INTO instance_counts(workflow, state, shard, n) "
-        "VALUES(?1, ?2, 0, ?3) ON CONFLICT(workflow, state, shard) "
-        "DO UPDATE SET n = instance_counts.n + excluded.n",
+    [Q_COUNT_ADD] = COUNT_ADD("0"),
     /* A server's only (sy_store_renew): the counts of connections that
      * are gone, added to shard 0, by one engine at a time. */
     [Q_FOLD_COUNTS] =
@@ -471,11 +476,7 @@ static const char *const pg_text[Q__COUNT] = {
         "'cancelled') AND (vars::jsonb #>> string_to_array(?1, '.')) = ?2 "
         "ORDER BY id LIMIT ?3",
     /* Each connection its own shard. */
-    [Q_COUNT_ADD] =
-        "INSERT INTO instance_counts(workflow, state, shard, n) "
-        "VALUES(?1, ?2, pg_backend_pid(), ?3) "
-        "ON CONFLICT(workflow, state, shard) "
-        "DO UPDATE SET n = instance_counts.n + excluded.n",
+    [Q_COUNT_ADD] = COUNT_ADD("pg_backend_pid()"),
     /* LIMIT takes NULL for none, where SQLite takes -1. */
     [Q_LIST_INSTANCES] =
         "SELECT " INSTANCE_COLS " FROM instances WHERE " INSTANCE_FILTER
@@ -898,9 +899,7 @@ int sy_store_recount(sy_store *st, int64_t *differing) {
       ("SELECT count(*) FROM (SELECT workflow, state FROM (" RECOUNT
        " EXCEPT " KEPT ") a UNION SELECT workflow, state FROM (" KEPT
        " EXCEPT " RECOUNT ") b) c"),
-      "DELETE FROM instance_counts",
-      ("INSERT INTO instance_counts(workflow, state, shard, n) "
-       "SELECT workflow, state, 0, count(*) FROM instances GROUP BY 1, 2")};
+      "DELETE FROM instance_counts", (COUNT_INSTANCES)};
 #undef RECOUNT
 #undef KEPT
   int rc = sy_store_begin(st);
