@@ -3,7 +3,9 @@
  * their incidents stand. Changes are batched in memory for the open
  * transaction, one cv_delta per key, and written in one upsert per key
  * just before the engine commits (before_commit), so that a busy turn
- * writes each counter row once rather than once per decision or event. */
+ * writes each counter row once rather than once per decision or event.
+ * The latency histograms (cv_latency) and the ramp steps' tallies
+ * (cv_ramp_tallies) of each key ride in the same batch. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,11 @@ void cv_discard_counters(cv_router *r) {
   while (r->deltas) {
     cv_delta *d = r->deltas;
     r->deltas = d->next;
+    while (d->ramps) {
+      cv_ramp_delta *t = d->ramps;
+      d->ramps = t->next;
+      free(t);
+    }
     free(d->workflow);
     free(d->flag);
     free(d);
@@ -72,6 +79,60 @@ void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open) {
       d->in_flight--;
       break;
   }
+}
+
+cv_standing cv_standing_after(sy_event_type type, cv_standing s) {
+  switch (type) {
+    case SY_EVENT_COMPLETED:
+      s.outcome = CV_ENDED_COMPLETED;
+      break;
+    case SY_EVENT_INCIDENT:
+      s.incidents++;
+      s.open_incidents++;
+      break;
+    case SY_EVENT_INCIDENT_RESOLVED:
+      s.open_incidents -= s.open_incidents > 0;
+      break;
+    case SY_EVENT_CANCELLED:
+      s.outcome = CV_ENDED_OTHER;
+      break;
+    case SY_EVENT_CAUGHT:
+      break;
+  }
+  return s;
+}
+
+/* What one decision adds to its ramp step's tally (report.c counts a
+ * decision the same way): in flight while open and not waiting in an
+ * incident. */
+static void add_standing(cv_ramp_delta *t, const cv_standing *s, int sign) {
+  t->routed += sign;
+  t->completed += sign * (s->outcome == CV_ENDED_COMPLETED);
+  t->in_flight += sign * (s->outcome == CV_OPEN && s->open_incidents == 0);
+  t->incidents += sign * s->incidents;
+  t->with_incidents += sign * (s->incidents > 0);
+}
+
+int cv_count_standing(cv_router *r, cv_delta *d, int64_t ramp_id,
+                      const cv_standing *before, const cv_standing *after) {
+  cv_ramp_delta **at = &d->ramps, *t;
+  while (*at && (*at)->ramp_id < ramp_id) {
+    at = &(*at)->next;
+  }
+  if (!(t = *at) || t->ramp_id != ramp_id) {
+    if (!(t = calloc(1, sizeof *t))) {
+      snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+      return -1;
+    }
+    t->ramp_id = ramp_id;
+    t->next = *at;
+    *at = t;
+  }
+  if (before) {
+    add_standing(t, before, -1);
+  }
+  add_standing(t, after, 1);
+  return 0;
 }
 
 const int64_t cv_latency_le[CV_LATENCY_BUCKETS] = {
@@ -156,6 +217,29 @@ static int flush_latency(cv_router *r, const cv_delta *d) {
   return 0;
 }
 
+/* One key's ramp tallies that changed, in ramp order. */
+static int flush_ramps(cv_router *r, const cv_delta *d) {
+  sy_stmt *s = cv_stmt(r, CVQ_RAMP_TALLY_ADD);
+  if (!s) {
+    return -1;
+  }
+  for (const cv_ramp_delta *t = d->ramps; t; t = t->next) {
+    sy_stmt_bind_text(s, 1, d->workflow);
+    sy_stmt_bind_text(s, 2, d->flag);
+    sy_stmt_bind_text(s, 3, d->v2 ? "v2" : "v1");
+    sy_stmt_bind_int(s, 4, t->ramp_id);
+    sy_stmt_bind_int(s, 5, t->routed);
+    sy_stmt_bind_int(s, 6, t->completed);
+    sy_stmt_bind_int(s, 7, t->in_flight);
+    sy_stmt_bind_int(s, 8, t->incidents);
+    sy_stmt_bind_int(s, 9, t->with_incidents);
+    if (cv_step_done(r, s)) {
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* The batch is dropped whatever happens: on a failure the engine rolls
  * the transaction back, and the changes with it. */
 int cv_flush_counters(cv_router *r) {
@@ -181,7 +265,8 @@ int cv_flush_counters(cv_router *r) {
     sy_stmt_bind_int(s, 11, d->caught);
     sy_stmt_bind_int(s, 12, d->rerouted_in);
     sy_stmt_bind_int(s, 13, d->rerouted_out);
-    if (cv_step_done(r, s) || (d->timed && flush_latency(r, d))) {
+    if (cv_step_done(r, s) || (d->timed && flush_latency(r, d)) ||
+        flush_ramps(r, d)) {
       cv_discard_counters(r);
       return -1;
     }

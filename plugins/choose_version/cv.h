@@ -38,6 +38,7 @@ enum {
   /* counters and events (counters.c, events.c) */
   CVQ_COUNTERS_ADD,
   CVQ_LATENCY_ADD,
+  CVQ_RAMP_TALLY_ADD,
   CVQ_DECISIONS_OF,
   CVQ_EV_COMPLETED,
   CVQ_EV_INCIDENT,
@@ -104,6 +105,7 @@ enum {
   CVQ_FLAG_KNOWN,
   CVQ_RAMPS,
   CVQ_REPORT_DECISIONS,
+  CVQ_RAMP_TALLIES,
   /* serve's /metrics (metrics.c) */
   CVQ_METRICS_COUNTERS,
   CVQ_METRICS_FLAGS,
@@ -125,6 +127,22 @@ typedef struct cv_hist {
   int64_t n[CV_LATENCY_BUCKETS], sum[CV_LATENCY_BUCKETS];
 } cv_hist;
 
+/* Ramp tallies (cv_ramp_tallies): the report's counts of the decisions
+ * routed (not rerouted in) at one ramp step, so that a flag's page reads a
+ * few rows rather than its decisions. A decision counts by its standing:
+ * each write of its row moves the tally from what the row said to what it
+ * says (cv_count_standing). */
+typedef enum { CV_OPEN, CV_ENDED_COMPLETED, CV_ENDED_OTHER } cv_outcome;
+typedef struct cv_standing {
+  cv_outcome outcome;
+  int64_t incidents, open_incidents;
+} cv_standing;
+typedef struct cv_ramp_delta {
+  struct cv_ramp_delta *next; /* ramp_id ascending */
+  int64_t ramp_id;
+  int64_t routed, completed, in_flight, incidents, with_incidents;
+} cv_ramp_delta;
+
 typedef struct cv_delta {
   char *workflow, *flag;
   int v2;
@@ -132,6 +150,7 @@ typedef struct cv_delta {
       open_incidents, caught, rerouted_in, rerouted_out;
   int timed;      /* latency holds completions */
   cv_hist lat[2]; /* CV_BRANCH, CV_STEPS */
+  cv_ramp_delta *ramps;
   struct cv_delta *next;
 } cv_delta;
 
@@ -192,7 +211,8 @@ typedef struct cv_memo {
   int v2;
   int64_t decided_at;
   int64_t base_run_ms; /* the instance's step time at the decision */
-  char *workflow;      /* in the same block, after flag */
+  int64_t ramp_id;
+  char *workflow; /* in the same block, after flag */
   char flag[];
 } cv_memo;
 void cv_memo_free(cv_memo *m);
@@ -216,6 +236,13 @@ cv_delta *cv_delta_of(cv_router *r, const char *workflow, const char *flag,
 /* What an event does to the counters of one decision, given the incidents
  * it had recorded before it. */
 void cv_count_event(cv_delta *d, sy_event_type type, int incidents, int open);
+/* What a routed decision's row now says, moved from what it said (before
+ * NULL: a decision just recorded), in its ramp step's tally; -1 with
+ * r->errmsg when out of memory. A decision rerouted in is not counted. */
+int cv_count_standing(cv_router *r, cv_delta *d, int64_t ramp_id,
+                      const cv_standing *before, const cv_standing *after);
+/* A decision's standing after an event (what EV_* in sql.c write). */
+cv_standing cv_standing_after(sy_event_type type, cv_standing s);
 /* A completed decision's branch and step times, in ms. */
 void cv_count_latency(cv_delta *d, int64_t branch_ms, int64_t steps_ms);
 /* Writes the counter changes batched in the transaction (before_commit). */
@@ -338,9 +365,14 @@ int cv_preview(cv_router *r, const cv_flag *now, const cv_flag *then,
                const char *change, const char *window, int json);
 int cv_cmd_report(void *plugin, int argc, char **argv);
 /* The report of a flag with report's defaults, as `report FLAG --json`
- * prints it (switchyard.report/1); NULL when it cannot be made (*known 0:
- * no such flag, else the reason is on stderr). */
-json_t *cv_report_document(cv_router *r, const char *flag, int *known);
+ * prints it (switchyard.report/1); with full 0, its counts that the ramp
+ * tallies keep (per version: routed, completed, in_flight,
+ * instances_with_incidents, incidents, the incident rate and its interval;
+ * the comparison; the ramp steps), read in a time that does not grow with
+ * the decisions. NULL when it cannot be made (*known 0: no such flag, else
+ * the reason is on stderr). */
+json_t *cv_report_document(cv_router *r, const char *flag, int full,
+                           int *known);
 /* plan.c: `rollout plan FLAG show --json`'s document; NULL with *have 0
  * when the flag has no plan, with *have 1 on a failure (r->errmsg). */
 json_t *cv_plan_document(cv_router *r, const char *flag, int *have);

@@ -105,7 +105,7 @@ void cv_memo_free(cv_memo *m) {
 
 /* Adds a decision just recorded to a fresh instance's memo. */
 static int remember(cv_router *r, void **memo, const char *workflow,
-                    const cv_request *req, int v2) {
+                    const cv_request *req, int v2, int64_t ramp_id) {
   size_t flen = strlen(req->flag) + 1, wlen = strlen(workflow) + 1;
   cv_memo *m = malloc(sizeof *m + flen + wlen);
   if (!m) {
@@ -118,6 +118,7 @@ static int remember(cv_router *r, void **memo, const char *workflow,
   m->v2 = v2;
   m->decided_at = req->now_ms;
   m->base_run_ms = req->run_ms;
+  m->ramp_id = ramp_id;
   m->next = *memo;
   *memo = m;
   return 0;
@@ -161,7 +162,7 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
   if (sy_stmt_changes(s) == 0) {
     return 1; /* decided before: nothing counted */
   }
-  if (memo && remember(r, memo, workflow, req, v[1] == '2')) {
+  if (memo && remember(r, memo, workflow, req, v[1] == '2', d->ramp_id)) {
     return -1;
   }
   if (!(c = cv_delta_of(r, workflow, req->flag, v[1] == '2'))) {
@@ -169,7 +170,7 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
   }
   c->routed++;
   c->in_flight++;
-  return 0;
+  return cv_count_standing(r, c, d->ramp_id, NULL, &(cv_standing){CV_OPEN});
 }
 
 int cv_route(cv_router *r, int64_t tx, const cv_request *req,

@@ -36,6 +36,8 @@ static int bind_event(sy_stmt *u, const sy_event *ev) {
  * with an incident yet (an incident, like a caught error, is the last event of
  * a stay in memory), so each is updated by its key, with no lookup. */
 static int fresh_event(cv_router *r, const sy_event *ev, int q) {
+  static const cv_standing fresh = {CV_OPEN, 0, 0};
+  cv_standing now;
   sy_stmt *u = cv_stmt(r, q);
   int i;
   if (!u) {
@@ -47,6 +49,10 @@ static int fresh_event(cv_router *r, const sy_event *ev, int q) {
       return -1;
     }
     cv_count_event(d, ev->type, 0, 0);
+    now = cv_standing_after(ev->type, fresh);
+    if (cv_count_standing(r, d, m->ramp_id, &fresh, &now)) {
+      return -1;
+    }
     if (ev->type == SY_EVENT_COMPLETED) {
       cv_count_latency(d, ev->time_ms - m->decided_at,
                        ev->run_ms - m->base_run_ms);
@@ -119,6 +125,15 @@ int cv_on_event(cv_router *r, const sy_event *ev) {
     }
     n++;
     cv_count_event(d, ev->type, incidents, open);
+    /* A decision rerouted in is outside the ramp steps' counts. */
+    if (sy_stmt_column_int(s, 8) == 0) {
+      cv_standing was = {CV_OPEN, incidents, open};
+      cv_standing now = cv_standing_after(ev->type, was);
+      if (cv_count_standing(r, d, sy_stmt_column_int(s, 7), &was, &now)) {
+        sy_stmt_reset(s);
+        return -1;
+      }
+    }
     if (ev->type == SY_EVENT_COMPLETED) {
       cv_count_latency(d, ev->time_ms - sy_stmt_column_int(s, 5),
                        ev->run_ms - sy_stmt_column_int(s, 6));

@@ -420,7 +420,7 @@ static const char change_form[] =
 
 static int flag_page(cv_router *r, out *o, const char *flag, int json) {
   int known = 0, rc = 0;
-  json_t *doc = cv_report_document(r, flag, &known);
+  json_t *doc = cv_report_document(r, flag, json, &known);
   char msg[300];
   if (!doc) {
     if (known) {

@@ -257,7 +257,8 @@ static ramp *find_ramp(ramp *rs, int n, int64_t id, int *hint) {
 }
 
 /* Counts one decision (a row of CVQ_REPORT_DECISIONS) in its version's
- * numbers and its ramp step's; -1 when out of memory. */
+ * numbers and its ramp step's; -1 when out of memory. The ramp tallies
+ * (counters.c, add_standing) count the same way. */
 static int count_row(sy_stmt *s, vstats v[2], ramp *rs, int nr, int *hint) {
   int vi = (int)sy_stmt_column_int(s, 0);
   vstats *x = &v[vi];
@@ -331,6 +332,39 @@ static int scan(cv_router *r, const query *q, vstats v[2], ramp *rs, int nr) {
   return 0;
 }
 
+/* The versions' and the ramp steps' counts that the ramp tallies keep,
+ * read from them instead of the decisions (what scan would count). */
+static int read_tallies(cv_router *r, const query *q, vstats v[2], ramp *rs,
+                        int nr) {
+  sy_stmt *s = cv_stmt(r, CVQ_RAMP_TALLIES);
+  int rc, hint = 0;
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, q->flag);
+  sy_stmt_bind_text(s, 2, q->workflow); /* NULL: all */
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    int vi = (int)sy_stmt_column_int(s, 0);
+    ramp *p = find_ramp(rs, nr, sy_stmt_column_int(s, 1), &hint);
+    int64_t routed = sy_stmt_column_int(s, 2);
+    int64_t with_incidents = sy_stmt_column_int(s, 6);
+    v[vi].routed += routed;
+    v[vi].completed += sy_stmt_column_int(s, 3);
+    v[vi].in_flight += sy_stmt_column_int(s, 4);
+    v[vi].incidents += sy_stmt_column_int(s, 5);
+    v[vi].with_incidents += with_incidents;
+    if (p) {
+      p->instances[vi] += routed;
+      p->with_incidents[vi] += with_incidents;
+    }
+  }
+  if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  return 0;
+}
+
 static json_t *num(double v) {
   return isfinite(v) ? json_real(v) : json_null();
 }
@@ -345,36 +379,53 @@ static double rate_of(const vstats *v) {
   return v->routed ? (double)v->with_incidents / (double)v->routed : NAN;
 }
 
-static json_t *version_json(const vstats *v) {
+/* A version's numbers: with full 0, only those the ramp tallies keep
+ * (read_tallies). */
+static json_t *version_json(const vstats *v, int full) {
   double lo = NAN, hi = NAN;
   json_t *j;
   cv_wilson(v->with_incidents, v->routed, 1.959963984540054, &lo, &hi);
-  j = json_pack(
-      "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:[o,o], "
-      "s:I, s:I, s:{s:o, s:o}, s:o}",
-      "routed", (json_int_t)v->routed, "completed", (json_int_t)v->completed,
-      "in_flight", (json_int_t)v->in_flight, "cancelled",
-      (json_int_t)v->cancelled, "instances_with_incidents",
-      (json_int_t)v->with_incidents, "instances_with_open_incidents",
-      (json_int_t)v->with_open, "instances_with_resolved_incidents",
-      (json_int_t)(v->with_incidents - v->with_open), "incidents",
-      (json_int_t)v->incidents, "incident_rate", num(rate_of(v)),
-      "incident_rate_ci95", num(v->routed ? lo : NAN),
-      num(v->routed ? hi : NAN), "caught_errors", (json_int_t)v->caught,
-      "instances_with_caught_errors", (json_int_t)v->with_caught, "latency_ms",
-      "branch", lat_json(&v->branch), "steps", lat_json(&v->steps),
-      "retries_per_instance",
-      num(v->routed ? (double)v->retries / (double)v->routed : NAN));
-  if (j) {
-    json_object_set_new(j, "rerouted_away", json_integer(v->rerouted_out));
-    json_object_set_new(
-        j, "rerouted_in",
-        json_pack("{s:I, s:I, s:I, s:I}", "instances",
-                  (json_int_t)v->rerouted_in, "completed",
-                  (json_int_t)v->rerouted_in_completed, "in_flight",
-                  (json_int_t)v->rerouted_in_in_flight, "with_incidents",
-                  (json_int_t)v->rerouted_in_with_incidents));
+  j = json_pack("{s:I, s:I, s:I}", "routed", (json_int_t)v->routed, "completed",
+                (json_int_t)v->completed, "in_flight",
+                (json_int_t)v->in_flight);
+  if (!j) {
+    return NULL;
   }
+  if (full) {
+    json_object_set_new(j, "cancelled", json_integer(v->cancelled));
+  }
+  json_object_set_new(j, "instances_with_incidents",
+                      json_integer(v->with_incidents));
+  if (full) {
+    json_object_set_new(j, "instances_with_open_incidents",
+                        json_integer(v->with_open));
+    json_object_set_new(j, "instances_with_resolved_incidents",
+                        json_integer(v->with_incidents - v->with_open));
+  }
+  json_object_set_new(j, "incidents", json_integer(v->incidents));
+  json_object_set_new(j, "incident_rate", num(rate_of(v)));
+  json_object_set_new(
+      j, "incident_rate_ci95",
+      json_pack("[o,o]", num(v->routed ? lo : NAN), num(v->routed ? hi : NAN)));
+  if (!full) {
+    return j;
+  }
+  json_object_set_new(j, "caught_errors", json_integer(v->caught));
+  json_object_set_new(j, "instances_with_caught_errors",
+                      json_integer(v->with_caught));
+  json_object_set_new(j, "latency_ms",
+                      json_pack("{s:o, s:o}", "branch", lat_json(&v->branch),
+                                "steps", lat_json(&v->steps)));
+  json_object_set_new(
+      j, "retries_per_instance",
+      num(v->routed ? (double)v->retries / (double)v->routed : NAN));
+  json_object_set_new(j, "rerouted_away", json_integer(v->rerouted_out));
+  json_object_set_new(
+      j, "rerouted_in",
+      json_pack("{s:I, s:I, s:I, s:I}", "instances", (json_int_t)v->rerouted_in,
+                "completed", (json_int_t)v->rerouted_in_completed, "in_flight",
+                (json_int_t)v->rerouted_in_in_flight, "with_incidents",
+                (json_int_t)v->rerouted_in_with_incidents));
   return j;
 }
 
@@ -643,21 +694,23 @@ static int flag_known(cv_router *r, const char *flag, int *known) {
   return 0;
 }
 
-/* The report's document, switchyard.report/1 (NULL: out of memory). */
+/* The report's document, switchyard.report/1; with full 0, the summary
+ * of it the ramp tallies give (no schema: it is not published). NULL: out
+ * of memory. */
 static json_t *report_json(const options *o, int64_t now, const vstats v[2],
                            const cv_comparison *cmp, const char *verdict,
-                           const ramp *rs, int nr) {
+                           const ramp *rs, int nr, int full) {
   const query *q = &o->q;
   return json_pack(
-      "{s:s, s:s, s:o, s:o, s:o, s:I, s:f, s:f, s:{s:o, s:o}, "
+      "{s:s*, s:s, s:o, s:o, s:o, s:I, s:f, s:f, s:{s:o, s:o}, "
       "s:{s:o, s:o, s:o, s:s, s:s, s:s, s:o}, s:o}",
-      "schema", "switchyard.report/1", "flag", q->flag, "workflow",
-      q->workflow ? json_string(q->workflow) : json_null(), "since",
+      "schema", full ? "switchyard.report/1" : NULL, "flag", q->flag,
+      "workflow", q->workflow ? json_string(q->workflow) : json_null(), "since",
       q->since ? json_integer(q->since) : json_null(), "until",
       q->until != INT64_MAX ? json_integer(q->until) : json_null(),
       "generated_at", (json_int_t)now, "alpha", o->alpha, "min_effect_points",
-      o->min_effect, "versions", "v1", version_json(&v[0]), "v2",
-      version_json(&v[1]), "comparison", "difference_points",
+      o->min_effect, "versions", "v1", version_json(&v[0], full), "v2",
+      version_json(&v[1], full), "comparison", "difference_points",
       num(cmp->diff_points), "ratio",
       isinf(cmp->ratio) ? json_string("inf") : num(cmp->ratio), "p_value",
       num(cmp->p_value), "test", cv_method_name(cmp->method), "verdict",
@@ -672,7 +725,7 @@ static json_t *report_json(const options *o, int64_t now, const vstats v[2],
 static int print_json_report(const options *o, int64_t now, const vstats v[2],
                              const cv_comparison *cmp, const char *verdict,
                              const ramp *rs, int nr) {
-  json_t *j = report_json(o, now, v, cmp, verdict, rs, nr);
+  json_t *j = report_json(o, now, v, cmp, verdict, rs, nr, 1);
   char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
                                      JSON_REAL_PRECISION(10))
                  : NULL;
@@ -686,10 +739,11 @@ static int print_json_report(const options *o, int64_t now, const vstats v[2],
   return 0;
 }
 
-/* Reads what the report counts, in one read transaction so that every
- * number comes from the same snapshot, and compares the versions: 0, or 1
- * after saying why not. */
-static int compute(cv_router *r, const options *o, vstats v[2],
+/* Reads what the report counts (from the decisions, or with full 0 from
+ * the ramp tallies), in one read transaction so that every number comes
+ * from the same snapshot, and compares the versions: 0, or 1 after saying
+ * why not. */
+static int compute(cv_router *r, const options *o, int full, vstats v[2],
                    cv_comparison *cmp, char *verdict, size_t verdict_len,
                    ramp **rs, int *nr) {
   int rc;
@@ -697,7 +751,8 @@ static int compute(cv_router *r, const options *o, vstats v[2],
   if ((rc = cv_cmd_begin(r, CMD, 0))) {
     return rc;
   }
-  if (load_ramps(r, &o->q, rs, nr) || scan(r, &o->q, v, *rs, *nr)) {
+  if (load_ramps(r, &o->q, rs, nr) ||
+      (full ? scan : read_tallies)(r, &o->q, v, *rs, *nr)) {
     rc = cv_cmd_end(r, CMD, cv_cmd_db_error(r, CMD, "read decisions"));
   } else {
     rc = cv_cmd_end(r, CMD, 0);
@@ -718,7 +773,8 @@ static void free_stats(vstats v[2], ramp *rs) {
   free(rs);
 }
 
-json_t *cv_report_document(cv_router *r, const char *flag, int *known) {
+json_t *cv_report_document(cv_router *r, const char *flag, int full,
+                           int *known) {
   int64_t now = r->api->now_ms(r->e);
   options o = {.q = {.flag = flag, .until = INT64_MAX},
                .alpha = 0.05,
@@ -732,8 +788,8 @@ json_t *cv_report_document(cv_router *r, const char *flag, int *known) {
   if (flag_known(r, flag, known) || !*known) {
     return NULL;
   }
-  if (!compute(r, &o, v, &cmp, verdict, sizeof verdict, &rs, &nr)) {
-    j = report_json(&o, now, v, &cmp, verdict, rs, nr);
+  if (!compute(r, &o, full, v, &cmp, verdict, sizeof verdict, &rs, &nr)) {
+    j = report_json(&o, now, v, &cmp, verdict, rs, nr, full);
   }
   free_stats(v, rs);
   return j;
@@ -760,7 +816,7 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
   if (!known) {
     return usage_error("no flag '%s' (and no decisions for it)", o.q.flag);
   }
-  rc = compute(r, &o, v, &cmp, verdict, sizeof verdict, &rs, &nr);
+  rc = compute(r, &o, 1, v, &cmp, verdict, sizeof verdict, &rs, &nr);
   if (!rc) {
     if (o.json) {
       rc = print_json_report(&o, now, v, &cmp, verdict, rs, nr);

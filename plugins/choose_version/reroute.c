@@ -100,6 +100,13 @@ static int reroute(cv_router *r, const sy_retry_inst *inst, const char *flag,
   }
   /* Its incident is resolved on the version it happened on; it is in
    * flight on the other. */
+  if (c->reroutes == 0) {
+    cv_standing was = {CV_OPEN, 0, c->open_incidents};
+    cv_standing now = {CV_ENDED_OTHER, 0, 0};
+    if (cv_count_standing(r, from, c->ramp_id, &was, &now)) {
+      return -1;
+    }
+  }
   from->open_incidents -= c->open_incidents;
   from->rerouted_out++;
   into->in_flight++;

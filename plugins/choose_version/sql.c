@@ -39,6 +39,16 @@
   "SELECT workflow, flag, version, '" kind "', " CV_LATENCY_LE(col)         \
   ", count(*), sum(" col ") FROM cv_decisions WHERE outcome = 'completed' " \
   "GROUP BY 1, 2, 3, 4, 5;"
+/* The ramp tallies of the decisions recorded so far (migration 10), as
+ * report.c counts them. */
+#define CV_RAMP_TALLY_FILL                                                  \
+  "INSERT INTO cv_ramp_tallies(flag, ramp_id, workflow, version, routed, "  \
+  "completed, in_flight, incidents, with_incidents) "                       \
+  "SELECT flag, coalesce(ramp_id, 0), workflow, version, count(*), "        \
+  "sum(CASE WHEN outcome = 'completed' THEN 1 ELSE 0 END), "                \
+  "sum(CASE WHEN outcome IS NULL AND open_incidents = 0 THEN 1 ELSE 0 END)," \
+  " sum(incidents), sum(CASE WHEN incidents > 0 THEN 1 ELSE 0 END) "        \
+  "FROM cv_decisions WHERE reroutes = 0 GROUP BY 1, 2, 3, 4;"
 // clang-format on
 
 /* Migrations of the plugin's own tables, tracked in cv_meta: each moves
@@ -213,6 +223,16 @@ static const char *const migrations[] = {
      "  sum_ms INTEGER NOT NULL,"
      "  PRIMARY KEY(workflow, flag, version, kind, le));" CV_LATENCY_FILL(
          "branch", "branch_ms") CV_LATENCY_FILL("steps", "step_ms")),
+    /* 10: the report's counts per ramp step, workflow and version of the
+     * decisions routed there (not those rerouted in), kept with the
+     * counters, for the flag's page; past decisions are counted at once. */
+    ("CREATE TABLE cv_ramp_tallies("
+     "  flag TEXT NOT NULL, ramp_id INTEGER NOT NULL,"
+     "  workflow TEXT NOT NULL, version TEXT NOT NULL,"
+     "  routed INTEGER NOT NULL, completed INTEGER NOT NULL,"
+     "  in_flight INTEGER NOT NULL, incidents INTEGER NOT NULL,"
+     "  with_incidents INTEGER NOT NULL,"
+     "  PRIMARY KEY(flag, ramp_id, workflow, version));" CV_RAMP_TALLY_FILL),
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -361,6 +381,13 @@ static const char *const pg_migrations[] = {
      "  sum_ms BIGINT NOT NULL,"
      "  PRIMARY KEY(workflow, flag, version, kind, le));" CV_LATENCY_FILL(
          "branch", "branch_ms") CV_LATENCY_FILL("steps", "step_ms")),
+    ("CREATE TABLE cv_ramp_tallies("
+     "  flag TEXT NOT NULL, ramp_id BIGINT NOT NULL,"
+     "  workflow TEXT NOT NULL, version TEXT NOT NULL,"
+     "  routed BIGINT NOT NULL, completed BIGINT NOT NULL,"
+     "  in_flight BIGINT NOT NULL, incidents BIGINT NOT NULL,"
+     "  with_incidents BIGINT NOT NULL,"
+     "  PRIMARY KEY(flag, ramp_id, workflow, version));" CV_RAMP_TALLY_FILL),
 };
 _Static_assert(sizeof pg_migrations == sizeof migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -476,12 +503,24 @@ static const char *const sql_text[CVQ__COUNT] = {
         "ON CONFLICT(workflow, flag, version, kind, le) DO UPDATE SET "
         "n = cv_latency.n + excluded.n, "
         "sum_ms = cv_latency.sum_ms + excluded.sum_ms",
+    [CVQ_RAMP_TALLY_ADD] =
+        "INSERT INTO cv_ramp_tallies(workflow, flag, version, ramp_id, "
+        "routed, completed, in_flight, incidents, with_incidents) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+        "ON CONFLICT(flag, ramp_id, workflow, version) DO UPDATE SET "
+        "routed = cv_ramp_tallies.routed + excluded.routed, "
+        "completed = cv_ramp_tallies.completed + excluded.completed, "
+        "in_flight = cv_ramp_tallies.in_flight + excluded.in_flight, "
+        "incidents = cv_ramp_tallies.incidents + excluded.incidents, "
+        "with_incidents = cv_ramp_tallies.with_incidents + "
+        "excluded.with_incidents",
     /* The decisions an event concerns, read before the update: RETURNING
      * would buffer its rows in a temporary table at every event, which
      * costs more than reading them twice. */
     [CVQ_DECISIONS_OF] =
         "SELECT flag, workflow, version, incidents, open_incidents, "
-        "decided_at, base_run_ms FROM cv_decisions WHERE " OPEN_OF_INSTANCE,
+        "decided_at, base_run_ms, coalesce(ramp_id, 0), reroutes "
+        "FROM cv_decisions WHERE " OPEN_OF_INSTANCE,
     [CVQ_EV_COMPLETED] = EV_COMPLETED "WHERE " OPEN_OF_INSTANCE,
     [CVQ_EV_INCIDENT] = EV_INCIDENT "WHERE " OPEN_OF_INSTANCE,
     [CVQ_EV_RESOLVED] =
@@ -715,6 +754,13 @@ static const char *const sql_text[CVQ__COUNT] = {
         "WHERE flag = ?1 "
         "AND decided_at >= ?2 AND decided_at < ?3 "
         "AND (CAST(?4 AS TEXT) IS NULL OR workflow = ?4)",
+    /* A flag's ramp tallies, every workflow's summed (?2 NULL) or one's. */
+    [CVQ_RAMP_TALLIES] =
+        "SELECT CASE WHEN version = 'v2' THEN 1 ELSE 0 END, ramp_id, "
+        "sum(routed), sum(completed), sum(in_flight), sum(incidents), "
+        "sum(with_incidents) FROM cv_ramp_tallies WHERE flag = ?1 "
+        "AND (CAST(?2 AS TEXT) IS NULL OR workflow = ?2) "
+        "GROUP BY version, ramp_id ORDER BY ramp_id",
     [CVQ_METRICS_COUNTERS] =
         "SELECT workflow, flag, version, routed, completed, cancelled, "
         "incidents, in_flight, open_incidents FROM cv_counters "

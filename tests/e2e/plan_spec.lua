@@ -168,6 +168,7 @@ describe("rollout plans", function()
       "JOIN instances i ON i.id = d.instance_id WHERE d.reason = " ..
       "'rerouted' AND i.state = 'completed'"))
     assert.are.same(env:sql(C.RECOUNT), env:sql(C.COUNTERS))
+    assert.are.same(env:sql(C.RAMP_RECOUNT), env:sql(C.RAMP_TALLIES))
     local report = H.decode((env:ok("report", FLAG, "--json")))
     assert.are.equal(n, report.versions.v2.rerouted_away)
     assert.are.equal(n, report.versions.v1.rerouted_in.completed)

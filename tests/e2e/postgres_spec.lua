@@ -90,6 +90,8 @@ local function check_routed(url, n)
   assert.are.equal(n, scalar(url, "SELECT count(*) FROM cv_decisions"))
   assert.are.equal(A.rows_text(psql(url, A.RECOUNT)),
     A.rows_text(psql(url, A.COUNTERS)))
+  assert.are.equal(A.rows_text(psql(url, A.RAMP_RECOUNT)),
+    A.rows_text(psql(url, A.RAMP_TALLIES)))
   -- and the counts by state, summed over every connection's shard
   assert.are.equal(
     A.rows_text(psql(url, "SELECT workflow, state, count(*) FROM instances " ..

@@ -30,6 +30,7 @@ end
 
 local function assert_counters(env)
   assert.are.same(env:sql(C.RECOUNT), env:sql(C.COUNTERS))
+  assert.are.same(env:sql(C.RAMP_RECOUNT), env:sql(C.RAMP_TALLIES))
 end
 
 -- Every instance is wholly retried (ready, a new generation, its incident

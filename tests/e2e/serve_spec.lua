@@ -338,7 +338,7 @@ describe("switchyard serve", function()
     assert_histograms(parse_metrics(text), env, report)
   end)
 
-  it("sorts past decisions into the histograms when it adds them", function()
+  it("sorts past decisions into the histograms and ramp tallies when it adds them", function()
     -- the buckets' bounds, in ms, as /metrics gives them
     local _, text = request(base, "GET", "/metrics")
     local bounds = {}
@@ -347,10 +347,11 @@ describe("switchyard serve", function()
         bounds[#bounds + 1] = math.floor(tonumber(s.labels.le) * 1000 + 0.5)
       end
     end
-    -- a database from before the histograms (no cv_latency, schema 8)
-    -- whose decisions took times on and just past the bounds
+    -- a database from before the histograms (no cv_latency, no
+    -- cv_ramp_tallies: schema 8) whose decisions took times on and just
+    -- past the bounds
     local old = env:frozen()
-    H.db_exec(old.db, "drop table cv_latency; "
+    H.db_exec(old.db, "drop table cv_latency; drop table cv_ramp_tallies; "
       .. "update cv_meta set value = 8 where key = 'schema_version'; "
       .. "update cv_decisions set branch_ms = case instance_id % 4 when 0 "
       .. "then 5 when 1 then 6 when 2 then 60000 else 604800001 end, step_ms = "
@@ -380,6 +381,10 @@ describe("switchyard serve", function()
     end
     assert.is_true(next(want) ~= nil)
     assert.are.same(want, got)
+    -- and migration 10 counted the decisions into the ramp tallies
+    local C = dofile(H.repo .. "/tests/lua/counters.lua")
+    assert.are.same(old:sql(C.RAMP_RECOUNT), old:sql(C.RAMP_TALLIES))
+    assert.is_true(#old:sql(C.RAMP_TALLIES) >= 2)
   end)
 
   it("passes promtool's check of /metrics", function()

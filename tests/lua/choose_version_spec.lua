@@ -702,6 +702,7 @@ describe("per-version counters", function()
     end)
     local recount, counters = e:sql(RECOUNT), e:sql(COUNTERS)
     assert.are.same(recount, counters)
+    assert.are.same(e:sql(C.RAMP_RECOUNT), e:sql(C.RAMP_TALLIES))
     -- The scenario covered every column.
     local total = {}
     for _, r in ipairs(counters) do
@@ -799,6 +800,7 @@ describe("a decision's step time and retries", function()
       "ALTER TABLE cv_counters DROP COLUMN caught;" ..
       "DROP TABLE journal; DROP TABLE signals;" ..
       "DROP TABLE cv_plans; DROP TABLE cv_plan_evals; DROP TABLE cv_latency;" ..
+      "DROP TABLE cv_ramp_tallies;" ..
       "DROP TABLE cv_outbox; DROP TABLE cv_notify_targets;" ..
       "ALTER TABLE cv_audit DROP COLUMN numbers;" ..
       "DROP INDEX cv_decisions_instance;" ..
@@ -845,6 +847,10 @@ describe("a decision's step time and retries", function()
       assert.are.equal(2, r.retries)
       assert.are.equal(r.re, r.retries)
     end
+    -- migration 10 counted the decisions it found into the ramp tallies,
+    -- and the retries moved them on
+    local C = require "counters"
+    assert.are.same(e:sql(C.RAMP_RECOUNT), e:sql(C.RAMP_TALLIES))
     e:close()
   end)
 end)

@@ -1,5 +1,5 @@
--- What every cv_counters row must equal, recounted from the decisions,
--- the instances and the incidents (choose_version_spec, the fault
+-- What every cv_counters row (and cv_ramp_tallies row) must equal,
+-- recounted from the decisions, the instances and the incidents (choose_version_spec, the fault
 -- harness's audit, postgres_spec). In flight excludes instances waiting in
 -- an incident. The same text on both databases: CASE rather than a sum of
 -- comparisons (PostgreSQL's booleans do not add up), and the sums of
@@ -41,5 +41,29 @@ C.COUNTERS = [[
   SELECT workflow, flag, version, routed, completed, cancelled, in_flight,
     with_incidents, incidents, open_incidents, rerouted_in, rerouted_out
   FROM cv_counters ORDER BY workflow, flag, version]]
+
+-- What every cv_ramp_tallies row must equal: the decisions routed (not
+-- rerouted in) per flag, ramp step, workflow and version, counted the way
+-- the report counts them, from the instances and incidents.
+C.RAMP_RECOUNT = [[
+  SELECT d.flag, coalesce(d.ramp_id, 0) AS ramp_id, d.workflow, d.version,
+    count(*) AS routed,
+    sum(CASE WHEN i.state = 'completed' AND ]] .. KEPT .. [[
+        THEN 1 ELSE 0 END) AS completed,
+    sum(CASE WHEN i.state NOT IN ('completed', 'cancelled', 'incident')
+        AND ]] .. KEPT .. [[ THEN 1 ELSE 0 END) AS in_flight,
+    CAST(sum((SELECT count(*) FROM incidents n WHERE ]] .. OF_D .. [[))
+      AS INTEGER) AS incidents,
+    sum(CASE WHEN EXISTS (SELECT 1 FROM incidents n WHERE ]] .. OF_D .. [[)
+        THEN 1 ELSE 0 END) AS with_incidents
+  FROM cv_decisions d JOIN instances i ON i.id = d.instance_id
+  WHERE d.reroutes = 0
+  GROUP BY d.flag, coalesce(d.ramp_id, 0), d.workflow, d.version
+  ORDER BY 1, 2, 3, 4]]
+
+C.RAMP_TALLIES = [[
+  SELECT flag, ramp_id, workflow, version, routed, completed, in_flight,
+    incidents, with_incidents
+  FROM cv_ramp_tallies ORDER BY 1, 2, 3, 4]]
 
 return C
