@@ -273,11 +273,13 @@ static void put_ramp_chart(out *o, json_t *doc) {
        left + 180, h + 12, left + 194, h + 21);
 }
 
-/* The plan: where it is, what it waits for, its last evaluations. */
-static int put_plan(cv_router *r, out *o, const char *flag) {
+/* The plan: where it is, what it waits for (*gate: an approval), its last
+ * evaluations. */
+static int put_plan(cv_router *r, out *o, const char *flag, int *gate) {
   int have = 0;
   json_t *p = cv_plan_document(r, flag, &have), *e;
   size_t i;
+  *gate = 0;
   if (!p) {
     return have ? SY_ESTORE : 0;
   }
@@ -293,7 +295,7 @@ static int put_plan(cv_router *r, out *o, const char *flag) {
        num(p, "held_ms") / 1000, num(p, "hold_ms") / 1000,
        num(json_object_get(p, "at_this_step"), "v1"),
        num(json_object_get(p, "at_this_step"), "v2"), num(p, "min_instances"));
-  if (json_is_true(json_object_get(p, "awaiting_approval"))) {
+  if ((*gate = json_is_true(json_object_get(p, "awaiting_approval")))) {
     put(o, "; <strong id=\"gate\">the next step waits for approval</strong>");
   }
   put(o,
@@ -384,7 +386,8 @@ static int put_audit(cv_router *r, out *o, const char *flag) {
 }
 
 /* The flag page's changes: the API's POST with the token typed in, the
- * answer shown, the page read again after a change. */
+ * answer shown, the page read again after a change. Approving is offered
+ * only while the plan waits at a gate (change_approve). */
 static const char change_form[] =
     "<h2>Change</h2><form id=\"change\" onsubmit=\"return false\"><p>"
     "<label>Rate <input id=\"rate\" size=\"8\" placeholder=\"5%\">"
@@ -393,8 +396,10 @@ static const char change_form[] =
     "autocomplete=\"off\"></label></p><p>"
     "<button data-action=\"rate\">Set the rate</button> "
     "<button data-action=\"kill\">Kill (all to v1)</button> "
-    "<button data-action=\"unkill\">Unkill</button> "
-    "<button data-action=\"approve\">Approve the plan's gate</button> "
+    "<button data-action=\"unkill\">Unkill</button> ";
+static const char change_approve[] =
+    "<button data-action=\"approve\">Approve the plan's gate</button> ";
+static const char change_script[] =
     "<output id=\"result\"></output></p></form>\n"
     "<script>\n"
     "document.getElementById('change').addEventListener('click', async "
@@ -419,7 +424,7 @@ static const char change_form[] =
     "</script>\n";
 
 static int flag_page(cv_router *r, out *o, const char *flag, int json) {
-  int known = 0, rc = 0;
+  int known = 0, rc = 0, gate = 0;
   json_t *doc = cv_report_document(r, flag, json, &known);
   char msg[300];
   if (!doc) {
@@ -446,9 +451,13 @@ static int flag_page(cv_router *r, out *o, const char *flag, int json) {
     put_version_rows(o, doc);
     put_ramp_chart(o, doc);
     put_ramps(o, doc);
-    put(o, change_form);
-    if (!(rc = put_plan(r, o, flag)) && !(rc = put_overrides(r, o, flag))) {
-      rc = put_audit(r, o, flag);
+    if (!(rc = put_plan(r, o, flag, &gate))) {
+      put(o, change_form);
+      put(o, gate ? change_approve : "");
+      put(o, change_script);
+      if (!(rc = put_overrides(r, o, flag))) {
+        rc = put_audit(r, o, flag);
+      }
     }
     putf(o, "<p><a href=\"/api/flags/");
     put_html(o, flag);
