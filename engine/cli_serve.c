@@ -414,31 +414,51 @@ static enum MHD_Result api(server *sv, struct MHD_Connection *conn,
  * fetched from elsewhere; the one script is the incidents page's actions),
  * so a page shows what the API says. */
 
-/* Text as HTML: &, <, >, " and ' escaped. */
-static void put_html(text *t, const char *s) {
-  char buf[2] = {0, 0};
-  for (const char *p = s ? s : ""; *p; p++) {
+/* Text as HTML: &, <, >, " and ' escaped (plugins' pages too, through
+ * sy_http_response.put_html). Runs of plain bytes go out in one piece. */
+static void put_escaped(void *ud, const char *s) {
+  char run[256];
+  size_t n = 0;
+  for (const char *p = s ? s : "";; p++) {
+    const char *e = NULL;
     switch (*p) {
       case '&':
-        put(t, "&amp;");
+        e = "&amp;";
         break;
       case '<':
-        put(t, "&lt;");
+        e = "&lt;";
         break;
       case '>':
-        put(t, "&gt;");
+        e = "&gt;";
         break;
       case '"':
-        put(t, "&quot;");
+        e = "&quot;";
         break;
       case '\'':
-        put(t, "&#39;");
+        e = "&#39;";
+        break;
+      case '\0':
+        e = "";
         break;
       default:
-        buf[0] = *p;
-        put(t, buf);
+        run[n++] = *p;
+    }
+    if (e || n == sizeof run - 1) {
+      run[n] = '\0';
+      put(ud, run);
+      n = 0;
+    }
+    if (e) {
+      if (!*p) {
+        return;
+      }
+      put(ud, e);
     }
   }
+}
+
+static void put_html(text *t, const char *s) {
+  put_escaped(t, s);
 }
 
 static void put_fmt(text *t, const char *fmt, ...)
@@ -1014,7 +1034,8 @@ static enum MHD_Result plugin_page(server *sv, struct MHD_Connection *conn,
                                    const char *url, const char *method) {
   text t = {0};
   sy_http_request req = {method, url, plugin_query, conn};
-  sy_http_response resp = {.status = MHD_HTTP_OK, .put = put, .ud = &t};
+  sy_http_response resp = {
+      .status = MHD_HTTP_OK, .put = put, .put_html = put_escaped, .ud = &t};
   enum MHD_Result ok;
   int rc;
   resp.title[0] = '\0';

@@ -29,31 +29,8 @@ static void putf(out *o, const char *fmt, ...) {
   put(o, buf);
 }
 
-/* Text as HTML. */
 static void put_html(out *o, const char *s) {
-  char buf[2] = {0, 0};
-  for (const char *p = s ? s : ""; *p; p++) {
-    switch (*p) {
-      case '&':
-        put(o, "&amp;");
-        break;
-      case '<':
-        put(o, "&lt;");
-        break;
-      case '>':
-        put(o, "&gt;");
-        break;
-      case '"':
-        put(o, "&quot;");
-        break;
-      case '\'':
-        put(o, "&#39;");
-        break;
-      default:
-        buf[0] = *p;
-        put(o, buf);
-    }
-  }
+  o->put_html(o->ud, s);
 }
 
 static int error_page(out *o, int status, const char *msg, int json) {

@@ -218,6 +218,9 @@ describe("switchyard serve", function()
     env:ok("rollout", "plan", "gated", "--steps", "10%,50%,100%", "--gate", "50%",
       "--reason", "a gated plan")
     env:ok("rollout", "allow", "gated", "<vip>", "--reason", "tests v2 first")
+    -- a reason longer than the escaper's buffer, escapes on either side
+    local long = string.rep("a", 300) .. '"&' .. string.rep("b", 300)
+    env:ok("rollout", "allow", "gated", "someone", "--reason", long)
     local code, html = request(base, "GET", "/flags/gated")
     assert.equal(200, code)
     local plan = assert(html:match('<p id="plan">(.-)</p>'), "no plan")
@@ -227,6 +230,8 @@ describe("switchyard serve", function()
     local overrides = assert(html:match('<table id="overrides">(.-)</table>'))
     assert.matches("<td>&lt;vip&gt;</td><td>allow</td>", overrides, 1, true)
     assert.matches("tests v2 first", overrides, 1, true)
+    assert.matches("<td>" .. string.rep("a", 300) .. "&quot;&amp;" ..
+      string.rep("b", 300) .. "</td>", overrides, 1, true)
     -- without the token: refused, nothing changes
     local before = env:snapshot()
     assert.equal(401, (request(base, "POST", "/api/flags/gated/approve?reason=go")))

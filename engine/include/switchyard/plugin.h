@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 9
+#define SY_PLUGIN_ABI 10
 
 /* Error codes: negative, from one list so that a code, its name and its
  * message never drift apart. sy_api functions that return an int return 0
@@ -429,6 +429,9 @@ typedef struct sy_http_response {
                                navigation) titled `title` */
   char title[128];
   void (*put)(void *ud, const char *text); /* appends to the body */
+  /* Appends text escaped for HTML (&, <, >, " and '): the engine's own
+   * escaping, for every page alike. */
+  void (*put_html)(void *ud, const char *text);
   void *ud;
 } sy_http_response;
 
