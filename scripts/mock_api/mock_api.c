@@ -68,6 +68,17 @@
  *   u3, u4: latency (below), by Box-Muller.
  *   u5: score = floor((1 - u5) * 10000) / 10000, in [0, 1); verified iff
  *       score >= 0.2 (so about 80% are verified).
+ * Subjects. A request whose "subject" is a string gets the subject's score
+ * and verdict instead of u5's, the same from both versions (a person is who
+ * they are, whichever vendor checks):
+ *   key   = "subject" NUL subject;  state as above
+ *   u, d  = the next two outputs, as doubles in (0, 1]
+ *   score = floor((1 - u) * 10000) / 10000; verified iff score >= 0.2.
+ * v2 disagrees on the subjects with d <= --v2-disagree-rate: its score is
+ * moved across the threshold ([0.2, 1) onto [0, 0.2) and back, in order),
+ * so its verdict is the other one. A rate of 0.05 is 5% of subjects, the
+ * same ones whatever else is asked, and raising it only adds subjects.
+ *
  * The same request_id therefore always gets the same answer, also from
  * another process with the same seed: a client that retries should put the
  * attempt in the request_id if a retry is to see a fresh draw. A request
@@ -144,6 +155,7 @@ typedef struct mock_cfg {
   double large_body_kb;
   int verbose;
   double notify_error_rate;
+  double v2_disagree_rate;
   mock_version_cfg v[2];
 } mock_cfg;
 
@@ -257,6 +269,31 @@ static void decide(const mock_cfg *cfg, int version, const char *kind,
   out->latency_ms = floor(latency * 10.0 + 0.5) / 10.0;
   out->score = floor((1.0 - u5) * 10000.0) / 10000.0;
   out->verified = out->score >= MOCK_VERIFIED_MIN_SCORE;
+}
+
+/* A request with a subject: its score and verdict are the subject's, the
+ * same from both versions, except that v2 gives the other verdict for the
+ * share --v2-disagree-rate of subjects (its score then moved across the
+ * threshold, keeping their order); see "Subjects" at the top. */
+static void judge_subject(const mock_cfg *cfg, int version, const char *subject,
+                          size_t len, mock_outcome *out) {
+  uint64_t h = UINT64_C(0xcbf29ce484222325);
+  h = fnv1a64(h, "subject", 8); /* with its NUL */
+  h = fnv1a64(h, subject, len);
+  uint64_t seed = cfg->seed;
+  uint64_t state = h ^ splitmix64(&seed);
+  double u = unit(&state);
+  double d = unit(&state);
+  double score = floor((1.0 - u) * 10000.0) / 10000.0;
+  const double t = MOCK_VERIFIED_MIN_SCORE;
+  if (version == MOCK_V2 && d <= cfg->v2_disagree_rate) {
+    /* [t, 1) onto [0, t) and [0, t) onto [t, 1) */
+    score =
+        score >= t ? (score - t) / (1.0 - t) * t : t + score / t * (1.0 - t);
+    score = floor(score * 10000.0) / 10000.0;
+  }
+  out->score = score;
+  out->verified = score >= t;
 }
 
 /* ---- counters --------------------------------------------------------- */
@@ -569,6 +606,11 @@ static enum MHD_Result verify(mock_server *s, int version,
         error_body("bad_request", "request_id must be a string or null"), NULL,
         NULL);
   }
+  json_t *subject = json_object_get(root, "subject");
+  if (json_is_string(subject)) {
+    judge_subject(&s->cfg, version, json_string_value(subject),
+                  json_string_length(subject), &out);
+  }
   int large = json_is_true(json_object_get(root, "large"));
   json_decref(root);
 
@@ -770,6 +812,8 @@ static void usage(FILE *f) {
         "  --v2-error-rate R, --v2-hang-rate R, --v2-latency-ms MS,\n"
         "  --v2-latency-jitter-ms J the same for v2\n"
         "  --notify-error-rate R    share of POST /notify answered 503\n"
+        "  --v2-disagree-rate R     share of subjects whose v2 verdict is not\n"
+        "                           v1's (0..1, default 0)\n"
         "  --verbose                log each verify request on stderr\n"
         "  -h, --help               show this help and exit\n"
         "\n"
@@ -784,7 +828,9 @@ static void usage(FILE *f) {
         "verified and score) is a pure function of (seed, version,\n"
         "request_id): FNV-1a-64 of the version and request_id, mixed with the\n"
         "seed by splitmix64. Requests without request_id use a per-version\n"
-        "counter instead, which depends on arrival order. Errors wait their\n"
+        "counter instead, which depends on arrival order. With a subject,\n"
+        "score and verified are the subject's, the same from v1 and v2 but\n"
+        "for the share --v2-disagree-rate of subjects. Errors wait their\n"
         "latency; hangs answer nothing and close when the client gives up,\n"
         "after --hang-seconds, or when the mock stops.\n"
         "\n"
@@ -921,6 +967,7 @@ static int parse_args(int argc, char **argv, mock_cfg *cfg) {
       {"--v2-latency-ms", OPT_MS, &cfg->v[1].latency_ms},
       {"--v2-latency-jitter-ms", OPT_MS, &cfg->v[1].jitter_ms},
       {"--notify-error-rate", OPT_RATE, &cfg->notify_error_rate},
+      {"--v2-disagree-rate", OPT_RATE, &cfg->v2_disagree_rate},
       {"--verbose", OPT_FLAG, &cfg->verbose},
       {"--help", OPT_HELP, NULL},
       {"-h", OPT_HELP, NULL},

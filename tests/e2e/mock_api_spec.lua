@@ -408,6 +408,62 @@ describe("switchyard-mock", function()
       assert.is_false(s1 == s2 and b1:gsub("v1", "v2") == b2)
     end)
 
+  it("gives a subject one verdict from both versions, but for the " ..
+    "--v2-disagree-rate share of subjects, the same ones in any process",
+    function()
+      local function verdicts(m, version, prefix)
+        local got = {}
+        local same_subject = function(id)
+          return { subject = "subject-" .. id:match("(%d+)$") }
+        end
+        for _, r in pairs(batch(m, version, ids(prefix, 400),
+          { body = same_subject })) do
+          local b = decode(r.body)
+          assert.are.equal(200, r.code, r.body)
+          assert.are.equal(b.score >= 0.2, b.verified, r.body)
+          got[b.request_id:match("(%d+)$")] = b
+        end
+        return got
+      end
+      -- which of subject-1..400 v2 judges otherwise than v1; each asked
+      -- twice, under other request ids (a verdict is the subject's)
+      local function disagreements(m)
+        local v1, v2 = verdicts(m, "v1", "a-"), verdicts(m, "v2", "b-")
+        local again = verdicts(m, "v2", "c-")
+        local set, n, verified = {}, 0, 0
+        for k, a in pairs(v1) do
+          assert.are.equal(v2[k].score, again[k].score, "subject-" .. k)
+          assert.are.equal(v2[k].verified, again[k].verified)
+          verified = verified + (a.verified and 1 or 0)
+          if a.verified ~= v2[k].verified then
+            set[k], n = true, n + 1
+          else
+            assert.are.equal(a.score, v2[k].score, "subject-" .. k)
+          end
+        end
+        return set, n, verified
+      end
+      local none, n0, verified = disagreements(start_mock({ "--seed", "5" }))
+      assert.are.equal(0, n0)
+      assert.is_nil(next(none))
+      within(verified, 400, 0.8, 5, "verified subjects")
+      local low, nl = disagreements(start_mock({ "--seed", "5",
+        "--v2-disagree-rate", "0.1" }))
+      local high, nh = disagreements(start_mock({ "--seed", "5",
+        "--v2-disagree-rate", "0.3" }))
+      local same = disagreements(start_mock({ "--seed", "5",
+        "--v2-disagree-rate", "0.3" }))
+      within(nl, 400, 0.1, 5, "disagreements at 0.1")
+      within(nh, 400, 0.3, 5, "disagreements at 0.3")
+      assert.are.same(high, same)
+      -- raising the rate only adds subjects
+      for k in pairs(low) do
+        assert.is_true(high[k], "subject-" .. k)
+      end
+      print(string.format("# 400 subjects: %d verified; v2 disagrees on " ..
+        "%d at 0.1, %d at 0.3", verified, nl, nh))
+    end)
+
   it("changes which requests fail with the seed, not their share",
     function()
       local a = start_mock({ "--seed", "1", "--v1-error-rate", "0.5" })
@@ -620,6 +676,7 @@ describe("switchyard-mock", function()
         { { "--seed", "-1" }, "--seed" },
         { { "--seed", "18446744073709551616" }, "--seed" },
         { { "--v1-error-rate", "1.5" }, "--v1-error-rate" },
+        { { "--v2-disagree-rate", "2" }, "--v2-disagree-rate" },
         { { "--v2-error-rate", "often" }, "--v2-error-rate" },
         { { "--v2-hang-rate=-0.1" }, "--v2-hang-rate" },
         { { "--v1-hang-rate", "nan" }, "--v1-hang-rate" },
@@ -654,7 +711,8 @@ describe("switchyard-mock", function()
         "--hang-seconds", "--large-body-kb", "--v1-error-rate",
         "--v1-hang-rate", "--v1-latency-ms", "--v1-latency-jitter-ms",
         "--v2-error-rate", "--v2-hang-rate", "--v2-latency-ms",
-        "--v2-latency-jitter-ms", "log-normal", "/stats" }) do
+        "--v2-latency-jitter-ms", "--v2-disagree-rate", "log-normal",
+        "/stats" }) do
         has(help, o, "--help")
       end
     end)
