@@ -647,8 +647,10 @@ typedef struct step_counts {
 
 typedef struct graph_ctx {
   text *dot;
+  const sy_workflow *wf;
   step_counts *c;
   int n;
+  int rc; /* an edge's note failed (SY_E*) */
 } graph_ctx;
 
 static step_counts *counts_of(graph_ctx *g, const char *step) {
@@ -666,6 +668,8 @@ static void put_dot(text *t, const char *s) {
   for (const char *p = s ? s : ""; *p; p++) {
     if (*p == '"' || *p == '\\') {
       put(t, *p == '"' ? "\\\"" : "\\\\");
+    } else if (*p == '\n') {
+      put(t, "\\n"); /* a line break in a label */
     } else if ((unsigned char)*p >= 0x20) {
       buf[0] = *p;
       put(t, buf);
@@ -673,9 +677,17 @@ static void put_dot(text *t, const char *s) {
   }
 }
 
+/* An edge, labelled but for a plain next, with what the node it leaves
+ * says of it (a plugin's edge_note) on a second line. */
 static void dot_edge(void *ud, const char *from, const char *to,
                      const char *label) {
   graph_ctx *g = ud;
+  const sy_step *s = sy_workflow_step(g->wf, from);
+  char note[200] = "";
+  if (s && s->node && s->node->type->edge_note && !g->rc) {
+    g->rc = s->node->type->edge_note(s->node->plugin->state, s->node_data,
+                                     g->wf->name, label, note, sizeof note);
+  }
   put(g->dot, "  \"");
   put_dot(g->dot, from);
   put(g->dot, "\" -> \"");
@@ -684,6 +696,10 @@ static void dot_edge(void *ud, const char *from, const char *to,
   if (strcmp(label, "next") != 0) {
     put(g->dot, " [label=\"");
     put_dot(g->dot, label);
+    if (note[0]) {
+      put(g->dot, "\\n");
+      put_dot(g->dot, note);
+    }
     put(g->dot, "\", fontcolor=\"#555555\"]");
   }
   put(g->dot, ";\n");
@@ -864,7 +880,14 @@ static enum MHD_Result page_workflow(server *sv, struct MHD_Connection *conn,
     free(t.s);
     return store_failed(sv, conn);
   }
+  g.wf = wf;
   graph_dot(sv, wf, &g);
+  if (g.rc) {
+    free(g.c);
+    free(dot.s);
+    free(t.s);
+    return store_failed(sv, conn);
+  }
   svg = dot.failed ? NULL : render_svg(sv, dot.s);
   put_fmt(&t, "<h2>Definition <code>%.12s</code></h2>\n<div id=\"graph\">",
           hash);

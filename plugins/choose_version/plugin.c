@@ -438,13 +438,48 @@ static void check_node(void *plugin, const void *data, char *warn, size_t len) {
   }
 }
 
+/* The graph's note on the edge to a version: what the report counts of
+ * the instances this workflow routed there (the ramp tallies). */
+static int edge_note(void *plugin, const void *data, const char *workflow,
+                     const char *option, char *note, size_t len) {
+  cv_router *r = plugin;
+  const cv_node *n = data;
+  sy_stmt *s = cv_stmt(r, CVQ_RAMP_TALLIES);
+  int64_t routed = 0, with = 0;
+  int rc, v2 = strcmp(option, "v2") == 0;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  sy_stmt_bind_text(s, 1, n->flag);
+  sy_stmt_bind_text(s, 2, workflow);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    if (sy_stmt_column_int(s, 0) == v2) {
+      routed += sy_stmt_column_int(s, 2);
+      with += sy_stmt_column_int(s, 6);
+    }
+  }
+  sy_stmt_reset(s);
+  if (rc != SY_DONE) {
+    return SY_ESTORE;
+  }
+  if (routed) {
+    snprintf(note, len, "%lld routed\n%lld with incidents (%.1f%%)",
+             (long long)routed, (long long)with,
+             100.0 * (double)with / (double)routed);
+  } else {
+    snprintf(note, len, "none routed");
+  }
+  return 0;
+}
+
 static const sy_node_type nodes[] = {{.name = "choose_version",
                                       .compile = compile,
                                       .free_node = free_node,
                                       .options = node_options,
                                       .step_options = node_step_options,
                                       .execute = execute,
-                                      .check = check_node},
+                                      .check = check_node,
+                                      .edge_note = edge_note},
                                      {0}};
 
 static const sy_ctx_fn ctx_fns[] = {{.name = "version", .call = fn_version},

@@ -144,13 +144,22 @@ describe("switchyard serve", function()
     assert.equal(400, (request(base, "GET", "/instances/x")))
   end)
 
-  it("draws a workflow's graph with the instances and incidents at each step", function()
+  it("draws a workflow's graph with the instances and incidents at each step, and each version's on its edge", function()
     local code, html = request(base, "GET", "/workflows/counted")
     assert.equal(200, code)
     assert.matches("<svg", html, 1, true)
-    -- the edges of the choose_version node, labelled by version
-    assert.matches(">v1</text>", html, 1, true)
-    assert.matches(">v2</text>", html, 1, true)
+    -- the edges of the choose_version node, labelled by version, with what
+    -- the report counts of this workflow's instances routed there
+    local report = cli_json(env, "report", "checkout", "--workflow", "counted")
+    for _, v in ipairs { "v1", "v2" } do
+      local r = report.versions[v]
+      assert.is_true(r.routed > 0, v)
+      assert.matches(">" .. v .. "</text>", html, 1, true)
+      assert.matches(string.format(">%d routed</text>", r.routed), html, 1, true)
+      assert.matches(string.format(">%d with incidents (%.1f%%)</text>",
+        r.instances_with_incidents, 100 * r.instances_with_incidents / r.routed),
+        html, 1, true)
+    end
     for _, step in ipairs { "route", "old", "new" } do
       local row = html:match('<tr data%-step="' .. step .. '">(.-)</tr>')
       assert.is_string(row, step)

@@ -369,6 +369,14 @@ typedef struct sy_node_type {
    * warn, or leaves it empty. */
   void (*check)(void *plugin, const void *node_data, char *warn,
                 size_t warnlen);
+  /* Optional, for `switchyard serve`'s graph of a workflow: a few words
+   * about the edge this node leaves by through step option `option`, for
+   * every definition of the workflow (choose_version: "14 routed\n2 with
+   * incidents (14.3%)"), written into note as plain text, '\n' between
+   * lines (the engine escapes it), or note left empty. Reads only, outside any transaction.
+   * 0, or an SY_E* code: the page fails. */
+  int (*edge_note)(void *plugin, const void *node_data, const char *workflow,
+                   const char *option, char *note, size_t notelen);
 } sy_node_type;
 
 /* A function steps call as `ctx.<name>(args)`. The single argument is
