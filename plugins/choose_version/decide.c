@@ -170,7 +170,8 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
   }
   c->routed++;
   c->in_flight++;
-  return cv_count_standing(r, c, d->ramp_id, NULL, &(cv_standing){CV_OPEN});
+  return cv_count_standing(r, c, d->ramp_id, NULL,
+                           &(cv_standing){CV_OPEN, 0, 0});
 }
 
 int cv_route(cv_router *r, int64_t tx, const cv_request *req,
