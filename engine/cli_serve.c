@@ -527,6 +527,8 @@ static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
   json_t *status = sy__cli_status_json(st), *counts;
   const char *wf;
   text t = {.sv = sv};
+  sy_http_response resp = {
+      .status = MHD_HTTP_OK, .put = put, .put_html = put_escaped, .ud = &t};
   sy_stmt *s;
   if (!status) {
     return store_failed(sv, conn);
@@ -557,8 +559,15 @@ static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
     }
     put(&t, "</tr>\n");
   }
+  put(&t, "</table>\n");
+  json_decref(status);
+  if (sy_plugins_overview(sy_engine_plugins(sv->e), &resp)) {
+    free(t.s);
+    return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                      "/ failed: see serve's log");
+  }
   put(&t,
-      "</table>\n<h2>Engines</h2><table id=\"engines\"><tr><th>engine"
+      "<h2>Engines</h2><table id=\"engines\"><tr><th>engine"
       "</th><th>host</th><th>pid</th><th>started</th><th>last heartbeat"
       "</th><th>leases held</th></tr>\n");
   /* Leases: running instances, found through the index on state. */
@@ -584,7 +593,6 @@ static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
   }
   sy_stmt_finalize(s);
   put(&t, "</table>\n");
-  json_decref(status);
   return send_page(conn, &t);
 }
 

@@ -445,6 +445,18 @@ int sy_plugins_serve(sy_plugins *p, const sy_http_request *req,
   return SY_ENOTFOUND;
 }
 
+int sy_plugins_overview(sy_plugins *p, sy_http_response *resp) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    int rc;
+    if (lp->initialized && lp->def->serve && lp->def->overview &&
+        (rc = lp->def->overview(lp->state, resp))) {
+      return rc;
+    }
+  }
+  return 0;
+}
+
 void sy_plugins_pages(sy_plugins *p,
                       void (*cb)(void *ud, const char *path, const char *label),
                       void *ud) {

@@ -53,33 +53,105 @@ static int error_page(out *o, int status, const char *msg, int json) {
 }
 
 /* /flags: each flag with its rate and what each version got. */
-static int flags_page(cv_router *r, out *o) {
+/* A flag's row in the flags' table: its plan (cv_plan_document) and its
+ * verdict (the report's, from the ramp tallies). */
+static int put_flag_row(cv_router *r, out *o, const char *name, int64_t rate,
+                        int killed) {
+  int have = 0, known = 0;
+  json_t *plan = cv_plan_document(r, name, &have), *report, *cmp;
+  if (!plan && have) {
+    return SY_ESTORE;
+  }
+  if (!(report = cv_report_document(r, name, 0, &known)) && known) {
+    json_decref(plan);
+    return SY_ESTORE;
+  }
+  put(o, "<tr><td><a href=\"/flags/");
+  put_html(o, name);
+  put(o, "\">");
+  put_html(o, name);
+  putf(o, "</a></td><td class=\"n\">%g%%</td><td>%s</td><td data-plan>",
+       (double)rate / 1e4, killed ? "<b class=\"incident\">killed</b>" : "off");
+  if (plan) {
+    put_html(o, json_string_value(json_object_get(plan, "state")));
+    putf(o, ", step %lld of ",
+         (long long)json_integer_value(json_object_get(plan, "step")));
+    put_html(o, json_string_value(json_object_get(plan, "steps")));
+    if (json_is_true(json_object_get(plan, "awaiting_approval"))) {
+      put(o, ", <b>awaiting approval</b>");
+    }
+  } else {
+    put(o, "none");
+  }
+  cmp = json_object_get(report, "comparison");
+  put(o, "</td><td data-verdict=\"");
+  put_html(o, json_string_value(json_object_get(cmp, "verdict")));
+  put(o, "\">");
+  put_html(o, json_string_value(json_object_get(cmp, "verdict_text")));
+  put(o, "</td></tr>\n");
+  json_decref(plan);
+  json_decref(report);
+  return 0;
+}
+
+/* The flags that are not retired: rate, kill switch, plan and verdict. */
+static int put_flags(cv_router *r, out *o) {
   sy_stmt *f = cv_stmt(r, CVQ_METRICS_FLAGS);
+  struct {
+    char *name;
+    int64_t rate;
+    int killed;
+  } *rows = NULL;
+  size_t n = 0, cap = 0;
+  int rc;
+  if (!f) {
+    return SY_ESTORE;
+  }
+  /* Read first: each row's plan and report read the database too. */
+  while ((rc = sy_stmt_step(f)) == SY_ROW) {
+    if (n == cap) {
+      void *more = realloc(rows, (cap = cap ? 2 * cap : 16) * sizeof *rows);
+      if (!more) {
+        rc = SY_ENOMEM;
+        break;
+      }
+      rows = more;
+    }
+    if (!(rows[n].name = strdup(sy_stmt_column_text(f, 0)))) {
+      rc = SY_ENOMEM;
+      break;
+    }
+    rows[n].rate = sy_stmt_column_int(f, 1);
+    rows[n++].killed = (int)sy_stmt_column_int(f, 2);
+  }
+  sy_stmt_reset(f);
+  rc = rc == SY_DONE ? 0 : rc == SY_ENOMEM ? rc : SY_ESTORE;
+  put(o,
+      "<table id=\"flags\"><tr><th>flag</th><th>rate</th>"
+      "<th>kill switch</th><th>plan</th><th>verdict</th></tr>\n");
+  for (size_t i = 0; i < n; i++) {
+    if (!rc) {
+      rc = put_flag_row(r, o, rows[i].name, rows[i].rate, rows[i].killed);
+    }
+    free(rows[i].name);
+  }
+  free(rows);
+  put(o, "</table>\n");
+  return rc;
+}
+
+static int flags_page(cv_router *r, out *o) {
   sy_stmt *c = cv_stmt(r, CVQ_METRICS_COUNTERS);
   int rc;
-  if (!f || !c) {
+  if (!c) {
     return SY_ESTORE;
   }
   snprintf(o->title, sizeof o->title, "Flags");
-  put(o,
-      "<table id=\"flags\"><tr><th>flag</th><th>rate</th>"
-      "<th>kill switch</th></tr>\n");
-  while ((rc = sy_stmt_step(f)) == SY_ROW) {
-    const char *name = sy_stmt_column_text(f, 0);
-    put(o, "<tr><td><a href=\"/flags/");
-    put_html(o, name);
-    put(o, "\">");
-    put_html(o, name);
-    putf(o, "</a></td><td class=\"n\">%g%%</td><td>%s</td></tr>\n",
-         (double)sy_stmt_column_int(f, 1) / 1e4,
-         sy_stmt_column_int(f, 2) ? "<b class=\"incident\">killed</b>" : "off");
-  }
-  sy_stmt_reset(f);
-  if (rc != SY_DONE) {
-    return SY_ESTORE;
+  if ((rc = put_flags(r, o))) {
+    return rc;
   }
   put(o,
-      "</table>\n<h2>Per workflow and version</h2><table id=\"counters\">"
+      "<h2>Per workflow and version</h2><table id=\"counters\">"
       "<tr><th>workflow</th><th>flag</th><th>version</th><th>routed</th>"
       "<th>completed</th><th>in flight</th><th>incidents</th>"
       "<th>open incidents</th></tr>\n");
@@ -106,6 +178,11 @@ static int flags_page(cv_router *r, out *o) {
   }
   put(o, "</table>\n");
   return 0;
+}
+
+int cv_overview(void *plugin, sy_http_response *o) {
+  put(o, "<h2>Flags</h2>\n");
+  return put_flags(plugin, o);
 }
 
 /* A document's string member, as HTML. */

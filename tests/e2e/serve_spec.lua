@@ -130,6 +130,16 @@ describe("switchyard serve", function()
       local cell = html:match('data%-state="' .. state .. '">(.-)</td>')
       assert.equal(n, tonumber(cell:match("(%d+)")), state)
     end
+    -- the flags, with their verdict as the report gives it (from the kept
+    -- tallies), on the overview and on the flags' page alike
+    local report = cli_json(env, "report", "checkout")
+    for _, page in ipairs { "/", "/flags" } do
+      local _, body = request(base, "GET", page)
+      local row = assert(body:match('<tr><td><a href="/flags/checkout">(.-)</tr>'), page)
+      assert.matches("<td data-plan>none</td>", row, 1, true)
+      assert.matches('<td data-verdict="' .. report.comparison.verdict .. '">' ..
+        report.comparison.verdict_text .. "</td>", row, 1, true)
+    end
     code, html = request(base, "GET", "/incidents")
     assert.equal(200, code)
     assert.equal(#cli_json(env, "incidents"), tonumber(html:match('id="count">(%d+)<')))
@@ -236,6 +246,9 @@ describe("switchyard serve", function()
     assert.matches("running, step 1 of 10%,50%,100% (now 10%)", plan, 1, true)
     assert.matches('id="gate"', plan, 1, true)
     assert.matches('data-action="approve"', html, 1, true)
+    local _, overview = request(base, "GET", "/")
+    assert.matches('<td data-plan>running, step 1 of 10%,50%,100%, ' ..
+      '<b>awaiting approval</b></td>', overview, 1, true)
     local overrides = assert(html:match('<table id="overrides">(.-)</table>'))
     assert.matches("<td>&lt;vip&gt;</td><td>allow</td>", overrides, 1, true)
     assert.matches("tests v2 first", overrides, 1, true)

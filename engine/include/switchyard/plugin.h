@@ -373,8 +373,8 @@ typedef struct sy_node_type {
    * about the edge this node leaves by through step option `option`, for
    * every definition of the workflow (choose_version: "14 routed\n2 with
    * incidents (14.3%)"), written into note as plain text, '\n' between
-   * lines (the engine escapes it), or note left empty. Reads only, outside any transaction.
-   * 0, or an SY_E* code: the page fails. */
+   * lines (the engine escapes it), or note left empty. Reads only, outside any
+   * transaction. 0, or an SY_E* code: the page fails. */
   int (*edge_note)(void *plugin, const void *node_data, const char *workflow,
                    const char *option, char *note, size_t notelen);
 } sy_node_type;
@@ -508,6 +508,11 @@ typedef struct sy_plugin_def {
   /* Optional, with serve: the plugin's first page, linked from every page
    * of the console's navigation under this label ("/flags", "Flags"). */
   const char *page_path, *page_label;
+  /* Optional, with serve: a section of the console's overview page (HTML
+   * from its own <h2>), written through resp (its status, content type and
+   * title are the page's). Reads only, like serve. Non-zero (an SY_E*
+   * code): the page fails. */
+  int (*overview)(void *plugin, sy_http_response *resp);
 } sy_plugin_def;
 
 /* The one symbol a plugin exports. */
