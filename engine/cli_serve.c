@@ -522,13 +522,14 @@ static enum MHD_Result send_page(struct MHD_Connection *conn, text *t) {
 static const char *const states[] = {"ready",    "running",   "waiting",
                                      "incident", "completed", "cancelled"};
 
+static int put_sections(server *sv, struct MHD_Connection *conn,
+                        const char *path, text *t);
+
 static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
   sy_store *st = sy_engine_store(sv->e);
   json_t *status = sy__cli_status_json(st), *counts;
   const char *wf;
   text t = {.sv = sv};
-  sy_http_response resp = {
-      .status = MHD_HTTP_OK, .put = put, .put_html = put_escaped, .ud = &t};
   sy_stmt *s;
   if (!status) {
     return store_failed(sv, conn);
@@ -561,7 +562,7 @@ static enum MHD_Result page_overview(server *sv, struct MHD_Connection *conn) {
   }
   put(&t, "</table>\n");
   json_decref(status);
-  if (sy_plugins_overview(sy_engine_plugins(sv->e), &resp)) {
+  if (put_sections(sv, conn, "/", &t)) {
     free(t.s);
     return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
                       "/ failed: see serve's log");
@@ -1053,11 +1054,28 @@ static enum MHD_Result page_instance(server *sv, struct MHD_Connection *conn,
   put(&t, "</table>\n<h2>Incidents</h2>\n");
   put_incident_rows(&t, json_object_get(j, "incidents"), 0);
   json_decref(j);
+  snprintf(title, sizeof title, "/instances/%lld", (long long)id);
+  if (put_sections(sv, conn, title, &t)) {
+    free(t.s);
+    return send_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                      "%s failed: see serve's log", title);
+  }
   return send_page(conn, &t);
 }
 
 static const char *plugin_query(const sy_http_request *req, const char *key) {
   return query(req->conn, key);
+}
+
+/* What the plugins add to the engine's page at path (sy_plugin_def.section),
+ * after what t holds: 0, or non-zero when one failed. */
+static int put_sections(server *sv, struct MHD_Connection *conn,
+                        const char *path, text *t) {
+  sy_http_request req = {MHD_HTTP_METHOD_GET, path, plugin_query, conn};
+  sy_http_response resp = {
+      .status = MHD_HTTP_OK, .put = put, .put_html = put_escaped, .ud = t};
+  return sy_plugins_sections(sy_engine_plugins(sv->e), &req, &resp) ||
+         t->failed;
 }
 
 /* A path the engine does not serve: a plugin's, or 404. */

@@ -445,12 +445,13 @@ int sy_plugins_serve(sy_plugins *p, const sy_http_request *req,
   return SY_ENOTFOUND;
 }
 
-int sy_plugins_overview(sy_plugins *p, sy_http_response *resp) {
+int sy_plugins_sections(sy_plugins *p, const sy_http_request *req,
+                        sy_http_response *resp) {
   for (int i = 0; i < p->nplugins; i++) {
     sy_loaded_plugin *lp = p->plugins[i];
     int rc;
-    if (lp->initialized && lp->def->serve && lp->def->overview &&
-        (rc = lp->def->overview(lp->state, resp))) {
+    if (lp->initialized && lp->def->serve && lp->def->section &&
+        (rc = lp->def->section(lp->state, req, resp))) {
       return rc;
     }
   }

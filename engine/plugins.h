@@ -69,8 +69,10 @@ int sy_plugins_metrics(sy_plugins *p, void (*put)(void *ud, const char *text),
  * when none does. */
 int sy_plugins_serve(sy_plugins *p, const sy_http_request *req,
                      sy_http_response *resp);
-/* Each plugin's section of the overview page (serve), in load order. */
-int sy_plugins_overview(sy_plugins *p, sy_http_response *resp);
+/* Each plugin's section of the engine's page req->path (serve), in load
+ * order. */
+int sy_plugins_sections(sy_plugins *p, const sy_http_request *req,
+                        sy_http_response *resp);
 /* Each plugin's first page (page_path, page_label), for navigation. */
 void sy_plugins_pages(sy_plugins *p,
                       void (*cb)(void *ud, const char *path, const char *label),

@@ -110,6 +110,8 @@ enum {
   CVQ_METRICS_COUNTERS,
   CVQ_METRICS_FLAGS,
   CVQ_METRICS_LATENCY,
+  /* serve's pages (pages.c) */
+  CVQ_DECISIONS_OF_ID,
   CVQ__COUNT
 };
 
@@ -376,9 +378,10 @@ json_t *cv_report_document(cv_router *r, const char *flag, int full,
 /* plan.c: `rollout plan FLAG show --json`'s document; NULL with *have 0
  * when the flag has no plan, with *have 1 on a failure (r->errmsg). */
 json_t *cv_plan_document(cv_router *r, const char *flag, int *have);
-/* pages.c: sy_plugin_def.serve and .overview */
+/* pages.c: sy_plugin_def.serve and .section */
 int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *resp);
-int cv_overview(void *plugin, sy_http_response *resp);
+int cv_section(void *plugin, const sy_http_request *req,
+               sy_http_response *resp);
 
 /* Registry access for static linking (tests, benchmarks). */
 const sy_plugin_def *cv_plugin_def(void);

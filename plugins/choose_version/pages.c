@@ -180,9 +180,58 @@ static int flags_page(cv_router *r, out *o) {
   return 0;
 }
 
-int cv_overview(void *plugin, sy_http_response *o) {
-  put(o, "<h2>Flags</h2>\n");
-  return put_flags(plugin, o);
+/* An instance's decisions, the reroutes' included, in their order. */
+static int put_decisions(cv_router *r, out *o, int64_t id) {
+  sy_stmt *s = cv_stmt(r, CVQ_DECISIONS_OF_ID);
+  int rc, n = 0;
+  if (!s) {
+    return SY_ESTORE;
+  }
+  put(o,
+      "<h2>Decisions</h2><table id=\"decisions\"><tr><th>flag</th>"
+      "<th>version</th><th>why</th><th>bucket</th><th>rate</th>"
+      "<th>decided</th><th>outcome</th></tr>\n");
+  sy_stmt_bind_int(s, 1, id);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    char when[32], rate[CV_RATE_FORMAT_MAX];
+    cv_fmt_time(sy_stmt_column_int(s, 5), when, sizeof when);
+    cv_rate_format((uint32_t)sy_stmt_column_int(s, 4), rate, sizeof rate);
+    put(o, "<tr><td><a href=\"/flags/");
+    put_html(o, sy_stmt_column_text(s, 0));
+    put(o, "\">");
+    put_html(o, sy_stmt_column_text(s, 0));
+    put(o, "</a></td><td data-version>");
+    put_html(o, sy_stmt_column_text(s, 1));
+    put(o, "</td><td data-reason>");
+    put_html(o, sy_stmt_column_text(s, 2));
+    put(o, "</td><td class=\"n\">");
+    put_html(o, sy_stmt_column_text(s, 3)); /* NULL: none */
+    putf(o, "</td><td class=\"n\">%s</td><td>%s</td><td>", rate, when);
+    put_html(o, sy_stmt_column_text(s, 6));
+    put(o, "</td></tr>\n");
+    n++;
+  }
+  sy_stmt_reset(s);
+  if (rc != SY_DONE) {
+    return SY_ESTORE;
+  }
+  put(o, "</table>\n");
+  if (!n) {
+    put(o, "<p>None: no choose_version node has decided for it.</p>\n");
+  }
+  return 0;
+}
+
+int cv_section(void *plugin, const sy_http_request *req, sy_http_response *o) {
+  const char *p = req->path;
+  if (strcmp(p, "/") == 0) {
+    put(o, "<h2>Flags</h2>\n");
+    return put_flags(plugin, o);
+  }
+  if (strncmp(p, "/instances/", 11) == 0) {
+    return put_decisions(plugin, o, strtoll(p + 11, NULL, 10));
+  }
+  return 0;
 }
 
 /* A document's string member, as HTML. */

@@ -514,7 +514,7 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .retry_filter = cv_retry_filter,
                                   .metrics = cv_metrics,
                                   .serve = cv_serve,
-                                  .overview = cv_overview,
+                                  .section = cv_section,
                                   .page_path = "/flags",
                                   .page_label = "Flags"};
 

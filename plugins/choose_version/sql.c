@@ -768,6 +768,11 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_METRICS_FLAGS] =
         "SELECT name, rate_ppm, killed FROM cv_flags "
         "WHERE retired_at IS NULL ORDER BY name",
+    /* Through the index on (instance_id, flag, reroutes). */
+    [CVQ_DECISIONS_OF_ID] =
+        "SELECT flag, version, reason, CAST(bucket AS TEXT), rate_ppm, "
+        "decided_at, coalesce(outcome, '') FROM cv_decisions "
+        "WHERE instance_id = ?1 ORDER BY decided_at, flag, reroutes",
     [CVQ_METRICS_LATENCY] =
         "SELECT workflow, flag, version, le, n, sum_ms FROM cv_latency "
         "WHERE kind = ?1 ORDER BY workflow, flag, version, le",

@@ -150,6 +150,12 @@ describe("switchyard serve", function()
     assert.equal("completed", html:match('id="state">(%a+)<'))
     assert.matches("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;", html, 1, true)
     assert.is_nil(html:find("<script>", 1, true))
+    -- the decision choose_version recorded for it, under the engine's page
+    local d = env:sql("select version, reason from cv_decisions where instance_id = " .. id)
+    assert.equal(1, #d)
+    local row = assert(html:match('<table id="decisions">.-<tr><td><a href="/flags/checkout">(.-)</tr>'))
+    assert.matches("<td data-version>" .. d[1][1] .. "</td><td data-reason>" ..
+      d[1][2] .. "</td>", row, 1, true)
     assert.equal(404, (request(base, "GET", "/instances/999999")))
     assert.equal(400, (request(base, "GET", "/instances/x")))
   end)

@@ -508,11 +508,13 @@ typedef struct sy_plugin_def {
   /* Optional, with serve: the plugin's first page, linked from every page
    * of the console's navigation under this label ("/flags", "Flags"). */
   const char *page_path, *page_label;
-  /* Optional, with serve: a section of the console's overview page (HTML
-   * from its own <h2>), written through resp (its status, content type and
-   * title are the page's). Reads only, like serve. Non-zero (an SY_E*
-   * code): the page fails. */
-  int (*overview)(void *plugin, sy_http_response *resp);
+  /* Optional, with serve: a section the plugin adds to one of the
+   * engine's pages, req->path: "/" (the overview) or "/instances/ID"
+   * (an instance): HTML from its own <h2>, written through resp (its
+   * status, content type and title are the page's), or nothing. Reads
+   * only, like serve. Non-zero (an SY_E* code): the page fails. */
+  int (*section)(void *plugin, const sy_http_request *req,
+                 sy_http_response *resp);
 } sy_plugin_def;
 
 /* The one symbol a plugin exports. */
