@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "error.h"
+#include "plugins.h"
 
 static const char *const all_states[6] = {
     SY_STATE_READY,    SY_STATE_RUNNING,   SY_STATE_WAITING,
@@ -366,7 +367,35 @@ static int show_history(sy_store *st, int64_t id, json_t *obj) {
   return rc;
 }
 
-json_t *sy__cli_show_json(sy_store *st, int64_t id, int *found) {
+/* A plugin's part of an instance (sy_plugins_describe): a member of the
+ * document, or text printed. */
+typedef struct described {
+  json_t *obj; /* NULL: text */
+  int failed;
+} described;
+
+static void put_described(void *ud, const char *key, const char *text) {
+  described *d = ud;
+  json_t *v;
+  if (!d->obj) {
+    fputs(text, stdout);
+    return;
+  }
+  v = key ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
+  if (!v || json_object_set_new(d->obj, key, v)) {
+    d->failed = 1;
+  }
+}
+
+static int show_plugins(sy_engine *e, int64_t id, json_t *obj) {
+  described d = {obj, 0};
+  int rc = sy_plugins_describe(sy_engine_plugins(e), id, obj != NULL,
+                               put_described, &d);
+  return rc ? rc : d.failed ? SY_EPLUGIN : 0;
+}
+
+json_t *sy__cli_show_json(sy_engine *e, int64_t id, int *found) {
+  sy_store *st = sy_engine_store(e);
   json_t *obj = NULL;
   *found = 0;
   if (sy_store_get_instance(st, id, show_row, &obj, found)) {
@@ -376,7 +405,7 @@ json_t *sy__cli_show_json(sy_store *st, int64_t id, int *found) {
   if (!*found) {
     return json_null();
   }
-  if (show_history(st, id, obj)) {
+  if (show_history(st, id, obj) || show_plugins(e, id, obj)) {
     json_decref(obj);
     return NULL;
   }
@@ -415,6 +444,9 @@ static int cmd_show(sy__cli *c) {
   }
   if (!rc) {
     rc = show_history(st, id, obj);
+  }
+  if (!rc) {
+    rc = show_plugins(e, id, obj);
   }
   if (rc) {
     rc = sy__cli_store_fail(e);

@@ -432,6 +432,21 @@ int sy_plugins_metrics(sy_plugins *p, void (*put)(void *ud, const char *text),
   return 0;
 }
 
+int sy_plugins_describe(sy_plugins *p, int64_t id, int json,
+                        void (*put)(void *ud, const char *key,
+                                    const char *text),
+                        void *ud) {
+  for (int i = 0; i < p->nplugins; i++) {
+    sy_loaded_plugin *lp = p->plugins[i];
+    int rc;
+    if (lp->initialized && lp->def->describe &&
+        (rc = lp->def->describe(lp->state, id, json, put, ud))) {
+      return rc;
+    }
+  }
+  return 0;
+}
+
 int sy_plugins_serve(sy_plugins *p, const sy_http_request *req,
                      sy_http_response *resp) {
   for (int i = 0; i < p->nplugins; i++) {

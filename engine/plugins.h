@@ -65,6 +65,11 @@ int sy_plugins_before_commit(sy_plugins *p);
 /* Each plugin's metrics, Prometheus' text format, through put (serve). */
 int sy_plugins_metrics(sy_plugins *p, void (*put)(void *ud, const char *text),
                        void *ud);
+/* What each plugin keeps about instance id (describe), in load order. */
+int sy_plugins_describe(sy_plugins *p, int64_t id, int json,
+                        void (*put)(void *ud, const char *key,
+                                    const char *text),
+                        void *ud);
 /* The first plugin that serves req's path answers it (serve); SY_ENOTFOUND
  * when none does. */
 int sy_plugins_serve(sy_plugins *p, const sy_http_request *req,

@@ -378,6 +378,13 @@ json_t *cv_report_document(cv_router *r, const char *flag, int full,
 /* plan.c: `rollout plan FLAG show --json`'s document; NULL with *have 0
  * when the flag has no plan, with *have 1 on a failure (r->errmsg). */
 json_t *cv_plan_document(cv_router *r, const char *flag, int *have);
+/* describe.c: an instance's decisions as a JSON array (flag, version,
+ * reason, bucket, rate, ramp_id, decided_at, outcome, reroutes), NULL with
+ * r->errmsg; and sy_plugin_def.describe (show's "decisions"). */
+json_t *cv_decisions_of(cv_router *r, int64_t id);
+int cv_describe(void *plugin, int64_t id, int json,
+                void (*put)(void *ud, const char *key, const char *text),
+                void *ud);
 /* pages.c: sy_plugin_def.serve and .section */
 int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *resp);
 int cv_section(void *plugin, const sy_http_request *req,

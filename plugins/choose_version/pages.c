@@ -33,6 +33,11 @@ static void put_html(out *o, const char *s) {
   o->put_html(o->ud, s);
 }
 
+/* A document's string member, as HTML. */
+static void put_str(out *o, json_t *doc, const char *key) {
+  put_html(o, json_string_value(json_object_get(doc, key)));
+}
+
 static int error_page(out *o, int status, const char *msg, int json) {
   o->status = status;
   if (json) {
@@ -180,45 +185,45 @@ static int flags_page(cv_router *r, out *o) {
   return 0;
 }
 
-/* An instance's decisions, the reroutes' included, in their order. */
+/* An instance's decisions (cv_decisions_of, what `show` gives). */
 static int put_decisions(cv_router *r, out *o, int64_t id) {
-  sy_stmt *s = cv_stmt(r, CVQ_DECISIONS_OF_ID);
-  int rc, n = 0;
-  if (!s) {
+  json_t *arr = cv_decisions_of(r, id), *d;
+  size_t i;
+  if (!arr) {
     return SY_ESTORE;
   }
   put(o,
       "<h2>Decisions</h2><table id=\"decisions\"><tr><th>flag</th>"
       "<th>version</th><th>why</th><th>bucket</th><th>rate</th>"
       "<th>decided</th><th>outcome</th></tr>\n");
-  sy_stmt_bind_int(s, 1, id);
-  while ((rc = sy_stmt_step(s)) == SY_ROW) {
-    char when[32], rate[CV_RATE_FORMAT_MAX];
-    cv_fmt_time(sy_stmt_column_int(s, 5), when, sizeof when);
-    cv_rate_format((uint32_t)sy_stmt_column_int(s, 4), rate, sizeof rate);
+  json_array_foreach(arr, i, d) {
+    char when[32];
+    json_t *bucket = json_object_get(d, "bucket");
+    cv_fmt_time(json_integer_value(json_object_get(d, "decided_at")), when,
+                sizeof when);
     put(o, "<tr><td><a href=\"/flags/");
-    put_html(o, sy_stmt_column_text(s, 0));
+    put_str(o, d, "flag");
     put(o, "\">");
-    put_html(o, sy_stmt_column_text(s, 0));
+    put_str(o, d, "flag");
     put(o, "</a></td><td data-version>");
-    put_html(o, sy_stmt_column_text(s, 1));
+    put_str(o, d, "version");
     put(o, "</td><td data-reason>");
-    put_html(o, sy_stmt_column_text(s, 2));
+    put_str(o, d, "reason");
     put(o, "</td><td class=\"n\">");
-    put_html(o, sy_stmt_column_text(s, 3)); /* NULL: none */
-    putf(o, "</td><td class=\"n\">%s</td><td>%s</td><td>", rate, when);
-    put_html(o, sy_stmt_column_text(s, 6));
+    if (json_is_integer(bucket)) {
+      putf(o, "%lld", (long long)json_integer_value(bucket));
+    }
+    put(o, "</td><td class=\"n\">");
+    put_str(o, d, "rate");
+    putf(o, "</td><td>%s</td><td>", when);
+    put_str(o, d, "outcome");
     put(o, "</td></tr>\n");
-    n++;
-  }
-  sy_stmt_reset(s);
-  if (rc != SY_DONE) {
-    return SY_ESTORE;
   }
   put(o, "</table>\n");
-  if (!n) {
+  if (!json_array_size(arr)) {
     put(o, "<p>None: no choose_version node has decided for it.</p>\n");
   }
+  json_decref(arr);
   return 0;
 }
 
@@ -232,11 +237,6 @@ int cv_section(void *plugin, const sy_http_request *req, sy_http_response *o) {
     return put_decisions(plugin, o, strtoll(p + 11, NULL, 10));
   }
   return 0;
-}
-
-/* A document's string member, as HTML. */
-static void put_str(out *o, json_t *doc, const char *key) {
-  put_html(o, json_string_value(json_object_get(doc, key)));
 }
 
 static double num(json_t *o, const char *key) {

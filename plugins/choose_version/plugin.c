@@ -515,6 +515,7 @@ static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .metrics = cv_metrics,
                                   .serve = cv_serve,
                                   .section = cv_section,
+                                  .describe = cv_describe,
                                   .page_path = "/flags",
                                   .page_label = "Flags"};
 

@@ -770,8 +770,8 @@ static const char *const sql_text[CVQ__COUNT] = {
         "WHERE retired_at IS NULL ORDER BY name",
     /* Through the index on (instance_id, flag, reroutes). */
     [CVQ_DECISIONS_OF_ID] =
-        "SELECT flag, version, reason, CAST(bucket AS TEXT), rate_ppm, "
-        "decided_at, coalesce(outcome, '') FROM cv_decisions "
+        "SELECT flag, version, reason, bucket, rate_ppm, decided_at, "
+        "outcome, coalesce(ramp_id, 0), reroutes FROM cv_decisions "
         "WHERE instance_id = ?1 ORDER BY decided_at, flag, reroutes",
     [CVQ_METRICS_LATENCY] =
         "SELECT workflow, flag, version, le, n, sum_ms FROM cv_latency "

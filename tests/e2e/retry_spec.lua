@@ -202,6 +202,20 @@ describe("retry", function()
     assert.are.same({ instances = on_v1, completed = on_v1, in_flight = 0,
       with_incidents = 0 }, v2.rerouted_in)
     has(env:ok("report", "guarded"), "rerouted here (not routed)", "report")
+    -- `show` tells a rerouted instance's story: v1's decision, closed by
+    -- the reroute, then the one that brought it to v2
+    local id = env:scalar("SELECT min(instance_id) FROM cv_decisions " ..
+      "WHERE reroutes = 1")
+    local shown = H.decode((env:ok("show", id, "--json"))).decisions
+    assert.are.equal(2, #shown)
+    assert.are.same({ "v1", "rollout", "rerouted", 0 }, { shown[1].version,
+      shown[1].reason, shown[1].outcome, shown[1].reroutes })
+    assert.are.same({ "v2", "rerouted", "completed", 1 }, { shown[2].version,
+      shown[2].reason, shown[2].outcome, shown[2].reroutes })
+    local text = env:ok("show", id)
+    has(text, "decisions\n", "show")
+    assert.matches("guarded%s+v1  rollout%s+bucket %d+%s+rate [%d.]+%%%s+rerouted\n", text)
+    assert.matches("guarded%s+v2  rerouted%s+bucket %d+%s+rate [%d.]+%%%s+completed\n", text)
   end)
 
   it("by id with --flag: an instance the options do not select is bad " ..

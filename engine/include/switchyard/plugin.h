@@ -488,6 +488,15 @@ typedef struct sy_plugin_def {
   int (*retry_filter)(void *plugin, const char *const *values,
                       const sy_retry_inst *inst, char *at, size_t atlen,
                       char *err, size_t errlen);
+  /* Optional: what the plugin keeps about one instance, for `switchyard
+   * show` (and serve's instance document and page). With json set, it
+   * hands put each member it adds to the instance's document: its key and
+   * its value as JSON text (choose_version: "decisions", a list); without,
+   * lines of text to print (key NULL), each ending in '\n'. Reads only,
+   * inside the command's read. 0, or an SY_E* code. */
+  int (*describe)(void *plugin, int64_t instance_id, int json,
+                  void (*put)(void *ud, const char *key, const char *text),
+                  void *ud);
   /* Optional: the plugin's metrics in Prometheus' text format, each with
    * its # HELP and # TYPE lines, names starting with switchyard_ and not
    * the engine's (switchyard_instances, switchyard_incidents_open,
