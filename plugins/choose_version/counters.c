@@ -190,6 +190,14 @@ static int sort_deltas(cv_router *r) {
   return 0;
 }
 
+/* A batched key, the first three parameters of each upsert: workflow,
+ * flag, version. */
+static void bind_key(sy_stmt *s, const cv_delta *d) {
+  sy_stmt_bind_text(s, 1, d->workflow);
+  sy_stmt_bind_text(s, 2, d->flag);
+  sy_stmt_bind_text(s, 3, d->v2 ? "v2" : "v1");
+}
+
 /* One key's latency buckets that changed, in key order as well. */
 static int flush_latency(cv_router *r, const cv_delta *d) {
   static const char *const kind[2] = {"branch", "steps"};
@@ -202,9 +210,7 @@ static int flush_latency(cv_router *r, const cv_delta *d) {
       if (!d->lat[k].n[b]) {
         continue;
       }
-      sy_stmt_bind_text(s, 1, d->workflow);
-      sy_stmt_bind_text(s, 2, d->flag);
-      sy_stmt_bind_text(s, 3, d->v2 ? "v2" : "v1");
+      bind_key(s, d);
       sy_stmt_bind_text(s, 4, kind[k]);
       sy_stmt_bind_int(s, 5, cv_latency_le[b]);
       sy_stmt_bind_int(s, 6, d->lat[k].n[b]);
@@ -224,9 +230,7 @@ static int flush_ramps(cv_router *r, const cv_delta *d) {
     return -1;
   }
   for (const cv_ramp_delta *t = d->ramps; t; t = t->next) {
-    sy_stmt_bind_text(s, 1, d->workflow);
-    sy_stmt_bind_text(s, 2, d->flag);
-    sy_stmt_bind_text(s, 3, d->v2 ? "v2" : "v1");
+    bind_key(s, d);
     sy_stmt_bind_int(s, 4, t->ramp_id);
     sy_stmt_bind_int(s, 5, t->routed);
     sy_stmt_bind_int(s, 6, t->completed);
@@ -252,9 +256,7 @@ int cv_flush_counters(cv_router *r) {
     return -1;
   }
   for (cv_delta *d = r->deltas; d; d = d->next) {
-    sy_stmt_bind_text(s, 1, d->workflow);
-    sy_stmt_bind_text(s, 2, d->flag);
-    sy_stmt_bind_text(s, 3, d->v2 ? "v2" : "v1");
+    bind_key(s, d);
     sy_stmt_bind_int(s, 4, d->routed);
     sy_stmt_bind_int(s, 5, d->in_flight);
     sy_stmt_bind_int(s, 6, d->completed);
