@@ -120,7 +120,9 @@ int sy__cli_print_incident(void *ud, const sy_incident_row *r);
  * is no such instance). */
 json_t *sy__cli_status_json(sy_store *st);
 json_t *sy__cli_instances_json(sy_store *st, const sy_instance_filter *f);
-json_t *sy__cli_show_json(sy_engine *e, int64_t id, int *found);
+/* show: with plugins 0, without what plugins describe (serve's instance
+ * page, where they draw it themselves). */
+json_t *sy__cli_show_json(sy_engine *e, int64_t id, int plugins, int *found);
 json_t *sy__cli_incidents_json(sy_store *st, int all);
 
 #endif

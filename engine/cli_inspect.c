@@ -394,7 +394,7 @@ static int show_plugins(sy_engine *e, int64_t id, json_t *obj) {
   return rc ? rc : d.failed ? SY_EPLUGIN : 0;
 }
 
-json_t *sy__cli_show_json(sy_engine *e, int64_t id, int *found) {
+json_t *sy__cli_show_json(sy_engine *e, int64_t id, int plugins, int *found) {
   sy_store *st = sy_engine_store(e);
   json_t *obj = NULL;
   *found = 0;
@@ -405,7 +405,7 @@ json_t *sy__cli_show_json(sy_engine *e, int64_t id, int *found) {
   if (!*found) {
     return json_null();
   }
-  if (show_history(st, id, obj) || show_plugins(e, id, obj)) {
+  if (show_history(st, id, obj) || (plugins && show_plugins(e, id, obj))) {
     json_decref(obj);
     return NULL;
   }

@@ -387,7 +387,7 @@ static enum MHD_Result api(server *sv, struct MHD_Connection *conn,
                           "/api/instances/%lld/retry or /cancel",
                           (long long)id);
       }
-      if (!(j = sy__cli_show_json(sv->e, id, &found))) {
+      if (!(j = sy__cli_show_json(sv->e, id, 1, &found))) {
         return store_failed(sv, conn);
       }
       if (!found) {
@@ -1006,7 +1006,7 @@ static enum MHD_Result page_instance(server *sv, struct MHD_Connection *conn,
     return send_error(conn, MHD_HTTP_BAD_REQUEST, "not an instance id: '%.40s'",
                       id_text);
   }
-  if (!(j = sy__cli_show_json(sv->e, id, &found))) {
+  if (!(j = sy__cli_show_json(sv->e, id, 0, &found))) {
     return store_failed(sv, conn);
   }
   if (!found) {
