@@ -60,6 +60,7 @@ typedef struct sy_step {
   int nretry_codes;
   sy_catch *catches;
   int ncatches;
+  int shadow_safe; /* a task another node may run in shadow */
   /* node steps */
   const sy_node_entry *node;
   void *node_data;
@@ -195,5 +196,7 @@ int sy_task_var_set_json(sy_task *t, const char *key, const char *json);
 int sy_task_predicate(sy_task *t, const sy_step *step, const char *option,
                       int *out, char *err, size_t errlen);
 int sy_opts_get(sy_opts *o, const char *key, sy_value *out);
+const char *sy_opts_unknown(sy_opts *o, const char *path,
+                            const char *const *allowed);
 
 #endif

@@ -168,6 +168,10 @@ static const char *api_call_error(sy_call *c) {
 static int api_opt_get(sy_opts *o, const char *key, sy_value *out) {
   return sy_opts_get(o, key, out);
 }
+static const char *api_opt_unknown(sy_opts *o, const char *path,
+                                   const char *const *allowed) {
+  return sy_opts_unknown(o, path, allowed);
+}
 
 /* ---------------------------------------------------------------------
  * Calls */
@@ -408,6 +412,7 @@ void sy__api_init(sy_api *a) {
       .done_json = api_done_json,
       .fail = api_fail,
       .opt_get = api_opt_get,
+      .opt_unknown = api_opt_unknown,
   };
 }
 

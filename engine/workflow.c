@@ -80,8 +80,8 @@ static int spec_is(sy_lua *h, lua_State *L, int idx, char *mt) {
 }
 
 static const char *const task_options[] = {
-    "run",      "next",  "retries",     "backoff",  "timeout",
-    "retry_on", "catch", "description", "no_retry", NULL};
+    "run",   "next",        "retries",  "backoff",     "timeout", "retry_on",
+    "catch", "description", "no_retry", "shadow_safe", NULL};
 static const char *const common_node_options[] = {
     "next",     "retries", "backoff",     "timeout", "retry_on",
     "no_retry", "catch",   "description", NULL};
@@ -228,6 +228,13 @@ static int compile_policy(loader *ld, sy_step *s, int opts) {
   if ((rc = opt_number(ld, s->line, s->name, "timeout", 0, &s->timeout))) {
     return rc;
   }
+  lua_pop(L, 1);
+  sy__rawfield(L, opts, "shadow_safe");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) {
+    return load_error(ld, s->line,
+                      "step '%s': shadow_safe must be true or false", s->name);
+  }
+  s->shadow_safe = lua_toboolean(L, -1);
   lua_pop(L, 1);
   sy__rawfield(L, opts, "backoff");
   return compile_backoff(ld, s);
@@ -588,6 +595,35 @@ static int check_graph(loader *ld) {
   return 0;
 }
 
+/* A step a node runs in shadow must say it may: a task marked
+ * shadow_safe = true (its author vouches that running it on a copy of the
+ * vars, beside the instance, harms nothing: no payment taken twice). */
+static int check_shadows(loader *ld) {
+  const sy_workflow *wf = ld->wf;
+  for (int i = 0; i < wf->nsteps; i++) {
+    const sy_step *s = &wf->steps[i], *t;
+    const char *name;
+    if (s->kind != SY_STEP_NODE || !s->node->type->shadow_step ||
+        !(name = s->node->type->shadow_step(s->node->plugin->state,
+                                            s->node_data))) {
+      continue;
+    }
+    if (!(t = sy_workflow_step(wf, name))) {
+      return load_error(ld, s->line,
+                        "step '%s': shadow runs step '%s', which does not "
+                        "exist",
+                        s->name, name);
+    }
+    if (t->kind != SY_STEP_TASK || !t->shadow_safe) {
+      return load_error(ld, s->line,
+                        "step '%s': shadow runs step '%s', which is not a "
+                        "task marked shadow_safe = true (%s:%d)",
+                        s->name, name, ld->path, t->line);
+    }
+  }
+  return 0;
+}
+
 static const char *const workflow_options[] = {"name", "start", "steps",
                                                "description", NULL};
 
@@ -720,7 +756,7 @@ static int compile_workflow(loader *ld) {
     return load_error(ld, line, "start step '%s' does not exist", start);
   }
   lua_settop(L, spec);
-  return check_graph(ld);
+  return check_graph(ld) || check_shadows(ld);
 }
 
 /* lua_pcall'd: (loader, spec) -> compile_workflow, result in ld->rc. */
@@ -916,10 +952,59 @@ void sy_workflow_free(sy_lua *h, sy_workflow *wf) {
 }
 
 /* What a node's compile reads. */
+/* Pushes the value at a path of the options ("a.b", "a.1": names, or
+ * 1-based indexes), nil where a step of it is not a table. */
+static void push_path(lua_State *L, int idx, const char *path) {
+  lua_pushvalue(L, idx);
+  while (*path) {
+    size_t n = strcspn(path, ".");
+    char seg[128], *end;
+    long i;
+    if (!lua_istable(L, -1) || n >= sizeof seg) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+      return;
+    }
+    memcpy(seg, path, n);
+    seg[n] = '\0';
+    i = strtol(seg, &end, 10);
+    if (n && !*end && i > 0) {
+      lua_rawgeti(L, -1, i);
+    } else {
+      sy__rawfield(L, -1, seg);
+    }
+    lua_remove(L, -2);
+    path += n + (path[n] == '.');
+  }
+}
+
 int sy_opts_get(sy_opts *o, const char *key, sy_value *out) {
-  sy__rawfield(o->L, o->idx, key);
+  push_path(o->L, o->idx, key);
   sy__read_value(o->L, -1, out);
   /* Strings stay valid: the options table still holds them. */
   lua_pop(o->L, 1);
   return 0;
+}
+
+const char *sy_opts_unknown(sy_opts *o, const char *path,
+                            const char *const *allowed) {
+  lua_State *L = o->L;
+  const char *bad = NULL;
+  push_path(L, o->idx, path);
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (!bad && lua_next(L, -2)) {
+      if (lua_type(L, -2) != LUA_TSTRING) {
+        bad = "?";
+      } else if (!in_list(allowed, lua_tostring(L, -2))) {
+        bad = lua_tostring(L, -2); /* held by the options table */
+      }
+      lua_pop(L, 1);
+    }
+    if (bad) {
+      lua_pop(L, 1); /* the key lua_next left */
+    }
+  }
+  lua_pop(L, 1);
+  return bad;
 }

@@ -12,7 +12,12 @@
 #include "cv.h"
 
 static const char *const node_options[] = {
-    "flag", "key", "v1", "v2", "strategy", "eligible", "on_missing_key", NULL};
+    "flag",           "key",    "v1", "v2", "strategy", "eligible",
+    "on_missing_key", "shadow", NULL};
+static const char *const shadow_options[] = {"compare", "timeout", NULL};
+/* What a shadow's timeout defaults to, and may be at most (seconds). */
+#define SHADOW_TIMEOUT 2.0
+#define SHADOW_TIMEOUT_MAX 3600.0
 static const char *const node_step_options[] = {"v1", "v2", NULL};
 
 static void cv_fini(void *state) {
@@ -83,7 +88,94 @@ static void free_node(void *plugin, void *data) {
   free(n->key);
   free(n->v1);
   free(n->v2);
+  for (char **c = n->compare; c && *c; c++) {
+    free(*c);
+  }
+  free(n->compare);
   free(n);
+}
+
+/* shadow = { compare = { "var", ... } | function(ctx, primary, candidate),
+ * timeout = seconds }: 0, or -1 with err. */
+static int compile_shadow(cv_router *r, sy_opts *o, cv_node *n, char *err,
+                          size_t errlen) {
+  static const char what[] =
+      "choose_version: shadow must be { compare = { \"var\", ... } or "
+      "function(ctx, primary, candidate), timeout = seconds }";
+  const char *bad;
+  sy_value v;
+  int count = 0;
+  r->api->opt_get(o, "shadow", &v);
+  if (v.type == SY_VAL_NIL) {
+    return 0;
+  }
+  if (v.type != SY_VAL_TABLE) {
+    snprintf(err, errlen, "%s", what);
+    return -1;
+  }
+  if ((bad = r->api->opt_unknown(o, "shadow", shadow_options))) {
+    snprintf(err, errlen,
+             "choose_version: shadow has no option '%.64s' (compare, "
+             "timeout)",
+             bad);
+    return -1;
+  }
+  n->shadow = 1;
+  n->shadow_timeout = SHADOW_TIMEOUT;
+  r->api->opt_get(o, "shadow.compare", &v);
+  if (v.type == SY_VAL_FUNCTION) {
+    n->compare_fn = 1;
+  } else if (v.type == SY_VAL_TABLE) {
+    for (;; count++) {
+      char key[48];
+      snprintf(key, sizeof key, "shadow.compare.%d", count + 1);
+      r->api->opt_get(o, key, &v);
+      if (v.type == SY_VAL_NIL) {
+        break;
+      }
+      if (v.type != SY_VAL_STRING || v.len == 0 || strlen(v.str) != v.len) {
+        snprintf(err, errlen,
+                 "choose_version: shadow.compare[%d] must be a var name",
+                 count + 1);
+        return -1;
+      }
+      char **more = realloc(n->compare, (size_t)(count + 2) * sizeof *more);
+      if (!more || !(more[count] = strdup(v.str))) {
+        if (more) {
+          n->compare = more;
+          more[count] = NULL;
+        }
+        snprintf(err, errlen, "out of memory");
+        return -1;
+      }
+      more[count + 1] = NULL;
+      n->compare = more;
+    }
+  }
+  if (!n->compare_fn && count == 0) {
+    snprintf(err, errlen, "%s (compare names no var)", what);
+    return -1;
+  }
+  r->api->opt_get(o, "shadow.timeout", &v);
+  if (v.type != SY_VAL_NIL) {
+    if (v.type != SY_VAL_NUMBER || !(v.number > 0) ||
+        v.number > SHADOW_TIMEOUT_MAX) {
+      snprintf(err, errlen,
+               "choose_version: shadow.timeout must be seconds, more than 0 "
+               "and at most %g",
+               SHADOW_TIMEOUT_MAX);
+      return -1;
+    }
+    n->shadow_timeout = v.number;
+  }
+  return 0;
+}
+
+/* The step a node runs in shadow: v2's, when it shadows. */
+static const char *shadow_step(void *plugin, const void *data) {
+  const cv_node *n = data;
+  (void)plugin;
+  return n->shadow ? n->v2 : NULL;
 }
 
 static int parse_strategy(const char *s, cv_strategy *out) {
@@ -153,6 +245,9 @@ static int compile(void *plugin, sy_opts *o, void **data, char *err,
     goto fail;
   }
   n->has_eligible = v.type == SY_VAL_FUNCTION;
+  if (compile_shadow(r, o, n, err, errlen)) {
+    goto fail;
+  }
   free(strategy);
   free(missing);
   *data = n;
@@ -479,7 +574,8 @@ static const sy_node_type nodes[] = {{.name = "choose_version",
                                       .step_options = node_step_options,
                                       .execute = execute,
                                       .check = check_node,
-                                      .edge_note = edge_note},
+                                      .edge_note = edge_note,
+                                      .shadow_step = shadow_step},
                                      {0}};
 
 static const sy_ctx_fn ctx_fns[] = {{.name = "version", .call = fn_version},

@@ -402,6 +402,94 @@ describe("the node's own failures", function()
 end)
 
 -- ---------------------------------------------------------------------
+describe("shadow options", function()
+  -- A workflow whose node shadows `new` with the options `shadow`, `new`
+  -- declared with `new_opts`, written where T.check reads it.
+  local n = 0
+  local function shadowed(shadow, new_opts)
+    n = n + 1
+    local path = tmpdir .. "/shadow" .. n .. ".lua"
+    local f = assert(io.open(path, "w"))
+    local text = ([[
+local sy = require "switchyard"
+return sy.workflow {
+  name = "shadowed", start = "route",
+  steps = {
+    route = sy.choose_version {
+      flag = "checkout", key = "user_id", v1 = "old", v2 = "new",
+      shadow = SHADOW,
+    },
+    old = sy.task { run = function(ctx) ctx.vars.took = "v1" end },
+    new = NEW,
+  },
+}
+]]):gsub("SHADOW", shadow)
+    text = text:gsub("NEW", new_opts or
+      'sy.task { run = function(ctx) ctx.vars.took = "v2" end, shadow_safe = true }')
+    f:write(text)
+    f:close()
+    return path
+  end
+
+  it("load with a list of vars or a function to compare, on a shadow_safe task", function()
+    for _, shadow in ipairs {
+      '{ compare = { "took" } }',
+      '{ compare = { "took", "score" }, timeout = 0.5 }',
+      '{ compare = function(ctx, primary, candidate) return true end }',
+    } do
+      local path = shadowed(shadow)
+      local ok, err = T.check(path)
+      assert.is_truthy(ok, shadow .. ": " .. tostring(err))
+    end
+  end)
+
+  it("refuse a shadow of a step not marked shadow_safe, at the node's line", function()
+    local cases = {
+      { 'sy.task { run = function(ctx) end }', "not a task marked shadow_safe = true" },
+      { 'sy.task { run = function(ctx) end, shadow_safe = false }', "not a task marked shadow_safe" },
+      { 'sy.choose_version { flag = "other", key = "user_id", v1 = "old", v2 = "route" }',
+        "not a task marked shadow_safe" },
+    }
+    for _, c in ipairs(cases) do
+      local path = shadowed('{ compare = { "took" } }', c[1])
+      local ok, err = T.check(path)
+      assert.is_nil(ok, c[1])
+      -- where: the node's line (5), naming the step and where it is (10)
+      assert.matches(path .. ":5: step 'route': shadow runs step 'new', which is " ..
+        "not a task", err, 1, true)
+      assert.matches(c[2], err, 1, true)
+      assert.matches(path .. ":10)", err, 1, true)
+    end
+  end)
+
+  it("refuse bad shadow options, saying what is wrong", function()
+    for _, c in ipairs {
+      { "5", "shadow must be { compare" },
+      { '{ timeout = 1 }', "compare names no var" },
+      { '{ compare = {} }', "compare names no var" },
+      { '{ compare = "took" }', "compare names no var" },
+      { '{ compare = { "took", 3 } }', "shadow.compare[2] must be a var name" },
+      { '{ compare = { "took", "" } }', "shadow.compare[2] must be a var name" },
+      { '{ compare = { "took" }, budget = 3 }', "shadow has no option 'budget'" },
+      { '{ compare = { "took" }, [1] = 3 }', "shadow has no option '?'" },
+      { '{ compare = { "took" }, timeout = 0 }', "shadow.timeout must be seconds" },
+      { '{ compare = { "took" }, timeout = "2" }', "shadow.timeout must be seconds" },
+      { '{ compare = { "took" }, timeout = 3601 }', "shadow.timeout must be seconds" },
+    } do
+      local path = shadowed(c[1])
+      local ok, err = T.check(path)
+      assert.is_nil(ok, c[1])
+      assert.matches(path .. ":5: step 'route': choose_version: ", err, 1, true)
+      assert.matches(c[2], err, 1, true)
+    end
+    local ok, err = T.check(shadowed('{ compare = { "took" } }',
+      'sy.task { run = function(ctx) end, shadow_safe = "yes" }'))
+    assert.is_nil(ok)
+    assert.matches("step 'new': shadow_safe must be true or false", err, 1, true)
+  end)
+end)
+
+-- ---------------------------------------------------------------------
 describe("sticky routing", function()
   it("sends every instance of a subject to the same version", function()
     local db = fresh_db()

@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SY_PLUGIN_ABI 10
+#define SY_PLUGIN_ABI 11
 
 /* Error codes: negative, from one list so that a code, its name and its
  * message never drift apart. sy_api functions that return an int return 0
@@ -336,8 +336,15 @@ typedef struct sy_api {
   void (*done_json)(sy_call *c, const char *json);
   void (*fail)(sy_call *c, const char *message);
 
-  /* Node options at load time (in compile). */
+  /* Node options at load time (in compile). key may be a path into
+   * tables: "shadow.timeout", "shadow.compare.1" (a number is a 1-based
+   * index); nil where a step of it is not a table. */
   int (*opt_get)(sy_opts *o, const char *key, sy_value *out);
+  /* The first key of the table at path that allowed (NULL-terminated)
+   * does not list ("?" for a key that is not a string), or NULL: all are
+   * known, or there is no table there. */
+  const char *(*opt_unknown)(sy_opts *o, const char *path,
+                             const char *const *allowed);
 } sy_api;
 
 /* A node type: `sy.<name>{ ... }` in a workflow. */
@@ -377,6 +384,11 @@ typedef struct sy_node_type {
    * transaction. 0, or an SY_E* code: the page fails. */
   int (*edge_note)(void *plugin, const void *node_data, const char *workflow,
                    const char *option, char *note, size_t notelen);
+  /* Optional: the step this node runs in shadow (beside the instance, on
+   * a copy of its vars), or NULL when it runs none. Loading refuses a
+   * workflow whose shadowed step is not a task marked shadow_safe = true,
+   * at the node's line. */
+  const char *(*shadow_step)(void *plugin, const void *node_data);
 } sy_node_type;
 
 /* A function steps call as `ctx.<name>(args)`. The single argument is
