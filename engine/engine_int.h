@@ -29,6 +29,24 @@
 
 typedef struct sy_inst sy_inst;
 
+/* A shadow run (shadow.c): the candidate's side, run by an instance of its
+ * own that has no row, and the primary's, taken from the instance's next
+ * step; reported once both are known. */
+typedef struct sy_shadow {
+  sy_engine *e;
+  sy_shadow_done done;
+  void *plugin, *ud;
+  int64_t instance_id;
+  const sy_workflow *wf;
+  sy_shadow_side side[2]; /* SY__PRIMARY, SY__CANDIDATE; strings owned */
+  int ended[2];
+  sy_inst *primary;   /* watched until its step ends */
+  sy_inst *candidate; /* until it ends */
+  double timeout;     /* seconds */
+  struct sy_shadow *next, *prev;
+} sy_shadow;
+enum { SY__PRIMARY, SY__CANDIDATE };
+
 /* The journal of an instance's current step run, in memory (journal.c). */
 typedef struct sy__journal {
   sy_journal_entry *v; /* v[i] is call #i+1; strings owned */
@@ -69,6 +87,13 @@ struct sy_call {
   uv_timer_t *later;
   sy_call *next_live;
   sy_call *prev_live;
+  /* A node's request of a shadow run (sy_api.shadow), until it completes. */
+  const sy_step *shadow_step;
+  int64_t shadow_instance;
+  const sy_workflow *shadow_wf;
+  double shadow_timeout;
+  sy_shadow_done shadow_done;
+  void *shadow_ud;
 };
 
 struct sy_inst {
@@ -106,6 +131,9 @@ struct sy_inst {
   int handles_open;
   sy_inst *qnext;               /* run queue / commit queue link */
   sy_inst *next_all, *prev_all; /* every instance in memory */
+  int candidate;                /* a shadow run's candidate: not in `all` */
+  sy_shadow *shadow_of;         /* its shadow, until its side is reported */
+  sy_shadow *watched_by;        /* its step's end is a shadow's primary side */
 };
 
 typedef struct def_entry {
@@ -126,6 +154,7 @@ struct sy_engine {
   sy_inst *runq_head, *runq_tail;
   sy_inst *commitq_head, *commitq_tail;
   sy_inst *all;
+  sy_shadow *shadows;  /* in flight: settling waits for them */
   sy_call *live_calls; /* incl. abandoned ones still owed a completion */
   sy_call *held_head, *held_tail; /* ctx calls waiting for the commit */
   sy_call_hook call_hook;         /* sy_engine_set_call_hook */
@@ -224,6 +253,19 @@ void sy__inst_free(sy_inst *in);
 void sy__execute(sy_inst *in);
 /* Records the outcome of a step run and moves the instance on. */
 void sy__handle_result(sy_inst *in, sy_task_result *r);
+
+/* shadow.c: starts the shadow a node call asked for, now that the node
+ * completed with r (the instance goes to r->next); a side's end (vars_json
+ * malloc'd or NULL, taken); abandons every shadow (a stop). */
+void sy__shadow_begin(sy_inst *in, sy_call *c, const sy_task_result *r);
+void sy__shadow_side(sy_shadow *sh, int k, sy_shadow_status status,
+                     char *vars_json, const char *error, int64_t ms);
+void sy__shadow_abandon_all(sy_engine *e);
+/* The node's call ends without a shadow (abandoned, failed): its plugin
+ * hears so, once. */
+void sy__shadow_never_ran(sy_call *c, const char *why);
+/* executor.c: waits for the commit of the turn, then runs. */
+void sy__commit_queue_push(sy_engine *e, sy_inst *in);
 
 /* journal.c */
 /* Of what a ctx call asked: its function's name and its arguments. */

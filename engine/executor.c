@@ -41,7 +41,7 @@ static void run_queue_push_front(sy_engine *e, sy_inst *in) {
 }
 
 /* Waits for the commit of its last transition (the scheduler's check). */
-static void commit_queue_push(sy_engine *e, sy_inst *in) {
+void sy__commit_queue_push(sy_engine *e, sy_inst *in) {
   in->ph = PH_COMMIT;
   in->qnext = NULL;
   if (e->commitq_tail) {
@@ -67,15 +67,26 @@ void sy__inst_free(sy_inst *in) {
     sy__abandon_call(in->call);
     in->call = NULL;
   }
-  if (in->prev_all) {
-    in->prev_all->next_all = in->next_all;
+  if (in->watched_by) { /* its step never ended here */
+    sy__shadow_side(in->watched_by, SY__PRIMARY, SY_SHADOW_ABANDONED, NULL,
+                    "the instance left memory before its step ended", 0);
+  }
+  if (in->candidate) {
+    if (in->shadow_of) { /* not ended: abandoned (a stop) */
+      sy__shadow_side(in->shadow_of, SY__CANDIDATE, SY_SHADOW_ABANDONED, NULL,
+                      "the engine stopped first", 0);
+    }
   } else {
-    e->all = in->next_all;
+    if (in->prev_all) {
+      in->prev_all->next_all = in->next_all;
+    } else {
+      e->all = in->next_all;
+    }
+    if (in->next_all) {
+      in->next_all->prev_all = in->prev_all;
+    }
+    e->in_memory--;
   }
-  if (in->next_all) {
-    in->next_all->prev_all = in->prev_all;
-  }
-  e->in_memory--;
   sy_plugins_free_memos(e->plugins, in->memos);
   sy__journal_free(in);
   free(in->parked_signal);
@@ -250,6 +261,15 @@ void sy__execute(sy_inst *in) {
   in->step_started_ns = sy__mono(in->e);
   in->ran_before_ms = 0;
   in->resumed = 0;
+  if (in->candidate) {
+    /* A shadow's run: no journal, its own time limit. */
+    ensure_handles(in);
+    sy__timer_start(in->e, &in->timeout_timer, timeout_cb,
+                    (uint64_t)(in->shadow_of->timeout * 1000.0));
+    sy_task_start(in->task, in->step, in->attempt, &r);
+    sy__handle_result(in, &r);
+    return;
+  }
   if (sy__journal_load(in)) {
     sy__fatal(in->e, SY_ESTORE);
     return;
@@ -551,7 +571,7 @@ static void go_next(sy_inst *in, const char *next) {
     run_queue_push_front(e, in);
     return;
   }
-  commit_queue_push(e, in);
+  sy__commit_queue_push(e, in);
 }
 
 static int record_run(const sy_inst *in, const sy_task_result *r,
@@ -602,6 +622,22 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
   u.rerun = in->attempt > 1;
   in->run_ms += u.run_ms;
   in->reruns += u.rerun;
+  if (in->watched_by &&
+      in->step->name == in->watched_by->side[SY__PRIMARY].step &&
+      in->attempt == 1) {
+    /* the primary side of a shadow: this first run of its step */
+    char *vars = NULL;
+    if (r->status == SY_TASK_DONE &&
+        !(vars = r->vars_json ? strdup(r->vars_json) : NULL)) {
+      sy_task_vars_json(in->task, &vars);
+    }
+    sy__shadow_side(in->watched_by, SY__PRIMARY,
+                    r->status == SY_TASK_DONE ? SY_SHADOW_DONE
+                    : in->timed_out           ? SY_SHADOW_TIMEOUT
+                                              : SY_SHADOW_ERROR,
+                    vars, r->status == SY_TASK_DONE ? NULL : r->error,
+                    u.run_ms);
+  }
   handler = plan_transition(in, r, &u);
   if (handler && !(caught = caught_json(in, r))) {
     free(r->vars_json);
@@ -648,6 +684,49 @@ static void end_step_run(sy_inst *in, sy_task_result *r, int64_t now,
   sy__inst_free(in);
 }
 
+/* A shadow's candidate: it waits on its calls and sleeps (on a timer,
+ * whatever their length), and its end is its side of the shadow; nothing
+ * is written. */
+static void candidate_result(sy_inst *in, sy_task_result *r) {
+  uint64_t now_ns = sy__mono(in->e);
+  sy_shadow_status st = SY_SHADOW_DONE;
+  char *vars = NULL;
+  if (r->status == SY_TASK_CALL) {
+    in->ph = PH_CALL;
+    return;
+  }
+  if (r->status == SY_TASK_SLEEP) {
+    ensure_handles(in);
+    in->ph = PH_SLEEPING;
+    in->sleep_new = 0;
+    in->sleep_until_ns = now_ns + (uint64_t)r->sleep_ms * 1000000;
+    uv_update_time(&in->e->loop);
+    sy__timer_start(in->e, &in->sleep_timer, sleep_cb,
+                    ms_until(in->e, in->sleep_until_ns));
+    return;
+  }
+  if (r->status == SY_TASK_SIGNAL) {
+    sy_task_abort(in->task);
+    r->status = SY_TASK_ERROR;
+    snprintf(r->error, sizeof r->error,
+             "ctx.wait_signal is not available in a shadow run");
+  }
+  step_ended(in);
+  if (r->status == SY_TASK_DONE) {
+    vars = r->vars_json;
+    r->vars_json = NULL;
+    if (!vars && sy_task_vars_json(in->task, &vars)) {
+      st = SY_SHADOW_ERROR;
+      snprintf(r->error, sizeof r->error, "its vars cannot be encoded");
+    }
+  } else {
+    st = in->timed_out ? SY_SHADOW_TIMEOUT : SY_SHADOW_ERROR;
+  }
+  sy__shadow_side(in->shadow_of, SY__CANDIDATE, st, vars,
+                  st == SY_SHADOW_DONE ? NULL : r->error, ran_ms(in, now_ns));
+  sy__inst_free(in);
+}
+
 void sy__handle_result(sy_inst *in, sy_task_result *r) {
   sy_engine *e = in->e;
   int64_t now = sy__now(e);
@@ -655,6 +734,10 @@ void sy__handle_result(sy_inst *in, sy_task_result *r) {
   int rc;
   if (e->fatal) {
     free(r->vars_json);
+    return;
+  }
+  if (in->candidate) {
+    candidate_result(in, r);
     return;
   }
   /* A change is pending: the loop must not block in poll before the check

@@ -56,6 +56,7 @@ struct sy_task {
   char *call_error;
   void *owner;
   int generation;
+  int shadow;   /* a shadow run: its keys are its own */
   int call_seq; /* ctx calls so far in this step run */
   /* Lua code or a plugin may have changed vars during this step run (a
    * node step that touched nothing keeps the stored vars unencoded). */

@@ -344,12 +344,30 @@ void sy_task_set_generation(sy_task *t, int generation) {
   t->generation = generation;
 }
 
+void sy_task_set_shadow(sy_task *t) {
+  t->shadow = 1;
+}
+
+int sy_task_vars_json(sy_task *t, char **out) {
+  lua_State *L = t->h->L;
+  char err[256];
+  int rc;
+  push_vars(t);
+  rc = lua_istable(L, -1) ? sy__encode(L, -1, "vars", 0, out, err, sizeof err)
+                          : -1;
+  lua_pop(L, 1);
+  return rc ? -1 : 0;
+}
+
 const char *sy_task_idempotency_key(sy_task *t, int call, char *buf,
                                     size_t len) {
   int n = snprintf(buf, len, "%lld-%.256s-%d", (long long)t->instance_id,
                    t->step->name, t->attempt);
   if (t->generation && n > 0 && (size_t)n < len) {
     n += snprintf(buf + n, len - (size_t)n, ".%d", t->generation);
+  }
+  if (t->shadow && n > 0 && (size_t)n < len) {
+    n += snprintf(buf + n, len - (size_t)n, "-shadow");
   }
   if (call > 1 && n > 0 && (size_t)n < len) {
     snprintf(buf + n, len - (size_t)n, "#%d", call);

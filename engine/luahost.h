@@ -156,6 +156,11 @@ void sy_task_free(sy_task *t);
 void *sy_task_owner(sy_task *t);
 /* Incident retries of the instance so far (part of the idempotency key). */
 void sy_task_set_generation(sy_task *t, int generation);
+/* A shadow run's task: its idempotency keys (and random seed) end in
+ * "-shadow", never a real run's. */
+void sy_task_set_shadow(sy_task *t);
+/* The task's vars as JSON (malloc'd): 0, or -1. */
+int sy_task_vars_json(sy_task *t, char **out);
 /* The one maker of idempotency keys: "<instance>-<step>-<attempt>", with
  * ".<n>" after the n-th incident retry, and "#<k>" for the k-th ctx call
  * (k > 1) of the step run; written into buf, which it returns. */

@@ -188,6 +188,9 @@ static void call_unlink(sy_engine *e, sy_call *c) {
 }
 
 static void call_free(sy_call *c) {
+  if (c->shadow_done) {
+    sy__shadow_never_ran(c, "the node's call was abandoned");
+  }
   call_unlink(c->e, c);
   free(c->what);
   free(c->held_args);
@@ -250,6 +253,15 @@ static void deliver(sy_call *c) {
   sy_inst *in = c->inst;
   sy_task_result r;
   in->call = NULL;
+  if (c->fn && in->candidate) { /* a shadow's: journaled nowhere */
+    sy_task_call_done(in->task, c->error ? NULL : c->next, c->error);
+    call_free(c);
+    if (in->ph == PH_CALL) {
+      in->ph = PH_RESUME;
+      sy__run_queue_push(in->e, in);
+    }
+    return;
+  }
   if (c->fn) {
     const sy_journal_entry *j = journal_answer(c);
     sy_task_call_done(in->task, j ? j->result : NULL,
@@ -267,6 +279,9 @@ static void deliver(sy_call *c) {
     snprintf(r.error, sizeof r.error, "%s", c->error);
   } else {
     sy_task_finish_node(in->task, in->step, c->next, &r);
+  }
+  if (c->shadow_done) {
+    sy__shadow_begin(in, c, &r);
   }
   call_free(c);
   sy__handle_result(in, &r);
@@ -361,6 +376,23 @@ static void invoke(sy_call *c, const char *args_json) {
   }
 }
 
+static int api_shadow(sy_call *c, const char *step, double timeout_s,
+                      sy_shadow_done done, void *ud) {
+  const sy_step *s;
+  if (!c->node || !c->inst || c->completed || c->shadow_done || !done ||
+      !(timeout_s > 0) || !(s = sy_workflow_step(c->inst->wf, step)) ||
+      s->kind != SY_STEP_TASK) {
+    return SY_EINVAL;
+  }
+  c->shadow_step = s;
+  c->shadow_instance = c->inst->id;
+  c->shadow_wf = c->inst->wf;
+  c->shadow_timeout = timeout_s;
+  c->shadow_done = done;
+  c->shadow_ud = ud;
+  return 0;
+}
+
 static void api_done(sy_call *c, const char *next) {
   c->next = next ? strdup(next) : NULL;
   complete(c);
@@ -411,6 +443,7 @@ void sy__api_init(sy_api *a) {
       .done = api_done,
       .done_json = api_done_json,
       .fail = api_fail,
+      .shadow = api_shadow,
       .opt_get = api_opt_get,
       .opt_unknown = api_opt_unknown,
   };
@@ -482,6 +515,11 @@ int sy__ctx_call(void *ud, sy_task *t, const sy_ctx_fn_entry *fn,
   sy_call *c;
   if (in->diverged) { /* the step run has failed: nothing more runs */
     snprintf(err, errlen, "%s", in->diverged);
+    return SY_ESTATE;
+  }
+  if (in->candidate && !fn->fn->shadow_ok && fn->plugin->def != &sy__builtins) {
+    snprintf(err, errlen, "ctx.%s is not available in a shadow run",
+             fn->fn->name);
     return SY_ESTATE;
   }
   if ((j = sy__journal_at(in, seq))) {

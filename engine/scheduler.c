@@ -311,6 +311,7 @@ static void wind_down(sy_engine *e) {
   while (e->all) {
     sy__inst_free(e->all);
   }
+  sy__shadow_abandon_all(e);
   e->runq_head = e->runq_tail = NULL;
   e->commitq_head = e->commitq_tail = NULL;
   if (!e->fatal) {
@@ -376,7 +377,7 @@ static void check_cb(uv_check_t *h) {
   }
   /* Nothing to do until a timer or I/O: let poll block. */
   uv_idle_stop(&e->idle);
-  if (e->in_memory == 0) {
+  if (e->in_memory == 0 && !e->shadows) {
     settle(e);
   }
   jump(e);

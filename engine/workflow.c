@@ -756,7 +756,8 @@ static int compile_workflow(loader *ld) {
     return load_error(ld, line, "start step '%s' does not exist", start);
   }
   lua_settop(L, spec);
-  return check_graph(ld) || check_shadows(ld);
+  rc = check_graph(ld);
+  return rc ? rc : check_shadows(ld);
 }
 
 /* lua_pcall'd: (loader, spec) -> compile_workflow, result in ld->rc. */

@@ -373,7 +373,8 @@ static void http_cancel(void *plugin, sy_call *c) {
 }
 
 static const sy_ctx_fn fns[] = {
-    {.name = "http", .call = http_call, .cancel = http_cancel}, {0}};
+    {.name = "http", .call = http_call, .cancel = http_cancel, .shadow_ok = 1},
+    {0}};
 
 static const sy_plugin_def def = {.abi = SY_PLUGIN_ABI,
                                   .name = "http",

@@ -11,8 +11,9 @@ static void test_loads_echo(void) {
   CHECK_EQ(sy_plugins_load_dir(p, SY_TEST_PLUGIN_DIR, err, sizeof err), 0);
   CHECK(sy_plugins_node(p, "echo_node") != NULL);
   CHECK(sy_plugins_node(p, "nope") == NULL);
-  CHECK_EQ(sy_plugins_ctx_fn_count(p), 1);
+  CHECK_EQ(sy_plugins_ctx_fn_count(p), 2);
   CHECK_EQ(sy_plugins_ctx_fn(p, 0)->fn->name, "echo");
+  CHECK_EQ(sy_plugins_ctx_fn(p, 1)->fn->name, "echo_safe");
   CHECK(sy_plugins_command(p, "echo-cmd") != NULL);
   /* The same plugin twice is refused. */
   CHECK(sy_plugins_load_file(p, SY_TEST_PLUGIN_DIR "/test_echo.so", err,

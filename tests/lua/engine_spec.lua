@@ -377,3 +377,94 @@ describe("scale", function()
     cleanup(e, db)
   end)
 end)
+
+-- ---------------------------------------------------------------------
+-- Shadow runs (sy_api.shadow), through the test plugin's node: a step run
+-- beside the instance on a copy of its vars, writing nothing.
+describe("a shadow run", function()
+  local DONE, ERROR, TIMEOUT = 0, 1, 2
+  local json = require "dkjson"
+
+  -- Runs one instance of the fixture in mode `mode`, to the end; returns
+  -- the instance, its history and its shadow report.
+  local function shadowed(mode)
+    local e, db = new_engine { plugins = PLUGINS }
+    local id = assert(e:start(FIX .. "shadow.lua", { user = "ann", mode = mode }))
+    e:run()
+    local i, h = e:instance(id), e:history(id)
+    local rows = e:sql("SELECT * FROM echo_shadows WHERE instance_id = " .. id)
+    local ended = e:sql("SELECT ended_at FROM instances WHERE id = " .. id)[1].ended_at
+    local incidents = #e:incidents()
+    cleanup(e, db)
+    assert.are.equal(1, #rows, "one report")
+    local r = rows[1]
+    r.p_vars = r.p_vars and json.decode(r.p_vars)
+    r.c_vars = r.c_vars and json.decode(r.c_vars)
+    return i, h, r, ended, incidents
+  end
+
+  -- What a run leaves whatever its shadow did: the primary's path, vars
+  -- and history, no incident.
+  local function untouched(i, h, incidents)
+    assert.are.equal("completed", i.state)
+    assert.are.same({ user = "ann", mode = i.vars.mode, answer = "v1:ann",
+                      done = true,
+                      echoed = i.vars.echoed }, i.vars)
+    assert.are.equal("node#1:ok primary#1:ok after#1:ok", outcomes(h))
+    assert.are.equal(0, incidents)
+  end
+
+  it("runs the candidate on a copy of the vars, and reports both sides", function()
+    local i, h, r, _, incidents = shadowed(nil)
+    untouched(i, h, incidents)
+    assert.are.equal("primary", r.p_step)
+    assert.are.equal(DONE, r.p_status)
+    assert.are.equal("v1:ann", r.p_vars.answer)
+    assert.are.equal("candidate", r.c_step)
+    assert.are.equal(DONE, r.c_status)
+    assert.are.equal("v2:ann", r.c_vars.answer)
+    assert.are.same({ y = 1 }, r.c_vars.safe)
+    -- the copy: what the candidate wrote stayed in its report
+    assert.are.equal("changed in shadow", r.c_vars.user)
+  end)
+
+  it("keeps the candidate's error, timeout and refused calls out of the instance", function()
+    for mode, want in pairs {
+      fail = { ERROR, "the candidate broke" },
+      slow = { TIMEOUT, "timed out" },
+      signal = { ERROR, "ctx.wait_signal is not available in a shadow run" },
+      unsafe = { ERROR, "ctx.echo is not available in a shadow run" },
+    } do
+      local i, h, r, _, incidents = shadowed(mode)
+      untouched(i, h, incidents)
+      assert.are.equal(DONE, r.p_status, mode)
+      assert.are.equal(want[1], r.c_status, mode)
+      assert.matches(want[2], r.c_error, 1, true)
+      assert.is_nil(r.c_vars, mode)
+    end
+  end)
+
+  it("lets the instance end first, and is recorded after", function()
+    local i, h, r, ended, incidents = shadowed("late")
+    untouched(i, h, incidents)
+    assert.are.equal(DONE, r.c_status)
+    assert.is_true(r.recorded_at >= ended, "recorded after the instance ended")
+  end)
+end)
+
+describe("a shadow run in flight when the engine stops", function()
+  it("is reported abandoned, and the instance is as without it", function()
+    local e, db = new_engine { plugins = PLUGINS }
+    local id = assert(e:start(FIX .. "shadow.lua", { user = "bo", mode = "slow" }))
+    -- the instance completes; its candidate sleeps 30 s (its timeout: 1 s)
+    -- when the engine stops, after 300 ms
+    e:run { for_ms = 300 }
+    assert.are.equal("completed", e:instance(id).state)
+    local rows = e:sql("SELECT c_status, c_error, p_status FROM echo_shadows")
+    assert.are.equal(1, #rows)
+    assert.are.equal(3, rows[1].c_status) -- abandoned
+    assert.matches("the engine stopped first", rows[1].c_error, 1, true)
+    assert.are.equal(0, rows[1].p_status) -- the primary's side was done
+    cleanup(e, db)
+  end)
+end)

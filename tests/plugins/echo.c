@@ -14,10 +14,13 @@ typedef struct echo {
   const sy_api *api;
   sy_engine *e;
   sy_stmt *insert; /* into echo_events */
+  sy_stmt *shadow; /* into echo_shadows */
 } echo;
 
 typedef struct echo_node {
   char *then;
+  char *shadow; /* a step to run in shadow, or NULL */
+  int shadow_timeout_ms;
   int delay_ms;
   int fail;
   int has_when;
@@ -32,8 +35,8 @@ typedef struct pending {
   int cancelled;
 } pending;
 
-static const char *const node_options[] = {"then", "delay_ms", "fail", "when",
-                                           NULL};
+static const char *const node_options[] = {
+    "then", "delay_ms", "fail", "when", "shadow", "shadow_timeout_ms", NULL};
 static const char *const node_step_options[] = {"then", NULL};
 
 static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
@@ -51,6 +54,21 @@ static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
       "INSERT INTO echo_events(instance_id, type, step, fresh, memo, code) "
       "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
       NULL};
+  /* Shadow reports, as they came: each side's step, status, vars, error. */
+  static const sy_sql shadows = {
+      "CREATE TABLE IF NOT EXISTS echo_shadows(seq INTEGER PRIMARY KEY, "
+      "instance_id INTEGER, recorded_at INTEGER, p_step TEXT, p_status "
+      "INTEGER, p_vars TEXT, p_error TEXT, c_step TEXT, c_status INTEGER, "
+      "c_vars TEXT, c_error TEXT)",
+      "CREATE TABLE IF NOT EXISTS echo_shadows(seq BIGINT GENERATED ALWAYS "
+      "AS IDENTITY PRIMARY KEY, instance_id BIGINT, recorded_at BIGINT, "
+      "p_step TEXT, p_status INTEGER, p_vars TEXT, p_error TEXT, c_step TEXT, "
+      "c_status INTEGER, c_vars TEXT, c_error TEXT)"};
+  static const sy_sql shadow = {
+      "INSERT INTO echo_shadows(instance_id, recorded_at, p_step, p_status, "
+      "p_vars, p_error, c_step, c_status, c_vars, c_error) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+      NULL};
   echo *p = calloc(1, sizeof *p);
   if (!p) {
     snprintf(err, errlen, "out of memory");
@@ -58,7 +76,9 @@ static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
   }
   p->api = api;
   p->e = e;
-  if (api->exec(e, &table) || !(p->insert = api->prepare(e, &insert))) {
+  if (api->exec(e, &table) || api->exec(e, &shadows) ||
+      !(p->insert = api->prepare(e, &insert)) ||
+      !(p->shadow = api->prepare(e, &shadow))) {
     snprintf(err, errlen, "%s", api->errmsg(e));
     free(p);
     return -1;
@@ -70,6 +90,7 @@ static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
 static void echo_fini(void *state) {
   echo *p = state;
   sy_stmt_finalize(p->insert);
+  sy_stmt_finalize(p->shadow);
   free(p);
 }
 
@@ -91,6 +112,10 @@ static int compile(void *plugin, sy_opts *o, void **data, char *err,
   n->fail = v.type == SY_VAL_BOOLEAN && v.boolean;
   p->api->opt_get(o, "when", &v);
   n->has_when = v.type == SY_VAL_FUNCTION;
+  p->api->opt_get(o, "shadow", &v);
+  n->shadow = v.type == SY_VAL_STRING ? strdup(v.str) : NULL;
+  p->api->opt_get(o, "shadow_timeout_ms", &v);
+  n->shadow_timeout_ms = v.type == SY_VAL_NUMBER ? (int)v.number : 1000;
   *data = n;
   return 0;
 }
@@ -99,7 +124,30 @@ static void free_node(void *plugin, void *data) {
   echo_node *n = data;
   (void)plugin;
   free(n->then);
+  free(n->shadow);
   free(n);
+}
+
+/* A shadow's report, recorded in the engine's next transaction. */
+static void shadow_report(void *plugin, void *ud, const sy_shadow_report *r) {
+  echo *p = plugin;
+  sy_stmt *s = p->shadow;
+  (void)ud;
+  if (p->api->tx_begin(p->e) < 0) {
+    return;
+  }
+  sy_stmt_bind_int(s, 1, r->instance_id);
+  sy_stmt_bind_int(s, 2, p->api->now_ms(p->e));
+  sy_stmt_bind_text(s, 3, r->primary.step);
+  sy_stmt_bind_int(s, 4, r->primary.status);
+  sy_stmt_bind_text(s, 5, r->primary.vars_json);
+  sy_stmt_bind_text(s, 6, r->primary.error);
+  sy_stmt_bind_text(s, 7, r->candidate.step);
+  sy_stmt_bind_int(s, 8, r->candidate.status);
+  sy_stmt_bind_text(s, 9, r->candidate.vars_json);
+  sy_stmt_bind_text(s, 10, r->candidate.error);
+  sy_stmt_step(s);
+  sy_stmt_reset(s);
 }
 
 static void pending_closed(uv_handle_t *h) {
@@ -152,6 +200,11 @@ static void execute(void *plugin, sy_call *c) {
   char json[128];
   int ok = 1;
   remember(p, c);
+  if (n->shadow && p->api->shadow(c, n->shadow, n->shadow_timeout_ms / 1000.0,
+                                  shadow_report, NULL)) {
+    p->api->fail(c, "echo node: the engine refused the shadow");
+    return;
+  }
   if (n->fail) {
     p->api->fail(c, "echo node told to fail");
     return;
@@ -269,7 +322,11 @@ static const sy_node_type nodes[] = {{.name = "echo_node",
                                       .execute = execute,
                                       .cancel = cancel},
                                      {0}};
-static const sy_ctx_fn fns[] = {{.name = "echo", .call = fn_echo}, {0}};
+/* echo_safe: the same, and a shadow run may call it. */
+static const sy_ctx_fn fns[] = {
+    {.name = "echo", .call = fn_echo},
+    {.name = "echo_safe", .call = fn_echo, .shadow_ok = 1},
+    {0}};
 static const sy_command cmds[] = {
     {.name = "echo-cmd", .summary = "print the arguments", .run = cmd_echo},
     {0}};

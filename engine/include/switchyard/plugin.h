@@ -180,6 +180,32 @@ typedef struct sy_value {
   size_t len;
 } sy_value;
 
+/* Shadow runs (sy_api.shadow): a step run beside an instance on a copy of
+ * its vars, writing nothing, compared with the step the instance takes. */
+typedef enum {
+  SY_SHADOW_DONE,     /* the step ended well: vars_json */
+  SY_SHADOW_ERROR,    /* it raised or failed: error */
+  SY_SHADOW_TIMEOUT,  /* it ran out of time: error */
+  SY_SHADOW_ABANDONED /* it never ended here (a shutdown, the instance
+                         left memory first): error says why */
+} sy_shadow_status;
+typedef struct sy_shadow_side {
+  sy_shadow_status status;
+  const char *step;
+  const char *vars_json; /* DONE: the vars after the step */
+  const char *error;
+  int64_t ms; /* how long the step ran */
+} sy_shadow_side;
+typedef struct sy_shadow_report {
+  int64_t instance_id;
+  const char *workflow;
+  sy_shadow_side primary, candidate;
+} sy_shadow_report;
+/* Called once, on the loop, outside any transaction, when both sides are
+ * known; the report lives until it returns. */
+typedef void (*sy_shadow_done)(void *plugin, void *ud,
+                               const sy_shadow_report *report);
+
 /* Events an instance goes through, reported to on_event inside the same
  * store transaction that records them, so a plugin's counters can never
  * disagree with the instance rows. */
@@ -336,6 +362,16 @@ typedef struct sy_api {
   void (*done_json)(sy_call *c, const char *json);
   void (*fail)(sy_call *c, const char *message);
 
+  /* From a node's execute, before it completes: once the node's
+   * transition commits, run task step `step` beside the instance, on a
+   * copy of its vars, for at most timeout_s seconds, writing nothing; its
+   * ctx functions are those marked shadow_ok. The instance's own next
+   * step (its first run) is the primary side. done(plugin, ud, report)
+   * is called exactly once when this returns 0: with both sides, or
+   * ABANDONED when the node fails or ends the instance, or the engine
+   * stops first. 0, or SY_EINVAL (not a node's call, not a task step). */
+  int (*shadow)(sy_call *c, const char *step, double timeout_s,
+                sy_shadow_done done, void *ud);
   /* Node options at load time (in compile). key may be a path into
    * tables: "shadow.timeout", "shadow.compare.1" (a number is a 1-based
    * index); nil where a step of it is not a table. */
@@ -398,6 +434,9 @@ typedef struct sy_ctx_fn {
   const char *name;
   void (*call)(void *plugin, sy_call *c, const char *args_json);
   void (*cancel)(void *plugin, sy_call *c);
+  /* A shadow run may call it: it changes nothing the instance owns (an
+   * HTTP call is the step's own business, with its own idempotency key). */
+  int shadow_ok;
 } sy_ctx_fn;
 
 /* An instance in an incident that `switchyard retry` selected, as a
