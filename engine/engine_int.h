@@ -40,9 +40,11 @@ typedef struct sy_shadow {
   const sy_workflow *wf;
   sy_shadow_side side[2]; /* SY__PRIMARY, SY__CANDIDATE; strings owned */
   int ended[2];
-  sy_inst *primary;   /* watched until its step ends */
-  sy_inst *candidate; /* until it ends */
-  double timeout;     /* seconds */
+  sy_inst *primary;    /* watched until its step ends */
+  sy_inst *candidate;  /* until it ends */
+  double timeout;      /* seconds */
+  const sy_step *node; /* the node that asked, and its compare option */
+  char *compare;       /* path, or NULL */
   struct sy_shadow *next, *prev;
 } sy_shadow;
 enum { SY__PRIMARY, SY__CANDIDATE };
@@ -89,6 +91,8 @@ struct sy_call {
   sy_call *prev_live;
   /* A node's request of a shadow run (sy_api.shadow), until it completes. */
   const sy_step *shadow_step;
+  const sy_step *shadow_node;
+  char *shadow_compare;
   int64_t shadow_instance;
   const sy_workflow *shadow_wf;
   double shadow_timeout;

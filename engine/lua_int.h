@@ -94,6 +94,11 @@ void sy__make_read_only(lua_State *L, int loading);
 /* Pushes a fresh environment for a workflow file. */
 void sy__push_sandbox(sy_lua *h);
 
+/* workflow.c: pushes the value at a path of the options table at idx
+ * ("a.b", "a.1": names, or 1-based indexes), nil where a step of it is not
+ * a table. */
+void sy__push_opt_path(lua_State *L, int idx, const char *path);
+
 /* lua_json.c */
 /* Pushes the value of JSON text (want_object: it must be an object). */
 int sy__push_json_text(lua_State *L, const char *text, int want_object,

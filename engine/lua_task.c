@@ -3,7 +3,9 @@
  * functions (ctx.http, ctx.version, ...); a step that sleeps or calls a
  * plugin yields, and the engine resumes it when the timer fires or the
  * call completes. Plugins read and write vars through here. */
+#include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -623,6 +625,131 @@ int sy_task_predicate(sy_task *t, const sy_step *step, const char *option,
   *out = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Shadow runs' compare. */
+
+/* Appends to detail, cutting at its end with "...". */
+static void detail_add(char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void detail_add(char *buf, size_t cap, const char *fmt, ...) {
+  size_t n = strlen(buf);
+  va_list ap;
+  if (n + 1 >= cap) {
+    return;
+  }
+  va_start(ap, fmt);
+  if ((size_t)vsnprintf(buf + n, cap - n, fmt, ap) >= cap - n && cap > 4) {
+    memcpy(buf + cap - 4, "...", 4);
+  }
+  va_end(ap);
+}
+
+static void detail_value(char *buf, size_t cap, json_t *v) {
+  char *text = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+  detail_add(buf, cap, "%.120s", v ? (text ? text : "?") : "absent");
+  free(text);
+}
+
+/* The list at the top of the stack: each name equal as JSON on both
+ * sides. Pops it. */
+static int compare_list(lua_State *L, const sy_lua_compare *q, int *same,
+                        char *detail, size_t cap) {
+  json_t *p = json_loads(q->primary, 0, NULL);
+  json_t *c = json_loads(q->candidate, 0, NULL);
+  char absent[SY_SHADOW_DETAIL_MAX] = "";
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  *same = 1;
+  for (lua_Integer i = 1; p && c && i <= n; i++) {
+    const char *name;
+    json_t *a, *b;
+    lua_rawgeti(L, -1, i);
+    name = lua_tostring(L, -1); /* compile checked: names */
+    a = name ? json_object_get(p, name) : NULL;
+    b = name ? json_object_get(c, name) : NULL;
+    if (name && !a && !b) {
+      detail_add(absent, sizeof absent, "%s%.64s", absent[0] ? ", " : "", name);
+    } else if (name && !(a && b && json_equal(a, b))) {
+      detail_add(detail, cap, "%s%.64s: ", *same ? "" : "; ", name);
+      detail_value(detail, cap, a);
+      detail_add(detail, cap, " -> ");
+      detail_value(detail, cap, b);
+      *same = 0;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (*same && absent[0]) {
+    detail_add(detail, cap, "absent on both sides: %s", absent);
+  }
+  json_decref(p);
+  json_decref(c);
+  return 0;
+}
+
+/* The function on top of the stack: (ctx, primary, candidate) -> same,
+ * detail, under the step limits. Pops it. */
+static int compare_fn(sy_lua *h, const sy_lua_compare *q, int *same,
+                      char *detail, size_t cap) {
+  lua_State *L = h->L;
+  lua_State *co = lua_newthread(L);
+  sy_task *outer = h->current;
+  int rc;
+  lua_rotate(L, -2, 1); /* the thread below the function */
+  lua_xmove(L, co, 1);
+  lua_createtable(co, 0, 5);
+  lua_pushinteger(co, q->instance_id);
+  lua_setfield(co, -2, "instance_id");
+  lua_pushstring(co, q->wf->name);
+  lua_setfield(co, -2, "workflow");
+  lua_pushstring(co, q->node->name);
+  lua_setfield(co, -2, "step");
+  lua_pushstring(co, q->primary_step);
+  lua_setfield(co, -2, "primary_step");
+  lua_pushstring(co, q->candidate_step);
+  lua_setfield(co, -2, "candidate_step");
+  if (sy__push_json_text(co, q->primary, 1, detail, cap) ||
+      sy__push_json_text(co, q->candidate, 1, detail, cap)) {
+    lua_pop(L, 1);
+    return SY_ELUA;
+  }
+  h->current = NULL; /* no ctx function runs here */
+  sy__limits_on(h, co, h->instructions);
+  rc = lua_pcall(co, 3, 2, 0);
+  sy__limits_off(h, co);
+  h->current = outer;
+  if (rc != LUA_OK) {
+    sy__error_message(co, q->wf->path, detail, cap, NULL);
+  } else {
+    *same = lua_toboolean(co, -2);
+    if (!lua_isnil(co, -1)) {
+      detail_add(detail, cap, "%s", luaL_tolstring(co, -1, NULL));
+    }
+  }
+  lua_pop(L, 1); /* the thread */
+  return rc == LUA_OK ? 0 : SY_ELUA;
+}
+
+int sy_lua_shadow_compare(sy_lua *h, const sy_lua_compare *q, int *same,
+                          char *detail, size_t cap) {
+  lua_State *L = h->L;
+  detail[0] = '\0';
+  lua_rawgeti(L, LUA_REGISTRYINDEX, q->node->lua->opts);
+  sy__push_opt_path(L, -1, q->path);
+  lua_remove(L, -2);
+  if (lua_istable(L, -1)) {
+    return compare_list(L, q, same, detail, cap);
+  }
+  if (lua_isfunction(L, -1)) {
+    return compare_fn(h, q, same, detail, cap);
+  }
+  lua_pop(L, 1);
+  snprintf(detail, cap,
+           "step '%s': option '%s' is neither a list nor a "
+           "function",
+           q->node->name, q->path);
+  return SY_ELUA;
 }
 
 /* ---------------------------------------------------------------------

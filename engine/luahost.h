@@ -161,6 +161,24 @@ void sy_task_set_generation(sy_task *t, int generation);
 void sy_task_set_shadow(sy_task *t);
 /* The task's vars as JSON (malloc'd): 0, or -1. */
 int sy_task_vars_json(sy_task *t, char **out);
+
+/* A shadow run's compare: the two sides' vars (JSON objects) by the
+ * node's option at path, a list of var names or a function (see
+ * sy_api.shadow). 0 with *same and what differs (or, when the same, the
+ * compared vars neither side has) in detail, "" for nothing; or SY_ELUA
+ * (the function raised, or the option is neither) with the error in
+ * detail. */
+enum { SY_SHADOW_DETAIL_MAX = 512 };
+typedef struct sy_lua_compare {
+  const sy_workflow *wf;
+  const sy_step *node;
+  const char *path;
+  int64_t instance_id;
+  const char *primary_step, *candidate_step;
+  const char *primary, *candidate; /* vars */
+} sy_lua_compare;
+int sy_lua_shadow_compare(sy_lua *h, const sy_lua_compare *q, int *same,
+                          char *detail, size_t cap);
 /* The one maker of idempotency keys: "<instance>-<step>-<attempt>", with
  * ".<n>" after the n-th incident retry, and "#<k>" for the k-th ctx call
  * (k > 1) of the step run; written into buf, which it returns. */

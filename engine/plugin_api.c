@@ -191,6 +191,7 @@ static void call_free(sy_call *c) {
   if (c->shadow_done) {
     sy__shadow_never_ran(c, "the node's call was abandoned");
   }
+  free(c->shadow_compare);
   call_unlink(c->e, c);
   free(c->what);
   free(c->held_args);
@@ -377,14 +378,18 @@ static void invoke(sy_call *c, const char *args_json) {
 }
 
 static int api_shadow(sy_call *c, const char *step, double timeout_s,
-                      sy_shadow_done done, void *ud) {
+                      const char *compare, sy_shadow_done done, void *ud) {
   const sy_step *s;
   if (!c->node || !c->inst || c->completed || c->shadow_done || !done ||
       !(timeout_s > 0) || !(s = sy_workflow_step(c->inst->wf, step)) ||
       s->kind != SY_STEP_TASK) {
     return SY_EINVAL;
   }
+  if (compare && !(c->shadow_compare = strdup(compare))) {
+    return SY_ENOMEM;
+  }
   c->shadow_step = s;
+  c->shadow_node = c->inst->step;
   c->shadow_instance = c->inst->id;
   c->shadow_wf = c->inst->wf;
   c->shadow_timeout = timeout_s;

@@ -25,12 +25,14 @@ static void shadow_free(sy_shadow *sh) {
     free((char *)sh->side[k].vars_json);
     free((char *)sh->side[k].error);
   }
+  free(sh->compare);
   free(sh);
 }
 
 void sy__shadow_side(sy_shadow *sh, int k, sy_shadow_status status,
                      char *vars_json, const char *error, int64_t ms) {
   sy_shadow_report rep;
+  char detail[SY_SHADOW_DETAIL_MAX];
   if (sh->ended[k]) {
     free(vars_json);
     return;
@@ -57,7 +59,27 @@ void sy__shadow_side(sy_shadow *sh, int k, sy_shadow_status status,
   rep = (sy_shadow_report){.instance_id = sh->instance_id,
                            .workflow = sh->wf->name,
                            .primary = sh->side[SY__PRIMARY],
-                           .candidate = sh->side[SY__CANDIDATE]};
+                           .candidate = sh->side[SY__CANDIDATE],
+                           .verdict = SY_SHADOW_UNCOMPARED,
+                           .detail = NULL};
+  if (sh->compare && rep.primary.status == SY_SHADOW_DONE &&
+      rep.candidate.status == SY_SHADOW_DONE) {
+    sy_lua_compare q = {.wf = sh->wf,
+                        .node = sh->node,
+                        .path = sh->compare,
+                        .instance_id = sh->instance_id,
+                        .primary_step = rep.primary.step,
+                        .candidate_step = rep.candidate.step,
+                        .primary = rep.primary.vars_json,
+                        .candidate = rep.candidate.vars_json};
+    int same = 0;
+    rep.verdict =
+        sy_lua_shadow_compare(sh->e->lua, &q, &same, detail, sizeof detail)
+            ? SY_SHADOW_COMPARE_FAILED
+        : same ? SY_SHADOW_SAME
+               : SY_SHADOW_DIFFERENT;
+    rep.detail = detail[0] ? detail : NULL;
+  }
   sh->done(sh->plugin, sh->ud, &rep);
   shadow_free(sh);
 }
@@ -69,6 +91,7 @@ void sy__shadow_never_ran(sy_call *c, const char *why) {
                           .primary = none,
                           .candidate = none};
   sy_shadow_done done = c->shadow_done;
+  rep.verdict = SY_SHADOW_UNCOMPARED;
   rep.candidate.step = c->shadow_step->name;
   c->shadow_done = NULL; /* once */
   done(c->node->plugin->state, c->shadow_ud, &rep);
@@ -109,7 +132,10 @@ void sy__shadow_begin(sy_inst *in, sy_call *c, const sy_task_result *r) {
                     .wf = in->wf,
                     .primary = in,
                     .candidate = cand,
-                    .timeout = c->shadow_timeout};
+                    .timeout = c->shadow_timeout,
+                    .node = c->shadow_node,
+                    .compare = c->shadow_compare};
+  c->shadow_compare = NULL; /* the shadow's now */
   sh->side[SY__PRIMARY].step = sy_workflow_step(in->wf, r->next)->name;
   sh->side[SY__CANDIDATE].step = c->shadow_step->name;
   sh->next = e->shadows;

@@ -953,9 +953,7 @@ void sy_workflow_free(sy_lua *h, sy_workflow *wf) {
 }
 
 /* What a node's compile reads. */
-/* Pushes the value at a path of the options ("a.b", "a.1": names, or
- * 1-based indexes), nil where a step of it is not a table. */
-static void push_path(lua_State *L, int idx, const char *path) {
+void sy__push_opt_path(lua_State *L, int idx, const char *path) {
   lua_pushvalue(L, idx);
   while (*path) {
     size_t n = strcspn(path, ".");
@@ -980,7 +978,7 @@ static void push_path(lua_State *L, int idx, const char *path) {
 }
 
 int sy_opts_get(sy_opts *o, const char *key, sy_value *out) {
-  push_path(o->L, o->idx, key);
+  sy__push_opt_path(o->L, o->idx, key);
   sy__read_value(o->L, -1, out);
   /* Strings stay valid: the options table still holds them. */
   lua_pop(o->L, 1);
@@ -991,7 +989,7 @@ const char *sy_opts_unknown(sy_opts *o, const char *path,
                             const char *const *allowed) {
   lua_State *L = o->L;
   const char *bad = NULL;
-  push_path(L, o->idx, path);
+  sy__push_opt_path(L, o->idx, path);
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
     while (!bad && lua_next(L, -2)) {

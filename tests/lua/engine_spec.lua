@@ -452,6 +452,50 @@ describe("a shadow run", function()
   end)
 end)
 
+describe("a shadow run's compare", function()
+  local SAME, DIFFERENT, FAILED = 1, 2, 3
+
+  -- The report of one instance of the compare fixture.
+  local function compared(vars)
+    local e, db = new_engine { plugins = PLUGINS }
+    local id = assert(e:start(FIX .. "shadow_compare.lua", vars))
+    e:run()
+    local i = e:instance(id)
+    local rows = e:sql("SELECT verdict, detail, c_status FROM echo_shadows")
+    cleanup(e, db)
+    assert.are.equal("completed", i.state)
+    assert.are.equal(1, #rows)
+    return rows[1], id
+  end
+
+  it("by a list: each var equal as JSON, and what differs", function()
+    local r = compared { cmp = "list", user = "ann" }
+    assert.are.equal(DIFFERENT, r.verdict)
+    assert.are.equal('answer: "v1:ann" -> "v2:ann"; '
+                     .. 'user: "ann" -> "changed in shadow"', r.detail)
+    r = compared { cmp = "list", user = "ann", same = true }
+    assert.are.equal(SAME, r.verdict)
+    -- a compared var that neither side has is said, not hidden
+    assert.are.equal("absent on both sides: nowhere", r.detail)
+  end)
+
+  it("by a function of ctx, primary and candidate", function()
+    local r, id = compared { cmp = "fn", user = "bo" }
+    assert.are.equal(SAME, r.verdict)
+    assert.are.equal("fn on shadow_compare #" .. id .. ": primary vs candidate",
+                     r.detail)
+  end)
+
+  it("that raises, or runs past the step limits, fails and touches nothing", function()
+    local r = compared { cmp = "raises", user = "cy" }
+    assert.are.equal(FAILED, r.verdict)
+    assert.matches("shadow_compare.lua:%d+: no verdict here", r.detail)
+    r = compared { cmp = "spins", user = "cy" }
+    assert.are.equal(FAILED, r.verdict)
+    assert.matches("instruction", r.detail)
+  end)
+end)
+
 describe("a shadow run in flight when the engine stops", function()
   it("is reported abandoned, and the instance is as without it", function()
     local e, db = new_engine { plugins = PLUGINS }

@@ -21,6 +21,7 @@ typedef struct echo_node {
   char *then;
   char *shadow; /* a step to run in shadow, or NULL */
   int shadow_timeout_ms;
+  int compare; /* has a `compare` option: a var list or a function */
   int delay_ms;
   int fail;
   int has_when;
@@ -36,7 +37,8 @@ typedef struct pending {
 } pending;
 
 static const char *const node_options[] = {
-    "then", "delay_ms", "fail", "when", "shadow", "shadow_timeout_ms", NULL};
+    "then",   "delay_ms",          "fail",    "when",
+    "shadow", "shadow_timeout_ms", "compare", NULL};
 static const char *const node_step_options[] = {"then", NULL};
 
 static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
@@ -54,20 +56,22 @@ static int echo_init(const sy_api *api, sy_engine *e, void **state, char *err,
       "INSERT INTO echo_events(instance_id, type, step, fresh, memo, code) "
       "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
       NULL};
-  /* Shadow reports, as they came: each side's step, status, vars, error. */
+  /* Shadow reports, as they came: each side's step, status, vars, error;
+   * the compare's verdict and detail. */
   static const sy_sql shadows = {
       "CREATE TABLE IF NOT EXISTS echo_shadows(seq INTEGER PRIMARY KEY, "
       "instance_id INTEGER, recorded_at INTEGER, p_step TEXT, p_status "
       "INTEGER, p_vars TEXT, p_error TEXT, c_step TEXT, c_status INTEGER, "
-      "c_vars TEXT, c_error TEXT)",
+      "c_vars TEXT, c_error TEXT, verdict INTEGER, detail TEXT)",
       "CREATE TABLE IF NOT EXISTS echo_shadows(seq BIGINT GENERATED ALWAYS "
       "AS IDENTITY PRIMARY KEY, instance_id BIGINT, recorded_at BIGINT, "
       "p_step TEXT, p_status INTEGER, p_vars TEXT, p_error TEXT, c_step TEXT, "
-      "c_status INTEGER, c_vars TEXT, c_error TEXT)"};
+      "c_status INTEGER, c_vars TEXT, c_error TEXT, verdict INTEGER, "
+      "detail TEXT)"};
   static const sy_sql shadow = {
       "INSERT INTO echo_shadows(instance_id, recorded_at, p_step, p_status, "
-      "p_vars, p_error, c_step, c_status, c_vars, c_error) "
-      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+      "p_vars, p_error, c_step, c_status, c_vars, c_error, verdict, detail) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
       NULL};
   echo *p = calloc(1, sizeof *p);
   if (!p) {
@@ -116,6 +120,8 @@ static int compile(void *plugin, sy_opts *o, void **data, char *err,
   n->shadow = v.type == SY_VAL_STRING ? strdup(v.str) : NULL;
   p->api->opt_get(o, "shadow_timeout_ms", &v);
   n->shadow_timeout_ms = v.type == SY_VAL_NUMBER ? (int)v.number : 1000;
+  p->api->opt_get(o, "compare", &v);
+  n->compare = v.type == SY_VAL_TABLE || v.type == SY_VAL_FUNCTION;
   *data = n;
   return 0;
 }
@@ -146,6 +152,8 @@ static void shadow_report(void *plugin, void *ud, const sy_shadow_report *r) {
   sy_stmt_bind_int(s, 8, r->candidate.status);
   sy_stmt_bind_text(s, 9, r->candidate.vars_json);
   sy_stmt_bind_text(s, 10, r->candidate.error);
+  sy_stmt_bind_int(s, 11, r->verdict);
+  sy_stmt_bind_text(s, 12, r->detail);
   sy_stmt_step(s);
   sy_stmt_reset(s);
 }
@@ -200,8 +208,9 @@ static void execute(void *plugin, sy_call *c) {
   char json[128];
   int ok = 1;
   remember(p, c);
-  if (n->shadow && p->api->shadow(c, n->shadow, n->shadow_timeout_ms / 1000.0,
-                                  shadow_report, NULL)) {
+  if (n->shadow &&
+      p->api->shadow(c, n->shadow, n->shadow_timeout_ms / 1000.0,
+                     n->compare ? "compare" : NULL, shadow_report, NULL)) {
     p->api->fail(c, "echo node: the engine refused the shadow");
     return;
   }

@@ -196,10 +196,24 @@ typedef struct sy_shadow_side {
   const char *error;
   int64_t ms; /* how long the step ran */
 } sy_shadow_side;
+/* What the compare (sy_api.shadow's compare option) said of two sides
+ * that both ended well. */
+typedef enum {
+  SY_SHADOW_UNCOMPARED, /* a side did not end well, or no compare */
+  SY_SHADOW_SAME,
+  SY_SHADOW_DIFFERENT,
+  SY_SHADOW_COMPARE_FAILED /* the compare function raised: detail says */
+} sy_shadow_verdict;
 typedef struct sy_shadow_report {
   int64_t instance_id;
   const char *workflow;
   sy_shadow_side primary, candidate;
+  sy_shadow_verdict verdict;
+  /* DIFFERENT: what differs ("verified: true -> false", or what the
+   * compare function said); SAME: the compared vars that neither side
+   * has ("absent on both sides: decision"), or NULL; COMPARE_FAILED: the
+   * error. */
+  const char *detail;
 } sy_shadow_report;
 /* Called once, on the loop, outside any transaction, when both sides are
  * known; the report lives until it returns. */
@@ -366,12 +380,17 @@ typedef struct sy_api {
    * transition commits, run task step `step` beside the instance, on a
    * copy of its vars, for at most timeout_s seconds, writing nothing; its
    * ctx functions are those marked shadow_ok. The instance's own next
-   * step (its first run) is the primary side. done(plugin, ud, report)
-   * is called exactly once when this returns 0: with both sides, or
-   * ABANDONED when the node fails or ends the instance, or the engine
-   * stops first. 0, or SY_EINVAL (not a node's call, not a task step). */
+   * step (its first run) is the primary side. compare, when not NULL,
+   * is the path of a node option comparing the two sides' vars when both
+   * end well: a list of var names (each equal as JSON on both sides), or
+   * function(ctx, primary, candidate) -> same, detail, run under the
+   * step limits with a ctx of instance_id, workflow, step (the node's),
+   * primary_step and candidate_step. done(plugin, ud, report) is called
+   * exactly once when this returns 0: with both sides, or ABANDONED when
+   * the node fails or ends the instance, or the engine stops first. 0, or
+   * SY_EINVAL (not a node's call, not a task step). */
   int (*shadow)(sy_call *c, const char *step, double timeout_s,
-                sy_shadow_done done, void *ud);
+                const char *compare, sy_shadow_done done, void *ud);
   /* Node options at load time (in compile). key may be a path into
    * tables: "shadow.timeout", "shadow.compare.1" (a number is a 1-based
    * index); nil where a step of it is not a table. */
