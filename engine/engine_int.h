@@ -24,8 +24,8 @@
  * default concurrency, so that Lua steps chained one after another (see
  * sy__handle_result) run in the turn their instance was taken. */
 #define SY__BATCH 1536
-#define SY__CHAIN_MAX 16   /* transitions of one instance in one transaction */
-#define SY__LEASE_MS 30000 /* how long a claim holds without renewal */
+#define SY__CHAIN_MAX 16 /* transitions of one instance in one transaction */
+#define SY__LEASE_MS SY_ENGINE_LEASE_MS
 
 typedef struct sy_inst sy_inst;
 

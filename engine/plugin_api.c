@@ -78,6 +78,9 @@ __attribute__((format(printf, 2, 3))) static void api_log(sy_engine *e,
   fputc('\n', stderr);
   va_end(ap);
 }
+static const char *api_engine_id(sy_engine *e) {
+  return e->id;
+}
 static sy_engine *api_engine(sy_call *c) {
   return c->e;
 }
@@ -430,6 +433,7 @@ void sy__api_init(sy_api *a) {
       .now_ms = api_now_ms,
       .setting = api_setting,
       .log = api_log,
+      .engine_id = api_engine_id,
       .engine = api_engine,
       .instance_id = api_instance_id,
       .workflow = api_workflow,

@@ -64,6 +64,7 @@ enum {
   CVQ_FLAG_DESCRIBE,
   CVQ_FLAG_SET_RATE,
   CVQ_FLAG_SET_KILLED,
+  CVQ_FLAG_SET_SHADOW,
   CVQ_FLAG_RETIRE,
   CVQ_AUDIT_ADD,
   CVQ_AUDIT_OF,
@@ -112,6 +113,15 @@ enum {
   CVQ_RAMPS,
   CVQ_REPORT_DECISIONS,
   CVQ_RAMP_TALLIES,
+  /* shadow runs (shadow.c) */
+  CVQ_SHADOW_SPEND,
+  CVQ_SHADOW_SKIP,
+  CVQ_SHADOW_START,
+  CVQ_SHADOW_END,
+  CVQ_SHADOW_OUTCOMES,
+  CVQ_SHADOW_TIMES,
+  CVQ_SHADOW_MISMATCHES,
+  CVQ_SHADOW_BUDGET,
   /* serve's /metrics (metrics.c) */
   CVQ_METRICS_COUNTERS,
   CVQ_METRICS_FLAGS,
@@ -236,6 +246,13 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
  * the cached flag, the subject's override, the every_nth counter, then
  * cv_precedence. */
 int cv_route(cv_router *r, int64_t tx, const cv_request *req, cv_decision *out);
+
+/* shadow.c: after node n decided d for req, asks for a shadow run of
+ * v2's step when the decision is in the flag's shadow share and its
+ * budget allows, and records the run as started. 0, or -1 with
+ * r->errmsg. */
+int cv_shadow_maybe(cv_router *r, sy_call *c, const cv_node *n,
+                    const cv_request *req, const cv_decision *d);
 
 /* counters.c: the batched changes of one (workflow, flag, version) in the
  * open transaction, created at zero when new; NULL with r->errmsg. */

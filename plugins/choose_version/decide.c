@@ -200,6 +200,7 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
     snprintf(r->errmsg, sizeof r->errmsg, "cannot open a transaction");
     return -1;
   }
+  out->recorded = 0;
   /* An instance never changes branch: a re-run reuses its decision. The
    * every_nth counter must not move for a re-run, so look first there;
    * otherwise deciding is free of side effects and the insert finds out. */
@@ -226,6 +227,7 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
     return -1;
   }
   rc = record(r, instance_id, workflow, step, req, memo, out);
+  out->recorded = rc == 0;
   if (rc == 1) {
     return recorded(r, instance_id, req->flag, out, &found);
   }

@@ -50,6 +50,8 @@ static int load_flag(cv_router *r, cv_flag *f) {
     f->retired = (int)sy_stmt_column_int(s, 3);
     f->overrides = sy_stmt_column_int(s, 4);
     f->ramp_id = sy_stmt_column_int(s, 5);
+    f->shadow_ppm = (uint32_t)sy_stmt_column_int(s, 6);
+    f->shadow_budget = sy_stmt_column_int(s, 7);
     if (!(f->group = strdup(sy_stmt_column_text(s, 2)))) {
       sy_stmt_reset(s);
       snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
@@ -59,6 +61,8 @@ static int load_flag(cv_router *r, cv_flag *f) {
     f->exists = f->killed = f->retired = 0;
     f->rate_ppm = 0;
     f->overrides = f->ramp_id = 0;
+    f->shadow_ppm = 0;
+    f->shadow_budget = 0;
   } else {
     return cv_db_fail(r, s);
   }

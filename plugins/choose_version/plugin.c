@@ -364,7 +364,8 @@ static void execute(void *plugin, sy_call *c) {
     req.eligible = ok;
   }
   if (cv_decide(r, api->instance_id(c), api->workflow(c), api->step(c), &req,
-                force, memo, &d)) {
+                force, memo, &d) ||
+      (n->shadow && cv_shadow_maybe(r, c, n, &req, &d))) {
     fail_call(r, c);
     return;
   }

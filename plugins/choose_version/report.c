@@ -27,7 +27,11 @@ static const char report_usage[] =
     "percentage\n"
     "                         points of incident rate (default 1)\n"
     "  --fail-if-worse        exit 1 when V2 is significantly worse\n"
-    "  --json                 machine-readable (schema switchyard.report/1)\n";
+    "  --json                 machine-readable (schema switchyard.report/1)\n"
+    "  --shadow               the shadow runs instead (rollout shadow): runs,\n"
+    "                         mismatch rate, errors, timeouts, lost, skipped\n"
+    "                         by the budget, both sides' latency, the first\n"
+    "                         mismatches (--json: switchyard.shadow/1)\n";
 
 #define usage_error(...) cv_usage_error(CMD, __VA_ARGS__)
 
@@ -609,7 +613,7 @@ static json_t *ramps_json(const query *q, const ramp *rs, int nr) {
 typedef struct options {
   query q;
   double alpha, min_effect;
-  int json, fail_if_worse, help;
+  int json, fail_if_worse, help, shadow;
 } options;
 
 static int parse_options(int argc, char **argv, int64_t now, options *o) {
@@ -627,6 +631,8 @@ static int parse_options(int argc, char **argv, int64_t now, options *o) {
       o->json = 1;
     } else if (strcmp(a, "--fail-if-worse") == 0) {
       o->fail_if_worse = 1;
+    } else if (strcmp(a, "--shadow") == 0) {
+      o->shadow = 1;
     } else if (strcmp(a, "--since") == 0 || strcmp(a, "--until") == 0) {
       if (!val ||
           parse_time(val, now, a[2] == 's' ? &o->q.since : &o->q.until)) {
@@ -672,6 +678,12 @@ static int parse_options(int argc, char **argv, int64_t now, options *o) {
   }
   if (o->q.since >= o->q.until) {
     return usage_error("--since must come before --until");
+  }
+  if (o->shadow && (o->q.workflow || o->fail_if_worse)) {
+    return usage_error(
+        "--shadow reports every workflow's shadow runs; "
+        "%s does not apply",
+        o->q.workflow ? "--workflow" : "--fail-if-worse");
   }
   return 0;
 }
@@ -795,6 +807,276 @@ json_t *cv_report_document(cv_router *r, const char *flag, int full,
   return j;
 }
 
+/* ---------------------------------------------------------------------
+ * report --shadow: the flag's shadow runs (shadow.c records them). */
+
+/* The outcomes of a run, as cv_shadow_runs and the document name them;
+ * in_flight and lost are the open runs, by whether their engine lives. */
+static const char *const shadow_outcomes[] = {"match",
+                                              "mismatch",
+                                              "candidate_error",
+                                              "candidate_timeout",
+                                              "primary_error",
+                                              "compare_error",
+                                              "lost",
+                                              "in_flight"};
+enum { SH_MATCH, SH_MISMATCH, SH_OUTCOMES = 8, SH_FIRST_MISMATCHES = 10 };
+
+typedef struct shadow_stats {
+  int64_t n[SH_OUTCOMES], runs;
+  int64_t rate_ppm, budget, used_this_hour, skipped;
+  int64_t absent; /* matches that compared vars neither side had */
+  char absent_example[200];
+  latency primary, candidate;
+  json_t *mismatches;
+} shadow_stats;
+
+static int shadow_flag(cv_router *r, const char *flag, shadow_stats *st) {
+  sy_stmt *s = cv_stmt(r, CVQ_FLAG_ROW);
+  int rc;
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, flag);
+  if ((rc = sy_stmt_step(s)) == SY_ROW) {
+    st->rate_ppm = sy_stmt_column_int(s, 9);
+    st->budget = sy_stmt_column_int(s, 10);
+  } else if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  return 0;
+}
+
+/* Binds the flag and the window as ?1 to ?3. */
+static sy_stmt *shadow_stmt(cv_router *r, int q, const query *w) {
+  sy_stmt *s = cv_stmt(r, q);
+  if (s) {
+    sy_stmt_bind_text(s, 1, w->flag);
+    sy_stmt_bind_int(s, 2, w->since);
+    sy_stmt_bind_int(s, 3, w->until);
+  }
+  return s;
+}
+
+static int shadow_read(cv_router *r, const query *w, int64_t now,
+                       shadow_stats *st) {
+  sy_stmt *s;
+  int rc;
+  if (shadow_flag(r, w->flag, st) ||
+      !(s = shadow_stmt(r, CVQ_SHADOW_OUTCOMES, w))) {
+    return -1;
+  }
+  /* an engine renews its heartbeat a few times per lease */
+  sy_stmt_bind_int(s, 4, now - SY_ENGINE_LEASE_MS);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    const char *o = sy_stmt_column_text(s, 0);
+    for (int i = 0; i < SH_OUTCOMES; i++) {
+      if (strcmp(o, shadow_outcomes[i]) == 0) {
+        st->n[i] += sy_stmt_column_int(s, 1);
+      }
+    }
+    st->runs += sy_stmt_column_int(s, 1);
+    if (strcmp(o, "match") == 0 && !sy_stmt_column_null(s, 3)) {
+      st->absent = sy_stmt_column_int(s, 2);
+      snprintf(st->absent_example, sizeof st->absent_example, "%s",
+               sy_stmt_column_text(s, 3));
+    }
+  }
+  if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  if (!(s = shadow_stmt(r, CVQ_SHADOW_TIMES, w))) {
+    return -1;
+  }
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    if (push(&st->primary, sy_stmt_column_int(s, 0)) ||
+        push(&st->candidate, sy_stmt_column_int(s, 1))) {
+      sy_stmt_reset(s);
+      snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+      return -1;
+    }
+  }
+  if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  if (!(s = shadow_stmt(r, CVQ_SHADOW_MISMATCHES, w))) {
+    return -1;
+  }
+  sy_stmt_bind_int(s, 4, SH_FIRST_MISMATCHES);
+  while ((rc = sy_stmt_step(s)) == SY_ROW) {
+    json_array_append_new(
+        st->mismatches,
+        json_pack(
+            "{s:I, s:s, s:I, s:s?}", "instance_id",
+            (json_int_t)sy_stmt_column_int(s, 0), "subject",
+            sy_stmt_column_text(s, 1), "started_at",
+            (json_int_t)sy_stmt_column_int(s, 2), "detail",
+            sy_stmt_column_null(s, 3) ? NULL : sy_stmt_column_text(s, 3)));
+  }
+  if (rc != SY_DONE) {
+    return cv_db_fail(r, s);
+  }
+  sy_stmt_reset(s);
+  if (!(s = cv_stmt(r, CVQ_SHADOW_BUDGET))) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, w->flag);
+  sy_stmt_bind_int(s, 2, w->since / 3600000);
+  sy_stmt_bind_int(s, 3, (w->until == INT64_MAX ? now : w->until) / 3600000);
+  sy_stmt_bind_int(s, 4, now / 3600000);
+  if (sy_stmt_step(s) != SY_ROW) {
+    return cv_db_fail(r, s);
+  }
+  st->skipped = sy_stmt_column_int(s, 0);
+  st->used_this_hour = sy_stmt_column_int(s, 1);
+  sy_stmt_reset(s);
+  return 0;
+}
+
+static json_t *shadow_json(const query *w, int64_t now, shadow_stats *st) {
+  int64_t compared = st->n[SH_MATCH] + st->n[SH_MISMATCH];
+  double lo = NAN, hi = NAN;
+  char rate[CV_RATE_FORMAT_MAX];
+  json_t *outcomes = json_object();
+  for (int i = 0; i < SH_OUTCOMES; i++) {
+    json_object_set_new(outcomes, shadow_outcomes[i], json_integer(st->n[i]));
+  }
+  if (compared) {
+    cv_wilson(st->n[SH_MISMATCH], compared, 1.959963984540054, &lo, &hi);
+  }
+  cv_rate_format((uint32_t)st->rate_ppm, rate, sizeof rate);
+  return json_pack(
+      "{s:s, s:s, s:o, s:o, s:I, s:{s:s, s:I, s:o, s:I}, s:I, s:o, s:I, "
+      "s:{s:I, s:o, s:o, s:o}, s:{s:I, s:s?}, s:{s:o, s:o}, s:O}",
+      "schema", "switchyard.shadow/1", "flag", w->flag, "since",
+      w->since ? json_integer(w->since) : json_null(), "until",
+      w->until != INT64_MAX ? json_integer(w->until) : json_null(),
+      "generated_at", (json_int_t)now, "shadow", "rate", rate, "rate_ppm",
+      (json_int_t)st->rate_ppm, "budget_per_hour",
+      st->budget ? json_integer(st->budget) : json_null(), "used_this_hour",
+      (json_int_t)st->used_this_hour, "runs", (json_int_t)st->runs, "outcomes",
+      outcomes, "skipped_by_budget", (json_int_t)st->skipped, "mismatch",
+      "compared", (json_int_t)compared, "rate",
+      num(compared ? (double)st->n[SH_MISMATCH] / (double)compared : NAN),
+      "ci_low", num(lo), "ci_high", num(hi), "absent_on_both", "matches",
+      (json_int_t)st->absent, "example", st->absent ? st->absent_example : NULL,
+      "latency_ms", "primary", lat_json(&st->primary), "candidate",
+      lat_json(&st->candidate), "first_mismatches", st->mismatches);
+}
+
+/* "10% of v1's instances, at most 1000 runs an hour (37 this hour)". */
+static void shadow_text_line(const shadow_stats *st, char *buf, size_t len) {
+  char rate[CV_RATE_FORMAT_MAX];
+  int n;
+  cv_rate_format((uint32_t)st->rate_ppm, rate, sizeof rate);
+  n = snprintf(buf, len, "%s%s", st->rate_ppm ? rate : "off",
+               st->rate_ppm ? " of v1's instances" : " now");
+  if (st->budget && n > 0 && (size_t)n < len) {
+    snprintf(buf + n, len - (size_t)n,
+             ", at most %lld runs an hour (%lld this hour)",
+             (long long)st->budget, (long long)st->used_this_hour);
+  }
+}
+
+static void print_shadow(const query *w, json_t *doc, shadow_stats *st) {
+  static const char *const labels[] = {"  match",
+                                       "  mismatch",
+                                       "  candidate error",
+                                       "  candidate timeout",
+                                       "  primary error",
+                                       "  compare error",
+                                       "  lost",
+                                       "  in flight"};
+  json_t *m = json_object_get(doc, "mismatch");
+  char rate[160], a[32], b[32];
+  size_t i;
+  json_t *x;
+  shadow_text_line(st, rate, sizeof rate);
+  printf("shadow runs of %s: %s\n", w->flag, rate);
+  printf("(v1 serves; v2's first step runs beside it on a copy of the vars)\n");
+  printf("\n%-34s %10lld\n", "runs started", (long long)st->runs);
+  for (int k = 0; k < SH_OUTCOMES; k++) {
+    printf("%-34s %10lld", labels[k], (long long)st->n[k]);
+    if (k == SH_MISMATCH &&
+        json_integer_value(json_object_get(m, "compared"))) {
+      printf("   %.2f%% (95%% CI %.2f-%.2f%%) of %lld compared",
+             json_real_value(json_object_get(m, "rate")) * 100,
+             json_real_value(json_object_get(m, "ci_low")) * 100,
+             json_real_value(json_object_get(m, "ci_high")) * 100,
+             (long long)json_integer_value(json_object_get(m, "compared")));
+    }
+    printf("\n");
+  }
+  printf("%-34s %10lld\n", "skipped by the budget", (long long)st->skipped);
+  if (st->absent) {
+    printf(
+        "\nnote: %lld matches compared vars neither side had (%s): the "
+        "step compared may not set them\n",
+        (long long)st->absent, st->absent_example);
+  }
+  printf("\n%-34s %10s %10s\n", "latency of the compared runs", "primary",
+         "candidate");
+  for (int k = 0; k < 3; k++) {
+    static const double ps[] = {0.50, 0.95, 0.99};
+    static const char *const pl[] = {"  p50", "  p95", "  p99"};
+    fmt_ms(percentile(&st->primary, ps[k]), a, sizeof a);
+    fmt_ms(percentile(&st->candidate, ps[k]), b, sizeof b);
+    printf("%-34s %10s %10s\n", pl[k], a, b);
+  }
+  if (json_array_size(st->mismatches)) {
+    printf("\nfirst mismatches\n");
+  }
+  json_array_foreach(st->mismatches, i, x) {
+    char t[32];
+    cv_fmt_time(json_integer_value(json_object_get(x, "started_at")), t,
+                sizeof t);
+    printf("  instance %lld  subject %s  %s\n    %s\n",
+           (long long)json_integer_value(json_object_get(x, "instance_id")),
+           json_string_value(json_object_get(x, "subject")), t,
+           json_is_string(json_object_get(x, "detail"))
+               ? json_string_value(json_object_get(x, "detail"))
+               : "-");
+  }
+}
+
+static int shadow_report(cv_router *r, const options *o, int64_t now) {
+  shadow_stats st;
+  json_t *doc = NULL;
+  int rc, known = 0;
+  memset(&st, 0, sizeof st);
+  if ((rc = flag_known(r, o->q.flag, &known))) {
+    return rc;
+  }
+  if (!known) {
+    return usage_error("no flag '%s' (and no decisions for it)", o->q.flag);
+  }
+  if (!(st.mismatches = json_array()) || (rc = cv_cmd_begin(r, CMD, 0))) {
+    json_decref(st.mismatches);
+    return rc ? rc : 1;
+  }
+  rc = cv_cmd_end(r, CMD,
+                  shadow_read(r, &o->q, now, &st)
+                      ? cv_cmd_db_error(r, CMD, "read shadow runs")
+                      : 0);
+  if (!rc && !(doc = shadow_json(&o->q, now, &st))) {
+    fprintf(stderr, "switchyard report: out of memory\n");
+    rc = 1;
+  }
+  if (!rc && o->json) {
+    cv_print_json(json_incref(doc));
+  } else if (!rc) {
+    print_shadow(&o->q, doc, &st);
+  }
+  json_decref(doc);
+  json_decref(st.mismatches);
+  free(st.primary.v);
+  free(st.candidate.v);
+  return rc;
+}
+
 int cv_cmd_report(void *plugin, int argc, char **argv) {
   cv_router *r = plugin;
   int64_t now = r->api->now_ms(r->e);
@@ -815,6 +1097,9 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
   }
   if (!known) {
     return usage_error("no flag '%s' (and no decisions for it)", o.q.flag);
+  }
+  if (o.shadow) {
+    return shadow_report(r, &o, now);
   }
   rc = compute(r, &o, 1, v, &cmp, verdict, sizeof verdict, &rs, &nr);
   if (!rc) {

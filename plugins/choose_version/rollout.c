@@ -26,6 +26,11 @@ static const char rollout_usage[] =
     "  kill FLAG --reason R      route everything to v1 now\n"
     "  unkill FLAG --reason R\n"
     "  retire FLAG --reason R    keep a tombstone; the name is not reused\n"
+    "  shadow FLAG RATE [--budget N/h|none] --reason R\n"
+    "                   also run v2's first step beside v1 for RATE of the\n"
+    "                   instances routed to v1 (nodes with a shadow option),\n"
+    "                   at most N runs an hour (0% turns it off; the budget\n"
+    "                   stays as it was unless given); report FLAG --shadow\n"
     "  history FLAG     the audit trail\n"
     "  plan FLAG --steps 1%,5%,25%,100% --reason R ...   a plan running\n"
     "                   engines follow, rolling back on evidence\n"
@@ -45,7 +50,7 @@ static const char rollout_usage[] =
 
 typedef struct args {
   const char *reason, *actor, *group, *description, *owner, *stale_after;
-  const char *window;
+  const char *window, *budget;
   int force, json, stale, dry_run;
   const char *pos[4];
   int npos;
@@ -62,6 +67,7 @@ static int parse_args(int argc, char **argv, args *a) {
                          CV_VALUE("owner", &a->owner),
                          CV_VALUE("stale-after", &a->stale_after),
                          CV_VALUE("window", &a->window),
+                         CV_VALUE("budget", &a->budget),
                          CV_SWITCH("stale", &a->stale),
                          CV_SWITCH("dry-run", &a->dry_run),
                          CV_SWITCH("force", &a->force),
@@ -89,6 +95,8 @@ typedef struct flag_row {
   char description[512];
   char owner[256];
   int64_t created_at, updated_at;
+  uint32_t shadow;       /* ppm */
+  int64_t shadow_budget; /* runs per hour, 0: no cap */
 } flag_row;
 
 /* Fills f from a row of CVQ_FLAG_ROW or CVQ_FLAG_LIST (the name, column
@@ -106,6 +114,8 @@ static void flag_row_from(sy_stmt *s, flag_row *f) {
   snprintf(f->owner, sizeof f->owner, "%s", sy_stmt_column_text(s, 6));
   f->created_at = sy_stmt_column_int(s, 7);
   f->updated_at = sy_stmt_column_int(s, 8);
+  f->shadow = (uint32_t)sy_stmt_column_int(s, 9);
+  f->shadow_budget = sy_stmt_column_int(s, 10);
 }
 
 /* 0 (f->exists says whether there is a row), or 1 after saying why. */
@@ -412,6 +422,99 @@ static int cmd_kill(cv_router *r, const args *a, int kill) {
   return 0;
 }
 
+/* A shadow's settings as the audit trail and the CLI say them: "off",
+ * "5%", "5%, 1000/h". */
+static void shadow_text(uint32_t ppm, int64_t budget, char *buf, size_t len) {
+  char rate[CV_RATE_FORMAT_MAX];
+  cv_rate_format(ppm, rate, sizeof rate);
+  if (!ppm) {
+    snprintf(buf, len, "off");
+  } else if (budget) {
+    snprintf(buf, len, "%s, %lld/h", rate, (long long)budget);
+  } else {
+    snprintf(buf, len, "%s", rate);
+  }
+}
+
+/* --budget: "1000/h", "1000" (an hour's runs), or "none". */
+static int parse_budget(const char *text, int64_t *out) {
+  char *end;
+  long long n;
+  if (strcmp(text, "none") == 0) {
+    *out = 0;
+    return 0;
+  }
+  if (text[0] < '0' || text[0] > '9') {
+    return -1;
+  }
+  n = strtoll(text, &end, 10);
+  if ((*end && strcmp(end, "/h") != 0) || n < 1 || n > 1000000000) {
+    return -1;
+  }
+  *out = n;
+  return 0;
+}
+
+static int cmd_shadow(cv_router *r, const args *a) {
+  flag_row f, after;
+  uint32_t ppm;
+  int64_t budget = 0;
+  char err[256], oldv[64], newv[64];
+  int rc;
+  if (a->npos == 1) {
+    return usage_error("shadow %s: which rate? (e.g. 5%%, 0%% turns it off)",
+                       a->pos[0]);
+  }
+  if ((rc = flag_arg(r, a, 2, &f, 1)) || (rc = need_reason(a, "shadow"))) {
+    return rc;
+  }
+  if (cv_rate_parse(a->pos[1], &ppm, err, sizeof err)) {
+    return usage_error("%s", err);
+  }
+  if (a->budget && parse_budget(a->budget, &budget)) {
+    return usage_error(
+        "--budget: expected shadow runs an hour (1000/h, 1 to 1000000000), "
+        "or none, got '%s'",
+        a->budget);
+  }
+  if (f.retired) {
+    return usage_error("flag '%s' is retired", a->pos[0]);
+  }
+  if ((rc = cv_cmd_begin(r, CMD, 1))) {
+    return rc;
+  }
+  if ((rc = read_flag(r, a->pos[0], &f))) {
+    return cv_cmd_end(r, CMD, rc);
+  }
+  after = f;
+  after.shadow = ppm;
+  after.shadow_budget = a->budget ? budget : f.shadow_budget;
+  shadow_text(f.shadow, f.shadow_budget, oldv, sizeof oldv);
+  shadow_text(after.shadow, after.shadow_budget, newv, sizeof newv);
+  if (strcmp(oldv, newv) != 0) {
+    sy_stmt *s = on_flag(r, CVQ_FLAG_SET_SHADOW, a->pos[0]);
+    if (s) {
+      sy_stmt_bind_int(s, 2, after.shadow);
+      sy_stmt_bind_int(s, 3, after.shadow_budget);
+      sy_stmt_bind_int(s, 4, now_ms(r));
+    }
+    rc = run_change(r, s, "update") ||
+         audit(r, a->pos[0], "shadow", NULL, oldv, newv, &after, a);
+  }
+  if ((rc = cv_cmd_end(r, CMD, rc))) {
+    return rc;
+  }
+  if (strcmp(oldv, newv) == 0) {
+    printf("%s: shadow unchanged (%s)\n", a->pos[0], newv);
+  } else {
+    printf("%s: shadow %s -> %s%s\n", a->pos[0], oldv, newv,
+           ppm ? ": that share of v1's instances also runs v2's first step "
+                 "where a node has a shadow option"
+               : "");
+  }
+  return 0;
+}
+
 static int cmd_retire(cv_router *r, const args *a) {
   flag_row f, after;
   int rc;
@@ -508,14 +611,19 @@ static int cmd_override(cv_router *r, const args *a, const char *kind) {
 }
 
 static json_t *flag_json(const char *name, const flag_row *f) {
-  char rate[CV_RATE_FORMAT_MAX];
+  char rate[CV_RATE_FORMAT_MAX], shadow[CV_RATE_FORMAT_MAX];
   cv_rate_format(f->rate, rate, sizeof rate);
-  return json_pack("{s:s, s:s, s:I, s:b, s:b, s:s, s:s, s:s, s:I, s:I}", "flag",
-                   name, "rate", rate, "rate_ppm", (json_int_t)f->rate,
-                   "killed", f->killed, "retired", f->retired, "group",
-                   f->group, "description", f->description, "owner", f->owner,
-                   "created_at", (json_int_t)f->created_at, "updated_at",
-                   (json_int_t)f->updated_at);
+  cv_rate_format(f->shadow, shadow, sizeof shadow);
+  return json_pack(
+      "{s:s, s:s, s:I, s:b, s:b, s:s, s:s, s:s, s:I, s:I, "
+      "s:{s:s, s:I, s:o}}",
+      "flag", name, "rate", rate, "rate_ppm", (json_int_t)f->rate, "killed",
+      f->killed, "retired", f->retired, "group", f->group, "description",
+      f->description, "owner", f->owner, "created_at",
+      (json_int_t)f->created_at, "updated_at", (json_int_t)f->updated_at,
+      "shadow", "rate", shadow, "rate_ppm", (json_int_t)f->shadow,
+      "budget_per_hour",
+      f->shadow_budget ? json_integer(f->shadow_budget) : json_null());
 }
 
 static void print_flag(const char *name, const flag_row *f) {
@@ -527,6 +635,12 @@ static void print_flag(const char *name, const flag_row *f) {
   printf("rate         %s (%u ppm)\n", rate, f->rate);
   printf("kill switch  %s\n", f->killed ? "ON (everything goes to v1)" : "off");
   printf("hash group   %s\n", f->group);
+  if (f->shadow) {
+    char shadow[64];
+    shadow_text(f->shadow, f->shadow_budget, shadow, sizeof shadow);
+    printf("shadow       %s of v1's instances also run v2's first step\n",
+           shadow);
+  }
   if (*f->owner) {
     printf("owner        %s\n", f->owner);
   }
@@ -849,6 +963,9 @@ int cv_cmd_rollout(void *plugin, int argc, char **argv) {
   if (a.window && !a.dry_run) {
     return usage_error("--window goes with --dry-run");
   }
+  if (a.budget && strcmp(cmd, "shadow") != 0) {
+    return usage_error("--budget goes with shadow");
+  }
   if (strcmp(cmd, "set") == 0) {
     return cmd_set(r, &a);
   }
@@ -863,6 +980,9 @@ int cv_cmd_rollout(void *plugin, int argc, char **argv) {
   }
   if (strcmp(cmd, "retire") == 0) {
     return cmd_retire(r, &a);
+  }
+  if (strcmp(cmd, "shadow") == 0) {
+    return cmd_shadow(r, &a);
   }
   if (strcmp(cmd, "history") == 0) {
     return cmd_history(r, &a);

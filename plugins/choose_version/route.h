@@ -101,9 +101,11 @@ typedef struct cv_flag {
   int retired;
   int killed;
   uint32_t rate_ppm;
-  char *group;       /* the hash group: the flag's name unless set */
-  int64_t ramp_id;   /* audit row that started the current ramp step */
-  int64_t overrides; /* subjects with an override (0: none to look up) */
+  char *group;           /* the hash group: the flag's name unless set */
+  int64_t ramp_id;       /* audit row that started the current ramp step */
+  int64_t overrides;     /* subjects with an override (0: none to look up) */
+  uint32_t shadow_ppm;   /* the share of v1's decisions also run in shadow */
+  int64_t shadow_budget; /* shadow runs per hour at most (0: no cap) */
 } cv_flag;
 
 /* The inputs of one decision, and what it decided. */
@@ -127,6 +129,7 @@ typedef struct cv_decision {
   uint32_t bucket;    /* sticky only; UINT32_MAX when not computed */
   uint32_t rate_ppm;
   int64_t ramp_id;
+  int recorded; /* cv_decide: 1 when it recorded it now, 0 for an earlier */
 } cv_decision;
 
 /* The precedence rule of DESIGN.md ("Routing"), first match wins: no row

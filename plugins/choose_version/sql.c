@@ -53,6 +53,36 @@
 
 /* Migrations of the plugin's own tables, tracked in cv_meta: each moves
  * the schema from version i to i + 1. Never edit a released one: add one. */
+/* Shadow runs (migration 11), in either database's integer type. A run's
+ * row is written with its decision (outcome NULL: in flight, on engine)
+ * and ended by its report; the budget's hours count the runs spent and
+ * the shadows the budget skipped. The last statement is the runs' table:
+ * SQLite's text adds WITHOUT ROWID. */
+#define CV_SHADOW_TABLES(INT)                                     \
+  "CREATE TABLE cv_shadow_hours("                                 \
+  "  flag TEXT NOT NULL, hour " INT                               \
+  " NOT NULL,"                                                    \
+  "  used " INT " NOT NULL, skipped " INT                         \
+  " NOT NULL,"                                                    \
+  "  PRIMARY KEY(flag, hour));"                                   \
+  "CREATE TABLE cv_shadow_runs("                                  \
+  "  flag TEXT NOT NULL, started_at " INT                         \
+  " NOT NULL,"                                                    \
+  "  instance_id " INT                                            \
+  " NOT NULL,"                                                    \
+  "  workflow TEXT NOT NULL, subject TEXT, engine TEXT NOT NULL," \
+  "  ended_at " INT                                               \
+  ","                                                             \
+  "  outcome TEXT CHECK(outcome IN ('match', 'mismatch', "        \
+  "'candidate_error', 'candidate_timeout', 'primary_error', "     \
+  "'compare_error', 'lost')),"                                    \
+  "  primary_ms " INT ", candidate_ms " INT                       \
+  ", detail TEXT,"                                                \
+  "  PRIMARY KEY(flag, started_at, instance_id))"
+#define CV_SHADOW_INDEX                                            \
+  "CREATE UNIQUE INDEX cv_shadow_runs_instance ON cv_shadow_runs(" \
+  "instance_id, flag);"
+
 static const char *const migrations[] = {
     "CREATE TABLE cv_flags("
     "  name TEXT PRIMARY KEY,"
@@ -233,6 +263,13 @@ static const char *const migrations[] = {
      "  in_flight INTEGER NOT NULL, incidents INTEGER NOT NULL,"
      "  with_incidents INTEGER NOT NULL,"
      "  PRIMARY KEY(flag, ramp_id, workflow, version));" CV_RAMP_TALLY_FILL),
+    /* 11: shadow runs (a share of v1's decisions also runs v2's first step
+     * beside it, compared): the flag's shadow rate and budget per hour,
+     * each run with its outcome, and the budget spent per hour. */
+    ("ALTER TABLE cv_flags ADD COLUMN shadow_ppm INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE cv_flags ADD COLUMN shadow_budget INTEGER NOT NULL "
+     "DEFAULT 0;" CV_SHADOW_TABLES(
+         "INTEGER") " WITHOUT ROWID;" CV_SHADOW_INDEX),
 };
 #define CV_SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
@@ -388,6 +425,18 @@ static const char *const pg_migrations[] = {
      "  in_flight BIGINT NOT NULL, incidents BIGINT NOT NULL,"
      "  with_incidents BIGINT NOT NULL,"
      "  PRIMARY KEY(flag, ramp_id, workflow, version));" CV_RAMP_TALLY_FILL),
+    ("ALTER TABLE cv_flags ADD COLUMN shadow_ppm BIGINT NOT NULL DEFAULT 0;"
+     "ALTER TABLE cv_flags ADD COLUMN shadow_budget BIGINT NOT NULL "
+     "DEFAULT 0;" CV_SHADOW_TABLES(
+         "BIGINT") ";" CV_SHADOW_INDEX
+                   /* the flag cache reads the shadow rate and budget too */
+                   "DROP TRIGGER cv_flags_changed ON cv_flags;"
+                   "CREATE TRIGGER cv_flags_changed AFTER INSERT OR DELETE OR "
+                   "UPDATE OF "
+                   "rate_ppm, killed, hash_group, retired_at, shadow_ppm, "
+                   "shadow_budget "
+                   "ON cv_flags FOR EACH STATEMENT EXECUTE FUNCTION "
+                   "sy_note_change();"),
 };
 _Static_assert(sizeof pg_migrations == sizeof migrations,
                "one PostgreSQL migration for each of SQLite's");
@@ -403,7 +452,8 @@ static const char cv_meta_table[] =
 /* A flag's row as the rollout command shows it, name first. */
 #define FLAG_ROW_COLS                                                \
   "name, rate_ppm, killed, retired_at, coalesce(hash_group, name), " \
-  "coalesce(description, ''), coalesce(owner, ''), created_at, updated_at"
+  "coalesce(description, ''), coalesce(owner, ''), created_at, "     \
+  "updated_at, shadow_ppm, shadow_budget"
 
 /* What an event does to a decision's row (events.c binds ?1 the instance,
  * then the event's values each statement uses, in this order, then for a
@@ -458,7 +508,7 @@ static const char *const sql_text[CVQ__COUNT] = {
         "CASE WHEN retired_at IS NULL THEN 0 ELSE 1 END, "
         "(SELECT count(*) FROM cv_overrides WHERE flag = ?1), "
         "(SELECT max(id) FROM cv_audit WHERE flag = ?1 AND " RAMP_CHANGES
-        ") FROM cv_flags WHERE name = ?1",
+        "), shadow_ppm, shadow_budget FROM cv_flags WHERE name = ?1",
     /* Also the rollout command's, for the override it replaces. */
     [CVQ_OVERRIDE] =
         "SELECT kind FROM cv_overrides WHERE flag = ?1 AND subject = ?2",
@@ -549,6 +599,9 @@ static const char *const sql_text[CVQ__COUNT] = {
         "owner = coalesce(?3, owner) WHERE name = ?1",
     [CVQ_FLAG_SET_RATE] =
         "UPDATE cv_flags SET rate_ppm = ?2, updated_at = ?3 WHERE name = ?1",
+    [CVQ_FLAG_SET_SHADOW] =
+        "UPDATE cv_flags SET shadow_ppm = ?2, shadow_budget = ?3, "
+        "updated_at = ?4 WHERE name = ?1",
     [CVQ_FLAG_SET_KILLED] =
         "UPDATE cv_flags SET killed = ?2, updated_at = ?3 WHERE name = ?1",
     [CVQ_FLAG_RETIRE] =
@@ -773,6 +826,50 @@ static const char *const sql_text[CVQ__COUNT] = {
         "SELECT flag, version, reason, bucket, rate_ppm, decided_at, "
         "outcome, coalesce(ramp_id, 0), reroutes FROM cv_decisions "
         "WHERE instance_id = ?1 ORDER BY decided_at, flag, reroutes",
+    /* Shadow runs (shadow.c). Spending the budget is a conditional
+     * addition: the hour's row takes one more run only while it has used
+     * fewer than the budget, so engines sharing the database never spend
+     * more between them. */
+    [CVQ_SHADOW_SPEND] =
+        "INSERT INTO cv_shadow_hours(flag, hour, used, skipped) "
+        "VALUES(?1, ?2, 1, 0) ON CONFLICT(flag, hour) DO UPDATE SET "
+        "used = cv_shadow_hours.used + 1 WHERE cv_shadow_hours.used < ?3",
+    [CVQ_SHADOW_SKIP] =
+        "UPDATE cv_shadow_hours SET skipped = skipped + 1 "
+        "WHERE flag = ?1 AND hour = ?2",
+    [CVQ_SHADOW_START] =
+        "INSERT INTO cv_shadow_runs(flag, started_at, instance_id, workflow, "
+        "subject, engine) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [CVQ_SHADOW_END] =
+        "UPDATE cv_shadow_runs SET ended_at = ?4, outcome = ?5, "
+        "primary_ms = ?6, candidate_ms = ?7, detail = ?8 "
+        "WHERE flag = ?1 AND started_at = ?2 AND instance_id = ?3",
+    /* `report --shadow`: the runs started in [?2, ?3) by outcome, with
+     * how many have a detail and one of them (a match's: the compared
+     * vars neither side had); open ones are in flight while their
+     * engine's heartbeat is fresher than ?4, lost otherwise (their engine
+     * died with them). */
+    [CVQ_SHADOW_OUTCOMES] =
+        "SELECT CASE WHEN outcome IS NOT NULL THEN outcome "
+        "WHEN EXISTS(SELECT 1 FROM engines e WHERE e.id = r.engine AND "
+        "e.heartbeat_at >= ?4) THEN 'in_flight' ELSE 'lost' END, count(*), "
+        "sum(CASE WHEN detail IS NULL THEN 0 ELSE 1 END), max(detail) "
+        "FROM cv_shadow_runs r WHERE flag = ?1 AND started_at >= ?2 AND "
+        "started_at < ?3 GROUP BY 1",
+    [CVQ_SHADOW_TIMES] =
+        "SELECT primary_ms, candidate_ms FROM cv_shadow_runs WHERE "
+        "flag = ?1 AND started_at >= ?2 AND started_at < ?3 AND outcome IN "
+        "('match', 'mismatch')",
+    [CVQ_SHADOW_MISMATCHES] =
+        "SELECT instance_id, coalesce(subject, ''), started_at, detail FROM "
+        "cv_shadow_runs WHERE flag = ?1 AND started_at >= ?2 AND "
+        "started_at < ?3 AND outcome = 'mismatch' ORDER BY started_at, "
+        "instance_id LIMIT ?4",
+    /* hours ?2 to ?3, and the hour ?4's spending */
+    [CVQ_SHADOW_BUDGET] =
+        "SELECT coalesce(sum(skipped), 0), coalesce(sum(CASE WHEN hour = ?4 "
+        "THEN used ELSE 0 END), 0) FROM cv_shadow_hours WHERE flag = ?1 AND "
+        "hour >= ?2 AND hour <= ?3",
     [CVQ_METRICS_LATENCY] =
         "SELECT workflow, flag, version, le, n, sum_ms FROM cv_latency "
         "WHERE kind = ?1 ORDER BY workflow, flag, version, le",

@@ -44,6 +44,9 @@ enum {
 
 typedef struct sy_engine sy_engine; /* the running engine (opaque) */
 
+/* How long an engine's claim on an instance holds without renewal (ms). */
+#define SY_ENGINE_LEASE_MS 30000
+
 /* ---------------------------------------------------------------------
  * Statements: how a plugin reads and writes the engine's database,
  * whichever backend holds it. A plugin never sees a database handle.
@@ -319,6 +322,10 @@ typedef struct sy_api {
   const char *(*setting)(sy_engine *e, const char *key);
   void (*log)(sy_engine *e, const char *fmt, ...)
       __attribute__((format(printf, 2, 3)));
+  /* The id the engine holds leases under (the engines table's id). A
+   * live engine renews its leases and its heartbeat_at there well within
+   * SY_ENGINE_LEASE_MS. */
+  const char *(*engine_id)(sy_engine *e);
 
   /* About the instance a call runs for. */
   sy_engine *(*engine)(sy_call *c);
