@@ -71,11 +71,18 @@ return sy.workflow {
       key = "subject",
       v1 = "verify_v1",
       v2 = "verify_v2",
+      -- `rollout shadow verifymenow-v2 RATE`: that share of v1's subjects
+      -- also asks v2 (its answer is dropped), and `report --shadow` says
+      -- how often the two disagree on these vars.
+      shadow = { compare = { "verified", "score" }, timeout = 2 },
     },
     verify_v1 = sy.task { run = verify("v1"), retries = CALL.retries,
                           backoff = CALL.backoff, next = "decide" },
+    -- shadow_safe: asking v2 beside v1 changes nothing of the subject's
+    -- (a verification is a read; its Idempotency-Key ends in -shadow).
     verify_v2 = sy.task { run = verify("v2"), retries = CALL.retries,
-                          backoff = CALL.backoff, next = "decide" },
+                          backoff = CALL.backoff, next = "decide",
+                          shadow_safe = true },
     decide = sy.task {
       run = function(ctx)
         local v = ctx.vars

@@ -430,7 +430,7 @@ static const char *const pg_migrations[] = {
      "DEFAULT 0;" CV_SHADOW_TABLES(
          "BIGINT") ";" CV_SHADOW_INDEX
                    /* the flag cache reads the shadow rate and budget too */
-                   "DROP TRIGGER cv_flags_changed ON cv_flags;"
+                   "DROP TRIGGER IF EXISTS cv_flags_changed ON cv_flags;"
                    "CREATE TRIGGER cv_flags_changed AFTER INSERT OR DELETE OR "
                    "UPDATE OF "
                    "rate_ppm, killed, hash_group, retired_at, shadow_ppm, "

@@ -386,10 +386,16 @@ describe("switchyard serve", function()
       end
     end
     -- a database from before the histograms (no cv_latency, no
-    -- cv_ramp_tallies: schema 8) whose decisions took times on and just
-    -- past the bounds
+    -- cv_ramp_tallies, no shadow runs: schema 8) whose decisions took
+    -- times on and just past the bounds
     local old = env:frozen()
-    H.db_exec(old.db, "drop table cv_latency; drop table cv_ramp_tallies; "
+    -- (PostgreSQL: the trigger on cv_flags names the shadow columns, and
+    -- goes with them; migration 11 makes it again)
+    local cascade = H.sqlite and "; " or " cascade; "
+    H.db_exec(old.db, "drop table cv_shadow_runs; drop table cv_shadow_hours; "
+      .. "alter table cv_flags drop column shadow_ppm" .. cascade
+      .. "alter table cv_flags drop column shadow_budget" .. cascade
+      .. "drop table cv_latency; drop table cv_ramp_tallies; "
       .. "update cv_meta set value = 8 where key = 'schema_version'; "
       .. "update cv_decisions set branch_ms = case instance_id % 4 when 0 "
       .. "then 5 when 1 then 6 when 2 then 60000 else 604800001 end, step_ms = "

@@ -889,6 +889,9 @@ describe("a decision's step time and retries", function()
       "DROP TABLE journal; DROP TABLE signals;" ..
       "DROP TABLE cv_plans; DROP TABLE cv_plan_evals; DROP TABLE cv_latency;" ..
       "DROP TABLE cv_ramp_tallies;" ..
+      "DROP TABLE cv_shadow_runs; DROP TABLE cv_shadow_hours;" ..
+      "ALTER TABLE cv_flags DROP COLUMN shadow_ppm;" ..
+      "ALTER TABLE cv_flags DROP COLUMN shadow_budget;" ..
       "DROP TABLE cv_outbox; DROP TABLE cv_notify_targets;" ..
       "ALTER TABLE cv_audit DROP COLUMN numbers;" ..
       "DROP INDEX cv_decisions_instance;" ..
