@@ -647,7 +647,10 @@ static void detail_add(char *buf, size_t cap, const char *fmt, ...) {
 }
 
 static void detail_value(char *buf, size_t cap, json_t *v) {
-  char *text = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+  /* 15 digits: 0.4966, not 0.49659999999999999 */
+  char *text = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT |
+                                     JSON_REAL_PRECISION(15))
+                 : NULL;
   detail_add(buf, cap, "%.120s", v ? (text ? text : "?") : "absent");
   free(text);
 }
