@@ -389,6 +389,13 @@ int cv_retry_filter(void *plugin, const char *const *values,
 int cv_preview(cv_router *r, const cv_flag *now, const cv_flag *then,
                const char *change, const char *window, int json);
 int cv_cmd_report(void *plugin, int argc, char **argv);
+/* The flag's shadow runs started in [since, until) (report --shadow
+ * --json's document, switchyard.shadow/1); NULL when the flag is not
+ * *known, or with it after saying why on stderr. */
+json_t *cv_shadow_document(cv_router *r, const char *flag, int64_t since,
+                           int64_t until, int *known);
+/* Its settings as one line of text. */
+void cv_shadow_settings_text(json_t *doc, char *buf, size_t len);
 /* The report of a flag with report's defaults, as `report FLAG --json`
  * prints it (switchyard.report/1); with full 0, its counts that the ramp
  * tallies keep (per version: routed, completed, in_flight,

@@ -3,8 +3,9 @@
  * the rate and of each version's incident rate at each step), its plan
  * and the plan's evaluations, its overrides and audit trail, and the
  * report as JSON (/api/flags/NAME/report, what `report NAME --json`
- * prints); the changes a token allows (rate, kill, unkill, approving a
- * plan's gate) through the rollout commands themselves. */
+ * prints); its shadow runs (/api/flags/NAME/shadow: `report NAME
+ * --shadow --json`); the changes a token allows (rate, kill, unkill, approving
+ * a plan's gate) through the rollout commands themselves. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -270,6 +271,87 @@ static void put_version_rows(out *o, json_t *doc) {
          100 * json_number_value(json_array_get(ci, 1)));
   }
   put(o, "</tr>\n</table>\n");
+}
+
+/* The flag's shadow runs (report --shadow), when it has a shadow rate or
+ * had runs. */
+static int put_shadow(cv_router *r, out *o, const char *flag) {
+  static const char *const rows[][2] = {
+      {"match", "match"},
+      {"mismatch", "mismatch"},
+      {"candidate_error", "candidate error"},
+      {"candidate_timeout", "candidate timeout"},
+      {"primary_error", "primary error"},
+      {"compare_error", "compare error"},
+      {"lost", "lost"},
+      {"in_flight", "in flight"}};
+  int known = 0;
+  json_t *doc = cv_shadow_document(r, flag, 0, INT64_MAX, &known), *x;
+  json_t *outcomes = json_object_get(doc, "outcomes");
+  json_t *m = json_object_get(doc, "mismatch");
+  json_t *lat = json_object_get(doc, "latency_ms");
+  char line[200];
+  size_t i;
+  if (!doc) {
+    return SY_ESTORE;
+  }
+  if (!num(doc, "runs") && !json_integer_value(json_object_get(
+                               json_object_get(doc, "shadow"), "rate_ppm"))) {
+    json_decref(doc);
+    return 0;
+  }
+  cv_shadow_settings_text(doc, line, sizeof line);
+  put(o,
+      "<h2>Shadow runs</h2><p id=\"shadow-settings\">v2's first step "
+      "beside v1: ");
+  put_html(o, line);
+  put(o, "</p>\n<table id=\"shadow\"><tr><th>runs started</th>");
+  putf(o, "<td class=\"n\" data-k=\"runs\">%.0f</td></tr>\n", num(doc, "runs"));
+  for (i = 0; i < sizeof rows / sizeof *rows; i++) {
+    putf(o, "<tr><th>%s</th><td class=\"n\" data-k=\"%s\">%.0f</td></tr>\n",
+         rows[i][1], rows[i][0], num(outcomes, rows[i][0]));
+  }
+  putf(o,
+       "<tr><th>skipped by the budget</th><td class=\"n\" "
+       "data-k=\"skipped_by_budget\">%.0f</td></tr>\n",
+       num(doc, "skipped_by_budget"));
+  if (num(m, "compared") > 0) {
+    putf(o,
+         "<tr><th>mismatch rate (95%% interval)</th><td class=\"n\">"
+         "%.2f%% (%.2f-%.2f%%) of %.0f</td></tr>\n",
+         100 * num(m, "rate"), 100 * num(m, "ci_low"), 100 * num(m, "ci_high"),
+         num(m, "compared"));
+    for (int k = 0; k < 3; k++) {
+      static const char *const pl[] = {"p50", "p95", "p99"};
+      putf(o,
+           "<tr><th>latency %s: primary, candidate</th><td class=\"n\">"
+           "%.0f ms, %.0f ms</td></tr>\n",
+           pl[k], num(json_object_get(lat, "primary"), pl[k]),
+           num(json_object_get(lat, "candidate"), pl[k]));
+    }
+  }
+  put(o, "</table>\n");
+  if (json_array_size(json_object_get(doc, "first_mismatches"))) {
+    put(o,
+        "<table id=\"mismatches\"><tr><th>instance</th><th>subject</th>"
+        "<th>what differs (v1 -> v2)</th></tr>\n");
+  }
+  json_array_foreach(json_object_get(doc, "first_mismatches"), i, x) {
+    putf(o, "<tr><td><a href=\"/instances/%.0f\">%.0f</a></td><td>",
+         num(x, "instance_id"), num(x, "instance_id"));
+    put_html(o, json_string_value(json_object_get(x, "subject")));
+    put(o, "</td><td>");
+    put_html(o, json_string_value(json_object_get(x, "detail")));
+    put(o, "</td></tr>\n");
+  }
+  if (json_array_size(json_object_get(doc, "first_mismatches"))) {
+    put(o, "</table>\n");
+  }
+  put(o, "<p><a href=\"/api/flags/");
+  put_html(o, flag);
+  put(o, "/shadow\">The shadow runs as JSON</a></p>\n");
+  json_decref(doc);
+  return 0;
 }
 
 static void put_ramps(out *o, json_t *doc) {
@@ -554,7 +636,7 @@ static int flag_page(cv_router *r, out *o, const char *flag, int json) {
     put_version_rows(o, doc);
     put_ramp_chart(o, doc);
     put_ramps(o, doc);
-    if (!(rc = put_plan(r, o, flag, &gate))) {
+    if (!(rc = put_shadow(r, o, flag)) && !(rc = put_plan(r, o, flag, &gate))) {
       put(o, change_form);
       put(o, gate ? change_approve : "");
       put(o, change_script);
@@ -568,6 +650,29 @@ static int flag_page(cv_router *r, out *o, const char *flag, int json) {
   }
   json_decref(doc);
   return rc;
+}
+
+/* GET /api/flags/NAME/shadow: what `report NAME --shadow --json` prints. */
+static int shadow_json(out *o, cv_router *r, const char *flag) {
+  int known = 0;
+  json_t *doc = cv_shadow_document(r, flag, 0, INT64_MAX, &known);
+  char msg[300], *text;
+  if (!doc) {
+    if (known) {
+      return SY_ESTORE;
+    }
+    snprintf(msg, sizeof msg, "no flag '%.200s' (and no decisions for it)",
+             flag);
+    return error_page(o, 404, msg, 1);
+  }
+  text = json_dumps(
+      doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+  o->content_type = "application/json";
+  put(o, text ? text : "{}");
+  put(o, "\n");
+  free(text);
+  json_decref(doc);
+  return 0;
 }
 
 /* POST /api/flags/NAME/(rate|kill|unkill|approve)?rate=R&reason=WHY: the
@@ -643,6 +748,9 @@ int cv_serve(void *plugin, const sy_http_request *req, sy_http_response *o) {
       return SY_ENOTFOUND;
     }
     return flag_action(r, req, o, flag, action);
+  }
+  if (json && strcmp(p + n, "/shadow") == 0) {
+    return shadow_json(o, r, flag);
   }
   if (json ? strcmp(p + n, "/report") != 0 : p[n] != '\0') {
     return SY_ENOTFOUND;

@@ -967,21 +967,29 @@ static json_t *shadow_json(const query *w, int64_t now, shadow_stats *st) {
       lat_json(&st->candidate), "first_mismatches", st->mismatches);
 }
 
-/* "10% of v1's instances, at most 1000 runs an hour (37 this hour)". */
-static void shadow_text_line(const shadow_stats *st, char *buf, size_t len) {
-  char rate[CV_RATE_FORMAT_MAX];
-  int n;
-  cv_rate_format((uint32_t)st->rate_ppm, rate, sizeof rate);
-  n = snprintf(buf, len, "%s%s", st->rate_ppm ? rate : "off",
-               st->rate_ppm ? " of v1's instances" : " now");
-  if (st->budget && n > 0 && (size_t)n < len) {
-    snprintf(buf + n, len - (size_t)n,
-             ", at most %lld runs an hour (%lld this hour)",
-             (long long)st->budget, (long long)st->used_this_hour);
+/* The document's shadow settings as a line: "10% of v1's instances, at
+ * most 1000 runs an hour (37 this hour)", or "off now". */
+void cv_shadow_settings_text(json_t *doc, char *buf, size_t len) {
+  json_t *sh = json_object_get(doc, "shadow");
+  json_t *budget = json_object_get(sh, "budget_per_hour");
+  int on = json_integer_value(json_object_get(sh, "rate_ppm")) > 0;
+  int n = snprintf(buf, len, "%s%s",
+                   on ? json_string_value(json_object_get(sh, "rate")) : "off",
+                   on ? " of v1's instances" : " now");
+  if (on && json_is_integer(budget) && n > 0 && (size_t)n < len) {
+    snprintf(
+        buf + n, len - (size_t)n,
+        ", at most %lld runs an hour (%lld this hour)",
+        (long long)json_integer_value(budget),
+        (long long)json_integer_value(json_object_get(sh, "used_this_hour")));
   }
 }
 
-static void print_shadow(const query *w, json_t *doc, shadow_stats *st) {
+static int64_t jint(json_t *o, const char *k) {
+  return (int64_t)json_integer_value(json_object_get(o, k));
+}
+
+static void print_shadow(json_t *doc) {
   static const char *const labels[] = {"  match",
                                        "  mismatch",
                                        "  candidate error",
@@ -991,50 +999,55 @@ static void print_shadow(const query *w, json_t *doc, shadow_stats *st) {
                                        "  lost",
                                        "  in flight"};
   json_t *m = json_object_get(doc, "mismatch");
-  char rate[160], a[32], b[32];
+  json_t *outcomes = json_object_get(doc, "outcomes");
+  json_t *absent = json_object_get(doc, "absent_on_both");
+  json_t *lat = json_object_get(doc, "latency_ms"), *x;
+  char line[200], a[32], b[32];
   size_t i;
-  json_t *x;
-  shadow_text_line(st, rate, sizeof rate);
-  printf("shadow runs of %s: %s\n", w->flag, rate);
+  cv_shadow_settings_text(doc, line, sizeof line);
+  printf("shadow runs of %s: %s\n",
+         json_string_value(json_object_get(doc, "flag")), line);
   printf("(v1 serves; v2's first step runs beside it on a copy of the vars)\n");
-  printf("\n%-34s %10lld\n", "runs started", (long long)st->runs);
+  printf("\n%-34s %10lld\n", "runs started", (long long)jint(doc, "runs"));
   for (int k = 0; k < SH_OUTCOMES; k++) {
-    printf("%-34s %10lld", labels[k], (long long)st->n[k]);
-    if (k == SH_MISMATCH &&
-        json_integer_value(json_object_get(m, "compared"))) {
+    printf("%-34s %10lld", labels[k],
+           (long long)jint(outcomes, shadow_outcomes[k]));
+    if (k == SH_MISMATCH && jint(m, "compared")) {
       printf("   %.2f%% (95%% CI %.2f-%.2f%%) of %lld compared",
              json_real_value(json_object_get(m, "rate")) * 100,
              json_real_value(json_object_get(m, "ci_low")) * 100,
              json_real_value(json_object_get(m, "ci_high")) * 100,
-             (long long)json_integer_value(json_object_get(m, "compared")));
+             (long long)jint(m, "compared"));
     }
     printf("\n");
   }
-  printf("%-34s %10lld\n", "skipped by the budget", (long long)st->skipped);
-  if (st->absent) {
+  printf("%-34s %10lld\n", "skipped by the budget",
+         (long long)jint(doc, "skipped_by_budget"));
+  if (jint(absent, "matches")) {
     printf(
         "\nnote: %lld matches compared vars neither side had (%s): the "
         "step compared may not set them\n",
-        (long long)st->absent, st->absent_example);
+        (long long)jint(absent, "matches"),
+        json_string_value(json_object_get(absent, "example")));
   }
   printf("\n%-34s %10s %10s\n", "latency of the compared runs", "primary",
          "candidate");
   for (int k = 0; k < 3; k++) {
-    static const double ps[] = {0.50, 0.95, 0.99};
-    static const char *const pl[] = {"  p50", "  p95", "  p99"};
-    fmt_ms(percentile(&st->primary, ps[k]), a, sizeof a);
-    fmt_ms(percentile(&st->candidate, ps[k]), b, sizeof b);
-    printf("%-34s %10s %10s\n", pl[k], a, b);
+    static const char *const pl[] = {"p50", "p95", "p99"};
+    json_t *p = json_object_get(json_object_get(lat, "primary"), pl[k]);
+    json_t *c = json_object_get(json_object_get(lat, "candidate"), pl[k]);
+    fmt_ms(json_is_number(p) ? json_number_value(p) : NAN, a, sizeof a);
+    fmt_ms(json_is_number(c) ? json_number_value(c) : NAN, b, sizeof b);
+    printf("  %-32s %10s %10s\n", pl[k], a, b);
   }
-  if (json_array_size(st->mismatches)) {
+  if (json_array_size(json_object_get(doc, "first_mismatches"))) {
     printf("\nfirst mismatches\n");
   }
-  json_array_foreach(st->mismatches, i, x) {
+  json_array_foreach(json_object_get(doc, "first_mismatches"), i, x) {
     char t[32];
-    cv_fmt_time(json_integer_value(json_object_get(x, "started_at")), t,
-                sizeof t);
+    cv_fmt_time(jint(x, "started_at"), t, sizeof t);
     printf("  instance %lld  subject %s  %s\n    %s\n",
-           (long long)json_integer_value(json_object_get(x, "instance_id")),
+           (long long)jint(x, "instance_id"),
            json_string_value(json_object_get(x, "subject")), t,
            json_is_string(json_object_get(x, "detail"))
                ? json_string_value(json_object_get(x, "detail"))
@@ -1042,39 +1055,53 @@ static void print_shadow(const query *w, json_t *doc, shadow_stats *st) {
   }
 }
 
-static int shadow_report(cv_router *r, const options *o, int64_t now) {
+json_t *cv_shadow_document(cv_router *r, const char *flag, int64_t since,
+                           int64_t until, int *known) {
+  int64_t now = r->api->now_ms(r->e);
+  query q = {.flag = flag, .since = since, .until = until};
   shadow_stats st;
   json_t *doc = NULL;
-  int rc, known = 0;
   memset(&st, 0, sizeof st);
-  if ((rc = flag_known(r, o->q.flag, &known))) {
-    return rc;
+  if (flag_known(r, flag, known) || !*known) {
+    return NULL;
   }
-  if (!known) {
-    return usage_error("no flag '%s' (and no decisions for it)", o->q.flag);
-  }
-  if (!(st.mismatches = json_array()) || (rc = cv_cmd_begin(r, CMD, 0))) {
+  if (!(st.mismatches = json_array()) || cv_cmd_begin(r, CMD, 0)) {
     json_decref(st.mismatches);
-    return rc ? rc : 1;
+    return NULL;
   }
-  rc = cv_cmd_end(r, CMD,
-                  shadow_read(r, &o->q, now, &st)
+  if (!cv_cmd_end(r, CMD,
+                  shadow_read(r, &q, now, &st)
                       ? cv_cmd_db_error(r, CMD, "read shadow runs")
-                      : 0);
-  if (!rc && !(doc = shadow_json(&o->q, now, &st))) {
-    fprintf(stderr, "switchyard report: out of memory\n");
-    rc = 1;
+                      : 0)) {
+    doc = shadow_json(&q, now, &st);
   }
-  if (!rc && o->json) {
-    cv_print_json(json_incref(doc));
-  } else if (!rc) {
-    print_shadow(&o->q, doc, &st);
-  }
-  json_decref(doc);
   json_decref(st.mismatches);
   free(st.primary.v);
   free(st.candidate.v);
-  return rc;
+  return doc;
+}
+
+static int shadow_report(cv_router *r, const options *o) {
+  int known = 0;
+  json_t *doc =
+      cv_shadow_document(r, o->q.flag, o->q.since, o->q.until, &known);
+  if (!doc && !known) {
+    return usage_error("no flag '%s' (and no decisions for it)", o->q.flag);
+  }
+  if (!doc) {
+    return 1; /* said why */
+  }
+  if (o->json) {
+    /* as the report's, and /api/flags/NAME/shadow's */
+    char *text = json_dumps(
+        doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+    puts(text ? text : "{}");
+    free(text);
+  } else {
+    print_shadow(doc);
+  }
+  json_decref(doc);
+  return 0;
 }
 
 int cv_cmd_report(void *plugin, int argc, char **argv) {
@@ -1099,7 +1126,7 @@ int cv_cmd_report(void *plugin, int argc, char **argv) {
     return usage_error("no flag '%s' (and no decisions for it)", o.q.flag);
   }
   if (o.shadow) {
-    return shadow_report(r, &o, now);
+    return shadow_report(r, &o);
   }
   rc = compute(r, &o, 1, v, &cmp, verdict, sizeof verdict, &rs, &nr);
   if (!rc) {

@@ -80,7 +80,7 @@ describe("shadow runs", function()
     assert.are.equal(60, r.outcomes.match)
     assert.are.equal(10, r.outcomes.mismatch)
     assert.are.equal(70, r.mismatch.compared)
-    assert.are.equal(10 / 70, r.mismatch.rate)
+    assert.is_true(math.abs(10 / 70 - r.mismatch.rate) < 1e-9)
     assert.is_true(r.mismatch.ci_low < 10 / 70 and 10 / 70 < r.mismatch.ci_high)
     assert.are.equal(10, #r.first_mismatches)
     for _, m in ipairs(r.first_mismatches) do
@@ -96,6 +96,20 @@ describe("shadow runs", function()
     has(text, "14.29% (95% CI")
     has(text, "verified: true -> false")
     has(text, "neither side had (absent on both sides: decision)")
+    -- the console: the same document, and the flag's page shows it
+    local p, base = env:serve()
+    local api = H.decode(H.capture("curl -s " .. H.q(base ..
+      "/api/flags/verify/shadow")))
+    api.generated_at, r.generated_at = nil, nil
+    assert.are.same(r, api)
+    local page = H.capture("curl -s " .. H.q(base .. "/flags/verify"))
+    has(page, '<td class="n" data-k="mismatch">10</td>', "flag page")
+    has(page, '<a href="/instances/7">7</a></td><td>s7</td><td>verified: ' ..
+      'true -&gt; false</td>', "flag page")
+    has(page, string.format("14.29%% (%.2f-%.2f%%) of 70",
+      r.mismatch.ci_low * 100, r.mismatch.ci_high * 100), "flag page")
+    H.signal(p, "TERM")
+    H.wait_exit(p, 10)
   end)
 
   it("shadow a sticky share of subjects, by a salt of their own", function()
