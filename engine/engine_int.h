@@ -26,6 +26,10 @@
 #define SY__BATCH 1536
 #define SY__CHAIN_MAX 16 /* transitions of one instance in one transaction */
 #define SY__LEASE_MS SY_ENGINE_LEASE_MS
+/* Shadow runs an engine keeps at most (setting shadow.max_in_flight): a
+ * candidate is in no instance count, and its Lua state shares the cap on
+ * the engine's memory with every instance. */
+#define SY__SHADOWS_MAX 1000
 
 typedef struct sy_inst sy_inst;
 
@@ -158,7 +162,10 @@ struct sy_engine {
   sy_inst *runq_head, *runq_tail;
   sy_inst *commitq_head, *commitq_tail;
   sy_inst *all;
-  sy_shadow *shadows;  /* in flight: settling waits for them */
+  sy_shadow *shadows; /* in flight: settling waits for them */
+  /* shadows asked for and not reported yet, and how many may be (the
+   * setting shadow.max_in_flight; 0 until read) */
+  int shadows_asked, shadows_max;
   sy_call *live_calls; /* incl. abandoned ones still owed a completion */
   sy_call *held_head, *held_tail; /* ctx calls waiting for the commit */
   sy_call_hook call_hook;         /* sy_engine_set_call_hook */

@@ -388,9 +388,18 @@ static int api_shadow(sy_call *c, const char *step, double timeout_s,
       s->kind != SY_STEP_TASK) {
     return SY_EINVAL;
   }
+  if (!c->e->shadows_max) {
+    const char *v = api_setting(c->e, "shadow.max_in_flight");
+    long n = v ? strtol(v, NULL, 10) : 0;
+    c->e->shadows_max = n > 0 && n <= 1000000 ? (int)n : SY__SHADOWS_MAX;
+  }
+  if (c->e->shadows_asked >= c->e->shadows_max) {
+    return SY_EBUSY;
+  }
   if (compare && !(c->shadow_compare = strdup(compare))) {
     return SY_ENOMEM;
   }
+  c->e->shadows_asked++;
   c->shadow_step = s;
   c->shadow_node = c->inst->step;
   c->shadow_instance = c->inst->id;

@@ -80,6 +80,7 @@ void sy__shadow_side(sy_shadow *sh, int k, sy_shadow_status status,
                : SY_SHADOW_DIFFERENT;
     rep.detail = detail[0] ? detail : NULL;
   }
+  sh->e->shadows_asked--;
   sh->done(sh->plugin, sh->ud, &rep);
   shadow_free(sh);
 }
@@ -94,6 +95,7 @@ void sy__shadow_never_ran(sy_call *c, const char *why) {
   rep.verdict = SY_SHADOW_UNCOMPARED;
   rep.candidate.step = c->shadow_step->name;
   c->shadow_done = NULL; /* once */
+  c->e->shadows_asked--;
   done(c->node->plugin->state, c->shadow_ud, &rep);
 }
 

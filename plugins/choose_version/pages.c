@@ -315,6 +315,10 @@ static int put_shadow(cv_router *r, out *o, const char *flag) {
        "<tr><th>skipped by the budget</th><td class=\"n\" "
        "data-k=\"skipped_by_budget\">%.0f</td></tr>\n",
        num(doc, "skipped_by_budget"));
+  putf(o,
+       "<tr><th>skipped: too many in flight on an engine</th><td class=\"n\" "
+       "data-k=\"skipped_busy\">%.0f</td></tr>\n",
+       num(doc, "skipped_busy"));
   if (num(m, "compared") > 0) {
     putf(o,
          "<tr><th>mismatch rate (95%% interval)</th><td class=\"n\">"

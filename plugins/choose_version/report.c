@@ -824,7 +824,7 @@ enum { SH_MATCH, SH_MISMATCH, SH_OUTCOMES = 8, SH_FIRST_MISMATCHES = 10 };
 
 typedef struct shadow_stats {
   int64_t n[SH_OUTCOMES], runs;
-  int64_t rate_ppm, budget, used_this_hour, skipped;
+  int64_t rate_ppm, budget, used_this_hour, skipped, busy;
   int64_t absent; /* matches that compared vars neither side had */
   char absent_example[200];
   latency primary, candidate;
@@ -932,6 +932,7 @@ static int shadow_read(cv_router *r, const query *w, int64_t now,
   }
   st->skipped = sy_stmt_column_int(s, 0);
   st->used_this_hour = sy_stmt_column_int(s, 1);
+  st->busy = sy_stmt_column_int(s, 2);
   sy_stmt_reset(s);
   return 0;
 }
@@ -950,7 +951,7 @@ static json_t *shadow_json(const query *w, int64_t now, shadow_stats *st) {
   cv_rate_format((uint32_t)st->rate_ppm, rate, sizeof rate);
   return json_pack(
       "{s:s, s:s, s:o, s:o, s:I, s:{s:s, s:I, s:o, s:I}, s:I, s:o, s:I, "
-      "s:{s:I, s:o, s:o, s:o}, s:{s:I, s:s?}, s:{s:o, s:o}, s:O}",
+      "s:I, s:{s:I, s:o, s:o, s:o}, s:{s:I, s:s?}, s:{s:o, s:o}, s:O}",
       "schema", "switchyard.shadow/1", "flag", w->flag, "since",
       w->since ? json_integer(w->since) : json_null(), "until",
       w->until != INT64_MAX ? json_integer(w->until) : json_null(),
@@ -958,8 +959,9 @@ static json_t *shadow_json(const query *w, int64_t now, shadow_stats *st) {
       (json_int_t)st->rate_ppm, "budget_per_hour",
       st->budget ? json_integer(st->budget) : json_null(), "used_this_hour",
       (json_int_t)st->used_this_hour, "runs", (json_int_t)st->runs, "outcomes",
-      outcomes, "skipped_by_budget", (json_int_t)st->skipped, "mismatch",
-      "compared", (json_int_t)compared, "rate",
+      outcomes, "skipped_by_budget", (json_int_t)st->skipped, "skipped_busy",
+      (json_int_t)st->busy, "mismatch", "compared", (json_int_t)compared,
+      "rate",
       num(compared ? (double)st->n[SH_MISMATCH] / (double)compared : NAN),
       "ci_low", num(lo), "ci_high", num(hi), "absent_on_both", "matches",
       (json_int_t)st->absent, "example", st->absent ? st->absent_example : NULL,
@@ -1023,6 +1025,11 @@ static void print_shadow(json_t *doc) {
   }
   printf("%-34s %10lld\n", "skipped by the budget",
          (long long)jint(doc, "skipped_by_budget"));
+  if (jint(doc, "skipped_busy")) {
+    printf("%-34s %10lld   (raise --set shadow.max_in_flight)\n",
+           "skipped: the engine had too many",
+           (long long)jint(doc, "skipped_busy"));
+  }
   if (jint(absent, "matches")) {
     printf(
         "\nnote: %lld matches compared vars neither side had (%s): the "

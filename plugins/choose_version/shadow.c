@@ -7,8 +7,9 @@
  * so a subject stays in or out of the shadow as the rate rises; an
  * instance without a subject draws. The budget caps runs per hour across
  * every engine sharing the database (cv_shadow_hours); what it skipped is
- * counted there. Each run is a row of cv_shadow_runs written with the
- * decision (in flight on this engine) and ended by its report. */
+ * counted there, and so are the shadows an engine had no room for (its
+ * setting shadow.max_in_flight). Each run is a row of cv_shadow_runs written
+ * with the decision (in flight on this engine) and ended by its report. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,10 +104,25 @@ static int in_share(cv_router *r, sy_call *c, const cv_flag *f,
   return cv_bucket(salt, (size_t)n, req->key, req->key_len) < f->shadow_ppm;
 }
 
+/* Counts a shadow not run in the hour's row: by the budget, or the
+ * engine being busy (refund: give back the run spent for it). 0 or -1. */
+static int skip(cv_router *r, const cv_flag *f, int64_t now, int busy,
+                int refund) {
+  sy_stmt *s = cv_stmt(r, CVQ_SHADOW_SKIP);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, f->name);
+  sy_stmt_bind_int(s, 2, now / 3600000);
+  sy_stmt_bind_int(s, 3, !busy);
+  sy_stmt_bind_int(s, 4, busy);
+  sy_stmt_bind_int(s, 5, refund);
+  return cv_step_done(r, s);
+}
+
 /* Spends one run of the hour's budget: 1, or 0 when it is spent (the
  * skip is counted), or -1. */
 static int spend(cv_router *r, const cv_flag *f, int64_t now) {
-  int64_t hour = now / 3600000;
   sy_stmt *s;
   if (!f->shadow_budget) {
     return 1;
@@ -115,7 +131,7 @@ static int spend(cv_router *r, const cv_flag *f, int64_t now) {
     return -1;
   }
   sy_stmt_bind_text(s, 1, f->name);
-  sy_stmt_bind_int(s, 2, hour);
+  sy_stmt_bind_int(s, 2, now / 3600000);
   sy_stmt_bind_int(s, 3, f->shadow_budget);
   if (cv_step_done(r, s)) {
     return -1;
@@ -123,12 +139,7 @@ static int spend(cv_router *r, const cv_flag *f, int64_t now) {
   if (sy_stmt_changes(s) > 0) {
     return 1;
   }
-  if (!(s = cv_stmt(r, CVQ_SHADOW_SKIP))) {
-    return -1;
-  }
-  sy_stmt_bind_text(s, 1, f->name);
-  sy_stmt_bind_int(s, 2, hour);
-  return cv_step_done(r, s) ? -1 : 0;
+  return skip(r, f, now, 0, 0) ? -1 : 0;
 }
 
 int cv_shadow_maybe(cv_router *r, sy_call *c, const cv_node *n,
@@ -155,9 +166,12 @@ int cv_shadow_maybe(cv_router *r, sy_call *c, const cv_node *n,
   u->started_at = req->now_ms;
   u->instance_id = api->instance_id(c);
   memcpy(u->flag, n->flag, flen);
-  if (api->shadow(c, n->v2, n->shadow_timeout, "shadow.compare", shadow_done,
-                  u)) {
+  if ((rc = api->shadow(c, n->v2, n->shadow_timeout, "shadow.compare",
+                        shadow_done, u))) {
     free(u);
+    if (rc == SY_EBUSY) { /* counted; the decision stands */
+      return skip(r, f, req->now_ms, 1, f->shadow_budget != 0);
+    }
     snprintf(r->errmsg, sizeof r->errmsg, "the engine refused the shadow run");
     return -1;
   }

@@ -55,14 +55,15 @@
  * the schema from version i to i + 1. Never edit a released one: add one. */
 /* Shadow runs (migration 11), in either database's integer type. A run's
  * row is written with its decision (outcome NULL: in flight, on engine)
- * and ended by its report; the budget's hours count the runs spent and
- * the shadows the budget skipped. The last statement is the runs' table:
+ * and ended by its report; the budget's hours count the runs spent, the
+ * shadows the budget skipped and those an engine too busy with shadows
+ * skipped. The last statement is the runs' table:
  * SQLite's text adds WITHOUT ROWID. */
 #define CV_SHADOW_TABLES(INT)                                     \
   "CREATE TABLE cv_shadow_hours("                                 \
   "  flag TEXT NOT NULL, hour " INT                               \
   " NOT NULL,"                                                    \
-  "  used " INT " NOT NULL, skipped " INT                         \
+  "  used " INT " NOT NULL, skipped " INT " NOT NULL, busy " INT  \
   " NOT NULL,"                                                    \
   "  PRIMARY KEY(flag, hour));"                                   \
   "CREATE TABLE cv_shadow_runs("                                  \
@@ -831,12 +832,16 @@ static const char *const sql_text[CVQ__COUNT] = {
      * fewer than the budget, so engines sharing the database never spend
      * more between them. */
     [CVQ_SHADOW_SPEND] =
-        "INSERT INTO cv_shadow_hours(flag, hour, used, skipped) "
-        "VALUES(?1, ?2, 1, 0) ON CONFLICT(flag, hour) DO UPDATE SET "
+        "INSERT INTO cv_shadow_hours(flag, hour, used, skipped, busy) "
+        "VALUES(?1, ?2, 1, 0, 0) ON CONFLICT(flag, hour) DO UPDATE SET "
         "used = cv_shadow_hours.used + 1 WHERE cv_shadow_hours.used < ?3",
+    /* A shadow not run: skipped by the budget (?3), or because the
+     * engine had too many in flight (?4), its spending given back (?5). */
     [CVQ_SHADOW_SKIP] =
-        "UPDATE cv_shadow_hours SET skipped = skipped + 1 "
-        "WHERE flag = ?1 AND hour = ?2",
+        "INSERT INTO cv_shadow_hours(flag, hour, used, skipped, busy) "
+        "VALUES(?1, ?2, 0, ?3, ?4) ON CONFLICT(flag, hour) DO UPDATE SET "
+        "used = cv_shadow_hours.used - ?5, skipped = cv_shadow_hours.skipped "
+        "+ ?3, busy = cv_shadow_hours.busy + ?4",
     [CVQ_SHADOW_START] =
         "INSERT INTO cv_shadow_runs(flag, started_at, instance_id, workflow, "
         "subject, engine) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
@@ -868,7 +873,8 @@ static const char *const sql_text[CVQ__COUNT] = {
     /* hours ?2 to ?3, and the hour ?4's spending */
     [CVQ_SHADOW_BUDGET] =
         "SELECT coalesce(sum(skipped), 0), coalesce(sum(CASE WHEN hour = ?4 "
-        "THEN used ELSE 0 END), 0) FROM cv_shadow_hours WHERE flag = ?1 AND "
+        "THEN used ELSE 0 END), 0), coalesce(sum(busy), 0) FROM "
+        "cv_shadow_hours WHERE flag = ?1 AND "
         "hour >= ?2 AND hour <= ?3",
     [CVQ_METRICS_LATENCY] =
         "SELECT workflow, flag, version, le, n, sum_ms FROM cv_latency "

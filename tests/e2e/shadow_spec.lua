@@ -227,6 +227,29 @@ describe("shadow runs", function()
     assert.are.equal(300 - runs, r.skipped_by_budget)
   end)
 
+  it("keep at most shadow.max_in_flight per engine; the rest are counted", function()
+    env:ok("rollout", "shadow", "verify", "100%", "--budget", "100/h",
+      "--reason", "paid API")
+    -- v2 sleeps 30 s in shadow: the first 5 shadows hold every slot
+    start(env, "shadowed_long", 1, 40, { v2 = "slow" })
+    local p = env:spawn("--set", "shadow.max_in_flight=5", "run")
+    assert.is_truthy(H.poll(60, 0.05, function()
+      return env:scalar("SELECT count(*) FROM instances WHERE state = " ..
+        "'completed'") == 40
+    end), H.read(p.log))
+    H.signal(p, "TERM")
+    assert.are.equal(0, H.wait_exit(p, 20), H.read(p.log))
+    local r = shadow_report(env)
+    assert.are.equal(5, r.runs)
+    -- a stop abandons the shadows in flight: lost, as a crash would
+    assert.are.equal(5, r.outcomes.lost)
+    assert.are.equal(35, r.skipped_busy)
+    -- what the engine had no room for did not spend the budget
+    assert.are.equal(5, r.shadow.used_this_hour)
+    assert.are.equal(0, r.skipped_by_budget)
+    has(env:ok("report", "verify", "--shadow"), "shadow.max_in_flight")
+  end)
+
   it("are set by rollout shadow, audited; bad input changes nothing", function()
     local before = env:snapshot()
     for _, c in ipairs {

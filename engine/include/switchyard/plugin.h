@@ -394,8 +394,10 @@ typedef struct sy_api {
    * step limits with a ctx of instance_id, workflow, step (the node's),
    * primary_step and candidate_step. done(plugin, ud, report) is called
    * exactly once when this returns 0: with both sides, or ABANDONED when
-   * the node fails or ends the instance, or the engine stops first. 0, or
-   * SY_EINVAL (not a node's call, not a task step). */
+   * the node fails or ends the instance, or the engine stops first. 0,
+   * SY_EBUSY when the engine already has as many shadows as it may (the
+   * setting shadow.max_in_flight, 1000 by default), or SY_EINVAL (not a
+   * node's call, not a task step). */
   int (*shadow)(sy_call *c, const char *step, double timeout_s,
                 const char *compare, sy_shadow_done done, void *ud);
   /* Node options at load time (in compile). key may be a path into
