@@ -115,7 +115,8 @@ enum {
   CVQ_RAMP_TALLIES,
   /* shadow runs (shadow.c) */
   CVQ_SHADOW_SPEND,
-  CVQ_SHADOW_SKIP,
+  CVQ_SHADOW_REFUND,
+  CVQ_SHADOW_SKIPS_ADD,
   CVQ_SHADOW_START,
   CVQ_SHADOW_END,
   CVQ_SHADOW_OUTCOMES,
@@ -189,6 +190,8 @@ typedef struct cv_router {
   int64_t data_version;
   cv_planner *planner;   /* evaluates rollout plans while the engine runs */
   cv_notifier *notifier; /* delivers notifications while the engine runs */
+  struct cv_shadow_skip *shadow_skips;  /* this transaction's, to flush */
+  struct cv_shadow_spent *shadow_spent; /* hours whose budget is spent */
   char errmsg[512];
 } cv_router;
 
@@ -253,6 +256,12 @@ int cv_route(cv_router *r, int64_t tx, const cv_request *req, cv_decision *out);
  * r->errmsg. */
 int cv_shadow_maybe(cv_router *r, sy_call *c, const cv_node *n,
                     const cv_request *req, const cv_decision *d);
+/* The shadows this transaction skipped, written into this engine's rows
+ * (before the commit: 0 or -1), or forgotten (after a rollback); and
+ * everything freed. */
+int cv_shadow_flush(cv_router *r);
+void cv_shadow_discard(cv_router *r);
+void cv_shadow_free(cv_router *r);
 
 /* counters.c: the batched changes of one (workflow, flag, version) in the
  * open transaction, created at zero when new; NULL with r->errmsg. */

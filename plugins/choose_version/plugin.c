@@ -28,6 +28,7 @@ static void cv_fini(void *state) {
   cv_planner_stop(r);
   cv_notifier_stop(r);
   cv_discard_counters(r);
+  cv_shadow_free(r);
   cv_flags_free(r);
   cv_finalize_all(r);
   free(r);
@@ -441,7 +442,7 @@ static int on_event(void *plugin, const sy_event *ev) {
 
 static int before_commit(void *plugin) {
   cv_router *r = plugin;
-  if (cv_flush_counters(r)) {
+  if (cv_flush_counters(r) || cv_shadow_flush(r)) {
     r->api->log(r->e, "choose_version: %s", r->errmsg);
     return -1;
   }
@@ -450,6 +451,7 @@ static int before_commit(void *plugin) {
 
 static void rolled_back(void *plugin) {
   cv_discard_counters(plugin);
+  cv_shadow_discard(plugin);
 }
 
 /* Edit distance (insertions, deletions, substitutions, and swaps of two

@@ -931,8 +931,8 @@ static int shadow_read(cv_router *r, const query *w, int64_t now,
     return cv_db_fail(r, s);
   }
   st->skipped = sy_stmt_column_int(s, 0);
-  st->used_this_hour = sy_stmt_column_int(s, 1);
-  st->busy = sy_stmt_column_int(s, 2);
+  st->busy = sy_stmt_column_int(s, 1);
+  st->used_this_hour = sy_stmt_column_int(s, 2);
   sy_stmt_reset(s);
   return 0;
 }

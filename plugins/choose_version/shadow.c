@@ -104,34 +104,72 @@ static int in_share(cv_router *r, sy_call *c, const cv_flag *f,
   return cv_bucket(salt, (size_t)n, req->key, req->key_len) < f->shadow_ppm;
 }
 
-/* Counts a shadow not run in the hour's row: by the budget, or the
- * engine being busy (refund: give back the run spent for it). 0 or -1. */
-static int skip(cv_router *r, const cv_flag *f, int64_t now, int busy,
-                int refund) {
-  sy_stmt *s = cv_stmt(r, CVQ_SHADOW_SKIP);
-  if (!s) {
-    return -1;
+/* Shadows skipped in this transaction, per flag and hour: written at
+ * its end into this engine's own rows, so that counting them never waits
+ * for another engine. */
+typedef struct cv_shadow_skip {
+  struct cv_shadow_skip *next;
+  int64_t hour, skipped, busy;
+  char flag[];
+} cv_shadow_skip;
+
+/* An hour whose budget this engine found spent (at that budget): later
+ * decisions of the hour skip without touching the hour's row, which the
+ * engines spending share. */
+typedef struct cv_shadow_spent {
+  struct cv_shadow_spent *next;
+  int64_t hour, budget;
+  char flag[];
+} cv_shadow_spent;
+
+static int skip(cv_router *r, const cv_flag *f, int64_t hour, int busy) {
+  cv_shadow_skip *k;
+  size_t len = strlen(f->name) + 1;
+  for (k = r->shadow_skips; k; k = k->next) {
+    if (k->hour == hour && strcmp(k->flag, f->name) == 0) {
+      break;
+    }
   }
-  sy_stmt_bind_text(s, 1, f->name);
-  sy_stmt_bind_int(s, 2, now / 3600000);
-  sy_stmt_bind_int(s, 3, !busy);
-  sy_stmt_bind_int(s, 4, busy);
-  sy_stmt_bind_int(s, 5, refund);
-  return cv_step_done(r, s);
+  if (!k) {
+    if (!(k = calloc(1, sizeof *k + len))) {
+      snprintf(r->errmsg, sizeof r->errmsg, "out of memory");
+      return -1;
+    }
+    k->hour = hour;
+    memcpy(k->flag, f->name, len);
+    k->next = r->shadow_skips;
+    r->shadow_skips = k;
+  }
+  k->skipped += !busy;
+  k->busy += busy;
+  return 0;
+}
+
+static cv_shadow_spent *spent_of(cv_router *r, const char *flag) {
+  cv_shadow_spent *p;
+  for (p = r->shadow_spent; p && strcmp(p->flag, flag) != 0; p = p->next) {
+  }
+  return p;
 }
 
 /* Spends one run of the hour's budget: 1, or 0 when it is spent (the
  * skip is counted), or -1. */
-static int spend(cv_router *r, const cv_flag *f, int64_t now) {
+static int spend(cv_router *r, const cv_flag *f, int64_t hour) {
+  cv_shadow_spent *p;
+  size_t len;
   sy_stmt *s;
   if (!f->shadow_budget) {
     return 1;
+  }
+  if ((p = spent_of(r, f->name)) && p->hour == hour &&
+      p->budget == f->shadow_budget) {
+    return skip(r, f, hour, 0) ? -1 : 0;
   }
   if (!(s = cv_stmt(r, CVQ_SHADOW_SPEND))) {
     return -1;
   }
   sy_stmt_bind_text(s, 1, f->name);
-  sy_stmt_bind_int(s, 2, now / 3600000);
+  sy_stmt_bind_int(s, 2, hour);
   sy_stmt_bind_int(s, 3, f->shadow_budget);
   if (cv_step_done(r, s)) {
     return -1;
@@ -139,7 +177,67 @@ static int spend(cv_router *r, const cv_flag *f, int64_t now) {
   if (sy_stmt_changes(s) > 0) {
     return 1;
   }
-  return skip(r, f, now, 0, 0) ? -1 : 0;
+  len = strlen(f->name) + 1;
+  if (!p && (p = calloc(1, sizeof *p + len))) {
+    memcpy(p->flag, f->name, len);
+    p->next = r->shadow_spent;
+    r->shadow_spent = p;
+  }
+  if (p) { /* without it, the next decision asks the row again */
+    p->hour = hour;
+    p->budget = f->shadow_budget;
+  }
+  return skip(r, f, hour, 0) ? -1 : 0;
+}
+
+/* Gives back the run spent for a shadow that did not start. */
+static int refund(cv_router *r, const cv_flag *f, int64_t hour) {
+  sy_stmt *s = cv_stmt(r, CVQ_SHADOW_REFUND);
+  if (!s) {
+    return -1;
+  }
+  sy_stmt_bind_text(s, 1, f->name);
+  sy_stmt_bind_int(s, 2, hour);
+  return cv_step_done(r, s);
+}
+
+int cv_shadow_flush(cv_router *r) {
+  sy_stmt *s;
+  int rc = 0;
+  if (!r->shadow_skips) {
+    return 0;
+  }
+  if (!(s = cv_stmt(r, CVQ_SHADOW_SKIPS_ADD))) {
+    cv_shadow_discard(r);
+    return -1;
+  }
+  for (cv_shadow_skip *k = r->shadow_skips; k && !rc; k = k->next) {
+    sy_stmt_bind_text(s, 1, k->flag);
+    sy_stmt_bind_int(s, 2, k->hour);
+    sy_stmt_bind_text(s, 3, r->api->engine_id(r->e));
+    sy_stmt_bind_int(s, 4, k->skipped);
+    sy_stmt_bind_int(s, 5, k->busy);
+    rc = cv_step_done(r, s);
+  }
+  cv_shadow_discard(r);
+  return rc;
+}
+
+void cv_shadow_discard(cv_router *r) {
+  while (r->shadow_skips) {
+    cv_shadow_skip *k = r->shadow_skips;
+    r->shadow_skips = k->next;
+    free(k);
+  }
+}
+
+void cv_shadow_free(cv_router *r) {
+  cv_shadow_discard(r);
+  while (r->shadow_spent) {
+    cv_shadow_spent *p = r->shadow_spent;
+    r->shadow_spent = p->next;
+    free(p);
+  }
 }
 
 int cv_shadow_maybe(cv_router *r, sy_call *c, const cv_node *n,
@@ -153,7 +251,8 @@ int cv_shadow_maybe(cv_router *r, sy_call *c, const cv_node *n,
   if (!(f = cv_flag_get(r, n->flag, api->tx_begin(r->e)))) {
     return -1;
   }
-  if (!in_share(r, c, f, req, d) || (rc = spend(r, f, req->now_ms)) == 0) {
+  if (!in_share(r, c, f, req, d) ||
+      (rc = spend(r, f, req->now_ms / 3600000)) == 0) {
     return 0;
   }
   if (rc < 0 || !(s = cv_stmt(r, CVQ_SHADOW_START))) {
@@ -170,7 +269,10 @@ int cv_shadow_maybe(cv_router *r, sy_call *c, const cv_node *n,
                         shadow_done, u))) {
     free(u);
     if (rc == SY_EBUSY) { /* counted; the decision stands */
-      return skip(r, f, req->now_ms, 1, f->shadow_budget != 0);
+      return (f->shadow_budget && refund(r, f, req->now_ms / 3600000)) ||
+                     skip(r, f, req->now_ms / 3600000, 1)
+                 ? -1
+                 : 0;
     }
     snprintf(r->errmsg, sizeof r->errmsg, "the engine refused the shadow run");
     return -1;

@@ -55,17 +55,25 @@
  * the schema from version i to i + 1. Never edit a released one: add one. */
 /* Shadow runs (migration 11), in either database's integer type. A run's
  * row is written with its decision (outcome NULL: in flight, on engine)
- * and ended by its report; the budget's hours count the runs spent, the
- * shadows the budget skipped and those an engine too busy with shadows
- * skipped. The last statement is the runs' table:
+ * and ended by its report. The budget's hours count the runs spent, a
+ * row shared by the engines; the shadows skipped (by the budget, or by an
+ * engine too busy with shadows) are counted per engine, each in rows of
+ * its own, written with its counters. The last statement is the runs' table:
  * SQLite's text adds WITHOUT ROWID. */
 #define CV_SHADOW_TABLES(INT)                                     \
   "CREATE TABLE cv_shadow_hours("                                 \
   "  flag TEXT NOT NULL, hour " INT                               \
   " NOT NULL,"                                                    \
-  "  used " INT " NOT NULL, skipped " INT " NOT NULL, busy " INT  \
+  "  used " INT                                                   \
   " NOT NULL,"                                                    \
   "  PRIMARY KEY(flag, hour));"                                   \
+  "CREATE TABLE cv_shadow_skips("                                 \
+  "  flag TEXT NOT NULL, hour " INT                               \
+  " NOT NULL,"                                                    \
+  "  engine TEXT NOT NULL,"                                       \
+  "  skipped " INT " NOT NULL, busy " INT                         \
+  " NOT NULL,"                                                    \
+  "  PRIMARY KEY(flag, hour, engine));"                           \
   "CREATE TABLE cv_shadow_runs("                                  \
   "  flag TEXT NOT NULL, started_at " INT                         \
   " NOT NULL,"                                                    \
@@ -832,16 +840,18 @@ static const char *const sql_text[CVQ__COUNT] = {
      * fewer than the budget, so engines sharing the database never spend
      * more between them. */
     [CVQ_SHADOW_SPEND] =
-        "INSERT INTO cv_shadow_hours(flag, hour, used, skipped, busy) "
-        "VALUES(?1, ?2, 1, 0, 0) ON CONFLICT(flag, hour) DO UPDATE SET "
-        "used = cv_shadow_hours.used + 1 WHERE cv_shadow_hours.used < ?3",
-    /* A shadow not run: skipped by the budget (?3), or because the
-     * engine had too many in flight (?4), its spending given back (?5). */
-    [CVQ_SHADOW_SKIP] =
-        "INSERT INTO cv_shadow_hours(flag, hour, used, skipped, busy) "
-        "VALUES(?1, ?2, 0, ?3, ?4) ON CONFLICT(flag, hour) DO UPDATE SET "
-        "used = cv_shadow_hours.used - ?5, skipped = cv_shadow_hours.skipped "
-        "+ ?3, busy = cv_shadow_hours.busy + ?4",
+        "INSERT INTO cv_shadow_hours(flag, hour, used) VALUES(?1, ?2, 1) "
+        "ON CONFLICT(flag, hour) DO UPDATE SET used = cv_shadow_hours.used "
+        "+ 1 WHERE cv_shadow_hours.used < ?3",
+    /* A run spent for a shadow the engine then had no room for. */
+    [CVQ_SHADOW_REFUND] =
+        "UPDATE cv_shadow_hours SET used = used - 1 WHERE flag = ?1 AND "
+        "hour = ?2",
+    [CVQ_SHADOW_SKIPS_ADD] =
+        "INSERT INTO cv_shadow_skips(flag, hour, engine, skipped, busy) "
+        "VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(flag, hour, engine) DO "
+        "UPDATE SET skipped = cv_shadow_skips.skipped + ?4, busy = "
+        "cv_shadow_skips.busy + ?5",
     [CVQ_SHADOW_START] =
         "INSERT INTO cv_shadow_runs(flag, started_at, instance_id, workflow, "
         "subject, engine) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
@@ -872,9 +882,9 @@ static const char *const sql_text[CVQ__COUNT] = {
         "instance_id LIMIT ?4",
     /* hours ?2 to ?3, and the hour ?4's spending */
     [CVQ_SHADOW_BUDGET] =
-        "SELECT coalesce(sum(skipped), 0), coalesce(sum(CASE WHEN hour = ?4 "
-        "THEN used ELSE 0 END), 0), coalesce(sum(busy), 0) FROM "
-        "cv_shadow_hours WHERE flag = ?1 AND "
+        "SELECT coalesce(sum(skipped), 0), coalesce(sum(busy), 0), "
+        "(SELECT coalesce(sum(used), 0) FROM cv_shadow_hours WHERE "
+        "flag = ?1 AND hour = ?4) FROM cv_shadow_skips WHERE flag = ?1 AND "
         "hour >= ?2 AND hour <= ?3",
     [CVQ_METRICS_LATENCY] =
         "SELECT workflow, flag, version, le, n, sum_ms FROM cv_latency "

@@ -393,6 +393,7 @@ describe("switchyard serve", function()
     -- goes with them; migration 11 makes it again)
     local cascade = H.sqlite and "; " or " cascade; "
     H.db_exec(old.db, "drop table cv_shadow_runs; drop table cv_shadow_hours; "
+      .. "drop table cv_shadow_skips; "
       .. "alter table cv_flags drop column shadow_ppm" .. cascade
       .. "alter table cv_flags drop column shadow_budget" .. cascade
       .. "drop table cv_latency; drop table cv_ramp_tallies; "

@@ -890,6 +890,7 @@ describe("a decision's step time and retries", function()
       "DROP TABLE cv_plans; DROP TABLE cv_plan_evals; DROP TABLE cv_latency;" ..
       "DROP TABLE cv_ramp_tallies;" ..
       "DROP TABLE cv_shadow_runs; DROP TABLE cv_shadow_hours;" ..
+      "DROP TABLE cv_shadow_skips;" ..
       "ALTER TABLE cv_flags DROP COLUMN shadow_ppm;" ..
       "ALTER TABLE cv_flags DROP COLUMN shadow_budget;" ..
       "DROP TABLE cv_outbox; DROP TABLE cv_notify_targets;" ..
