@@ -121,6 +121,7 @@ struct sy_store {
   struct {
     struct pg_stmt *p;
     int64_t fenced; /* an instance update: the instance's id, else 0 */
+    int64_t expect; /* the rows it must change (expect_changes), or -1 */
   } pg_queue[256];
   int pg_queued;
   int pg_queue_rc;  /* a queued write failed: the transaction's end */

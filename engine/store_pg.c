@@ -41,8 +41,9 @@ typedef struct pg_stmt {
    * waiting for its answer (pg_drain). queued: its sends not answered
    * yet; sent: stepped since its reset. */
   int deferrable, queued, sent;
-  int rollback; /* ROLLBACK: runs even when a queued write failed */
-  int commit;   /* COMMIT: fails when the server rolled back instead */
+  char what[64]; /* the start of its text, for messages */
+  int rollback;  /* ROLLBACK: runs even when a queued write failed */
+  int commit;    /* COMMIT: fails when the server rolled back instead */
 } pg_stmt;
 
 /* ---------------------------------------------------------------------
@@ -193,6 +194,7 @@ static int pg_drain(sy_store *st) {
   for (int i = 0; i < st->pg_queued; i++) {
     pg_stmt *p = st->pg_queue[i].p;
     int64_t fenced = st->pg_queue[i].fenced;
+    int64_t expect = st->pg_queue[i].expect;
     p->queued--;
     if (cut) {
       continue;
@@ -210,6 +212,12 @@ static int pg_drain(sy_store *st) {
                                 "engine",
                                 (long long)fenced);
         st->fence_failed = 1;
+      } else if (expect >= 0 && p->changes != expect && !rc) {
+        rc = sy_store_set_error(st, SY_ESTATE,
+                                "a write changed %lld rows where %lld were "
+                                "expected (%s)",
+                                (long long)p->changes, (long long)expect,
+                                p->what);
       }
     } else if (PQresultStatus(res) != PGRES_PIPELINE_ABORTED && !rc) {
       rc = pg_fail(st, res, "queued write"); /* the first failure */
@@ -252,6 +260,7 @@ static int pg_send(pg_stmt *p) {
     return pg_fail(st, NULL, "send a write");
   }
   st->pg_queue[st->pg_queued].p = p;
+  st->pg_queue[st->pg_queued].expect = -1;
   st->pg_queue[st->pg_queued++].fenced = 0;
   p->queued++;
   p->sent = 1;
@@ -469,6 +478,29 @@ static const char *pg_error(sy_stmt *s) {
   return ((pg_stmt *)s)->store->errmsg;
 }
 
+/* A queued write's check waits for its answer (pg_drain); an answered
+ * one is checked now. */
+static int pg_expect_changes(sy_stmt *s, int64_t n) {
+  pg_stmt *p = (pg_stmt *)s;
+  sy_store *st = p->store;
+  if (p->queued) {
+    for (int i = st->pg_queued - 1; i >= 0; i--) {
+      if (st->pg_queue[i].p == p) { /* its last step */
+        st->pg_queue[i].expect = n;
+        return 0;
+      }
+    }
+  }
+  if (p->changes != n) {
+    sy_store_set_error(st, SY_ESTATE,
+                       "a write changed %lld rows where %lld were expected "
+                       "(%s)",
+                       (long long)p->changes, (long long)n, p->what);
+    return SY_ESTATE;
+  }
+  return 0;
+}
+
 static const sy_stmt_methods pg_methods = {
     .step = pg_step,
     .reset = pg_reset,
@@ -486,6 +518,7 @@ static const sy_stmt_methods pg_methods = {
     .column_type = pg_column_type,
     .changes = pg_changes,
     .error = pg_error,
+    .expect_changes = pg_expect_changes,
 };
 
 /* Whether a statement's text begins with this word (any case). */
@@ -522,6 +555,8 @@ static sy_stmt *pg_prepare(sy_store *st, const char *sql) {
   p->deferrable = (starts(sql, "INSERT") || starts(sql, "UPDATE") ||
                    starts(sql, "DELETE")) &&
                   !strstr(sql, "RETURNING") && !strstr(sql, "returning");
+  snprintf(p->what, sizeof p->what, "%.56s%s", sql + strspn(sql, " \t\n"),
+           strlen(sql) > 56 ? "..." : "");
   p->rollback = starts(sql, "ROLLBACK");
   p->commit = starts(sql, "COMMIT");
   snprintf(p->name, sizeof p->name, "sy%lld", (long long)++st->pg_prepared);

@@ -117,6 +117,10 @@ static const char *lite_error(sy_stmt *s) {
   return sqlite3_errmsg(sqlite3_db_handle(st_of(s)));
 }
 
+static int lite_expect_changes(sy_stmt *s, int64_t n) {
+  return lite_changes(s) == n ? 0 : SY_ESTATE;
+}
+
 static const sy_stmt_methods lite_methods = {
     .step = lite_step,
     .reset = lite_reset,
@@ -134,6 +138,7 @@ static const sy_stmt_methods lite_methods = {
     .column_type = lite_column_type,
     .changes = lite_changes,
     .error = lite_error,
+    .expect_changes = lite_expect_changes,
 };
 
 static int lite_db_error(sy_store *st, const char *what) {

@@ -65,8 +65,10 @@ typedef struct sy_engine sy_engine; /* the running engine (opaque) */
  * its answer: its step says SY_DONE at once, and the server answers the
  * queued writes together when something needs an answer. Asking for its
  * changes is such a need (one round trip), so ask only where the answer
- * decides something; a queued write that fails makes a later call fail,
- * and the transaction with it, as if it had failed at its step. */
+ * decides something, and where it only checks something, say what it must
+ * be (sy_stmt_expect_changes: checked with the answer); a queued write
+ * that fails makes a later call fail, and the transaction with it, as if
+ * it had failed at its step. */
 typedef struct sy_sql {
   const char *sql; /* the text both accept */
   const char *pg;  /* PostgreSQL's, where it differs; NULL: sql */
@@ -94,6 +96,13 @@ typedef struct sy_stmt_methods {
   int (*column_type)(sy_stmt *s, int col);
   int64_t (*changes)(sy_stmt *s);   /* rows its last step changed */
   const char *(*error)(sy_stmt *s); /* the database's message */
+  /* Says that its last step (a write) must have changed n rows, without
+   * waiting for the answer where the backend queues writes: 0 when it did,
+   * or when the check waits for the answer (on PostgreSQL a queued write:
+   * then a write that changed another number of rows fails the
+   * transaction at its answer, as a write that failed does); SY_ESTATE
+   * when it is known now that it did not. */
+  int (*expect_changes)(sy_stmt *s, int64_t n);
 } sy_stmt_methods;
 struct sy_stmt {
   const sy_stmt_methods *m; /* the backend's; what follows is its own */
@@ -108,6 +117,9 @@ enum { SY_COL_NULL, SY_COL_INT, SY_COL_DOUBLE, SY_COL_TEXT };
 
 static inline int sy_stmt_step(sy_stmt *s) {
   return s->m->step(s);
+}
+static inline int sy_stmt_expect_changes(sy_stmt *s, int64_t n) {
+  return s->m->expect_changes(s, n);
 }
 static inline void sy_stmt_reset(sy_stmt *s) {
   s->m->reset(s);
