@@ -41,6 +41,7 @@ enum {
   CVQ_NTH,
   CVQ_GET_DECISION,
   CVQ_PUT_DECISION,
+  CVQ_PUT_DECISION_FRESH,
   /* counters and events (counters.c, events.c) */
   CVQ_COUNTERS_ADD,
   CVQ_LATENCY_ADD,

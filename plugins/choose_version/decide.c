@@ -95,6 +95,17 @@ static int recorded(cv_router *r, int64_t instance_id, const char *flag,
   return 0;
 }
 
+/* Whether a fresh instance's memo holds a decision for flag: it holds
+ * every decision such an instance has. */
+static int in_memo(const cv_memo *m, const char *flag) {
+  for (; m; m = m->next) {
+    if (strcmp(m->flag, flag) == 0) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
 void cv_memo_free(cv_memo *m) {
   while (m) {
     cv_memo *next = m->next;
@@ -125,15 +136,22 @@ static int remember(cv_router *r, void **memo, const char *workflow,
 }
 
 /* Writes decision d; 1 when the instance had one already (nothing is
- * written or counted then). */
+ * written or counted then). A fresh instance's decisions are all in its
+ * memo: one found there was decided before, and otherwise its row is
+ * written whatever is there (CVQ_PUT_DECISION_FRESH), with no wait for
+ * the server's answer. Other instances learn from the insert's changes
+ * whether a decision was there. */
 static int record(cv_router *r, int64_t instance_id, const char *workflow,
                   const char *step, const cv_request *req, void **memo,
                   const cv_decision *d) {
-  sy_stmt *s = cv_stmt(r, CVQ_PUT_DECISION);
+  sy_stmt *s = cv_stmt(r, memo ? CVQ_PUT_DECISION_FRESH : CVQ_PUT_DECISION);
   const char *v = d->version == CV_V2 ? "v2" : "v1";
   cv_delta *c;
   if (!s) {
     return -1;
+  }
+  if (memo && in_memo(*memo, req->flag)) {
+    return 1;
   }
   sy_stmt_bind_int(s, 1, instance_id);
   sy_stmt_bind_text(s, 2, req->flag);
@@ -159,7 +177,7 @@ static int record(cv_router *r, int64_t instance_id, const char *workflow,
   if (cv_step_done(r, s)) {
     return -1;
   }
-  if (sy_stmt_changes(s) == 0) {
+  if (!memo && sy_stmt_changes(s) == 0) {
     return 1; /* decided before: nothing counted */
   }
   if (memo && remember(r, memo, workflow, req, v[1] == '2', d->ramp_id)) {
@@ -204,7 +222,8 @@ int cv_decide(cv_router *r, int64_t instance_id, const char *workflow,
   /* An instance never changes branch: a re-run reuses its decision. The
    * every_nth counter must not move for a re-run, so look first there;
    * otherwise deciding is free of side effects and the insert finds out. */
-  if (req->strategy == CV_STRATEGY_EVERY_NTH && !forced) {
+  if (req->strategy == CV_STRATEGY_EVERY_NTH && !forced &&
+      (!memo || in_memo(*memo, req->flag))) {
     if (recorded(r, instance_id, req->flag, out, &found)) {
       return -1;
     }

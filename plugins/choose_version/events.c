@@ -63,7 +63,8 @@ static int fresh_event(cv_router *r, const sy_event *ev, int q) {
     if (cv_step_done(r, u)) {
       return -1;
     }
-    if (sy_stmt_changes(u) != 1) {
+    /* checked with the write's answer: no wait for it here */
+    if (sy_stmt_expect_changes(u, 1)) {
       snprintf(r->errmsg, sizeof r->errmsg,
                "the decision of instance %lld for %s is not where it was "
                "recorded",

@@ -488,6 +488,15 @@ static const char cv_meta_table[] =
   " AND "                                          \
   "instance_id = ?1"
 
+/* A decision's row (decide.c binds ?1 to ?13), and what a conflict on
+ * the instance's row does. */
+#define PUT_DECISION                                                      \
+  "INSERT INTO cv_decisions(instance_id, flag, workflow, step, subject, " \
+  "version, reason, bucket, rate_ppm, ramp_id, decided_at, "              \
+  "base_run_ms, base_reruns) "                                            \
+  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "       \
+  "ON CONFLICT(instance_id, flag, reroutes) "
+
 /* PostgreSQL's texts where the two databases differ. */
 static const char *const pg_text[CVQ__COUNT] = {
     [CVQ_PLAN_OUTCOME_TALLY] =
@@ -529,12 +538,22 @@ static const char *const sql_text[CVQ__COUNT] = {
         "WHERE instance_id = ?1 AND flag = ?2 ORDER BY reroutes DESC LIMIT 1",
     /* A decision recorded earlier for the instance wins: nothing is
      * written, and the caller reads that one instead. */
-    [CVQ_PUT_DECISION] =
-        "INSERT INTO cv_decisions(instance_id, flag, workflow, step, subject, "
-        "version, reason, bucket, rate_ppm, ramp_id, decided_at, "
-        "base_run_ms, base_reruns) "
-        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
-        "ON CONFLICT(instance_id, flag, reroutes) DO NOTHING",
+    [CVQ_PUT_DECISION] = PUT_DECISION "DO NOTHING",
+    /* A fresh instance has no decision but those it makes in this stay
+     * (decide.c knows them): a row there already was not written by an
+     * engine that ran it, and this decision replaces it, so that the
+     * insert changes one row whatever is there, and no check of it waits
+     * for the server. */
+    [CVQ_PUT_DECISION_FRESH] = PUT_DECISION
+    "DO UPDATE SET workflow = excluded.workflow, "
+    "step = excluded.step, subject = excluded.subject, "
+    "version = excluded.version, reason = excluded.reason, "
+    "bucket = excluded.bucket, rate_ppm = excluded.rate_ppm, "
+    "ramp_id = excluded.ramp_id, decided_at = excluded.decided_at, "
+    "base_run_ms = excluded.base_run_ms, "
+    "base_reruns = excluded.base_reruns, outcome = NULL, "
+    "ended_at = NULL, branch_ms = NULL, step_ms = NULL, retries = 0, "
+    "incidents = 0, open_incidents = 0, caught = 0",
 
     /* The target's columns are qualified: unqualified, PostgreSQL would
      * not know them from excluded's. */

@@ -19,6 +19,7 @@
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests/e2e"
 local H = dofile(here .. "/helpers.lua")
 local A = dofile(H.repo .. "/tests/fixtures/faults/lib/audit.lua")(H)
+local C = dofile(H.repo .. "/tests/lua/counters.lua")
 
 local FIXTURES = H.repo .. "/tests/fixtures/faults"
 
@@ -325,4 +326,67 @@ describe("fault harness", function()
       assert.are.equal(0, left, "the dead engine's row was never removed")
       H.rmdir(env.dir)
     end)
+end)
+
+-- choose_version writes a fresh instance's decision and its outcome
+-- without waiting for the server: the decision's row is written whatever
+-- is there, and the outcome's update is checked with its answer (on
+-- PostgreSQL, where writes are queued; at once on SQLite). Rows changed
+-- by another hand meanwhile: the engine stops, having kept nothing of the
+-- turn, or its own decision stands.
+describe("a fresh instance's decision changed behind the engine", function()
+  local env, plugins
+
+  before_each(function()
+    env = H.env { workflows = H.repo .. "/tests/fixtures/deferred" }
+    -- the shipped plugins and the test plugin, in one directory
+    plugins = env.dir .. "/plugins"
+    assert.are.equal(0, H.exec("mkdir -p " .. H.q(plugins) .. " && ln -s " ..
+      H.q(assert(os.getenv("SY_BUILD_DIR")) .. "/plugins") .. "/*.so " ..
+      H.q(assert(os.getenv("SY_TEST_PLUGINS"))) .. "/*.so " .. H.q(plugins)))
+    env:ok("rollout", "set", "dd", "50%", "--reason", "deferred checks")
+  end)
+
+  after_each(function()
+    H.reap()
+    H.rmdir(env.dir)
+  end)
+
+  it("gone before the instance ends: the turn that ends it fails", function()
+    env:ok("--plugins", plugins, "start", "decided", "--var", "user_id=u1")
+    local p = env:spawn("--plugins", plugins, "run")
+    -- the decision is committed; the instance waits 3 s in memory
+    assert.is_truthy(H.poll(20, 0.02, function()
+      return env:scalar("SELECT count(*) FROM cv_decisions") == 1
+    end), H.read(p.log))
+    env:sql("DELETE FROM cv_decisions")
+    local rc = H.wait_exit(p, 30)
+    local log = H.read(p.log)
+    assert.are_not.equal(0, rc, log)
+    assert(log:find("is not where it was recorded", 1, true) or
+      log:find("a write changed 0 rows where 1 were expected (UPDATE " ..
+        "cv_decisions", 1, true), log)
+    -- its end was not kept
+    assert.are.equal(0, env:scalar(
+      "SELECT count(*) FROM instances WHERE state = 'completed'"))
+  end)
+
+  it("there before a fresh instance decides: its own decision replaces it", function()
+    env:ok("--plugins", plugins, "start", "decided", "--var", "user_id=u1")
+    local id = env:scalar("SELECT max(id) FROM instances")
+    env:sql("INSERT INTO cv_decisions(instance_id, flag, workflow, step, " ..
+      "subject, version, reason, rate_ppm, decided_at, incidents) VALUES(" ..
+      id .. ", 'dd', 'decided', 'route', 'u1', 'v2', 'allow', 0, 1, 7)")
+    env:ok("--plugins", plugins, "run", "--until-idle")
+    -- no engine ran it before: the row was nobody's decision
+    local row = env:sql("SELECT version, reason, incidents, outcome FROM " ..
+      "cv_decisions")
+    assert.are.equal(1, #row)
+    assert.are.same({ "rollout", "0", "completed" },
+      { row[1][2], row[1][3], row[1][4] })
+    assert.are.same({ { "completed", row[1][1] == "v1" and "a" or "b" } },
+      env:sql("SELECT i.state, r.step FROM instances i JOIN step_runs r ON " ..
+        "r.instance_id = i.id AND r.step IN ('a', 'b')"))
+    assert.are.same(env:sql(C.RECOUNT), env:sql(C.COUNTERS))
+  end)
 end)
