@@ -419,9 +419,12 @@ json_t *cv_report_document(cv_router *r, const char *flag, int full,
  * when the flag has no plan, with *have 1 on a failure (r->errmsg). */
 json_t *cv_plan_document(cv_router *r, const char *flag, int *have);
 /* describe.c: an instance's decisions as a JSON array (flag, version,
- * reason, bucket, rate, ramp_id, decided_at, outcome, reroutes), NULL with
- * r->errmsg; and sy_plugin_def.describe (show's "decisions"). */
+ * reason, bucket, rate, ramp_id, decided_at, outcome, reroutes, shadow:
+ * null or its run's outcome, started_at, primary_ms, candidate_ms,
+ * detail), NULL with r->errmsg; and sy_plugin_def.describe (show's
+ * "decisions"). cv_shadow_line says a run in a line. */
 json_t *cv_decisions_of(cv_router *r, int64_t id);
+void cv_shadow_line(json_t *shadow, char *buf, size_t len);
 int cv_describe(void *plugin, int64_t id, int json,
                 void (*put)(void *ud, const char *key, const char *text),
                 void *ud);

@@ -196,7 +196,7 @@ static int put_decisions(cv_router *r, out *o, int64_t id) {
   put(o,
       "<h2>Decisions</h2><table id=\"decisions\"><tr><th>flag</th>"
       "<th>version</th><th>why</th><th>bucket</th><th>rate</th>"
-      "<th>decided</th><th>outcome</th></tr>\n");
+      "<th>decided</th><th>outcome</th><th>shadow run</th></tr>\n");
   json_array_foreach(arr, i, d) {
     char when[32];
     json_t *bucket = json_object_get(d, "bucket");
@@ -218,6 +218,12 @@ static int put_decisions(cv_router *r, out *o, int64_t id) {
     put_str(o, d, "rate");
     putf(o, "</td><td>%s</td><td>", when);
     put_str(o, d, "outcome");
+    put(o, "</td><td data-shadow>");
+    if (json_is_object(json_object_get(d, "shadow"))) {
+      char sh[600];
+      cv_shadow_line(json_object_get(d, "shadow"), sh, sizeof sh);
+      put_html(o, sh);
+    }
     put(o, "</td></tr>\n");
   }
   put(o, "</table>\n");

@@ -849,11 +849,17 @@ static const char *const sql_text[CVQ__COUNT] = {
     [CVQ_METRICS_FLAGS] =
         "SELECT name, rate_ppm, killed FROM cv_flags "
         "WHERE retired_at IS NULL ORDER BY name",
-    /* Through the index on (instance_id, flag, reroutes). */
+    /* Through the index on (instance_id, flag, reroutes), with the
+     * shadow run of the first decision of each flag (through
+     * cv_shadow_runs_instance). */
     [CVQ_DECISIONS_OF_ID] =
-        "SELECT flag, version, reason, bucket, rate_ppm, decided_at, "
-        "outcome, coalesce(ramp_id, 0), reroutes FROM cv_decisions "
-        "WHERE instance_id = ?1 ORDER BY decided_at, flag, reroutes",
+        "SELECT d.flag, d.version, d.reason, d.bucket, d.rate_ppm, "
+        "d.decided_at, d.outcome, coalesce(d.ramp_id, 0), d.reroutes, "
+        "r.started_at, coalesce(r.outcome, 'open'), r.primary_ms, "
+        "r.candidate_ms, r.detail FROM cv_decisions d LEFT JOIN "
+        "cv_shadow_runs r ON r.instance_id = d.instance_id AND r.flag = "
+        "d.flag AND d.reroutes = 0 WHERE d.instance_id = ?1 "
+        "ORDER BY d.decided_at, d.flag, d.reroutes",
     /* Shadow runs (shadow.c). Spending the budget is a conditional
      * addition: the hour's row takes one more run only while it has used
      * fewer than the budget, so engines sharing the database never spend

@@ -96,8 +96,21 @@ describe("shadow runs", function()
     has(text, "14.29% (95% CI")
     has(text, "verified: true -> false")
     has(text, "neither side had (absent on both sides: decision)")
+    -- an instance's shadow run, in show and on its page
+    local d7 = H.decode(env:ok("show", "7", "--json")).decisions[1]
+    assert.are.equal("mismatch", d7.shadow.outcome)
+    assert.are.equal("verified: true -> false", d7.shadow.detail)
+    assert.is_true(d7.shadow.primary_ms >= 0 and d7.shadow.candidate_ms >= 0)
+    assert.are.equal("match", H.decode(env:ok("show", "8", "--json"))
+      .decisions[1].shadow.outcome)
+    has(env:ok("show", "7"), "shadow run: mismatch (verified: true -> " ..
+      "false), v1 " .. d7.shadow.primary_ms .. " ms, v2 " ..
+      d7.shadow.candidate_ms .. " ms")
     -- the console: the same document, and the flag's page shows it
     local p, base = env:serve()
+    has(H.capture("curl -s " .. H.q(base .. "/instances/7")),
+      "<td data-shadow>mismatch (verified: true -&gt; false), v1 ",
+      "instance page")
     local api = H.decode(H.capture("curl -s " .. H.q(base ..
       "/api/flags/verify/shadow")))
     api.generated_at, r.generated_at = nil, nil
@@ -144,6 +157,12 @@ describe("shadow runs", function()
       SELECT count(*) FROM cv_decisions
       WHERE version = 'v1' AND reason = 'rollout']]),
       env:scalar("SELECT count(*) FROM cv_shadow_runs"))
+    -- an instance on v2 had none: show says so
+    local v2 = env:scalar("SELECT min(instance_id) FROM cv_decisions " ..
+      "WHERE version = 'v2'")
+    local d = H.decode(env:ok("show", tostring(v2), "--json")).decisions[1]
+    assert.are.equal("v2", d.version)
+    assert.is_nil(d.shadow)
     env:ok("rollout", "kill", "verify", "--reason", "stop")
     start(env, "shadowed", 41, 60)
     env:ok("run", "--until-idle")
