@@ -21,11 +21,10 @@ typedef struct cv_node {
   cv_strategy strategy;
   int has_eligible;
   int missing_key_v1; /* on_missing_key = "v1" */
-  /* shadow = { compare = {...} | function, timeout = s }: v2's step also
-   * runs beside v1's, on a copy of the vars (not run yet: issue 18) */
+  /* shadow = { compare = {...} | function, timeout = s }: for a share of
+   * v1's instances (rollout shadow), v2's step also runs beside v1's, on
+   * a copy of the vars (shadow.c), compared by the engine */
   int shadow;
-  char **compare; /* var names, NULL-terminated; NULL: compare_fn */
-  int compare_fn;
   double shadow_timeout; /* seconds */
 } cv_node;
 

@@ -89,15 +89,12 @@ static void free_node(void *plugin, void *data) {
   free(n->key);
   free(n->v1);
   free(n->v2);
-  for (char **c = n->compare; c && *c; c++) {
-    free(*c);
-  }
-  free(n->compare);
   free(n);
 }
 
 /* shadow = { compare = { "var", ... } | function(ctx, primary, candidate),
- * timeout = seconds }: 0, or -1 with err. */
+ * timeout = seconds }: 0, or -1 with err. Checked here; the engine reads
+ * the compare option itself when it compares (sy_api.shadow). */
 static int compile_shadow(cv_router *r, sy_opts *o, cv_node *n, char *err,
                           size_t errlen) {
   static const char what[] =
@@ -125,7 +122,7 @@ static int compile_shadow(cv_router *r, sy_opts *o, cv_node *n, char *err,
   n->shadow_timeout = SHADOW_TIMEOUT;
   r->api->opt_get(o, "shadow.compare", &v);
   if (v.type == SY_VAL_FUNCTION) {
-    n->compare_fn = 1;
+    count = 1;
   } else if (v.type == SY_VAL_TABLE) {
     for (;; count++) {
       char key[48];
@@ -140,20 +137,9 @@ static int compile_shadow(cv_router *r, sy_opts *o, cv_node *n, char *err,
                  count + 1);
         return -1;
       }
-      char **more = realloc(n->compare, (size_t)(count + 2) * sizeof *more);
-      if (!more || !(more[count] = strdup(v.str))) {
-        if (more) {
-          n->compare = more;
-          more[count] = NULL;
-        }
-        snprintf(err, errlen, "out of memory");
-        return -1;
-      }
-      more[count + 1] = NULL;
-      n->compare = more;
     }
   }
-  if (!n->compare_fn && count == 0) {
+  if (count == 0) {
     snprintf(err, errlen, "%s (compare names no var)", what);
     return -1;
   }
