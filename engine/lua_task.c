@@ -416,22 +416,31 @@ void sy_task_set_step(sy_task *t, const sy_step *step, int attempt) {
   lua_pop(L, 1);
 }
 
+/* lua_pcall on co under the limits, as task t (NULL: no ctx function may
+ * run). */
+static int limited_pcall(sy_lua *h, lua_State *co, sy_task *t, int nargs,
+                         int nresults) {
+  sy_task *outer = h->current;
+  int rc;
+  h->current = t;
+  sy__limits_on(h, co, h->instructions);
+  rc = lua_pcall(co, nargs, nresults, 0);
+  sy__limits_off(h, co);
+  h->current = outer;
+  return rc;
+}
+
 /* Calls a function of ctx (a `next` function or a predicate) on a fresh
  * thread under the limits; leaves its one result on the main stack. */
 static int call_with_ctx(sy_task *t, int fn_ref, char *err, size_t errlen) {
   sy_lua *h = t->h;
   lua_State *L = h->L;
   lua_State *co = lua_newthread(L);
-  sy_task *outer = h->current;
   int rc;
   t->vars_dirty = 1; /* Lua code may change vars */
   lua_rawgeti(co, LUA_REGISTRYINDEX, fn_ref);
   lua_rawgeti(co, LUA_REGISTRYINDEX, t->ctx_ref);
-  h->current = t;
-  sy__limits_on(h, co, h->instructions);
-  rc = lua_pcall(co, 1, 1, 0);
-  sy__limits_off(h, co);
-  h->current = outer;
+  rc = limited_pcall(h, co, t, 1, 1);
   if (rc != LUA_OK) {
     sy__error_message(co, t->wf->path, err, errlen, NULL);
     lua_pop(L, 1);
@@ -697,7 +706,6 @@ static int compare_fn(sy_lua *h, const sy_lua_compare *q, int *same,
                       char *detail, size_t cap) {
   lua_State *L = h->L;
   lua_State *co = lua_newthread(L);
-  sy_task *outer = h->current;
   int rc;
   lua_rotate(L, -2, 1); /* the thread below the function */
   lua_xmove(L, co, 1);
@@ -717,11 +725,7 @@ static int compare_fn(sy_lua *h, const sy_lua_compare *q, int *same,
     lua_pop(L, 1);
     return SY_ELUA;
   }
-  h->current = NULL; /* no ctx function runs here */
-  sy__limits_on(h, co, h->instructions);
-  rc = lua_pcall(co, 3, 2, 0);
-  sy__limits_off(h, co);
-  h->current = outer;
+  rc = limited_pcall(h, co, NULL, 3, 2); /* no ctx function runs here */
   if (rc != LUA_OK) {
     sy__error_message(co, q->wf->path, detail, cap, NULL);
   } else {
