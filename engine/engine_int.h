@@ -25,7 +25,6 @@
  * sy__handle_result) run in the turn their instance was taken. */
 #define SY__BATCH 1536
 #define SY__CHAIN_MAX 16 /* transitions of one instance in one transaction */
-#define SY__LEASE_MS SY_ENGINE_LEASE_MS
 /* Shadow runs an engine keeps at most (setting shadow.max_in_flight): a
  * candidate is in no instance count, and its Lua state shares the cap on
  * the engine's memory with every instance. */

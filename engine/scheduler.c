@@ -223,8 +223,8 @@ static void claim(sy_engine *e) {
   if (expired) {
     e->expired_checked = mono;
   }
-  rc = sy_store_claim(e->store, e->id, now + SY__LEASE_MS, now, want, expired,
-                      sy__claim_cb, e);
+  rc = sy_store_claim(e->store, e->id, now + SY_ENGINE_LEASE_MS, now, want,
+                      expired, sy__claim_cb, e);
   if (rc) {
     sy__fatal(e, rc);
   }
@@ -412,7 +412,7 @@ static void lease_cb(uv_timer_t *t) {
   }
   now = sy__now(e);
   if ((rc = sy_store_begin(e->store)) ||
-      (rc = sy_store_renew(e->store, e->id, now + SY__LEASE_MS, now))) {
+      (rc = sy_store_renew(e->store, e->id, now + SY_ENGINE_LEASE_MS, now))) {
     sy__fatal(e, rc);
     return;
   }
@@ -455,7 +455,8 @@ int sy_engine_run(sy_engine *e, int until_idle) {
   uv_check_start(&e->check, check_cb);
   poll = e->poll_ms > 0 ? (uint64_t)e->poll_ms : POLL_MS;
   uv_timer_start(&e->poll_timer, wake_cb, poll, poll);
-  uv_timer_start(&e->lease_timer, lease_cb, SY__LEASE_MS / 3, SY__LEASE_MS / 3);
+  uv_timer_start(&e->lease_timer, lease_cb, SY_ENGINE_LEASE_MS / 3,
+                 SY_ENGINE_LEASE_MS / 3);
   if (e->stop_after_ms) {
     sy__timer_start(e, &e->stop_timer, stop_cb, e->stop_after_ms);
     e->stop_after_ms = 0;
