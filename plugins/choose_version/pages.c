@@ -618,25 +618,35 @@ static const char change_script[] =
     "});\n"
     "</script>\n";
 
+/* A document of the API (a report's, the shadow runs'), as the CLI's
+ * --json prints it. */
+static void put_document(out *o, json_t *doc) {
+  char *s = json_dumps(
+      doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+  o->content_type = "application/json";
+  put(o, s ? s : "{}");
+  put(o, "\n");
+  free(s);
+}
+
+/* What a page of a flag answers when its document could not be had. */
+static int no_document(out *o, const char *flag, int known, int json) {
+  char msg[300];
+  if (known) {
+    return SY_ESTORE;
+  }
+  snprintf(msg, sizeof msg, "no flag '%.200s' (and no decisions for it)", flag);
+  return error_page(o, 404, msg, json);
+}
+
 static int flag_page(cv_router *r, out *o, const char *flag, int json) {
   int known = 0, rc = 0, gate = 0;
   json_t *doc = cv_report_document(r, flag, json, &known);
-  char msg[300];
   if (!doc) {
-    if (known) {
-      return SY_ESTORE;
-    }
-    snprintf(msg, sizeof msg, "no flag '%.200s' (and no decisions for it)",
-             flag);
-    return error_page(o, 404, msg, json);
+    return no_document(o, flag, known, json);
   }
   if (json) {
-    char *s = json_dumps(
-        doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-    o->content_type = "application/json";
-    put(o, s ? s : "{}");
-    put(o, "\n");
-    free(s);
+    put_document(o, doc);
   } else {
     snprintf(o->title, sizeof o->title, "Flag %.100s", flag);
     put(o, "<p id=\"verdict\">");
@@ -666,21 +676,10 @@ static int flag_page(cv_router *r, out *o, const char *flag, int json) {
 static int shadow_json(out *o, cv_router *r, const char *flag) {
   int known = 0;
   json_t *doc = cv_shadow_document(r, flag, 0, INT64_MAX, &known);
-  char msg[300], *text;
   if (!doc) {
-    if (known) {
-      return SY_ESTORE;
-    }
-    snprintf(msg, sizeof msg, "no flag '%.200s' (and no decisions for it)",
-             flag);
-    return error_page(o, 404, msg, 1);
+    return no_document(o, flag, known, 1);
   }
-  text = json_dumps(
-      doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-  o->content_type = "application/json";
-  put(o, text ? text : "{}");
-  put(o, "\n");
-  free(text);
+  put_document(o, doc);
   json_decref(doc);
   return 0;
 }

@@ -733,15 +733,12 @@ static json_t *report_json(const options *o, int64_t now, const vstats v[2],
       "ramp_steps", ramps_json(q, rs, nr));
 }
 
-/* Prints the report as JSON: 0, or 1 after saying why not. */
-static int print_json_report(const options *o, int64_t now, const vstats v[2],
-                             const cv_comparison *cmp, const char *verdict,
-                             const ramp *rs, int nr) {
-  json_t *j = report_json(o, now, v, cmp, verdict, rs, nr, 1);
-  char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
-                                     JSON_REAL_PRECISION(10))
-                 : NULL;
-  json_decref(j);
+/* Prints a document (the report's, the shadow runs'), as serve's API
+ * gives it: 0, or 1 after saying why not. */
+static int print_document(json_t *doc) {
+  char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
+                                         JSON_REAL_PRECISION(10))
+                   : NULL;
   if (!text) {
     fprintf(stderr, "switchyard report: cannot encode the report\n");
     return 1;
@@ -749,6 +746,16 @@ static int print_json_report(const options *o, int64_t now, const vstats v[2],
   puts(text);
   free(text);
   return 0;
+}
+
+/* Prints the report as JSON: 0, or 1 after saying why not. */
+static int print_json_report(const options *o, int64_t now, const vstats v[2],
+                             const cv_comparison *cmp, const char *verdict,
+                             const ramp *rs, int nr) {
+  json_t *j = report_json(o, now, v, cmp, verdict, rs, nr, 1);
+  int rc = print_document(j);
+  json_decref(j);
+  return rc;
 }
 
 /* Reads what the report counts (from the decisions, or with full 0 from
@@ -1089,7 +1096,7 @@ json_t *cv_shadow_document(cv_router *r, const char *flag, int64_t since,
 }
 
 static int shadow_report(cv_router *r, const options *o) {
-  int known = 0;
+  int known = 0, rc = 0;
   json_t *doc =
       cv_shadow_document(r, o->q.flag, o->q.since, o->q.until, &known);
   if (!doc && !known) {
@@ -1099,16 +1106,12 @@ static int shadow_report(cv_router *r, const options *o) {
     return 1; /* said why */
   }
   if (o->json) {
-    /* as the report's, and /api/flags/NAME/shadow's */
-    char *text = json_dumps(
-        doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-    puts(text ? text : "{}");
-    free(text);
+    rc = print_document(doc);
   } else {
     print_shadow(doc);
   }
   json_decref(doc);
-  return 0;
+  return rc;
 }
 
 int cv_cmd_report(void *plugin, int argc, char **argv) {
