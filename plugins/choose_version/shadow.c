@@ -87,14 +87,22 @@ static void shadow_done(void *plugin, void *ud, const sy_shadow_report *rep) {
   free(u);
 }
 
-/* Whether this decision is in the shadow's share (before the budget). */
+/* Whether a decision may be shadowed at all: recorded now, for v1, by
+ * the rollout. */
+static int shadowable(const cv_decision *d) {
+  return d->version == CV_V1 && d->recorded &&
+         (strcmp(d->reason, "rollout") == 0 ||
+          strcmp(d->reason, "random") == 0 ||
+          strcmp(d->reason, "every_nth") == 0);
+}
+
+/* Whether a shadowable decision is in the flag's shadow share (before the
+ * budget). */
 static int in_share(cv_router *r, sy_call *c, const cv_flag *f,
-                    const cv_request *req, const cv_decision *d) {
+                    const cv_request *req) {
   char salt[300];
   int n;
-  if (!f->shadow_ppm || d->version != CV_V1 || !d->recorded ||
-      (strcmp(d->reason, "rollout") && strcmp(d->reason, "random") &&
-       strcmp(d->reason, "every_nth"))) {
+  if (!f->shadow_ppm) {
     return 0;
   }
   if (!req->key) {
@@ -248,10 +256,13 @@ int cv_shadow_maybe(cv_router *r, sy_call *c, const cv_node *n,
   size_t flen = strlen(n->flag) + 1;
   sy_stmt *s;
   int rc;
+  if (!shadowable(d)) {
+    return 0;
+  }
   if (!(f = cv_flag_get(r, n->flag, api->tx_begin(r->e)))) {
     return -1;
   }
-  if (!in_share(r, c, f, req, d) ||
+  if (!in_share(r, c, f, req) ||
       (rc = spend(r, f, req->now_ms / 3600000)) == 0) {
     return 0;
   }
